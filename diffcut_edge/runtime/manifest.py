@@ -1,0 +1,171 @@
+"""``manifest.json``: the single source of truth of an exported model folder.
+
+The export stage writes it (``diffcut_edge.export``), the runtime reads it. A folder
+whose manifest is missing, malformed, from a newer format or out of step with its
+files is refused with a message that says what to do.
+
+Layout of a model folder::
+
+    MODEL_DIR/
+      manifest.json
+      encoder.onnx            (+ encoder.onnx.data when the weights are external)
+      encoder.<gpu>.trt<ver>.plan   (optional, one per GPU/TensorRT pair)
+      timing.cache            (optional, TensorRT timing cache)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffcut_edge.errors import DiffCutError
+
+MANIFEST_NAME = "manifest.json"
+# Bump when a field changes meaning; readers refuse newer formats.
+FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "fp16")
+FAMILIES = ("sdxl", "sd1")
+
+
+@dataclass
+class EngineRecord:
+    """One TensorRT engine built from ``encoder.onnx`` on a given GPU."""
+
+    file: str                      # file name inside the model folder
+    gpu_name: str                  # e.g. "NVIDIA H100 80GB HBM3" or "Orin"
+    compute_capability: str        # e.g. "9.0", "8.7"
+    tensorrt_version: str          # e.g. "10.3.0"
+    batch_profile: tuple[int, int, int]  # (min, opt, max) batch of the one profile
+    sha256: str = ""
+
+
+@dataclass
+class Manifest:
+    """What the runtime needs to know about an exported encoder."""
+
+    model_id: str                  # hub id or folder the pipeline came from
+    family: str                    # "sdxl" | "sd1"
+    resolution: int                # R: the graph takes (B, 3, R, R)
+    grid: tuple[int, int]          # feature grid (R/32, R/32)
+    channels: int                  # C of the features
+    precision: str                 # "fp32" | "fp16" (UNet part; the VAE stays fp32)
+    timestep: int
+    noise_seed: int
+    opset: int
+    onnx_file: str = "encoder.onnx"
+    onnx_data_files: list[str] = field(default_factory=list)
+    input_name: str = "image"
+    output_name: str = "features"
+    files_sha256: dict[str, str] = field(default_factory=dict)  # onnx + data files
+    model_revision: str | None = None
+    hook: str = ""                 # hooked module path, for the record
+    exporter: dict[str, str] = field(default_factory=dict)      # library versions
+    engines: list[EngineRecord] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "manifest") -> "Manifest":
+        if not isinstance(data, dict):
+            raise DiffCutError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            raise DiffCutError(f"{source}: no integer 'format_version'; re-export the model folder")
+        if version > FORMAT_VERSION:
+            raise DiffCutError(
+                f"{source}: manifest format {version} is newer than this diffcut-edge understands "
+                f"({FORMAT_VERSION}); upgrade diffcut-edge or re-export with this version"
+            )
+        known = set(cls.__dataclass_fields__)
+        missing = [k for k in ("model_id", "family", "resolution", "grid", "channels", "precision",
+                               "timestep", "noise_seed", "opset") if k not in data]
+        if missing:
+            raise DiffCutError(f"{source}: missing field(s) {', '.join(missing)}; re-export the model folder")
+        kwargs = {k: v for k, v in data.items() if k in known}
+        try:
+            kwargs["grid"] = tuple(int(v) for v in kwargs["grid"])
+            kwargs["engines"] = [
+                EngineRecord(**{**e, "batch_profile": tuple(e["batch_profile"])})
+                for e in kwargs.get("engines", [])
+            ]
+            manifest = cls(**kwargs)
+        except (TypeError, ValueError, KeyError) as e:
+            raise DiffCutError(f"{source}: malformed field ({e}); re-export the model folder") from e
+        manifest.validate(source)
+        return manifest
+
+    def validate(self, source: str = "manifest") -> None:
+        """Check internal consistency (not the files: see :func:`verify_files`)."""
+        if self.family not in FAMILIES:
+            raise DiffCutError(f"{source}: family {self.family!r} is not one of {FAMILIES}")
+        if self.precision not in PRECISIONS:
+            raise DiffCutError(f"{source}: precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.resolution <= 0 or self.resolution % 64:
+            raise DiffCutError(f"{source}: resolution {self.resolution} is not a positive multiple of 64")
+        expected_grid = (self.resolution // 32, self.resolution // 32)
+        if tuple(self.grid) != expected_grid:
+            raise DiffCutError(f"{source}: grid {self.grid} does not match resolution "
+                               f"{self.resolution} (expected {expected_grid})")
+        if self.channels <= 0:
+            raise DiffCutError(f"{source}: channels must be positive, got {self.channels}")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(model_dir: str | os.PathLike) -> Manifest:
+    """Read and validate ``MODEL_DIR/manifest.json`` (does not hash the files)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise DiffCutError(f"model folder {model_dir} does not exist; create it with "
+                           f"'diffcut-edge export --model HUB_ID|DIR --out {model_dir}'")
+    path = model_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise DiffCutError(f"{model_dir} has no {MANIFEST_NAME}: it is not an exported model folder "
+                           f"(run 'diffcut-edge export ... --out {model_dir}')")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DiffCutError(f"{path} is not valid JSON ({e}); re-export the model folder") from e
+    return Manifest.from_dict(data, source=str(path))
+
+
+def write_manifest(model_dir: str | os.PathLike, manifest: Manifest) -> Path:
+    """Write the manifest atomically (temporary name, then rename)."""
+    manifest.validate()
+    path = Path(model_dir) / MANIFEST_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(manifest.to_json() + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def verify_files(model_dir: str | os.PathLike, manifest: Manifest) -> None:
+    """Check that the ONNX file (and its data) exist and match the recorded SHA-256."""
+    model_dir = Path(model_dir)
+    for name in [manifest.onnx_file, *manifest.onnx_data_files]:
+        path = model_dir / name
+        if not path.is_file():
+            raise DiffCutError(f"{path} is missing; the model folder is incomplete, re-export it")
+        expected = manifest.files_sha256.get(name)
+        if expected is None:
+            raise DiffCutError(f"manifest records no SHA-256 for {name}; re-export the model folder")
+        got = sha256_file(path)
+        if got != expected:
+            raise DiffCutError(f"{path} does not match its manifest (sha256 {got[:12]}… != "
+                               f"{expected[:12]}…): the file was modified or truncated; re-export")
