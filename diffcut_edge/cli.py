@@ -57,8 +57,9 @@ def _run_models(args: argparse.Namespace) -> int:
 
     if args.models_cmd == "list":
         for recipe in models.list_recipes():
-            print(f"{recipe.name:<14} {recipe.hub_id:<42} family={recipe.family} "
-                  f"R={recipe.resolution} hook={recipe.hook_path}")
+            default = "  (default)" if recipe.hub_id == models.DEFAULT_MODEL else ""
+            print(f"{recipe.name:<10} {recipe.hub_id:<42} family={recipe.family:<5} "
+                  f"R={recipe.resolution} t={recipe.timestep} hook=unet.{recipe.hook_path}{default}")
         return 0
     path = models.make_tiny_pipeline(args.family, args.out, seed=args.seed)
     print(f"wrote a tiny random-weight {args.family} pipeline to {path}")
@@ -94,49 +95,486 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------- applications
+_BACKEND_CHOICES = ("auto", "ort", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _mask_size(text: str) -> tuple[int, int]:
+    """``128`` → (128, 128); ``96x128`` → (96, 128) (height x width)."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+    sizes = tuple(_positive_int(p) for p in parts)
+    return (sizes[0], sizes[0]) if len(sizes) == 1 else sizes  # type: ignore[return-value]
+
+
+def _add_segmenter_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by segment, video and webcam: the model folder and the DiffCut knobs."""
+    p.add_argument("--model-dir", required=True, help="exported model folder (diffcut-edge export)")
+    p.add_argument("--backend", choices=_BACKEND_CHOICES, default="auto",
+                   help="encoder backend (default: auto = best available)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                   help="sharpen the masks with PAMR (default: on)")
+    p.add_argument("--tau", type=_non_negative_float, default=0.5,
+                   help="NCut threshold: lower splits less (default 0.5)")
+    p.add_argument("--alpha", type=_positive_float, default=10.0,
+                   help="affinity exponent: higher splits more (default 10)")
+    p.add_argument("--mask-size", type=_mask_size, default=(128, 128), metavar="N|HxW",
+                   help="resolution of the assigned/refined masks (default 128)")
+    p.add_argument("--max-segments", type=_positive_int, default=None, help="stop splitting at this many segments")
+    p.add_argument("--min-segment-size", type=_positive_int, default=None,
+                   help="do not split segments smaller than this many feature cells")
+    p.add_argument("--overlay-alpha", type=_non_negative_float, default=0.5, help="overlay opacity (default 0.5)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-item lines")
+
+
+def _open_segmenter(args: argparse.Namespace):
+    """The Segmenter the options describe (tests monkeypatch this to inject a fake)."""
+    from diffcut_edge.runtime.segmenter import Segmenter
+
+    return Segmenter.from_model_dir(args.model_dir, backend=args.backend, refine=args.refine,
+                                    mask_size=tuple(args.mask_size), tau=args.tau, alpha=args.alpha,
+                                    max_segments=args.max_segments, min_segment_size=args.min_segment_size)
+
+
+def _warn(verb: str, message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"diffcut-edge {verb}: warning: {message}", file=sys.stderr)
+
+
+def _stage_line(timings: dict) -> str:
+    order = ("preprocess", "encoder", "ncut", "assign", "pamr")
+    parts = [f"{k} {timings[k]:.0f}" for k in order if k in timings]
+    total = f" = {timings['total']:.0f} ms" if "total" in timings else " ms"
+    return " + ".join(parts) + total
+
+
+def _progress(iterable=None, *, total=None, quiet: bool, unit: str):
+    from tqdm import tqdm
+
+    # On stderr, so stdout keeps only results; off with --quiet or when stderr is not a terminal.
+    return tqdm(iterable, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                disable=quiet or not sys.stderr.isatty(), leave=False)
+
+
 def _add_segment(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="segment images and write label maps and overlays")
-    p.set_defaults(_not_ready=True)
+    p = sub.add_parser("segment", help="segment images and write label maps and overlays",
+                       description="Segment images, folders or glob patterns. Per image writes "
+                                   "<stem>_labels.png (16-bit, values = segment ids) and "
+                                   "<stem>_overlay.jpg|png; with --save-npz also <stem>.npz.")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|GLOB", help="images, folders or glob patterns")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--overlay-format", choices=("jpg", "png", "none"), default="jpg",
+                   help="overlay image format, or none to skip overlays (default jpg)")
+    p.add_argument("--save-npz", action="store_true",
+                   help="also save labels, mask_labels, coarse_labels and embeddings to <stem>.npz")
+    _add_segmenter_options(p)
+
+
+def _output_stems(paths: list) -> list[str]:
+    """One output stem per input; a repeated stem (a/x.jpg, b/x.png) gets a numeric suffix."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        n = seen.get(path.stem, 0)
+        seen[path.stem] = n + 1
+        stems.append(path.stem if n == 0 else f"{path.stem}_{n + 1}")
+    return stems
+
+
+def _segment_one(seg, path, stem: str, out, args: argparse.Namespace) -> object:
+    """Segment one image file and write its outputs; returns the SegmentationResult."""
+    import numpy as np
+
+    from diffcut_edge.runtime import io
+
+    frame = io.read_image(path)
+    result = seg(frame)
+    io.write_labels_png(out / f"{stem}_labels.png", np.asarray(result.labels))
+    if args.overlay_format != "none":
+        io.write_image(out / f"{stem}_overlay.{args.overlay_format}", result.overlay(frame, alpha=args.overlay_alpha))
+    if args.save_npz:
+        io.save_npz(out / f"{stem}.npz", labels=result.labels, mask_labels=result.mask_labels,
+                    coarse_labels=result.coarse_labels, embeddings=result.embeddings)
+    return result
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    raise DiffCutError("'segment' is not implemented yet")
+    import time
+    from pathlib import Path
+
+    from diffcut_edge.runtime import io
+    from diffcut_edge.runtime.video import Throughput
+
+    images, skipped = io.collect_image_paths(args.inputs)
+    if skipped:
+        shown = ", ".join(p.name for p in skipped[:5]) + (", …" if len(skipped) > 5 else "")
+        _warn("segment", f"skipped {len(skipped)} file(s) that are not images: {shown}")
+    if not images:
+        raise DiffCutError(f"no images found in {' '.join(args.inputs)} "
+                           f"(extensions: {', '.join(io.IMAGE_EXTENSIONS)})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DiffCutError(f"--out {out} is a file; give a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    stats, failed, started = Throughput(), 0, time.perf_counter()
+    with _open_segmenter(args) as seg:
+        bar = _progress(list(zip(images, _output_stems(images))), quiet=args.quiet, unit="img")
+        for path, stem in bar:
+            try:
+                result = _segment_one(seg, path, stem, out, args)
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as e:  # one bad image must not stop a batch: warn, count, go on
+                if len(images) == 1 or (args.debug and not isinstance(e, DiffCutError)):
+                    raise  # a single image: its own error is the one line to print
+                failed += 1
+                _warn("segment", str(e) if isinstance(e, DiffCutError) else f"{path}: {type(e).__name__}: {e}")
+                continue
+            stats.add(result.timings)
+            if not args.quiet:
+                k = result.num_segments
+                bar.write(f"{path}: {k} segment{'s' if k != 1 else ''}, {result.labels.shape[1]}x"
+                          f"{result.labels.shape[0]}, {_stage_line(result.timings)}")
+    done = len(images) - failed
+    print(f"segmented {done} image(s) into {out} in {time.perf_counter() - started:.1f} s"
+          + (f"; mean {_stage_line({k: v / max(done, 1) for k, v in stats.stage_ms.items()})}" if done else ""))
+    if failed:
+        raise DiffCutError(f"{failed} of {len(images)} image(s) failed (see the warnings above)")
+    return 0
+
+
+def _add_video_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--every", type=_positive_int, default=1,
+                   help="run the encoder every N frames and reuse its features in between (default 1)")
+    p.add_argument("--max-frames", type=_positive_int, default=None, help="stop after N frames")
+    p.add_argument("--no-track", dest="track", action="store_false",
+                   help="do not keep segment ids/colours stable across frames")
+    p.add_argument("--no-pipeline", dest="pipeline", action="store_false",
+                   help="run encoder and post-processing in one thread (default: overlapped)")
 
 
 def _add_video(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("video", help="segment a video file and write the overlay video")
-    p.set_defaults(_not_ready=True)
+    p = sub.add_parser("video", help="segment a video file and write the overlay video",
+                       description="Segment every frame of a video (any file OpenCV reads) and write "
+                                   "the overlay video at the input's frame rate and size.")
+    p.add_argument("input", metavar="IN", help="input video file")
+    p.add_argument("output", metavar="OUT", help="output video (.mp4 with mp4v, .avi with MJPG)")
+    p.add_argument("--codec", default="mp4v", help="FourCC of the output codec (default mp4v)")
+    _add_video_options(p)
+    _add_segmenter_options(p)
+
+
+class _TrackedDrawer:
+    """Overlay with colours that follow segments across frames (tracker optional)."""
+
+    def __init__(self, track: bool, alpha: float) -> None:
+        from diffcut_edge.runtime.tracking import SegmentTracker
+
+        self.tracker = SegmentTracker() if track else None
+        self.alpha = alpha
+
+    def __call__(self, frame, result):
+        import numpy as np
+
+        from diffcut_edge.runtime.overlay import draw_overlay
+        from diffcut_edge.runtime.tracking import relabel
+
+        labels = np.asarray(result.labels)
+        if self.tracker is not None:
+            labels = relabel(labels, self.tracker.update(result.embeddings))
+        return draw_overlay(frame, labels, alpha=self.alpha)
 
 
 def _run_video(args: argparse.Namespace) -> int:
-    raise DiffCutError("'video' is not implemented yet")
+    from pathlib import Path
+
+    from diffcut_edge.runtime.video import AtomicVideoWriter, FrameReader, Throughput, iter_segmented, parse_source
+
+    spec = parse_source(args.input)
+    if not spec.live and Path(args.output).resolve() == Path(args.input).resolve():
+        raise DiffCutError("OUT is the input file; choose another output path")
+    warn = lambda message: _warn("video", message)  # noqa: E731
+    with FrameReader(spec, warn=warn) as reader, _open_segmenter(args) as seg:
+        info = reader.info
+        writer = AtomicVideoWriter(args.output, info.fps, None, codec=args.codec)
+        total = min(info.frame_count or 0, args.max_frames or 1 << 62) or args.max_frames
+        draw, stats = _TrackedDrawer(args.track, args.overlay_alpha), Throughput()
+        with writer, _progress(total=total, quiet=args.quiet, unit="frame") as bar:
+            for item in iter_segmented(reader, seg, pipelined=args.pipeline, every=args.every,
+                                       max_frames=args.max_frames):
+                writer.write(draw(item.frame, item.result))
+                stats.add(item.result.timings)
+                bar.update(1)
+        if writer.frames == 0:
+            raise DiffCutError(f"no frame could be read from {spec}; nothing written")
+    notes = [f"{reader.stats.broken} broken frame(s) skipped"] if reader.stats.broken else []
+    notes += ["the input ended early"] if reader.stats.ended_early else []
+    print(f"wrote {args.output} ({info.fps:.2f} fps, {writer.size[0]}x{writer.size[1]}): {stats.summary()}"
+          + (f" [{'; '.join(notes)}]" if notes else ""))
+    return 0
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
 
 
 def _add_webcam(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("webcam", help="live segmentation from a camera, file or stream")
-    p.set_defaults(_not_ready=True)
+    p = sub.add_parser("webcam", help="live segmentation from a camera, file or stream",
+                       description="Live segmentation in a window (keys: q/Esc quit, r toggle refinement, "
+                                   "f/space freeze). --headless runs without a display.")
+    p.add_argument("--source", default="0", help="camera index, video file or rtsp/http URL (default 0)")
+    p.add_argument("--headless", action="store_true", help="no window (servers, tests); combine with --record")
+    p.add_argument("--record", default=None, metavar="FILE", help="also write the overlay video to FILE")
+    p.add_argument("--codec", default="mp4v", help="FourCC of the --record codec (default mp4v)")
+    p.add_argument("--retries", type=_non_negative_int, default=5,
+                   help="reconnection attempts when a live source drops, with exponential back-off (default 5)")
+    _add_video_options(p)
+    _add_segmenter_options(p)
+
+
+def _gui_problem() -> str | None:
+    """Why cv2.imshow cannot work here, or None when it can."""
+    import os
+
+    import cv2
+
+    gui = [line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
+           if line.strip().startswith("GUI:")]
+    if gui and gui[0].upper() == "NONE":
+        return ("this OpenCV build has no GUI (opencv-python-headless): run with --headless "
+                "[--record out.mp4], or pip install opencv-python for a window")
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display (DISPLAY is not set): run with --headless [--record out.mp4]"
+    return None
+
+
+def _draw_hud(image, text: str) -> None:
+    """FPS/latency line in the top-left corner, in place."""
+    import cv2
+
+    org = (8, 20)
+    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def _refine_on(seg) -> bool:
+    options = getattr(seg, "options", None)
+    return bool(options.refine if options is not None else getattr(seg, "refine", True))
+
+
+def _toggle_refine(seg) -> None:
+    """Switch PAMR on/off on a live Segmenter (its options are a frozen dataclass)."""
+    import dataclasses
+
+    options = getattr(seg, "options", None)
+    if options is not None:
+        seg.options = dataclasses.replace(options, refine=not options.refine)
+    elif hasattr(seg, "refine"):
+        seg.refine = not seg.refine
 
 
 def _run_webcam(args: argparse.Namespace) -> int:
-    raise DiffCutError("'webcam' is not implemented yet")
+    import contextlib
+    import time
+
+    import cv2
+
+    from diffcut_edge.runtime.video import AtomicVideoWriter, FrameReader, Throughput, iter_segmented, parse_source
+
+    KEY_ESC, WINDOW = 27, "diffcut-edge (q quit, r refine, f freeze)"
+    if not args.headless and (problem := _gui_problem()):
+        raise DiffCutError(problem)
+    spec = parse_source(args.source)
+    warn = lambda message: _warn("webcam", message)  # noqa: E731
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(FrameReader(spec, retries=args.retries, warn=warn))
+        seg = stack.enter_context(_open_segmenter(args))
+        writer = (stack.enter_context(AtomicVideoWriter(args.record, reader.info.fps, None, codec=args.codec))
+                  if args.record else None)
+        draw, stats = _TrackedDrawer(args.track, args.overlay_alpha), Throughput()
+        frozen, fps, last = False, 0.0, time.perf_counter()
+        for item in iter_segmented(reader, seg, pipelined=args.pipeline, every=args.every,
+                                   max_frames=args.max_frames):
+            vis = draw(item.frame, item.result)
+            now = time.perf_counter()
+            fps = 0.9 * fps + 0.1 / max(now - last, 1e-6) if fps else 1.0 / max(now - last, 1e-6)
+            last = now
+            stats.add(item.result.timings)
+            _draw_hud(vis, f"{fps:.1f} fps  {item.result.timings.get('total', 0):.0f} ms  "
+                           f"{item.result.num_segments} seg  refine {'on' if _refine_on(seg) else 'off'}")
+            if writer is not None:
+                writer.write(vis)
+            if args.headless:
+                continue
+            cv2.imshow(WINDOW, vis)
+            key = cv2.waitKey(1) & 0xFF
+            while True:
+                if key in (ord("q"), KEY_ESC):
+                    cv2.destroyAllWindows()
+                    print(f"stopped: {stats.summary()}")
+                    return 0
+                if key == ord("r"):
+                    _toggle_refine(seg)
+                elif key in (ord("f"), ord(" ")):
+                    frozen = not frozen
+                if not frozen:
+                    break
+                key = cv2.waitKey(30) & 0xFF  # frozen: keep the window responsive, pull no frames
+        if not args.headless:
+            cv2.destroyAllWindows()
+    ended = "stopped at --max-frames" if args.max_frames and stats.frames >= args.max_frames else "source ended"
+    print(f"{ended}: {stats.summary()}" + (f"; recorded {args.record}" if args.record else ""))
+    return 0
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="per-stage latency of a model folder")
-    p.set_defaults(_not_ready=True)
+    p = sub.add_parser("bench", help="per-stage latency of a model folder",
+                       description="Warm up, then time every stage (median and p90) at each batch size.")
+    p.add_argument("--model-dir", required=True, help="exported model folder (diffcut-edge export)")
+    p.add_argument("--backend", choices=_BACKEND_CHOICES, default="auto",
+                   help="encoder backend (default: auto = best available)")
+    p.add_argument("--batch", type=_batch_sizes, default=(1,), metavar="B[,B...]",
+                   help="batch sizes to time, e.g. 1,4 (default 1)")
+    p.add_argument("--iters", type=_positive_int, default=10, help="timed runs per batch size (default 10)")
+    p.add_argument("--warmup", type=_non_negative_int_arg, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                   help="include PAMR (default: on)")
+    p.add_argument("--image", default=None,
+                   help="frame to time (default: a synthetic 640x480 frame, deterministic)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of the table")
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    """``1,4`` -> (1, 4)."""
+    return tuple(_positive_int(part.strip()) for part in text.split(",") if part.strip()) or (1,)
+
+
+def _non_negative_int_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _bench_segmenter(args: argparse.Namespace):
+    """The Segmenter bench times (tests monkeypatch this to inject a fake)."""
+    from diffcut_edge.runtime.segmenter import Segmenter
+
+    return Segmenter.from_model_dir(args.model_dir, backend=args.backend, refine=args.refine)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    raise DiffCutError("'bench' is not implemented yet")
+    import json
+
+    from diffcut_edge.runtime import bench
+
+    if args.image:
+        from diffcut_edge.runtime.datasets import read_image
+
+        frame, image_name = read_image(args.image), str(args.image)
+    else:
+        frame = bench.synthetic_image()
+        image_name = f"synthetic {frame.shape[1]}x{frame.shape[0]}"
+    with _bench_segmenter(args) as seg:
+        def progress(message: str) -> None:
+            if not args.json:
+                print(message, file=sys.stderr)
+
+        report = bench.run_bench(seg, frame, batches=args.batch, iters=args.iters, warmup=args.warmup,
+                                 image=image_name, refine=args.refine, progress=progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print(bench.format_report(report))
+    return 0
+
+
+_EVAL_DATASETS = ("voc", "context", "coco-object", "coco-stuff", "cityscapes", "ade20k")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="mIoU on a segmentation dataset with the paper's protocol")
-    p.set_defaults(_not_ready=True)
+    p = sub.add_parser("eval", help="mIoU on a segmentation dataset with the paper's protocol",
+                       description="Unsupervised mIoU (per-image Hungarian matching) with the official "
+                                   "DiffCut protocol; dataset layouts in docs/eval.md.")
+    p.add_argument("--dataset", choices=_EVAL_DATASETS, required=True)
+    p.add_argument("--root", required=True, help="dataset root folder (layouts: docs/eval.md)")
+    p.add_argument("--model-dir", default=None, help="exported model folder (required unless --reference)")
+    p.add_argument("--backend", choices=_BACKEND_CHOICES, default="auto",
+                   help="encoder backend (default: auto = best available)")
+    p.add_argument("--reference", action="store_true",
+                   help="run the PyTorch reference (needs the [export] extra) instead of the engine")
+    p.add_argument("--model", default=None, help="with --reference: pipeline hub id or folder")
+    p.add_argument("--resolution", type=_positive_int, default=None,
+                   help="with --reference: R (default: the model folder's, else the recipe's, else 1024)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N images")
+    p.add_argument("--batch", type=_positive_int, default=1, help="images per encoder call (default 1)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
+                   help="PAMR after the background merge (default: off, as the official script)")
+    p.add_argument("--tau", type=_non_negative_float, default=0.5, help="NCut threshold (default 0.5)")
+    p.add_argument("--alpha", type=_positive_float, default=10.0, help="affinity exponent (default 10)")
+    p.add_argument("--file-list", default=None,
+                   help="text file of image names to evaluate (e.g. the curated COCO subset)")
+    p.add_argument("--label-map", default=None,
+                   help="JSON label mapping overriding the built-in one (format: docs/eval.md)")
+    p.add_argument("--out", default=None, help="write the results JSON here")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _eval_predictor(args: argparse.Namespace):
+    from diffcut_edge import evaluation
+
+    if args.reference:
+        if not args.model:
+            raise DiffCutError("--reference needs --model HUB_ID|PIPELINE_DIR (the diffusers pipeline to run)")
+        resolution = args.resolution
+        if resolution is None and args.model_dir:
+            from diffcut_edge.runtime.manifest import read_manifest
+
+            resolution = read_manifest(args.model_dir).resolution
+        return evaluation.reference_predictor(args.model, resolution=resolution, tau=args.tau, alpha=args.alpha)
+    if not args.model_dir:
+        raise DiffCutError("eval needs --model-dir MODEL_DIR (or --reference --model PIPELINE)")
+    return evaluation.engine_predictor(args.model_dir, backend=args.backend, tau=args.tau, alpha=args.alpha)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    raise DiffCutError("'eval' is not implemented yet")
+    from diffcut_edge import evaluation
+
+    predictor = _eval_predictor(args)
+    try:
+        result = evaluation.run_eval(args.dataset, args.root, predictor, limit=args.limit, refine=args.refine,
+                                     batch=args.batch, tau=args.tau, alpha=args.alpha, file_list=args.file_list,
+                                     label_map=args.label_map, progress=not args.quiet and sys.stderr.isatty())
+    finally:
+        close = getattr(getattr(predictor, "segmenter", None), "close", None)
+        if close is not None:
+            close()
+    print(f"{args.dataset}: mIoU {100 * result.miou:.2f}  pixel accuracy {100 * result.pixel_accuracy:.2f}  "
+          f"({result.num_images} images, {result.settings.get('backend')}, refine={args.refine}, "
+          f"{result.seconds:.1f} s)")
+    if args.out:
+        print(f"wrote {result.write_json(args.out)}")
+    return 0
 
 
 # --------------------------------------------------------------------------- main

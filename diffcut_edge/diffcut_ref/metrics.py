@@ -1,0 +1,177 @@
+"""Hungarian-matched mIoU, as DiffCut's evaluation (numpy + scipy only; no torch).
+
+Faithful to ``tools/utils.py`` (``_fast_hist``, ``hungarian_matching``) and the background
+merge of ``eval_diffcut.py``:
+
+- per image, a histogram ``hist[class, segment]`` over the pixels whose label is in
+  ``[0, n_classes)`` (others are ignored), and a one-to-one matching of classes to predicted
+  segments maximising the matched pixels (``linear_sum_assignment(maximize=True)``);
+- TP = matched pixels; FN = pixels of the class outside its matched segment; FP = pixels of
+  the matched segment in other classes (pixels of unmatched segments are not FP, as in the
+  official code); accumulated over images; mIoU = nanmean(TP / (TP + FP + FN)).
+
+Ignore labels: the caller maps the dataset's "void" id (255) to -1 before calling, as the
+official loader does; every label outside ``[0, n_classes)`` is ignored. Predictions must be
+non-negative integer segment ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from diffcut_edge.errors import DiffCutError
+
+
+@dataclass(frozen=True)
+class Match:
+    """One image's matching.
+
+    ``hist``: (n_classes, n_segments) pixel counts, n_segments = max(n_classes, pred.max()+1).
+    ``segment_of_class``: (n_classes,) the predicted id matched to each class (official ``col_ind``).
+    ``tp``, ``fp``, ``fn``: (n_classes,) counts; ``total``: counted (non-ignored) pixels.
+    """
+
+    hist: np.ndarray
+    segment_of_class: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    total: int
+
+
+def _check_pair(pred, label) -> tuple[np.ndarray, np.ndarray]:
+    pred = np.asarray(pred)
+    label = np.asarray(label)
+    if pred.shape != label.shape:
+        raise DiffCutError(f"prediction shape {pred.shape} != label shape {label.shape}; resize one to the other")
+    if pred.size and not np.issubdtype(pred.dtype, np.integer):
+        raise DiffCutError(f"predictions must be integer segment ids, got dtype {pred.dtype}")
+    if pred.size and pred.min() < 0:
+        raise DiffCutError(f"predictions must be non-negative segment ids, got min {pred.min()}")
+    if not np.issubdtype(label.dtype, np.integer):
+        raise DiffCutError(f"labels must be integer class ids (void mapped to -1), got dtype {label.dtype}")
+    return pred.astype(np.int64).ravel(), label.astype(np.int64).ravel()
+
+
+def _fast_hist(label: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, max(n_classes, pred.max()+1)) counts over the labels in [0, n_classes)."""
+    n_segments = max(n_classes, int(pred.max()) + 1 if pred.size else 0)
+    keep = (label >= 0) & (label < n_classes)
+    codes = n_segments * label[keep] + pred[keep]
+    return np.bincount(codes, minlength=n_classes * n_segments).reshape(n_classes, n_segments)
+
+
+def hungarian_match(pred, label, n_classes: int) -> Match:
+    """Match one image's predicted segments to classes (the official ``hungarian_matching``, B=1).
+
+    Args:
+        pred: (H, W) non-negative integer segment ids.
+        label: (H, W) integer class ids; ids outside [0, n_classes) are ignored.
+        n_classes: number of classes.
+    """
+    if int(n_classes) < 1:
+        raise DiffCutError(f"n_classes must be >= 1, got {n_classes}")
+    n_classes = int(n_classes)
+    p, lab = _check_pair(pred, label)
+    hist = _fast_hist(lab, p, n_classes)
+    rows, cols = linear_sum_assignment(hist, maximize=True)
+    tp = hist[rows, cols].astype(np.float64)
+    fn = hist.sum(1) - tp
+    matched = hist[:, cols]
+    fp = matched.sum(0) - np.diag(matched)
+    return Match(hist=hist, segment_of_class=cols, tp=tp, fp=fp.astype(np.float64),
+                 fn=fn.astype(np.float64), total=int(hist.sum()))
+
+
+def merge_background(pred, label, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The VOC / Context / COCO-Object rule of the official evaluation.
+
+    Match with the ``n_classes - 1`` object classes (background labelled -1 is ignored);
+    every predicted segment not matched to a class with pixels under a matched segment
+    becomes one background segment (id ``pred.max() + 1``); background labels -1 become
+    class ``n_classes - 1``.
+
+    Note (official quirk): a class counts as matched when ANY matched segment overlaps it
+    (``hist[:, col_ind].max(axis=1) > 0``), not only its own.
+
+    Returns:
+        (pred, label): new int64 arrays; the inputs are not modified.
+    """
+    if int(n_classes) < 2:
+        raise DiffCutError(f"merge_background needs n_classes >= 2 (objects + background), got {n_classes}")
+    n_classes = int(n_classes)
+    pred = np.array(pred, dtype=np.int64, copy=True)
+    label = np.array(label, dtype=np.int64, copy=True)
+    m = hungarian_match(pred, label, n_classes - 1)
+    matched = m.hist[:, m.segment_of_class]
+    assigned = {int(m.segment_of_class[i]) for i in np.flatnonzero(matched.max(axis=1) > 0)}
+    background = sorted(set(np.unique(pred).tolist()) - assigned)
+    bg_id = int(pred.max()) + 1
+    pred[np.isin(pred, background)] = bg_id
+    label[label == -1] = n_classes - 1
+    return pred, label
+
+
+@dataclass
+class MiouAccumulator:
+    """Accumulated TP / FP / FN over images, as the official evaluation loop."""
+
+    n_classes: int
+    tp: np.ndarray = field(init=False)
+    fp: np.ndarray = field(init=False)
+    fn: np.ndarray = field(init=False)
+    total: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.n_classes) < 1:
+            raise DiffCutError(f"n_classes must be >= 1, got {self.n_classes}")
+        self.n_classes = int(self.n_classes)
+        self.tp = np.zeros(self.n_classes)
+        self.fp = np.zeros(self.n_classes)
+        self.fn = np.zeros(self.n_classes)
+
+    def update(self, pred, label) -> Match | list[Match]:
+        """Add one image (H, W) or a batch (B, H, W) (matched image by image)."""
+        pred = np.asarray(pred)
+        if pred.ndim == 3:
+            return [self.update(p, lab) for p, lab in zip(pred, np.asarray(label), strict=True)]
+        m = hungarian_match(pred, label, self.n_classes)
+        self.tp += m.tp
+        self.fp += m.fp
+        self.fn += m.fn
+        self.total += m.total
+        return m
+
+    @property
+    def per_class_iou(self) -> np.ndarray:
+        """(n_classes,) TP / (TP + FP + FN); NaN for a class never seen nor predicted."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.tp / (self.tp + self.fp + self.fn)
+
+    @property
+    def miou(self) -> float:
+        iou = self.per_class_iou
+        return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+    @property
+    def pixel_accuracy(self) -> float:
+        return float(self.tp.sum() / self.total) if self.total else float("nan")
+
+
+def hungarian_miou(preds, labels, n_classes: int, *, merge_bg: bool = False) -> float:
+    """mIoU over a sequence of (pred, label) pairs; ``merge_bg`` applies :func:`merge_background` first.
+
+    ``preds`` / ``labels``: sequences (or (B, H, W) arrays) of (H, W) maps; a single (H, W) map
+    is taken as one image.
+    """
+    acc = MiouAccumulator(n_classes)
+    if isinstance(preds, np.ndarray) and preds.ndim == 2:
+        preds, labels = [preds], [labels]
+    for pred, label in zip(preds, labels, strict=True):
+        if merge_bg:
+            pred, label = merge_background(pred, label, n_classes)
+        acc.update(pred, label)
+    return acc.miou

@@ -1,0 +1,117 @@
+"""Concept assignment: paint coarse NCut segments at mask resolution, numpy or cupy.
+
+The official code upsamples the C = 1280 normalised feature channels bilinearly to the
+mask size and takes ``argmax_k <f, e_k>``. Bilinear upsampling is linear, so upsampling
+the K similarity maps ``<f, e_k>`` computed on the token grid gives the same scores at
+K/C of the cost. The resize is torch's ``F.interpolate(mode="bilinear")`` written as two
+small interpolation matrices (rows, columns), so numpy and cupy share it exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime.ncut import check_features, normalize_tokens
+from diffcut_edge.runtime.xp import get_xp
+
+
+def interp_matrix(size_in: int, size_out: int, *, align_corners: bool, xp: Any = np) -> Any:
+    """(size_out, size_in) float32 matrix of 1-D linear interpolation, torch semantics.
+
+    align_corners=False: source = (o + 0.5) * in/out - 0.5, clamped below at 0 (torch's
+    ``area_pixel_compute_source_index``); align_corners=True: source = o * (in-1)/(out-1).
+    The upper neighbour is clamped to the last index (edge replication).
+    """
+    o = np.arange(size_out, dtype=np.float64)
+    if align_corners:
+        scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+        src = o * scale
+    else:
+        src = np.maximum((o + 0.5) * (size_in / size_out) - 0.5, 0.0)
+    # torch computes the source index in float32 (accscalar of float is float on the CPU).
+    src = src.astype(np.float32)
+    i0 = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
+    i1 = np.minimum(i0 + 1, size_in - 1)
+    lam = (src - i0).astype(np.float32)
+    m = np.zeros((size_out, size_in), dtype=np.float32)
+    rows = np.arange(size_out)
+    np.add.at(m, (rows, i0), 1.0 - lam)
+    np.add.at(m, (rows, i1), lam)
+    return xp.asarray(m)
+
+
+def resize_bilinear(maps: Any, size: tuple[int, int], *, align_corners: bool) -> Any:
+    """Resize (K, h, w) maps to (K, H, W) like torch bilinear interpolation; numpy or cupy."""
+    xp = get_xp(maps)
+    k, h, w = maps.shape
+    out_h, out_w = int(size[0]), int(size[1])
+    ry = interp_matrix(h, out_h, align_corners=align_corners, xp=xp)
+    rx = interp_matrix(w, out_w, align_corners=align_corners, xp=xp)
+    return ry @ maps.astype(xp.float32, copy=False) @ rx.T  # broadcasts over K
+
+
+def _check_coarse(coarse_labels: Any, grid: tuple[int, int], xp: Any) -> Any:
+    labels = xp.asarray(coarse_labels)
+    if labels.size != grid[0] * grid[1]:
+        raise DiffCutError(f"coarse labels have {labels.size} entries, expected {grid[0]}*{grid[1]} "
+                           "for the feature grid: pass the labels of recursive_ncut on the same grid")
+    return labels.reshape(-1)
+
+
+def segment_embeddings(features: Any, coarse_labels: Any) -> Any:
+    """(K, C) float32: mean of the L2-normalised token features over each segment.
+
+    Segments are the sorted unique ids of ``coarse_labels`` (N tokens); rows follow that
+    order. Not re-normalised (the official MaskPooling mean).
+    """
+    xp = get_xp(features)
+    fn = normalize_tokens(xp.asarray(features).astype(xp.float32, copy=False))
+    labels = xp.asarray(coarse_labels).reshape(-1)
+    if labels.shape[0] != fn.shape[0]:
+        raise DiffCutError(f"coarse labels have {labels.shape[0]} entries but there are "
+                           f"{fn.shape[0]} tokens: both must come from the same grid")
+    _, index = xp.unique(labels, return_inverse=True)
+    index = index.reshape(-1)
+    k = int(index.max()) + 1
+    onehot = (index[None, :] == xp.arange(k)[:, None]).astype(xp.float32)
+    return (onehot @ fn) / onehot.sum(axis=1, keepdims=True)
+
+
+def assign_concepts(features: Any, grid: tuple[int, int], coarse_labels: Any,
+                    mask_size: tuple[int, int] = (128, 128)) -> Any:
+    """(H, W) int32 labels at ``mask_size``: argmax_k of the upsampled similarity maps.
+
+    Args:
+        features: (N, C) token features (numpy or cupy), N = h*w.
+        grid: (h, w).
+        coarse_labels: (h, w) or (N,) segment ids (any integers; sorted order defines k).
+        mask_size: (H, W) output size (paper: 128x128).
+    """
+    x, (h, w) = check_features(features, grid)
+    xp = get_xp(x)
+    labels = _check_coarse(coarse_labels, (h, w), xp)
+    fn = normalize_tokens(x)
+    emb = segment_embeddings(fn, labels)
+    sim = (fn @ emb.T).T.reshape(-1, h, w)  # (K, h, w) similarity maps on the token grid
+    up = resize_bilinear(sim, mask_size, align_corners=False)
+    return xp.argmax(up, axis=0).astype(xp.int32)
+
+
+def segment_features(features: Any, grid: tuple[int, int], tau: float = 0.5, alpha: float = 10.0,
+                     mask_size: tuple[int, int] = (128, 128), max_segments: int | None = None,
+                     min_segment_size: int | None = None) -> Any:
+    """DiffCut segmentation of one image's tokens: recursive NCut, then concept assignment.
+
+    Returns (H, W) int32 labels at ``mask_size`` on the input's device (numpy or cupy);
+    ids index the coarse segments in the official order.
+    """
+    from diffcut_edge.runtime.ncut import recursive_ncut
+
+    x, grid = check_features(features, grid)
+    fn = normalize_tokens(x)
+    coarse = recursive_ncut(fn, grid, tau=tau, alpha=alpha, max_segments=max_segments,
+                            min_segment_size=min_segment_size)
+    return assign_concepts(fn, grid, coarse.labels, mask_size)

@@ -1,0 +1,351 @@
+"""Recursive Normalized Cut on token features, numpy or cupy (one code path).
+
+Same partitions as the official DiffCut recursion (DESIGN.md, "The algorithm, exactly"),
+computed the fast way:
+
+- the affinity ``W = minmax(F Fᵀ) ** alpha`` is built once in float32 -- float32 on
+  purpose: ``W ** 10`` underflows to exact zeros there, and the official rule drops every
+  node whose row holds an exact zero from all levels below the first;
+- an explicit work list replaces the recursion and visits nodes in the official order
+  (pre-order, the side above the threshold first); a node works on the submatrix of its
+  own nodes instead of a masked copy of the full matrix. The painted-set bookkeeping of
+  the official code reduces to: below level 0 a child keeps its side of the cut minus
+  the "zero-row" nodes;
+- only the Fiedler vector is computed (LAPACK subset ``eigh`` on small graphs, Lanczos on
+  the deflated normalised affinity on large ones);
+- the 100 candidate cuts are nested (thresholds on one vector), so all of them are scored
+  from one ordering: ``NCut = cut/vol(x) + cut/vol(~x)``, which is what the official
+  ``rᵀ(D−A)r / rᵀDr`` evaluates to, with the within-side volumes read off cumulative sums
+  of the affinity permuted by decreasing Fiedler value (O(n²), no 100 matrix products);
+- labels come from exact membership codes in the official numbering order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime.xp import deflated_operator, eigh_one, eigsh_largest, get_xp, to_host
+
+SOLVERS = ("auto", "eigh", "eigsh")
+# Official candidate cuts: 100 thresholds in [0.99 min y, 0.99 max y].
+NUM_THRESHOLDS = 100
+THRESHOLD_SPAN = 0.99
+# Below this many nodes a LAPACK subset eigh beats Lanczos (measured on a 2-core CPU:
+# ARPACK's per-iteration overhead dominates small matrices).
+EIGH_MAX_NODES = 128
+# Lanczos residual tolerance: the Fiedler vector must match the dense solver's closely
+# enough that no token changes side; spectral gaps of planted/real features are >= 1e-5.
+EIGSH_TOL = 1e-10
+# F.normalize's epsilon: a zero token stays zero instead of dividing by zero.
+NORM_EPS = 1e-12
+
+
+@dataclass
+class NCutResult:
+    """Outcome of the recursive NCut on one image's tokens.
+
+    Attributes:
+        labels: (h, w) int32 coarse segment ids 0..K-1 (numpy or cupy, like the input),
+            numbered in the official order (sorted membership codes).
+        num_segments: K.
+        num_masks: cuts recorded (NCut < tau); K == num_masks + 1.
+        nodes_visited: recursion nodes entered (the official count includes empty ones).
+        eigen_solves: Fiedler vectors computed.
+    """
+
+    labels: Any
+    num_segments: int
+    num_masks: int
+    nodes_visited: int
+    eigen_solves: int
+
+
+@dataclass
+class _Node:
+    """A pending node: its token ids (into the full grid) and its place in the recursion."""
+
+    ids: Any
+    level: int
+
+
+def _check_options(tau: float, alpha: float, max_segments: int | None, min_segment_size: int | None,
+                   solver: str) -> None:
+    if solver not in SOLVERS:
+        raise DiffCutError(f"unknown NCut solver {solver!r}: choose one of {', '.join(SOLVERS)}")
+    if not np.isfinite(tau) or tau <= 0:
+        raise DiffCutError(f"tau must be a positive number (the paper uses 0.5), got {tau!r}")
+    if not np.isfinite(alpha) or alpha <= 0:
+        raise DiffCutError(f"alpha must be a positive number (the paper uses 10), got {alpha!r}")
+    if max_segments is not None and (int(max_segments) != max_segments or max_segments < 1):
+        raise DiffCutError(f"max_segments must be a positive integer or None, got {max_segments!r}")
+    if min_segment_size is not None and (int(min_segment_size) != min_segment_size or min_segment_size < 1):
+        raise DiffCutError(f"min_segment_size must be a positive integer (tokens) or None, got {min_segment_size!r}")
+
+
+def check_features(features: Any, grid: tuple[int, int]) -> tuple[Any, tuple[int, int]]:
+    """Validate (N, C) or (1, N, C) features against the grid; return float32 (N, C) and (h, w)."""
+    try:
+        h, w = (int(g) for g in grid)
+    except (TypeError, ValueError) as e:
+        raise DiffCutError(f"grid must be a pair (h, w) of token rows and columns, got {grid!r}") from e
+    xp = get_xp(features)
+    x = xp.asarray(features)
+    if x.ndim == 3 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 2 or x.shape[0] != h * w or h < 1 or w < 1:
+        raise DiffCutError(
+            f"features must be (N, C) tokens with N = h*w = {h}*{w} = {h * w} for grid {(h, w)}, "
+            f"got shape {tuple(x.shape)}; pass the grid of the exported model (manifest 'grid')")
+    x = x.astype(xp.float32, copy=False)
+    if not bool(xp.isfinite(x).all()):
+        raise DiffCutError("features contain NaN or inf: check the encoder output (precision fp16 "
+                           "overflow?) before segmenting; one non-finite token poisons the affinity")
+    return x, (h, w)
+
+
+def normalize_tokens(features: Any) -> Any:
+    """L2-normalise each token (row), like F.normalize: x / max(||x||, 1e-12), float32."""
+    xp = get_xp(features)
+    norms = xp.sqrt(xp.sum(features * features, axis=1, keepdims=True))
+    return features / xp.maximum(norms, xp.float32(NORM_EPS))
+
+
+def affinity(features_norm: Any, alpha: float) -> Any | None:
+    """``minmax(F Fᵀ) ** alpha`` in float32 (N, N); None when all affinities are equal."""
+    xp = get_xp(features_norm)
+    w = features_norm @ features_norm.T
+    lo, hi = w.min(), w.max()
+    span = hi - lo
+    if not bool(span > 0):
+        return None  # constant features: the official code divides 0 by 0 (-> one segment)
+    w -= lo
+    w /= span
+    return _power(w, alpha)
+
+
+def _power(w: Any, alpha: float) -> Any:
+    """``w ** alpha`` in float32, in place; integer exponents by repeated squaring.
+
+    powf costs ~50x a multiply; squaring differs from it by a few ulps, and decides
+    underflow to exact zero differently only for values within ~1e-7 (relative) of the
+    underflow point -- the same order as torch's own (Sleef) pow differs from libm.
+    """
+    xp = get_xp(w)
+    if float(alpha) != int(alpha) or int(alpha) > 64:
+        return w ** xp.float32(alpha)
+    e = int(alpha)
+    result = None
+    base = w
+    while e:
+        if e & 1:
+            result = base.copy() if result is None else _imul(result, base)
+        e >>= 1
+        if e:
+            base = base * base if base is w else _imul(base, base)
+    return result
+
+
+def _imul(a: Any, b: Any) -> Any:
+    a *= b
+    return a
+
+
+def _fiedler(a: Any, d: Any, solver: str) -> Any | None:
+    """y = D^-1/2 v for v the 2nd eigenvector of D^-1/2 (D-A) D^-1/2, sign-fixed; float64.
+
+    Both solvers work on ``M = D^-1/2 A D^-1/2`` (float64, built in place): "eigh" takes
+    pair #1 of ``I - M`` by LAPACK; "eigsh" takes the largest pair of ``M - 2 u uᵀ``
+    (u = sqrt(d)/|sqrt(d)|, the trivial eigenvector, whose eigenvalue 1 moves to -1, below
+    every other one) by Lanczos, applying the rank-one term in the product instead of
+    forming it. If Lanczos fails to converge the dense solver is used. Returns None if
+    the solvers fail or yield non-finite values (the node is then not split).
+    """
+    xp = get_xp(a)
+    n = a.shape[0]
+    s = 1.0 / xp.sqrt(d)
+    m = a.astype(xp.float64)
+    m *= s[:, None]
+    m *= s[None, :]
+    v = None
+    if solver == "eigsh" or (solver == "auto" and n > EIGH_MAX_NODES):
+        v = _lanczos_fiedler(m, d)
+    if v is None:
+        m *= -1.0
+        m[xp.diag_indices(n)] += 1.0
+        try:
+            _, v = eigh_one(m, 1)
+        except (np.linalg.LinAlgError, ValueError):
+            return None
+    y = s * v
+    if not bool(xp.isfinite(y).all()):
+        return None
+    # Official sign rule: the largest-magnitude entry (first on ties) is positive.
+    peak = y[int(xp.argmax(xp.abs(y)))]
+    return -y if bool(peak < 0) else y
+
+
+def _lanczos_fiedler(m: Any, d: Any) -> Any | None:
+    """Largest eigenvector of ``m - 2 u uᵀ`` (see :func:`_fiedler`), or None on failure."""
+    xp = get_xp(m)
+    u = xp.sqrt(d)
+    u /= xp.linalg.norm(u)
+    op = deflated_operator(m, u)
+    # Fixed start vector: deterministic results; a Gaussian is never orthogonal to v in practice.
+    v0 = xp.asarray(np.random.default_rng(0).standard_normal(m.shape[0]))
+    try:
+        _, v = eigsh_largest(op, v0=v0, tol=EIGSH_TOL)
+    except (np.linalg.LinAlgError, RuntimeError, ValueError):
+        return None
+    return v
+
+
+def _thresholds(y: Any) -> Any:
+    xp = get_xp(y)
+    return xp.linspace(THRESHOLD_SPAN * y.min(), THRESHOLD_SPAN * y.max(), NUM_THRESHOLDS)
+
+
+def _best_cut(a: Any, d: Any, y: Any, min_size: int) -> tuple[float, Any]:
+    """Score the 100 threshold cuts of y at once; return (min NCut, boolean side x = y > t).
+
+    Candidate k keeps x_k = {y > t_k}; the cuts are nested, so with b_i = #{k: t_k < y_i}
+    node i is in x_k iff k < b_i. Aggregating the affinity by bin gives a small matrix G
+    (occupied bins only), and ``cut_k = Σ_{a>k, b<=k} G_ab`` -- a sum of positive terms, so
+    no cancellation -- while ``vol(x_k)`` sums the degrees of the bins above k. ``NCut = cut/vol(x) +
+    cut/vol(~x)`` is what the official ``rᵀ(D−A)r / rᵀDr`` evaluates to. Cuts leaving a side
+    empty (or smaller than ``min_size``) score +inf; the first minimum wins, as in the
+    official code.
+    """
+    xp = get_xp(a)
+    n = a.shape[0]
+    t = _thresholds(y)
+    # Only the occupied bins matter (clustered y leaves most of them empty): compress them.
+    used, bins = xp.unique(xp.searchsorted(t, y, side="left"), return_inverse=True)
+    onehot = (bins.reshape(-1, 1) == xp.arange(used.shape[0])[None, :]).astype(a.dtype)
+    g = (onehot.T @ (a @ onehot)).astype(xp.float64)
+    # tail[p, q] = Σ_{i >= p, j < q} g[i, j] (zero-padded); candidate k keeps the bins from
+    # p_k = #{used bins <= k} on, so cut_k = tail[p_k, p_k].
+    above = _pad_first(xp.cumsum(g[::-1], axis=0)[::-1], 0, at_end=True)
+    tail = _pad_first(xp.cumsum(above, axis=1), 1)
+    p = xp.searchsorted(used, xp.arange(NUM_THRESHOLDS), side="right")
+    cut = tail[p, p]
+    vol_x = _pad_first(xp.cumsum((onehot.T.astype(xp.float64) @ d)[::-1])[::-1], 0, at_end=True)[p]
+    count_x = _pad_first(xp.cumsum(onehot.sum(axis=0)[::-1])[::-1], 0, at_end=True)[p]
+    vol_rest = d.sum() - vol_x
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ncut = cut / vol_x + cut / vol_rest
+    small = (count_x < min_size) | (n - count_x < min_size)
+    ncut = xp.where(small | ~xp.isfinite(ncut), xp.inf, ncut)
+    best = int(xp.argmin(ncut))
+    return float(ncut[best]), y > t[best]
+
+
+def _pad_first(x: Any, axis: int, at_end: bool = False) -> Any:
+    """``x`` with one zero slice added along ``axis`` (at the start, or at the end)."""
+    xp = get_xp(x)
+    shape = list(x.shape)
+    shape[axis] = 1
+    zero = xp.zeros(shape, dtype=x.dtype)
+    return xp.concatenate([x, zero] if at_end else [zero, x], axis=axis)
+
+
+def _assemble(masks: list[Any], n: int, xp: types.ModuleType) -> tuple[Any, int]:
+    """Labels from recorded masks (token id arrays), numbered like the official codes.
+
+    The official code sums mask_i * (running max + 1), so each weight exceeds every earlier
+    code: codes order tokens lexicographically by membership, last mask most significant.
+    Here the membership bits are compared exactly (no float codes to collide).
+    """
+    if not masks:
+        return xp.zeros(n, dtype=xp.int32), 1
+    member = xp.zeros((len(masks), n), dtype=xp.int8)
+    for i, ids in enumerate(masks):
+        member[i, ids] = 1
+    if xp is np:
+        _, labels = np.unique(member[::-1].T, axis=0, return_inverse=True)
+    else:  # cupy.unique has no axis: pack the bits into sortable keys on the host
+        _, labels = np.unique(to_host(member[::-1].T), axis=0, return_inverse=True)
+        labels = xp.asarray(labels)
+    labels = labels.reshape(-1).astype(xp.int32)
+    return labels, int(labels.max()) + 1
+
+
+def recursive_ncut(features: Any, grid: tuple[int, int], *, tau: float = 0.5, alpha: float = 10.0,
+                   max_segments: int | None = None, min_segment_size: int | None = None,
+                   solver: str = "auto") -> NCutResult:
+    """Recursive Normalized Cut of one image's tokens.
+
+    Args:
+        features: (N, C) (or (1, N, C)) token features, numpy or cupy, any float dtype
+            (computed in float32); N = h*w, row-major tokens.
+        grid: (h, w) token grid.
+        tau: a cut is kept while its NCut value is below tau (paper: 0.5).
+        alpha: affinity exponent (paper: 10).
+        max_segments: at most this many segments; when set, nodes are split coarse-first
+            (breadth-first) and splitting stops at the budget. None: no limit (paper).
+        min_segment_size: candidate cuts leaving fewer tokens than this on a side are not
+            considered. None: no limit (paper).
+        solver: Fiedler solver, one of ``SOLVERS``: "eigh" (dense LAPACK subset),
+            "eigsh" (Lanczos on the deflated affinity) or "auto" (eigh up to
+            ``EIGH_MAX_NODES`` nodes, Lanczos above).
+
+    Returns:
+        NCutResult with (h, w) int32 labels on the input's device.
+    """
+    _check_options(tau, alpha, max_segments, min_segment_size, solver)
+    x, (h, w) = check_features(features, grid)
+    xp = get_xp(x)
+    n = h * w
+    a_full = affinity(normalize_tokens(x), alpha)
+    if a_full is None:
+        return NCutResult(xp.zeros((h, w), dtype=xp.int32), 1, 0, 1, 0)
+    # Nodes whose affinity row has an exact zero leave the graph below level 0.
+    keep_deep = ~xp.any(a_full == 0, axis=1)
+    min_size = int(min_segment_size or 1)
+    budget = None if max_segments is None else int(max_segments) - 1
+
+    # Pending nodes keyed by their path (0 = side above the threshold, visited first):
+    # path order is the official pre-order; with a budget, (level, path) is coarse-first.
+    pending: list[tuple[tuple, tuple, int]] = []
+    nodes: list[_Node] = []
+
+    def push(ids: Any, path: tuple) -> None:
+        nodes.append(_Node(ids, len(path)))
+        key = (len(path), path) if budget is not None else path
+        heapq.heappush(pending, (key, path, len(nodes) - 1))
+
+    push(xp.arange(n), ())
+    recorded: list[tuple[tuple, Any]] = []
+    visited = solves = 0
+    while pending and (budget is None or len(recorded) < budget):
+        _, path, index = heapq.heappop(pending)
+        node = nodes[index]
+        nodes[index] = None  # free the id array
+        visited += 1
+        ids = node.ids
+        if node.level > 0:
+            ids = ids[keep_deep[ids]]
+        if ids.shape[0] < 2:
+            continue
+        a = a_full if node.level == 0 else a_full[xp.ix_(ids, ids)]
+        d = a.sum(axis=1, dtype=xp.float64)
+        y = _fiedler(a, d, solver)
+        solves += 1
+        if y is None:
+            continue
+        ncut, side = _best_cut(a, d, y, min_size)
+        if not ncut < tau:
+            continue
+        above = ids[side]
+        recorded.append((path, above))
+        push(above, path + (0,))
+        push(ids[~side], path + (1,))
+
+    recorded.sort(key=lambda item: item[0])  # official (pre-order) numbering
+    labels, k = _assemble([m for _, m in recorded], n, xp)
+    return NCutResult(labels.reshape(h, w), k, len(recorded), visited, solves)

@@ -1,0 +1,140 @@
+"""PAMR mask refinement (Araslanov & Roth, CVPR 2020) as DiffCut applies it, numpy or cupy.
+
+The official module recomputes nothing between iterations except the masks, but it
+materialises every shifted copy through a convolution. Here the image affinities are
+turned into softmax weights once, (8·|dilations|, H, W), and each iteration is a sum of
+shifted multiply-adds over one edge-padded copy of the masks per dilation -- contiguous
+elementwise work that numpy and cupy run the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime.assign import resize_bilinear
+from diffcut_edge.runtime.xp import get_xp, median_filter3
+
+# The 8 neighbours of a 3x3 kernel in the official order (row-major, centre skipped),
+# in units of the dilation.
+NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+# The std window: the full 3x3 grid, centre included.
+WINDOW = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+# Official constants: affinity = -|ΔI| / (STD_EPS + STD_SCALE * σ).
+STD_EPS = 1e-8
+STD_SCALE = 0.1
+
+
+def _shifted(padded: Any, d: int, dy: int, dx: int, h: int, w: int) -> Any:
+    """View of ``padded`` (.., h+2d, w+2d) holding x(p + (dy, dx)·d), edge-replicated."""
+    return padded[..., d + dy * d: d + dy * d + h, d + dx * d: d + dx * d + w]
+
+
+def _pad(x: Any, d: int) -> Any:
+    xp = get_xp(x)
+    return xp.pad(x, ((0, 0), (d, d), (d, d)), mode="edge")
+
+
+def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
+    dil = tuple(int(d) for d in dilations)
+    if not dil or any(d < 1 for d in dil):
+        raise DiffCutError(f"dilations must be positive integers, got {tuple(dilations)!r}")
+    return dil
+
+
+def pamr_weights(image: Any, dilations: Sequence[int] = (1, 2, 4, 8)) -> Any:
+    """(8·|dilations|, H, W) float32 softmax weights of each pixel's dilated neighbours.
+
+    image: (H, W, 3) RGB float in [0, 1] (numpy or cupy). σ is the unbiased std, per colour
+    channel, of the 9·|dilations| values of the dilated 3x3 windows (centre included);
+    the affinity -|I(p) - I(p+o)| / (1e-8 + 0.1·σ) is averaged over the channels, then
+    soft-maxed over the neighbours.
+    """
+    xp = get_xp(image)
+    dil = _check_dilations(dilations)
+    img = xp.ascontiguousarray(xp.moveaxis(xp.asarray(image, dtype=xp.float32), -1, 0))  # (3, H, W)
+    _, h, w = img.shape
+    padded = {d: _pad(img, d) for d in dil}
+    n = len(WINDOW) * len(dil)
+    # Two-pass unbiased std in float64 (a one-pass sum of squares cancels on flat regions).
+    mean = sum(_shifted(padded[d], d, dy, dx, h, w).astype(xp.float64) for d in dil for dy, dx in WINDOW) / n
+    var = sum((_shifted(padded[d], d, dy, dx, h, w) - mean) ** 2 for d in dil for dy, dx in WINDOW) / (n - 1)
+    denom = (STD_EPS + STD_SCALE * xp.sqrt(var)).astype(xp.float32)
+    logits = xp.empty((len(NEIGHBOURS) * len(dil), h, w), dtype=xp.float32)
+    for j, (d, (dy, dx)) in enumerate((d, o) for d in dil for o in NEIGHBOURS):
+        diff = xp.abs(img - _shifted(padded[d], d, dy, dx, h, w))
+        logits[j] = -(diff / denom).mean(axis=0)
+    logits -= logits.max(axis=0, keepdims=True)
+    weights = xp.exp(logits)
+    weights /= weights.sum(axis=0, keepdims=True)
+    return weights
+
+
+def propagate(masks: Any, weights: Any, dilations: Sequence[int] = (1, 2, 4, 8), num_iter: int = 10) -> Any:
+    """``num_iter`` rounds of m(p) <- Σ_o w_p(o) m(p+o) on (K, H, W) float32 masks."""
+    xp = get_xp(masks)
+    dil = _check_dilations(dilations)
+    m = xp.ascontiguousarray(masks, dtype=xp.float32)
+    _, h, w = m.shape
+    acc = xp.empty_like(m)
+    tmp = xp.empty_like(m)
+    for _ in range(int(num_iter)):
+        acc[...] = 0
+        j = 0
+        for d in dil:
+            padded = _pad(m, d)
+            for dy, dx in NEIGHBOURS:
+                xp.multiply(_shifted(padded, d, dy, dx, h, w), weights[j], out=tmp)
+                acc += tmp
+                j += 1
+        m, acc = acc, m
+    return m
+
+
+def _one_hot(labels: Any, xp: Any) -> tuple[Any, int]:
+    """(K, h, w) float32 one-hot masks in sorted-label order, and K."""
+    values, index = xp.unique(labels, return_inverse=True)
+    index = index.reshape(labels.shape)
+    k = int(values.shape[0])
+    return (index[None] == xp.arange(k).reshape(-1, 1, 1)).astype(xp.float32), k
+
+
+def _check_inputs(image: Any, labels: Any, num_iter: int) -> tuple[Any, Any]:
+    xp = get_xp(image)
+    img = xp.asarray(image)
+    lab = xp.asarray(labels)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise DiffCutError(f"PAMR needs an (H, W, 3) RGB image, got shape {tuple(img.shape)}")
+    if lab.ndim != 2:
+        raise DiffCutError(f"PAMR needs (h, w) integer labels, got shape {tuple(lab.shape)}")
+    if int(num_iter) < 0:
+        raise DiffCutError(f"num_iter must be >= 0, got {num_iter!r}")
+    return img, lab
+
+
+def pamr_soft(image: Any, labels: Any, num_iter: int = 10, dilations: Sequence[int] = (1, 2, 4, 8)) -> Any:
+    """(K, H, W) float32 refined soft masks, K = sorted unique labels, at the image size.
+
+    Labels at another size than the image are first resized bilinearly with
+    align_corners=True (the official PAMR's ``F.interpolate``).
+    """
+    img, lab = _check_inputs(image, labels, num_iter)
+    xp = get_xp(img)
+    masks, _ = _one_hot(lab, xp)
+    size = img.shape[:2]
+    if masks.shape[1:] != size:
+        masks = resize_bilinear(masks, size, align_corners=True)
+    return propagate(masks, pamr_weights(img, dilations), dilations, num_iter)
+
+
+def pamr_refine(image: Any, labels: Any, num_iter: int = 10, dilations: Sequence[int] = (1, 2, 4, 8)) -> Any:
+    """(H, W) int32 refined labels: argmax of :func:`pamr_soft`, then a 3x3 median filter.
+
+    Output ids index the sorted unique input labels (the official order; the median filter
+    runs over these ids, so the order matters).
+    """
+    soft = pamr_soft(image, labels, num_iter, dilations)
+    xp = get_xp(soft)
+    return median_filter3(xp.argmax(soft, axis=0).astype(xp.int32))

@@ -1,0 +1,232 @@
+"""Frames in, encoder batch out: BGR uint8 (or gray/BGRA/uint16/float) -> (B, 3, R, R).
+
+The model was exported to take what the official code feeds the VAE: an RGB image in
+[0, 1] resized bilinearly to R x R with PyTorch's ``F.interpolate(mode="bilinear",
+align_corners=False)`` semantics and no antialiasing. OpenCV's INTER_LINEAR agrees
+on upscaling but not in general (fixed-point weights for uint8, an area shortcut
+for exact 2x downscaling), so the resize here is written out as two-tap
+interpolation along each axis, matching PyTorch to float32 rounding (tested against
+torch). It runs on numpy or cupy arrays alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from diffcut_edge.errors import DiffCutError
+
+# Float frames may stray this far outside [0, 1] from rounding before we call them wrong.
+_FLOAT_RANGE_SLACK = 1e-3
+
+
+def _array_module(array: Any):
+    """numpy, or cupy for a cupy array (without importing cupy otherwise)."""
+    if type(array).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (i0, i1) and weight of i1 for each output position, as PyTorch computes them.
+
+    PyTorch (align_corners=False): src = (dst + 0.5) * in/out - 0.5, clamped at 0, in
+    float32; i0 = floor(src), i1 = min(i0 + 1, in - 1), weight of i1 = src - i0.
+    """
+    scale = np.float32(in_size / out_size)
+    src = scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    i0 = np.minimum(src.astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    w1 = (src - i0).astype(np.float32)
+    return i0, i1, w1
+
+
+def _lerp_take(x: Any, axis: int, i0: Any, i1: Any, w1: Any, xp: Any) -> Any:
+    """``x[i0] + (x[i1] - x[i0]) * w1`` along ``axis`` of a 2-D array; float32 out.
+
+    Gathers first and converts after, so an integer frame becomes float only at the
+    output size; ``w1`` is shaped to broadcast along ``axis``.
+    """
+    low = xp.take(x, i0, axis=axis).astype(xp.float32, copy=False)
+    high = xp.take(x, i1, axis=axis).astype(xp.float32, copy=False)
+    high -= low
+    high *= w1
+    low += high
+    return low
+
+
+def _resize_hwc(image: Any, size: tuple[int, int], channels: Sequence[int] | None = None,
+                scale: float = 1.0) -> Any:
+    """Bilinear (torch semantics) resize of (H, W, C) to (h, w, len(channels)), picking channels.
+
+    The image is handled as a 2-D (H, W*C) array: the column pass gathers whole pixels
+    *and* reorders channels in one flat ``take`` (index x*C + c), and both passes run
+    long contiguous loops. The pass that leaves the smaller intermediate goes first.
+    """
+    xp = _array_module(image)
+    out_h, out_w = int(size[0]), int(size[1])
+    if out_h <= 0 or out_w <= 0:
+        raise DiffCutError(f"resize: output size must be positive, got {size}")
+    in_h, in_w, c = image.shape
+    channels = list(range(c)) if channels is None else list(channels)
+    k = len(channels)
+    y0, y1, wy = _bilinear_taps(in_h, out_h)
+    x0, x1, wx = _bilinear_taps(in_w, out_w)
+    chan = np.asarray(channels, dtype=np.int64)
+
+    def column_pass(flat: Any, width_channels: int) -> Any:
+        # flat: (rows, in_w * width_channels) with the original channels still interleaved.
+        idx0 = (x0[:, None] * width_channels + chan[None, :]).ravel()
+        idx1 = (x1[:, None] * width_channels + chan[None, :]).ravel()
+        w = np.repeat(wx, k)[None, :]
+        return _lerp_take(flat, 1, xp.asarray(idx0), xp.asarray(idx1), xp.asarray(w), xp)
+
+    def row_pass(flat: Any) -> Any:
+        if in_h == out_h:  # torch's weights are exactly (1, 0) here
+            return flat.astype(xp.float32, copy=False)
+        return _lerp_take(flat, 0, xp.asarray(y0), xp.asarray(y1), xp.asarray(wy[:, None]), xp)
+
+    flat = image.reshape(in_h, in_w * c)
+    if out_h * in_w <= in_h * out_w:
+        out = column_pass(row_pass(flat), c)
+    else:
+        out = row_pass(column_pass(flat, c))
+    if scale != 1.0:
+        out *= xp.float32(scale)  # out is always a new array here (the column pass gathers)
+    return out.reshape(out_h, out_w, k)
+
+
+def resize_bilinear(image: Any, size: tuple[int, int], *, scale: float = 1.0) -> Any:
+    """Resize (H, W) or (H, W, C) to ``size`` = (height, width), as torch bilinear/align_corners=False.
+
+    Args:
+        image: numpy or cupy array, any real dtype (integers are read as their values).
+        size: output (height, width).
+        scale: factor applied to the result (e.g. 1/255 for uint8).
+    Returns:
+        float32 array of the same array module, shape (height, width[, C]); a new array.
+    """
+    if image.ndim == 2:
+        return _resize_hwc(image[:, :, None], size, scale=scale)[:, :, 0]
+    return _resize_hwc(image, size, scale=scale)
+
+
+def resize_nearest(labels: Any, size: tuple[int, int]) -> Any:
+    """Resize a label map to ``size`` = (height, width) like torch ``F.interpolate(mode="nearest")``.
+
+    PyTorch: src = min(floor(dst * in/out), in - 1), with the scale in float32.
+    Works on numpy or cupy; keeps the dtype.
+    """
+    xp = _array_module(labels)
+    out_h, out_w = int(size[0]), int(size[1])
+    in_h, in_w = labels.shape[:2]
+
+    def taps(n_in: int, n_out: int):
+        src = np.floor(np.arange(n_out, dtype=np.float32) * np.float32(n_in / n_out)).astype(np.int64)
+        return xp.asarray(np.minimum(src, n_in - 1))
+
+    return labels[taps(in_h, out_h)][:, taps(in_w, out_w)]
+
+
+def check_frame(image: Any) -> None:
+    """Raise a DiffCutError unless ``image`` is a non-empty (H, W[, 1|3|4]) array."""
+    if image is None:
+        raise DiffCutError("got no image (None): the frame could not be read (check the path or camera)")
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        raise DiffCutError(f"expected an image array (H, W[, C]), got {type(image).__name__}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise DiffCutError(f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
+                           f"got {tuple(image.shape)}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise DiffCutError(f"got an empty image of shape {tuple(image.shape)}")
+
+
+def _value_scale(image: Any) -> float:
+    """Factor that maps the frame's values to [0, 1]: 1/255 for uint8, 1/65535 for uint16, 1 for float."""
+    dtype = np.dtype(image.dtype)
+    if dtype == np.uint8:
+        return 1.0 / 255.0
+    if dtype == np.uint16:
+        return 1.0 / 65535.0
+    if dtype.kind == "f":
+        xp = _array_module(image)
+        low, high = float(xp.min(image)), float(xp.max(image))
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise DiffCutError("the float image contains NaN or infinite values")
+        if low < -_FLOAT_RANGE_SLACK or high > 1.0 + _FLOAT_RANGE_SLACK:
+            raise DiffCutError(f"float images must be in [0, 1], got values in [{low:.3g}, {high:.3g}] "
+                               f"(divide 0..255 images by 255, or pass uint8)")
+        return 1.0
+    raise DiffCutError(f"unsupported image dtype {dtype}: use uint8, uint16 or float in [0, 1]")
+
+
+def _channel_index(image: Any, channel_order: str) -> list[int]:
+    """Indices that turn the frame's channels into R, G, B (gray is repeated, alpha dropped)."""
+    if channel_order not in ("bgr", "rgb"):
+        raise DiffCutError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels == 1:
+        return [0, 0, 0]
+    return [2, 1, 0] if channel_order == "bgr" else [0, 1, 2]
+
+
+def image_to_rgb_float(image: Any, channel_order: str = "bgr",
+                       size: tuple[int, int] | None = None) -> Any:
+    """Any supported frame -> (H, W, 3) RGB float32 in [0, 1], optionally resized (torch bilinear).
+
+    Accepts (H, W) gray, (H, W, 1), (H, W, 3) BGR (OpenCV's order; ``channel_order="rgb"``
+    for RGB), (H, W, 4) BGRA (alpha dropped); uint8, uint16 or float in [0, 1]; numpy or cupy.
+    ``size`` = (height, width) resizes in the same pass.
+    """
+    check_frame(image)
+    scale = _value_scale(image)
+    index = _channel_index(image, channel_order)
+    xp = _array_module(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if size is not None:
+        return _resize_hwc(xp.ascontiguousarray(image), size, channels=index, scale=scale)
+    out = image[:, :, index].astype(xp.float32)  # fancy indexing: always a new array
+    if scale != 1.0:
+        out *= xp.float32(scale)
+    return out
+
+
+def _as_frame_list(frames: Any) -> list[Any]:
+    if frames is None:
+        raise DiffCutError("got no frames (None)")
+    if hasattr(frames, "ndim"):
+        if frames.ndim == 4:
+            return list(frames)
+        return [frames]
+    if isinstance(frames, Sequence) and not isinstance(frames, (str, bytes)):
+        if len(frames) == 0:
+            raise DiffCutError("got an empty list of frames")
+        return list(frames)
+    raise DiffCutError(f"expected a frame or a list of frames, got {type(frames).__name__}")
+
+
+def preprocess(frames_bgr_uint8: Any, resolution: int, channel_order: str = "bgr") -> Any:
+    """Frames -> the encoder's input batch (B, 3, R, R) float32 RGB in [0, 1].
+
+    Args:
+        frames_bgr_uint8: one frame or a sequence (or (B, H, W, C) array) of frames of
+            any type :func:`image_to_rgb_float` accepts; frames may differ in size.
+        resolution: R, the model folder's resolution.
+    Returns:
+        C-contiguous (B, 3, R, R) float32, numpy (cupy if the frames are cupy).
+    """
+    if int(resolution) <= 0:
+        raise DiffCutError(f"resolution must be positive, got {resolution}")
+    frames = _as_frame_list(frames_bgr_uint8)
+    first = image_to_rgb_float(frames[0], channel_order, size=(resolution, resolution))
+    xp = _array_module(first)
+    batch = xp.empty((len(frames), 3, resolution, resolution), dtype=xp.float32)
+    batch[0] = first.transpose(2, 0, 1)
+    for i, frame in enumerate(frames[1:], start=1):
+        batch[i] = image_to_rgb_float(frame, channel_order, size=(resolution, resolution)).transpose(2, 0, 1)
+    return batch

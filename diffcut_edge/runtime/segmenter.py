@@ -1,0 +1,320 @@
+"""``Segmenter``: frames in, DiffCut segmentations out. It orchestrates only.
+
+    preprocess (preprocess.py) -> encoder (backends/) -> recursive NCut (ncut.py)
+    -> concept assignment at mask size (assign.py) -> PAMR (pamr.py) -> frame size
+
+On a GPU the features stay on the device from the engine through the cupy
+post-processing; results always come back as host numpy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime import assign, ncut, pamr
+from diffcut_edge.runtime.backends import Backend, open_backend
+from diffcut_edge.runtime.lazy import cupy as cp
+from diffcut_edge.runtime.manifest import Manifest
+from diffcut_edge.runtime.overlay import draw_overlay
+from diffcut_edge.runtime.preprocess import check_frame, image_to_rgb_float, preprocess, resize_nearest
+
+TIMING_KEYS = ("preprocess", "encoder", "ncut", "assign", "pamr", "total")
+DEVICES = ("cpu", "cuda")
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+
+
+@dataclass(frozen=True)
+class SegmenterOptions:
+    """Post-processing options (the paper's defaults), validated on construction.
+
+    tau: NCut threshold (>= 0): a split is kept while its NCut value is below tau.
+    alpha: affinity exponent (> 0), W <- W^alpha.
+    mask_size: (height, width) of the assignment / PAMR label map (paper: 128 x 128).
+    refine: run PAMR on the mask-size labels.
+    max_segments / min_segment_size: optional caps passed to the NCut (None = off).
+    pamr_iterations / pamr_dilations: PAMR settings (paper: 10, (1, 2, 4, 8)).
+    """
+
+    tau: float = 0.5
+    alpha: float = 10.0
+    mask_size: tuple[int, int] = (128, 128)
+    refine: bool = True
+    max_segments: int | None = None
+    min_segment_size: int | None = None
+    pamr_iterations: int = 10
+    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau >= 0):
+            raise DiffCutError(f"tau must be a finite number >= 0, got {self.tau!r}")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise DiffCutError(f"alpha must be a finite number > 0, got {self.alpha!r}")
+        size = self.mask_size
+        if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+            size = (int(size), int(size))  # a single side means a square
+        if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_positive_int(s) for s in size)):
+            raise DiffCutError(f"mask_size must be (height, width) of positive integers, got {self.mask_size!r}")
+        object.__setattr__(self, "mask_size", (int(size[0]), int(size[1])))
+        for name in ("max_segments", "min_segment_size"):
+            value = getattr(self, name)
+            if value is not None and not _is_positive_int(value):
+                raise DiffCutError(f"{name} must be None or a positive integer, got {value!r}")
+        if not isinstance(self.refine, (bool, np.bool_)):
+            raise DiffCutError(f"refine must be True or False, got {self.refine!r}")
+        if not (isinstance(self.pamr_iterations, (int, np.integer)) and self.pamr_iterations >= 0):
+            raise DiffCutError(f"pamr_iterations must be an integer >= 0, got {self.pamr_iterations!r}")
+        dilations = tuple(self.pamr_dilations)
+        if not dilations or not all(_is_positive_int(d) for d in dilations):
+            raise DiffCutError(f"pamr_dilations must be positive integers, got {self.pamr_dilations!r}")
+        object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in dilations))
+
+
+@dataclass
+class SegmentationResult:
+    """One frame's segmentation (host numpy arrays).
+
+    labels: (H, W) int32 at the frame's size (nearest resize of ``mask_labels``).
+    mask_labels: (mask_h, mask_w) int32 after assignment (and PAMR when refining).
+    coarse_labels: (h, w) int32 on the feature grid, from the NCut, ids 0..K-1.
+    num_segments: K. Ids in ``labels`` are < K; an id may vanish after assignment/PAMR.
+    embeddings: (K, C) float32, row k = mean normalised feature of coarse segment k
+        (for matching segments across frames).
+    timings: milliseconds per stage (keys :data:`TIMING_KEYS`); in a batch, preprocess
+        and encoder are the batch's time divided by its size.
+    """
+
+    labels: np.ndarray
+    mask_labels: np.ndarray
+    coarse_labels: np.ndarray
+    num_segments: int
+    embeddings: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def overlay(self, frame: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+        """A new BGR uint8 frame with the segments blended over ``frame`` (not modified)."""
+        return draw_overlay(frame, self.labels, alpha=alpha)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3
+
+
+def _chunks(items: Sequence[Any], size: int | None) -> Iterator[Sequence[Any]]:
+    step = len(items) if size is None else max(1, int(size))
+    for i in range(0, len(items), step):
+        yield items[i:i + step]
+
+
+class Segmenter:
+    """DiffCut on an exported model folder.
+
+    Example::
+
+        frame = cv2.imread("photo.jpg")                  # BGR uint8
+        with Segmenter.from_model_dir("ssd1b-1024") as seg:
+            result = seg(frame)                           # result.labels: (H, W) int32
+        cv2.imwrite("overlay.jpg", result.overlay(frame))
+
+    Args:
+        backend: an open :class:`~diffcut_edge.runtime.backends.Backend`.
+        options: post-processing options.
+        device: where post-processing runs: "cpu" (numpy) or "cuda" (cupy);
+            None = "cuda" when the encoder runs on the GPU and cupy imports.
+        owns_backend: close the backend with the segmenter.
+    """
+
+    def __init__(self, backend: Backend, options: SegmenterOptions | None = None, device: str | None = None,
+                 owns_backend: bool = True) -> None:
+        self.backend = backend
+        self.options = options or SegmenterOptions()
+        self.device = self._resolve_device(device, backend)
+        self.owns_backend = owns_backend
+
+    @classmethod
+    def from_model_dir(cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None,
+                       refine: bool = True, mask_size: tuple[int, int] = (128, 128), tau: float = 0.5,
+                       alpha: float = 10.0, max_segments: int | None = None,
+                       min_segment_size: int | None = None, *, verify: bool = True,
+                       threads: int | None = None) -> "Segmenter":
+        """Open a model folder (see :func:`~diffcut_edge.runtime.backends.open_backend`)."""
+        # Validate before the (slow) backend opens.
+        options = SegmenterOptions(tau=tau, alpha=alpha, mask_size=mask_size, refine=refine,
+                                   max_segments=max_segments, min_segment_size=min_segment_size)
+        if device is not None and device not in DEVICES:
+            raise DiffCutError(f"device must be one of {DEVICES} or None, got {device!r}")
+        if device == "cuda":
+            cp.load()
+        opened = open_backend(path, backend, verify=verify, keep_on_device=device != "cpu", threads=threads)
+        try:
+            return cls(opened, options, device=device)
+        except BaseException:
+            opened.close()
+            raise
+
+    @staticmethod
+    def _resolve_device(device: str | None, backend: Backend) -> str:
+        if device is None:
+            return "cuda" if backend.device == "cuda" and cp.available() else "cpu"
+        if device not in DEVICES:
+            raise DiffCutError(f"device must be one of {DEVICES} or None, got {device!r}")
+        if device == "cuda":
+            cp.load()  # names the [gpu] extra when missing
+        return device
+
+    @property
+    def _xp(self) -> Any:
+        return cp.load() if self.device == "cuda" else np
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.backend.manifest
+
+    # ------------------------------------------------------------------ stages
+    def _to_post_device(self, array: Any) -> Any:
+        """Move an array to where post-processing runs (numpy on cpu, cupy on cuda)."""
+        on_gpu = type(array).__module__.split(".")[0] == "cupy"
+        if self.device == "cuda":
+            return array if on_gpu else cp.asarray(array)
+        return array.get() if on_gpu else np.asarray(array)
+
+    def _sync(self) -> None:
+        # GPU work is asynchronous: synchronise so the stage timings are honest.
+        if self.device == "cuda":
+            cp.cuda.get_current_stream().synchronize()
+
+    def _encode_timed(self, frames: Sequence[Any]) -> tuple[Any, float, float]:
+        start = time.perf_counter()
+        batch = preprocess(list(frames), self.manifest.resolution)
+        t_pre = _ms(start)
+        start = time.perf_counter()
+        features = self.backend.infer({self.backend.input_name: batch})[self.backend.output_name]
+        self._check_features(features, len(frames))
+        t_enc = _ms(start)
+        return features, t_pre, t_enc
+
+    def _check_features(self, features: Any, batch: int) -> None:
+        expected = (batch, self.manifest.num_tokens, self.manifest.channels)
+        if tuple(features.shape) != expected:
+            raise DiffCutError(f"the encoder returned features of shape {tuple(features.shape)}, the manifest "
+                               f"promises {expected}; the model folder is inconsistent, re-export it")
+
+    def encode(self, frames: Any) -> Any:
+        """Frames -> features (B, N, C) float32 (cupy when the backend keeps them on the GPU).
+
+        Batches larger than the backend's maximum are run in chunks.
+        """
+        frame_list = _frame_list(frames)
+        parts = [self._encode_timed(chunk)[0] for chunk in _chunks(frame_list, self.backend.max_batch)]
+        if len(parts) == 1:
+            return parts[0]
+        xp = cp if type(parts[0]).__module__.split(".")[0] == "cupy" else np
+        return xp.concatenate(parts)
+
+    def postprocess(self, frame: Any, features: Any) -> SegmentationResult:
+        """One frame's features (N, C) -> its segmentation: NCut, assignment, PAMR, resize."""
+        return self._postprocess(frame, features, {"preprocess": 0.0, "encoder": 0.0})
+
+    def _postprocess(self, frame: Any, features: Any, timings: dict[str, float]) -> SegmentationResult:
+        opts, grid = self.options, tuple(self.manifest.grid)
+        expected = (self.manifest.num_tokens, self.manifest.channels)
+        if tuple(getattr(features, "shape", ())) != expected:
+            raise DiffCutError(f"postprocess: expected features of shape {expected} for one frame "
+                               f"(grid {grid}), got {tuple(getattr(features, 'shape', ()))}")
+        check_frame(frame)
+        features = self._to_post_device(features)
+
+        start = time.perf_counter()
+        cut = ncut.recursive_ncut(features, grid, tau=opts.tau, alpha=opts.alpha,
+                                  max_segments=opts.max_segments, min_segment_size=opts.min_segment_size)
+        coarse = cut.labels
+        self._sync()
+        timings["ncut"] = _ms(start)
+
+        start = time.perf_counter()
+        embeddings = assign.segment_embeddings(features, coarse)
+        mask_labels = assign.assign_concepts(features, grid, coarse, opts.mask_size)
+        self._sync()
+        timings["assign"] = _ms(start)
+
+        start = time.perf_counter()
+        if opts.refine:
+            # As the paper: PAMR sees the frame resized (bilinear) to the mask size.
+            image = image_to_rgb_float(self._to_post_device(frame), size=opts.mask_size)
+            refined = pamr.pamr_refine(image, mask_labels, num_iter=opts.pamr_iterations,
+                                       dilations=opts.pamr_dilations)
+            # PAMR numbers its output by the sorted ids present; map back to segment ids so
+            # labels keep indexing the embeddings when assignment left an id out.
+            mask_labels = self._xp.unique(mask_labels)[refined]
+        self._sync()
+        timings["pamr"] = _ms(start)
+
+        labels = resize_nearest(mask_labels, frame.shape[:2])
+        timings["total"] = sum(timings[k] for k in ("preprocess", "encoder", "ncut", "assign", "pamr"))
+        return SegmentationResult(
+            labels=_host_int32(labels), mask_labels=_host_int32(mask_labels), coarse_labels=_host_int32(coarse),
+            num_segments=int(cut.num_segments), embeddings=_host(embeddings).astype(np.float32, copy=False),
+            timings=timings,
+        )
+
+    # ------------------------------------------------------------------ public calls
+    def __call__(self, frame: Any) -> SegmentationResult:
+        """Segment one frame (BGR uint8, or any type ``preprocess`` accepts)."""
+        check_frame(frame)
+        return self.segment_batch([frame])[0]
+
+    def segment_batch(self, frames: Any) -> list[SegmentationResult]:
+        """Segment several frames; encoder batches respect the backend's maximum batch."""
+        frame_list = _frame_list(frames)
+        results = []
+        for chunk in _chunks(frame_list, self.backend.max_batch):
+            features, t_pre, t_enc = self._encode_timed(chunk)
+            share = {"preprocess": t_pre / len(chunk), "encoder": t_enc / len(chunk)}
+            for frame, feats in zip(chunk, features):
+                results.append(self._postprocess(frame, feats, dict(share)))
+        return results
+
+    def close(self) -> None:
+        if self.owns_backend:
+            self.backend.close()
+
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Segmenter({self.backend!r}, device={self.device!r}, {self.options})"
+
+
+def _frame_list(frames: Any) -> list[Any]:
+    if frames is None:
+        raise DiffCutError("got no frames (None)")
+    if hasattr(frames, "ndim") and frames.ndim == 4:
+        return list(frames)
+    if hasattr(frames, "ndim"):
+        raise DiffCutError(f"expected a list of frames or a (B, H, W, C) array, got shape {frames.shape}; "
+                           f"for one frame call the segmenter directly")
+    if isinstance(frames, (list, tuple)):
+        if not frames:
+            raise DiffCutError("got an empty list of frames")
+        return list(frames)
+    raise DiffCutError(f"expected a list of frames, got {type(frames).__name__}")
+
+
+def _host(array: Any) -> np.ndarray:
+    return array.get() if type(array).__module__.split(".")[0] == "cupy" else np.asarray(array)
+
+
+def _host_int32(array: Any) -> np.ndarray:
+    return _host(array).astype(np.int32, copy=False)

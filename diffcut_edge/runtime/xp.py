@@ -1,0 +1,127 @@
+"""One array module for the post-processing: numpy on the CPU, cupy on an NVIDIA GPU.
+
+NCut, assignment and PAMR are written once against an ``xp`` namespace (the numpy API,
+which cupy mirrors). The few places where numpy and cupy differ -- moving data to the
+host, the eigen-solvers, the median filter -- live here, so the algorithm modules hold
+no device branches. cupy is imported only when a cupy array (or ``"cuda"``) is seen.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import numpy as np
+
+from diffcut_edge.errors import DiffCutError, missing_extra
+
+
+def _cupy() -> types.ModuleType:
+    try:
+        import cupy
+    except ImportError as e:
+        raise missing_extra("cupy", "gpu", "GPU post-processing") from e
+    return cupy
+
+
+def is_cupy_array(a: Any) -> bool:
+    """True for a cupy ndarray, checked by type name so cupy need not be installed."""
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def get_xp(array_or_device: Any) -> types.ModuleType:
+    """The array module for an array (numpy/cupy) or a device name ("cpu" | "cuda").
+
+    Anything that is not a cupy array or a CUDA device name (lists, numpy arrays, scalars)
+    gets numpy.
+    """
+    if isinstance(array_or_device, str):
+        device = array_or_device.split(":")[0].lower()
+        if device == "cpu":
+            return np
+        if device in ("cuda", "gpu"):
+            return _cupy()
+        raise DiffCutError(f"unknown device {array_or_device!r}: use 'cpu' or 'cuda'")
+    if is_cupy_array(array_or_device):
+        return _cupy()
+    return np
+
+
+def to_host(a: Any) -> np.ndarray:
+    """A numpy copy/view of ``a`` (cupy arrays are copied from the GPU)."""
+    if is_cupy_array(a):
+        return a.get()
+    return np.asarray(a)
+
+
+def asarray(a: Any, xp: types.ModuleType, dtype: Any = None) -> Any:
+    """``a`` as an array of module ``xp`` (copies across devices only when needed)."""
+    if xp is np:
+        return np.asarray(to_host(a), dtype=dtype)
+    return xp.asarray(a, dtype=dtype)
+
+
+def to_scalar(a: Any) -> float:
+    """A Python float from a 0-d numpy/cupy array (one device sync on cupy)."""
+    return float(a)
+
+
+# --------------------------------------------------------------------------------------
+# Eigen-solvers: the one place numpy (scipy) and cupy (cupyx) differ for NCut.
+# --------------------------------------------------------------------------------------
+
+
+def eigh_one(matrix: Any, index: int) -> tuple[float, Any]:
+    """Eigenpair number ``index`` (ascending) of a dense symmetric matrix.
+
+    numpy: LAPACK ``?syevr`` computes only the requested pair (``subset_by_index``);
+    cupy has no subset solver, so it runs the full ``eigh`` and slices.
+    Raises ``np.linalg.LinAlgError`` when the solver fails.
+    """
+    if is_cupy_array(matrix):
+        w, v = _cupy().linalg.eigh(matrix)
+        return float(w[index]), v[:, index]
+    import scipy.linalg
+
+    w, v = scipy.linalg.eigh(matrix, subset_by_index=[index, index], driver="evr", check_finite=False)
+    return float(w[0]), v[:, 0]
+
+
+def deflated_operator(matrix: Any, u: Any) -> Any:
+    """LinearOperator x -> (matrix - 2 u uᵀ) x without forming the rank-one term (scipy or cupyx)."""
+    if is_cupy_array(matrix):
+        from cupyx.scipy.sparse.linalg import LinearOperator
+    else:
+        from scipy.sparse.linalg import LinearOperator
+
+    def matvec(x: Any) -> Any:
+        x = x.reshape(-1)
+        return matrix @ x - (2.0 * (u @ x)) * u
+
+    return LinearOperator(matrix.shape, matvec=matvec, dtype=matrix.dtype)
+
+
+def eigsh_largest(matrix: Any, v0: Any, tol: float) -> tuple[float, Any]:
+    """Largest algebraic eigenpair of a symmetric matrix or LinearOperator by implicitly restarted Lanczos.
+
+    numpy: ``scipy.sparse.linalg.eigsh`` (ARPACK); cupy: ``cupyx.scipy.sparse.linalg.eigsh``.
+    ``v0`` makes the start (and so the result) deterministic. Raises on non-convergence.
+    """
+    if is_cupy_array(matrix):
+        from cupyx.scipy.sparse.linalg import eigsh
+
+        w, v = eigsh(matrix, k=1, which="LA", v0=v0, tol=tol)
+    else:
+        from scipy.sparse.linalg import eigsh
+
+        w, v = eigsh(matrix, k=1, which="LA", v0=v0, tol=tol)
+    return float(w[0]), v[:, 0]
+
+
+def median_filter3(labels: Any) -> Any:
+    """3x3 median filter with scipy's default border mode ('reflect'), numpy or cupy."""
+    if is_cupy_array(labels):
+        from cupyx.scipy.ndimage import median_filter
+    else:
+        from scipy.ndimage import median_filter
+    return median_filter(labels, size=3)

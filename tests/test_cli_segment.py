@@ -1,0 +1,132 @@
+"""``diffcut-edge segment``: outputs, option checks, batches with bad files; fake and real segmenters."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from fake_segmenter import FakeSegmenter
+
+from diffcut_edge import cli
+from diffcut_edge.runtime import io
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    seg = FakeSegmenter()
+    monkeypatch.setattr(cli, "_open_segmenter", lambda args: seg)
+    return seg
+
+
+@pytest.fixture
+def images(tmp_path):
+    from conftest import sample_photos
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, photo in zip(("astronaut", "chelsea", "coffee"), sample_photos(48)):
+        cv2.imwrite(str(folder / f"{name}.png"), (photo[..., ::-1] * 255).round().astype(np.uint8))
+    return folder
+
+
+def _run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_writes_16bit_labels_overlays_and_npz(fake, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = _run(["segment", str(images), "--model-dir", "m", "--out", str(out), "--save-npz",
+                              "--overlay-format", "png"], capsys)
+    assert code == 0, err
+    for stem in ("astronaut", "chelsea", "coffee"):
+        frame = io.read_image(images / f"{stem}.png")
+        expected = fake(frame)
+        raw = cv2.imread(str(out / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
+        assert raw.dtype == np.uint16 and np.array_equal(raw, expected.labels)
+        overlay = cv2.imread(str(out / f"{stem}_overlay.png"))
+        assert np.array_equal(overlay, expected.overlay(frame))
+        with np.load(out / f"{stem}.npz") as d:
+            assert set(d.files) == {"labels", "mask_labels", "coarse_labels", "embeddings"}
+            assert np.allclose(d["embeddings"], expected.embeddings)
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 4 and "segments" in lines[0] and "pamr" in lines[0]
+    assert lines[-1].startswith("segmented 3 image(s)")
+    assert err == ""
+
+
+def test_quiet_and_jpg_overlay_default(fake, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = _run(["segment", str(images / "coffee.png"), "--model-dir", "m", "--out", str(out), "-q"],
+                           capsys)
+    assert code == 0 and len(stdout.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["coffee_labels.png", "coffee_overlay.jpg"]
+
+
+def test_same_stem_from_two_folders_does_not_overwrite(fake, images, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    cv2.imwrite(str(other / "coffee.jpg"), np.full((20, 30, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    code, _, _ = _run(["segment", str(images / "coffee.png"), str(other / "coffee.jpg"), "--model-dir", "m",
+                       "--out", str(out), "-q"], capsys)
+    assert code == 0
+    assert cv2.imread(str(out / "coffee_2_labels.png"), cv2.IMREAD_UNCHANGED).shape == (20, 30)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tau", "-1"], "expected a number >= 0"),
+    (["--alpha", "0"], "expected a number > 0"),
+    (["--mask-size", "0"], "expected a positive integer"),
+    (["--mask-size", "12x0"], "expected a positive integer"),
+    (["--max-segments", "-3"], "expected a positive integer"),
+    (["--backend", "cuda-magic"], "invalid choice"),
+])
+def test_out_of_range_options_are_refused(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["segment", "x.png", "--model-dir", "m", "--out", str(tmp_path), *flags])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_mask_size_accepts_hxw(monkeypatch, images, tmp_path, capsys):
+    seen = {}
+
+    def open_segmenter(args):
+        seen["mask_size"] = args.mask_size
+        return FakeSegmenter(mask_size=args.mask_size)
+
+    monkeypatch.setattr(cli, "_open_segmenter", open_segmenter)
+    assert _run(["segment", str(images / "coffee.png"), "--model-dir", "m", "--out", str(tmp_path / "o"),
+                 "--mask-size", "24x32", "--save-npz", "-q"], capsys)[0] == 0
+    with np.load(tmp_path / "o" / "coffee.npz") as d:
+        assert seen["mask_size"] == (24, 32) and d["mask_labels"].shape == (24, 32)
+
+
+def test_backend_choices_match_the_runtime():
+    from diffcut_edge.runtime.backends import BACKENDS
+
+    assert set(cli._BACKEND_CHOICES) == set(BACKENDS)
+
+
+def _export_available() -> bool:
+    try:
+        from diffcut_edge.export import export_model  # noqa: F401
+        from diffcut_edge.models import make_tiny_pipeline  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _export_available(), reason="export stage not available (needs the [export] extra)")
+def test_end_to_end_on_a_tiny_exported_model(tiny_model_dir, images, tmp_path, capsys):
+    model = tiny_model_dir("sdxl", 256)
+    out = tmp_path / "out"
+    code, stdout, err = _run(["segment", str(images), "--model-dir", str(model), "--out", str(out),
+                              "--backend", "ort-cpu", "--save-npz", "-q"], capsys)
+    assert code == 0, err
+    labels = io.read_labels_png(out / "chelsea_labels.png")
+    with np.load(out / "chelsea.npz") as d:
+        assert labels.shape == (48, 48) and np.array_equal(labels, d["labels"])
+        assert d["coarse_labels"].shape == (8, 8) and d["embeddings"].shape[0] == d["coarse_labels"].max() + 1

@@ -1,0 +1,81 @@
+"""``diffcut-edge webcam``: headless runs on a generated video, keys, and sources that fail."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from fake_segmenter import FakeSegmenter, make_video
+from test_cli_video import _geometry, run_fresh_process
+
+from diffcut_edge import cli
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    seg = FakeSegmenter()
+    monkeypatch.setattr(cli, "_open_segmenter", lambda args: seg)
+    return seg
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("webcam") / "cam.avi"
+    make_video(path, n=8)
+    return path
+
+
+def _run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_headless_file_source_records_and_ends_cleanly(fake, clip, tmp_path, capsys):
+    record = tmp_path / "rec.mp4"
+    code, stdout, err = _run(["webcam", "--model-dir", "m", "--source", str(clip), "--headless",
+                              "--record", str(record)], capsys)
+    assert code == 0 and err == ""
+    assert stdout.startswith("source ended: 8 frames") and str(record) in stdout
+    frames, fps, size = _geometry(record)
+    assert (frames, size) == (8, (128, 96)) and fps == pytest.approx(10.0)
+
+
+def test_max_frames_stops_early(fake, clip, tmp_path, capsys):
+    code, stdout, _ = _run(["webcam", "--model-dir", "m", "--source", str(clip), "--headless",
+                            "--max-frames", "3"], capsys)
+    assert code == 0 and stdout.startswith("stopped at --max-frames: 3 frames") and fake.encode_calls == 3
+
+
+def test_window_keys_toggle_refine_freeze_and_quit(fake, clip, monkeypatch, capsys):
+    shown: list[np.ndarray] = []
+    keys = iter([ord("r"), ord("f"), -1, ord(" "), ord("q")])  # refine off; freeze; wait; unfreeze; quit
+    monkeypatch.setattr(cli, "_gui_problem", lambda: None)
+    monkeypatch.setattr(cv2, "imshow", lambda name, image: shown.append(image.copy()))
+    monkeypatch.setattr(cv2, "waitKey", lambda delay: next(keys))
+    monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
+    code, stdout, _ = _run(["webcam", "--model-dir", "m", "--source", str(clip), "--no-pipeline"], capsys)
+    assert code == 0 and stdout.startswith("stopped: 3 frames")
+    assert len(shown) == 3 and fake.refine is False  # frames 0, 1 (freeze/unfreeze), 2 (quit)
+    assert not np.array_equal(shown[0][:30], shown[1][:30])  # the HUD line changed (refine on -> off)
+
+
+def test_without_a_display_tells_to_use_headless(fake, clip, capsys):
+    if cli._gui_problem() is None:
+        pytest.skip("this machine has an OpenCV GUI and a display")
+    code, _, err = _run(["webcam", "--model-dir", "m", "--source", str(clip)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--headless" in err
+
+
+@pytest.mark.parametrize("source, message", [("99", "cannot open camera 99"),
+                                             ("rtsp://127.0.0.1:9/none", "cannot connect")])
+def test_sources_that_cannot_open_fail_in_one_line(tmp_path, source, message):
+    proc = run_fresh_process(["webcam", "--model-dir", "m", "--source", source, "--headless"], tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr  # OpenCV/FFmpeg's own logs are silenced
+
+
+def test_retries_option_is_validated(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["webcam", "--model-dir", "m", "--retries", "-1"])
+    assert "expected an integer >= 0" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""A toy "encoder" model folder for runtime tests that must not wait on the real export.
+
+The graph has the exported encoder's contract, image (B, 3, R, R) RGB in [0, 1] ->
+features (B, (R/32)^2, C), built with ``onnx.helper``: 32x32 patches are summarised
+by an average pool + a strided conv, squashed by tanh and projected to C channels.
+Patches of similar colour get similar features, so NCut finds colour regions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from diffcut_edge.runtime.manifest import EngineRecord, Manifest, sha256_file, write_manifest
+
+
+def _toy_graph(resolution: int, channels: int, seed: int):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    hidden = 16
+    w1 = rng.normal(0, 1.0, (hidden, 3, 4, 4)).astype(np.float32)
+    b1 = rng.normal(0, 0.5, hidden).astype(np.float32)
+    w2 = rng.normal(0, 1.0, (channels, hidden, 1, 1)).astype(np.float32)
+    shape = np.array([0, channels, -1], dtype=np.int64)
+    nodes = [
+        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
+        helper.make_node("Conv", ["pooled", "w1", "b1"], ["h1"], kernel_shape=[4, 4], strides=[4, 4]),
+        helper.make_node("Tanh", ["h1"], ["t1"]),
+        helper.make_node("Conv", ["t1", "w2"], ["h2"], kernel_shape=[1, 1]),
+        helper.make_node("Reshape", ["h2", "shape"], ["flat"]),
+        helper.make_node("Transpose", ["flat"], ["features"], perm=[0, 2, 1]),
+    ]
+    r, n = resolution, (resolution // 32) ** 2
+    graph = helper.make_graph(
+        nodes, "toy_encoder",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 3, r, r])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", n, channels])],
+        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(b1, "b1"),
+                     numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(shape, "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="toy")
+    model.ir_version = 8  # readable by older onnxruntime releases too
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_toy_model_dir(out_dir: str | Path, resolution: int = 256, channels: int = 32, seed: int = 0,
+                       engines: list[EngineRecord] | None = None) -> Path:
+    """Write encoder.onnx + manifest.json for the toy encoder; returns the folder."""
+    import onnx
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(_toy_graph(resolution, channels, seed), out / "encoder.onnx")
+    grid = resolution // 32
+    manifest = Manifest(model_id="toy-encoder", family="sdxl", resolution=resolution, grid=(grid, grid),
+                        channels=channels, precision="fp32", timestep=50, noise_seed=42, opset=18,
+                        files_sha256={"encoder.onnx": sha256_file(out / "encoder.onnx")},
+                        engines=list(engines or []))
+    write_manifest(out, manifest)
+    return out
+
+
+def toy_features(images: np.ndarray, model_dir: Path) -> np.ndarray:
+    """The toy graph's output computed by a plain onnxruntime session (the test oracle)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(Path(model_dir) / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(["features"], {"image": images})[0]
