@@ -69,29 +69,62 @@ def _run_models(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ export stage
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export the truncated encoder to an ONNX model folder")
-    p.set_defaults(_not_ready=True)
+    p.add_argument("--model", required=True, help="hub id (e.g. segmind/SSD-1B) or a saved pipeline folder")
+    p.add_argument("--out", required=True, help="model folder to write (encoder.onnx + manifest.json)")
+    p.add_argument("--resolution", type=_positive_int, default=1024, help="input side R, multiple of 64")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="UNet part precision (the VAE encoder stays fp32)")
+    p.add_argument("--opset", type=_positive_int, default=18)
+    p.add_argument("--force", action="store_true", help="replace an existing model folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    raise DiffCutError("'export' is not implemented yet")
+    from diffcut_edge.export.onnx_export import export_model_report
+
+    report = export_model_report(args.model, args.out, resolution=args.resolution, precision=args.precision,
+                                 opset=args.opset, progress=not args.no_progress, force=args.force)
+    size = (report.onnx_bytes + report.data_bytes) / 1e6
+    print(f"wrote {report.model_dir} ({size:.1f} MB, {report.nodes} nodes, "
+          f"{sum(report.seconds.values()):.1f} s); next: diffcut-edge build-engine --model-dir {report.model_dir}")
+    return 0
 
 
 def _add_build_engine(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build-engine", help="build a TensorRT engine in a model folder (on the target GPU)")
-    p.set_defaults(_not_ready=True)
+    p.add_argument("--model-dir", required=True, help="model folder written by 'diffcut-edge export'")
+    p.add_argument("--workspace", type=float, default=None, metavar="GB",
+                   help="cap on TensorRT's scratch memory (GiB); lower it if the build runs out of memory")
+    p.add_argument("--batch", default="1:1:4", metavar="MIN:OPT:MAX",
+                   help="batch sizes of the optimization profile (default 1:1:4)")
+    p.add_argument("--no-timing-cache", action="store_true", help="do not read or write timing.cache")
+    p.add_argument("--verbose", action="store_true", help="TensorRT's verbose build log")
 
 
 def _run_build_engine(args: argparse.Namespace) -> int:
-    raise DiffCutError("'build-engine' is not implemented yet")
+    from diffcut_edge.export.tensorrt_build import build_engine, parse_batch_spec
+
+    batch = parse_batch_spec(args.batch)  # fail on a typo before loading TensorRT
+    path = build_engine(args.model_dir, workspace_gb=args.workspace, batch=batch,
+                        timing_cache=not args.no_timing_cache, verbose=args.verbose)
+    print(f"wrote {path} (batch {batch[0]}:{batch[1]}:{batch[2]}) and recorded it in the manifest")
+    return 0
 
 
 def _add_verify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="compare an exported model folder with the PyTorch reference")
-    p.set_defaults(_not_ready=True)
+    p.add_argument("--model", required=True, help="hub id or pipeline folder the folder was exported from")
+    p.add_argument("--model-dir", required=True, help="model folder written by 'diffcut-edge export'")
+    p.add_argument("images", nargs="*", help="images to compare on (default: scikit-image sample photos)")
+    p.add_argument("--no-labels", action="store_true", help="skip the NCut label agreement")
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    raise DiffCutError("'verify' is not implemented yet")
+    from diffcut_edge.export.verify import verify_model
+
+    report = verify_model(args.model, args.model_dir, args.images or None, labels=not args.no_labels)
+    print("\n".join(report.lines()))
+    return 0 if report.passed else EXIT_ERROR
 
 
 # ------------------------------------------------------------------- applications
@@ -105,6 +138,13 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value > 0:  # also refuses NaN
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
     return value
 
 
@@ -122,6 +162,8 @@ def _add_segmenter_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-dir", required=True, help="exported model folder (diffcut-edge export)")
     p.add_argument("--backend", choices=_BACKEND_CHOICES, default="auto",
                    help="encoder backend (default: auto = best available)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where NCut/PAMR run: cpu (numpy) or cuda (cupy); auto follows the encoder")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                    help="sharpen the masks with PAMR (default: on)")
     p.add_argument("--tau", type=_non_negative_float, default=0.5,
@@ -133,7 +175,7 @@ def _add_segmenter_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-segments", type=_positive_int, default=None, help="stop splitting at this many segments")
     p.add_argument("--min-segment-size", type=_positive_int, default=None,
                    help="do not split segments smaller than this many feature cells")
-    p.add_argument("--overlay-alpha", type=_non_negative_float, default=0.5, help="overlay opacity (default 0.5)")
+    p.add_argument("--overlay-alpha", type=_fraction, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-item lines")
 
 
@@ -142,6 +184,7 @@ def _open_segmenter(args: argparse.Namespace):
     from diffcut_edge.runtime.segmenter import Segmenter
 
     return Segmenter.from_model_dir(args.model_dir, backend=args.backend, refine=args.refine,
+                                    device=None if args.device == "auto" else args.device,
                                     mask_size=tuple(args.mask_size), tau=args.tau, alpha=args.alpha,
                                     max_segments=args.max_segments, min_segment_size=args.min_segment_size)
 
@@ -209,6 +252,10 @@ def _segment_one(seg, path, stem: str, out, args: argparse.Namespace) -> object:
     return result
 
 
+def _is_output_name(name: str) -> bool:
+    return name.endswith(("_labels.png", "_overlay.jpg", "_overlay.png"))
+
+
 def _run_segment(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
@@ -216,14 +263,17 @@ def _run_segment(args: argparse.Namespace) -> int:
     from diffcut_edge.runtime import io
     from diffcut_edge.runtime.video import Throughput
 
+    out = Path(args.out)
     images, skipped = io.collect_image_paths(args.inputs)
+    # Our own outputs in the input folder (an earlier run with --out there) are not inputs.
+    ours = [p for p in images if p.parent.resolve() == out.resolve() and _is_output_name(p.name)]
+    images, skipped = [p for p in images if p not in ours], skipped + ours
     if skipped:
         shown = ", ".join(p.name for p in skipped[:5]) + (", …" if len(skipped) > 5 else "")
-        _warn("segment", f"skipped {len(skipped)} file(s) that are not images: {shown}")
+        _warn("segment", f"skipped {len(skipped)} file(s) that are not images or are outputs: {shown}")
     if not images:
         raise DiffCutError(f"no images found in {' '.join(args.inputs)} "
                            f"(extensions: {', '.join(io.IMAGE_EXTENSIONS)})")
-    out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DiffCutError(f"--out {out} is a file; give a folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -406,7 +456,9 @@ def _run_webcam(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         reader = stack.enter_context(FrameReader(spec, retries=args.retries, warn=warn))
         seg = stack.enter_context(_open_segmenter(args))
-        writer = (stack.enter_context(AtomicVideoWriter(args.record, reader.info.fps, None, codec=args.codec))
+        # keep_on_error: a recording made before a stream finally dropped is kept.
+        writer = (stack.enter_context(AtomicVideoWriter(args.record, reader.info.fps, None, codec=args.codec,
+                                                        keep_on_error=True))
                   if args.record else None)
         draw, stats = _TrackedDrawer(args.track, args.overlay_alpha), Throughput()
         frozen, fps, last = False, 0.0, time.perf_counter()

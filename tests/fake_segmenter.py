@@ -90,3 +90,10 @@ def make_video(path, n: int = 10, size=(96, 128), fps: float = 10.0, codec: str 
         writer.write(f)
     writer.release()
     return frames
+
+
+def export_available() -> bool:
+    """Whether the export stage can run here (the [export] extra: torch, diffusers, onnx)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "diffusers", "onnx"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from fake_segmenter import FakeSegmenter
+from fake_segmenter import FakeSegmenter, export_available
 
 from diffcut_edge import cli
 from diffcut_edge.runtime import io
@@ -64,6 +64,13 @@ def test_quiet_and_jpg_overlay_default(fake, images, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["coffee_labels.png", "coffee_overlay.jpg"]
 
 
+def test_a_second_run_into_the_input_folder_skips_earlier_outputs(fake, images, capsys):
+    argv = ["segment", str(images), "--model-dir", "m", "--out", str(images), "-q"]
+    assert _run(argv, capsys)[0] == 0
+    code, stdout, err = _run(argv, capsys)
+    assert code == 0 and stdout.startswith("segmented 3 image(s)") and "skipped 6 file(s)" in err
+
+
 def test_same_stem_from_two_folders_does_not_overwrite(fake, images, tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()
@@ -82,6 +89,7 @@ def test_same_stem_from_two_folders_does_not_overwrite(fake, images, tmp_path, c
     (["--mask-size", "12x0"], "expected a positive integer"),
     (["--max-segments", "-3"], "expected a positive integer"),
     (["--backend", "cuda-magic"], "invalid choice"),
+    (["--overlay-alpha", "1.5"], "expected a number in [0, 1]"),
 ])
 def test_out_of_range_options_are_refused(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -109,17 +117,8 @@ def test_backend_choices_match_the_runtime():
     assert set(cli._BACKEND_CHOICES) == set(BACKENDS)
 
 
-def _export_available() -> bool:
-    try:
-        from diffcut_edge.export import export_model  # noqa: F401
-        from diffcut_edge.models import make_tiny_pipeline  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _export_available(), reason="export stage not available (needs the [export] extra)")
+@pytest.mark.skipif(not export_available(), reason="export stage not available (needs the [export] extra)")
 def test_end_to_end_on_a_tiny_exported_model(tiny_model_dir, images, tmp_path, capsys):
     model = tiny_model_dir("sdxl", 256)
     out = tmp_path / "out"

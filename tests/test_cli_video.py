@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import cv2
 import pytest
-from fake_segmenter import FakeSegmenter, make_video
+from fake_segmenter import FakeSegmenter, export_available, make_video
 from test_runtime_video import _corrupt_frame
 
 from diffcut_edge import cli
@@ -122,16 +122,8 @@ def test_bad_paths_are_one_line_errors(fake, clip, tmp_path, capsys, case):
     assert code == 2 and err.count("\n") == 1 and err.startswith("diffcut-edge video: error:")
 
 
-def _export_available() -> bool:
-    try:
-        from diffcut_edge.export import export_model  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _export_available(), reason="export stage not available (needs the [export] extra)")
+@pytest.mark.skipif(not export_available(), reason="export stage not available (needs the [export] extra)")
 def test_end_to_end_on_a_tiny_exported_model(tiny_model_dir, clip, tmp_path, capsys):
     model = tiny_model_dir("sdxl", 256)
     out = tmp_path / "out.mp4"

@@ -54,10 +54,14 @@ def test_window_keys_toggle_refine_freeze_and_quit(fake, clip, monkeypatch, caps
     monkeypatch.setattr(cv2, "imshow", lambda name, image: shown.append(image.copy()))
     monkeypatch.setattr(cv2, "waitKey", lambda delay: next(keys))
     monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
+    huds: list[str] = []
+    draw_hud = cli._draw_hud
+    monkeypatch.setattr(cli, "_draw_hud", lambda image, text: (huds.append(text), draw_hud(image, text)))
     code, stdout, _ = _run(["webcam", "--model-dir", "m", "--source", str(clip), "--no-pipeline"], capsys)
     assert code == 0 and stdout.startswith("stopped: 3 frames")
     assert len(shown) == 3 and fake.refine is False  # frames 0, 1 (freeze/unfreeze), 2 (quit)
-    assert not np.array_equal(shown[0][:30], shown[1][:30])  # the HUD line changed (refine on -> off)
+    assert [h.endswith("refine on") for h in huds] == [True, False, False] and "fps" in huds[0]
+    assert all(s.dtype == np.uint8 and s.shape == (96, 128, 3) for s in shown)
 
 
 def test_without_a_display_tells_to_use_headless(fake, clip, capsys):
@@ -79,3 +83,24 @@ def test_retries_option_is_validated(capsys):
     with pytest.raises(SystemExit):
         cli.main(["webcam", "--model-dir", "m", "--retries", "-1"])
     assert "expected an integer >= 0" in capsys.readouterr().err
+
+
+def test_recording_is_kept_when_the_run_fails(monkeypatch, clip, tmp_path, capsys):
+    monkeypatch.setattr(cli, "_open_segmenter", lambda args: FakeSegmenter(fail_on_frame=5))
+    record = tmp_path / "rec.avi"
+    code, _, err = _run(["webcam", "--model-dir", "m", "--source", str(clip), "--headless", "--record",
+                         str(record), "--codec", "MJPG", "--no-pipeline"], capsys)
+    assert code != 0 and err.count("\n") == 1
+    assert _geometry(record)[0] == 5  # the frames before the failure
+
+
+def test_refine_toggle_works_on_the_real_segmenter_options():
+    from types import SimpleNamespace
+
+    from diffcut_edge.runtime.segmenter import SegmenterOptions
+
+    seg = SimpleNamespace(options=SegmenterOptions(tau=0.3))
+    cli._toggle_refine(seg)
+    assert cli._refine_on(seg) is False and seg.options.tau == 0.3
+    cli._toggle_refine(seg)
+    assert cli._refine_on(seg) is True

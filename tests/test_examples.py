@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from fake_segmenter import FakeSegmenter, make_video
+from fake_segmenter import FakeSegmenter, export_available, make_video
 
 from diffcut_edge.runtime.segmenter import Segmenter
 
@@ -43,16 +43,8 @@ def test_example_reports_a_source_it_cannot_open(tmp_path, capsys):
     assert "cannot open" in capsys.readouterr().err
 
 
-def _export_available() -> bool:
-    try:
-        from diffcut_edge.export import export_model  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _export_available(), reason="export stage not available (needs the [export] extra)")
+@pytest.mark.skipif(not export_available(), reason="export stage not available (needs the [export] extra)")
 def test_example_runs_headless_on_a_tiny_exported_model(tiny_model_dir, clip, monkeypatch, capsys):
     monkeypatch.setenv("DIFFCUT_HEADLESS", "1")
     assert _load_example().main([str(tiny_model_dir("sdxl", 256)), str(clip)]) == 0

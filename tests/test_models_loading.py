@@ -135,6 +135,27 @@ def test_offline_hub_id_is_a_clear_error(monkeypatch, model):
         load_pipeline(model)
 
 
+def test_cached_hub_id_loads_offline(monkeypatch, tmp_path, tiny_pipeline_dir):
+    # The Hugging Face cache layout: models--owner--name/{refs/main, snapshots/<commit>/...}.
+    repo = tmp_path / "hub" / "models--segmind--SSD-1B"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_pipeline_dir("sdxl"), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipeline = load_pipeline("ssd-1b")
+    assert type(pipeline).__name__ == "StableDiffusionXLPipeline"
+    assert family_of_unet(pipeline.unet) == "sdxl"
+
+
+def test_existing_folder_shaped_like_a_hub_id_is_a_folder(monkeypatch, tmp_path, tiny_pipeline_dir):
+    shutil.copytree(tiny_pipeline_dir("sd1"), tmp_path / "someone" / "model")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub lookup would fail: this must load the folder
+    assert type(load_pipeline("someone/model")).__name__ == "StableDiffusionPipeline"
+
+
 def test_network_failure_is_a_clear_error(monkeypatch):
     # Online mode, but the download fails the way requests/huggingface_hub fail.
     from diffcut_edge.models import loading

@@ -121,6 +121,7 @@ def test_every_recipe_hook_resolves_on_a_tiny_model_of_its_family(recipe, tiny_p
     pipeline = load_pipeline(tiny_pipeline_dir(recipe.family))
     attn1 = resolve_module_path(pipeline.unet, recipe.hook_path)
     assert attn1 is hooked_module(pipeline.unet, recipe.family)
+    assert family_of_unet(pipeline.unet) == recipe.family  # detected from the loaded model too
     assert attn1.to_q.in_features == TINY_CHANNELS
 
 

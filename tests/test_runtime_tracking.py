@@ -79,7 +79,7 @@ def test_planted_regions_moving_keep_their_ids_through_runtime_ncut(name):
     rng = np.random.default_rng(3)
     scale = float(case["features"].std())
     tracker = SegmentTracker()
-    previous, big_ids = None, []
+    previous, previous_raw, big_ids = None, None, []
     for t in range(5):
         feats = _shift(case["features"], grid, t, 2 * t)  # regions translate one row, two columns a frame
         feats = feats + 0.05 * scale * rng.standard_normal(feats.shape).astype(np.float32)

@@ -57,6 +57,16 @@ def test_reader_reads_every_frame_with_the_header_geometry(clip):
     assert np.abs(got[3].astype(int) - frames[3]).mean() < 6
 
 
+def test_consecutive_broken_frames_are_one_warning(clip, tmp_path):
+    first, bad = tmp_path / "one.avi", tmp_path / "bad.avi"
+    _corrupt_frame(clip[0], first, 3)
+    _corrupt_frame(first, bad, 3)  # frame 3 lost its marker: the 4th one left is frame 4
+    warnings: list[str] = []
+    reader = FrameReader(bad, warn=warnings.append)
+    assert len(list(reader)) == 8 and reader.stats.broken == 2
+    assert warnings == [f"{bad}: frames 3-4 are unreadable, skipped"]
+
+
 def test_broken_frame_is_skipped_with_a_warning(clip, tmp_path):
     bad = tmp_path / "bad.avi"
     _corrupt_frame(clip[0], bad, 4)
@@ -73,8 +83,8 @@ def test_video_ending_before_its_header_says(clip, tmp_path):
     warnings: list[str] = []
     reader = FrameReader(short, warn=warnings.append)
     got = list(reader)
-    assert 0 < len(got) < 10 and reader.stats.ended_early
-    assert any("ends after" in w for w in warnings)
+    assert 0 < len(got) < 10 and reader.stats.ended_early and reader.stats.broken == 0
+    assert len(warnings) == 1 and "ends after" in warnings[0]  # the end is not reported as broken frames
 
 
 class _ScriptedCapture:
@@ -195,3 +205,25 @@ def test_pipelining_overlaps_encoder_and_postprocessing(clip):
         list(iter_segmented(frames, _SlowSegmenter(), pipelined=pipelined))
         timed[pipelined] = time.perf_counter() - start
     assert timed[True] < 0.75 * timed[False], timed  # ~ (n+1)·30 ms vs 2n·30 ms
+
+
+def test_a_path_source_is_opened_and_closed_by_the_loop(clip, monkeypatch):
+    closed = []
+    monkeypatch.setattr(FrameReader, "close", lambda self: closed.append(self.spec))
+    items = list(iter_segmented(str(clip[0]), FakeSegmenter(), max_frames=4))
+    assert len(items) == 4 and closed == [parse_source(str(clip[0]))]
+
+
+def test_an_http_video_file_ends_instead_of_reconnecting():
+    class FileOverHttp(_ScriptedCapture):
+        def get(self, prop) -> float:
+            return 3.0 if prop == cv2.CAP_PROP_FRAME_COUNT else 0.0
+
+    opened = []
+
+    def opener(spec):
+        opened.append(spec)
+        return FileOverHttp(3)
+
+    reader = FrameReader("https://example.com/clip.mp4", opener=opener, sleep=lambda s: None)
+    assert len(list(reader)) == 3 and len(opened) == 1 and not reader.spec.live

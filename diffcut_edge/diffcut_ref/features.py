@@ -88,7 +88,6 @@ def _float32_module(module):
 
 def encode_latents(pipeline: Any, images, resolution: int):
     """Steps 1-2: resize and encode with the VAE posterior mean, float32 (B, 4, R/8, R/8)."""
-    import torch
     import torch.nn.functional as F
 
     device = pipeline.device

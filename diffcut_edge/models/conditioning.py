@@ -81,14 +81,11 @@ class Conditioning:
                 "time_ids": self.time_ids.expand(batch, -1)}
 
     def to(self, device=None, dtype=None) -> "Conditioning":
-        move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+        """A copy on ``device`` / in ``dtype`` (absent SD1 fields stay None)."""
+        def move(t):
+            return None if t is None else t.to(device=device, dtype=dtype)
+
         return Conditioning(move(self.prompt_embeds), move(self.pooled_embeds), move(self.time_ids))
-
-
-def _pipeline_device(pipeline: Any):
-    import torch
-
-    return torch.device(getattr(pipeline, "device", None) or "cpu")
 
 
 def empty_prompt_conditioning(pipeline: Any, resolution: int, device=None) -> Conditioning:
@@ -99,19 +96,20 @@ def empty_prompt_conditioning(pipeline: Any, resolution: int, device=None) -> Co
     """
     import torch
 
-    device = torch.device(device) if device is not None else _pipeline_device(pipeline)
     family = pipeline_family(pipeline)
-    with torch.no_grad():
-        encoded = pipeline.encode_prompt("", device=device, num_images_per_prompt=1,
+    with torch.no_grad():  # encode where the text encoders live, then move the result
+        encoded = pipeline.encode_prompt("", device=pipeline.device, num_images_per_prompt=1,
                                          do_classifier_free_guidance=False)
     if family != SDXL:
-        return Conditioning(prompt_embeds=encoded[0])
-    prompt_embeds, _, pooled, _ = encoded
-    time_ids = pipeline._get_add_time_ids(
-        (resolution, resolution), (0, 0), (resolution, resolution), dtype=prompt_embeds.dtype,
-        text_encoder_projection_dim=pipeline.text_encoder_2.config.projection_dim,
-    )
-    return Conditioning(prompt_embeds=prompt_embeds, pooled_embeds=pooled, time_ids=time_ids.to(device))
+        cond = Conditioning(prompt_embeds=encoded[0])
+    else:
+        prompt_embeds, _, pooled, _ = encoded
+        time_ids = pipeline._get_add_time_ids(
+            (resolution, resolution), (0, 0), (resolution, resolution), dtype=prompt_embeds.dtype,
+            text_encoder_projection_dim=pipeline.text_encoder_2.config.projection_dim,
+        )
+        cond = Conditioning(prompt_embeds=prompt_embeds, pooled_embeds=pooled, time_ids=time_ids)
+    return cond.to(device if device is not None else pipeline.device)
 
 
 def fixed_noise(resolution: int, seed: int = 42, device=None) -> "torch.Tensor":

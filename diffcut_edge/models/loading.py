@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from diffcut_edge.errors import DiffCutError, missing_extra
+from diffcut_edge.models.conditioning import pipeline_family
 from diffcut_edge.models.recipes import SD1, family_of_unet, family_spec, get_recipe
 
 # Sub-folders without which DiffCut cannot run (text_encoder_2 is checked for SDXL).
@@ -105,8 +106,10 @@ def _cached_snapshot(hub_id: str) -> Path | None:
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError as e:  # pragma: no cover
         raise missing_extra("huggingface_hub", "export", "loading a model from the hub") from e
+    # HF_HUB_CACHE read at call time, like HF_HUB_OFFLINE (huggingface_hub reads it at import).
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None
     try:
-        return Path(snapshot_download(hub_id, local_files_only=True))
+        return Path(snapshot_download(hub_id, local_files_only=True, cache_dir=cache_dir))
     except (LocalEntryNotFoundError, OSError, ValueError):
         return None
 
@@ -150,28 +153,28 @@ def _load_from_hub(hub_id: str, torch_dtype) -> Any:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
-def _is_hub_id(text: str) -> bool:
-    """'owner/name' that is not an existing path: a hub id. Anything else is a folder."""
-    return bool(_HUB_ID.match(text)) and not Path(text).exists()
+def _is_local(model_id_or_folder: str | Path) -> bool:
+    """A Path, an existing path, or anything that is neither a recipe name nor 'owner/name'."""
+    text = str(model_id_or_folder)
+    return (isinstance(model_id_or_folder, Path) or Path(text).expanduser().exists()
+            or (get_recipe(text) is None and not _HUB_ID.match(text)))
 
 
 def load_pipeline(model_id_or_folder: str | Path, *, torch_dtype=None, device=None) -> Any:
     """A diffusers pipeline (``StableDiffusionXLPipeline`` or ``StableDiffusionPipeline``).
 
-    ``model_id_or_folder``: a recipe name ("ssd-1b"), a hub id ("segmind/SSD-1B") or a
-    local folder saved with ``save_pretrained``. ``torch_dtype`` (e.g. ``torch.float16``)
-    is passed to ``from_pretrained``; ``device`` moves the pipeline (default: CPU).
+    ``model_id_or_folder``: a local folder saved with ``save_pretrained`` (an existing path
+    always wins), a recipe name ("ssd-1b") or a hub id ("segmind/SSD-1B"). ``torch_dtype``
+    (e.g. ``torch.float16``) is passed to ``from_pretrained``; ``device`` moves the pipeline
+    (default: it stays on the CPU).
     """
-    source = str(model_id_or_folder)
-    recipe = get_recipe(source)
-    if recipe is not None:
-        pipeline = _load_from_hub(recipe.hub_id, torch_dtype)
-    elif isinstance(model_id_or_folder, Path) or not _is_hub_id(source):
-        folder = Path(source).expanduser()
-        family = check_pipeline_folder(folder)
-        pipeline = _from_pretrained(str(folder), family, torch_dtype, local_only=True)
+    if _is_local(model_id_or_folder):
+        folder = Path(model_id_or_folder).expanduser()
+        pipeline = _from_pretrained(str(folder), check_pipeline_folder(folder), torch_dtype, local_only=True)
     else:
-        pipeline = _load_from_hub(source, torch_dtype)
+        recipe = get_recipe(str(model_id_or_folder))
+        pipeline = _load_from_hub(recipe.hub_id if recipe else str(model_id_or_folder), torch_dtype)
+    pipeline_family(pipeline)  # a hub pipeline of another kind fails here, clearly
     if device is not None:
         pipeline = pipeline.to(device)
     return pipeline

@@ -116,21 +116,22 @@ def recipe_for_family(family: str) -> ModelRecipe:
 
 
 def family_of_unet(unet_config: Mapping[str, Any] | Any) -> str:
-    """Family of a UNet from its config (a dict, a diffusers FrozenDict or a config object).
+    """Family of a UNet from its config: a dict, diffusers' FrozenDict, or the UNet itself.
 
     The SDXL family conditions on pooled text embeddings and size/crop ids through the
-    "text_time" addition embedding; SD1.x has no added conditioning.
+    "text_time" addition embedding; SD1.x has four down blocks and no added conditioning.
     """
-    if not isinstance(unet_config, Mapping):
-        unet_config = getattr(unet_config, "config", unet_config)
-    get = unet_config.get if isinstance(unet_config, Mapping) else lambda k, d=None: getattr(unet_config, k, d)
-    if get("addition_embed_type", None) == "text_time":
+    config = unet_config if isinstance(unet_config, Mapping) else getattr(unet_config, "config", None)
+    if not isinstance(config, Mapping):
+        raise DiffCutError(f"expected a UNet config (a mapping) or a UNet, got {type(unet_config).__name__}")
+    addition = config.get("addition_embed_type")
+    n_down = len(config.get("down_block_types") or ())
+    if addition == "text_time":
         return SDXL
-    down = list(get("down_block_types", None) or [])
-    if len(down) == 4 and get("addition_embed_type", None) is None:
+    if addition is None and n_down == 4:
         return SD1
     raise DiffCutError(
-        f"cannot tell the model family from this UNet config (addition_embed_type="
-        f"{get('addition_embed_type', None)!r}, {len(down)} down blocks); supported: SDXL-family "
-        f"(text_time conditioning, e.g. {DEFAULT_MODEL}) and SD1.x (4 down blocks)"
+        f"cannot tell the model family from this UNet config (addition_embed_type={addition!r}, "
+        f"{n_down} down blocks); supported: SDXL-family (text_time conditioning, e.g. {DEFAULT_MODEL}) "
+        f"and SD1.x (4 down blocks, e.g. CompVis/stable-diffusion-v1-4)"
     )

@@ -207,10 +207,9 @@ def make_tiny_pipeline(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise DiffCutError(f"--out {out} exists and is not a folder; pick a new folder name")
-    if out.is_dir() and (out / "model_index.json").exists():
-        pass  # overwriting an earlier tiny pipeline is fine: save_pretrained replaces the files
-    elif out.is_dir() and any(out.iterdir()):
+        raise DiffCutError(f"{out} exists and is a file; pick a new folder name")
+    # Replacing an earlier pipeline is fine (save_pretrained overwrites); other content is not ours.
+    if out.is_dir() and any(out.iterdir()) and not (out / "model_index.json").exists():
         raise DiffCutError(f"{out} is not empty and holds no pipeline; pick an empty or new folder")
     pipeline = build_tiny_pipeline(family, seed=seed)
     out.mkdir(parents=True, exist_ok=True)

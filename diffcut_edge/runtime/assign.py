@@ -25,20 +25,21 @@ def interp_matrix(size_in: int, size_out: int, *, align_corners: bool, xp: Any =
     ``area_pixel_compute_source_index``); align_corners=True: source = o * (in-1)/(out-1).
     The upper neighbour is clamped to the last index (edge replication).
     """
-    o = np.arange(size_out, dtype=np.float64)
+    # float32 arithmetic step by step, as torch's CPU kernel (opmath of float is float).
+    f32 = np.float32
+    o = np.arange(size_out, dtype=f32)
     if align_corners:
-        scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
-        src = o * scale
+        scale = f32(size_in - 1) / f32(size_out - 1) if size_out > 1 else f32(0)
+        src = scale * o
     else:
-        src = np.maximum((o + 0.5) * (size_in / size_out) - 0.5, 0.0)
-    # torch computes the source index in float32 (accscalar of float is float on the CPU).
-    src = src.astype(np.float32)
+        scale = f32(size_in) / f32(size_out)
+        src = np.maximum(scale * (o + f32(0.5)) - f32(0.5), f32(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
     i1 = np.minimum(i0 + 1, size_in - 1)
-    lam = (src - i0).astype(np.float32)
+    lam = src - i0.astype(f32)
     m = np.zeros((size_out, size_in), dtype=np.float32)
     rows = np.arange(size_out)
-    np.add.at(m, (rows, i0), 1.0 - lam)
+    np.add.at(m, (rows, i0), f32(1) - lam)
     np.add.at(m, (rows, i1), lam)
     return xp.asarray(m)
 

@@ -66,6 +66,7 @@ class BenchReport:
     warmup: int
     batches: list[BatchResult] = field(default_factory=list)
     memory: dict[str, float | None] = field(default_factory=dict)
+    load_average: tuple[float, float, float] | None = None   # 1/5/15 min, after the runs: other load skews timings
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; the stages of the first batch size are also top-level keys."""
@@ -250,10 +251,20 @@ def run_bench(segmenter, frame: np.ndarray, *, batches: Sequence[int] = (1,), it
             progress(f"batch {batch}: {warmup} warm-up + {iters} timed runs")
         report.batches.append(bench_batch(segmenter, frame, batch, iters=iters, warmup=warmup))
     report.memory = {"host_peak_rss_mb": host_peak_rss_mb()}
+    report.load_average = _load_average()
     gpu = gpu_memory_mb() if device == "cuda" else None
     if gpu:
         report.memory.update(gpu)
     return report
+
+
+def _load_average() -> tuple[float, float, float] | None:
+    import os
+
+    try:
+        return tuple(round(x, 2) for x in os.getloadavg())  # type: ignore[return-value]
+    except (AttributeError, OSError):  # not on Windows
+        return None
 
 
 def format_report(report: BenchReport) -> str:
@@ -277,4 +288,6 @@ def format_report(report: BenchReport) -> str:
     mem = ", ".join(f"{k} {v:.0f}" for k, v in report.memory.items() if v is not None)
     lines.append("")
     lines.append(f"memory   {mem or 'n/a'}")
+    if report.load_average:
+        lines.append(f"load     {report.load_average} (1/5/15 min; other processes skew the timings)")
     return "\n".join(lines)

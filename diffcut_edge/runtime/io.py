@@ -63,9 +63,10 @@ def collect_image_paths(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path]
         for p in candidates:
             (images if is_image_path(p) else skipped).append(p)
     # The same file named twice (a folder and a glob) is segmented once.
-    seen: set[Path] = set()
-    unique = [p for p in images if not (p.resolve() in seen or seen.add(p.resolve()))]
-    return unique, skipped
+    unique: dict[Path, Path] = {}
+    for p in images:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values()), skipped
 
 
 def _looks_truncated(head: bytes, tail: bytes) -> bool:

@@ -194,7 +194,12 @@ class Segmenter:
 
     def _encode_timed(self, frames: Sequence[Any]) -> tuple[Any, float, float]:
         start = time.perf_counter()
-        batch = preprocess(list(frames), self.manifest.resolution)
+        frames = list(frames)
+        if self.device == "cuda" and self.backend.outputs_on_device:
+            # Native TensorRT: upload the (small, uint8) frames and resize on the GPU, so
+            # the float batch is born where the engine reads it.
+            frames = [cp.asarray(f) for f in frames]
+        batch = preprocess(frames, self.manifest.resolution)
         t_pre = _ms(start)
         start = time.perf_counter()
         features = self.backend.infer({self.backend.input_name: batch})[self.backend.output_name]

@@ -91,6 +91,10 @@ def open_capture(source: SourceSpec | int | str | os.PathLike):
     else:
         cap = cv2.VideoCapture(spec.target)
     if cap.isOpened():
+        if isinstance(spec.target, int):
+            # A camera queues frames while we compute: keep the queue short so what is shown is
+            # the latest picture, not one from several inference-times ago (best effort).
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         return cap
     cap.release()
     if isinstance(spec.target, int):
@@ -165,37 +169,44 @@ class FrameReader:
         self.spec = self.source if isinstance(self.source, SourceSpec) else parse_source(self.source)
         self._cap = self.opener(self.spec)
         self.info = probe(self._cap)
+        if self.spec.live and isinstance(self.spec.target, str) and self.info.frame_count:
+            # An http(s) URL of a video *file* has a frame count: it ends, it does not drop.
+            self.spec = SourceSpec(self.spec.target, live=False)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        attempted = 0  # frame slots consumed, good or broken (files only)
-        bad_run = 0
+        attempted = 0   # frame slots consumed, good or not (files)
+        failed_run = 0  # consecutive failed reads: broken frames if a good one follows, else the end
         while self._cap is not None:
             ok, frame = self._cap.read()
             if ok and frame is not None and frame.size:
-                bad_run = 0
                 attempted += 1
+                if failed_run:
+                    self._skipped(attempted - 1 - failed_run, failed_run)
+                    failed_run = 0
                 self.stats.frames += 1
                 yield frame
                 continue
             if self.spec.live:
-                if not self._reconnect():
-                    return
+                self._reconnect()
                 continue
             attempted += 1
-            bad_run += 1
+            failed_run += 1
             expected = self.info.frame_count
-            if expected is not None and attempted < expected and bad_run <= self.max_bad_frames:
-                self.stats.broken += 1
-                self.warn(f"{self.spec}: frame {attempted - 1} is unreadable, skipped")
-                continue
+            if expected is not None and attempted < expected and failed_run <= self.max_bad_frames:
+                continue  # maybe a broken frame: look further
             if expected is not None and self.stats.frames + self.stats.broken < expected:
                 self.stats.ended_early = True
                 self.warn(f"{self.spec}: the video ends after {self.stats.frames} readable frames "
                           f"although its header says {expected}; keeping what was read")
             return
 
-    def _reconnect(self) -> bool:
-        """Reopen a live source with exponential back-off; False once the retries are spent."""
+    def _skipped(self, first: int, count: int) -> None:
+        self.stats.broken += count
+        which = f"frame {first} is" if count == 1 else f"frames {first}-{first + count - 1} are"
+        self.warn(f"{self.spec}: {which} unreadable, skipped")
+
+    def _reconnect(self) -> None:
+        """Reopen a live source with exponential back-off; DiffCutError once the retries are spent."""
         self._release()
         delay = self.backoff_s
         for attempt in range(1, self.retries + 1):
@@ -208,7 +219,7 @@ class FrameReader:
                 delay = min(delay * 2.0, self.max_backoff_s)
                 continue
             self.stats.reconnects += 1
-            return True
+            return
         raise DiffCutError(f"{self.spec}: the stream dropped and {self.retries} reconnection attempts "
                            f"failed; check the source (or raise --retries)")
 
@@ -233,11 +244,12 @@ class AtomicVideoWriter:
 
     Opened lazily on the first frame when ``size`` is None (then the first frame's size
     is used). Used as a context manager it commits on success and on Ctrl-C (like ffmpeg:
-    what was encoded is kept) and discards the file on any other error.
+    what was encoded is kept) and discards the file on any other error, unless
+    ``keep_on_error`` (a live recording is worth keeping when the stream finally drops).
     """
 
     def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int] | None = None,
-                 codec: str = "mp4v") -> None:
+                 codec: str = "mp4v", keep_on_error: bool = False) -> None:
         if len(codec) != 4:
             raise DiffCutError(f"codec must be a FourCC of 4 characters (mp4v, MJPG, XVID, avc1), got {codec!r}")
         self.path = Path(path)
@@ -247,6 +259,7 @@ class AtomicVideoWriter:
             raise DiffCutError(f"{self.path}: give the output an extension (.mp4, .avi) so the container is known")
         self.tmp = self.path.with_name(f".{self.path.stem}.tmp-{os.getpid()}{self.path.suffix}")
         self.fps, self.size, self.codec = float(fps), size, codec
+        self.keep_on_error = keep_on_error
         self.frames = 0
         self._writer = None
 
@@ -293,7 +306,7 @@ class AtomicVideoWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None or issubclass(exc_type, KeyboardInterrupt):
+        if exc_type is None or issubclass(exc_type, KeyboardInterrupt) or self.keep_on_error:
             self.commit()
         else:
             self._discard()
@@ -446,6 +459,7 @@ def iter_segmented(source, segmenter, *, pipelined: bool = True, every: int = 1,
     if max_frames is not None and max_frames < 1:
         raise DiffCutError(f"max_frames must be >= 1, got {max_frames}")
     frames = _frames_of(source)
+    owned = frames if isinstance(frames, FrameReader) and frames is not source else None
     if max_frames is not None:
         frames = itertools.islice(frames, max_frames)
     stream = _encode_stream(frames, segmenter, every)
@@ -456,6 +470,8 @@ def iter_segmented(source, segmenter, *, pipelined: bool = True, every: int = 1,
             yield SegmentedFrame(item.index, item.frame, _postprocess(segmenter, item), item.reused)
     finally:
         stream.close()  # stops the worker now when the caller breaks out early
+        if owned is not None:  # a reader opened here from a path / index / URL
+            owned.close()
 
 
 # ------------------------------------------------------------------------ throughput

@@ -1,0 +1,130 @@
+"""Post-processing speed: runtime (numpy) vs the PyTorch reference, same process, same features.
+
+Planted features of SSD-1B's shape (tokens x 1280 channels, ~10 regions) on 16x16, 32x32
+and 64x64 grids; per stage (NCut, assignment at 128x128, PAMR at 128x128 and 512x512) the
+median wall time of repeated runs, and the reference/runtime ratio. Both sides use the
+same thread budget: set it with --threads (BLAS and torch threads).
+
+    python benchmarks/bench_postprocess.py                      # 16, 32 (+ reference), 64 runtime only
+    python benchmarks/bench_postprocess.py --threads 1 --ref-grids 16 32 64 --json out.json
+
+Not a test: numbers depend on the machine and its load (record them in RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--grids", type=int, nargs="+", default=[16, 32, 64], help="square token grids")
+    p.add_argument("--ref-grids", type=int, nargs="*", default=[16, 32],
+                   help="grids on which the reference also runs (64x64 takes minutes per run)")
+    p.add_argument("--repeats", type=int, default=5, help="runs per runtime stage (median)")
+    p.add_argument("--ref-repeats", type=int, default=3, help="runs per reference stage (median)")
+    p.add_argument("--threads", type=int, default=None, help="BLAS/torch threads (default: library default)")
+    p.add_argument("--regions", type=int, default=10)
+    p.add_argument("--noise", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the measurements here")
+    return p.parse_args()
+
+
+def _median_ms(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    args = _parse()
+    if args.threads:
+        # Must precede the first numpy/scipy import to reach OpenBLAS.
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+    import numpy as np
+    from runtime_planted import matched_agreement, planted_case, resize_nearest
+
+    from diffcut_edge.runtime import assign_concepts, pamr_refine, recursive_ncut
+
+    ref = None
+    if args.ref_grids:
+        import torch
+
+        from diffcut_edge import diffcut_ref as ref
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+
+    # Warm up imports and LAPACK/ARPACK paths so the first grid is not charged for them.
+    warm = planted_case((16, 16), 4, 0.2, 99)
+    recursive_ncut(warm.features, warm.grid)
+    pamr_refine(warm.image, resize_nearest(warm.regions, (128, 128)))
+
+    rows = []
+    for g in args.grids:
+        case = planted_case((g, g), args.regions, args.noise, args.seed, image_size=(512, 512))
+        image128 = planted_case((g, g), args.regions, args.noise, args.seed, image_size=(128, 128)).image
+        grid = (g, g)
+        row: dict = {"grid": f"{g}x{g}", "tokens": g * g, "channels": case.features.shape[1]}
+
+        ms, res = _median_ms(lambda: recursive_ncut(case.features, grid), args.repeats)
+        row.update(ncut_ms=ms, segments=res.num_segments)
+        coarse = res.labels
+        row["assign_ms"], labels = _median_ms(lambda: assign_concepts(case.features, grid, coarse), args.repeats)
+        row["pamr128_ms"], _ = _median_ms(lambda: pamr_refine(image128, labels), args.repeats)
+        row["pamr512_ms"], _ = _median_ms(lambda: pamr_refine(case.image, labels), max(1, args.repeats // 2))
+        row["total_ms"] = row["ncut_ms"] + row["assign_ms"] + row["pamr128_ms"]
+
+        if ref is not None and g in args.ref_grids:
+            def ref_ncut():
+                return ref.assemble_labels(ref.recursive_ncut(case.features, grid), grid)
+
+            row["ref_ncut_ms"], ref_coarse = _median_ms(ref_ncut, args.ref_repeats)
+            row["agreement_ncut"] = matched_agreement(coarse, ref_coarse)
+            row["ref_assign_ms"], ref_labels = _median_ms(
+                lambda: ref.assign_concepts(case.features, grid, coarse.astype(np.int64)), args.ref_repeats)
+            row["agreement_assign"] = float((ref_labels == labels).mean())
+            row["ref_pamr128_ms"], _ = _median_ms(lambda: ref.pamr_refine(image128, labels), args.ref_repeats)
+            row["ref_pamr512_ms"], _ = _median_ms(lambda: ref.pamr_refine(case.image, labels), 1)
+            row["ref_total_ms"] = row["ref_ncut_ms"] + row["ref_assign_ms"] + row["ref_pamr128_ms"]
+        rows.append(row)
+        _print_row(row)
+
+    if args.json:
+        args.json.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
+
+
+def _print_row(row: dict) -> None:
+    print(f"\n{row['grid']} tokens x {row['channels']} channels, {row['segments']} segments")
+    print(f"  {'stage':<22}{'runtime ms':>12}{'reference ms':>14}{'speed-up':>10}")
+    for stage, key in (("NCut", "ncut"), ("assignment 128", "assign"), ("NCut + assignment", None),
+                       ("PAMR 128x128", "pamr128"), ("PAMR 512x512", "pamr512"), ("total (PAMR 128)", "total")):
+        if key is None:
+            ours = row["ncut_ms"] + row["assign_ms"]
+            theirs = row.get("ref_ncut_ms", 0) + row.get("ref_assign_ms", 0) if "ref_ncut_ms" in row else None
+        else:
+            ours, theirs = row[f"{key}_ms"], row.get(f"ref_{key}_ms")
+        ratio = f"{theirs / ours:>9.1f}x" if theirs else f"{'-':>10}"
+        ref_txt = f"{theirs:>14.1f}" if theirs else f"{'-':>14}"
+        print(f"  {stage:<22}{ours:>12.1f}{ref_txt}{ratio}")
+    if "agreement_ncut" in row:
+        print(f"  agreement with reference: NCut {row['agreement_ncut']:.4f}, "
+              f"assignment {row['agreement_assign']:.4f}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

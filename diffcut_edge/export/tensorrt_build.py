@@ -1,0 +1,242 @@
+"""Build a TensorRT engine from a model folder's ``encoder.onnx``, on the target GPU.
+
+TensorRT Python API only (no trtexec) and no torch in the process: building needs far more
+memory than running, which is tight on Jetson boards. One step per function:
+
+    read + verify manifest -> probe GPU -> parse ONNX (external data by path) -> builder config
+    (precision per TensorRT version, one batch profile, workspace, timing cache)
+    -> build_serialized_network -> save engine atomically -> record it in the manifest
+
+The engine is named ``encoder.<gpu-slug>.trt<version>.plan`` because an engine only runs on
+the GPU model and TensorRT version that built it; the manifest records both, and the
+runtime refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffcut_edge.errors import DiffCutError, missing_extra
+from diffcut_edge.export import trt_compat
+from diffcut_edge.runtime.manifest import (
+    EngineRecord,
+    Manifest,
+    read_manifest,
+    sha256_file,
+    verify_files,
+    write_manifest,
+)
+
+TIMING_CACHE_NAME = "timing.cache"
+MAX_BATCH = 64   # matches nothing in the graph; a sanity bound for typos like 1:1:400
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str    # "9.0", "8.7"
+
+
+# ------------------------------------------------------------------ pure helpers
+def parse_batch_spec(spec: str | tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
+    """``"1:1:4"`` (or a 3-tuple) -> (min, opt, max), validated: 1 <= min <= opt <= max <= 64.
+
+    A single number ``"2"`` means a static batch (2, 2, 2).
+    """
+    if isinstance(spec, str):
+        parts = spec.strip().split(":")
+        if len(parts) == 1:
+            parts = parts * 3
+        if len(parts) != 3:
+            raise DiffCutError(f"--batch must be MIN:OPT:MAX (e.g. 1:1:4) or one number, got {spec!r}")
+        try:
+            values = tuple(int(p) for p in parts)
+        except ValueError:
+            raise DiffCutError(f"--batch must be integers MIN:OPT:MAX (e.g. 1:1:4), got {spec!r}") from None
+    else:
+        values = tuple(int(v) for v in spec)
+        if len(values) != 3:
+            raise DiffCutError(f"batch profile must be (min, opt, max), got {spec!r}")
+    lo, opt, hi = values
+    if not 1 <= lo <= opt <= hi:
+        raise DiffCutError(f"batch profile must satisfy 1 <= min <= opt <= max, got {lo}:{opt}:{hi}")
+    if hi > MAX_BATCH:
+        raise DiffCutError(f"batch max {hi} is above {MAX_BATCH}; each extra image costs activation "
+                           f"memory, pick a smaller max")
+    return lo, opt, hi
+
+
+def gpu_slug(gpu_name: str) -> str:
+    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"`` (file-name safe)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+    return slug or "gpu"
+
+
+def engine_file_name(gpu_name: str, trt_version: str) -> str:
+    """``encoder.<gpu-slug>.trt<major.minor.patch>.plan``."""
+    version = ".".join(str(v) for v in trt_compat.parse_version(trt_version))
+    return f"encoder.{gpu_slug(gpu_name)}.trt{version}.plan"
+
+
+def workspace_bytes(workspace_gb: float | None) -> int | None:
+    if workspace_gb is None:
+        return None
+    if not workspace_gb > 0:
+        raise DiffCutError(f"--workspace must be a positive number of GiB, got {workspace_gb}")
+    return int(workspace_gb * (1 << 30))
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def record_engine(model_dir: str | os.PathLike, manifest: Manifest, engine: bytes | memoryview, *,
+                  gpu: GpuInfo, trt_version: str, batch: tuple[int, int, int]) -> Path:
+    """Save ``engine`` atomically in ``model_dir`` and record it in the manifest.
+
+    A record for the same file (same GPU model and TensorRT version) is replaced.
+    """
+    model_dir = Path(model_dir)
+    path = model_dir / engine_file_name(gpu.name, trt_version)
+    atomic_write(path, bytes(engine))
+    version = ".".join(str(v) for v in trt_compat.parse_version(trt_version))
+    record = EngineRecord(file=path.name, gpu_name=gpu.name, compute_capability=gpu.compute_capability,
+                          tensorrt_version=version, batch_profile=tuple(batch), sha256=sha256_file(path))
+    manifest.engines = [e for e in manifest.engines if e.file != record.file] + [record]
+    write_manifest(model_dir, manifest)
+    return path
+
+
+# ------------------------------------------------------------------ environment probes
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise missing_extra("tensorrt", "trt", "building a TensorRT engine") from e
+    return tensorrt
+
+
+def probe_gpu() -> GpuInfo | None:
+    """The first CUDA GPU's name and compute capability, through the driver API (libcuda).
+
+    No cuda-python, cupy or nvidia-smi needed: the driver library is present wherever
+    TensorRT can run. Returns None when there is no driver or no device.
+    """
+    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            cuda = ctypes.CDLL(lib)
+            break
+        except OSError:
+            continue
+    else:
+        return None
+    try:
+        if cuda.cuInit(0) != 0:
+            return None
+        count = ctypes.c_int(0)
+        if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+            return None
+        device = ctypes.c_int(0)
+        if cuda.cuDeviceGet(ctypes.byref(device), 0) != 0:
+            return None
+        name = ctypes.create_string_buffer(256)
+        cuda.cuDeviceGetName(name, 256, device)
+        major, minor = ctypes.c_int(0), ctypes.c_int(0)
+        # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
+        cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)
+        cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)
+    except (AttributeError, OSError):
+        return None
+    return GpuInfo(name=name.value.decode(errors="replace").strip(), compute_capability=f"{major.value}.{minor.value}")
+
+
+def require_gpu() -> GpuInfo:
+    gpu = probe_gpu()
+    if gpu is None:
+        raise DiffCutError("no CUDA GPU found (no NVIDIA driver or no device): a TensorRT engine must be "
+                           "built on the GPU that will run it; run 'diffcut-edge build-engine' on the "
+                           "target machine, or use the ONNX model with onnxruntime meanwhile")
+    return gpu
+
+
+# ------------------------------------------------------------------ the build (GPU only)
+def _parse_onnx(trt: Any, network: Any, logger: Any, settings: trt_compat.BuilderSettings,
+                onnx_path: Path) -> Any:
+    parser = trt_compat.create_parser(trt, network, logger, settings)
+    # parse_from_file resolves encoder.onnx.data relative to the file, unlike parse(bytes).
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise DiffCutError(f"TensorRT could not parse {onnx_path}: " + "; ".join(errors[:10])
+                           + (f" (+{len(errors) - 10} more)" if len(errors) > 10 else "")
+                           + "; re-export with a supported --opset or a newer TensorRT")
+    return parser
+
+
+def _add_profile(builder: Any, config: Any, manifest: Manifest, batch: tuple[int, int, int]) -> None:
+    r = manifest.resolution
+    profile = builder.create_optimization_profile()
+    lo, opt, hi = ((b, 3, r, r) for b in batch)
+    profile.set_shape(manifest.input_name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+
+
+def _load_timing_cache(config: Any, path: Path) -> Any:
+    data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def build_engine(model_dir: str | os.PathLike, *, workspace_gb: float | None = None,
+                 batch: tuple[int, int, int] | str = (1, 1, 4), timing_cache: bool = True,
+                 verbose: bool = False) -> Path:
+    """Build ``encoder.<gpu>.trt<ver>.plan`` from ``model_dir/encoder.onnx`` and record it.
+
+    ``batch`` is the one optimization profile (min, opt, max) over the batch axis;
+    ``workspace_gb`` caps TensorRT's scratch memory pool; ``timing_cache`` keeps
+    ``timing.cache`` in the folder so rebuilds skip kernel timing. Needs TensorRT
+    (``[trt]`` extra) and an NVIDIA GPU; no torch is imported.
+    """
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    verify_files(model_dir, manifest)
+    batch = parse_batch_spec(batch)
+    workspace = workspace_bytes(workspace_gb)
+    trt = import_tensorrt()
+    gpu = require_gpu()
+    settings = trt_compat.builder_settings(trt.__version__, manifest.precision)
+
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = trt_compat.create_network(trt, builder, settings)
+    parser = _parse_onnx(trt, network, logger, settings, model_dir / manifest.onnx_file)
+    config = builder.create_builder_config()
+    trt_compat.configure(trt, config, settings, workspace)
+    _add_profile(builder, config, manifest, batch)
+    cache_path = model_dir / TIMING_CACHE_NAME
+    cache = _load_timing_cache(config, cache_path) if timing_cache else None
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise DiffCutError(
+            "TensorRT returned no engine (see its log above); this is usually out of memory: lower "
+            "--workspace, lower the batch max, close other GPU processes, or build on a bigger machine "
+            f"with the same GPU ({gpu.name}, compute {gpu.compute_capability}) and TensorRT version"
+        )
+    del parser
+    if cache is not None:
+        atomic_write(cache_path, bytes(cache.serialize()))
+    return record_engine(model_dir, manifest, serialized, gpu=gpu, trt_version=trt.__version__, batch=batch)

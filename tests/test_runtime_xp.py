@@ -1,0 +1,80 @@
+"""The array-module helpers, on numpy (the cupy branches are one-liners over the same API)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.ndimage
+
+from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime import xp as rxp
+
+HAS_CUPY = importlib.util.find_spec("cupy") is not None
+
+
+def test_numpy_inputs_and_cpu_get_numpy():
+    for obj in (np.zeros(3), [1.0, 2.0], 3.0, "cpu", "CPU"):
+        assert rxp.get_xp(obj) is np
+    assert not rxp.is_cupy_array(np.zeros(3))
+
+
+@pytest.mark.skipif(HAS_CUPY, reason="checks the message shown when cupy is missing")
+def test_cuda_without_cupy_names_the_extra():
+    with pytest.raises(DiffCutError, match=r"diffcut-edge\[gpu\]"):
+        rxp.get_xp("cuda")
+
+
+def test_unknown_device_is_rejected():
+    with pytest.raises(DiffCutError, match="'cpu' or 'cuda'"):
+        rxp.get_xp("tpu")
+
+
+def test_host_and_asarray_round_trip():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert rxp.to_host(a) is a
+    b = rxp.asarray([[1, 2]], np, dtype=np.float64)
+    assert isinstance(b, np.ndarray) and b.dtype == np.float64
+
+
+def _symmetric(n: int, seed: int) -> np.ndarray:
+    m = np.random.default_rng(seed).standard_normal((n, n))
+    return m + m.T
+
+
+def test_eigh_one_is_the_requested_pair():
+    m = _symmetric(40, 0)
+    w, v = np.linalg.eigh(m)
+    value, vec = rxp.eigh_one(m, 1)
+    assert value == pytest.approx(w[1])
+    assert abs(vec @ v[:, 1]) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_deflated_lanczos_finds_the_next_pair():
+    m = _symmetric(60, 1)
+    w, v = scipy.linalg.eigh(m)
+    top = v[:, -1]
+    # Deflating the top eigenvector by 2*|top| sends its eigenvalue far below: the largest
+    # pair of the operator is then the second one of m.
+    op = rxp.deflated_operator(m / w[-1], top)
+    value, vec = rxp.eigsh_largest(op, v0=np.ones(60), tol=1e-12)
+    assert value * w[-1] == pytest.approx(w[-2], rel=1e-8)
+    assert abs(vec @ v[:, -2]) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_median_filter_is_scipy_default_reflect():
+    labels = np.random.default_rng(2).integers(0, 5, (17, 23)).astype(np.int32)
+    np.testing.assert_array_equal(rxp.median_filter3(labels), scipy.ndimage.median_filter(labels, size=3))
+
+
+def test_runtime_postprocessing_imports_no_torch_or_cupy():
+    code = ("import sys, diffcut_edge.runtime as r\n"
+            "import diffcut_edge.runtime.ncut, diffcut_edge.runtime.assign, diffcut_edge.runtime.pamr\n"
+            "r.segment_features, r.pamr_refine\n"
+            "bad = [m for m in ('torch', 'cupy', 'diffusers', 'transformers') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
