@@ -31,7 +31,7 @@ import numpy as np
 
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime import datasets
-from diffcut_edge.runtime.bench import backend_name
+from diffcut_edge.runtime.bench import describe_backend
 from diffcut_edge.runtime.datasets import DatasetSpec, Sample
 
 MASK_SIZE = (128, 128)
@@ -70,7 +70,7 @@ class EnginePredictor:
         self.resolution = int(segmenter.manifest.resolution)
         manifest = asdict(segmenter.manifest)
         manifest.pop("files_sha256", None)
-        name, device = backend_name(segmenter)
+        name, device = describe_backend(segmenter)
         self.device = device
         self.description = {"predictor": "engine", "backend": f"{name} ({device}; requested {backend_name})",
                             "model": manifest}

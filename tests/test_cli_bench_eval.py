@@ -98,12 +98,20 @@ def test_bench_and_eval_on_the_tiny_export(capsys, tiny_model_dir, voc_root, tmp
 
 
 @pytest.mark.slow
-def test_eval_reference_on_the_tiny_pipeline(capsys, tiny_pipeline_dir, voc_root, tmp_path):
+@pytest.mark.skipif(not _export_available(), reason="diffcut_edge.export.export_model has not landed")
+def test_eval_reference_agrees_with_the_engine(capsys, tiny_pipeline_dir, tiny_model_dir, voc_root, tmp_path):
+    """--reference (hooked full UNet + torch NCut/PAMR) and the exported engine score alike."""
     pytest.importorskip("torch")
-    out = tmp_path / "reference.json"
-    assert cli.main(["eval", "--dataset", "voc", "--root", str(voc_root), "--reference",
-                     "--model", str(tiny_pipeline_dir("sdxl")), "--resolution", "64", "--limit", "2",
-                     "--out", str(out), "-q"]) == 0
-    data = json.loads(out.read_text())
-    assert data["settings"]["backend"] == "reference" and data["settings"]["resolution"] == 64
-    assert data["num_images"] == 2 and 0.0 <= data["miou"] <= 1.0
+    model_dir = tiny_model_dir("sdxl")
+    scores = {}
+    for name, extra in {"engine": [], "reference": ["--reference", "--model", str(tiny_pipeline_dir("sdxl"))]}.items():
+        out = tmp_path / f"{name}.json"
+        assert cli.main(["eval", "--dataset", "voc", "--root", str(voc_root), "--model-dir", str(model_dir),
+                         "--limit", "2", "--refine", "--out", str(out), "-q", *extra]) == 0
+        scores[name] = json.loads(out.read_text())
+    ref = scores["reference"]
+    assert ref["settings"]["backend"] == "reference" and ref["settings"]["resolution"] == 256
+    assert ref["num_images"] == 2 and 0.0 <= ref["miou"] <= 1.0
+    # Same features up to float rounding: the same segments but for a few pixels.
+    assert abs(ref["miou"] - scores["engine"]["miou"]) < 0.01
+    assert abs(ref["pixel_accuracy"] - scores["engine"]["pixel_accuracy"]) < 0.01

@@ -119,3 +119,11 @@ def test_mismatched_label_size_is_reported(tmp_path):
     cv2.imwrite(str(label), np.ones((50, 60), np.uint8))
     with pytest.raises(DiffCutError, match="must match"):
         _run("ade20k", root, OraclePredictor())
+
+
+def test_reference_without_torch_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(DiffCutError, match=r"diffcut-edge\[export\]"):
+        evaluation.reference_predictor("segmind/SSD-1B")

@@ -77,3 +77,27 @@ def test_synthetic_image_is_deterministic_and_structured():
     assert a.shape == (480, 640, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert len(np.unique(a.reshape(-1, 3), axis=0)) > 100  # gradients, not a flat frame
+
+
+def test_gpu_memory_is_none_without_cupy(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert bench.gpu_memory_mb() is None and bench.gpu_name() is None
+
+
+def _cuda_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason="needs cupy and an NVIDIA GPU")
+def test_gpu_memory_reports_the_device():
+    mem = bench.gpu_memory_mb()
+    assert mem["device_total_mb"] > mem["device_used_mb"] > 0
+    assert bench.gpu_name()

@@ -8,6 +8,7 @@ runtime path fails the test even on this machine, where torch is installed.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -36,7 +37,7 @@ BLOCKER = textwrap.dedent(f"""
 def _run_blocked(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env_code = BLOCKER + textwrap.dedent(code)
     return subprocess.run([sys.executable, "-c", env_code], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_blocker_really_blocks():

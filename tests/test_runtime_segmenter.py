@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime import assign, lazy, ncut, pamr
+from diffcut_edge.runtime import lazy, pamr
 from diffcut_edge.runtime.backends import OnnxRuntimeBackend
 from diffcut_edge.runtime.preprocess import image_to_rgb_float, resize_nearest
 from diffcut_edge.runtime.segmenter import TIMING_KEYS, SegmentationResult, Segmenter, SegmenterOptions
@@ -178,6 +178,13 @@ def test_parity_with_reference_pipeline(tiny_model_dir, tiny_pipeline_dir, photo
 
     Reference: extract_features (full UNet, hook) -> segment_features -> pamr_refine on the
     photo resized to 128 with torch; runtime: Segmenter on the ONNX export (CPU).
+
+    On an 8x8 grid one token is 1.6 % of the image, and random tiny models can give
+    ill-conditioned cuts: measured on another tiny seed (sdxl seed 1, rocket, K = 32) the
+    *reference* NCut itself moved one token between the torch features and the ONNX ones
+    (max difference 3e-7), which cost 15 % of the mask pixels, while the runtime and the
+    reference agreed exactly on identical features. Hence the second assertion, which
+    isolates the post-processing from the encoder's rounding.
     """
     torch = pytest.importorskip("torch")
     from diffcut_edge import diffcut_ref

@@ -74,11 +74,17 @@ def segment_embeddings(features: Any, coarse_labels: Any) -> Any:
     if labels.shape[0] != fn.shape[0]:
         raise DiffCutError(f"coarse labels have {labels.shape[0]} entries but there are "
                            f"{fn.shape[0]} tokens: both must come from the same grid")
+    return _segment_means(fn, labels)
+
+
+def _segment_means(features_norm: Any, labels: Any) -> Any:
+    """(K, C) means of the rows of ``features_norm`` per sorted unique label."""
+    xp = get_xp(features_norm)
     _, index = xp.unique(labels, return_inverse=True)
     index = index.reshape(-1)
     k = int(index.max()) + 1
     onehot = (index[None, :] == xp.arange(k)[:, None]).astype(xp.float32)
-    return (onehot @ fn) / onehot.sum(axis=1, keepdims=True)
+    return (onehot @ features_norm) / onehot.sum(axis=1, keepdims=True)
 
 
 def assign_concepts(features: Any, grid: tuple[int, int], coarse_labels: Any,
@@ -95,7 +101,7 @@ def assign_concepts(features: Any, grid: tuple[int, int], coarse_labels: Any,
     xp = get_xp(x)
     labels = _check_coarse(coarse_labels, (h, w), xp)
     fn = normalize_tokens(x)
-    emb = segment_embeddings(fn, labels)
+    emb = _segment_means(fn, labels)
     sim = (fn @ emb.T).T.reshape(-1, h, w)  # (K, h, w) similarity maps on the token grid
     up = resize_bilinear(sim, mask_size, align_corners=False)
     return xp.argmax(up, axis=0).astype(xp.int32)

@@ -215,7 +215,7 @@ def bench_batch(segmenter, frame: np.ndarray, batch: int, *, iters: int, warmup:
                        batch_ms=stats, fps=batch * 1e3 / stats.median_ms, num_segments=num_segments)
 
 
-def backend_name(segmenter) -> tuple[str, str]:
+def describe_backend(segmenter) -> tuple[str, str]:
     """(backend description, device) of a Segmenter, e.g. ("OnnxRuntimeBackend[CPUExecutionProvider]", "cpu")."""
     backend = getattr(segmenter, "backend", None)
     device = getattr(segmenter, "device", None) or getattr(backend, "device", None) or "cpu"
@@ -242,7 +242,7 @@ def run_bench(segmenter, frame: np.ndarray, *, batches: Sequence[int] = (1,), it
     if iters < 1 or warmup < 0 or not batches or min(batches) < 1:
         raise DiffCutError(f"bench needs iters >= 1, warmup >= 0 and batch sizes >= 1 "
                            f"(got iters={iters}, warmup={warmup}, batches={list(batches)})")
-    backend, device = backend_name(segmenter)
+    backend, device = describe_backend(segmenter)
     report = BenchReport(device=device_description(device), backend=f"{backend} ({device})",
                          versions=library_versions(), model=_manifest_fields(segmenter), image=image,
                          refine=refine, warmup=warmup)

@@ -58,10 +58,11 @@ def pamr_weights(image: Any, dilations: Sequence[int] = (1, 2, 4, 8)) -> Any:
     _, h, w = img.shape
     padded = {d: _pad(img, d) for d in dil}
     n = len(WINDOW) * len(dil)
-    # Two-pass unbiased std in float64 (a one-pass sum of squares cancels on flat regions).
-    mean = sum(_shifted(padded[d], d, dy, dx, h, w).astype(xp.float64) for d in dil for dy, dx in WINDOW) / n
-    var = sum((_shifted(padded[d], d, dy, dx, h, w) - mean) ** 2 for d in dil for dy, dx in WINDOW) / (n - 1)
-    denom = (STD_EPS + STD_SCALE * xp.sqrt(var)).astype(xp.float32)
+    # Two-pass unbiased std (a one-pass sum of squares cancels on flat regions).
+    windows = [_shifted(padded[d], d, dy, dx, h, w) for d in dil for dy, dx in WINDOW]
+    mean = _accumulate(windows, lambda v: v) / xp.float32(n)
+    var = _accumulate(windows, lambda v: (v - mean) ** 2) / xp.float32(n - 1)
+    denom = STD_EPS + STD_SCALE * xp.sqrt(var)
     logits = xp.empty((len(NEIGHBOURS) * len(dil), h, w), dtype=xp.float32)
     for j, (d, (dy, dx)) in enumerate((d, o) for d in dil for o in NEIGHBOURS):
         diff = xp.abs(img - _shifted(padded[d], d, dy, dx, h, w))
@@ -70,6 +71,14 @@ def pamr_weights(image: Any, dilations: Sequence[int] = (1, 2, 4, 8)) -> Any:
     weights = xp.exp(logits)
     weights /= weights.sum(axis=0, keepdims=True)
     return weights
+
+
+def _accumulate(views: list, fn) -> Any:
+    """Σ fn(v) over views, accumulated in place (float32)."""
+    total = fn(views[0]).astype(get_xp(views[0]).float32, copy=True)
+    for v in views[1:]:
+        total += fn(v)
+    return total
 
 
 def propagate(masks: Any, weights: Any, dilations: Sequence[int] = (1, 2, 4, 8), num_iter: int = 10) -> Any:
