@@ -194,7 +194,7 @@ def bench_latency(resolution: int, folder: Path | None, repeats: int, threads: i
             times.append((time.perf_counter() - start) * 1e3)
         out["ort_truncated_encoder_ms"] = float(np.median(times))
         del session
-    del enc
+    enc = None  # free the encoder before the full UNet gets memory
     gc.collect()
     log("latency: torch full UNet (materialising 5.3 GB)")
     random_fill_(unet)

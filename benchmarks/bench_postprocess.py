@@ -8,7 +8,9 @@ same thread budget: set it with --threads (BLAS and torch threads).
     python benchmarks/bench_postprocess.py                      # 16, 32 (+ reference), 64 runtime only
     python benchmarks/bench_postprocess.py --threads 1 --ref-grids 16 32 64 --json out.json
 
-Not a test: numbers depend on the machine and its load (record them in RESULTS.md).
+Not a test: numbers depend on the machine and its load (record them in RESULTS.md). On a
+shared machine compare the process-CPU figures of a --threads 1 run: with several threads
+CPU time also counts spin-waiting, and wall time counts other processes.
 """
 
 from __future__ import annotations
@@ -37,13 +39,19 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _median_ms(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
+def _median_ms(fn, repeats: int) -> tuple[tuple[float, float], object]:
+    """((median wall ms, median process-CPU ms), last result).
+
+    CPU time is the figure to compare on a shared machine: with one thread per library it
+    is what the stage costs, while wall time also counts waiting for other processes.
+    """
+    wall, cpu, out = [], [], None
     for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), out
+        wall.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+    return (statistics.median(wall), statistics.median(cpu)), out
 
 
 def main() -> None:
@@ -86,7 +94,7 @@ def main() -> None:
         row["assign_ms"], labels = _median_ms(lambda: assign_concepts(case.features, grid, coarse), args.repeats)
         row["pamr128_ms"], _ = _median_ms(lambda: pamr_refine(image128, labels), args.repeats)
         row["pamr512_ms"], _ = _median_ms(lambda: pamr_refine(case.image, labels), max(1, args.repeats // 2))
-        row["total_ms"] = row["ncut_ms"] + row["assign_ms"] + row["pamr128_ms"]
+        row["total_ms"] = _add(row["ncut_ms"], row["assign_ms"], row["pamr128_ms"])
 
         if ref is not None and g in args.ref_grids:
             def ref_ncut():
@@ -99,7 +107,7 @@ def main() -> None:
             row["agreement_assign"] = float((ref_labels == labels).mean())
             row["ref_pamr128_ms"], _ = _median_ms(lambda: ref.pamr_refine(image128, labels), args.ref_repeats)
             row["ref_pamr512_ms"], _ = _median_ms(lambda: ref.pamr_refine(case.image, labels), 1)
-            row["ref_total_ms"] = row["ref_ncut_ms"] + row["ref_assign_ms"] + row["ref_pamr128_ms"]
+            row["ref_total_ms"] = _add(row["ref_ncut_ms"], row["ref_assign_ms"], row["ref_pamr128_ms"])
         rows.append(row)
         _print_row(row)
 
@@ -107,19 +115,24 @@ def main() -> None:
         args.json.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
 
 
+def _add(*pairs: tuple[float, float]) -> tuple[float, float]:
+    return (sum(p[0] for p in pairs), sum(p[1] for p in pairs))
+
+
 def _print_row(row: dict) -> None:
-    print(f"\n{row['grid']} tokens x {row['channels']} channels, {row['segments']} segments")
-    print(f"  {'stage':<22}{'runtime ms':>12}{'reference ms':>14}{'speed-up':>10}")
+    print(f"\n{row['grid']} tokens x {row['channels']} channels, {row['segments']} segments "
+          "(ms: wall / process CPU; speed-up from CPU time)")
+    print(f"  {'stage':<20}{'runtime':>18}{'reference':>20}{'speed-up':>10}")
     for stage, key in (("NCut", "ncut"), ("assignment 128", "assign"), ("NCut + assignment", None),
                        ("PAMR 128x128", "pamr128"), ("PAMR 512x512", "pamr512"), ("total (PAMR 128)", "total")):
         if key is None:
-            ours = row["ncut_ms"] + row["assign_ms"]
-            theirs = row.get("ref_ncut_ms", 0) + row.get("ref_assign_ms", 0) if "ref_ncut_ms" in row else None
+            ours = _add(row["ncut_ms"], row["assign_ms"])
+            theirs = _add(row["ref_ncut_ms"], row["ref_assign_ms"]) if "ref_ncut_ms" in row else None
         else:
             ours, theirs = row[f"{key}_ms"], row.get(f"ref_{key}_ms")
-        ratio = f"{theirs / ours:>9.1f}x" if theirs else f"{'-':>10}"
-        ref_txt = f"{theirs:>14.1f}" if theirs else f"{'-':>14}"
-        print(f"  {stage:<22}{ours:>12.1f}{ref_txt}{ratio}")
+        ref_txt = f"{theirs[0]:>10.1f} / {theirs[1]:>7.1f}" if theirs else f"{'-':>20}"
+        ratio = f"{theirs[1] / ours[1]:>9.1f}x" if theirs else f"{'-':>10}"
+        print(f"  {stage:<20}{ours[0]:>8.1f} / {ours[1]:>7.1f}{ref_txt}{ratio}")
     if "agreement_ncut" in row:
         print(f"  agreement with reference: NCut {row['agreement_ncut']:.4f}, "
               f"assignment {row['agreement_assign']:.4f}")

@@ -98,16 +98,26 @@ def test_graph_signature_and_checks(family, tiny_model_dir):
     assert sorted(p.name for p in model_dir.iterdir()) == ["encoder.onnx", "manifest.json"]
 
 
-def test_constant_folding_shrinks_the_graph(tiny_pipeline_dir, tmp_path):
-    from diffcut_edge.export.onnx_export import export_model_report
+def test_constant_folding_folds_constant_subgraphs(tmp_path):
+    # features = image_flat + (A @ B): the product of two initializers is folded into one.
+    from onnx import TensorProto, helper, numpy_helper
 
-    pipe = load_tiny_pipeline(str(tiny_pipeline_dir("sd1")))
-    folded = export_model_report("tiny-sd1", tmp_path / "a", resolution=128, progress=False, pipeline=pipe)
-    raw = export_model_report("tiny-sd1", tmp_path / "b", resolution=128, progress=False, pipeline=pipe,
-                              optimize=False)
-    assert folded.nodes < 0.8 * raw.nodes
-    images = photo_batch(128, 1)
-    assert np.abs(run_onnx(folded.model_dir, images) - run_onnx(raw.model_dir, images)).max() < 1e-5
+    from diffcut_edge.export.onnx_export import optimize_and_layout
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((4, 6), dtype=np.float32), rng.standard_normal((6, 5), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["A", "B"], ["AB"]), helper.make_node("Add", ["x", "AB"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 5])],
+        [numpy_helper.from_array(a, "A"), numpy_helper.from_array(b, "B")])
+    raw = tmp_path / "raw.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(raw))
+    assert optimize_and_layout(raw, tmp_path / "out.onnx") == []
+    folded = onnx.load(str(tmp_path / "out.onnx"))
+    assert [n.op_type for n in folded.graph.node] == ["Add"]
+    (const,) = [numpy_helper.to_array(t) for t in folded.graph.initializer]
+    np.testing.assert_allclose(const, a @ b, rtol=1e-6)
 
 
 # ------------------------------------------------------------------ manifest
@@ -166,15 +176,60 @@ def test_failed_export_leaves_nothing_behind(tiny_pipeline_dir, tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
-def test_force_replaces_a_model_folder(tiny_pipeline_dir, tmp_path):
-    from diffcut_edge.export.onnx_export import export_model_report
+def test_force_replaces_a_model_folder_atomically(tmp_path):
+    from diffcut_edge.export.onnx_export import check_out_dir, move_into_place
 
-    pipe = load_tiny_pipeline(str(tiny_pipeline_dir("sd1")))
     out = tmp_path / "m"
     out.mkdir()
     (out / "manifest.json").write_text("{}")   # an old, broken model folder
     (out / "stale.plan").write_bytes(b"old")
-    export_model_report("tiny", out, resolution=128, progress=False, pipeline=pipe, force=True)
-    verify_files(out, read_manifest(out))
-    assert not (out / "stale.plan").exists()
+    with pytest.raises(DiffCutError, match="--force"):
+        check_out_dir(out, force=False)
+    check_out_dir(out, force=True)
+    staging = tmp_path / ".m.partial-1"
+    staging.mkdir()
+    (staging / "encoder.onnx").write_bytes(b"new")
+    move_into_place(staging, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert sorted(p.name for p in out.iterdir()) == ["encoder.onnx"]
+
+
+def test_large_models_get_one_external_data_file(tiny_model_dir, tmp_path, monkeypatch):
+    # Pretend the protobuf limit is tiny so the over-2-GiB layout runs on a small exported graph.
+    import dataclasses
+
+    from diffcut_edge.export import onnx_export
+
+    source = tiny_model_dir("sd1", R, "fp32")
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 64 << 20)
+    out = tmp_path / "ext"
+    out.mkdir()
+    files = onnx_export.optimize_and_layout(source / "encoder.onnx", out / "encoder.onnx", optimize=False)
+    assert files == ["encoder.onnx.data"]
+    assert sorted(p.name for p in out.iterdir()) == ["encoder.onnx", "encoder.onnx.data"]
+    assert (out / "encoder.onnx").stat().st_size < (out / "encoder.onnx.data").stat().st_size / 4
+    m = read_manifest(source)
+    assert onnx_export.check_graph(out / "encoder.onnx", resolution=R, channels=m.channels) > 0
+    images = photo_batch(R, 1)
+    np.testing.assert_array_equal(run_onnx(out, images), run_onnx(source, images))
+    m = dataclasses.replace(m, onnx_data_files=files,
+                            files_sha256={f: sha256_file(out / f) for f in ["encoder.onnx", *files]})
+    verify_files(out, m)
+    with open(out / "encoder.onnx.data", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(DiffCutError, match="encoder.onnx.data does not match"):
+        verify_files(out, m)
+
+
+def test_revision_is_read_from_a_hub_cache_path():
+    from types import SimpleNamespace
+
+    from diffcut_edge.export.onnx_export import pipeline_revision
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    cached = SimpleNamespace(name_or_path=f"/cache/hub/models--segmind--SSD-1B/snapshots/{sha}", config={})
+    assert pipeline_revision(cached) == sha
+    assert pipeline_revision(SimpleNamespace(name_or_path="/data/my-pipeline", config={})) is None

@@ -2,19 +2,21 @@
 
 One step per function, chained by :func:`export_model`:
 
-    load pipeline -> build TruncatedEncoder -> torch.onnx.export -> graph checks
-    -> layout of weights (embedded, or one external data file over 2 GiB) -> manifest -> move
+    load pipeline -> build TruncatedEncoder -> torch.onnx.export -> constant folding and
+    layout of weights (embedded, or one external data file over 2 GiB) -> I/O shapes
+    -> onnx.checker + shape inference -> manifest -> move into place
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``, as TensorRT's
 demoDiffusion does. Measured on this project's tiny models (2-core VM): 3-11 s per export
 versus 15-80 s for the dynamo exporter (torch.export + onnxscript translation + optimizer),
 which matters for tests and for iterating on large models; both are within 3e-7 of PyTorch.
 It is deprecated in torch 2.13, which this project pins (``[export]`` extra), so it is
-present; the dynamo path stays one argument away if a later torch removes it. Its known
-drawbacks are handled here: constant folding is on (``do_constant_folding``), and over 2 GiB
-it spills one file per initializer, which :func:`optimize_and_layout` gathers into the single
-``encoder.onnx.data``. Its graph has about twice the nodes of dynamo's before runtime fusion;
-onnxruntime and TensorRT fuse both at load time.
+present; should a later torch drop it, only :func:`torch_to_onnx` changes (dynamo=True with
+batch-2 examples and ``dynamic_shapes``, tried and equal within 3e-7). Its known drawbacks
+are handled here: its graph has about twice the nodes of dynamo's, which the onnxscript
+constant folding of :func:`optimize_and_layout` halves again (1778 -> 906 nodes on the tiny
+SDXL model; dynamo's own: 580); over 2 GiB it spills one file per initializer, which
+:func:`optimize_and_layout` gathers into the single ``encoder.onnx.data``.
 
 Precision: ``fp16`` is a mixed graph. The VAE encoder and the noising stay float32 (the SDXL
 VAE overflows in fp16), the UNet part is float16, with explicit Cast nodes between, because
@@ -248,13 +250,30 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def pipeline_revision(pipeline: Any) -> str | None:
-    """The hub commit of a pipeline loaded from the Hugging Face cache (``.../snapshots/<sha>/``)."""
+def pipeline_revision(pipeline: Any, model_id: str | None = None) -> str | None:
+    """The hub commit a pipeline was loaded from, when it can be known offline.
+
+    From a path inside the Hugging Face cache (``.../snapshots/<sha>/``), either the
+    pipeline's own ``name_or_path`` or the cached ``model_index.json`` of ``model_id``.
+    None for local folders and anything not in the cache.
+    """
     import re
 
-    name = str(getattr(pipeline, "name_or_path", None) or pipeline.config.get("_name_or_path", "") or "")
-    match = re.search(r"snapshots[/\\]([0-9a-f]{40})", name)
-    return match.group(1) if match else None
+    candidates = [str(getattr(pipeline, "name_or_path", None) or pipeline.config.get("_name_or_path", "") or "")]
+    if model_id and not Path(model_id).exists():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model_id, "model_index.json")
+            if isinstance(cached, str):
+                candidates.append(cached)
+        except Exception:  # a revision is nice to have; never fail an export for it
+            pass
+    for name in candidates:
+        match = re.search(r"snapshots[/\\]([0-9a-f]{40})", name)
+        if match:
+            return match.group(1)
+    return None
 
 
 def build_manifest(encoder: Any, model_id: str, revision: str | None, folder: Path, *, opset: int,
@@ -329,7 +348,7 @@ def export_model_report(model_or_pipeline_dir: str | os.PathLike, out_dir: str |
             if pipeline is None:
                 pipeline = models.load_pipeline(str(model_or_pipeline_dir), torch_dtype=torch.float32,
                                                 device="cpu")
-            revision = pipeline_revision(pipeline)
+            revision = pipeline_revision(pipeline, str(model_or_pipeline_dir))
         with stages.stage("truncate"):
             encoder = build_truncated_encoder(pipeline, resolution=resolution, timestep=timestep,
                                               noise_seed=noise_seed, precision=precision)

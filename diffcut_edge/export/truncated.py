@@ -226,7 +226,9 @@ def build_truncated_encoder(pipeline: Any, *, resolution: int = 1024, timestep: 
 
     Constants come from ``diffcut_edge.models`` (the same helpers the reference uses), so the
     encoder reproduces ``diffcut_ref.extract_features`` exactly in fp32. The returned module is
-    in eval mode with ``requires_grad`` off.
+    in eval mode with ``requires_grad`` off. It shares the pipeline's submodules (no copy of
+    the weights): with ``precision="fp16"`` the UNet parts it keeps are converted in place, so
+    do not run the pipeline afterwards; the export stage discards it.
     """
     import torch
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime.xp import deflated_operator, eigh_one, eigsh_largest, get_xp, to_host
+from diffcut_edge.runtime.xp import deflated_operator, eigh_one, eigsh_largest, get_xp, single_threaded_blas, to_host
 
 SOLVERS = ("auto", "eigh", "eigsh")
 # Official candidate cuts: 100 thresholds in [0.99 min y, 0.99 max y].
@@ -70,6 +70,12 @@ class NCutResult:
     num_masks: int
     nodes_visited: int
     eigen_solves: int
+
+
+@dataclass
+class _Counters:
+    visited: int = 0
+    solves: int = 0
 
 
 @dataclass
@@ -165,25 +171,24 @@ def _imul(a: Any, b: Any) -> Any:
 def _fiedler(a: Any, d: Any, solver: str) -> Any | None:
     """y = D^-1/2 v for v the 2nd eigenvector of D^-1/2 (D-A) D^-1/2, sign-fixed; float64.
 
-    Both solvers work on ``M = D^-1/2 A D^-1/2`` (``EIGEN_DTYPE``, built in place): "eigh" takes
-    pair #1 of ``I - M`` by LAPACK; "eigsh" takes the largest pair of ``M - 2 u uᵀ``
-    (u = sqrt(d)/|sqrt(d)|, the trivial eigenvector, whose eigenvalue 1 moves to -1, below
-    every other one) by Lanczos, applying the rank-one term in the product instead of
-    forming it. If Lanczos fails to converge the dense solver is used. Returns None if
-    the solvers fail or yield non-finite values (the node is then not split).
+    Both solvers work on ``M = D^-1/2 A D^-1/2`` in ``EIGEN_DTYPE``: "eigsh" takes the
+    largest pair of ``M - 2 u uᵀ`` (u = sqrt(d)/|sqrt(d)|, the trivial eigenvector, whose
+    eigenvalue 1 moves to -1, below every other one) by Lanczos, applying the scaling and
+    the rank-one term inside the product so M is never formed; "eigh" (and the fallback
+    when Lanczos does not converge) takes pair #1 of the dense ``I - M`` by LAPACK.
+    Returns None if the solvers fail or yield non-finite values (the node is then not split).
     """
     xp = get_xp(a)
     n = a.shape[0]
     s = 1.0 / xp.sqrt(d)
-    m = a.astype(EIGEN_DTYPE)
     s_m = s.astype(EIGEN_DTYPE)
-    m *= s_m[:, None]
-    m *= s_m[None, :]
     v = None
     if solver == "eigsh" or (solver == "auto" and n > EIGH_MAX_NODES):
-        v = _lanczos_fiedler(m, d)
+        v = _lanczos_fiedler(a.astype(EIGEN_DTYPE, copy=False), s_m, d)
     if v is None:
-        m *= -1.0
+        m = a.astype(EIGEN_DTYPE)  # a copy: I - M is built in place
+        m *= -s_m[:, None]
+        m *= s_m[None, :]
         m[xp.diag_indices(n)] += 1.0
         try:
             _, v = eigh_one(m, 1)
@@ -197,16 +202,16 @@ def _fiedler(a: Any, d: Any, solver: str) -> Any | None:
     return -y if bool(peak < 0) else y
 
 
-def _lanczos_fiedler(m: Any, d: Any) -> Any | None:
-    """Largest eigenvector of ``m - 2 u uᵀ`` (see :func:`_fiedler`), or None on failure."""
-    xp = get_xp(m)
+def _lanczos_fiedler(a: Any, s: Any, d: Any) -> Any | None:
+    """Largest eigenvector of ``diag(s) a diag(s) - 2 u uᵀ`` (see :func:`_fiedler`), or None."""
+    xp = get_xp(a)
     u = xp.sqrt(d)
     u /= xp.linalg.norm(u)
-    op = deflated_operator(m, u.astype(m.dtype))
+    op = deflated_operator(a, s, u.astype(a.dtype))
     # Fixed start vector: deterministic results; a Gaussian is never orthogonal to v in practice.
-    v0 = xp.asarray(np.random.default_rng(0).standard_normal(m.shape[0]), dtype=m.dtype)
+    v0 = xp.asarray(np.random.default_rng(0).standard_normal(a.shape[0]), dtype=a.dtype)
     try:
-        _, v = eigsh_largest(op, v0=v0, tol=EIGSH_TOL if m.dtype == xp.float64 else 0.0)
+        _, v = eigsh_largest(op, v0=v0, tol=EIGSH_TOL if a.dtype == xp.float64 else 0.0)
     except (np.linalg.LinAlgError, RuntimeError, ValueError):
         return None
     return v
@@ -283,6 +288,29 @@ def _assemble(masks: list[Any], n: int, xp: types.ModuleType) -> tuple[Any, int]
     return labels, int(labels.max()) + 1
 
 
+def _split_node(a_full: Any, keep_deep: Any, node: _Node, solver: str, min_size: int, tau: float,
+                counts: _Counters) -> tuple[Any, Any] | None:
+    """Bipartition one node: (ids above the threshold, ids below), or None to stop here."""
+    xp = get_xp(a_full)
+    counts.visited += 1
+    ids = node.ids
+    if node.level > 0:
+        ids = ids[keep_deep[ids]]
+    if ids.shape[0] < 2:
+        return None
+    a = a_full if node.level == 0 else a_full[xp.ix_(ids, ids)]
+    # Degrees by a float32 matrix-vector product (BLAS; the official sum is float32 too).
+    d = (a @ xp.ones(a.shape[0], dtype=a.dtype)).astype(xp.float64)
+    y = _fiedler(a, d, solver)
+    counts.solves += 1
+    if y is None:
+        return None
+    ncut, side = _best_cut(a, d, y, min_size)
+    if not ncut < tau:
+        return None
+    return ids[side], ids[~side]
+
+
 def recursive_ncut(features: Any, grid: tuple[int, int], *, tau: float = 0.5, alpha: float = 10.0,
                    max_segments: int | None = None, min_segment_size: int | None = None,
                    solver: str = "auto") -> NCutResult:
@@ -329,31 +357,21 @@ def recursive_ncut(features: Any, grid: tuple[int, int], *, tau: float = 0.5, al
 
     push(xp.arange(n), ())
     recorded: list[tuple[tuple, Any]] = []
-    visited = solves = 0
-    while pending and (budget is None or len(recorded) < budget):
-        _, path, index = heapq.heappop(pending)
-        node = nodes[index]
-        nodes[index] = None  # free the id array
-        visited += 1
-        ids = node.ids
-        if node.level > 0:
-            ids = ids[keep_deep[ids]]
-        if ids.shape[0] < 2:
-            continue
-        a = a_full if node.level == 0 else a_full[xp.ix_(ids, ids)]
-        d = a.sum(axis=1, dtype=xp.float64)
-        y = _fiedler(a, d, solver)
-        solves += 1
-        if y is None:
-            continue
-        ncut, side = _best_cut(a, d, y, min_size)
-        if not ncut < tau:
-            continue
-        above = ids[side]
-        recorded.append((path, above))
-        push(above, path + (0,))
-        push(ids[~side], path + (1,))
+    counts = _Counters()
+    # The per-node BLAS calls are small: threads cost more than they bring (see xp).
+    with single_threaded_blas(xp):
+        while pending and (budget is None or len(recorded) < budget):
+            _, path, index = heapq.heappop(pending)
+            node = nodes[index]
+            nodes[index] = None  # free the id array
+            cut = _split_node(a_full, keep_deep, node, solver, min_size, tau, counts)
+            if cut is None:
+                continue
+            above, below = cut
+            recorded.append((path, above))
+            push(above, path + (0,))
+            push(below, path + (1,))
 
     recorded.sort(key=lambda item: item[0])  # official (pre-order) numbering
     labels, k = _assemble([m for _, m in recorded], n, xp)
-    return NCutResult(labels.reshape(h, w), k, len(recorded), visited, solves)
+    return NCutResult(labels.reshape(h, w), k, len(recorded), counts.visited, counts.solves)

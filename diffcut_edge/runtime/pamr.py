@@ -3,8 +3,8 @@
 The official module recomputes nothing between iterations except the masks, but it
 materialises every shifted copy through a convolution. Here the image affinities are
 turned into softmax weights once, (8·|dilations|, H, W), and each iteration is a sum of
-shifted multiply-adds over one edge-padded copy of the masks per dilation -- contiguous
-elementwise work that numpy and cupy run the same way.
+shifted multiply-adds over one edge-padded copy of the masks (views into it, no
+convolution buffers) -- elementwise work that numpy and cupy run the same way.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ STD_EPS = 1e-8
 STD_SCALE = 0.1
 
 
-def _shifted(padded: Any, d: int, dy: int, dx: int, h: int, w: int) -> Any:
-    """View of ``padded`` (.., h+2d, w+2d) holding x(p + (dy, dx)·d), edge-replicated."""
-    return padded[..., d + dy * d: d + dy * d + h, d + dx * d: d + dx * d + w]
+def _shifted(padded: Any, pad: int, oy: int, ox: int, h: int, w: int) -> Any:
+    """View of ``padded`` (.., h+2pad, w+2pad) holding x(p + (oy, ox)), edge-replicated."""
+    return padded[..., pad + oy: pad + oy + h, pad + ox: pad + ox + w]
 
 
 def _pad(x: Any, d: int) -> Any:
@@ -59,13 +59,13 @@ def pamr_weights(image: Any, dilations: Sequence[int] = (1, 2, 4, 8)) -> Any:
     padded = {d: _pad(img, d) for d in dil}
     n = len(WINDOW) * len(dil)
     # Two-pass unbiased std (a one-pass sum of squares cancels on flat regions).
-    windows = [_shifted(padded[d], d, dy, dx, h, w) for d in dil for dy, dx in WINDOW]
+    windows = [_shifted(padded[d], d, dy * d, dx * d, h, w) for d in dil for dy, dx in WINDOW]
     mean = _accumulate(windows, lambda v: v) / xp.float32(n)
     var = _accumulate(windows, lambda v: (v - mean) ** 2) / xp.float32(n - 1)
     denom = STD_EPS + STD_SCALE * xp.sqrt(var)
     logits = xp.empty((len(NEIGHBOURS) * len(dil), h, w), dtype=xp.float32)
     for j, (d, (dy, dx)) in enumerate((d, o) for d in dil for o in NEIGHBOURS):
-        diff = xp.abs(img - _shifted(padded[d], d, dy, dx, h, w))
+        diff = xp.abs(img - _shifted(padded[d], d, dy * d, dx * d, h, w))
         logits[j] = -(diff / denom).mean(axis=0)
     logits -= logits.max(axis=0, keepdims=True)
     weights = xp.exp(logits)
@@ -82,22 +82,26 @@ def _accumulate(views: list, fn) -> Any:
 
 
 def propagate(masks: Any, weights: Any, dilations: Sequence[int] = (1, 2, 4, 8), num_iter: int = 10) -> Any:
-    """``num_iter`` rounds of m(p) <- Σ_o w_p(o) m(p+o) on (K, H, W) float32 masks."""
+    """``num_iter`` rounds of m(p) <- Σ_o w_p(o) m(p+o) on (K, H, W) float32 masks.
+
+    One edge-padded copy per round (by the largest dilation) serves every neighbour view.
+    """
     xp = get_xp(masks)
     dil = _check_dilations(dilations)
     m = xp.ascontiguousarray(masks, dtype=xp.float32)
     _, h, w = m.shape
+    pad = max(dil)
     acc = xp.empty_like(m)
     tmp = xp.empty_like(m)
     for _ in range(int(num_iter)):
-        acc[...] = 0
-        j = 0
-        for d in dil:
-            padded = _pad(m, d)
-            for dy, dx in NEIGHBOURS:
-                xp.multiply(_shifted(padded, d, dy, dx, h, w), weights[j], out=tmp)
+        padded = _pad(m, pad)
+        views = (_shifted(padded, pad, dy * d, dx * d, h, w) for d in dil for dy, dx in NEIGHBOURS)
+        for j, view in enumerate(views):
+            if j == 0:
+                xp.multiply(view, weights[0], out=acc)
+            else:
+                xp.multiply(view, weights[j], out=tmp)
                 acc += tmp
-                j += 1
         m, acc = acc, m
     return m
 

@@ -8,6 +8,7 @@ no device branches. cupy is imported only when a cupy array (or ``"cuda"``) is s
 
 from __future__ import annotations
 
+import contextlib
 import types
 from typing import Any
 
@@ -87,8 +88,11 @@ def eigh_one(matrix: Any, index: int) -> tuple[float, Any]:
     return float(w[0]), v[:, 0]
 
 
-def deflated_operator(matrix: Any, u: Any) -> Any:
-    """LinearOperator x -> (matrix - 2 u uᵀ) x without forming the rank-one term (scipy or cupyx)."""
+def deflated_operator(matrix: Any, scale: Any, u: Any) -> Any:
+    """LinearOperator x -> (S A S - 2 u uᵀ) x, S = diag(scale), forming neither term.
+
+    scipy's LinearOperator for numpy, cupyx's for cupy (same API).
+    """
     if is_cupy_array(matrix):
         from cupyx.scipy.sparse.linalg import LinearOperator
     else:
@@ -96,7 +100,7 @@ def deflated_operator(matrix: Any, u: Any) -> Any:
 
     def matvec(x: Any) -> Any:
         x = x.reshape(-1)
-        return matrix @ x - (2.0 * (u @ x)) * u
+        return scale * (matrix @ (scale * x)) - (2 * (u @ x)) * u
 
     return LinearOperator(matrix.shape, matvec=matvec, dtype=matrix.dtype)
 
@@ -116,6 +120,23 @@ def eigsh_largest(matrix: Any, v0: Any, tol: float) -> tuple[float, Any]:
 
         w, v = eigsh(matrix, k=1, which="LA", v0=v0, tol=tol)
     return float(w[0]), v[:, 0]
+
+
+def single_threaded_blas(xp: types.ModuleType) -> contextlib.AbstractContextManager:
+    """Context in which host BLAS/LAPACK calls run on one thread.
+
+    The NCut recursion makes hundreds of small calls (Lanczos matrix-vector products,
+    eigh on a few hundred nodes); OpenBLAS wakes its threads for each, which made them
+    3-8x slower with 2 threads on a 2-core machine than with one. Uses threadpoolctl when
+    it is installed (optional); otherwise, and for cupy, does nothing.
+    """
+    if xp is not np:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def median_filter3(labels: Any) -> Any:
