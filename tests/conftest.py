@@ -16,6 +16,25 @@ PLANTED = DATA / "planted"
 PLANTED_CASES = sorted(p.stem.removeprefix("planted_") for p in PLANTED.glob("planted_*.npz"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One torch intra-op thread for the whole session.
+
+    The official outputs in tests/data/planted were computed with one thread (reduction
+    order matters where float32 rounding decides a cut), and on a 2-core CI machine torch
+    threads only contend with onnxruntime's. Without torch installed this does nothing.
+    """
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def load_planted(name: str) -> dict[str, np.ndarray]:
     """One planted case with the official implementation's outputs at its own noise, grid 16.
 

@@ -16,17 +16,6 @@ from diffcut_edge.models import (  # noqa: E402
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin and run ~10x slower."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def pipelines(tiny_pipeline_dir):
     return {family: load_pipeline(tiny_pipeline_dir(family)) for family in ("sdxl", "sd1")}

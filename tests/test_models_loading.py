@@ -14,17 +14,6 @@ from diffcut_edge.models import TINY_CHANNELS, family_of_unet, load_pipeline, ma
 pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin and run ~10x slower."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("family, cls, n_down", [("sdxl", "StableDiffusionXLPipeline", 3),
                                                   ("sd1", "StableDiffusionPipeline", 4)])
 def test_tiny_pipeline_round_trips_through_load_pipeline(tiny_pipeline_dir, family, cls, n_down):

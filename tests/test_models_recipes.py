@@ -25,20 +25,6 @@ CONFIG_FAMILY = {"SSD-1B": "sdxl", "Segmind-Vega": "sdxl", "stable-diffusion-xl-
                  "stable-diffusion-v1-4": "sd1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin and run ~10x slower."""
-    try:
-        import torch
-    except ImportError:  # the data checks run without torch
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_recipes_are_unique_and_cover_the_paper_models():
     recipes = list_recipes()
     assert len({r.name for r in recipes}) == len(recipes)

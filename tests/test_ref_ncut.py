@@ -26,15 +26,6 @@ from diffcut_edge.diffcut_ref.ncut import (  # noqa: E402
 from diffcut_edge.errors import DiffCutError  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The official outputs were computed with one torch thread; the machine is shared anyway."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 PLANTED = Path(__file__).parent / "data" / "planted"
 
 

@@ -12,14 +12,6 @@ from diffcut_edge.diffcut_ref.pamr import pamr_refine, pamr_soft  # noqa: E402
 from diffcut_edge.errors import DiffCutError  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def conv_pamr_soft(image: np.ndarray, labels: np.ndarray, num_iter=10, dilations=(1, 2, 4, 8)) -> np.ndarray:
     """The official formulation, written with conv2d one-hot shift kernels, to check the slicing."""
     F = torch.nn.functional
