@@ -9,7 +9,7 @@ from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime import assign_concepts, recursive_ncut
 from diffcut_edge.runtime.assign import interp_matrix, resize_bilinear, segment_embeddings
 from diffcut_edge.runtime.ncut import normalize_tokens
-from runtime_planted import matched_agreement, planted_case
+from runtime_planted import planted_case
 
 
 @pytest.fixture(scope="module")

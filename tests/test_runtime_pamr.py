@@ -78,3 +78,14 @@ def test_bad_inputs_are_rejected():
         pamr_refine(np.zeros((8, 8, 3)), np.zeros((8, 8), int), dilations=(0,))
     with pytest.raises(DiffCutError, match="num_iter"):
         pamr_refine(np.zeros((8, 8, 3)), np.zeros((8, 8), int), num_iter=-1)
+
+
+def test_threaded_propagation_gives_identical_masks():
+    from diffcut_edge.runtime.pamr import propagate, propagate_parallel
+
+    case = planted_case((8, 8), 5, 0.1, 4, image_size=(48, 40))
+    masks = np.eye(5, dtype=np.float32)[resize_nearest(case.regions, (48, 40))].transpose(2, 0, 1)
+    weights = pamr_weights(case.image)
+    serial = propagate(masks, weights)
+    for workers in (1, 2, 3):
+        np.testing.assert_array_equal(propagate_parallel(masks, weights, workers=workers), serial)

@@ -15,7 +15,7 @@ import numpy as np
 
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.ncut import check_features, normalize_tokens
-from diffcut_edge.runtime.xp import get_xp
+from diffcut_edge.runtime.xp import get_xp, single_threaded_blas
 
 
 def interp_matrix(size_in: int, size_out: int, *, align_corners: bool, xp: Any = np) -> Any:
@@ -100,10 +100,11 @@ def assign_concepts(features: Any, grid: tuple[int, int], coarse_labels: Any,
     x, (h, w) = check_features(features, grid)
     xp = get_xp(x)
     labels = _check_coarse(coarse_labels, (h, w), xp)
-    fn = normalize_tokens(x)
-    emb = _segment_means(fn, labels)
-    sim = (fn @ emb.T).T.reshape(-1, h, w)  # (K, h, w) similarity maps on the token grid
-    up = resize_bilinear(sim, mask_size, align_corners=False)
+    with single_threaded_blas(xp):  # small products: BLAS threads only add wake-up latency
+        fn = normalize_tokens(x)
+        emb = _segment_means(fn, labels)
+        sim = (fn @ emb.T).T.reshape(-1, h, w)  # (K, h, w) similarity maps on the token grid
+        up = resize_bilinear(sim, mask_size, align_corners=False)
     return xp.argmax(up, axis=0).astype(xp.int32)
 
 

@@ -130,7 +130,6 @@ def normalize_tokens(features: Any) -> Any:
 
 def affinity(features_norm: Any, alpha: float) -> Any | None:
     """``minmax(F Fᵀ) ** alpha`` in float32 (N, N); None when all affinities are equal."""
-    xp = get_xp(features_norm)
     w = features_norm @ features_norm.T
     lo, hi = w.min(), w.max()
     span = hi - lo
@@ -334,21 +333,31 @@ def recursive_ncut(features: Any, grid: tuple[int, int], *, tau: float = 0.5, al
         NCutResult with (h, w) int32 labels on the input's device.
     """
     _check_options(tau, alpha, max_segments, min_segment_size, solver)
-    x, (h, w) = check_features(features, grid)
+    x, grid = check_features(features, grid)
+    budget = None if max_segments is None else int(max_segments) - 1
+    # One BLAS thread throughout: the per-node calls are small, and on the 2-core target
+    # even the affinity product gained nothing from a second thread while the idle-spinning
+    # OpenBLAS threads slowed the rest down (benchmarks/RESULTS.md).
+    with single_threaded_blas(get_xp(x)):
+        return _ncut_tree(x, grid, tau, alpha, budget, int(min_segment_size or 1), solver)
+
+
+def _ncut_tree(x: Any, grid: tuple[int, int], tau: float, alpha: float, budget: int | None,
+               min_size: int, solver: str) -> NCutResult:
+    """The recursion on validated float32 features, as an explicit work list."""
     xp = get_xp(x)
+    h, w = grid
     n = h * w
     a_full = affinity(normalize_tokens(x), alpha)
     if a_full is None:
         return NCutResult(xp.zeros((h, w), dtype=xp.int32), 1, 0, 1, 0)
     # Nodes whose affinity row has an exact zero leave the graph below level 0.
     keep_deep = ~xp.any(a_full == 0, axis=1)
-    min_size = int(min_segment_size or 1)
-    budget = None if max_segments is None else int(max_segments) - 1
 
     # Pending nodes keyed by their path (0 = side above the threshold, visited first):
     # path order is the official pre-order; with a budget, (level, path) is coarse-first.
     pending: list[tuple[tuple, tuple, int]] = []
-    nodes: list[_Node] = []
+    nodes: list[_Node | None] = []
 
     def push(ids: Any, path: tuple) -> None:
         nodes.append(_Node(ids, len(path)))
@@ -358,19 +367,17 @@ def recursive_ncut(features: Any, grid: tuple[int, int], *, tau: float = 0.5, al
     push(xp.arange(n), ())
     recorded: list[tuple[tuple, Any]] = []
     counts = _Counters()
-    # The per-node BLAS calls are small: threads cost more than they bring (see xp).
-    with single_threaded_blas(xp):
-        while pending and (budget is None or len(recorded) < budget):
-            _, path, index = heapq.heappop(pending)
-            node = nodes[index]
-            nodes[index] = None  # free the id array
-            cut = _split_node(a_full, keep_deep, node, solver, min_size, tau, counts)
-            if cut is None:
-                continue
-            above, below = cut
-            recorded.append((path, above))
-            push(above, path + (0,))
-            push(below, path + (1,))
+    while pending and (budget is None or len(recorded) < budget):
+        _, path, index = heapq.heappop(pending)
+        node = nodes[index]
+        nodes[index] = None  # free the id array
+        cut = _split_node(a_full, keep_deep, node, solver, min_size, tau, counts)
+        if cut is None:
+            continue
+        above, below = cut
+        recorded.append((path, above))
+        push(above, path + (0,))
+        push(below, path + (1,))
 
     recorded.sort(key=lambda item: item[0])  # official (pre-order) numbering
     labels, k = _assemble([m for _, m in recorded], n, xp)

@@ -9,6 +9,8 @@ convolution buffers) -- elementwise work that numpy and cupy run the same way.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -106,6 +108,33 @@ def propagate(masks: Any, weights: Any, dilations: Sequence[int] = (1, 2, 4, 8),
     return m
 
 
+def propagate_parallel(masks: Any, weights: Any, dilations: Sequence[int] = (1, 2, 4, 8),
+                       num_iter: int = 10, workers: int | None = None) -> Any:
+    """:func:`propagate` with the masks split across host threads (numpy only).
+
+    Masks propagate independently and numpy releases the GIL in its elementwise loops, so
+    K/workers masks per thread give the same numbers, in less wall time on a multi-core
+    CPU. cupy (one GPU stream) and a single core use :func:`propagate` directly. Default
+    workers: ``OMP_NUM_THREADS`` when set (the usual cap on a process's threads), else all
+    CPUs.
+    """
+    xp = get_xp(masks)
+    workers = min(workers or _host_threads(), masks.shape[0])
+    if xp is not np or workers < 2:
+        return propagate(masks, weights, dilations, num_iter)
+    chunks = np.array_split(masks, workers, axis=0)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = list(pool.map(lambda chunk: propagate(chunk, weights, dilations, num_iter), chunks))
+    return np.concatenate(parts, axis=0)
+
+
+def _host_threads() -> int:
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
 def _one_hot(labels: Any, xp: Any) -> tuple[Any, int]:
     """(K, h, w) float32 one-hot masks in sorted-label order, and K."""
     values, index = xp.unique(labels, return_inverse=True)
@@ -139,7 +168,7 @@ def pamr_soft(image: Any, labels: Any, num_iter: int = 10, dilations: Sequence[i
     size = img.shape[:2]
     if masks.shape[1:] != size:
         masks = resize_bilinear(masks, size, align_corners=True)
-    return propagate(masks, pamr_weights(img, dilations), dilations, num_iter)
+    return propagate_parallel(masks, pamr_weights(img, dilations), dilations, num_iter)
 
 
 def pamr_refine(image: Any, labels: Any, num_iter: int = 10, dilations: Sequence[int] = (1, 2, 4, 8)) -> Any:

@@ -9,6 +9,7 @@ no device branches. cupy is imported only when a cupy array (or ``"cuda"``) is s
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 from typing import Any
 
@@ -130,13 +131,24 @@ def single_threaded_blas(xp: types.ModuleType) -> contextlib.AbstractContextMana
     3-8x slower with 2 threads on a 2-core machine than with one. Uses threadpoolctl when
     it is installed (optional); otherwise, and for cupy, does nothing.
     """
-    if xp is not np:
+    controller = _blas_controller() if xp is np else None
+    if controller is None:
         return contextlib.nullcontext()
+    return controller.limit(limits=1, user_api="blas")
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, found once (~5 ms), or None."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+        return None
+    # scipy ships its own OpenBLAS (used by eigh/ARPACK): load it first so it is limited too.
+    import scipy.linalg  # noqa: F401
+    import scipy.sparse.linalg  # noqa: F401
+
+    return ThreadpoolController()
 
 
 def median_filter3(labels: Any) -> Any:
