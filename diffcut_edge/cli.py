@@ -81,7 +81,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     from diffcut_edge.export.onnx_export import export_model_report
+    from diffcut_edge.models.loading import quiet_third_party_logs
 
+    quiet_third_party_logs()
     report = export_model_report(args.model, args.out, resolution=args.resolution, precision=args.precision,
                                  opset=args.opset, progress=not args.no_progress, force=args.force)
     size = (report.onnx_bytes + report.data_bytes) / 1e6
@@ -121,7 +123,9 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 
 def _run_verify(args: argparse.Namespace) -> int:
     from diffcut_edge.export.verify import verify_model
+    from diffcut_edge.models.loading import quiet_third_party_logs
 
+    quiet_third_party_logs()
     report = verify_model(args.model, args.model_dir, args.images or None, labels=not args.no_labels)
     print("\n".join(report.lines()))
     return 0 if report.passed else EXIT_ERROR
@@ -603,6 +607,9 @@ def _eval_predictor(args: argparse.Namespace):
             from diffcut_edge.runtime.manifest import read_manifest
 
             resolution = read_manifest(args.model_dir).resolution
+        from diffcut_edge.models.loading import quiet_third_party_logs
+
+        quiet_third_party_logs()
         return evaluation.reference_predictor(args.model, resolution=resolution, tau=args.tau, alpha=args.alpha)
     if not args.model_dir:
         raise DiffCutError("eval needs --model-dir MODEL_DIR (or --reference --model PIPELINE)")

@@ -14,7 +14,7 @@ Public API::
 
 from __future__ import annotations
 
-import importlib
+from diffcut_edge._lazy import lazy_getattr
 
 _LAZY = {
     "export_model": "onnx_export",
@@ -30,10 +30,4 @@ _LAZY = {
     "VerifyReport": "verify",
 }
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime.backends._compat import version_tuple
 
 MIN_SUPPORTED = (8, 6)
 
@@ -40,11 +41,10 @@ class BuilderSettings:
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
-    """``"10.3.0.30"`` -> (10, 3, 0)."""
-    match = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", str(text))
-    if not match:
+    """``"10.3.0.30"`` -> (10, 3, 0); the runtime's reader, strict about garbage."""
+    if not re.match(r"^\s*\d+\.\d+", str(text)):
         raise DiffCutError(f"cannot read the TensorRT version {text!r}")
-    return int(match[1]), int(match[2]), int(match[3] or 0)
+    return version_tuple(str(text).strip())
 
 
 def builder_settings(trt_version: str | tuple[int, ...], precision: str) -> BuilderSettings:

@@ -178,3 +178,19 @@ def load_pipeline(model_id_or_folder: str | Path, *, torch_dtype=None, device=No
     if device is not None:
         pipeline = pipeline.to(device)
     return pipeline
+
+
+def quiet_third_party_logs() -> None:
+    """Silence diffusers/transformers info chatter and loading bars (the CLI shows its own progress).
+
+    Library users keep the libraries' defaults; only the command line calls this.
+    """
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # load_pipeline reports the missing extra itself
+        return
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()

@@ -5,7 +5,7 @@ Names resolve lazily, so ``import diffcut_edge.runtime`` loads nothing heavy.
 
 from __future__ import annotations
 
-import importlib
+from diffcut_edge._lazy import lazy_getattr
 
 _LAZY = {
     "segment_features": "assign",
@@ -29,10 +29,4 @@ _LAZY = {
     "palette_color": "overlay",
 }
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
