@@ -31,6 +31,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -379,16 +389,6 @@ def _run_video(args: argparse.Namespace) -> int:
     return 0
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def _add_webcam(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("webcam", help="live segmentation from a camera, file or stream",
                        description="Live segmentation in a window (keys: q/Esc quit, r toggle refinement, "
@@ -509,7 +509,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=_batch_sizes, default=(1,), metavar="B[,B...]",
                    help="batch sizes to time, e.g. 1,4 (default 1)")
     p.add_argument("--iters", type=_positive_int, default=10, help="timed runs per batch size (default 10)")
-    p.add_argument("--warmup", type=_non_negative_int_arg, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--warmup", type=_non_negative_int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                    help="include PAMR (default: on)")
     p.add_argument("--image", default=None,
@@ -520,16 +520,6 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def _batch_sizes(text: str) -> tuple[int, ...]:
     """``1,4`` -> (1, 4)."""
     return tuple(_positive_int(part.strip()) for part in text.split(",") if part.strip()) or (1,)
-
-
-def _non_negative_int_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def _bench_segmenter(args: argparse.Namespace):

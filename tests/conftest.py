@@ -115,3 +115,15 @@ def tiny_model_dir(tmp_path_factory, tiny_pipeline_dir):
         return cache[key]
 
     return get
+
+
+@pytest.fixture
+def cli_fake_segmenter(monkeypatch):
+    """A fast stand-in Segmenter behind every CLI verb (tests/fake_segmenter.py)."""
+    from fake_segmenter import FakeSegmenter
+
+    from diffcut_edge import cli
+
+    seg = FakeSegmenter()
+    monkeypatch.setattr(cli, "_open_segmenter", lambda args: seg)
+    return seg

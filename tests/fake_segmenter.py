@@ -97,3 +97,12 @@ def export_available() -> bool:
     import importlib.util
 
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "diffusers", "onnx"))
+
+
+def run_cli(argv, capsys):
+    """Run ``diffcut-edge ARGV`` in-process: (exit code, stdout, stderr)."""
+    from diffcut_edge import cli
+
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -1,21 +1,14 @@
-"""``diffcut-edge segment``: outputs, option checks, batches with bad files; fake and real segmenters."""
+"""``diffcut-edge segment``: outputs, option checks, batches with bad files; cli_fake_segmenter and real segmenters."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
-from fake_segmenter import FakeSegmenter, export_available
+from fake_segmenter import FakeSegmenter, export_available, run_cli
 
 from diffcut_edge import cli
 from diffcut_edge.runtime import io
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    seg = FakeSegmenter()
-    monkeypatch.setattr(cli, "_open_segmenter", lambda args: seg)
-    return seg
 
 
 @pytest.fixture
@@ -29,20 +22,14 @@ def images(tmp_path):
     return folder
 
 
-def _run(argv, capsys):
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_writes_16bit_labels_overlays_and_npz(fake, images, tmp_path, capsys):
+def test_writes_16bit_labels_overlays_and_npz(cli_fake_segmenter, images, tmp_path, capsys):
     out = tmp_path / "out"
-    code, stdout, err = _run(["segment", str(images), "--model-dir", "m", "--out", str(out), "--save-npz",
+    code, stdout, err = run_cli(["segment", str(images), "--model-dir", "m", "--out", str(out), "--save-npz",
                               "--overlay-format", "png"], capsys)
     assert code == 0, err
     for stem in ("astronaut", "chelsea", "coffee"):
         frame = io.read_image(images / f"{stem}.png")
-        expected = fake(frame)
+        expected = cli_fake_segmenter(frame)
         raw = cv2.imread(str(out / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
         assert raw.dtype == np.uint16 and np.array_equal(raw, expected.labels)
         overlay = cv2.imread(str(out / f"{stem}_overlay.png"))
@@ -56,27 +43,27 @@ def test_writes_16bit_labels_overlays_and_npz(fake, images, tmp_path, capsys):
     assert err == ""
 
 
-def test_quiet_and_jpg_overlay_default(fake, images, tmp_path, capsys):
+def test_quiet_and_jpg_overlay_default(cli_fake_segmenter, images, tmp_path, capsys):
     out = tmp_path / "out"
-    code, stdout, _ = _run(["segment", str(images / "coffee.png"), "--model-dir", "m", "--out", str(out), "-q"],
+    code, stdout, _ = run_cli(["segment", str(images / "coffee.png"), "--model-dir", "m", "--out", str(out), "-q"],
                            capsys)
     assert code == 0 and len(stdout.strip().splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == ["coffee_labels.png", "coffee_overlay.jpg"]
 
 
-def test_a_second_run_into_the_input_folder_skips_earlier_outputs(fake, images, capsys):
+def test_a_second_run_into_the_input_folder_skips_earlier_outputs(cli_fake_segmenter, images, capsys):
     argv = ["segment", str(images), "--model-dir", "m", "--out", str(images), "-q"]
-    assert _run(argv, capsys)[0] == 0
-    code, stdout, err = _run(argv, capsys)
+    assert run_cli(argv, capsys)[0] == 0
+    code, stdout, err = run_cli(argv, capsys)
     assert code == 0 and stdout.startswith("segmented 3 image(s)") and "skipped 6 file(s)" in err
 
 
-def test_same_stem_from_two_folders_does_not_overwrite(fake, images, tmp_path, capsys):
+def test_same_stem_from_two_folders_does_not_overwrite(cli_fake_segmenter, images, tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()
     cv2.imwrite(str(other / "coffee.jpg"), np.full((20, 30, 3), 90, np.uint8))
     out = tmp_path / "out"
-    code, _, _ = _run(["segment", str(images / "coffee.png"), str(other / "coffee.jpg"), "--model-dir", "m",
+    code, _, _ = run_cli(["segment", str(images / "coffee.png"), str(other / "coffee.jpg"), "--model-dir", "m",
                        "--out", str(out), "-q"], capsys)
     assert code == 0
     assert cv2.imread(str(out / "coffee_2_labels.png"), cv2.IMREAD_UNCHANGED).shape == (20, 30)
@@ -105,7 +92,7 @@ def test_mask_size_accepts_hxw(monkeypatch, images, tmp_path, capsys):
         return FakeSegmenter(mask_size=args.mask_size)
 
     monkeypatch.setattr(cli, "_open_segmenter", open_segmenter)
-    assert _run(["segment", str(images / "coffee.png"), "--model-dir", "m", "--out", str(tmp_path / "o"),
+    assert run_cli(["segment", str(images / "coffee.png"), "--model-dir", "m", "--out", str(tmp_path / "o"),
                  "--mask-size", "24x32", "--save-npz", "-q"], capsys)[0] == 0
     with np.load(tmp_path / "o" / "coffee.npz") as d:
         assert seen["mask_size"] == (24, 32) and d["mask_labels"].shape == (24, 32)
@@ -122,7 +109,7 @@ def test_backend_choices_match_the_runtime():
 def test_end_to_end_on_a_tiny_exported_model(tiny_model_dir, images, tmp_path, capsys):
     model = tiny_model_dir("sdxl", 256)
     out = tmp_path / "out"
-    code, stdout, err = _run(["segment", str(images), "--model-dir", str(model), "--out", str(out),
+    code, stdout, err = run_cli(["segment", str(images), "--model-dir", str(model), "--out", str(out),
                               "--backend", "ort-cpu", "--save-npz", "-q"], capsys)
     assert code == 0, err
     labels = io.read_labels_png(out / "chelsea_labels.png")

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import cv2
 import pytest
-from fake_segmenter import FakeSegmenter, export_available, make_video
+from fake_segmenter import FakeSegmenter, export_available, make_video, run_cli
 from test_runtime_video import _corrupt_frame
 
 from diffcut_edge import cli
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    seg = FakeSegmenter()
-    monkeypatch.setattr(cli, "_open_segmenter", lambda args: seg)
-    return seg
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +15,6 @@ def clip(tmp_path_factory):
     path = tmp_path_factory.mktemp("video") / "in.avi"
     make_video(path, n=10)
     return path
-
-
-def _run(argv, capsys):
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _geometry(path):
@@ -42,26 +29,26 @@ def _geometry(path):
         cap.release()
 
 
-def test_writes_the_overlay_video_at_input_fps_and_size(fake, clip, tmp_path, capsys):
+def test_writes_the_overlay_video_at_input_fps_and_size(cli_fake_segmenter, clip, tmp_path, capsys):
     out = tmp_path / "out.mp4"
-    code, stdout, err = _run(["video", str(clip), str(out), "--model-dir", "m"], capsys)
+    code, stdout, err = run_cli(["video", str(clip), str(out), "--model-dir", "m"], capsys)
     assert code == 0, err
     frames, fps, size = _geometry(out)
     assert (frames, size) == (10, (128, 96)) and fps == pytest.approx(10.0)
     assert stdout.startswith(f"wrote {out}") and "10 frames" in stdout and "ms/frame" in stdout
-    assert err == "" and fake.encode_calls == 10
+    assert err == "" and cli_fake_segmenter.encode_calls == 10
 
 
-def test_every_and_max_frames(fake, clip, tmp_path, capsys):
+def test_every_and_max_frames(cli_fake_segmenter, clip, tmp_path, capsys):
     out = tmp_path / "out.avi"
-    code, _, err = _run(["video", str(clip), str(out), "--model-dir", "m", "--every", "3", "--max-frames", "7",
+    code, _, err = run_cli(["video", str(clip), str(out), "--model-dir", "m", "--every", "3", "--max-frames", "7",
                          "--codec", "MJPG", "--no-track", "--no-pipeline"], capsys)
     assert code == 0, err
-    assert _geometry(out)[0] == 7 and fake.encode_calls == 3
+    assert _geometry(out)[0] == 7 and cli_fake_segmenter.encode_calls == 3
 
 
 def run_fresh_process(argv, cwd):
-    """The CLI in a new interpreter with the fake segmenter: FFmpeg's log level is set once per
+    """The CLI in a new interpreter with the cli_fake_segmenter segmenter: FFmpeg's log level is set once per
     process, so only a fresh one shows what a user's terminal gets on fd 2."""
     import subprocess
     import sys
@@ -86,12 +73,12 @@ def test_broken_frame_warns_once_and_finishes(clip, tmp_path):
     assert _geometry(out)[0] == 9 and "1 broken frame(s) skipped" in proc.stdout
 
 
-def test_video_that_ends_early_keeps_what_was_read(fake, clip, tmp_path, capsys):
+def test_video_that_ends_early_keeps_what_was_read(cli_fake_segmenter, clip, tmp_path, capsys):
     short = tmp_path / "short.avi"
     data = clip.read_bytes()
     short.write_bytes(data[: len(data) // 2])
     out = tmp_path / "out.mp4"
-    code, stdout, err = _run(["video", str(short), str(out), "--model-dir", "m"], capsys)
+    code, stdout, err = run_cli(["video", str(short), str(out), "--model-dir", "m"], capsys)
     assert code == 0 and "ends after" in err and "ended early" in stdout
     assert 0 < _geometry(out)[0] < 10
 
@@ -100,14 +87,14 @@ def test_failure_mid_run_keeps_the_previous_output_and_leaves_no_temporary(monke
     out = tmp_path / "out.mp4"
     out.write_bytes(b"previous good result")
     monkeypatch.setattr(cli, "_open_segmenter", lambda args: FakeSegmenter(fail_on_frame=3))
-    code, _, err = _run(["video", str(clip), str(out), "--model-dir", "m"], capsys)
+    code, _, err = run_cli(["video", str(clip), str(out), "--model-dir", "m"], capsys)
     assert code != 0 and err.count("\n") == 1 and "encoder exploded" in err
     assert out.read_bytes() == b"previous good result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
 
 
 @pytest.mark.parametrize("case", ["missing-input", "missing-folder", "not-a-video", "same-file"])
-def test_bad_paths_are_one_line_errors(fake, clip, tmp_path, capsys, case):
+def test_bad_paths_are_one_line_errors(cli_fake_segmenter, clip, tmp_path, capsys, case):
     src, dst = str(clip), str(tmp_path / "o.mp4")
     if case == "missing-input":
         src = str(tmp_path / "nope.mp4")
@@ -118,7 +105,7 @@ def test_bad_paths_are_one_line_errors(fake, clip, tmp_path, capsys, case):
         (tmp_path / "text.mp4").write_text("hello")
     else:
         dst = src
-    code, _, err = _run(["video", src, dst, "--model-dir", "m"], capsys)
+    code, _, err = run_cli(["video", src, dst, "--model-dir", "m"], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("diffcut-edge video: error:")
 
 
@@ -127,7 +114,7 @@ def test_bad_paths_are_one_line_errors(fake, clip, tmp_path, capsys, case):
 def test_end_to_end_on_a_tiny_exported_model(tiny_model_dir, clip, tmp_path, capsys):
     model = tiny_model_dir("sdxl", 256)
     out = tmp_path / "out.mp4"
-    code, stdout, err = _run(["video", str(clip), str(out), "--model-dir", str(model), "--backend", "ort-cpu",
+    code, stdout, err = run_cli(["video", str(clip), str(out), "--model-dir", str(model), "--backend", "ort-cpu",
                               "--max-frames", "4", "--every", "2"], capsys)
     assert code == 0, err
     assert _geometry(out)[:1] == (4,) and "4 frames" in stdout

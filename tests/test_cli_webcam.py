@@ -5,17 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from fake_segmenter import FakeSegmenter, make_video
+from fake_segmenter import FakeSegmenter, make_video, run_cli
 from test_cli_video import _geometry, run_fresh_process
 
 from diffcut_edge import cli
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    seg = FakeSegmenter()
-    monkeypatch.setattr(cli, "_open_segmenter", lambda args: seg)
-    return seg
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +18,9 @@ def clip(tmp_path_factory):
     return path
 
 
-def _run(argv, capsys):
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_headless_file_source_records_and_ends_cleanly(fake, clip, tmp_path, capsys):
+def test_headless_file_source_records_and_ends_cleanly(cli_fake_segmenter, clip, tmp_path, capsys):
     record = tmp_path / "rec.mp4"
-    code, stdout, err = _run(["webcam", "--model-dir", "m", "--source", str(clip), "--headless",
+    code, stdout, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless",
                               "--record", str(record)], capsys)
     assert code == 0 and err == ""
     assert stdout.startswith("source ended: 8 frames") and str(record) in stdout
@@ -41,13 +28,13 @@ def test_headless_file_source_records_and_ends_cleanly(fake, clip, tmp_path, cap
     assert (frames, size) == (8, (128, 96)) and fps == pytest.approx(10.0)
 
 
-def test_max_frames_stops_early(fake, clip, tmp_path, capsys):
-    code, stdout, _ = _run(["webcam", "--model-dir", "m", "--source", str(clip), "--headless",
+def test_max_frames_stops_early(cli_fake_segmenter, clip, tmp_path, capsys):
+    code, stdout, _ = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless",
                             "--max-frames", "3"], capsys)
-    assert code == 0 and stdout.startswith("stopped at --max-frames: 3 frames") and fake.encode_calls == 3
+    assert code == 0 and stdout.startswith("stopped at --max-frames: 3 frames") and cli_fake_segmenter.encode_calls == 3
 
 
-def test_window_keys_toggle_refine_freeze_and_quit(fake, clip, monkeypatch, capsys):
+def test_window_keys_toggle_refine_freeze_and_quit(cli_fake_segmenter, clip, monkeypatch, capsys):
     shown: list[np.ndarray] = []
     keys = iter([ord("r"), ord("f"), -1, ord(" "), ord("q")])  # refine off; freeze; wait; unfreeze; quit
     monkeypatch.setattr(cli, "_gui_problem", lambda: None)
@@ -57,17 +44,17 @@ def test_window_keys_toggle_refine_freeze_and_quit(fake, clip, monkeypatch, caps
     huds: list[str] = []
     draw_hud = cli._draw_hud
     monkeypatch.setattr(cli, "_draw_hud", lambda image, text: (huds.append(text), draw_hud(image, text)))
-    code, stdout, _ = _run(["webcam", "--model-dir", "m", "--source", str(clip), "--no-pipeline"], capsys)
+    code, stdout, _ = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--no-pipeline"], capsys)
     assert code == 0 and stdout.startswith("stopped: 3 frames")
-    assert len(shown) == 3 and fake.refine is False  # frames 0, 1 (freeze/unfreeze), 2 (quit)
+    assert len(shown) == 3 and cli_fake_segmenter.refine is False  # frames 0, 1 (freeze/unfreeze), 2 (quit)
     assert [h.endswith("refine on") for h in huds] == [True, False, False] and "fps" in huds[0]
     assert all(s.dtype == np.uint8 and s.shape == (96, 128, 3) for s in shown)
 
 
-def test_without_a_display_tells_to_use_headless(fake, clip, capsys):
+def test_without_a_display_tells_to_use_headless(cli_fake_segmenter, clip, capsys):
     if cli._gui_problem() is None:
         pytest.skip("this machine has an OpenCV GUI and a display")
-    code, _, err = _run(["webcam", "--model-dir", "m", "--source", str(clip)], capsys)
+    code, _, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip)], capsys)
     assert code == 2 and err.count("\n") == 1 and "--headless" in err
 
 
@@ -88,7 +75,7 @@ def test_retries_option_is_validated(capsys):
 def test_recording_is_kept_when_the_run_fails(monkeypatch, clip, tmp_path, capsys):
     monkeypatch.setattr(cli, "_open_segmenter", lambda args: FakeSegmenter(fail_on_frame=5))
     record = tmp_path / "rec.avi"
-    code, _, err = _run(["webcam", "--model-dir", "m", "--source", str(clip), "--headless", "--record",
+    code, _, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless", "--record",
                          str(record), "--codec", "MJPG", "--no-pipeline"], capsys)
     assert code != 0 and err.count("\n") == 1
     assert _geometry(record)[0] == 5  # the frames before the failure

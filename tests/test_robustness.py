@@ -1,7 +1,7 @@
 """Issue 5: every broken input gives one line on stderr and a non-zero exit (or a warning and the
 batch goes on), and outputs already written stay intact.
 
-Image cases run the CLI with the fake segmenter (fast); model-folder cases run the real
+Image cases run the CLI with the cli_fake_segmenter segmenter (fast); model-folder cases run the real
 ``Segmenter.from_model_dir`` on hand-made folders (no export needed). Damaged videos
 (ending early, broken frame) are in test_cli_video.py.
 """
@@ -13,18 +13,11 @@ import resource
 import cv2
 import numpy as np
 import pytest
-from fake_segmenter import FakeSegmenter, export_available
+from fake_segmenter import export_available
 from test_cli_video import run_fresh_process
 
 from diffcut_edge import cli
 from diffcut_edge.runtime.manifest import EngineRecord, Manifest, sha256_file, write_manifest
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    seg = FakeSegmenter()
-    monkeypatch.setattr(cli, "_open_segmenter", lambda args: seg)
-    return seg
 
 
 @pytest.fixture
@@ -49,7 +42,7 @@ def _write_cases(folder, photo) -> None:
     (folder / "README.txt").write_text("not an image")
 
 
-def test_folder_with_broken_and_non_images_warns_and_processes_the_rest(fake, photo, tmp_path, capsys):
+def test_folder_with_broken_and_non_images_warns_and_processes_the_rest(cli_fake_segmenter, photo, tmp_path, capsys):
     src, out = tmp_path / "in", tmp_path / "out"
     _write_cases(src, photo)
     out.mkdir()
@@ -74,7 +67,7 @@ def test_folder_with_broken_and_non_images_warns_and_processes_the_rest(fake, ph
 
 
 @pytest.mark.parametrize("name", ["zero.png", "cut.jpg", "noise.png", "missing.png"])
-def test_a_single_broken_image_is_one_error_line(fake, photo, tmp_path, capsys, name):
+def test_a_single_broken_image_is_one_error_line(cli_fake_segmenter, photo, tmp_path, capsys, name):
     src = tmp_path / "in"
     _write_cases(src, photo)
     code = cli.main(["segment", str(src / name), "--model-dir", "m", "--out", str(tmp_path / "out")])
