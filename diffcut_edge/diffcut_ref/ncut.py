@@ -59,14 +59,19 @@ def _torch():
 # --------------------------------------------------------------------------------------
 
 
-def _check_grid(grid: Sequence[int]) -> tuple[int, int]:
+def _check_pair(value: Sequence[int], name: str, what: str) -> tuple[int, int]:
+    """A (rows, cols) pair of positive ints, or a DiffCutError naming ``name``."""
     try:
-        h, w = (int(g) for g in grid)
+        a, b = (int(v) for v in value)
     except (TypeError, ValueError) as e:
-        raise DiffCutError(f"grid must be a pair (h, w) of token rows and columns, got {grid!r}") from e
-    if h < 1 or w < 1:
-        raise DiffCutError(f"grid must have positive sides, got {(h, w)}")
-    return h, w
+        raise DiffCutError(f"{name} must be a pair {what}, got {value!r}") from e
+    if a < 1 or b < 1:
+        raise DiffCutError(f"{name} must have positive sides, got {(a, b)}")
+    return a, b
+
+
+def _check_grid(grid: Sequence[int]) -> tuple[int, int]:
+    return _check_pair(grid, "grid", "(h, w) of token rows and columns")
 
 
 def _as_feature_tensor(features, grid: Sequence[int]):
@@ -359,13 +364,7 @@ def _assign(feats_norm, coarse, mask_size: tuple[int, int]):
 
 
 def _check_mask_size(mask_size: Sequence[int]) -> tuple[int, int]:
-    try:
-        hm, wm = (int(s) for s in mask_size)
-    except (TypeError, ValueError) as e:
-        raise DiffCutError(f"mask_size must be a pair (H, W), got {mask_size!r}") from e
-    if hm < 1 or wm < 1:
-        raise DiffCutError(f"mask_size must have positive sides, got {(hm, wm)}")
-    return hm, wm
+    return _check_pair(mask_size, "mask_size", "(H, W)")
 
 
 def _coarse_tensor(coarse_labels, grid: tuple[int, int], device):
