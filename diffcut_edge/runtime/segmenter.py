@@ -192,7 +192,9 @@ class Segmenter:
         if self.device == "cuda":
             cp.cuda.get_current_stream().synchronize()
 
-    def _encode_timed(self, frames: Sequence[Any]) -> tuple[Any, float, float]:
+    def encode_timed(self, frames: Sequence[Any]) -> tuple[Any, float, float]:
+        """Like :meth:`encode`, one chunk (at most the backend's max batch), with its
+        (preprocess ms, encoder ms): what video pipelines report per stage."""
         start = time.perf_counter()
         frames = list(frames)
         if self.device == "cuda" and self.backend.outputs_on_device:
@@ -219,7 +221,7 @@ class Segmenter:
         Batches larger than the backend's maximum are run in chunks.
         """
         frame_list = _frame_list(frames)
-        parts = [self._encode_timed(chunk)[0] for chunk in _chunks(frame_list, self.backend.max_batch)]
+        parts = [self.encode_timed(chunk)[0] for chunk in _chunks(frame_list, self.backend.max_batch)]
         if len(parts) == 1:
             return parts[0]
         xp = cp if type(parts[0]).__module__.split(".")[0] == "cupy" else np
@@ -282,7 +284,7 @@ class Segmenter:
         frame_list = _frame_list(frames)
         results = []
         for chunk in _chunks(frame_list, self.backend.max_batch):
-            features, t_pre, t_enc = self._encode_timed(chunk)
+            features, t_pre, t_enc = self.encode_timed(chunk)
             share = {"preprocess": t_pre / len(chunk), "encoder": t_enc / len(chunk)}
             for frame, feats in zip(chunk, features):
                 results.append(self._postprocess(frame, feats, dict(share)))

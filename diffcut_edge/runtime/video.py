@@ -359,10 +359,10 @@ def _frames_of(source) -> Iterable[np.ndarray]:
 def _encode_one(segmenter, frame: np.ndarray) -> tuple[Any, float, float]:
     """Features (N, C) of one frame with (preprocess ms, encoder ms).
 
-    The runtime Segmenter times its two stages in ``_encode_timed``; any other object
+    The runtime Segmenter times its two stages in ``encode_timed``; any other object
     with ``encode`` gets its whole call counted as encoder time.
     """
-    timed = getattr(segmenter, "_encode_timed", None)
+    timed = getattr(segmenter, "encode_timed", None)
     if timed is not None:
         features, t_pre, t_enc = timed([frame])
         return features[0], t_pre, t_enc
