@@ -15,31 +15,16 @@ import numpy as np
 
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.ncut import check_features, normalize_tokens
-from diffcut_edge.runtime.xp import get_xp, single_threaded_blas
+from diffcut_edge.runtime.xp import get_xp, linear_taps, single_threaded_blas
 
 
 def interp_matrix(size_in: int, size_out: int, *, align_corners: bool, xp: Any = np) -> Any:
-    """(size_out, size_in) float32 matrix of 1-D linear interpolation, torch semantics.
-
-    align_corners=False: source = (o + 0.5) * in/out - 0.5, clamped below at 0 (torch's
-    ``area_pixel_compute_source_index``); align_corners=True: source = o * (in-1)/(out-1).
-    The upper neighbour is clamped to the last index (edge replication).
-    """
-    # float32 arithmetic step by step, as torch's CPU kernel (opmath of float is float).
-    f32 = np.float32
-    o = np.arange(size_out, dtype=f32)
-    if align_corners:
-        scale = f32(size_in - 1) / f32(size_out - 1) if size_out > 1 else f32(0)
-        src = scale * o
-    else:
-        scale = f32(size_in) / f32(size_out)
-        src = np.maximum(scale * (o + f32(0.5)) - f32(0.5), f32(0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
-    i1 = np.minimum(i0 + 1, size_in - 1)
-    lam = src - i0.astype(f32)
+    """(size_out, size_in) float32 matrix of 1-D linear interpolation, torch semantics
+    (taps from :func:`diffcut_edge.runtime.xp.linear_taps`)."""
+    i0, i1, lam = linear_taps(size_in, size_out, align_corners=align_corners)
     m = np.zeros((size_out, size_in), dtype=np.float32)
     rows = np.arange(size_out)
-    np.add.at(m, (rows, i0), f32(1) - lam)
+    np.add.at(m, (rows, i0), np.float32(1) - lam)
     np.add.at(m, (rows, i1), lam)
     return xp.asarray(m)
 

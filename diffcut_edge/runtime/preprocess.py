@@ -17,33 +17,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime.xp import get_xp, linear_taps
 
 # Float frames may stray this far outside [0, 1] from rounding before we call them wrong.
 _FLOAT_RANGE_SLACK = 1e-3
-
-
-def _array_module(array: Any):
-    """numpy, or cupy for a cupy array (without importing cupy otherwise)."""
-    if type(array).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
-
-
-def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices (i0, i1) and weight of i1 for each output position, as PyTorch computes them.
-
-    PyTorch (align_corners=False): src = (dst + 0.5) * in/out - 0.5, clamped at 0, in
-    float32; i0 = floor(src), i1 = min(i0 + 1, in - 1), weight of i1 = src - i0.
-    """
-    scale = np.float32(in_size / out_size)
-    src = scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
-    src = np.maximum(src, np.float32(0.0))
-    i0 = np.minimum(src.astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    w1 = (src - i0).astype(np.float32)
-    return i0, i1, w1
 
 
 def _lerp_take(x: Any, axis: int, i0: Any, i1: Any, w1: Any, xp: Any) -> Any:
@@ -68,15 +45,15 @@ def _resize_hwc(image: Any, size: tuple[int, int], channels: Sequence[int] | Non
     *and* reorders channels in one flat ``take`` (index x*C + c), and both passes run
     long contiguous loops. The pass that leaves the smaller intermediate goes first.
     """
-    xp = _array_module(image)
+    xp = get_xp(image)
     out_h, out_w = int(size[0]), int(size[1])
     if out_h <= 0 or out_w <= 0:
         raise DiffCutError(f"resize: output size must be positive, got {size}")
     in_h, in_w, c = image.shape
     channels = list(range(c)) if channels is None else list(channels)
     k = len(channels)
-    y0, y1, wy = _bilinear_taps(in_h, out_h)
-    x0, x1, wx = _bilinear_taps(in_w, out_w)
+    y0, y1, wy = linear_taps(in_h, out_h, align_corners=False)
+    x0, x1, wx = linear_taps(in_w, out_w, align_corners=False)
     chan = np.asarray(channels, dtype=np.int64)
 
     def column_pass(flat: Any, width_channels: int) -> Any:
@@ -122,7 +99,7 @@ def resize_nearest(labels: Any, size: tuple[int, int]) -> Any:
     PyTorch: src = min(floor(dst * in/out), in - 1), with the scale in float32.
     Works on numpy or cupy; keeps the dtype.
     """
-    xp = _array_module(labels)
+    xp = get_xp(labels)
     out_h, out_w = int(size[0]), int(size[1])
     in_h, in_w = labels.shape[:2]
 
@@ -154,7 +131,7 @@ def _value_scale(image: Any) -> float:
     if dtype == np.uint16:
         return 1.0 / 65535.0
     if dtype.kind == "f":
-        xp = _array_module(image)
+        xp = get_xp(image)
         low, high = float(xp.min(image)), float(xp.max(image))
         if not (np.isfinite(low) and np.isfinite(high)):
             raise DiffCutError("the float image contains NaN or infinite values")
@@ -186,7 +163,7 @@ def image_to_rgb_float(image: Any, channel_order: str = "bgr",
     check_frame(image)
     scale = _value_scale(image)
     index = _channel_index(image, channel_order)
-    xp = _array_module(image)
+    xp = get_xp(image)
     if image.ndim == 2:
         image = image[:, :, None]
     if size is not None:
@@ -225,7 +202,7 @@ def preprocess(frames_bgr_uint8: Any, resolution: int, channel_order: str = "bgr
         raise DiffCutError(f"resolution must be positive, got {resolution}")
     frames = _as_frame_list(frames_bgr_uint8)
     first = image_to_rgb_float(frames[0], channel_order, size=(resolution, resolution))
-    xp = _array_module(first)
+    xp = get_xp(first)
     batch = xp.empty((len(frames), 3, resolution, resolution), dtype=xp.float32)
     batch[0] = first.transpose(2, 0, 1)
     for i, frame in enumerate(frames[1:], start=1):

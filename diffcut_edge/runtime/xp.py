@@ -49,6 +49,27 @@ def get_xp(array_or_device: Any) -> types.ModuleType:
     return np
 
 
+def linear_taps(size_in: int, size_out: int, *, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Torch's 1-D bilinear taps: source indices (i0, i1) and the float32 weight of i1, per output.
+
+    align_corners=False: src = (o + 0.5) * in/out - 0.5, clamped below at 0 (torch's
+    ``area_pixel_compute_source_index``); align_corners=True: src = o * (in-1)/(out-1).
+    Step-by-step float32 arithmetic, as torch's CPU kernel (opmath of float is float);
+    the upper neighbour is clamped to the last index (edge replication). Host arrays.
+    """
+    f32 = np.float32
+    o = np.arange(size_out, dtype=f32)
+    if align_corners:
+        scale = f32(size_in - 1) / f32(size_out - 1) if size_out > 1 else f32(0)
+        src = scale * o
+    else:
+        scale = f32(size_in) / f32(size_out)
+        src = np.maximum(scale * (o + f32(0.5)) - f32(0.5), f32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
+    i1 = np.minimum(i0 + 1, size_in - 1)
+    return i0, i1, (src - i0.astype(f32)).astype(f32)
+
+
 def to_host(a: Any) -> np.ndarray:
     """A numpy copy/view of ``a`` (cupy arrays are copied from the GPU)."""
     if is_cupy_array(a):
