@@ -91,3 +91,16 @@ def test_single_threaded_blas_works_with_and_without_threadpoolctl(monkeypatch):
     with rxp.single_threaded_blas(np):
         assert rxp.eigh_one(m, 1)[0] == inside
     rxp._blas_controller.cache_clear()
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("size_in,size_out", [(45, 129), (58, 333), (72, 1000), (150, 129), (500, 128),
+                                              (1023, 1024), (7, 3), (1, 5)])
+def test_nearest_taps_equal_torch_interpolate(size_in, size_out, exact):
+    # (45, 129), (58, 333, exact), (72, 1000), (150, 129, exact) are sizes where a float64 scale
+    # floors to another source index than torch's float32 kernel.
+    torch = pytest.importorskip("torch", reason="nearest parity is checked against torch's F.interpolate")
+    x = torch.arange(size_in, dtype=torch.float32)[None, None, :, None]
+    mode = "nearest-exact" if exact else "nearest"
+    expected = torch.nn.functional.interpolate(x, size=(size_out, 1), mode=mode)[0, 0, :, 0].long().numpy()
+    np.testing.assert_array_equal(rxp.nearest_taps(size_in, size_out, exact=exact), expected)

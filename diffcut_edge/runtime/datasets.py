@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime.xp import nearest_taps
 
 DATASETS = ("voc", "context", "coco-object", "coco-stuff", "cityscapes", "ade20k")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -411,24 +412,12 @@ def protocol_image(image_bgr: np.ndarray, resolution: int) -> np.ndarray:
     return resize_bilinear(rgb, (resolution, resolution))
 
 
-def nearest_exact_index(size_in: int, size_out: int) -> np.ndarray:
-    """Source rows of PyTorch ``nearest-exact``: floor((i + 0.5) * in / out), clipped."""
-    idx = np.floor((np.arange(size_out) + 0.5) * (size_in / size_out)).astype(np.int64)
-    return np.minimum(idx, size_in - 1)
-
-
-def nearest_index(size_in: int, size_out: int) -> np.ndarray:
-    """Source rows of PyTorch's default ``nearest``: floor(i * in / out), clipped."""
-    idx = np.floor(np.arange(size_out) * (size_in / size_out)).astype(np.int64)
-    return np.minimum(idx, size_in - 1)
-
-
 def protocol_labels(raw: np.ndarray, resolution: int, mask_size: tuple[int, int] = (128, 128)) -> np.ndarray:
     """Cropped labels at the mask size, as the official two steps: nearest-exact to R
     (torchvision Resize), then F.interpolate's default nearest to ``mask_size``."""
     cropped = center_crop(raw)
     side = cropped.shape[0]
-    first = nearest_exact_index(side, resolution)
-    rows = first[nearest_index(resolution, mask_size[0])]
-    cols = first[nearest_index(resolution, mask_size[1])]
+    first = nearest_taps(side, resolution, exact=True)
+    rows = first[nearest_taps(resolution, mask_size[0])]
+    cols = first[nearest_taps(resolution, mask_size[1])]
     return cropped[np.ix_(rows, cols)]

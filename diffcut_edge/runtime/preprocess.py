@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime.xp import get_xp, linear_taps
+from diffcut_edge.runtime.xp import get_xp, linear_taps, nearest_taps
 
 # Float frames may stray this far outside [0, 1] from rounding before we call them wrong.
 _FLOAT_RANGE_SLACK = 1e-3
@@ -100,14 +100,10 @@ def resize_nearest(labels: Any, size: tuple[int, int]) -> Any:
     Works on numpy or cupy; keeps the dtype.
     """
     xp = get_xp(labels)
-    out_h, out_w = int(size[0]), int(size[1])
     in_h, in_w = labels.shape[:2]
-
-    def taps(n_in: int, n_out: int):
-        src = np.floor(np.arange(n_out, dtype=np.float32) * np.float32(n_in / n_out)).astype(np.int64)
-        return xp.asarray(np.minimum(src, n_in - 1))
-
-    return labels[taps(in_h, out_h)][:, taps(in_w, out_w)]
+    rows = xp.asarray(nearest_taps(in_h, int(size[0])))
+    cols = xp.asarray(nearest_taps(in_w, int(size[1])))
+    return labels[rows][:, cols]
 
 
 def check_frame(image: Any) -> None:

@@ -70,6 +70,18 @@ def linear_taps(size_in: int, size_out: int, *, align_corners: bool) -> tuple[np
     return i0, i1, (src - i0.astype(f32)).astype(f32)
 
 
+def nearest_taps(size_in: int, size_out: int, *, exact: bool = False) -> np.ndarray:
+    """Source indices of torch's ``nearest`` (src = floor(o * in/out)) or ``nearest-exact``
+    (floor((o + 0.5) * in/out)), clamped to the last index; host int64 array.
+
+    The scale is float32 as in torch's kernel: with a float64 scale the floor lands on the
+    other side for some sizes (83 of 7930 (in, out) pairs checked against F.interpolate).
+    """
+    offset = np.float32(0.5) if exact else np.float32(0)
+    src = (np.arange(size_out, dtype=np.float32) + offset) * np.float32(size_in / size_out)
+    return np.minimum(np.floor(src).astype(np.int64), size_in - 1)
+
+
 def to_host(a: Any) -> np.ndarray:
     """A numpy copy/view of ``a`` (cupy arrays are copied from the GPU)."""
     if is_cupy_array(a):
