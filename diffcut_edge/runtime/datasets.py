@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime.io import read_image  # noqa: F401  (the dataset reader is the CLI's)
 from diffcut_edge.runtime.xp import nearest_taps
 
 DATASETS = ("voc", "context", "coco-object", "coco-stuff", "cityscapes", "ade20k")
@@ -312,16 +313,6 @@ def _cityscapes_samples(root: Path, names: list[str] | None) -> list[Sample]:
 
 
 # ----------------------------------------------------------------------------- files
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """A colour image as BGR uint8 (H, W, 3); EXIF orientation ignored, like torchvision."""
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise DiffCutError(f"cannot read the image {path} (missing or not an image)")
-    return image
-
-
 def _png_chunks(data: bytes):
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         return

@@ -116,6 +116,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     Raises :class:`DiffCutError` for a missing, empty, truncated or undecodable file.
     The file is decoded straight from disk (no second in-memory copy of a big file).
+    EXIF orientation is ignored (IMREAD_UNCHANGED), like torchvision's reader, which the
+    evaluation protocol relies on (runtime/datasets.py reads with this function).
     """
     import cv2
 
