@@ -81,8 +81,11 @@ def test_segment_features_reproduces_official_labels(planted):
     official = planted["official_labels"]
     assert labels.dtype == np.int64 and labels.shape == (128, 128)
     assert one_to_one(labels, official), f"{planted['name']}: partition differs from the official one"
-    # Stronger than required: the exact-code assembly numbers segments as the official floats do.
-    np.testing.assert_array_equal(labels, official)
+    # The numbering is not compared: it follows the sign of each node's Fiedler vector, and on
+    # these planted cases the low eigenvalues are nearly degenerate, so MKL's CPU-specific eigh
+    # kernels decide it. Measured: on an AVX-512 machine 5 of 8 cases number their segments
+    # differently (same partitions); with MKL_CBWR=AVX2 all 8 equal the stored official labels.
+    # test_assembly_matches_official_floats_when_they_are_exact checks the numbering rule itself.
 
 
 def test_recursion_visits_the_official_nodes(planted):
