@@ -5,7 +5,11 @@ Sub-packages, in the order data flows through them:
 - ``models``      model recipes, pipeline loading, tiny random-weight models
 - ``diffcut_ref`` the faithful PyTorch reference (never imported by the runtime)
 - ``export``      truncated encoder -> ONNX model folder -> TensorRT engine
-- ``runtime``     numpy/cupy post-processing, inference backends, ``Segmenter``
+- ``runtime``     the inference core: manifest, preprocessing, backends, NCut, PAMR, ``Segmenter``
+- ``apps``        image/video I/O, overlays, tracking, HUD (what the commands use)
+- ``eval``        dataset layouts, the paper's protocol, metrics, bench
+
+Design: docs/design.md.
 
 Importing this package imports nothing heavy.
 """

@@ -13,11 +13,18 @@ import sys
 from typing import Callable, Sequence
 
 from diffcut_edge import __version__
+from diffcut_edge.defaults import ALPHA, DEVICES, PRECISIONS, STAGES, TAU
 from diffcut_edge.errors import DiffCutError
 
 EXIT_ERROR = 2        # a DiffCutError: bad input, wrong folder, missing extra
 EXIT_INTERNAL = 1     # an unexpected exception (a bug): one line, --debug for the traceback
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), as shells report it
+EXIT_TERMINATED = 143   # SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so it unwinds like Ctrl-C: recordings are finished,
+    temporary files removed (a service manager's stop is not a crash)."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -82,7 +89,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="hub id (e.g. segmind/SSD-1B) or a saved pipeline folder")
     p.add_argument("--out", required=True, help="model folder to write (encoder.onnx + manifest.json)")
     p.add_argument("--resolution", type=_positive_int, default=1024, help="input side R, multiple of 64")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="UNet part precision (the VAE encoder stays fp32)")
     p.add_argument("--opset", type=_positive_int, default=18)
     p.add_argument("--force", action="store_true", help="replace an existing model folder")
@@ -142,17 +149,18 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------- applications
-_BACKEND_CHOICES = ("auto", "ort", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
+def _option_type(name: str) -> Callable[[str], object]:
+    """An argparse type that parses and validates like ``SegmenterOptions`` (one source of truth)."""
+    def parse(text: str) -> object:
+        from diffcut_edge.runtime.options import parse_option
 
+        try:
+            return parse_option(name, text)
+        except DiffCutError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
 
 
 def _fraction(text: str) -> float:
@@ -162,42 +170,60 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _mask_size(text: str) -> tuple[int, int]:
-    """``128`` → (128, 128); ``96x128`` → (96, 128) (height x width)."""
-    parts = text.lower().split("x")
-    if len(parts) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
-    sizes = tuple(_positive_int(p) for p in parts)
-    return (sizes[0], sizes[0]) if len(sizes) == 1 else sizes  # type: ignore[return-value]
-
-
-def _add_segmenter_options(p: argparse.ArgumentParser) -> None:
+def _add_segmenter_options(p: argparse.ArgumentParser, *, allow_model: bool = False) -> None:
     """Options shared by segment, video and webcam: the model folder and the DiffCut knobs."""
-    p.add_argument("--model-dir", required=True, help="exported model folder (diffcut-edge export)")
-    p.add_argument("--backend", choices=_BACKEND_CHOICES, default="auto",
+    from diffcut_edge.defaults import MASK_SIZE
+
+    if allow_model:
+        p.add_argument("--model-dir", default=None, help="exported model folder (diffcut-edge export)")
+        p.add_argument("--model", default=None, metavar="HUB_ID|DIR",
+                       help="a diffusers pipeline (hub id or folder): exported on first use into the cache "
+                            "(~/.cache/diffcut-edge, or $DIFFCUT_EDGE_CACHE) and reused; needs the [export] extra")
+        p.add_argument("--resolution", type=_positive_int, default=None,
+                       help="with --model: export resolution (default: the recipe's, else 1024)")
+        p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="with --model: export precision")
+    else:
+        p.add_argument("--model-dir", required=True, help="exported model folder (diffcut-edge export)")
+    p.add_argument("--backend", choices=_backends(), default="auto",
                    help="encoder backend (default: auto = best available)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    p.add_argument("--device", choices=("auto", *DEVICES), default="auto",
                    help="where NCut/PAMR run: cpu (numpy) or cuda (cupy); auto follows the encoder")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                    help="sharpen the masks with PAMR (default: on)")
-    p.add_argument("--tau", type=_non_negative_float, default=0.5,
-                   help="NCut threshold: lower splits less (default 0.5)")
-    p.add_argument("--alpha", type=_positive_float, default=10.0,
-                   help="affinity exponent: higher splits more (default 10)")
-    p.add_argument("--mask-size", type=_mask_size, default=(128, 128), metavar="N|HxW",
-                   help="resolution of the assigned/refined masks (default 128)")
-    p.add_argument("--max-segments", type=_positive_int, default=None, help="stop splitting at this many segments")
-    p.add_argument("--min-segment-size", type=_positive_int, default=None,
+    p.add_argument("--tau", type=_option_type("tau"), default=TAU,
+                   help=f"NCut threshold >= 0: lower splits less, 0 not at all (default {TAU})")
+    p.add_argument("--alpha", type=_option_type("alpha"), default=ALPHA,
+                   help=f"affinity exponent > 0: higher splits more (default {ALPHA:g})")
+    p.add_argument("--mask-size", type=_option_type("mask_size"), default=MASK_SIZE, metavar="N|HxW",
+                   help=f"resolution of the assigned/refined masks (default {MASK_SIZE[0]})")
+    p.add_argument("--max-segments", type=_option_type("max_segments"), default=None,
+                   help="stop splitting at this many segments")
+    p.add_argument("--min-segment-size", type=_option_type("min_segment_size"), default=None,
                    help="do not split segments smaller than this many feature cells")
     p.add_argument("--overlay-alpha", type=_fraction, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-item lines")
+
+
+def _model_dir(args: argparse.Namespace) -> str:
+    """The model folder to open: --model-dir, or the cached export of --model."""
+    if getattr(args, "model", None):
+        if args.model_dir:
+            raise DiffCutError("give either --model-dir (an exported folder) or --model (a pipeline), not both")
+        from diffcut_edge.export.cache import cached_export
+
+        return str(cached_export(args.model, resolution=args.resolution, precision=args.precision,
+                                 progress=not args.quiet))
+    if not args.model_dir:
+        raise DiffCutError("segment needs --model-dir MODEL_DIR (an exported folder) or --model HUB_ID|DIR "
+                           "(a diffusers pipeline, exported on first use)")
+    return args.model_dir
 
 
 def _open_segmenter(args: argparse.Namespace):
     """The Segmenter the options describe (tests monkeypatch this to inject a fake)."""
     from diffcut_edge.runtime.segmenter import Segmenter
 
-    return Segmenter.from_model_dir(args.model_dir, backend=args.backend, refine=args.refine,
+    return Segmenter.from_model_dir(_model_dir(args), backend=args.backend, refine=args.refine,
                                     device=None if args.device == "auto" else args.device,
                                     mask_size=tuple(args.mask_size), tau=args.tau, alpha=args.alpha,
                                     max_segments=args.max_segments, min_segment_size=args.min_segment_size)
@@ -210,8 +236,7 @@ def _warn(verb: str, message: str) -> None:
 
 
 def _stage_line(timings: dict) -> str:
-    order = ("preprocess", "encoder", "ncut", "assign", "pamr")
-    parts = [f"{k} {timings[k]:.0f}" for k in order if k in timings]
+    parts = [f"{k} {timings[k]:.0f}" for k in STAGES if k in timings]
     total = f" = {timings['total']:.0f} ms" if "total" in timings else " ms"
     return " + ".join(parts) + total
 
@@ -225,96 +250,73 @@ def _progress(iterable=None, *, total=None, quiet: bool, unit: str):
 
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:
+    from diffcut_edge.apps.batch import OVERLAY_FORMATS
+
     p = sub.add_parser("segment", help="segment images and write label maps and overlays",
                        description="Segment images, folders or glob patterns. Per image writes "
                                    "<stem>_labels.png (16-bit, values = segment ids) and "
                                    "<stem>_overlay.jpg|png; with --save-npz also <stem>.npz.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|GLOB", help="images, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
-    p.add_argument("--overlay-format", choices=("jpg", "png", "none"), default="jpg",
+    p.add_argument("--overlay-format", choices=OVERLAY_FORMATS, default="jpg",
                    help="overlay image format, or none to skip overlays (default jpg)")
     p.add_argument("--save-npz", action="store_true",
                    help="also save labels, mask_labels, coarse_labels and embeddings to <stem>.npz")
-    _add_segmenter_options(p)
+    _add_segmenter_options(p, allow_model=True)
 
 
-def _output_stems(paths: list) -> list[str]:
-    """One output stem per input; a repeated stem (a/x.jpg, b/x.png) gets a numeric suffix."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        n = seen.get(path.stem, 0)
-        seen[path.stem] = n + 1
-        stems.append(path.stem if n == 0 else f"{path.stem}_{n + 1}")
-    return stems
+def _make_dir(path) -> None:
+    from diffcut_edge.atomic import output_error
 
-
-def _segment_one(seg, path, stem: str, out, args: argparse.Namespace) -> object:
-    """Segment one image file and write its outputs; returns the SegmentationResult."""
-    import numpy as np
-
-    from diffcut_edge.runtime import io
-
-    frame = io.read_image(path)
-    result = seg(frame)
-    io.write_labels_png(out / f"{stem}_labels.png", np.asarray(result.labels))
-    if args.overlay_format != "none":
-        io.write_image(out / f"{stem}_overlay.{args.overlay_format}", result.overlay(frame, alpha=args.overlay_alpha))
-    if args.save_npz:
-        io.save_npz(out / f"{stem}.npz", labels=result.labels, mask_labels=result.mask_labels,
-                    coarse_labels=result.coarse_labels, embeddings=result.embeddings)
-    return result
-
-
-def _is_output_name(name: str) -> bool:
-    return name.endswith(("_labels.png", "_overlay.jpg", "_overlay.png"))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(path, e) from e
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    import time
     from pathlib import Path
 
-    from diffcut_edge.runtime import io
-    from diffcut_edge.runtime.video import Throughput
+    from diffcut_edge.apps import batch, io
+    from diffcut_edge.atomic import check_writable_dir
 
-    out = Path(args.out)
+    out = check_writable_dir(Path(args.out))  # before the (slow) model opens
     images, skipped = io.collect_image_paths(args.inputs)
-    # Our own outputs in the input folder (an earlier run with --out there) are not inputs.
-    ours = [p for p in images if p.parent.resolve() == out.resolve() and _is_output_name(p.name)]
-    images, skipped = [p for p in images if p not in ours], skipped + ours
+    images, ours = batch.drop_own_outputs(images, out)
+    skipped += ours
     if skipped:
         shown = ", ".join(p.name for p in skipped[:5]) + (", …" if len(skipped) > 5 else "")
         _warn("segment", f"skipped {len(skipped)} file(s) that are not images or are outputs: {shown}")
     if not images:
         raise DiffCutError(f"no images found in {' '.join(args.inputs)} "
                            f"(extensions: {', '.join(io.IMAGE_EXTENSIONS)})")
-    if out.exists() and not out.is_dir():
-        raise DiffCutError(f"--out {out} is a file; give a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    stats, failed, started = Throughput(), 0, time.perf_counter()
+    options = batch.OutputOptions(args.overlay_format, args.overlay_alpha, args.save_npz)
     with _open_segmenter(args) as seg:
-        bar = _progress(list(zip(images, _output_stems(images))), quiet=args.quiet, unit="img")
-        for path, stem in bar:
-            try:
-                result = _segment_one(seg, path, stem, out, args)
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as e:  # one bad image must not stop a batch: warn, count, go on
-                if len(images) == 1 or (args.debug and not isinstance(e, DiffCutError)):
-                    raise  # a single image: its own error is the one line to print
-                failed += 1
-                _warn("segment", str(e) if isinstance(e, DiffCutError) else f"{path}: {type(e).__name__}: {e}")
-                continue
-            stats.add(result.timings)
+        _make_dir(out)  # only once the model opened: a failed start leaves nothing behind
+        bar = _progress(quiet=args.quiet, unit="img", total=len(images))
+
+        def line(path, result) -> None:
+            bar.update(1)
             if not args.quiet:
                 k = result.num_segments
                 bar.write(f"{path}: {k} segment{'s' if k != 1 else ''}, {result.labels.shape[1]}x"
                           f"{result.labels.shape[0]}, {_stage_line(result.timings)}")
-    done = len(images) - failed
-    print(f"segmented {done} image(s) into {out} in {time.perf_counter() - started:.1f} s"
-          + (f"; mean {_stage_line({k: v / max(done, 1) for k, v in stats.stage_ms.items()})}" if done else ""))
-    if failed:
-        raise DiffCutError(f"{failed} of {len(images)} image(s) failed (see the warnings above)")
+
+        def failure(path, message) -> None:
+            bar.update(1)
+            if len(images) > 1:
+                _warn("segment", message)
+
+        with bar:
+            report = batch.segment_images(seg, images, out, options, on_result=line, on_failure=failure,
+                                          raise_unexpected=args.debug)
+    if len(images) == 1 and report.failed:
+        raise DiffCutError(report.failed[0][1])  # a single image: its own error is the one line
+    means = {k: v / max(report.done, 1) for k, v in report.stats.stage_ms.items()}
+    print(f"segmented {report.done} image(s) into {out} in {report.seconds:.1f} s"
+          + (f"; mean {_stage_line(means)}" if report.done else ""))
+    if report.failed:
+        raise DiffCutError(f"{len(report.failed)} of {len(images)} image(s) failed (see the warnings above)")
     return 0
 
 
@@ -339,41 +341,22 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
     _add_segmenter_options(p)
 
 
-class _TrackedDrawer:
-    """Overlay with colours that follow segments across frames (tracker optional)."""
-
-    def __init__(self, track: bool, alpha: float) -> None:
-        from diffcut_edge.runtime.tracking import SegmentTracker
-
-        self.tracker = SegmentTracker() if track else None
-        self.alpha = alpha
-
-    def __call__(self, frame, result):
-        import numpy as np
-
-        from diffcut_edge.runtime.overlay import draw_overlay
-        from diffcut_edge.runtime.tracking import relabel
-
-        labels = np.asarray(result.labels)
-        if self.tracker is not None:
-            labels = relabel(labels, self.tracker.update(result.embeddings))
-        return draw_overlay(frame, labels, alpha=self.alpha)
-
-
 def _run_video(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from diffcut_edge.runtime.video import AtomicVideoWriter, FrameReader, Throughput, iter_segmented, parse_source
+    from diffcut_edge.apps.tracking import TrackedOverlay
+    from diffcut_edge.apps.video import AtomicVideoWriter, FrameReader, Throughput, iter_segmented, parse_source
 
     spec = parse_source(args.input)
     if not spec.live and Path(args.output).resolve() == Path(args.input).resolve():
         raise DiffCutError("OUT is the input file; choose another output path")
+    AtomicVideoWriter.check_target(args.output, args.codec)  # before the model opens
     warn = lambda message: _warn("video", message)  # noqa: E731
     with FrameReader(spec, warn=warn) as reader, _open_segmenter(args) as seg:
         info = reader.info
         writer = AtomicVideoWriter(args.output, info.fps, None, codec=args.codec)
         total = min(info.frame_count or 0, args.max_frames or 1 << 62) or args.max_frames
-        draw, stats = _TrackedDrawer(args.track, args.overlay_alpha), Throughput()
+        draw, stats = TrackedOverlay(args.track, args.overlay_alpha), Throughput()
         with writer, _progress(total=total, quiet=args.quiet, unit="frame") as bar:
             for item in iter_segmented(reader, seg, pipelined=args.pipeline, every=args.every,
                                        max_frames=args.max_frames):
@@ -384,7 +367,9 @@ def _run_video(args: argparse.Namespace) -> int:
             raise DiffCutError(f"no frame could be read from {spec}; nothing written")
     notes = [f"{reader.stats.broken} broken frame(s) skipped"] if reader.stats.broken else []
     notes += ["the input ended early"] if reader.stats.ended_early else []
-    print(f"wrote {args.output} ({info.fps:.2f} fps, {writer.size[0]}x{writer.size[1]}): {stats.summary()}"
+    notes += [writer.size_note()] if writer.size_note() else []
+    width, height = writer.written_size
+    print(f"wrote {args.output} ({info.fps:.2f} fps, {width}x{height}): {stats.summary()}"
           + (f" [{'; '.join(notes)}]" if notes else ""))
     return 0
 
@@ -398,64 +383,34 @@ def _add_webcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", default=None, metavar="FILE", help="also write the overlay video to FILE")
     p.add_argument("--codec", default="mp4v", help="FourCC of the --record codec (default mp4v)")
     p.add_argument("--retries", type=_non_negative_int, default=5,
-                   help="reconnection attempts when a live source drops, with exponential back-off (default 5)")
+                   help="connection attempts when a live source cannot be opened or drops, with exponential "
+                        "back-off (default 5)")
     _add_video_options(p)
     _add_segmenter_options(p)
 
 
-def _gui_problem() -> str | None:
-    """Why cv2.imshow cannot work here, or None when it can."""
-    import os
-
+def _window_key(frozen: bool) -> int:
+    """The key pressed in the OpenCV window (-1 = none); waits longer while frozen."""
     import cv2
 
-    gui = [line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
-           if line.strip().startswith("GUI:")]
-    if gui and gui[0].upper() == "NONE":
-        return ("this OpenCV build has no GUI (opencv-python-headless): run with --headless "
-                "[--record out.mp4], or pip install opencv-python for a window")
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return "no display (DISPLAY is not set): run with --headless [--record out.mp4]"
-    return None
-
-
-def _draw_hud(image, text: str) -> None:
-    """FPS/latency line in the top-left corner, in place."""
-    import cv2
-
-    org = (8, 20)
-    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-
-
-def _refine_on(seg) -> bool:
-    options = getattr(seg, "options", None)
-    return bool(options.refine if options is not None else getattr(seg, "refine", True))
-
-
-def _toggle_refine(seg) -> None:
-    """Switch PAMR on/off on a live Segmenter (its options are a frozen dataclass)."""
-    import dataclasses
-
-    options = getattr(seg, "options", None)
-    if options is not None:
-        seg.options = dataclasses.replace(options, refine=not options.refine)
-    elif hasattr(seg, "refine"):
-        seg.refine = not seg.refine
+    return cv2.waitKey(30 if frozen else 1) & 0xFF
 
 
 def _run_webcam(args: argparse.Namespace) -> int:
     import contextlib
-    import time
 
     import cv2
 
-    from diffcut_edge.runtime.video import AtomicVideoWriter, FrameReader, Throughput, iter_segmented, parse_source
+    from diffcut_edge.apps import hud
+    from diffcut_edge.apps.tracking import TrackedOverlay
+    from diffcut_edge.apps.video import AtomicVideoWriter, FrameReader, Throughput, iter_segmented, parse_source
 
     KEY_ESC, WINDOW = 27, "diffcut-edge (q quit, r refine, f freeze)"
     if not args.headless and (problem := _gui_problem()):
         raise DiffCutError(problem)
     spec = parse_source(args.source)
+    if args.record:
+        AtomicVideoWriter.check_target(args.record, args.codec)  # before the camera and model open
     warn = lambda message: _warn("webcam", message)  # noqa: E731
     with contextlib.ExitStack() as stack:
         reader = stack.enter_context(FrameReader(spec, retries=args.retries, warn=warn))
@@ -464,47 +419,52 @@ def _run_webcam(args: argparse.Namespace) -> int:
         writer = (stack.enter_context(AtomicVideoWriter(args.record, reader.info.fps, None, codec=args.codec,
                                                         keep_on_error=True))
                   if args.record else None)
-        draw, stats = _TrackedDrawer(args.track, args.overlay_alpha), Throughput()
-        frozen, fps, last = False, 0.0, time.perf_counter()
+        draw, stats, meter, frozen = TrackedOverlay(args.track, args.overlay_alpha), Throughput(), hud.FpsMeter(), False
         for item in iter_segmented(reader, seg, pipelined=args.pipeline, every=args.every,
                                    max_frames=args.max_frames):
             vis = draw(item.frame, item.result)
-            now = time.perf_counter()
-            fps = 0.9 * fps + 0.1 / max(now - last, 1e-6) if fps else 1.0 / max(now - last, 1e-6)
-            last = now
             stats.add(item.result.timings)
-            _draw_hud(vis, f"{fps:.1f} fps  {item.result.timings.get('total', 0):.0f} ms  "
-                           f"{item.result.num_segments} seg  refine {'on' if _refine_on(seg) else 'off'}")
+            hud.draw_hud(vis, hud.hud_text(meter.tick(), item.result.timings, item.result.num_segments,
+                                           seg.options.refine))
             if writer is not None:
                 writer.write(vis)
             if args.headless:
                 continue
             cv2.imshow(WINDOW, vis)
-            key = cv2.waitKey(1) & 0xFF
+            key = _window_key(False)
             while True:
                 if key in (ord("q"), KEY_ESC):
                     cv2.destroyAllWindows()
                     print(f"stopped: {stats.summary()}")
                     return 0
                 if key == ord("r"):
-                    _toggle_refine(seg)
+                    seg.update_options(refine=not seg.options.refine)
                 elif key in (ord("f"), ord(" ")):
                     frozen = not frozen
                 if not frozen:
                     break
-                key = cv2.waitKey(30) & 0xFF  # frozen: keep the window responsive, pull no frames
+                key = _window_key(True)  # frozen: keep the window responsive, pull no frames
         if not args.headless:
             cv2.destroyAllWindows()
+        if writer is not None and writer.frames == 0:
+            raise DiffCutError(f"no frame could be read from {spec}; nothing recorded")
     ended = "stopped at --max-frames" if args.max_frames and stats.frames >= args.max_frames else "source ended"
-    print(f"{ended}: {stats.summary()}" + (f"; recorded {args.record}" if args.record else ""))
+    recorded = f"; recorded {args.record}" + (f" ({writer.size_note()})" if writer.size_note() else "") if writer else ""
+    print(f"{ended}: {stats.summary()}{recorded}")
     return 0
+
+
+def _gui_problem() -> str | None:
+    from diffcut_edge.apps.hud import gui_problem
+
+    return gui_problem()
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="per-stage latency of a model folder",
                        description="Warm up, then time every stage (median and p90) at each batch size.")
     p.add_argument("--model-dir", required=True, help="exported model folder (diffcut-edge export)")
-    p.add_argument("--backend", choices=_BACKEND_CHOICES, default="auto",
+    p.add_argument("--backend", choices=_backends(), default="auto",
                    help="encoder backend (default: auto = best available)")
     p.add_argument("--batch", type=_batch_sizes, default=(1,), metavar="B[,B...]",
                    help="batch sizes to time, e.g. 1,4 (default 1)")
@@ -532,10 +492,10 @@ def _bench_segmenter(args: argparse.Namespace):
 def _run_bench(args: argparse.Namespace) -> int:
     import json
 
-    from diffcut_edge.runtime import bench
+    from diffcut_edge.eval import bench
 
     if args.image:
-        from diffcut_edge.runtime.datasets import read_image
+        from diffcut_edge.apps.io import read_image
 
         frame, image_name = read_image(args.image), str(args.image)
     else:
@@ -555,17 +515,22 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-_EVAL_DATASETS = ("voc", "context", "coco-object", "coco-stuff", "cityscapes", "ade20k")
+def _backends() -> tuple[str, ...]:
+    from diffcut_edge.runtime.backends import BACKENDS
+
+    return BACKENDS
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="mIoU on a segmentation dataset with the paper's protocol",
                        description="Unsupervised mIoU (per-image Hungarian matching) with the official "
                                    "DiffCut protocol; dataset layouts in docs/eval.md.")
-    p.add_argument("--dataset", choices=_EVAL_DATASETS, required=True)
+    from diffcut_edge.eval.datasets import DATASETS
+
+    p.add_argument("--dataset", choices=DATASETS, required=True)
     p.add_argument("--root", required=True, help="dataset root folder (layouts: docs/eval.md)")
     p.add_argument("--model-dir", default=None, help="exported model folder (required unless --reference)")
-    p.add_argument("--backend", choices=_BACKEND_CHOICES, default="auto",
+    p.add_argument("--backend", choices=_backends(), default="auto",
                    help="encoder backend (default: auto = best available)")
     p.add_argument("--reference", action="store_true",
                    help="run the PyTorch reference (needs the [export] extra) instead of the engine")
@@ -576,8 +541,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=_positive_int, default=1, help="images per encoder call (default 1)")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
                    help="PAMR after the background merge (default: off, as the official script)")
-    p.add_argument("--tau", type=_non_negative_float, default=0.5, help="NCut threshold (default 0.5)")
-    p.add_argument("--alpha", type=_positive_float, default=10.0, help="affinity exponent (default 10)")
+    p.add_argument("--tau", type=_option_type("tau"), default=TAU, help=f"NCut threshold (default {TAU})")
+    p.add_argument("--alpha", type=_option_type("alpha"), default=ALPHA, help=f"affinity exponent (default {ALPHA:g})")
     p.add_argument("--file-list", default=None,
                    help="text file of image names to evaluate (e.g. the curated COCO subset)")
     p.add_argument("--label-map", default=None,
@@ -587,7 +552,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval_predictor(args: argparse.Namespace):
-    from diffcut_edge import evaluation
+    from diffcut_edge.eval import protocol as evaluation
 
     if args.reference:
         if not args.model:
@@ -607,7 +572,7 @@ def _eval_predictor(args: argparse.Namespace):
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from diffcut_edge import evaluation
+    from diffcut_edge.eval import protocol as evaluation
 
     predictor = _eval_predictor(args)
     try:
@@ -653,15 +618,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _prepare_process() -> object:
+    """Process-wide setup of every command: SIGTERM unwinds like Ctrl-C, and OpenCV's own
+    ``[ERROR ...]`` lines stay off stderr (our messages say what happened in one line).
+    Returns the previous SIGTERM handler (None off the main thread)."""
+    import signal
+    import threading
+
+    from diffcut_edge.apps.video import quiet_opencv_logs
+
+    quiet_opencv_logs()
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run = _VERBS[args.verb][1]
+    previous = None
     try:
+        previous = _prepare_process()
         return int(run(args) or 0)
     except DiffCutError as e:
         print(f"diffcut-edge {args.verb}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except Terminated:
+        print(f"diffcut-edge {args.verb}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"diffcut-edge {args.verb}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -671,6 +660,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"diffcut-edge {args.verb}: unexpected error: {type(e).__name__}: {e} "
               f"(re-run with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        if previous is not None:  # in-process callers (tests, embedding apps) get theirs back
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import sys
 import cv2
 
 from diffcut_edge.runtime import Segmenter
-from diffcut_edge.runtime.overlay import draw_overlay
-from diffcut_edge.runtime.tracking import SegmentTracker, relabel
+from diffcut_edge.apps.overlay import draw_overlay
+from diffcut_edge.apps.tracking import SegmentTracker, relabel
 
 
 def main(argv: list[str]) -> int:

@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-DATA = Path(__file__).parent / "data"
-PLANTED = DATA / "planted"
-PLANTED_CASES = sorted(p.stem.removeprefix("planted_") for p in PLANTED.glob("planted_*.npz"))
+from helpers.data import PLANTED_CASES, load_planted, sample_photos
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -35,48 +33,9 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
-def load_planted(name: str) -> dict[str, np.ndarray]:
-    """One planted case with the official implementation's outputs at its own noise, grid 16.
-
-    Keys: gt (128,128), image (128,128,3) RGB float32, features (256,1280), grid (16,16),
-    official_labels / official_pamr (128,128) for the entry matching grid 16 and the stored noise.
-    """
-    with np.load(PLANTED / f"planted_{name}.npz", allow_pickle=False) as d:
-        noise = float(d["noise"])
-        match = np.flatnonzero((d["official_grid"] == 16) & np.isclose(d["official_noise"], noise))
-        assert match.size == 1, f"{name}: expected one official entry for grid 16, noise {noise}"
-        i = int(match[0])
-        return {
-            "name": name,
-            "gt": d["gt"].astype(np.int64),
-            "image": np.ascontiguousarray(d["image128"].transpose(1, 2, 0)),
-            "features": d["features"],
-            "grid": (int(d["h"]), int(d["w"])),
-            "noise": noise,
-            "official_labels": d["official_labels"][i].astype(np.int64),
-            "official_pamr": d["official_pamr"][i].astype(np.int64),
-        }
-
-
 @pytest.fixture(params=PLANTED_CASES)
 def planted(request) -> dict[str, np.ndarray]:
     return load_planted(request.param)
-
-
-def sample_photos(size: int | None = None) -> list[np.ndarray]:
-    """Real photos shipped with scikit-image, as (H, W, 3) RGB float32 in [0, 1]."""
-    from skimage import data
-
-    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
-    out = []
-    for p in photos:
-        img = p[..., :3].astype(np.float32) / 255.0
-        if size is not None:
-            import cv2
-
-            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-        out.append(img)
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -119,8 +78,8 @@ def tiny_model_dir(tmp_path_factory, tiny_pipeline_dir):
 
 @pytest.fixture
 def cli_fake_segmenter(monkeypatch):
-    """A fast stand-in Segmenter behind every CLI verb (tests/fake_segmenter.py)."""
-    from fake_segmenter import FakeSegmenter
+    """A fast stand-in Segmenter behind every CLI verb (tests/helpers/fake_segmenter.py)."""
+    from helpers.fake_segmenter import FakeSegmenter
 
     from diffcut_edge import cli
 

@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from fake_segmenter import FakeSegmenter, export_available, make_video
+from helpers.fake_segmenter import FakeSegmenter, export_available, make_video
 
 from diffcut_edge.runtime.segmenter import Segmenter
 

@@ -1,20 +1,19 @@
 """The PyTorch reference: faithful to the official DiffCut code, device-agnostic.
 
 It is the yardstick every fast path is tested against, and it is never imported by
-the runtime. Names are resolved lazily so ``import diffcut_edge.diffcut_ref`` is cheap
-and the numpy-only parts (metrics) work without torch.
+the runtime. Names are resolved lazily so ``import diffcut_edge.diffcut_ref`` is cheap.
+The metrics (numpy only) live in ``diffcut_edge.eval.metrics``.
 
 Public API::
 
     extract_features(pipeline, images, resolution=1024, ...)       -> (B, (R/32)^2, C) float32
     segment_features(features, grid, tau=0.5, alpha=10, mask_size=(128, 128)) -> (H, W) int
     pamr_refine(image, labels, num_iter=10, dilations=(1, 2, 4, 8)) -> (H, W) int
-    hungarian_miou(...), merge_background(...)
 """
 
 from __future__ import annotations
 
-from diffcut_edge._lazy import lazy_getattr
+from diffcut_edge.lazy import lazy_getattr
 
 _LAZY = {
     "extract_features": "features",
@@ -27,10 +26,6 @@ _LAZY = {
     "NCutTrace": "ncut",
     "pamr_refine": "pamr",
     "pamr_soft": "pamr",
-    "hungarian_miou": "metrics",
-    "hungarian_match": "metrics",
-    "merge_background": "metrics",
-    "MiouAccumulator": "metrics",
 }
 __all__ = sorted(_LAZY)
 __getattr__ = lazy_getattr(__name__, _LAZY)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 
 # Number of candidate thresholds per cut and their span, as in the official get_bipartition.
@@ -264,13 +265,13 @@ def _recursive_ncut_map(feats_norm, tau: float, alpha: float) -> NCutTrace:
     return state
 
 
-def recursive_ncut_trace(features, grid: Sequence[int], tau: float = 0.5, alpha: float = 10) -> NCutTrace:
+def recursive_ncut_trace(features, grid: Sequence[int], tau: float = defaults.TAU, alpha: float = defaults.ALPHA) -> NCutTrace:
     """:func:`recursive_ncut` with the recursion's counts (see :class:`NCutTrace`)."""
     g = _check_grid(grid)
     return _recursive_ncut_map(_feature_map(_as_feature_tensor(features, g), g), tau, alpha)
 
 
-def recursive_ncut(features, grid: Sequence[int], tau: float = 0.5, alpha: float = 10) -> list:
+def recursive_ncut(features, grid: Sequence[int], tau: float = defaults.TAU, alpha: float = defaults.ALPHA) -> list:
     """Recursive NCut of one image's tokens: the recorded cut masks, in recursion order.
 
     Args:
@@ -395,7 +396,7 @@ def segment_embeddings(features, grid: Sequence[int], coarse_labels) -> np.ndarr
     return emb.cpu().numpy().astype(np.float32)
 
 
-def assign_concepts(features, grid: Sequence[int], coarse_labels, mask_size: Sequence[int] = (128, 128)) -> np.ndarray:
+def assign_concepts(features, grid: Sequence[int], coarse_labels, mask_size: Sequence[int] = defaults.MASK_SIZE) -> np.ndarray:
     """High-resolution concept assignment of coarse segments.
 
     e_k = mean of the normalised features over segment k (not re-normalised); the
@@ -414,7 +415,7 @@ def assign_concepts(features, grid: Sequence[int], coarse_labels, mask_size: Seq
 
 
 def segment_features(
-    features, grid: Sequence[int], tau: float = 0.5, alpha: float = 10, mask_size: Sequence[int] = (128, 128)
+    features, grid: Sequence[int], tau: float = defaults.TAU, alpha: float = defaults.ALPHA, mask_size: Sequence[int] = defaults.MASK_SIZE
 ) -> np.ndarray:
     """The official ``generate_masks``: recursive NCut, assembly, concept assignment.
 

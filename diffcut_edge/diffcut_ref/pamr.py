@@ -23,9 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.ndimage import median_filter
 
+from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 
-DEFAULT_DILATIONS = (1, 2, 4, 8)
 
 # (row, col) of the 8 neighbours in a 3x3 kernel, in the official kernel order.
 _NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2))
@@ -131,7 +131,7 @@ def _pamr_tensor(image, labels, num_iter: int, dilations: Sequence[int]):
     return mask
 
 
-def pamr_soft(image, labels, num_iter: int = 10, dilations: Sequence[int] = DEFAULT_DILATIONS) -> np.ndarray:
+def pamr_soft(image, labels, num_iter: int = defaults.PAMR_ITERATIONS, dilations: Sequence[int] = defaults.PAMR_DILATIONS) -> np.ndarray:
     """PAMR soft masks before the argmax.
 
     Args:
@@ -149,7 +149,7 @@ def pamr_soft(image, labels, num_iter: int = 10, dilations: Sequence[int] = DEFA
     return _pamr_tensor(image, labels, num_iter, dilations)[0].cpu().numpy().astype(np.float32)
 
 
-def pamr_refine(image, labels, num_iter: int = 10, dilations: Sequence[int] = DEFAULT_DILATIONS) -> np.ndarray:
+def pamr_refine(image, labels, num_iter: int = defaults.PAMR_ITERATIONS, dilations: Sequence[int] = defaults.PAMR_DILATIONS) -> np.ndarray:
     """PAMR + argmax + 3x3 median filter, as DiffCut's evaluation.
 
     Returns:

@@ -14,7 +14,7 @@ Public API::
 
 from __future__ import annotations
 
-from diffcut_edge._lazy import lazy_getattr
+from diffcut_edge.lazy import lazy_getattr
 
 _LAZY = {
     "export_model": "onnx_export",

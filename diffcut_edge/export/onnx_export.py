@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from diffcut_edge import versions
 from diffcut_edge.errors import DiffCutError, missing_extra
 from diffcut_edge.export.truncated import check_precision, check_resolution
 from diffcut_edge.runtime.manifest import MANIFEST_NAME, Manifest, sha256_file, write_manifest
@@ -239,15 +240,7 @@ def check_graph(path: Path, *, resolution: int, channels: int) -> int:
 
 def library_versions() -> dict[str, str]:
     """Exporter and library versions for the manifest."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"exporter": EXPORTER}
-    for dist in ("diffcut-edge", "torch", "diffusers", "transformers", "onnx", "onnxscript"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return out
+    return {"exporter": EXPORTER, **versions.library_versions(versions.EXPORT_LIBRARIES)}
 
 
 def pipeline_revision(pipeline: Any, model_id: str | None = None) -> str | None:

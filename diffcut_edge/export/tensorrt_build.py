@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffcut_edge import atomic
 from diffcut_edge.errors import DiffCutError, missing_extra
-from diffcut_edge.export import trt_compat
+from diffcut_edge.runtime import trt_compat
 from diffcut_edge.runtime.manifest import (
     EngineRecord,
     Manifest,
@@ -91,18 +92,6 @@ def workspace_bytes(workspace_gb: float | None) -> int | None:
     return int(workspace_gb * (1 << 30))
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def record_engine(model_dir: str | os.PathLike, manifest: Manifest, engine: bytes | memoryview, *,
                   gpu: GpuInfo, trt_version: str, batch: tuple[int, int, int]) -> Path:
     """Save ``engine`` atomically in ``model_dir`` and record it in the manifest.
@@ -111,7 +100,7 @@ def record_engine(model_dir: str | os.PathLike, manifest: Manifest, engine: byte
     """
     model_dir = Path(model_dir)
     path = model_dir / engine_file_name(gpu.name, trt_version)
-    atomic_write(path, bytes(engine))
+    atomic.write_bytes(path, engine)
     version = ".".join(str(v) for v in trt_compat.parse_version(trt_version))
     record = EngineRecord(file=path.name, gpu_name=gpu.name, compute_capability=gpu.compute_capability,
                           tensorrt_version=version, batch_profile=tuple(batch), sha256=sha256_file(path))

@@ -22,11 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from diffcut_edge.defaults import FAMILIES, PRECISIONS
 from diffcut_edge.errors import DiffCutError
-
-# Which down block holds the hooked attention, per family (DESIGN.md, feature extraction step 5).
-HOOK_BLOCK_INDEX = {"sdxl": -1, "sd1": -2}
-PRECISIONS = ("fp32", "fp16")
+from diffcut_edge.models.recipes import family_of_unet, family_spec
 
 
 @dataclass(frozen=True)
@@ -44,11 +42,6 @@ class EncoderSpec:
     @property
     def grid(self) -> tuple[int, int]:
         return (self.resolution // 32, self.resolution // 32)
-
-
-def family_of_unet(unet: Any) -> str:
-    """``"sdxl"`` for UNets with SDXL's text-time added conditioning, else ``"sd1"``."""
-    return "sdxl" if getattr(unet.config, "addition_embed_type", None) == "text_time" else "sd1"
 
 
 def check_resolution(resolution: int) -> int:
@@ -69,7 +62,7 @@ def check_precision(precision: str) -> str:
 
 def hook_path(unet: Any, family: str) -> str:
     """The diffusers name of the hooked ``attn1``, e.g. ``down_blocks.2.attentions.1.transformer_blocks.3.attn1``."""
-    idx = HOOK_BLOCK_INDEX[family] % len(unet.down_blocks)
+    idx = family_spec(family).hook_block % len(unet.down_blocks)
     block = unet.down_blocks[idx]
     a = len(block.attentions) - 1
     t = len(block.attentions[a].transformer_blocks) - 1
@@ -109,7 +102,7 @@ def _truncated_encoder_class():
             self.sqrt_alpha_bar = float(sqrt_alpha_bar)
             self.sqrt_one_minus_alpha_bar = float(sqrt_one_minus_alpha_bar)
             # UNet part: conv_in, the earlier down blocks, and the hooked block cut at attn1.
-            idx = HOOK_BLOCK_INDEX[family] % len(unet.down_blocks)
+            idx = family_spec(family).hook_block % len(unet.down_blocks)
             self.conv_in = unet.conv_in
             self.early_blocks = nn.ModuleList(unet.down_blocks[:idx])
             hooked = unet.down_blocks[idx]
@@ -238,8 +231,8 @@ def build_truncated_encoder(pipeline: Any, *, resolution: int = 1024, timestep: 
     check_precision(precision)
     unet, vae = pipeline.unet, pipeline.vae
     family = family or family_of_unet(unet)
-    if family not in HOOK_BLOCK_INDEX:
-        raise DiffCutError(f"family must be one of {tuple(HOOK_BLOCK_INDEX)}, got {family!r}")
+    if family not in FAMILIES:
+        raise DiffCutError(f"family must be one of {FAMILIES}, got {family!r}")
     path = hook_path(unet, family)
     # The reference hooks models.hooked_module: make sure we cut at the very same module.
     ours = unet.get_submodule(path)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 
-SDXL = "sdxl"
-SD1 = "sd1"
+SDXL, SD1 = defaults.FAMILIES
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,9 @@ class ModelRecipe:
     name: str
     hub_id: str
     family: str
-    resolution: int = 1024
-    timestep: int = 50
-    noise_seed: int = 42
+    resolution: int = defaults.RESOLUTION
+    timestep: int = defaults.TIMESTEP
+    noise_seed: int = defaults.NOISE_SEED
 
     @property
     def spec(self) -> FamilySpec:

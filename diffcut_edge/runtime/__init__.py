@@ -1,11 +1,14 @@
-"""The lean runtime: numpy on the CPU, cupy on the GPU, no torch.
+"""The inference core: numpy on the CPU, cupy on the GPU, no torch.
 
+Preprocessing, encoder backends, recursive NCut, concept assignment, PAMR, the array
+helpers, ``Segmenter`` and the model-folder format (manifest). Drawing, I/O and video
+live in ``diffcut_edge.apps``; datasets, metrics and bench in ``diffcut_edge.eval``.
 Names resolve lazily, so ``import diffcut_edge.runtime`` loads nothing heavy.
 """
 
 from __future__ import annotations
 
-from diffcut_edge._lazy import lazy_getattr
+from diffcut_edge.lazy import lazy_getattr
 
 _LAZY = {
     "segment_features": "assign",
@@ -14,9 +17,9 @@ _LAZY = {
     "NCutResult": "ncut",
     "pamr_refine": "pamr",
     "pamr_soft": "pamr",
-    # Segmenter, inference backends, preprocessing, overlays
+    # Segmenter, inference backends, preprocessing
     "Segmenter": "segmenter",
-    "SegmenterOptions": "segmenter",
+    "SegmenterOptions": "options",
     "SegmentationResult": "segmenter",
     "Backend": "backends",
     "OnnxRuntimeBackend": "backends",
@@ -24,9 +27,6 @@ _LAZY = {
     "open_backend": "backends",
     "preprocess": "preprocess",
     "image_to_rgb_float": "preprocess",
-    "draw_overlay": "overlay",
-    "draw_boundaries": "overlay",
-    "palette_color": "overlay",
 }
 __all__ = sorted(_LAZY)
 __getattr__ = lazy_getattr(__name__, _LAZY)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.ncut import check_features, normalize_tokens
 from diffcut_edge.runtime.xp import get_xp, linear_taps, single_threaded_blas
@@ -73,7 +74,7 @@ def _segment_means(features_norm: Any, labels: Any) -> Any:
 
 
 def assign_concepts(features: Any, grid: tuple[int, int], coarse_labels: Any,
-                    mask_size: tuple[int, int] = (128, 128)) -> Any:
+                    mask_size: tuple[int, int] = defaults.MASK_SIZE) -> Any:
     """(H, W) int32 labels at ``mask_size``: argmax_k of the upsampled similarity maps.
 
     Args:
@@ -93,8 +94,8 @@ def assign_concepts(features: Any, grid: tuple[int, int], coarse_labels: Any,
     return xp.argmax(up, axis=0).astype(xp.int32)
 
 
-def segment_features(features: Any, grid: tuple[int, int], tau: float = 0.5, alpha: float = 10.0,
-                     mask_size: tuple[int, int] = (128, 128), max_segments: int | None = None,
+def segment_features(features: Any, grid: tuple[int, int], tau: float = defaults.TAU, alpha: float = defaults.ALPHA,
+                     mask_size: tuple[int, int] = defaults.MASK_SIZE, max_segments: int | None = None,
                      min_segment_size: int | None = None) -> Any:
     """DiffCut segmentation of one image's tokens: recursive NCut, then concept assignment.
 

@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffcut_edge import atomic
+from diffcut_edge.defaults import FAMILIES, PRECISIONS
 from diffcut_edge.errors import DiffCutError
 
 MANIFEST_NAME = "manifest.json"
 # Bump when a field changes meaning; readers refuse newer formats.
 FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "fp16")
-FAMILIES = ("sdxl", "sd1")
 
 
 @dataclass
@@ -131,6 +131,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def read_manifest(model_dir: str | os.PathLike) -> Manifest:
     """Read and validate ``MODEL_DIR/manifest.json`` (does not hash the files)."""
     model_dir = Path(model_dir)
+    if model_dir.is_file():
+        raise DiffCutError(f"{model_dir} is a file, not a model folder: pass the folder written by "
+                           f"'diffcut-edge export' (the one holding manifest.json and encoder.onnx)")
     if not model_dir.is_dir():
         raise DiffCutError(f"model folder {model_dir} does not exist; create it with "
                            f"'diffcut-edge export --model HUB_ID|DIR --out {model_dir}'")
@@ -146,13 +149,9 @@ def read_manifest(model_dir: str | os.PathLike) -> Manifest:
 
 
 def write_manifest(model_dir: str | os.PathLike, manifest: Manifest) -> Path:
-    """Write the manifest atomically (temporary name, then rename)."""
+    """Write the manifest atomically (diffcut_edge.atomic)."""
     manifest.validate()
-    path = Path(model_dir) / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(manifest.to_json() + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(Path(model_dir) / MANIFEST_NAME, manifest.to_json() + "\n")
 
 
 def verify_files(model_dir: str | os.PathLike, manifest: Manifest) -> None:

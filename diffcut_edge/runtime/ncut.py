@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.xp import deflated_operator, eigh_one, eigsh_largest, get_xp, single_threaded_blas, to_host
 
@@ -90,8 +91,8 @@ def _check_options(tau: float, alpha: float, max_segments: int | None, min_segme
                    solver: str) -> None:
     if solver not in SOLVERS:
         raise DiffCutError(f"unknown NCut solver {solver!r}: choose one of {', '.join(SOLVERS)}")
-    if not np.isfinite(tau) or tau <= 0:
-        raise DiffCutError(f"tau must be a positive number (the paper uses 0.5), got {tau!r}")
+    if not np.isfinite(tau) or tau < 0:
+        raise DiffCutError(f"tau must be a number >= 0 (the paper uses 0.5; 0 keeps no split), got {tau!r}")
     if not np.isfinite(alpha) or alpha <= 0:
         raise DiffCutError(f"alpha must be a positive number (the paper uses 10), got {alpha!r}")
     if max_segments is not None and (int(max_segments) != max_segments or max_segments < 1):
@@ -310,7 +311,7 @@ def _split_node(a_full: Any, keep_deep: Any, node: _Node, solver: str, min_size:
     return ids[side], ids[~side]
 
 
-def recursive_ncut(features: Any, grid: tuple[int, int], *, tau: float = 0.5, alpha: float = 10.0,
+def recursive_ncut(features: Any, grid: tuple[int, int], *, tau: float = defaults.TAU, alpha: float = defaults.ALPHA,
                    max_segments: int | None = None, min_segment_size: int | None = None,
                    solver: str = "auto") -> NCutResult:
     """Recursive Normalized Cut of one image's tokens.
@@ -319,7 +320,8 @@ def recursive_ncut(features: Any, grid: tuple[int, int], *, tau: float = 0.5, al
         features: (N, C) (or (1, N, C)) token features, numpy or cupy, any float dtype
             (computed in float32); N = h*w, row-major tokens.
         grid: (h, w) token grid.
-        tau: a cut is kept while its NCut value is below tau (paper: 0.5).
+        tau: a cut is kept while its NCut value is below tau (paper: 0.5); NCut values are
+            >= 0, so 0 keeps no cut (one segment).
         alpha: affinity exponent (paper: 10).
         max_segments: at most this many segments; when set, nodes are split coarse-first
             (breadth-first) and splitting stops at the budget. None: no limit (paper).

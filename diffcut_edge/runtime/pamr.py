@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.assign import resize_bilinear
 from diffcut_edge.runtime.xp import get_xp, median_filter3
@@ -46,7 +47,7 @@ def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
     return dil
 
 
-def pamr_weights(image: Any, dilations: Sequence[int] = (1, 2, 4, 8)) -> Any:
+def pamr_weights(image: Any, dilations: Sequence[int] = defaults.PAMR_DILATIONS) -> Any:
     """(8·|dilations|, H, W) float32 softmax weights of each pixel's dilated neighbours.
 
     image: (H, W, 3) RGB float in [0, 1] (numpy or cupy). σ is the unbiased std, per colour
@@ -83,7 +84,7 @@ def _accumulate(views: list, fn) -> Any:
     return total
 
 
-def propagate(masks: Any, weights: Any, dilations: Sequence[int] = (1, 2, 4, 8), num_iter: int = 10) -> Any:
+def propagate(masks: Any, weights: Any, dilations: Sequence[int] = defaults.PAMR_DILATIONS, num_iter: int = defaults.PAMR_ITERATIONS) -> Any:
     """``num_iter`` rounds of m(p) <- Σ_o w_p(o) m(p+o) on (K, H, W) float32 masks.
 
     One edge-padded copy per round (by the largest dilation) serves every neighbour view.
@@ -108,8 +109,8 @@ def propagate(masks: Any, weights: Any, dilations: Sequence[int] = (1, 2, 4, 8),
     return m
 
 
-def propagate_parallel(masks: Any, weights: Any, dilations: Sequence[int] = (1, 2, 4, 8),
-                       num_iter: int = 10, workers: int | None = None) -> Any:
+def propagate_parallel(masks: Any, weights: Any, dilations: Sequence[int] = defaults.PAMR_DILATIONS,
+                       num_iter: int = defaults.PAMR_ITERATIONS, workers: int | None = None) -> Any:
     """:func:`propagate` with the masks split across host threads (numpy only).
 
     Masks propagate independently and numpy releases the GIL in its elementwise loops, so
@@ -156,7 +157,7 @@ def _check_inputs(image: Any, labels: Any, num_iter: int) -> tuple[Any, Any]:
     return img, lab
 
 
-def pamr_soft(image: Any, labels: Any, num_iter: int = 10, dilations: Sequence[int] = (1, 2, 4, 8)) -> Any:
+def pamr_soft(image: Any, labels: Any, num_iter: int = defaults.PAMR_ITERATIONS, dilations: Sequence[int] = defaults.PAMR_DILATIONS) -> Any:
     """(K, H, W) float32 refined soft masks, K = sorted unique labels, at the image size.
 
     Labels at another size than the image are first resized bilinearly with
@@ -171,7 +172,7 @@ def pamr_soft(image: Any, labels: Any, num_iter: int = 10, dilations: Sequence[i
     return propagate_parallel(masks, pamr_weights(img, dilations), dilations, num_iter)
 
 
-def pamr_refine(image: Any, labels: Any, num_iter: int = 10, dilations: Sequence[int] = (1, 2, 4, 8)) -> Any:
+def pamr_refine(image: Any, labels: Any, num_iter: int = defaults.PAMR_ITERATIONS, dilations: Sequence[int] = defaults.PAMR_DILATIONS) -> Any:
     """(H, W) int32 refined labels: argmax of :func:`pamr_soft`, then a 3x3 median filter.
 
     Output ids index the sorted unique input labels (the official order; the median filter

@@ -170,13 +170,21 @@ def image_to_rgb_float(image: Any, channel_order: str = "bgr",
     return out
 
 
-def _as_frame_list(frames: Any) -> list[Any]:
+def frame_list(frames: Any, *, allow_single: bool = True) -> list[Any]:
+    """One frame, a (B, H, W, C) array or a sequence of frames -> a non-empty list of frames.
+
+    ``allow_single=False`` refuses a lone (H, W[, C]) array, for batch APIs where it is
+    more likely a mistake than one frame.
+    """
     if frames is None:
         raise DiffCutError("got no frames (None)")
     if hasattr(frames, "ndim"):
         if frames.ndim == 4:
             return list(frames)
-        return [frames]
+        if allow_single:
+            return [frames]
+        raise DiffCutError(f"expected a list of frames or a (B, H, W, C) array, got shape {frames.shape}; "
+                           f"for one frame call the segmenter directly")
     if isinstance(frames, Sequence) and not isinstance(frames, (str, bytes)):
         if len(frames) == 0:
             raise DiffCutError("got an empty list of frames")
@@ -196,7 +204,7 @@ def preprocess(frames_bgr_uint8: Any, resolution: int, channel_order: str = "bgr
     """
     if int(resolution) <= 0:
         raise DiffCutError(f"resolution must be positive, got {resolution}")
-    frames = _as_frame_list(frames_bgr_uint8)
+    frames = frame_list(frames_bgr_uint8)
     first = image_to_rgb_float(frames[0], channel_order, size=(resolution, resolution))
     xp = get_xp(first)
     batch = xp.empty((len(frames), 3, resolution, resolution), dtype=xp.float32)

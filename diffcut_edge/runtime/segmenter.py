@@ -9,75 +9,25 @@ post-processing; results always come back as host numpy arrays.
 
 from __future__ import annotations
 
-import math
 import os
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from diffcut_edge import defaults
+from diffcut_edge.defaults import DEVICES, TIMING_KEYS
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime import assign, ncut, pamr
+from diffcut_edge.runtime.options import SegmenterOptions
 from diffcut_edge.runtime.backends import Backend, open_backend
-from diffcut_edge.runtime.lazy import cupy as cp
+from diffcut_edge.lazy import cupy as cp
 from diffcut_edge.runtime.manifest import Manifest
-from diffcut_edge.runtime.overlay import draw_overlay
-from diffcut_edge.runtime.preprocess import check_frame, image_to_rgb_float, preprocess, resize_nearest
-
-TIMING_KEYS = ("preprocess", "encoder", "ncut", "assign", "pamr", "total")
-DEVICES = ("cpu", "cuda")
-
-
-def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
-
-
-@dataclass(frozen=True)
-class SegmenterOptions:
-    """Post-processing options (the paper's defaults), validated on construction.
-
-    tau: NCut threshold (>= 0): a split is kept while its NCut value is below tau.
-    alpha: affinity exponent (> 0), W <- W^alpha.
-    mask_size: (height, width) of the assignment / PAMR label map (paper: 128 x 128).
-    refine: run PAMR on the mask-size labels.
-    max_segments / min_segment_size: optional caps passed to the NCut (None = off).
-    pamr_iterations / pamr_dilations: PAMR settings (paper: 10, (1, 2, 4, 8)).
-    """
-
-    tau: float = 0.5
-    alpha: float = 10.0
-    mask_size: tuple[int, int] = (128, 128)
-    refine: bool = True
-    max_segments: int | None = None
-    min_segment_size: int | None = None
-    pamr_iterations: int = 10
-    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau >= 0):
-            raise DiffCutError(f"tau must be a finite number >= 0, got {self.tau!r}")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
-            raise DiffCutError(f"alpha must be a finite number > 0, got {self.alpha!r}")
-        size = self.mask_size
-        if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-            size = (int(size), int(size))  # a single side means a square
-        if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_positive_int(s) for s in size)):
-            raise DiffCutError(f"mask_size must be (height, width) of positive integers, got {self.mask_size!r}")
-        object.__setattr__(self, "mask_size", (int(size[0]), int(size[1])))
-        for name in ("max_segments", "min_segment_size"):
-            value = getattr(self, name)
-            if value is not None and not _is_positive_int(value):
-                raise DiffCutError(f"{name} must be None or a positive integer, got {value!r}")
-        if not isinstance(self.refine, (bool, np.bool_)):
-            raise DiffCutError(f"refine must be True or False, got {self.refine!r}")
-        if not (isinstance(self.pamr_iterations, (int, np.integer)) and self.pamr_iterations >= 0):
-            raise DiffCutError(f"pamr_iterations must be an integer >= 0, got {self.pamr_iterations!r}")
-        dilations = tuple(self.pamr_dilations)
-        if not dilations or not all(_is_positive_int(d) for d in dilations):
-            raise DiffCutError(f"pamr_dilations must be positive integers, got {self.pamr_dilations!r}")
-        object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in dilations))
-
+from diffcut_edge.apps.overlay import draw_overlay
+from diffcut_edge.runtime.xp import get_xp, to_host
+from diffcut_edge.runtime.preprocess import check_frame, frame_list, image_to_rgb_float, preprocess, resize_nearest
 
 @dataclass
 class SegmentationResult:
@@ -99,10 +49,6 @@ class SegmentationResult:
     num_segments: int
     embeddings: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
-
-    def overlay(self, frame: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-        """A new BGR uint8 frame with the segments blended over ``frame`` (not modified)."""
-        return draw_overlay(frame, self.labels, alpha=alpha)
 
 
 def _ms(start: float) -> float:
@@ -142,8 +88,8 @@ class Segmenter:
 
     @classmethod
     def from_model_dir(cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None,
-                       refine: bool = True, mask_size: tuple[int, int] = (128, 128), tau: float = 0.5,
-                       alpha: float = 10.0, max_segments: int | None = None,
+                       refine: bool = True, mask_size: tuple[int, int] = defaults.MASK_SIZE,
+                       tau: float = defaults.TAU, alpha: float = defaults.ALPHA, max_segments: int | None = None,
                        min_segment_size: int | None = None, *, verify: bool = True,
                        threads: int | None = None) -> "Segmenter":
         """Open a model folder (see :func:`~diffcut_edge.runtime.backends.open_backend`)."""
@@ -179,13 +125,20 @@ class Segmenter:
     def manifest(self) -> Manifest:
         return self.backend.manifest
 
+    def update_options(self, **changes: Any) -> SegmenterOptions:
+        """Change post-processing options between frames (validated; e.g. ``refine=False``).
+
+        The encoder is untouched, so a live pipeline retunes without a restart.
+        """
+        self.options = dataclasses.replace(self.options, **changes)
+        return self.options
+
     # ------------------------------------------------------------------ stages
     def _to_post_device(self, array: Any) -> Any:
         """Move an array to where post-processing runs (numpy on cpu, cupy on cuda)."""
-        on_gpu = type(array).__module__.split(".")[0] == "cupy"
         if self.device == "cuda":
-            return array if on_gpu else cp.asarray(array)
-        return array.get() if on_gpu else np.asarray(array)
+            return cp.asarray(array)  # no copy when it already is a cupy array
+        return to_host(array)
 
     def _sync(self) -> None:
         # GPU work is asynchronous: synchronise so the stage timings are honest.
@@ -220,12 +173,11 @@ class Segmenter:
 
         Batches larger than the backend's maximum are run in chunks.
         """
-        frame_list = _frame_list(frames)
-        parts = [self.encode_timed(chunk)[0] for chunk in _chunks(frame_list, self.backend.max_batch)]
+        frames = frame_list(frames, allow_single=False)
+        parts = [self.encode_timed(chunk)[0] for chunk in _chunks(frames, self.backend.max_batch)]
         if len(parts) == 1:
             return parts[0]
-        xp = cp if type(parts[0]).__module__.split(".")[0] == "cupy" else np
-        return xp.concatenate(parts)
+        return get_xp(parts[0]).concatenate(parts)
 
     def postprocess(self, frame: Any, features: Any) -> SegmentationResult:
         """One frame's features (N, C) -> its segmentation: NCut, assignment, PAMR, resize."""
@@ -269,7 +221,7 @@ class Segmenter:
         timings["total"] = sum(timings[k] for k in ("preprocess", "encoder", "ncut", "assign", "pamr"))
         return SegmentationResult(
             labels=_host_int32(labels), mask_labels=_host_int32(mask_labels), coarse_labels=_host_int32(coarse),
-            num_segments=int(cut.num_segments), embeddings=_host(embeddings).astype(np.float32, copy=False),
+            num_segments=int(cut.num_segments), embeddings=to_host(embeddings).astype(np.float32, copy=False),
             timings=timings,
         )
 
@@ -281,9 +233,9 @@ class Segmenter:
 
     def segment_batch(self, frames: Any) -> list[SegmentationResult]:
         """Segment several frames; encoder batches respect the backend's maximum batch."""
-        frame_list = _frame_list(frames)
+        frames = frame_list(frames, allow_single=False)
         results = []
-        for chunk in _chunks(frame_list, self.backend.max_batch):
+        for chunk in _chunks(frames, self.backend.max_batch):
             features, t_pre, t_enc = self.encode_timed(chunk)
             share = {"preprocess": t_pre / len(chunk), "encoder": t_enc / len(chunk)}
             for frame, feats in zip(chunk, features):
@@ -304,24 +256,5 @@ class Segmenter:
         return f"Segmenter({self.backend!r}, device={self.device!r}, {self.options})"
 
 
-def _frame_list(frames: Any) -> list[Any]:
-    if frames is None:
-        raise DiffCutError("got no frames (None)")
-    if hasattr(frames, "ndim") and frames.ndim == 4:
-        return list(frames)
-    if hasattr(frames, "ndim"):
-        raise DiffCutError(f"expected a list of frames or a (B, H, W, C) array, got shape {frames.shape}; "
-                           f"for one frame call the segmenter directly")
-    if isinstance(frames, (list, tuple)):
-        if not frames:
-            raise DiffCutError("got an empty list of frames")
-        return list(frames)
-    raise DiffCutError(f"expected a list of frames, got {type(frames).__name__}")
-
-
-def _host(array: Any) -> np.ndarray:
-    return array.get() if type(array).__module__.split(".")[0] == "cupy" else np.asarray(array)
-
-
 def _host_int32(array: Any) -> np.ndarray:
-    return _host(array).astype(np.int32, copy=False)
+    return to_host(array).astype(np.int32, copy=False)

@@ -32,13 +32,13 @@ __all__ = ["BACKENDS", "Backend", "OnnxRuntimeBackend", "TensorRTBackend", "chec
 
 def _native_engine_available(manifest: Manifest, device_id: int) -> bool:
     """Whether auto should take native TensorRT: packages import and an engine fits this GPU."""
-    from diffcut_edge.runtime.backends import _compat
-    from diffcut_edge.runtime.lazy import cupy, tensorrt
+    from diffcut_edge.runtime import trt_compat
+    from diffcut_edge.lazy import cupy, tensorrt
 
     if not manifest.engines or not (tensorrt.available() and cupy.available()):
         return False
     try:
-        gpu_name, cc = _compat.gpu_identity(cupy, device_id)
+        gpu_name, cc = trt_compat.gpu_identity(cupy, device_id)
     except Exception:  # cupy present but no usable CUDA device/driver
         return False
     return find_engine(manifest, gpu_name, cc, tensorrt.__version__) is not None

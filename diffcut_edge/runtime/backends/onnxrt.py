@@ -14,7 +14,7 @@ import numpy as np
 
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.backends.base import Backend
-from diffcut_edge.runtime.lazy import onnxruntime as ort
+from diffcut_edge.lazy import onnxruntime as ort
 from diffcut_edge.runtime.manifest import Manifest, read_manifest
 
 TRT_EP = "TensorrtExecutionProvider"

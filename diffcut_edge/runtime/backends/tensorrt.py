@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime.backends import _compat
+from diffcut_edge.runtime import trt_compat
 from diffcut_edge.runtime.backends.base import Backend
-from diffcut_edge.runtime.lazy import cupy as cp
-from diffcut_edge.runtime.lazy import tensorrt as trt
+from diffcut_edge.lazy import cupy as cp
+from diffcut_edge.lazy import tensorrt as trt
 from diffcut_edge.runtime.manifest import EngineRecord, Manifest, read_manifest, sha256_file
 
 
@@ -30,7 +30,7 @@ def find_engine(manifest: Manifest, gpu_name: str, compute_capability: str,
     """The manifest's engine built for this GPU and TensorRT version, or None."""
     for record in manifest.engines:
         if (record.gpu_name == gpu_name and record.compute_capability == compute_capability
-                and _compat.same_trt_version(record.tensorrt_version, trt_version)):
+                and trt_compat.same_trt_version(record.tensorrt_version, trt_version)):
             return record
     return None
 
@@ -100,7 +100,7 @@ class TensorRTBackend(Backend):
         trt.load()
         cp.load()
         cp.cuda.Device(device_id).use()
-        gpu_name, cc = _compat.gpu_identity(cp, device_id)
+        gpu_name, cc = trt_compat.gpu_identity(cp, device_id)
         record = select_engine(manifest, gpu_name, cc, trt.__version__, model_dir)
         path = model_dir / record.file
         if not path.is_file():
@@ -112,11 +112,11 @@ class TensorRTBackend(Backend):
         super().__init__(manifest, (record.batch_profile[0], record.batch_profile[2]))
         self.engine_path = path
         self.outputs_on_device = keep_on_device
-        self._engine, self._runtime = _compat.deserialize_engine(trt.load(), path.read_bytes(), str(path))
-        check_engine_io(_compat.io_tensors(trt.load(), self._engine), manifest)
-        low, _, high = _compat.profile_shapes(self._engine, manifest.input_name)
+        self._engine, self._runtime = trt_compat.deserialize_engine(trt.load(), path.read_bytes(), str(path))
+        check_engine_io(trt_compat.io_tensors(trt.load(), self._engine), manifest)
+        low, _, high = trt_compat.profile_shapes(self._engine, manifest.input_name)
         check_profile(low, high, manifest, record)
-        self._out_dtype = _compat.numpy_dtype(self._engine.get_tensor_dtype(manifest.output_name))
+        self._out_dtype = trt_compat.numpy_dtype(self._engine.get_tensor_dtype(manifest.output_name))
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise DiffCutError(f"TensorRT could not create an execution context for {path} "
@@ -126,12 +126,12 @@ class TensorRTBackend(Backend):
     def _infer_impl(self, images: Any) -> dict[str, Any]:
         with self._stream:
             x = cp.ascontiguousarray(cp.asarray(images, dtype=np.float32))
-            _compat.set_input_shape(self._context, self.input_name, x.shape)
+            trt_compat.set_input_shape(self._context, self.input_name, x.shape)
             out_shape = tuple(int(d) for d in self._context.get_tensor_shape(self.output_name))
             out = cp.empty(out_shape, dtype=self._out_dtype)
             self._context.set_tensor_address(self.input_name, x.data.ptr)
             self._context.set_tensor_address(self.output_name, out.data.ptr)
-            _compat.execute(self._context, self._stream.ptr)
+            trt_compat.execute(self._context, self._stream.ptr)
             # Post-processing runs in float32 whatever the engine's output precision.
             features = out.astype(np.float32, copy=False)
         self._stream.synchronize()

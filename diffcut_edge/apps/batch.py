@@ -1,0 +1,126 @@
+"""Segment a list of image files into an output folder: what ``diffcut-edge segment`` does.
+
+Per image: ``<stem>_labels.png`` (16-bit, values = segment ids), ``<stem>_overlay.jpg|png``
+and, when asked, ``<stem>.npz``; every file written atomically. An input that cannot be
+read or segmented is reported and skipped (the batch goes on); an output that cannot be
+written (disk full, no permission) stops the batch, since every later image would fail
+the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from diffcut_edge.apps import io
+from diffcut_edge.apps.overlay import draw_overlay
+from diffcut_edge.apps.video import Throughput
+from diffcut_edge.atomic import OutputError
+from diffcut_edge.errors import DiffCutError
+
+OVERLAY_FORMATS = ("jpg", "png", "none")
+OUTPUT_SUFFIXES = ("_labels.png", "_overlay.jpg", "_overlay.png", ".npz")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What to write per image."""
+
+    overlay_format: str = "jpg"      # one of OVERLAY_FORMATS ("none": no overlay)
+    overlay_alpha: float = 0.5
+    save_npz: bool = False
+
+    def __post_init__(self) -> None:
+        if self.overlay_format not in OVERLAY_FORMATS:
+            raise DiffCutError(f"overlay_format must be one of {OVERLAY_FORMATS}, got {self.overlay_format!r}")
+        if not 0.0 <= float(self.overlay_alpha) <= 1.0:
+            raise DiffCutError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha!r}")
+
+
+@dataclass
+class BatchReport:
+    """How a batch went: per-stage means over the segmented images, and the failures."""
+
+    images: int
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    stats: Throughput = field(default_factory=Throughput)
+    seconds: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return self.images - len(self.failed)
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """One output stem per input; a repeated stem (a/x.jpg, b/x.png) gets a numeric suffix."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        n = seen.get(path.stem, 0)
+        seen[path.stem] = n + 1
+        stems.append(path.stem if n == 0 else f"{path.stem}_{n + 1}")
+    return stems
+
+
+def is_output_name(name: str) -> bool:
+    """Whether a file name is one this module writes (so a re-run does not segment its outputs)."""
+    return name.endswith(OUTPUT_SUFFIXES)
+
+
+def drop_own_outputs(images: list[Path], out: Path) -> tuple[list[Path], list[Path]]:
+    """Split ``images`` into (inputs, our own outputs found in ``out`` by an earlier run)."""
+    out = out.resolve()
+    ours = [p for p in images if p.parent.resolve() == out and is_output_name(p.name)]
+    return [p for p in images if p not in ours], ours
+
+
+def write_outputs(out: Path, stem: str, frame: Any, result: Any, options: OutputOptions) -> list[Path]:
+    """Write one image's outputs; returns the paths written."""
+    written = [io.write_labels_png(out / f"{stem}_labels.png", io.to_host(result.labels))]
+    if options.overlay_format != "none":
+        overlay = draw_overlay(frame, result.labels, alpha=options.overlay_alpha)
+        written.append(io.write_image(out / f"{stem}_overlay.{options.overlay_format}", overlay))
+    if options.save_npz:
+        written.append(io.save_npz(out / f"{stem}.npz", labels=result.labels, mask_labels=result.mask_labels,
+                                   coarse_labels=result.coarse_labels, embeddings=result.embeddings))
+    return written
+
+
+def segment_images(segmenter: Any, images: Sequence[Path], out: Path, options: OutputOptions = OutputOptions(), *,
+                   progress: Callable[[Iterable], Iterable] = lambda items: items,
+                   on_result: Callable[[Path, Any], None] | None = None,
+                   on_failure: Callable[[Path, str], None] | None = None,
+                   raise_unexpected: bool = False) -> BatchReport:
+    """Segment ``images`` (paths) with ``segmenter`` and write their outputs into ``out``.
+
+    Args:
+        progress: wraps the iteration (a progress bar).
+        on_result / on_failure: called per image (a line per image, a warning).
+        raise_unexpected: re-raise errors that are not DiffCutErrors (``--debug``).
+    Raises:
+        OutputError: an output could not be written; the batch stops there.
+    """
+    report = BatchReport(images=len(images))
+    started = time.perf_counter()
+    for path, stem in progress(list(zip(images, output_stems(images)))):
+        try:
+            frame = io.read_image(path)
+            result = segmenter(frame)
+            write_outputs(out, stem, frame, result, options)
+        except (KeyboardInterrupt, MemoryError, OutputError):
+            raise
+        except Exception as e:  # one bad image must not stop a batch: report, count, go on
+            if raise_unexpected and not isinstance(e, DiffCutError):
+                raise
+            message = str(e) if isinstance(e, DiffCutError) else f"{path}: {type(e).__name__}: {e}"
+            report.failed.append((path, message))
+            if on_failure is not None:
+                on_failure(path, message)
+            continue
+        report.stats.add(result.timings)
+        if on_result is not None:
+            on_result(path, result)
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,61 @@
+"""What a live view shows besides the overlay: frames per second, the HUD line, the window.
+
+Used by ``diffcut-edge webcam`` and by OpenCV apps (examples/opencv_app.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Weight of the newest frame in the smoothed frame rate: ~10 frames of memory.
+FPS_SMOOTHING = 0.1
+
+
+@dataclass
+class FpsMeter:
+    """Smoothed frames per second of a loop: call :meth:`tick` once per shown frame."""
+
+    fps: float = 0.0
+    _last: float = field(default_factory=time.perf_counter, repr=False)
+
+    def tick(self) -> float:
+        now = time.perf_counter()
+        rate = 1.0 / max(now - self._last, 1e-6)
+        self._last = now
+        self.fps = rate if self.fps == 0.0 else (1.0 - FPS_SMOOTHING) * self.fps + FPS_SMOOTHING * rate
+        return self.fps
+
+
+def hud_text(fps: float, timings: dict, num_segments: int, refine: bool) -> str:
+    """``12.3 fps  81 ms  6 seg  refine on``."""
+    return (f"{fps:.1f} fps  {timings.get('total', 0):.0f} ms  {num_segments} seg  "
+            f"refine {'on' if refine else 'off'}")
+
+
+def draw_hud(image: np.ndarray, text: str) -> np.ndarray:
+    """Draw one status line in the top-left corner of a BGR uint8 image, in place; returns it."""
+    import cv2
+
+    org = (8, 20)
+    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return image
+
+
+def gui_problem() -> str | None:
+    """Why ``cv2.imshow`` cannot work here (a one-line reason), or None when it can."""
+    import cv2
+
+    gui = [line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
+           if line.strip().startswith("GUI:")]
+    if gui and gui[0].upper() == "NONE":
+        return ("this OpenCV build has no GUI (opencv-python-headless): run with --headless "
+                "[--record out.mp4], or pip install opencv-python for a window")
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display (DISPLAY is not set): run with --headless [--record out.mp4]"
+    return None

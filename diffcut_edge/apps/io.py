@@ -1,0 +1,239 @@
+"""Robust image input and atomic output for the applications (``segment``, ``video``).
+
+Reading: every image comes back as BGR uint8 (H, W, 3), whatever it was on disk
+(grayscale, RGBA, 16-bit), turned upright by its EXIF orientation as image viewers and
+``cv2.imread`` do; unreadable, zero-byte, truncated files and broken symbolic links raise
+a :class:`DiffCutError` naming the file, so a batch can warn and go on.
+
+Writing: every output goes through :mod:`diffcut_edge.atomic` (temporary name in the same
+folder, fsync, rename), so a crash, Ctrl-C or SIGTERM never leaves a half-written file
+where a good one was. Label maps are 16-bit PNGs (ids up to 65535).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from diffcut_edge import atomic
+from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime.xp import to_host
+
+# Extensions OpenCV decodes in every build we ship (opencv-python-headless).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+# How far from the end a JPEG's end-of-image marker may sit (some cameras append trailers).
+_JPEG_EOI_SEARCH = 4096
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True when the file name has an image extension we decode."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _has_glob_magic(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _is_candidate(path: Path) -> bool:
+    """A folder or glob entry worth considering: a visible file, or a symlink (a broken one is
+    kept so that it is reported as a failed input instead of vanishing)."""
+    if path.name.startswith(".") or atomic.is_temp_name(path.name):
+        return False  # hidden files, and our own temporary files from an interrupted run
+    return path.is_symlink() or path.is_file()
+
+
+def collect_image_paths(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
+    """Expand files, folders (not recursive) and glob patterns into image paths.
+
+    Returns ``(images, skipped)``: ``skipped`` are files found in folders or globs that do
+    not look like images (the caller warns about them). Hidden files and this project's
+    temporary files are ignored. A path named explicitly is kept whatever its extension,
+    so the reader can say precisely why it fails; so is a broken symbolic link (target
+    missing or a loop). A missing path or a pattern that matches nothing raises
+    :class:`DiffCutError`.
+    """
+    images: list[Path] = []
+    skipped: list[Path] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir():
+            candidates = sorted(p for p in path.iterdir() if _is_candidate(p))
+        elif path.is_file() or path.is_symlink():
+            images.append(path)
+            continue
+        elif _has_glob_magic(text):
+            candidates = sorted(Path(p) for p in glob.glob(text) if _is_candidate(Path(p)))
+            if not candidates:
+                raise DiffCutError(f"the pattern {text!r} matches no file")
+        else:
+            raise DiffCutError(f"{text} does not exist (expected an image, a folder or a glob pattern)")
+        for p in candidates:
+            (images if is_image_path(p) else skipped).append(p)
+    # The same file named twice (a folder and a glob) is segmented once.
+    unique: dict[Path, Path] = {}
+    for p in images:
+        unique.setdefault(_identity(p), p)
+    return list(unique.values()), skipped
+
+
+def _identity(path: Path) -> Path:
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):  # broken link or loop: its own name identifies it
+        return path.absolute()
+
+
+def _looks_truncated(head: bytes, tail: bytes) -> bool:
+    """Cheap end-marker checks on the first and last bytes: decoders silently fill a cut JPEG with grey."""
+    if head[:2] == b"\xff\xd8":  # JPEG: needs an end-of-image marker near the end
+        return b"\xff\xd9" not in tail
+    if head[:8] == b"\x89PNG\r\n\x1a\n":  # PNG: the last chunk is IEND
+        return b"IEND" not in tail[-16:]
+    return False
+
+
+def _head_and_tail(path: Path) -> tuple[bytes, bytes]:
+    with open(path, "rb") as f:
+        head = f.read(16)
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - _JPEG_EOI_SEARCH))
+        return head, f.read()
+
+
+def to_bgr_uint8(image: np.ndarray, source: str = "image") -> np.ndarray:
+    """Convert a decoded image (gray, BGR, BGRA; uint8, uint16 or float) to BGR uint8 (H, W, 3).
+
+    Returns the input itself when it already is BGR uint8 (no copy).
+    """
+    import cv2
+
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise DiffCutError(f"{source}: unsupported image shape {image.shape} "
+                           f"(expected H×W gray, H×W×3 BGR or H×W×4 BGRA)")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)  # keep the 8 most significant bits
+    elif image.dtype in (np.float32, np.float64):
+        image = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise DiffCutError(f"{source}: unsupported pixel type {image.dtype} (expected 8/16-bit or float)")
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)  # alpha dropped: DiffCut sees colour only
+    return image
+
+
+# EXIF orientation -> numpy operations that make the picture upright (EXIF 2.3, tag 0x0112).
+_EXIF_ORIENTATION = 0x0112
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],                      # mirrored left-right
+    3: lambda a: a[::-1, ::-1],                   # rotated 180
+    4: lambda a: a[::-1],                         # mirrored top-bottom
+    5: lambda a: a.swapaxes(0, 1),                # transposed
+    6: lambda a: a.swapaxes(0, 1)[:, ::-1],       # rotated 90 (shown after turning clockwise)
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],    # transversed
+    8: lambda a: a.swapaxes(0, 1)[::-1],          # rotated 270
+}
+
+
+def exif_orientation(path: str | os.PathLike) -> int:
+    """The EXIF orientation (1-8) of an image file, 1 when it has none (Pillow reads the header only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return 1  # not a format Pillow reads: OpenCV decides below
+    return int(value) if value in _UPRIGHT else 1
+
+
+def read_image(path: str | os.PathLike, *, apply_orientation: bool = True) -> np.ndarray:
+    """Read an image file as BGR uint8 (H, W, 3).
+
+    Raises :class:`DiffCutError` for a missing, empty, truncated or undecodable file and for a
+    broken symbolic link. The file is decoded straight from disk (no second in-memory copy
+    of a big file). ``apply_orientation`` turns the picture upright by its EXIF orientation,
+    as viewers and ``cv2.imread`` do (phone photos); the evaluation protocol passes False,
+    reading raw pixels like the official torchvision loader.
+    """
+    import cv2
+
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise DiffCutError(f"{path}: broken symbolic link (its target is missing, or the links form a loop)")
+    if not path.is_file():
+        raise DiffCutError(f"{path}: no such file")
+    try:
+        if path.stat().st_size == 0:
+            raise DiffCutError(f"{path}: the file is empty (0 bytes)")
+        head, tail = _head_and_tail(path)
+    except OSError as e:
+        raise DiffCutError(f"{path}: cannot read ({e.strerror or e})") from e
+    if _looks_truncated(head, tail):
+        raise DiffCutError(f"{path}: the file is truncated (no end marker); re-copy or re-save it")
+    decoded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if decoded is None and not str(path).isascii():
+        # OpenCV's file API cannot open some non-ASCII paths (Windows): decode from memory.
+        decoded = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.size == 0:
+        raise DiffCutError(f"{path}: not an image OpenCV can decode (corrupt or unsupported format)")
+    image = to_bgr_uint8(decoded, str(path))
+    if apply_orientation:
+        orientation = exif_orientation(path)
+        if orientation != 1:
+            image = np.ascontiguousarray(_UPRIGHT[orientation](image))
+    return image
+
+
+# ------------------------------------------------------------------------- writing
+def write_image(path: str | os.PathLike, image: np.ndarray, params: Sequence[int] = ()) -> Path:
+    """Encode ``image`` by the extension of ``path`` and write it atomically."""
+    import cv2
+
+    path = Path(path)
+    ok, buf = cv2.imencode(path.suffix or ".png", image, list(params))
+    if not ok:
+        raise DiffCutError(f"{path}: OpenCV could not encode a {image.dtype} {image.shape} image as {path.suffix}")
+    return atomic.write_bytes(path, buf.data)
+
+
+def write_labels_png(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write an (H, W) integer label map as a 16-bit single-channel PNG (values = segment ids)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise DiffCutError(f"labels must be an (H, W) integer array, got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
+        raise DiffCutError(f"label ids {labels.min()}..{labels.max()} do not fit a 16-bit PNG (0..65535)")
+    if Path(path).suffix.lower() != ".png":
+        raise DiffCutError(f"{path}: label maps are written as .png (lossless 16-bit)")
+    return write_image(path, labels.astype(np.uint16, copy=False))
+
+
+def read_labels_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a label map written by :func:`write_labels_png` as (H, W) int32."""
+    import cv2
+
+    data = np.fromfile(Path(path), np.uint8)
+    labels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if labels is None or labels.ndim != 2:
+        raise DiffCutError(f"{path}: not a single-channel label PNG")
+    return labels.astype(np.int32)
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """Save arrays to a compressed ``.npz`` atomically (cupy arrays are moved to the host)."""
+    path = Path(path)
+    host = {k: to_host(v) for k, v in arrays.items()}
+    with atomic.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a str name
+            np.savez_compressed(f, **host)
+    return path
+

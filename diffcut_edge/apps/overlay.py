@@ -1,0 +1,147 @@
+"""Drawing segmentations on frames (BGR uint8 in, BGR uint8 out), supervision-style.
+
+Every function returns a new frame and leaves its input untouched, unless an ``out=``
+array is given, which is then written in place and returned (pass ``out=frame`` to
+draw on the frame itself, e.g. in a video loop). Label maps may be numpy or cupy;
+:func:`labels_to_host` is the one place that moves them to the host and checks them.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from diffcut_edge.apps.io import to_bgr_uint8
+from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime.preprocess import check_frame
+from diffcut_edge.runtime.xp import to_host
+
+# First colours: a readable qualitative palette (BGR); later ids get golden-ratio hues.
+_BASE_PALETTE_RGB = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+    (0, 0, 128), (128, 128, 128),
+)
+_GOLDEN = 0.618033988749895
+
+
+def palette_color(index: int) -> tuple[int, int, int]:
+    """The BGR colour of segment id ``index``: the same id always gets the same colour."""
+    index = int(index)
+    if index < 0:
+        raise DiffCutError(f"segment ids are non-negative, got {index}")
+    if index < len(_BASE_PALETTE_RGB):
+        r, g, b = _BASE_PALETTE_RGB[index]
+    else:  # spread further ids around the hue circle, alternating brightness
+        hue = (index * _GOLDEN) % 1.0
+        value = 0.95 if index % 2 else 0.75
+        r, g, b = (int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, 0.85, value))
+    return (b, g, r)
+
+
+def palette(n: int) -> np.ndarray:
+    """(n, 3) uint8 BGR colours of ids 0..n-1."""
+    return np.array([palette_color(i) for i in range(int(n))], dtype=np.uint8).reshape(-1, 3)
+
+
+def labels_to_host(labels: Any, frame_shape: Sequence[int] | None = None) -> np.ndarray:
+    """Label map (numpy or cupy, any integer dtype) -> host (H, W) int32, checked against a frame.
+
+    Raises a DiffCutError for a non-2-D or non-integer map, negative ids, or a size that is
+    not the frame's (resize with ``SegmentationResult.labels``, which is at frame size).
+    """
+    if labels is None:
+        raise DiffCutError("got no label map (None)")
+    labels = to_host(labels)
+    if labels.ndim != 2:
+        raise DiffCutError(f"expected a (H, W) label map, got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise DiffCutError(f"expected integer labels, got dtype {labels.dtype}")
+    if frame_shape is not None and tuple(labels.shape) != tuple(frame_shape[:2]):
+        raise DiffCutError(f"label map is {labels.shape[0]}x{labels.shape[1]} but the frame is "
+                           f"{frame_shape[0]}x{frame_shape[1]}: use result.labels (frame size), "
+                           f"not mask_labels")
+    if labels.size and labels.min() < 0:
+        raise DiffCutError(f"label ids must be non-negative, got {int(labels.min())}")
+    return labels.astype(np.int32, copy=False)
+
+
+def _check_bgr_frame(frame: Any) -> np.ndarray:
+    """The frame as BGR uint8 (H, W, 3): every frame type the Segmenter accepts (gray, BGRA,
+    16-bit, float in [0, 1]) is converted; a BGR uint8 frame is returned as is."""
+    if not isinstance(frame, np.ndarray):
+        raise DiffCutError(f"overlays draw on numpy image arrays (H, W[, C]), got {type(frame).__name__}")
+    check_frame(frame)
+    return to_bgr_uint8(frame, "frame")
+
+
+def _target(frame: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        return frame.copy()
+    if out.shape != frame.shape or out.dtype != np.uint8:
+        raise DiffCutError(f"out= must be a {frame.shape} uint8 array, got {out.dtype} {out.shape}")
+    if out is not frame:
+        np.copyto(out, frame)
+    return out
+
+
+def _color_table(labels: np.ndarray, colors: Any) -> np.ndarray:
+    needed = int(labels.max()) + 1 if labels.size else 1
+    if colors is None:
+        return palette(needed)
+    table = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+    if len(table) < needed:
+        raise DiffCutError(f"colors has {len(table)} entries but the labels go up to {needed - 1}")
+    return table
+
+
+def draw_overlay(frame: np.ndarray, labels: Any, alpha: float = 0.5, colors: Any = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """Blend segment colours over ``frame``: ``(1 - alpha) * frame + alpha * colour[label]``.
+
+    Args:
+        frame: (H, W, 3) BGR uint8 (gray, BGRA, 16-bit and float frames are converted to it);
+            not modified (unless it is also ``out``).
+        labels: (H, W) integer label map, numpy or cupy.
+        alpha: opacity of the colours, in [0, 1].
+        colors: optional (K, 3) BGR table indexed by label id (default :func:`palette`).
+        out: optional (H, W, 3) uint8 array to draw into, in place.
+    Returns:
+        The drawn frame (``out`` if given, else a new array).
+    """
+    frame = _check_bgr_frame(frame)
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise DiffCutError(f"alpha must be in [0, 1], got {alpha}")
+    labels = labels_to_host(labels, frame.shape)
+    colored = _color_table(labels, colors)[labels]
+    target = _target(frame, out)
+    cv2.addWeighted(target, 1.0 - float(alpha), colored, float(alpha), 0.0, dst=target)
+    return target
+
+
+def segment_boundaries(labels: Any, thickness: int = 1) -> np.ndarray:
+    """(H, W) bool: pixels whose right or lower neighbour has another label, dilated to ``thickness``."""
+    labels = labels_to_host(labels)
+    edges = np.zeros(labels.shape, dtype=np.uint8)
+    edges[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edges[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    if thickness > 1:
+        edges = cv2.dilate(edges, np.ones((thickness, thickness), np.uint8))
+    return edges.astype(bool)
+
+
+def draw_boundaries(frame: np.ndarray, labels: Any, color: tuple[int, int, int] = (255, 255, 255),
+                    thickness: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+    """Paint the boundaries between segments in ``color`` (BGR); same in-place contract as
+    :func:`draw_overlay`."""
+    frame = _check_bgr_frame(frame)
+    if int(thickness) < 1:
+        raise DiffCutError(f"thickness must be >= 1, got {thickness}")
+    edges = segment_boundaries(labels_to_host(labels, frame.shape), int(thickness))
+    target = _target(frame, out)
+    target[edges] = np.asarray(color, dtype=np.uint8)
+    return target

@@ -1,0 +1,589 @@
+"""Video in, video out: sources that fail clearly, frames that tolerate damage, a pipelined segmenter.
+
+- :func:`parse_source` / :func:`open_capture`: a camera index, a file or a stream URL,
+  opened with a one-line :class:`DiffCutError` when it cannot be.
+- :class:`FrameReader`: iterates BGR uint8 frames. A file with a broken frame skips it
+  with a warning; a file that ends before its header says warns and stops; a live
+  source that drops is reopened with bounded exponential back-off.
+- :class:`AtomicVideoWriter`: writes at the input's fps and size to a temporary file
+  renamed over the target on success (never a half-written output in its place).
+- :func:`iter_segmented`: the frame loop. With ``pipelined=True`` a worker thread runs
+  the encoder of frame t+1 while the caller's thread post-processes frame t (onnxruntime,
+  TensorRT and most numpy kernels release the GIL, so the two overlap); ``every=N`` runs
+  the encoder on every N-th frame and reuses its features in between.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from diffcut_edge import atomic
+from diffcut_edge.errors import DiffCutError
+
+log = logging.getLogger("diffcut_edge.video")
+
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+DEFAULT_FPS = 30.0           # used when a container reports no frame rate (webcams, some streams)
+STREAM_TIMEOUT_MS = 5000     # open/read timeout for network streams, so a dead URL fails fast
+
+
+def quiet_opencv_logs() -> None:
+    """Silence OpenCV/FFmpeg's own stderr chatter; our warnings say what happened in one line.
+
+    Must run before the first capture is opened (FFmpeg reads its level once).
+    """
+    import cv2
+
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")   # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+    try:
+        # SILENT, not ERROR: imgcodecs reports a truncated BMP/TIFF as "[ERROR:0@...]" lines
+        # although imread just returns None, which read_image turns into one message.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # very old builds without the logging module
+        pass
+
+
+# --------------------------------------------------------------------------- sources
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where frames come from: a camera index, a stream URL or a file path."""
+
+    target: int | str
+    live: bool               # camera or network stream: reconnect on drop; a file just ends
+
+    def __str__(self) -> str:
+        return f"camera {self.target}" if isinstance(self.target, int) else str(self.target)
+
+
+def parse_source(source: int | str | os.PathLike) -> SourceSpec:
+    """``0`` / ``"0"`` → camera 0; ``rtsp://…`` / ``http://…`` → live stream; anything else → a file."""
+    if isinstance(source, (int, np.integer)):
+        return SourceSpec(int(source), live=True)
+    text = os.fspath(source)
+    if text.isdigit():
+        return SourceSpec(int(text), live=True)
+    if text.lower().startswith(LIVE_SCHEMES):
+        return SourceSpec(text, live=True)
+    if not Path(text).is_file():
+        raise DiffCutError(f"video source {text} does not exist (expected a file, a camera index "
+                           f"such as 0, or an rtsp:// / http:// URL)")
+    return SourceSpec(text, live=False)
+
+
+def _refused(url: str) -> str | None:
+    """"connection refused" / "unknown host" when a TCP stream's server plainly is not there, else None.
+
+    OpenCV only says that opening failed; one short TCP connect tells an instant refusal from
+    a slow network (UDP sources are not probed: they have no connection).
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    default_ports = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443, "srt": None, "tcp": None}
+    try:
+        port = parts.port or default_ports.get(parts.scheme.lower())
+    except ValueError:
+        return "invalid port in the URL"
+    if parts.scheme.lower() in ("udp", "srt") or not parts.hostname or not port:
+        return None
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=STREAM_TIMEOUT_MS / 1000):
+            return None
+    except ConnectionRefusedError:
+        return f"connection refused by {parts.hostname}:{port} (is the server running?)"
+    except socket.gaierror:
+        return f"unknown host {parts.hostname!r}"
+    except OSError:
+        return None
+
+
+def open_capture(source: SourceSpec | int | str | os.PathLike):
+    """Open a ``cv2.VideoCapture`` or raise a one-line :class:`DiffCutError` saying why not."""
+    import cv2
+
+    spec = source if isinstance(source, SourceSpec) else parse_source(source)
+    quiet_opencv_logs()
+    if isinstance(spec.target, str) and spec.live:
+        cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG,
+                               [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                                cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+    else:
+        cap = cv2.VideoCapture(spec.target)
+    if cap.isOpened():
+        if isinstance(spec.target, int):
+            # A camera queues frames while we compute: keep the queue short so what is shown is
+            # the latest picture, not one from several inference-times ago (best effort).
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        return cap
+    cap.release()
+    if isinstance(spec.target, int):
+        raise DiffCutError(f"cannot open camera {spec.target}: no such device, or it is busy "
+                           f"(check ls /dev/video*; use --source PATH|URL for a file or stream)")
+    if spec.live:
+        reason = _refused(str(spec.target))
+        if reason:
+            raise DiffCutError(f"cannot connect to {spec.target}: {reason}")
+        raise DiffCutError(f"cannot open the stream {spec.target} within {STREAM_TIMEOUT_MS / 1000:.0f} s "
+                           f"(check the URL, credentials and network)")
+    raise DiffCutError(f"cannot open video {spec.target}: OpenCV cannot decode it "
+                       f"(corrupt file or unsupported container/codec)")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: float
+    width: int
+    height: int
+    frame_count: int | None  # None when the container does not say (streams, cameras)
+
+
+def probe(cap) -> VideoInfo:
+    """Frame rate, size and (if known) frame count of an opened capture."""
+    import cv2
+
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    # Webcams report 0 and some containers nonsense (1000 fps): fall back to a sane default.
+    fps = fps if 0.5 <= fps <= 240.0 else DEFAULT_FPS
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    return VideoInfo(fps=fps, width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                     height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                     frame_count=count if count > 0 else None)
+
+
+@dataclass
+class ReadStats:
+    """What a :class:`FrameReader` went through, for the final summary."""
+
+    frames: int = 0            # frames delivered
+    broken: int = 0            # unreadable frames skipped
+    reconnects: int = 0
+    ended_early: bool = False  # a file stopped before its header's frame count
+
+
+@dataclass
+class FrameReader:
+    """Iterate BGR uint8 frames from a source, surviving broken frames and dropped streams.
+
+    Args:
+        source: camera index, file path, URL or :class:`SourceSpec`.
+        retries: reconnection attempts for a live source before giving up.
+        backoff_s: first wait before a reconnection; doubles each attempt up to ``max_backoff_s``.
+        max_bad_frames: consecutive unreadable frames tolerated in a file before it is
+            considered to end there.
+        warn: called with one-line warnings (default: the ``diffcut_edge.video`` logger).
+        opener / sleep: injection points for tests (default :func:`open_capture`, ``time.sleep``).
+    """
+
+    source: Any
+    retries: int = 5
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+    max_bad_frames: int = 25
+    warn: Callable[[str], None] = log.warning
+    opener: Callable[[SourceSpec], Any] = open_capture
+    sleep: Callable[[float], None] = time.sleep
+    stats: ReadStats = field(default_factory=ReadStats)
+    spec: SourceSpec = field(init=False)
+    info: VideoInfo = field(init=False)
+    _cap: Any = field(init=False, default=None, repr=False)
+    _last_error: str = field(init=False, default="", repr=False)
+
+    def __post_init__(self) -> None:
+        self.spec = self.source if isinstance(self.source, SourceSpec) else parse_source(self.source)
+        self._cap = self._open_first()
+        self.info = probe(self._cap)
+        if self.spec.live and isinstance(self.spec.target, str) and self.info.frame_count:
+            # An http(s) URL of a video *file* has a frame count: it ends, it does not drop.
+            self.spec = SourceSpec(self.spec.target, live=False)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        attempted = 0   # frame slots consumed, good or not (files)
+        failed_run = 0  # consecutive failed reads: broken frames if a good one follows, else the end
+        while self._cap is not None:
+            ok, frame = self._cap.read()
+            if ok and frame is not None and frame.size:
+                attempted += 1
+                if failed_run:
+                    self._skipped(attempted - 1 - failed_run, failed_run)
+                    failed_run = 0
+                self.stats.frames += 1
+                yield frame
+                continue
+            if self.spec.live:
+                self._reconnect()
+                continue
+            attempted += 1
+            failed_run += 1
+            expected = self.info.frame_count
+            if expected is not None and attempted < expected and failed_run <= self.max_bad_frames:
+                continue  # maybe a broken frame: look further
+            if expected is not None and self.stats.frames + self.stats.broken < expected:
+                self.stats.ended_early = True
+                self.warn(f"{self.spec}: the video ends after {self.stats.frames} readable frames "
+                          f"although its header says {expected}; keeping what was read")
+            return
+
+    def _skipped(self, first: int, count: int) -> None:
+        self.stats.broken += count
+        which = f"frame {first} is" if count == 1 else f"frames {first}-{first + count - 1} are"
+        self.warn(f"{self.spec}: {which} unreadable, skipped")
+
+    def _open_first(self) -> Any:
+        """Open the source; a live one gets the same back-off as a reconnection (a camera or
+        server that is still starting up), a file fails at once."""
+        try:
+            return self.opener(self.spec)
+        except DiffCutError as e:
+            if not self.spec.live or self.retries == 0:
+                raise
+            self.warn(f"{e}; retrying")
+        cap = self._with_backoff("not reachable; connecting")
+        if cap is None:
+            raise DiffCutError(f"{self.spec}: could not connect in {self.retries + 1} attempts "
+                               f"({self._last_error}); check the source (or raise --retries)")
+        return cap
+
+    def _with_backoff(self, what: str) -> Any:
+        """Up to ``retries`` opens with exponential back-off; the capture, or None."""
+        delay = self.backoff_s
+        self._last_error = ""
+        for attempt in range(1, self.retries + 1):
+            self.warn(f"{self.spec}: {what} in {delay:.1f} s (attempt {attempt}/{self.retries})")
+            self.sleep(delay)
+            try:
+                return self.opener(self.spec)
+            except DiffCutError as e:
+                self._last_error = str(e)
+                delay = min(delay * 2.0, self.max_backoff_s)
+        return None
+
+    def _reconnect(self) -> None:
+        """Reopen a live source with exponential back-off; DiffCutError once the retries are spent."""
+        self._release()
+        cap = self._with_backoff("stream dropped; reconnecting")
+        if cap is None:
+            raise DiffCutError(f"{self.spec}: the stream dropped and {self.retries} reconnection attempts "
+                               f"failed; check the source (or raise --retries)")
+        self._cap = cap
+        self.stats.reconnects += 1
+
+    def _release(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def close(self) -> None:
+        self._release()
+
+    def __enter__(self) -> "FrameReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- writer
+class AtomicVideoWriter:
+    """``cv2.VideoWriter`` to a temporary file in the target's folder, renamed over it on :meth:`commit`.
+
+    Opened lazily on the first frame when ``size`` is None (then the first frame's size
+    is used). Used as a context manager it commits on success and on Ctrl-C / SIGTERM (like
+    ffmpeg: what was encoded is kept) and discards the file on any other error, unless
+    ``keep_on_error`` (a live recording is worth keeping when the stream finally drops).
+    Some encoders store only even sizes: :attr:`written_size` is what the file holds, and
+    :meth:`size_note` says so when it differs from the frames.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int] | None = None,
+                 codec: str = "mp4v", keep_on_error: bool = False) -> None:
+        self.path = self.check_target(path, codec)
+        self.fps, self.size, self.codec = float(fps), size, codec
+        self.keep_on_error = keep_on_error
+        self.frames = 0
+        self.written_size: tuple[int, int] | None = None
+        self._writer = None
+        self._file: atomic.AtomicFile | None = None
+
+    @staticmethod
+    def check_target(path: str | os.PathLike, codec: str = "mp4v") -> Path:
+        """Refuse, before any work, a codec that is no FourCC or a target that cannot be written."""
+        if len(codec) != 4:
+            raise DiffCutError(f"codec must be a FourCC of 4 characters (mp4v, MJPG, XVID, avc1), got {codec!r}")
+        path = Path(path)
+        if not path.suffix:
+            raise DiffCutError(f"{path}: give the output an extension (.mp4, .avi) so the container is known")
+        if path.is_dir():
+            raise DiffCutError(f"{path} is a folder; give a video file name")
+        if not path.parent.is_dir():
+            raise DiffCutError(f"cannot write {path}: folder {path.parent} does not exist")
+        atomic.check_writable_dir(path.parent, what="the folder of")
+        return path
+
+    def _open(self, size: tuple[int, int]) -> None:
+        import cv2
+
+        self._file = atomic.AtomicFile(self.path)
+        writer = cv2.VideoWriter(str(self._file.tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, size)
+        if not writer.isOpened():
+            self._discard()
+            raise DiffCutError(f"cannot write {self.path} with codec {self.codec!r}: this OpenCV build "
+                               f"has no such encoder for {self.path.suffix} (try --codec mp4v with .mp4 "
+                               f"or --codec MJPG with .avi)")
+        self._writer, self.size = writer, size
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one BGR uint8 frame of the writer's size."""
+        height, width = frame.shape[:2]
+        if self._writer is None:
+            self._open(self.size or (width, height))
+        if (width, height) != tuple(self.size):
+            raise DiffCutError(f"frame of {width}x{height} written to a {self.size[0]}x{self.size[1]} video")
+        self._writer.write(frame)
+        self.frames += 1
+
+    def commit(self) -> Path | None:
+        """Finish the file and move it into place; None when no frame was written."""
+        if self._writer is None:
+            self._discard()
+            return None
+        self._writer.release()
+        self._writer = None
+        self.written_size = _stored_size(self._file.tmp) or tuple(self.size)
+        self._file.commit()
+        return self.path
+
+    def size_note(self) -> str:
+        """'' or what the encoder changed: "stored as 127x95 (the mp4v encoder needs even sizes)"."""
+        if self.written_size is None or tuple(self.written_size) == tuple(self.size or ()):
+            return ""
+        w, h = self.written_size
+        return f"frames of {self.size[0]}x{self.size[1]} stored as {w}x{h} (the {self.codec} encoder needs even sizes)"
+
+    def _discard(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._file is not None:
+            self._file.discard()
+
+    def __enter__(self) -> "AtomicVideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None or issubclass(exc_type, KeyboardInterrupt) or self.keep_on_error:
+            self.commit()
+        else:
+            self._discard()
+
+
+def _stored_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) a written video file reports, or None when it cannot be read back."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return None
+        return int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        cap.release()
+
+
+# ------------------------------------------------------------------ segmentation loop
+@dataclass
+class SegmentedFrame:
+    """One frame through the pipeline: the frame, its result, and whether features were reused."""
+
+    index: int
+    frame: np.ndarray                # BGR uint8, as read
+    result: Any                      # SegmentationResult
+    reused_features: bool            # True when --every skipped the encoder for this frame
+
+
+@dataclass
+class _Encoded:
+    index: int
+    frame: np.ndarray
+    features: Any
+    preprocess_ms: float
+    encoder_ms: float
+    reused: bool
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def _frames_of(source) -> Iterable[np.ndarray]:
+    """A frame iterable from a FrameReader, a cv2.VideoCapture, a source spec or any iterable of frames."""
+    if isinstance(source, FrameReader) or (hasattr(source, "__iter__") and not isinstance(source, (str, bytes))):
+        return source
+    if hasattr(source, "read") and hasattr(source, "isOpened"):
+        def read_all() -> Iterator[np.ndarray]:
+            while True:
+                ok, frame = source.read()
+                if not ok:
+                    return
+                yield frame
+        return read_all()
+    return FrameReader(source)
+
+
+def _encode_one(segmenter, frame: np.ndarray) -> tuple[Any, float, float]:
+    """Features (N, C) of one frame with (preprocess ms, encoder ms).
+
+    The runtime Segmenter times its two stages in ``encode_timed``; any other object
+    with ``encode`` gets its whole call counted as encoder time.
+    """
+    timed = getattr(segmenter, "encode_timed", None)
+    if timed is not None:
+        features, t_pre, t_enc = timed([frame])
+        return features[0], t_pre, t_enc
+    start = time.perf_counter()
+    features = segmenter.encode([frame])[0]
+    return features, 0.0, (time.perf_counter() - start) * 1e3
+
+
+def _encode_stream(frames: Iterable[np.ndarray], segmenter, every: int) -> Iterator[_Encoded]:
+    """Encoder stage: features for every ``every``-th frame, the last ones reused in between."""
+    features = None
+    for index, frame in enumerate(frames):
+        if features is not None and index % every != 0:
+            yield _Encoded(index, frame, features, 0.0, 0.0, reused=True)
+            continue
+        features, t_pre, t_enc = _encode_one(segmenter, frame)
+        yield _Encoded(index, frame, features, t_pre, t_enc, reused=False)
+
+
+def _encode_worker(stream: Iterator[_Encoded], out: queue.Queue, stop: threading.Event) -> None:
+    """Thread body: push encoded frames into ``out`` until the stream ends, fails or ``stop`` is set."""
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for item in stream:
+            if not put(item):
+                return
+        put(_END)
+    except BaseException as e:  # handed to the consumer, which re-raises it in its own thread
+        put(_Failed(e))
+
+
+def _pipelined(stream: Iterator[_Encoded], depth: int) -> Iterator[_Encoded]:
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    worker = threading.Thread(target=_encode_worker, args=(stream, out, stop),
+                              name="diffcut-encoder", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = out.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=30.0)
+
+
+def _postprocess(segmenter, item: _Encoded):
+    start = time.perf_counter()
+    result = segmenter.postprocess(item.frame, item.features)
+    post_ms = (time.perf_counter() - start) * 1e3
+    timings = dict(getattr(result, "timings", {}) or {})
+    # postprocess() knows nothing of the encoder stage: fill it in (0 for a reused frame).
+    timings["preprocess"], timings["encoder"] = item.preprocess_ms, item.encoder_ms
+    timings["total"] = item.preprocess_ms + item.encoder_ms + post_ms
+    try:
+        result.timings = timings
+    except AttributeError:  # a frozen result type: keep its own timings
+        pass
+    return result
+
+
+def iter_segmented(source, segmenter, *, pipelined: bool = True, every: int = 1,
+                   max_frames: int | None = None, depth: int = 2) -> Iterator[SegmentedFrame]:
+    """Segment a stream of frames, yielding :class:`SegmentedFrame` in order.
+
+    Args:
+        source: a :class:`FrameReader`, an opened ``cv2.VideoCapture``, a camera index /
+            path / URL, or any iterable of BGR uint8 frames.
+        segmenter: a :class:`~diffcut_edge.runtime.Segmenter` (``encode`` + ``postprocess``).
+        pipelined: run the encoder in a worker thread, one frame ahead of post-processing.
+        every: run the encoder on every N-th frame only; the frames in between reuse its
+            features (post-processing, PAMR included, still runs on each frame's own image).
+        max_frames: stop after this many frames.
+        depth: encoded frames the worker may hold ahead (memory vs smoothing).
+
+    Timings: ``result.timings`` has the Segmenter's stages (preprocess and encoder are 0
+    for a frame that reused features); ``total`` is the work spent on that frame, not the
+    end-to-end latency (the stages overlap when pipelined).
+    """
+    if every < 1:
+        raise DiffCutError(f"every must be >= 1 frame, got {every}")
+    if max_frames is not None and max_frames < 1:
+        raise DiffCutError(f"max_frames must be >= 1, got {max_frames}")
+    frames = _frames_of(source)
+    owned = frames if isinstance(frames, FrameReader) and frames is not source else None
+    if max_frames is not None:
+        frames = itertools.islice(frames, max_frames)
+    stream = _encode_stream(frames, segmenter, every)
+    if pipelined:
+        stream = _pipelined(stream, depth)
+    try:
+        for item in stream:
+            yield SegmentedFrame(item.index, item.frame, _postprocess(segmenter, item), item.reused)
+    finally:
+        stream.close()  # stops the worker now when the caller breaks out early
+        if owned is not None:  # a reader opened here from a path / index / URL
+            owned.close()
+
+
+# ------------------------------------------------------------------------ throughput
+@dataclass
+class Throughput:
+    """Running per-stage means and frames per second for a final summary line."""
+
+    frames: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    stage_ms: dict[str, float] = field(default_factory=dict)
+
+    def add(self, timings: dict[str, float]) -> None:
+        self.frames += 1
+        for key, value in timings.items():
+            self.stage_ms[key] = self.stage_ms.get(key, 0.0) + float(value)
+
+    @property
+    def fps(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        return self.frames / elapsed if elapsed > 0 else 0.0
+
+    def summary(self) -> str:
+        order = ("preprocess", "encoder", "ncut", "assign", "pamr", "total")
+        means = {k: v / max(self.frames, 1) for k, v in self.stage_ms.items()}
+        stages = " ".join(f"{k}={means[k]:.1f}" for k in order if k in means)
+        return f"{self.frames} frames, {self.fps:.2f} fps; ms/frame: {stages}"

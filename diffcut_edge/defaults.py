@@ -1,0 +1,27 @@
+"""The paper's settings and the names every stage shares, defined once.
+
+Pure constants (no imports): the runtime, the reference, the export stage, the CLI and
+the docs all read them from here (docs/design.md, "The algorithm, exactly").
+"""
+
+from __future__ import annotations
+
+# --- DiffCut (Couairon et al. 2024), official code at commit aa16df4
+RESOLUTION = 1024            # R: the encoder input side; features on an R/32 grid
+TIMESTEP = 50                # DDIM timestep at which the UNet is read
+NOISE_SEED = 42              # generator seed of the fixed noise
+TAU = 0.5                    # NCut threshold: a cut is kept while NCut(cut) < tau
+ALPHA = 10.0                 # affinity exponent, W <- W ** alpha
+MASK_SIZE = (128, 128)       # concept-assignment / PAMR label map (height, width)
+PAMR_ITERATIONS = 10         # PAMR as DiffCut applies it
+PAMR_DILATIONS = (1, 2, 4, 8)
+
+# --- bounds that keep a bad value a clear error instead of a MemoryError
+MAX_MASK_SIDE = 4096         # a 4096x4096 int32 map is 64 MB; PAMR holds ~30 float maps per segment
+
+# --- names
+FAMILIES = ("sdxl", "sd1")                  # model families (models/recipes.py holds their specs)
+PRECISIONS = ("fp32", "fp16")              # exported UNet precision (the VAE encoder stays fp32)
+DEVICES = ("cpu", "cuda")                  # where post-processing runs
+STAGES = ("preprocess", "encoder", "ncut", "assign", "pamr")   # Segmenter stages, in order
+TIMING_KEYS = (*STAGES, "total")           # SegmentationResult.timings keys

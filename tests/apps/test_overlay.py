@@ -1,0 +1,117 @@
+"""Overlays: deterministic palette, blending maths, the in-place contract, label checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffcut_edge.errors import DiffCutError
+from diffcut_edge.apps.overlay import (
+    draw_boundaries,
+    draw_overlay,
+    labels_to_host,
+    palette,
+    palette_color,
+    segment_boundaries,
+)
+
+
+def _frame(h=24, w=32, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _labels(h=24, w=32) -> np.ndarray:
+    labels = np.zeros((h, w), np.int32)
+    labels[:, w // 2:] = 1
+    labels[h // 2:, :] = 2
+    return labels
+
+
+def test_palette_is_deterministic_and_distinct():
+    colors = [palette_color(i) for i in range(200)]
+    assert colors == [palette_color(i) for i in range(200)]
+    assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in colors)
+    assert len(set(colors[:40])) == 40  # the ids a frame usually has never share a colour
+    assert palette(5).shape == (5, 3) and palette(5).dtype == np.uint8
+    np.testing.assert_array_equal(palette(3)[2], palette_color(2))
+    with pytest.raises(DiffCutError, match="non-negative"):
+        palette_color(-1)
+
+
+def test_overlay_blends_and_leaves_input_untouched():
+    frame, labels = _frame(), _labels()
+    before = frame.copy()
+    out = draw_overlay(frame, labels, alpha=0.25)
+    np.testing.assert_array_equal(frame, before)
+    assert out is not frame and out.dtype == np.uint8 and out.shape == frame.shape
+    expected = 0.75 * frame.astype(np.float64) + 0.25 * palette(3)[labels].astype(np.float64)
+    assert np.abs(out.astype(np.float64) - expected).max() <= 1.0  # uint8 rounding
+    np.testing.assert_array_equal(draw_overlay(frame, labels, alpha=0.0), frame)
+    np.testing.assert_array_equal(draw_overlay(frame, labels, alpha=1.0), palette(3)[labels])
+
+
+def test_overlay_out_argument_draws_in_place():
+    frame, labels = _frame(), _labels()
+    expected = draw_overlay(frame, labels)
+    buffer = np.zeros_like(frame)
+    assert draw_overlay(frame, labels, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, expected)
+    same = frame.copy()
+    assert draw_overlay(same, labels, out=same) is same
+    np.testing.assert_array_equal(same, expected)
+
+
+def test_custom_colors():
+    frame, labels = _frame(), _labels()
+    colors = [(0, 0, 255), (0, 255, 0), (255, 0, 0)]
+    out = draw_overlay(frame, labels, alpha=1.0, colors=colors)
+    np.testing.assert_array_equal(out[0, 0], colors[0])
+    np.testing.assert_array_equal(out[-1, -1], colors[2])
+    with pytest.raises(DiffCutError, match="up to 2"):
+        draw_overlay(frame, labels, colors=colors[:2])
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.zeros((12, 32), np.int32), "mask_labels"),
+    (np.zeros((24, 32), np.float32), "integer"),
+    (np.zeros((24, 32, 1), np.int32), r"\(H, W\)"),
+    (np.full((24, 32), -1, np.int32), "non-negative"),
+    (None, "None"),
+])
+def test_bad_labels_are_refused(labels, message):
+    with pytest.raises(DiffCutError, match=message):
+        draw_overlay(_frame(), labels)
+
+
+@pytest.mark.parametrize("frame", [np.zeros((24, 32), np.uint8), np.zeros((24, 32, 3), np.float32),
+                                   np.zeros((24, 32, 4), np.uint8)])
+def test_bad_frames_are_refused(frame):
+    with pytest.raises(DiffCutError, match="BGR uint8"):
+        draw_overlay(frame, _labels())
+    with pytest.raises(DiffCutError, match="alpha"):
+        draw_overlay(_frame(), _labels(), alpha=1.5)
+
+
+def test_labels_to_host_converts_dtype():
+    out = labels_to_host(_labels().astype(np.uint8), (24, 32, 3))
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, _labels())
+
+
+def test_boundaries():
+    labels = _labels(8, 8)
+    edges = segment_boundaries(labels)
+    # Exactly the pixels whose right or lower neighbour differs.
+    expected = np.zeros((8, 8), bool)
+    expected[:4, 3] = True          # 0 | 1 in the top half
+    expected[3, :] = True           # top half above label 2
+    assert edges.dtype == bool
+    np.testing.assert_array_equal(edges, expected)
+    assert segment_boundaries(labels, thickness=3).sum() > edges.sum()
+    assert not segment_boundaries(np.zeros((5, 5), np.int32)).any()
+    frame = _frame(8, 8)
+    out = draw_boundaries(frame, labels, color=(1, 2, 3))
+    np.testing.assert_array_equal(out[edges], np.tile([1, 2, 3], (edges.sum(), 1)))
+    np.testing.assert_array_equal(out[~edges], frame[~edges])
+    with pytest.raises(DiffCutError, match="thickness"):
+        draw_boundaries(frame, labels, thickness=0)

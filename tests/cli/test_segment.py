@@ -1,0 +1,118 @@
+"""``diffcut-edge segment``: outputs, option checks, batches with bad files; cli_fake_segmenter and real segmenters."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from helpers.fake_segmenter import FakeSegmenter, export_available, run_cli
+
+from diffcut_edge import cli
+from diffcut_edge.apps import io
+
+
+@pytest.fixture
+def images(tmp_path):
+    from conftest import sample_photos
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, photo in zip(("astronaut", "chelsea", "coffee"), sample_photos(48)):
+        cv2.imwrite(str(folder / f"{name}.png"), (photo[..., ::-1] * 255).round().astype(np.uint8))
+    return folder
+
+
+def test_writes_16bit_labels_overlays_and_npz(cli_fake_segmenter, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["segment", str(images), "--model-dir", "m", "--out", str(out), "--save-npz",
+                              "--overlay-format", "png"], capsys)
+    assert code == 0, err
+    for stem in ("astronaut", "chelsea", "coffee"):
+        frame = io.read_image(images / f"{stem}.png")
+        expected = cli_fake_segmenter(frame)
+        raw = cv2.imread(str(out / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
+        assert raw.dtype == np.uint16 and np.array_equal(raw, expected.labels)
+        overlay = cv2.imread(str(out / f"{stem}_overlay.png"))
+        assert np.array_equal(overlay, expected.overlay(frame))
+        with np.load(out / f"{stem}.npz") as d:
+            assert set(d.files) == {"labels", "mask_labels", "coarse_labels", "embeddings"}
+            assert np.allclose(d["embeddings"], expected.embeddings)
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 4 and "segments" in lines[0] and "pamr" in lines[0]
+    assert lines[-1].startswith("segmented 3 image(s)")
+    assert err == ""
+
+
+def test_quiet_and_jpg_overlay_default(cli_fake_segmenter, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(["segment", str(images / "coffee.png"), "--model-dir", "m", "--out", str(out), "-q"],
+                           capsys)
+    assert code == 0 and len(stdout.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["coffee_labels.png", "coffee_overlay.jpg"]
+
+
+def test_a_second_run_into_the_input_folder_skips_earlier_outputs(cli_fake_segmenter, images, capsys):
+    argv = ["segment", str(images), "--model-dir", "m", "--out", str(images), "-q"]
+    assert run_cli(argv, capsys)[0] == 0
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0 and stdout.startswith("segmented 3 image(s)") and "skipped 6 file(s)" in err
+
+
+def test_same_stem_from_two_folders_does_not_overwrite(cli_fake_segmenter, images, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    cv2.imwrite(str(other / "coffee.jpg"), np.full((20, 30, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    code, _, _ = run_cli(["segment", str(images / "coffee.png"), str(other / "coffee.jpg"), "--model-dir", "m",
+                       "--out", str(out), "-q"], capsys)
+    assert code == 0
+    assert cv2.imread(str(out / "coffee_2_labels.png"), cv2.IMREAD_UNCHANGED).shape == (20, 30)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tau", "-1"], "expected a number >= 0"),
+    (["--alpha", "0"], "expected a number > 0"),
+    (["--mask-size", "0"], "expected a positive integer"),
+    (["--mask-size", "12x0"], "expected a positive integer"),
+    (["--max-segments", "-3"], "expected a positive integer"),
+    (["--backend", "cuda-magic"], "invalid choice"),
+    (["--overlay-alpha", "1.5"], "expected a number in [0, 1]"),
+])
+def test_out_of_range_options_are_refused(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["segment", "x.png", "--model-dir", "m", "--out", str(tmp_path), *flags])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_mask_size_accepts_hxw(monkeypatch, images, tmp_path, capsys):
+    seen = {}
+
+    def open_segmenter(args):
+        seen["mask_size"] = args.mask_size
+        return FakeSegmenter(mask_size=args.mask_size)
+
+    monkeypatch.setattr(cli, "_open_segmenter", open_segmenter)
+    assert run_cli(["segment", str(images / "coffee.png"), "--model-dir", "m", "--out", str(tmp_path / "o"),
+                 "--mask-size", "24x32", "--save-npz", "-q"], capsys)[0] == 0
+    with np.load(tmp_path / "o" / "coffee.npz") as d:
+        assert seen["mask_size"] == (24, 32) and d["mask_labels"].shape == (24, 32)
+
+
+def test_backend_choices_match_the_runtime():
+    from diffcut_edge.runtime.backends import BACKENDS
+
+    assert set(cli._BACKEND_CHOICES) == set(BACKENDS)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not export_available(), reason="export stage not available (needs the [export] extra)")
+def test_end_to_end_on_a_tiny_exported_model(tiny_model_dir, images, tmp_path, capsys):
+    model = tiny_model_dir("sdxl", 256)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["segment", str(images), "--model-dir", str(model), "--out", str(out),
+                              "--backend", "ort-cpu", "--save-npz", "-q"], capsys)
+    assert code == 0, err
+    labels = io.read_labels_png(out / "chelsea_labels.png")
+    with np.load(out / "chelsea.npz") as d:
+        assert labels.shape == (48, 48) and np.array_equal(labels, d["labels"])
+        assert d["coarse_labels"].shape == (8, 8) and d["embeddings"].shape[0] == d["coarse_labels"].max() + 1

@@ -1,0 +1,93 @@
+"""``diffcut-edge webcam``: headless runs on a generated video, keys, and sources that fail."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from helpers.fake_segmenter import FakeSegmenter, make_video, run_cli
+from helpers.video import run_fresh_process, video_geometry
+
+from diffcut_edge import cli
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("webcam") / "cam.avi"
+    make_video(path, n=8)
+    return path
+
+
+def test_headless_file_source_records_and_ends_cleanly(cli_fake_segmenter, clip, tmp_path, capsys):
+    record = tmp_path / "rec.mp4"
+    code, stdout, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless",
+                              "--record", str(record)], capsys)
+    assert code == 0 and err == ""
+    assert stdout.startswith("source ended: 8 frames") and str(record) in stdout
+    frames, fps, size = video_geometry(record)
+    assert (frames, size) == (8, (128, 96)) and fps == pytest.approx(10.0)
+
+
+def test_max_frames_stops_early(cli_fake_segmenter, clip, tmp_path, capsys):
+    code, stdout, _ = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless",
+                            "--max-frames", "3"], capsys)
+    assert code == 0 and stdout.startswith("stopped at --max-frames: 3 frames") and cli_fake_segmenter.encode_calls == 3
+
+
+def test_window_keys_toggle_refine_freeze_and_quit(cli_fake_segmenter, clip, monkeypatch, capsys):
+    shown: list[np.ndarray] = []
+    keys = iter([ord("r"), ord("f"), -1, ord(" "), ord("q")])  # refine off; freeze; wait; unfreeze; quit
+    monkeypatch.setattr(cli, "_gui_problem", lambda: None)
+    monkeypatch.setattr(cv2, "imshow", lambda name, image: shown.append(image.copy()))
+    monkeypatch.setattr(cv2, "waitKey", lambda delay: next(keys))
+    monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
+    huds: list[str] = []
+    draw_hud = cli._draw_hud
+    monkeypatch.setattr(cli, "_draw_hud", lambda image, text: (huds.append(text), draw_hud(image, text)))
+    code, stdout, _ = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--no-pipeline"], capsys)
+    assert code == 0 and stdout.startswith("stopped: 3 frames")
+    assert len(shown) == 3 and cli_fake_segmenter.refine is False  # frames 0, 1 (freeze/unfreeze), 2 (quit)
+    assert [h.endswith("refine on") for h in huds] == [True, False, False] and "fps" in huds[0]
+    assert all(s.dtype == np.uint8 and s.shape == (96, 128, 3) for s in shown)
+
+
+def test_without_a_display_tells_to_use_headless(cli_fake_segmenter, clip, capsys):
+    if cli._gui_problem() is None:
+        pytest.skip("this machine has an OpenCV GUI and a display")
+    code, _, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--headless" in err
+
+
+@pytest.mark.parametrize("source, message", [("99", "cannot open camera 99"),
+                                             ("rtsp://127.0.0.1:9/none", "cannot connect")])
+def test_sources_that_cannot_open_fail_in_one_line(tmp_path, source, message):
+    proc = run_fresh_process(["webcam", "--model-dir", "m", "--source", source, "--headless"], tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr  # OpenCV/FFmpeg's own logs are silenced
+
+
+def test_retries_option_is_validated(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["webcam", "--model-dir", "m", "--retries", "-1"])
+    assert "expected an integer >= 0" in capsys.readouterr().err
+
+
+def test_recording_is_kept_when_the_run_fails(monkeypatch, clip, tmp_path, capsys):
+    monkeypatch.setattr(cli, "_open_segmenter", lambda args: FakeSegmenter(fail_on_frame=5))
+    record = tmp_path / "rec.avi"
+    code, _, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless", "--record",
+                         str(record), "--codec", "MJPG", "--no-pipeline"], capsys)
+    assert code != 0 and err.count("\n") == 1
+    assert video_geometry(record)[0] == 5  # the frames before the failure
+
+
+def test_refine_toggle_works_on_the_real_segmenter_options():
+    from types import SimpleNamespace
+
+    from diffcut_edge.runtime.segmenter import SegmenterOptions
+
+    seg = SimpleNamespace(options=SegmenterOptions(tau=0.3))
+    cli._toggle_refine(seg)
+    assert cli._refine_on(seg) is False and seg.options.tau == 0.3
+    cli._toggle_refine(seg)
+    assert cli._refine_on(seg) is True

@@ -1,0 +1,278 @@
+"""TensorRT engine build: everything that does not need a GPU.
+
+The real build (TensorRT + an NVIDIA GPU) cannot run here; it is exercised against a fake
+``tensorrt`` module that records what the builder was asked for, so the orchestration, the
+per-version decisions, the file naming and the manifest update are all tested.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import types
+
+import pytest
+
+from diffcut_edge import cli
+from diffcut_edge.errors import DiffCutError
+from diffcut_edge.export import tensorrt_build as tb
+from diffcut_edge.runtime.trt_compat import builder_settings, parse_version
+from diffcut_edge.runtime.manifest import read_manifest, sha256_file, verify_files
+
+GPU = tb.GpuInfo(name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
+
+
+# ------------------------------------------------------------------ pure functions
+@pytest.mark.parametrize("spec, expected", [("1:1:4", (1, 1, 4)), ("2", (2, 2, 2)), (" 1:2:8 ", (1, 2, 8)),
+                                            ((1, 1, 1), (1, 1, 1)), ([1, 3, 64], (1, 3, 64))])
+def test_batch_spec_parsing(spec, expected):
+    assert tb.parse_batch_spec(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["0:1:4", "4:1:1", "1:4:2", "1:2", "1:1:4:8", "a:b:c", "1:1:100", "", (1, 2)])
+def test_batch_spec_rejects_nonsense(spec):
+    with pytest.raises(DiffCutError, match="batch"):
+        tb.parse_batch_spec(spec)
+
+
+def test_engine_file_names_carry_gpu_and_tensorrt_version():
+    assert tb.engine_file_name(GPU.name, "10.3.0.26") == "encoder.nvidia-h100-80gb-hbm3.trt10.3.0.plan"
+    assert tb.engine_file_name("Orin (nvgpu)", "8.6.2.3") == "encoder.orin-nvgpu.trt8.6.2.plan"
+    assert tb.engine_file_name("NVIDIA GeForce RTX 4090", "11.0") == "encoder.nvidia-geforce-rtx-4090.trt11.0.0.plan"
+
+
+@pytest.mark.parametrize("version, precision, typed, fp16_flag, explicit, native_in", [
+    ("8.6.2.3", "fp16", False, True, True, True),    # JetPack 6.0: weak typing, FP16 flag
+    ("8.6.1", "fp32", False, False, True, True),
+    ("10.3.0.30", "fp16", True, False, False, False),  # strongly typed: types come from the ONNX
+    ("10.3.0", "fp32", True, False, False, False),
+    ("11.0.0", "fp16", True, False, False, False),
+])
+def test_builder_settings_per_tensorrt_version(version, precision, typed, fp16_flag, explicit, native_in):
+    s = builder_settings(version, precision)
+    assert (s.strongly_typed, s.fp16_flag, s.explicit_batch_flag, s.native_instancenorm) == \
+        (typed, fp16_flag, explicit, native_in)
+    assert s.version == parse_version(version)
+
+
+def test_old_tensorrt_is_refused():
+    with pytest.raises(DiffCutError, match="too old"):
+        builder_settings("8.5.2.2", "fp16")
+
+
+def test_workspace_must_be_positive():
+    assert tb.workspace_bytes(None) is None
+    assert tb.workspace_bytes(1.5) == 3 << 29
+    with pytest.raises(DiffCutError, match="workspace"):
+        tb.workspace_bytes(0)
+
+
+# ------------------------------------------------------------------ manifest update (fake engine bytes)
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir("sd1", 256, "fp32"), copy)
+    return copy
+
+
+def test_record_engine_writes_the_plan_and_updates_the_manifest(model_copy):
+    manifest = read_manifest(model_copy)
+    path = tb.record_engine(model_copy, manifest, b"fake-engine-1", gpu=GPU, trt_version="10.3.0.26", batch=(1, 1, 4))
+    assert path.name == "encoder.nvidia-h100-80gb-hbm3.trt10.3.0.plan" and path.read_bytes() == b"fake-engine-1"
+    (record,) = read_manifest(model_copy).engines
+    assert (record.file, record.gpu_name, record.compute_capability, record.tensorrt_version,
+            record.batch_profile, record.sha256) == (path.name, GPU.name, "9.0", "10.3.0", (1, 1, 4),
+                                                     sha256_file(path))
+    # Rebuilding for the same GPU and version replaces the record; another GPU adds one.
+    tb.record_engine(model_copy, read_manifest(model_copy), b"fake-engine-2", gpu=GPU, trt_version="10.3.0.26",
+                     batch=(1, 2, 8))
+    tb.record_engine(model_copy, read_manifest(model_copy), b"orin", gpu=tb.GpuInfo("Orin", "8.7"),
+                     trt_version="8.6.2", batch=(1, 1, 1))
+    engines = read_manifest(model_copy).engines
+    assert [(e.gpu_name, e.batch_profile) for e in engines] == [(GPU.name, (1, 2, 8)), ("Orin", (1, 1, 1))]
+    verify_files(model_copy, read_manifest(model_copy))  # the ONNX record is untouched
+    assert not [p for p in model_copy.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+# ------------------------------------------------------------------ environment errors
+def test_missing_tensorrt_names_the_extra(model_copy, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes "import tensorrt" raise ImportError
+    with pytest.raises(DiffCutError, match=r"diffcut-edge\[trt\]"):
+        tb.build_engine(model_copy)
+
+
+def test_no_gpu_is_reported_before_building(model_copy, monkeypatch):
+    fake = FakeTensorRT("10.3.0")
+    monkeypatch.setattr(tb, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(tb, "probe_gpu", lambda: None)
+    with pytest.raises(DiffCutError, match="no CUDA GPU"):
+        tb.build_engine(model_copy)
+    assert fake.builders == []
+
+
+def test_probe_gpu_without_a_driver_returns_none(monkeypatch):
+    import ctypes
+
+    def no_library(name, *a, **k):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    assert tb.probe_gpu() is None
+
+
+# ------------------------------------------------------------------ the build against a fake TensorRT
+class FakeTensorRT(types.SimpleNamespace):
+    """Just enough of the tensorrt module to record what build_engine asks for."""
+
+    def __init__(self, version: str, *, build_returns=b"serialized-engine", parse_ok=True):
+        enum = lambda *names: types.SimpleNamespace(**{n: i for i, n in enumerate(names)})  # noqa: E731
+        super().__init__(
+            __version__=version, builders=[], parse_ok=parse_ok, build_returns=build_returns,
+            NetworkDefinitionCreationFlag=enum("EXPLICIT_BATCH", "EXPLICIT_PRECISION", "STRONGLY_TYPED"),
+            BuilderFlag=enum("FP16", "INT8", "TF32"), MemoryPoolType=enum("WORKSPACE"),
+            OnnxParserFlag=enum("NATIVE_INSTANCENORM"),
+        )
+        self.Logger = type("Logger", (), {"WARNING": 2, "VERBOSE": 4, "__init__": lambda s, level: None})
+        trt = self
+
+        class Builder:
+            def __init__(self, logger):
+                self.record = {"flags": set(), "profiles": [], "workspace": None, "parser_flags": set()}
+                trt.builders.append(self.record)
+
+            def create_network(self, flags):
+                self.record["network_flags"] = flags
+                return object()
+
+            def create_builder_config(self):
+                record = self.record
+
+                class Config:
+                    def set_memory_pool_limit(self, pool, size):
+                        record["workspace"] = size
+
+                    def set_flag(self, flag):
+                        record["flags"].add(flag)
+
+                    def add_optimization_profile(self, profile):
+                        record["profiles"].append(profile.shapes)
+
+                    def create_timing_cache(self, data):
+                        record["cache_in"] = data
+                        return types.SimpleNamespace(serialize=lambda: b"timing-cache")
+
+                    def set_timing_cache(self, cache, ignore_mismatch):
+                        pass
+
+                return Config()
+
+            def create_optimization_profile(self):
+                shapes = {}
+                return types.SimpleNamespace(shapes=shapes,
+                                             set_shape=lambda name, lo, opt, hi: shapes.update({name: (lo, opt, hi)}))
+
+            def build_serialized_network(self, network, config):
+                return trt.build_returns
+
+        class OnnxParser:
+            def __init__(self, network, logger):
+                self.num_errors = 0 if trt.parse_ok else 2
+
+            def set_flag(self, flag):
+                trt.builders[-1]["parser_flags"].add(flag)
+
+            def parse_from_file(self, path):
+                trt.builders[-1]["parsed"] = path
+                return trt.parse_ok
+
+            def get_error(self, i):
+                return f"node {i}: unsupported operator"
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+def _use_fake(monkeypatch, fake):
+    monkeypatch.setattr(tb, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(tb, "probe_gpu", lambda: GPU)
+
+
+def test_build_engine_strongly_typed_on_tensorrt_10(model_copy, monkeypatch):
+    fake = FakeTensorRT("10.3.0.26")
+    _use_fake(monkeypatch, fake)
+    path = tb.build_engine(model_copy, workspace_gb=2, batch="1:2:4")
+    (rec,) = fake.builders
+    assert rec["network_flags"] == 1 << fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    assert rec["flags"] == set() and rec["parser_flags"] == set()
+    assert rec["workspace"] == 2 << 30
+    assert rec["parsed"] == str(model_copy / "encoder.onnx")
+    assert rec["profiles"] == [{"image": ((1, 3, 256, 256), (2, 3, 256, 256), (4, 3, 256, 256))}]
+    assert path.read_bytes() == b"serialized-engine"
+    assert (model_copy / tb.TIMING_CACHE_NAME).read_bytes() == b"timing-cache"
+    assert read_manifest(model_copy).engines[0].batch_profile == (1, 2, 4)
+    # A rebuild starts from the saved timing cache.
+    tb.build_engine(model_copy)
+    assert fake.builders[-1]["cache_in"] == b"timing-cache"
+
+
+def test_build_engine_weakly_typed_fp16_on_tensorrt_8_6(tiny_model_dir, tmp_path, monkeypatch):
+    copy = tmp_path / "m16"
+    shutil.copytree(tiny_model_dir("sdxl", 256, "fp16"), copy)
+    fake = FakeTensorRT("8.6.2.3")
+    _use_fake(monkeypatch, fake)
+    tb.build_engine(copy, timing_cache=False)
+    (rec,) = fake.builders
+    assert rec["network_flags"] == 1 << fake.NetworkDefinitionCreationFlag.EXPLICIT_BATCH
+    assert rec["flags"] == {fake.BuilderFlag.FP16}
+    assert rec["parser_flags"] == {fake.OnnxParserFlag.NATIVE_INSTANCENORM}
+    assert not (copy / tb.TIMING_CACHE_NAME).exists()
+
+
+def test_build_returning_none_explains_memory(model_copy, monkeypatch):
+    _use_fake(monkeypatch, FakeTensorRT("10.3.0", build_returns=None))
+    with pytest.raises(DiffCutError, match="out of memory.*--workspace"):
+        tb.build_engine(model_copy)
+    assert read_manifest(model_copy).engines == []
+    assert not list(model_copy.glob("*.plan"))
+
+
+def test_parse_errors_are_listed(model_copy, monkeypatch):
+    _use_fake(monkeypatch, FakeTensorRT("10.3.0", parse_ok=False))
+    with pytest.raises(DiffCutError, match="node 0: unsupported operator; node 1"):
+        tb.build_engine(model_copy)
+
+
+def test_tampered_onnx_is_refused_before_building(model_copy, monkeypatch):
+    fake = FakeTensorRT("10.3.0")
+    _use_fake(monkeypatch, fake)
+    with open(model_copy / "encoder.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(DiffCutError, match="does not match its manifest"):
+        tb.build_engine(model_copy)
+    assert fake.builders == []
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_build_engine_reports_errors_in_one_line(model_copy, monkeypatch, capsys):
+    assert cli.main(["build-engine", "--model-dir", str(model_copy), "--batch", "4:1:1"]) == cli.EXIT_ERROR
+    assert "1 <= min <= opt <= max" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert cli.main(["build-engine", "--model-dir", str(model_copy)]) == cli.EXIT_ERROR
+    assert "[trt]" in capsys.readouterr().err
+
+
+def test_cli_build_engine_with_fake_tensorrt(model_copy, monkeypatch, capsys):
+    _use_fake(monkeypatch, FakeTensorRT("10.3.0"))
+    assert cli.main(["build-engine", "--model-dir", str(model_copy), "--batch", "1:1:2", "--workspace", "1"]) == 0
+    assert "encoder.nvidia-h100-80gb-hbm3.trt10.3.0.plan" in capsys.readouterr().out
+
+
+def test_engine_building_code_never_imports_torch():
+    # Building needs the memory torch would take (Jetson); the module chain must stay torch-free.
+    import subprocess
+
+    code = ("import sys, diffcut_edge.export, diffcut_edge.export.tensorrt_build as tb; "
+            "tb.parse_batch_spec('1:1:4'); tb.probe_gpu(); "
+            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'onnx') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

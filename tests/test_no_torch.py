@@ -1,0 +1,120 @@
+"""The rule of the house: the runtime and its commands work with no torch, diffusers or transformers.
+
+Each check runs in a fresh interpreter whose import system refuses those packages (a
+meta-path finder inserted first), so an accidental ``import torch`` anywhere on the
+runtime path fails the test even on this machine, where torch is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers.toy_encoder import make_toy_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCKED = ("torch", "diffusers", "transformers", "torchvision", "accelerate")
+
+BLOCKER = textwrap.dedent(f"""
+    import importlib.abc, sys
+    BLOCKED = {BLOCKED!r}
+    class _Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the no-torch test)", name=name)
+            return None
+    sys.meta_path.insert(0, _Blocker())
+""")
+
+
+def _run_blocked(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env_code = BLOCKER + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", env_code], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_blocker_really_blocks():
+    proc = _run_blocked("import torch")
+    assert proc.returncode != 0 and "blocked by the no-torch test" in proc.stderr
+
+
+SEGMENT_ONE_FRAME = """
+    import json, sys
+    import numpy as np
+    import diffcut_edge.runtime as runtime
+    frame = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    frame[:, 80:] = (20, 200, 40)   # two flat regions plus a noisy one
+    frame[60:, :80] = (200, 30, 30)
+    with runtime.Segmenter.from_model_dir(sys.argv[1] if len(sys.argv) > 1 else MODEL_DIR,
+                                          backend="ort-cpu") as seg:
+        result = seg(frame)
+        overlay = result.overlay(frame)
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    print(json.dumps({"shape": list(result.labels.shape), "k": result.num_segments,
+                      "overlay": list(overlay.shape), "heavy": heavy,
+                      "backend": type(seg.backend).__name__}))
+"""
+
+
+def _segment_without_torch(model_dir: Path) -> dict:
+    proc = _run_blocked(f"MODEL_DIR = {str(model_dir)!r}\n" + textwrap.dedent(SEGMENT_ONE_FRAME))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_runtime_segments_without_torch_toy_model(tmp_path):
+    out = _segment_without_torch(make_toy_model_dir(tmp_path / "toy", resolution=128, channels=16))
+    assert out["shape"] == [120, 160] and out["overlay"] == [120, 160, 3]
+    assert out["backend"] == "OnnxRuntimeBackend" and out["heavy"] == []
+
+
+@pytest.mark.slow
+def test_runtime_segments_without_torch_exported_model(tiny_model_dir):
+    """The real export (tiny SDXL at 256) runs in a torch-free process."""
+    out = _segment_without_torch(tiny_model_dir("sdxl", 256))
+    assert out["shape"] == [120, 160] and out["k"] >= 1 and out["heavy"] == []
+
+
+def test_runtime_import_is_light():
+    proc = _run_blocked("""
+        import sys
+        import diffcut_edge.runtime, diffcut_edge.runtime.segmenter, diffcut_edge.runtime.backends
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED + ("cupy", "tensorrt", "onnxruntime"))
+        print(heavy)
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"  # not even onnxruntime until a backend opens
+
+
+def test_cli_segment_help_without_torch():
+    proc = _run_blocked("""
+        import runpy, sys
+        sys.argv = ["diffcut-edge", "segment", "--help"]
+        runpy.run_module("diffcut_edge.cli", run_name="__main__")
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--model-dir" in proc.stdout
+
+
+def test_cli_segment_runs_without_torch(tmp_path):
+    import cv2
+
+    model_dir = make_toy_model_dir(tmp_path / "toy", resolution=128, channels=16)
+    image = np.zeros((64, 96, 3), np.uint8)
+    image[:, 48:] = (255, 128, 0)
+    cv2.imwrite(str(tmp_path / "img.png"), image)
+    proc = _run_blocked(f"""
+        import sys
+        from diffcut_edge.cli import main
+        sys.exit(main(["segment", {str(tmp_path / 'img.png')!r}, "--model-dir", {str(model_dir)!r},
+                       "--out", {str(tmp_path / 'out')!r}, "--backend", "ort-cpu", "--quiet"]))
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert any((tmp_path / "out").iterdir())
