@@ -1,4 +1,5 @@
-"""The rule of the house: the runtime and its commands work with no torch, diffusers or transformers.
+"""The rule of the house: runtime/, apps/, eval/ and their commands work with no torch, diffusers
+or transformers.
 
 Each check runs in a fresh interpreter whose import system refuses those packages (a
 meta-path finder inserted first), so an accidental ``import torch`` anywhere on the
@@ -49,13 +50,14 @@ SEGMENT_ONE_FRAME = """
     import json, sys
     import numpy as np
     import diffcut_edge.runtime as runtime
+    from diffcut_edge.apps.overlay import draw_overlay
     frame = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     frame[:, 80:] = (20, 200, 40)   # two flat regions plus a noisy one
     frame[60:, :80] = (200, 30, 30)
     with runtime.Segmenter.from_model_dir(sys.argv[1] if len(sys.argv) > 1 else MODEL_DIR,
                                           backend="ort-cpu") as seg:
         result = seg(frame)
-        overlay = result.overlay(frame)
+        overlay = draw_overlay(frame, result.labels)
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     print(json.dumps({"shape": list(result.labels.shape), "k": result.num_segments,
                       "overlay": list(overlay.shape), "heavy": heavy,
@@ -91,6 +93,24 @@ def test_runtime_import_is_light():
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "[]"  # not even onnxruntime until a backend opens
+
+
+def test_every_module_of_runtime_apps_and_eval_imports_without_torch():
+    proc = _run_blocked("""
+        import importlib, pkgutil, sys
+        import diffcut_edge
+        names = []
+        for package in ("runtime", "apps", "eval"):
+            pkg = importlib.import_module(f"diffcut_edge.{package}")
+            for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}."):
+                importlib.import_module(info.name)
+                names.append(info.name)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        print(len(names), heavy)
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    count, heavy = proc.stdout.strip().split(" ", 1)
+    assert int(count) >= 20 and heavy == "[]"
 
 
 def test_cli_segment_help_without_torch():

@@ -246,7 +246,8 @@ class FrameReader:
         try:
             return self.opener(self.spec)
         except DiffCutError as e:
-            if not self.spec.live or self.retries == 0:
+            # Cameras are there or not; a stream server may be starting up (or restarting).
+            if not (self.spec.live and isinstance(self.spec.target, str)) or self.retries == 0:
                 raise
             self.warn(f"{e}; retrying")
         cap = self._with_backoff("not reachable; connecting")

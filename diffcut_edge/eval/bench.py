@@ -11,7 +11,6 @@ pool and ``cudaMemGetInfo`` when the segmenter runs on CUDA.
 
 from __future__ import annotations
 
-import importlib.util
 import platform
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from diffcut_edge import versions
+from diffcut_edge.lazy import cupy
 from diffcut_edge.errors import DiffCutError
 
 STAGES = ("preprocess", "encoder", "ncut", "assign", "pamr", "total")
@@ -114,11 +114,9 @@ def cpu_model() -> str:
 
 def gpu_name() -> str | None:
     """Name of CUDA device 0 via cupy, or None when cupy or a GPU is missing."""
-    if importlib.util.find_spec("cupy") is None:
+    if not cupy.available():
         return None
     try:
-        import cupy
-
         name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
         return name.decode() if isinstance(name, bytes) else str(name)
     except Exception:  # no driver / no device: the bench still runs on the CPU
@@ -150,11 +148,9 @@ def host_peak_rss_mb() -> float | None:
 
 def gpu_memory_mb() -> dict[str, float] | None:
     """cupy pool usage and device-wide used memory in MiB, or None without a GPU."""
-    if importlib.util.find_spec("cupy") is None:
+    if not cupy.available():
         return None
     try:
-        import cupy
-
         pool = cupy.get_default_memory_pool()
         free, total = cupy.cuda.runtime.memGetInfo()
         return {"cupy_pool_used_mb": pool.used_bytes() / 2**20, "cupy_pool_total_mb": pool.total_bytes() / 2**20,

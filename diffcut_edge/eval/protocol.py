@@ -89,7 +89,7 @@ class EnginePredictor:
         from diffcut_edge.runtime.pamr import pamr_refine
 
         if self.device == "cuda":  # PAMR where the Segmenter post-processes
-            import cupy
+            from diffcut_edge.lazy import cupy
 
             image_small, labels = cupy.asarray(image_small), cupy.asarray(labels)
         return _host_int(pamr_refine(image_small, labels))

@@ -227,5 +227,5 @@ def build_engine(model_dir: str | os.PathLike, *, workspace_gb: float | None = N
         )
     del parser
     if cache is not None:
-        atomic_write(cache_path, bytes(cache.serialize()))
+        atomic.write_bytes(cache_path, cache.serialize())
     return record_engine(model_dir, manifest, serialized, gpu=gpu, trt_version=trt.__version__, batch=batch)

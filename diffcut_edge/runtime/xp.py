@@ -15,15 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from diffcut_edge.errors import DiffCutError, missing_extra
+from diffcut_edge import lazy
+from diffcut_edge.errors import DiffCutError
 
 
 def _cupy() -> types.ModuleType:
-    try:
-        import cupy
-    except ImportError as e:
-        raise missing_extra("cupy", "gpu", "GPU post-processing") from e
-    return cupy
+    return lazy.cupy.load()  # the one lazy import of cupy (names the [gpu] extra when missing)
 
 
 def is_cupy_array(a: Any) -> bool:
@@ -94,11 +91,6 @@ def asarray(a: Any, xp: types.ModuleType, dtype: Any = None) -> Any:
     if xp is np:
         return np.asarray(to_host(a), dtype=dtype)
     return xp.asarray(a, dtype=dtype)
-
-
-def to_scalar(a: Any) -> float:
-    """A Python float from a 0-d numpy/cupy array (one device sync on cupy)."""
-    return float(a)
 
 
 # --------------------------------------------------------------------------------------

@@ -87,18 +87,6 @@ def test_labels_png_is_16_bit_and_round_trips(tmp_path):
     assert not (tmp_path / "bad.png").exists()
 
 
-def test_atomic_writes_leave_the_old_file_and_no_temporaries_on_failure(tmp_path, photo):
-    target = tmp_path / "out.png"
-    io.write_image(target, photo)
-    before = target.read_bytes()
-    with pytest.raises(RuntimeError):
-        with io.atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("crash while writing")
-    assert target.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
-
-
 def test_npz_round_trip(tmp_path):
     arrays = {"labels": np.arange(6).reshape(2, 3), "embeddings": np.ones((2, 4), np.float32)}
     path = io.save_npz(tmp_path / "r.npz", **arrays)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from helpers.fake_segmenter import FakeSegmenter, make_video
 
+from helpers.video import corrupt_frame
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.apps.video import (AtomicVideoWriter, FrameReader, SourceSpec, iter_segmented,
                                         open_capture, parse_source)

@@ -8,6 +8,8 @@ import pytest
 from helpers.fake_segmenter import FakeSegmenter, export_available, run_cli
 
 from diffcut_edge import cli
+from diffcut_edge.apps.overlay import draw_overlay
+from diffcut_edge.errors import DiffCutError
 from diffcut_edge.apps import io
 
 
@@ -33,7 +35,7 @@ def test_writes_16bit_labels_overlays_and_npz(cli_fake_segmenter, images, tmp_pa
         raw = cv2.imread(str(out / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
         assert raw.dtype == np.uint16 and np.array_equal(raw, expected.labels)
         overlay = cv2.imread(str(out / f"{stem}_overlay.png"))
-        assert np.array_equal(overlay, expected.overlay(frame))
+        assert np.array_equal(overlay, draw_overlay(frame, expected.labels))
         with np.load(out / f"{stem}.npz") as d:
             assert set(d.files) == {"labels", "mask_labels", "coarse_labels", "embeddings"}
             assert np.allclose(d["embeddings"], expected.embeddings)
@@ -70,11 +72,14 @@ def test_same_stem_from_two_folders_does_not_overwrite(cli_fake_segmenter, image
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--tau", "-1"], "expected a number >= 0"),
-    (["--alpha", "0"], "expected a number > 0"),
-    (["--mask-size", "0"], "expected a positive integer"),
-    (["--mask-size", "12x0"], "expected a positive integer"),
-    (["--max-segments", "-3"], "expected a positive integer"),
+    (["--tau", "-1"], "tau must be a finite number >= 0"),
+    (["--tau", "nan"], "tau must be a finite number >= 0"),
+    (["--alpha", "0"], "alpha must be a finite number > 0"),
+    (["--mask-size", "0"], "mask_size must be (height, width) of positive integers"),
+    (["--mask-size", "12x0"], "mask_size must be (height, width) of positive integers"),
+    (["--mask-size", "100000"], "at most 4096 a side"),
+    (["--mask-size", "12x3x4"], "expected N or HxW"),
+    (["--max-segments", "-3"], "max_segments must be None or a positive integer"),
     (["--backend", "cuda-magic"], "invalid choice"),
     (["--overlay-alpha", "1.5"], "expected a number in [0, 1]"),
 ])
@@ -82,6 +87,28 @@ def test_out_of_range_options_are_refused(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["segment", "x.png", "--model-dir", "m", "--out", str(tmp_path), *flags])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, text, value", [("tau", "-1", -1.0), ("alpha", "0", 0.0),
+                                               ("mask_size", "100000", 100000), ("max_segments", "-3", -3)])
+def test_cli_and_api_refuse_the_same_values_with_the_same_words(name, text, value, capsys):
+    from diffcut_edge.runtime.options import SegmenterOptions
+
+    with pytest.raises(DiffCutError) as api:
+        SegmenterOptions(**{name: value})
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(SystemExit):
+        cli.main(["segment", "x.png", "--model-dir", "m", "--out", "o", flag, text])
+    assert str(api.value) in capsys.readouterr().err
+
+
+def test_tau_zero_is_accepted_and_means_no_split(monkeypatch, images, tmp_path, capsys):
+    seen = {}
+    monkeypatch.setattr(cli, "_open_segmenter", lambda args: seen.setdefault("seg", FakeSegmenter(tau=args.tau)))
+    code, _, err = run_cli(["segment", str(images / "coffee.png"), "--model-dir", "m", "--out",
+                            str(tmp_path / "o"), "--tau", "0", "-q"], capsys)
+    assert code == 0, err
+    assert seen["seg"].options.tau == 0.0
 
 
 def test_mask_size_accepts_hxw(monkeypatch, images, tmp_path, capsys):
@@ -101,7 +128,10 @@ def test_mask_size_accepts_hxw(monkeypatch, images, tmp_path, capsys):
 def test_backend_choices_match_the_runtime():
     from diffcut_edge.runtime.backends import BACKENDS
 
-    assert set(cli._BACKEND_CHOICES) == set(BACKENDS)
+    parser = cli.build_parser()
+    segment = parser._subparsers._group_actions[0].choices["segment"]
+    backend = next(a for a in segment._actions if a.dest == "backend")
+    assert tuple(backend.choices) == BACKENDS
 
 
 @pytest.mark.slow

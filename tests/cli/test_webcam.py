@@ -9,6 +9,7 @@ from helpers.fake_segmenter import FakeSegmenter, make_video, run_cli
 from helpers.video import run_fresh_process, video_geometry
 
 from diffcut_edge import cli
+from diffcut_edge.errors import DiffCutError
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +42,11 @@ def test_window_keys_toggle_refine_freeze_and_quit(cli_fake_segmenter, clip, mon
     monkeypatch.setattr(cv2, "imshow", lambda name, image: shown.append(image.copy()))
     monkeypatch.setattr(cv2, "waitKey", lambda delay: next(keys))
     monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
+    from diffcut_edge.apps import hud
+
     huds: list[str] = []
-    draw_hud = cli._draw_hud
-    monkeypatch.setattr(cli, "_draw_hud", lambda image, text: (huds.append(text), draw_hud(image, text)))
+    draw_hud = hud.draw_hud
+    monkeypatch.setattr(hud, "draw_hud", lambda image, text: (huds.append(text), draw_hud(image, text)))
     code, stdout, _ = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--no-pipeline"], capsys)
     assert code == 0 and stdout.startswith("stopped: 3 frames")
     assert len(shown) == 3 and cli_fake_segmenter.refine is False  # frames 0, 1 (freeze/unfreeze), 2 (quit)
@@ -59,9 +62,10 @@ def test_without_a_display_tells_to_use_headless(cli_fake_segmenter, clip, capsy
 
 
 @pytest.mark.parametrize("source, message", [("99", "cannot open camera 99"),
-                                             ("rtsp://127.0.0.1:9/none", "cannot connect")])
+                                             ("rtsp://127.0.0.1:9/none", "connection refused by 127.0.0.1:9")])
 def test_sources_that_cannot_open_fail_in_one_line(tmp_path, source, message):
-    proc = run_fresh_process(["webcam", "--model-dir", "m", "--source", source, "--headless"], tmp_path)
+    proc = run_fresh_process(["webcam", "--model-dir", "m", "--source", source, "--headless",
+                              "--retries", "0"], tmp_path)
     assert proc.returncode == 2 and message in proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr  # OpenCV/FFmpeg's own logs are silenced
 
@@ -81,13 +85,15 @@ def test_recording_is_kept_when_the_run_fails(monkeypatch, clip, tmp_path, capsy
     assert video_geometry(record)[0] == 5  # the frames before the failure
 
 
-def test_refine_toggle_works_on_the_real_segmenter_options():
-    from types import SimpleNamespace
+def test_refine_toggle_works_on_the_real_segmenter_options(tmp_path):
+    from helpers.toy_encoder import make_toy_model_dir
 
-    from diffcut_edge.runtime.segmenter import SegmenterOptions
+    from diffcut_edge.runtime.segmenter import Segmenter
 
-    seg = SimpleNamespace(options=SegmenterOptions(tau=0.3))
-    cli._toggle_refine(seg)
-    assert cli._refine_on(seg) is False and seg.options.tau == 0.3
-    cli._toggle_refine(seg)
-    assert cli._refine_on(seg) is True
+    with Segmenter.from_model_dir(make_toy_model_dir(tmp_path / "toy", resolution=128, channels=16),
+                                  backend="ort-cpu", tau=0.3) as seg:
+        seg.update_options(refine=not seg.options.refine)
+        assert seg.options.refine is False and seg.options.tau == 0.3
+        with pytest.raises(DiffCutError, match="tau must be"):
+            seg.update_options(tau=-1)  # validated like the constructor; the options stay as they were
+        assert seg.options.tau == 0.3

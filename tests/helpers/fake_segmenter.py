@@ -1,6 +1,7 @@
 """A tiny stand-in for :class:`diffcut_edge.runtime.Segmenter` for the application tests.
 
-Same surface (``__call__``, ``encode``, ``postprocess``, ``refine``, context manager) and a
+Same surface (``__call__``, ``encode``, ``postprocess``, ``options`` / ``update_options``, context
+manager) and a
 result with the fields of ``SegmentationResult``, but the "features" are the frame's mean
 colours on a 4x4 grid and segments are intensity terciles: milliseconds per frame, and
 the outputs still depend on the input so tests cannot pass by construction.
@@ -26,20 +27,31 @@ class FakeResult:
     embeddings: np.ndarray
     timings: dict = field(default_factory=dict)
 
-    def overlay(self, frame: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-        from diffcut_edge.apps.overlay import draw_overlay
-
-        return draw_overlay(frame, self.labels, alpha=alpha)
-
 
 class FakeSegmenter:
-    def __init__(self, mask_size=(16, 16), refine: bool = True, fail_on_frame: int | None = None) -> None:
-        self.mask_size = tuple(mask_size)
-        self.refine = refine
+    def __init__(self, mask_size=(16, 16), refine: bool = True, fail_on_frame: int | None = None,
+                 tau: float = 0.5) -> None:
+        from diffcut_edge.runtime.options import SegmenterOptions
+
+        self.options = SegmenterOptions(tau=tau, mask_size=mask_size, refine=refine)  # the real validation
         self.encode_calls = 0
         self.encode_threads: set[str] = set()
         self.fail_on_frame = fail_on_frame
         self.closed = False
+
+    @property
+    def mask_size(self) -> tuple[int, int]:
+        return self.options.mask_size
+
+    @property
+    def refine(self) -> bool:
+        return self.options.refine
+
+    def update_options(self, **changes):
+        import dataclasses
+
+        self.options = dataclasses.replace(self.options, **changes)
+        return self.options
 
     def encode(self, frames) -> np.ndarray:
         self.encode_calls += 1

@@ -186,9 +186,19 @@ def test_shape_and_option_errors_say_what_to_do():
         recursive_ncut(feats, (4, 5))
     with pytest.raises(DiffCutError, match="auto, eigh, eigsh"):
         recursive_ncut(feats, (4, 4), solver="arpack")
-    for kwargs in ({"tau": 0}, {"alpha": -1}, {"max_segments": 0}, {"min_segment_size": 2.5}):
+    for kwargs in ({"tau": -0.1}, {"tau": float("nan")}, {"alpha": -1}, {"max_segments": 0},
+                   {"min_segment_size": 2.5}):
         with pytest.raises(DiffCutError):
             recursive_ncut(feats, (4, 4), **kwargs)
+
+
+def test_tau_zero_keeps_no_split():
+    # NCut values are >= 0, so "keep a cut while NCut < 0" keeps none: one segment (this used to
+    # pass the CLI and then fail every image inside the NCut).
+    case = planted_case((16, 16), 4, 0.2, 0)
+    assert recursive_ncut(case.features, (16, 16), tau=0.5).num_segments > 1
+    result = recursive_ncut(case.features, (16, 16), tau=0)
+    assert result.num_segments == 1 and result.num_masks == 0 and not result.labels.any()
 
 
 def test_power_by_squaring_matches_powf():

@@ -143,9 +143,11 @@ def test_bad_calls_are_refused(seg, frames):
 
 
 def test_overlay_from_result(seg, frames):
+    from diffcut_edge.apps.overlay import draw_overlay
+
     result = seg(frames[1])
     before = frames[1].copy()
-    out = result.overlay(frames[1], alpha=0.4)
+    out = draw_overlay(frames[1], result.labels, alpha=0.4)
     np.testing.assert_array_equal(frames[1], before)
     assert out.shape == frames[1].shape and out.dtype == np.uint8 and not np.array_equal(out, frames[1])
 
