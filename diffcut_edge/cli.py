@@ -280,6 +280,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     from diffcut_edge.apps import batch, io
     from diffcut_edge.atomic import check_writable_dir
 
+    if not args.model_dir and not args.model:
+        _model_dir(args)  # says what to pass, before anything else is looked at
     out = check_writable_dir(Path(args.out))  # before the (slow) model opens
     images, skipped = io.collect_image_paths(args.inputs)
     images, ours = batch.drop_own_outputs(images, out)

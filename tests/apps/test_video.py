@@ -220,3 +220,29 @@ def test_an_http_video_file_ends_instead_of_reconnecting():
 
     reader = FrameReader("https://example.com/clip.mp4", opener=opener, sleep=lambda s: None)
     assert len(list(reader)) == 3 and len(opened) == 1 and not reader.spec.live
+
+
+def test_first_connection_to_a_stream_backs_off_like_a_reconnection():
+    # A camera server that is still starting: refused twice, then up. Files and cameras fail at once.
+    calls, sleeps, warnings = [], [], []
+
+    class Capture:
+        def get(self, prop):
+            return 0.0
+
+        def release(self):
+            pass
+
+    def opener(spec):
+        calls.append(spec)
+        if len(calls) < 3:
+            raise DiffCutError(f"cannot connect to {spec.target}: connection refused by cam:554")
+        return Capture()
+
+    reader = FrameReader("rtsp://cam:554/live", retries=3, opener=opener, sleep=sleeps.append, warn=warnings.append)
+    assert len(calls) == 3 and sleeps == [0.5, 1.0] and reader.spec.live
+    assert "connection refused" in warnings[0]
+    with pytest.raises(DiffCutError, match="could not connect in 3 attempts"):
+        FrameReader("rtsp://cam:554/live", retries=2, opener=lambda spec: opener.__call__(spec) if False else
+                    (_ for _ in ()).throw(DiffCutError("connection refused")), sleep=sleeps.append,
+                    warn=warnings.append)

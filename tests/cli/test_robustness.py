@@ -13,7 +13,7 @@ import resource
 import cv2
 import numpy as np
 import pytest
-from helpers.fake_segmenter import export_available
+from helpers.fake_segmenter import export_available, run_cli
 from helpers.video import run_fresh_process
 
 from diffcut_edge import cli
@@ -170,3 +170,194 @@ def test_real_segmenter_on_gray_rgba_16bit_and_one_pixel_images(tiny_model_dir, 
     assert code == 0, capsys.readouterr().err
     assert cv2.imread(str(out / "one_labels.png"), cv2.IMREAD_UNCHANGED).shape == (1, 1)
     assert cv2.imread(str(out / "deep_labels.png"), cv2.IMREAD_UNCHANGED).shape == (32, 40)
+
+
+# ------------------------------------------------- issue 9: each class of fault, one line, nothing partial
+def _tree(folder) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*"))
+
+
+def _exif_photo(path, photo: np.ndarray, orientation: int) -> None:
+    from PIL import Image
+
+    image = Image.fromarray(photo[..., ::-1])
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif)
+
+
+def test_phone_photo_with_exif_rotation_is_segmented_upright(cli_fake_segmenter, photo, tmp_path, capsys):
+    _exif_photo(tmp_path / "phone.jpg", photo, 6)  # stored landscape, shown portrait
+    code, _, err = run_cli(["segment", str(tmp_path / "phone.jpg"), "--model-dir", "m",
+                            "--out", str(tmp_path / "out"), "-q"], capsys)
+    assert code == 0, err
+    labels = cv2.imread(str(tmp_path / "out" / "phone_labels.png"), cv2.IMREAD_UNCHANGED)
+    assert labels.shape == photo.shape[1::-1] == cv2.imread(str(tmp_path / "phone.jpg")).shape[:2]
+
+
+def test_unwritable_out_is_refused_before_the_model_opens(monkeypatch, photo, tmp_path, capsys):
+    opened = []
+    monkeypatch.setattr(cli, "_open_segmenter", lambda args: opened.append(args))
+    cv2.imwrite(str(tmp_path / "a.png"), photo)
+    (tmp_path / "file").write_text("x")
+    for out, message in [(tmp_path / "file" / "sub", "cannot be created: "), ("/sys/diffcut-out", "(permission denied)")]:
+        code, _, err = run_cli(["segment", str(tmp_path / "a.png"), "--model-dir", "m", "--out", str(out)], capsys)
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert opened == []
+
+
+def test_out_is_created_only_once_the_model_opened(monkeypatch, photo, tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / "a.png"), photo)
+    code, _, err = run_cli(["segment", str(tmp_path / "a.png"), "--model-dir", str(tmp_path / "nope"),
+                            "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "does not exist" in err and not (tmp_path / "out").exists()
+
+
+def test_full_disk_stops_the_batch_with_one_line_and_nothing_partial(cli_fake_segmenter, monkeypatch, photo,
+                                                                    tmp_path, capsys):
+    import errno
+    import os
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a", "b", "c"):
+        cv2.imwrite(str(inputs / f"{name}.png"), photo)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["segment", str(inputs), "--model-dir", "m", "--out", str(out), "-q"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"no space left on device writing {out / 'a_labels.png'}" in err
+    assert cli_fake_segmenter.encode_calls == 1 and _tree(out) == []  # stopped at once, no temporaries
+
+
+def test_stale_temporaries_hidden_files_and_broken_links_are_handled(cli_fake_segmenter, photo, tmp_path, capsys):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()
+    cv2.imwrite(str(inputs / "a.png"), photo)
+    cv2.imwrite(str(inputs / ".hidden.png"), photo)
+    (inputs / ".a.diffcut-tmp-x1y2.png").write_bytes(b"half")    # left by a crash
+    (out / ".a_labels.diffcut-tmp-x1y2.png").write_bytes(b"half")
+    (inputs / "gone.png").symlink_to(inputs / "missing.png")
+    (inputs / "loop.png").symlink_to(inputs / "loop.png")
+    code, _, err = run_cli(["segment", str(inputs), "--model-dir", "m", "--out", str(out), "-q"], capsys)
+    assert code == 2 and "2 of 3 image(s) failed" in err
+    assert err.count("broken symbolic link") == 2 and ".hidden.png" not in err
+    assert cli_fake_segmenter.encode_calls == 1 and (out / "a_labels.png").is_file()
+
+
+def test_truncated_bmp_and_tiff_give_our_line_only(photo, tmp_path):
+    for suffix in (".bmp", ".tiff"):
+        data = cv2.imencode(suffix, photo)[1].tobytes()
+        (tmp_path / f"cut{suffix}").write_bytes(data[: len(data) // 2])
+    proc = run_fresh_process(["segment", str(tmp_path / "cut.bmp"), str(tmp_path / "cut.tiff"), "--model-dir", "m",
+                              "--out", str(tmp_path / "out"), "-q"], tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("diffcut-edge segment: ") for line in lines), proc.stderr
+
+
+def test_model_dir_that_is_a_file_says_so(tmp_path, capsys):
+    (tmp_path / "encoder.onnx").write_bytes(b"x")
+    code, _, err = run_cli(["bench", "--model-dir", str(tmp_path / "encoder.onnx")], capsys)
+    assert code == 2 and "is a file, not a model folder" in err and "does not exist" not in err
+
+
+def test_segment_without_a_model_says_what_to_pass(tmp_path, capsys):
+    code, _, err = run_cli(["segment", "x.png", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--model-dir MODEL_DIR" in err and "--model HUB_ID|DIR" in err
+
+
+def test_record_into_a_read_only_folder_blames_the_folder(cli_fake_segmenter, tmp_path, capsys):
+    from helpers.fake_segmenter import make_video
+
+    make_video(tmp_path / "clip.avi", n=3)
+    for verb in (["video", str(tmp_path / "clip.avi"), "/sys/out.mp4"],
+                 ["webcam", "--source", str(tmp_path / "clip.avi"), "--headless", "--record", "/sys/out.mp4"]):
+        code, _, err = run_cli([*verb, "--model-dir", "m"], capsys)
+        assert code == 2 and "not writable" in err and "codec" not in err, err
+    assert cli_fake_segmenter.encode_calls == 0
+
+
+def test_odd_sized_video_reports_the_size_it_wrote(cli_fake_segmenter, tmp_path, capsys):
+    from helpers.fake_segmenter import make_video
+    from helpers.video import video_geometry
+
+    make_video(tmp_path / "odd.avi", n=3, size=(95, 127))
+    out = tmp_path / "out.mp4"
+    code, stdout, err = run_cli(["video", str(tmp_path / "odd.avi"), str(out), "--model-dir", "m"], capsys)
+    assert code == 0, err
+    _, _, (width, height) = video_geometry(out)
+    assert f"{width}x{height}" in stdout.split(":")[0]  # the summary names the size in the file
+
+
+def test_video_writer_says_when_the_encoder_changed_the_size(tmp_path):
+    from helpers.video import video_geometry
+
+    from diffcut_edge.apps.video import AtomicVideoWriter
+
+    writer = AtomicVideoWriter(tmp_path / "odd.mp4", 10.0, codec="mp4v")
+    for _ in range(3):
+        writer.write(np.zeros((95, 127, 3), np.uint8))
+    writer.commit()
+    stored = video_geometry(tmp_path / "odd.mp4")[2]
+    assert writer.written_size == stored
+    if stored != (127, 95):  # mp4v rounds down to even sizes (seen: 126x94)
+        assert writer.size_note() == f"frames of 127x95 stored as {stored[0]}x{stored[1]} (the mp4v encoder needs even sizes)"
+    else:
+        assert writer.size_note() == ""
+
+
+def test_webcam_record_from_a_source_without_frames_is_an_error(cli_fake_segmenter, monkeypatch, tmp_path, capsys):
+    from helpers.fake_segmenter import make_video
+
+    from diffcut_edge.apps.video import FrameReader
+
+    make_video(tmp_path / "clip.avi", n=3)
+    monkeypatch.setattr(FrameReader, "__iter__", lambda self: iter(()))
+    record = tmp_path / "rec.mp4"
+    code, stdout, err = run_cli(["webcam", "--source", str(tmp_path / "clip.avi"), "--headless", "--record",
+                                 str(record), "--model-dir", "m"], capsys)
+    assert code == 2 and "nothing recorded" in err and "recorded" not in stdout
+    assert _tree(tmp_path) == ["clip.avi"]
+
+
+def test_sigterm_during_record_finishes_the_file_and_exits_143(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from helpers.video import video_geometry
+
+    writer = cv2.VideoWriter(str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (128, 96))
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        writer.write(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    writer.release()
+    record = tmp_path / "rec.avi"
+    tests = Path(__file__).parents[1]
+    code = ("import sys, time; sys.path.insert(0, sys.argv.pop(1)); from helpers.fake_segmenter import FakeSegmenter\n"
+            "class Slow(FakeSegmenter):\n"
+            "    def encode(self, frames):\n"
+            "        time.sleep(0.02); return super().encode(frames)\n"
+            "from diffcut_edge import cli; cli._open_segmenter = lambda args: Slow()\n"
+            "sys.exit(cli.main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tests), "webcam", "--model-dir", "m", "--source",
+                             str(tmp_path / "clip.avi"), "--headless", "--record", str(record), "--codec", "MJPG"],
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(".diffcut-tmp-" in p.name for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    time.sleep(0.5)  # some frames recorded
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().endswith("terminated"), err
+    frames, _, size = video_geometry(record)
+    assert 0 < frames < 400 and size == (128, 96)
+    assert _tree(tmp_path) == ["clip.avi", "rec.avi"]  # no temporary left beside it
