@@ -1,7 +1,7 @@
 """The paper's settings and the names every stage shares, defined once.
 
 Pure constants (no imports): the runtime, the reference, the export stage, the CLI and
-the docs all read them from here (docs/design.md, "The algorithm, exactly").
+the docs all read them from here (docs/design.md, "The algorithm, as the official code computes it").
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ import sys
 
 import cv2
 
+from diffcut_edge.apps.hud import FpsMeter, draw_hud, hud_text
+from diffcut_edge.apps.tracking import TrackedOverlay
 from diffcut_edge.runtime import Segmenter
-from diffcut_edge.apps.overlay import draw_overlay
-from diffcut_edge.apps.tracking import SegmentTracker, relabel
 
 
 def main(argv: list[str]) -> int:
@@ -28,17 +28,16 @@ def main(argv: list[str]) -> int:
     if not cap.isOpened():
         print(f"cannot open {source}", file=sys.stderr)
         return 1
-    tracker = SegmentTracker()  # same segment, same colour, frame after frame
+    draw, meter = TrackedOverlay(), FpsMeter()  # same segment, same colour, frame after frame
     with Segmenter.from_model_dir(args[0]) as seg:
         while True:
             ok, frame = cap.read()
             if not ok:
                 break
             result = seg(frame)
-            ids = tracker.update(result.embeddings)
-            vis = draw_overlay(frame, relabel(result.labels, ids), alpha=0.5)
-            text = f"{result.timings['total']:.0f} ms  {result.num_segments} segments"
-            cv2.putText(vis, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+            vis = draw(frame, result)
+            text = hud_text(meter.tick(), result.timings, result.num_segments, seg.options.refine)
+            draw_hud(vis, text)
             if headless:
                 print(text)
                 continue

@@ -35,7 +35,7 @@ def test_example_runs_headless_with_a_fake_segmenter(monkeypatch, clip, capsys):
     monkeypatch.setattr(Segmenter, "from_model_dir", classmethod(lambda cls, *a, **k: FakeSegmenter()))
     assert _load_example().main(["model", str(clip), "--headless"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 5 and all(line.endswith("segments") for line in lines)
+    assert len(lines) == 5 and all(" fps " in line and line.endswith("seg  refine on") for line in lines)
 
 
 def test_example_reports_a_source_it_cannot_open(tmp_path, capsys):

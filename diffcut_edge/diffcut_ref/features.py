@@ -1,6 +1,6 @@
 """DiffCut's features, as the official ``tools/ldm.py`` computes them: a hook on the full UNet.
 
-For images x in [0, 1] (RGB), DESIGN.md steps 1-5:
+For images x in [0, 1] (RGB), docs/design.md, "Features", steps 1-5:
 
 1. resize bilinearly (align_corners=False, no antialias) to R x R;
 2. z = VAE.encode(2x - 1).latent_dist.mean * scaling_factor, VAE in float32;

@@ -18,7 +18,7 @@ Quirks reproduced on purpose (they shape the official results):
 - a cut is scored on 100 thresholds with Python ``min`` / ``np.argmin`` over the list of
   NCut values (first minimum wins; a NaN first value wins too, as in the official code).
 
-Defects of the official code that are fixed here (see DESIGN.md):
+Defects of the official code that are fixed here (see docs/design.md):
 
 - the grid ``(h, w)`` is explicit and may be non-square; ``N != h*w`` is an error;
 - non-finite features raise :class:`DiffCutError` (one NaN would poison the whole affinity);

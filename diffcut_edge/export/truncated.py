@@ -45,7 +45,7 @@ class EncoderSpec:
 
 
 def check_resolution(resolution: int) -> int:
-    """The VAE divides by 8 and the UNet by 4 more before the hook; we ask for 64 (DESIGN.md)."""
+    """The VAE divides by 8 and the UNet by 4 more before the hook; we ask for 64 (docs/design.md)."""
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution <= 0 or resolution % 64:
         raise DiffCutError(
             f"resolution must be a positive multiple of 64 (the feature grid is R/32 and the VAE and "

@@ -1,6 +1,6 @@
 """Recursive Normalized Cut on token features, numpy or cupy (one code path).
 
-Same partitions as the official DiffCut recursion (DESIGN.md, "The algorithm, exactly"),
+Same partitions as the official DiffCut recursion (docs/design.md, "NCut"),
 computed the fast way:
 
 - the affinity ``W = minmax(F Fᵀ) ** alpha`` is built once in float32 -- float32 on

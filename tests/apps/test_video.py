@@ -242,7 +242,10 @@ def test_first_connection_to_a_stream_backs_off_like_a_reconnection():
     reader = FrameReader("rtsp://cam:554/live", retries=3, opener=opener, sleep=sleeps.append, warn=warnings.append)
     assert len(calls) == 3 and sleeps == [0.5, 1.0] and reader.spec.live
     assert "connection refused" in warnings[0]
+
+    def always_refused(spec):
+        raise DiffCutError("connection refused")
+
     with pytest.raises(DiffCutError, match="could not connect in 3 attempts"):
-        FrameReader("rtsp://cam:554/live", retries=2, opener=lambda spec: opener.__call__(spec) if False else
-                    (_ for _ in ()).throw(DiffCutError("connection refused")), sleep=sleeps.append,
+        FrameReader("rtsp://cam:554/live", retries=2, opener=always_refused, sleep=sleeps.append,
                     warn=warnings.append)

@@ -20,7 +20,7 @@ from diffcut_edge.models import (
 )
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "model_configs"
-# Which family each full-size config folder belongs to (DESIGN.md, model-costs.md).
+# Which family each full-size config folder belongs to (docs/design.md, model-costs.md).
 CONFIG_FAMILY = {"SSD-1B": "sdxl", "Segmind-Vega": "sdxl", "stable-diffusion-xl-base-1.0": "sdxl",
                  "stable-diffusion-v1-4": "sd1"}
 

@@ -163,7 +163,7 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of pixels with the same label after the best one-to-one matching of ids.
 
     The runtime numbers segments by exact membership codes; the official float codes can
-    collide past ~two dozen splits (DESIGN.md), so equal partitions may carry other ids.
+    collide past ~two dozen splits (docs/design.md), so equal partitions may carry other ids.
     """
     from scipy.optimize import linear_sum_assignment
 
