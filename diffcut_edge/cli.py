@@ -28,34 +28,23 @@ class Terminated(KeyboardInterrupt):
 
 
 # --------------------------------------------------------------------------- helpers
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _bounded(cast: Callable[[str], float], low: float, *, strict: bool, what: str) -> Callable[[str], float]:
+    """An argparse type: ``cast(text)`` that must be > low (strict) or >= low; NaN is refused."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (value > low if strict else value >= low):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
+_positive_int = _bounded(int, 0, strict=True, what="a positive integer")
+_non_negative_int = _bounded(int, 0, strict=False, what="an integer >= 0")
+_non_negative_float = _bounded(float, 0, strict=False, what="a number >= 0")
 
 
 # ------------------------------------------------------------------------ models
