@@ -45,7 +45,11 @@ def photos() -> list[np.ndarray]:
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
-    """Callable ``family -> Path`` of a tiny random-weight pipeline saved with save_pretrained."""
+    """Callable ``family -> Path`` of a tiny random-weight pipeline saved with save_pretrained.
+
+    Skips (at fixture level, with the reason) where the [export] extra is not installed."""
+    for module in ("torch", "diffusers"):
+        pytest.importorskip(module, reason="tiny models need the [export] extra (torch, diffusers)")
     cache: dict[str, Path] = {}
 
     def get(family: str) -> Path:

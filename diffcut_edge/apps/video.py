@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from diffcut_edge import atomic
+from diffcut_edge.defaults import TIMING_KEYS
 from diffcut_edge.errors import DiffCutError
 
 log = logging.getLogger("diffcut_edge.video")
@@ -584,7 +585,7 @@ class Throughput:
         return self.frames / elapsed if elapsed > 0 else 0.0
 
     def summary(self) -> str:
-        order = ("preprocess", "encoder", "ncut", "assign", "pamr", "total")
+        order = TIMING_KEYS
         means = {k: v / max(self.frames, 1) for k, v in self.stage_ms.items()}
         stages = " ".join(f"{k}={means[k]:.1f}" for k in order if k in means)
         return f"{self.frames} frames, {self.fps:.2f} fps; ms/frame: {stages}"

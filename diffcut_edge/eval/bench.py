@@ -23,7 +23,7 @@ from diffcut_edge import versions
 from diffcut_edge.lazy import cupy
 from diffcut_edge.errors import DiffCutError
 
-STAGES = ("preprocess", "encoder", "ncut", "assign", "pamr", "total")
+from diffcut_edge.defaults import TIMING_KEYS as STAGES  # noqa: E402  (stages + total, defined once)
 
 
 @dataclass

@@ -146,3 +146,26 @@ def test_end_to_end_on_a_tiny_exported_model(tiny_model_dir, images, tmp_path, c
     with np.load(out / "chelsea.npz") as d:
         assert labels.shape == (48, 48) and np.array_equal(labels, d["labels"])
         assert d["coarse_labels"].shape == (8, 8) and d["embeddings"].shape[0] == d["coarse_labels"].max() + 1
+
+
+@pytest.mark.slow
+def test_segment_with_model_exports_once_into_the_cache_and_reuses_it(tiny_pipeline_dir, images, tmp_path,
+                                                                     monkeypatch, capsys):
+    from diffcut_edge.export import onnx_export
+
+    monkeypatch.setenv("DIFFCUT_EDGE_CACHE", str(tmp_path / "cache"))
+    exports = []
+    real_export = onnx_export.export_model
+    monkeypatch.setattr(onnx_export, "export_model", lambda *a, **k: exports.append(a) or real_export(*a, **k))
+    argv = ["segment", str(images / "coffee.png"), "--model", str(tiny_pipeline_dir("sdxl")),
+            "--resolution", "256", "--backend", "ort-cpu", "-q"]
+    for run in ("first", "second"):
+        code, _, err = run_cli([*argv, "--out", str(tmp_path / run)], capsys)
+        assert code == 0, err
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert len(exports) == 1 and folder.name.endswith("--r256-fp32") and (folder / "manifest.json").is_file()
+    first = cv2.imread(str(tmp_path / "first" / "coffee_labels.png"), cv2.IMREAD_UNCHANGED)
+    second = cv2.imread(str(tmp_path / "second" / "coffee_labels.png"), cv2.IMREAD_UNCHANGED)
+    assert first is not None and np.array_equal(first, second)
+    code, _, err = run_cli([*argv, "--model-dir", str(folder), "--out", str(tmp_path / "both")], capsys)
+    assert code == 2 and "not both" in err
