@@ -18,14 +18,13 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from diffcut_edge import defaults
-from diffcut_edge.defaults import DEVICES, TIMING_KEYS
+from diffcut_edge.defaults import DEVICES
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime import assign, ncut, pamr
 from diffcut_edge.runtime.options import SegmenterOptions
 from diffcut_edge.runtime.backends import Backend, open_backend
 from diffcut_edge.lazy import cupy as cp
 from diffcut_edge.runtime.manifest import Manifest
-from diffcut_edge.apps.overlay import draw_overlay
 from diffcut_edge.runtime.xp import get_xp, to_host
 from diffcut_edge.runtime.preprocess import check_frame, frame_list, image_to_rgb_float, preprocess, resize_nearest
 
