@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 
 RANGE_TOLERANCE = 1e-4   # images may overshoot [0, 1] by rounding (e.g. after a resize)
@@ -109,8 +110,8 @@ def _capture_output(module):
         handle.remove()
 
 
-def extract_features(pipeline: Any, images, resolution: int = 1024, timestep: int = 50,
-                     noise_seed: int = 42) -> np.ndarray:
+def extract_features(pipeline: Any, images, resolution: int = defaults.RESOLUTION, timestep: int = defaults.TIMESTEP,
+                     noise_seed: int = defaults.NOISE_SEED) -> np.ndarray:
     """DiffCut features of ``images`` from a loaded diffusers pipeline.
 
     Parameters

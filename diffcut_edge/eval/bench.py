@@ -20,10 +20,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from diffcut_edge import versions
+from diffcut_edge.defaults import TIMING_KEYS
 from diffcut_edge.lazy import cupy
 from diffcut_edge.errors import DiffCutError
 
-from diffcut_edge.defaults import TIMING_KEYS as STAGES  # noqa: E402  (stages + total, defined once)
+STAGES = TIMING_KEYS  # the Segmenter's stages + total, defined once in defaults
 
 
 @dataclass

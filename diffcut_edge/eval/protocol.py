@@ -29,12 +29,12 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from diffcut_edge import defaults
-from diffcut_edge import atomic
+from diffcut_edge import atomic, defaults
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.eval import datasets
+from diffcut_edge.eval import datasets, metrics
 from diffcut_edge.eval.bench import describe_backend
 from diffcut_edge.eval.datasets import DatasetSpec, Sample
+from diffcut_edge.runtime.xp import to_host
 
 
 
@@ -99,7 +99,7 @@ class ReferencePredictor:
     """The PyTorch reference: full UNet with a hook, reference NCut and PAMR."""
 
     def __init__(self, pipeline, model: str, resolution: int, *, tau: float, alpha: float,
-                 timestep: int = 50, noise_seed: int = 42, mask_size: tuple[int, int] = defaults.MASK_SIZE) -> None:
+                 timestep: int = defaults.TIMESTEP, noise_seed: int = defaults.NOISE_SEED, mask_size: tuple[int, int] = defaults.MASK_SIZE) -> None:
         self.pipeline = pipeline
         self.resolution = int(resolution)
         self.tau, self.alpha, self.timestep, self.noise_seed = tau, alpha, timestep, noise_seed
@@ -124,21 +124,13 @@ class ReferencePredictor:
 
 
 def _host_int(labels: Any) -> np.ndarray:
-    if type(labels).__module__.split(".")[0] == "cupy":
-        labels = labels.get()
-    elif hasattr(labels, "detach"):  # a torch tensor from the reference
+    if hasattr(labels, "detach"):  # a torch tensor from the reference
         labels = labels.detach().cpu().numpy()
-    labels = np.asarray(labels).astype(np.int64)
+    labels = to_host(labels).astype(np.int64)
     return labels.reshape(labels.shape[-2:])  # drop leading batch/channel axes of size 1
 
 
 # ------------------------------------------------------------------------- scoring
-def _metrics():
-    from diffcut_edge.eval import metrics
-
-    return metrics
-
-
 def small_image(image_rgb: np.ndarray, mask_size: tuple[int, int] = defaults.MASK_SIZE) -> np.ndarray:
     """The R x R network input resized bilinearly to the mask size (PAMR's guide image)."""
     from diffcut_edge.runtime.preprocess import resize_bilinear
@@ -154,7 +146,7 @@ def protocol_prediction(pred: np.ndarray, labels: np.ndarray, spec: DatasetSpec,
     if spec.background is not None:
         # Our labels already hold the background class explicitly (and -1 only for pixels
         # that are ignored), so the merged labels merge_background returns are not needed.
-        pred, _ = _metrics().merge_background(pred, labels, spec.num_classes)
+        pred, _ = metrics.merge_background(pred, labels, spec.num_classes)
     if refine is not None:
         if image_small is None:
             raise DiffCutError("refinement needs the image at the mask size")
@@ -218,7 +210,7 @@ def evaluate(predictor: Predictor, spec: DatasetSpec, samples: Sequence[Sample],
         raise DiffCutError(f"batch must be >= 1, got {batch}")
     if not samples:
         raise DiffCutError("no samples to evaluate")
-    accumulator = _metrics().MiouAccumulator(spec.num_classes)
+    accumulator = metrics.MiouAccumulator(spec.num_classes)
     start = time.perf_counter()
     bar = tqdm(total=len(samples), desc=f"eval {spec.name}", unit="img", disable=not progress)
     for first in range(0, len(samples), batch):

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from diffcut_edge import versions
+from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError, missing_extra
 from diffcut_edge.export.truncated import check_precision, check_resolution
 from diffcut_edge.runtime.manifest import MANIFEST_NAME, Manifest, sha256_file, write_manifest
@@ -301,8 +302,8 @@ def _model_id(model_or_pipeline_dir: str | os.PathLike) -> str:
 
 # ------------------------------------------------------------------ orchestrator
 def export_model(model_or_pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                 resolution: int = 1024, precision: str = "fp32", opset: int = 18, progress: bool = True,
-                 force: bool = False, timestep: int = 50, noise_seed: int = 42) -> Path:
+                 resolution: int = defaults.RESOLUTION, precision: str = "fp32", opset: int = 18, progress: bool = True,
+                 force: bool = False, timestep: int = defaults.TIMESTEP, noise_seed: int = defaults.NOISE_SEED) -> Path:
     """Export DiffCut's truncated encoder of a pipeline (hub id or saved folder) to ``out_dir``.
 
     Writes ``encoder.onnx`` (``image`` (B,3,R,R) float32 RGB [0,1] -> ``features`` (B,(R/32)^2,C)
@@ -315,9 +316,9 @@ def export_model(model_or_pipeline_dir: str | os.PathLike, out_dir: str | os.Pat
 
 
 def export_model_report(model_or_pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                        resolution: int = 1024, precision: str = "fp32", opset: int = 18,
-                        progress: bool = True, force: bool = False, timestep: int = 50,
-                        noise_seed: int = 42, optimize: bool = True, pipeline: Any = None) -> ExportReport:
+                        resolution: int = defaults.RESOLUTION, precision: str = "fp32", opset: int = 18,
+                        progress: bool = True, force: bool = False, timestep: int = defaults.TIMESTEP,
+                        noise_seed: int = defaults.NOISE_SEED, optimize: bool = True, pipeline: Any = None) -> ExportReport:
     """:func:`export_model` returning an :class:`ExportReport` (sizes, nodes, stage times).
 
     ``optimize=False`` skips the onnxscript constant folding (for comparisons).

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffcut_edge.defaults import FAMILIES, PRECISIONS
+from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.models.recipes import family_of_unet, family_spec
 
@@ -212,8 +213,8 @@ def constant_embedding(unet: Any, timestep: int, conditioning: Any, dtype: Any) 
     return emb
 
 
-def build_truncated_encoder(pipeline: Any, *, resolution: int = 1024, timestep: int = 50,
-                            noise_seed: int = 42, precision: str = "fp32",
+def build_truncated_encoder(pipeline: Any, *, resolution: int = defaults.RESOLUTION, timestep: int = defaults.TIMESTEP,
+                            noise_seed: int = defaults.NOISE_SEED, precision: str = "fp32",
                             family: str | None = None):
     """A :class:`TruncatedEncoder` from a loaded diffusers pipeline (fp32 weights on the CPU).
 

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.models.recipes import SDXL, family_of_unet, family_spec
 
@@ -112,7 +113,7 @@ def empty_prompt_conditioning(pipeline: Any, resolution: int, device=None) -> Co
     return cond.to(device if device is not None else pipeline.device)
 
 
-def fixed_noise(resolution: int, seed: int = 42, device=None) -> "torch.Tensor":
+def fixed_noise(resolution: int, seed: int = defaults.NOISE_SEED, device=None) -> "torch.Tensor":
     """The noise shared by every image: randn (1, 4, R/8, R/8) from a CPU generator seeded ``seed``.
 
     The official code draws it from a generator on the run's device (CUDA in the paper),
@@ -135,7 +136,7 @@ def ddim_scheduler(pipeline: Any):
     return DDIMScheduler.from_config(pipeline.scheduler.config, timestep_spacing="trailing")
 
 
-def noise_coefficients(pipeline: Any, timestep: int = 50) -> tuple[float, float]:
+def noise_coefficients(pipeline: Any, timestep: int = defaults.TIMESTEP) -> tuple[float, float]:
     """(sqrt(ᾱ_t), sqrt(1 − ᾱ_t)) of the DDIM forward process at ``timestep``.
 
     Computed in float32, as ``DDIMScheduler.add_noise`` does for float32 latents.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import pytest
 from helpers.video import corrupt_frame, run_fresh_process, video_geometry
 from helpers.fake_segmenter import FakeSegmenter, export_available, make_video, run_cli

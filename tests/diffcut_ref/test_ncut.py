@@ -7,7 +7,6 @@ our own at low noise.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
