@@ -120,6 +120,16 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def make_dirs(path: str | os.PathLike) -> Path:
+    """``mkdir -p``, with an OS error as a one-line :class:`OutputError`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(path, e) from e
+    return path
+
+
 def check_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     """Fail now, before any work, unless ``path`` is or can become a writable folder.
 

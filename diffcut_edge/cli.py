@@ -193,19 +193,25 @@ def _add_segmenter_options(p: argparse.ArgumentParser, *, allow_model: bool = Fa
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-item lines")
 
 
-def _model_dir(args: argparse.Namespace) -> str:
-    """The model folder to open: --model-dir, or the cached export of --model."""
-    if getattr(args, "model", None):
-        if args.model_dir:
-            raise DiffCutError("give either --model-dir (an exported folder) or --model (a pipeline), not both")
-        from diffcut_edge.export.cache import cached_export
-
-        return str(cached_export(args.model, resolution=args.resolution, precision=args.precision,
-                                 progress=not args.quiet))
-    if not args.model_dir:
+def _check_model_choice(args: argparse.Namespace) -> None:
+    """Exactly one of --model-dir and --model (where the verb has --model)."""
+    model = getattr(args, "model", None)
+    if model and args.model_dir:
+        raise DiffCutError("give either --model-dir (an exported folder) or --model (a pipeline), not both")
+    if not model and not args.model_dir:
         raise DiffCutError("segment needs --model-dir MODEL_DIR (an exported folder) or --model HUB_ID|DIR "
                            "(a diffusers pipeline, exported on first use)")
-    return args.model_dir
+
+
+def _model_dir(args: argparse.Namespace) -> str:
+    """The model folder to open: --model-dir, or the cached export of --model."""
+    _check_model_choice(args)
+    if not getattr(args, "model", None):
+        return args.model_dir
+    from diffcut_edge.export.cache import cached_export
+
+    return str(cached_export(args.model, resolution=args.resolution, precision=args.precision,
+                             progress=not args.quiet))
 
 
 def _open_segmenter(args: argparse.Namespace):
@@ -254,23 +260,13 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     _add_segmenter_options(p, allow_model=True)
 
 
-def _make_dir(path) -> None:
-    from diffcut_edge.atomic import output_error
-
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise output_error(path, e) from e
-
-
 def _run_segment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from diffcut_edge.apps import batch, io
-    from diffcut_edge.atomic import check_writable_dir
+    from diffcut_edge.atomic import check_writable_dir, make_dirs
 
-    if not args.model_dir and not args.model:
-        _model_dir(args)  # says what to pass, before anything else is looked at
+    _check_model_choice(args)  # says what to pass, before anything else is looked at
     out = check_writable_dir(Path(args.out))  # before the (slow) model opens
     images, skipped = io.collect_image_paths(args.inputs)
     images, ours = batch.drop_own_outputs(images, out)
@@ -283,7 +279,7 @@ def _run_segment(args: argparse.Namespace) -> int:
                            f"(extensions: {', '.join(io.IMAGE_EXTENSIONS)})")
     options = batch.OutputOptions(args.overlay_format, args.overlay_alpha, args.save_npz)
     with _open_segmenter(args) as seg:
-        _make_dir(out)  # only once the model opened: a failed start leaves nothing behind
+        make_dirs(out)  # only once the model opened: a failed start leaves nothing behind
         bar = _progress(quiet=args.quiet, unit="img", total=len(images))
 
         def line(path, result) -> None:
@@ -358,7 +354,7 @@ def _run_video(args: argparse.Namespace) -> int:
             raise DiffCutError(f"no frame could be read from {spec}; nothing written")
     notes = [f"{reader.stats.broken} broken frame(s) skipped"] if reader.stats.broken else []
     notes += ["the input ended early"] if reader.stats.ended_early else []
-    notes += [writer.size_note()] if writer.size_note() else []
+    notes += [note] if (note := writer.size_note()) else []
     width, height = writer.written_size
     print(f"wrote {args.output} ({info.fps:.2f} fps, {width}x{height}): {stats.summary()}"
           + (f" [{'; '.join(notes)}]" if notes else ""))
@@ -440,7 +436,10 @@ def _run_webcam(args: argparse.Namespace) -> int:
         if writer is not None and writer.frames == 0:
             raise DiffCutError(f"no frame could be read from {spec}; nothing recorded")
     ended = "stopped at --max-frames" if args.max_frames and stats.frames >= args.max_frames else "source ended"
-    recorded = f"; recorded {args.record}" + (f" ({writer.size_note()})" if writer.size_note() else "") if writer else ""
+    recorded = ""
+    if writer is not None:
+        note = writer.size_note()
+        recorded = f"; recorded {args.record}" + (f" ({note})" if note else "")
     print(f"{ended}: {stats.summary()}{recorded}")
     return 0
 
@@ -543,7 +542,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval_predictor(args: argparse.Namespace):
-    from diffcut_edge.eval import protocol as evaluation
+    from diffcut_edge.eval import protocol
 
     if args.reference:
         if not args.model:
@@ -556,18 +555,18 @@ def _eval_predictor(args: argparse.Namespace):
         from diffcut_edge.models.loading import quiet_third_party_logs
 
         quiet_third_party_logs()
-        return evaluation.reference_predictor(args.model, resolution=resolution, tau=args.tau, alpha=args.alpha)
+        return protocol.reference_predictor(args.model, resolution=resolution, tau=args.tau, alpha=args.alpha)
     if not args.model_dir:
         raise DiffCutError("eval needs --model-dir MODEL_DIR (or --reference --model PIPELINE)")
-    return evaluation.engine_predictor(args.model_dir, backend=args.backend, tau=args.tau, alpha=args.alpha)
+    return protocol.engine_predictor(args.model_dir, backend=args.backend, tau=args.tau, alpha=args.alpha)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from diffcut_edge.eval import protocol as evaluation
+    from diffcut_edge.eval import protocol
 
     predictor = _eval_predictor(args)
     try:
-        result = evaluation.run_eval(args.dataset, args.root, predictor, limit=args.limit, refine=args.refine,
+        result = protocol.run_eval(args.dataset, args.root, predictor, limit=args.limit, refine=args.refine,
                                      batch=args.batch, tau=args.tau, alpha=args.alpha, file_list=args.file_list,
                                      label_map=args.label_map, progress=not args.quiet and sys.stderr.isatty())
     finally:

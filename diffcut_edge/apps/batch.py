@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from diffcut_edge.apps import io
 from diffcut_edge.apps.overlay import draw_overlay
@@ -78,7 +78,7 @@ def drop_own_outputs(images: list[Path], out: Path) -> tuple[list[Path], list[Pa
 
 def write_outputs(out: Path, stem: str, frame: Any, result: Any, options: OutputOptions) -> list[Path]:
     """Write one image's outputs; returns the paths written."""
-    written = [io.write_labels_png(out / f"{stem}_labels.png", io.to_host(result.labels))]
+    written = [io.write_labels_png(out / f"{stem}_labels.png", result.labels)]
     if options.overlay_format != "none":
         overlay = draw_overlay(frame, result.labels, alpha=options.overlay_alpha)
         written.append(io.write_image(out / f"{stem}_overlay.{options.overlay_format}", overlay))
@@ -89,22 +89,20 @@ def write_outputs(out: Path, stem: str, frame: Any, result: Any, options: Output
 
 
 def segment_images(segmenter: Any, images: Sequence[Path], out: Path, options: OutputOptions = OutputOptions(), *,
-                   progress: Callable[[Iterable], Iterable] = lambda items: items,
                    on_result: Callable[[Path, Any], None] | None = None,
                    on_failure: Callable[[Path, str], None] | None = None,
                    raise_unexpected: bool = False) -> BatchReport:
     """Segment ``images`` (paths) with ``segmenter`` and write their outputs into ``out``.
 
     Args:
-        progress: wraps the iteration (a progress bar).
-        on_result / on_failure: called per image (a line per image, a warning).
+        on_result / on_failure: called per image (a progress bar, a line per image, a warning).
         raise_unexpected: re-raise errors that are not DiffCutErrors (``--debug``).
     Raises:
         OutputError: an output could not be written; the batch stops there.
     """
     report = BatchReport(images=len(images))
     started = time.perf_counter()
-    for path, stem in progress(list(zip(images, output_stems(images)))):
+    for path, stem in zip(images, output_stems(images)):
         try:
             frame = io.read_image(path)
             result = segmenter(frame)

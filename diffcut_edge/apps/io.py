@@ -206,8 +206,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, params: Sequence[int
 
 
 def write_labels_png(path: str | os.PathLike, labels: np.ndarray) -> Path:
-    """Write an (H, W) integer label map as a 16-bit single-channel PNG (values = segment ids)."""
-    labels = np.asarray(labels)
+    """Write an (H, W) integer label map (numpy or cupy) as a 16-bit single-channel PNG (values = segment ids)."""
+    labels = to_host(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise DiffCutError(f"labels must be an (H, W) integer array, got {labels.dtype} {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):

@@ -10,7 +10,8 @@ from diffcut_edge import lazy
 from diffcut_edge.runtime import pamr
 from diffcut_edge.runtime.backends import OnnxRuntimeBackend
 from diffcut_edge.runtime.preprocess import image_to_rgb_float, resize_nearest
-from diffcut_edge.runtime.segmenter import TIMING_KEYS, SegmentationResult, Segmenter, SegmenterOptions
+from diffcut_edge.defaults import TIMING_KEYS
+from diffcut_edge.runtime.segmenter import SegmentationResult, Segmenter, SegmenterOptions
 from helpers.toy_encoder import make_toy_model_dir
 
 R = 256  # grid 8x8: enough tokens for the NCut to split a photo
