@@ -13,7 +13,7 @@ import sys
 from typing import Callable, Sequence
 
 from diffcut_edge import __version__
-from diffcut_edge.defaults import ALPHA, DEVICES, PRECISIONS, STAGES, TAU
+from diffcut_edge.defaults import ALPHA, DEVICES, OPSET, PRECISIONS, STAGES, TAU
 from diffcut_edge.errors import DiffCutError
 
 EXIT_ERROR = 2        # a DiffCutError: bad input, wrong folder, missing extra
@@ -80,7 +80,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=_positive_int, default=1024, help="input side R, multiple of 64")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="UNet part precision (the VAE encoder stays fp32)")
-    p.add_argument("--opset", type=_positive_int, default=18)
+    p.add_argument("--opset", type=_positive_int, default=OPSET,
+                   help=f"ONNX opset (default {OPSET}: the newest every supported TensorRT parses, 8.6 included)")
     p.add_argument("--force", action="store_true", help="replace an existing model folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

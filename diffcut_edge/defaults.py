@@ -16,6 +16,11 @@ MASK_SIZE = (128, 128)       # concept-assignment / PAMR label map (height, widt
 PAMR_ITERATIONS = 10         # PAMR as DiffCut applies it
 PAMR_DILATIONS = (1, 2, 4, 8)
 
+# --- export
+# ONNX opset of the exported graph: 17 is the newest opset TensorRT 8.6 (JetPack 6.0) documents
+# and the first with LayerNormalization; every supported TensorRT (8.6, 10.x, 11.x) parses it.
+OPSET = 17
+
 # --- bounds that keep a bad value a clear error instead of a MemoryError
 MAX_MASK_SIDE = 4096         # a 4096x4096 int32 map is 64 MB; PAMR holds ~30 float maps per segment
 

@@ -6,7 +6,7 @@ them), so ``import diffcut_edge.export`` is cheap. The runtime never imports thi
 Public API::
 
     export_model(model_or_pipeline_dir, out_dir, *, resolution=1024, precision="fp32",
-                 opset=18, progress=True, force=False) -> Path
+                 opset=17, progress=True, force=False) -> Path
     build_engine(model_dir, *, workspace_gb=None, batch=(1, 1, 4), timing_cache=True) -> Path
     TruncatedEncoder, build_truncated_encoder(pipeline, *, resolution, timestep, noise_seed, precision)
     verify_model(pipeline_or_model, model_dir, images=None) -> VerifyReport

@@ -72,7 +72,8 @@ class ExportReport:
 def check_opset(opset: int) -> int:
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise DiffCutError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}] (LayerNormalization "
-                           f"needs 17; TensorRT 8.6+ parses up to 18-20), got {opset!r}; 18 is the default")
+                           f"needs 17, which is also the newest opset TensorRT 8.6 documents), got {opset!r}; "
+                           f"{defaults.OPSET} is the default")
     return opset
 
 
@@ -302,7 +303,7 @@ def _model_id(model_or_pipeline_dir: str | os.PathLike) -> str:
 
 # ------------------------------------------------------------------ orchestrator
 def export_model(model_or_pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                 resolution: int = defaults.RESOLUTION, precision: str = "fp32", opset: int = 18, progress: bool = True,
+                 resolution: int = defaults.RESOLUTION, precision: str = "fp32", opset: int = defaults.OPSET, progress: bool = True,
                  force: bool = False, timestep: int = defaults.TIMESTEP, noise_seed: int = defaults.NOISE_SEED) -> Path:
     """Export DiffCut's truncated encoder of a pipeline (hub id or saved folder) to ``out_dir``.
 
@@ -316,7 +317,7 @@ def export_model(model_or_pipeline_dir: str | os.PathLike, out_dir: str | os.Pat
 
 
 def export_model_report(model_or_pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                        resolution: int = defaults.RESOLUTION, precision: str = "fp32", opset: int = 18,
+                        resolution: int = defaults.RESOLUTION, precision: str = "fp32", opset: int = defaults.OPSET,
                         progress: bool = True, force: bool = False, timestep: int = defaults.TIMESTEP,
                         noise_seed: int = defaults.NOISE_SEED, optimize: bool = True, pipeline: Any = None) -> ExportReport:
     """:func:`export_model` returning an :class:`ExportReport` (sizes, nodes, stage times).
@@ -357,7 +358,7 @@ EXPORT_STAGES = ["export ONNX", "fold constants", "check graph", "manifest"]
 
 
 def export_encoder(encoder: Any, out_dir: str | os.PathLike, *, model_id: str, revision: str | None = None,
-                   opset: int = 18, optimize: bool = True, force: bool = False, progress: bool = False,
+                   opset: int = defaults.OPSET, optimize: bool = True, force: bool = False, progress: bool = False,
                    stages: _Stages | None = None) -> ExportReport:
     """Write a model folder for an already built :class:`TruncatedEncoder` (staged, then moved).
 

@@ -54,6 +54,20 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def _pad_batch(batch: Any, min_batch: int) -> Any:
+    """``batch`` repeated along its last image up to ``min_batch`` images.
+
+    An engine built with a batch profile whose minimum is above 1 (``--batch 2:2:4``) refuses
+    smaller batches; the last chunk of a list and every single frame are padded instead, and
+    the padding's features are dropped.
+    """
+    missing = int(min_batch) - int(batch.shape[0])
+    if missing <= 0:
+        return batch
+    xp = get_xp(batch)
+    return xp.concatenate([batch, xp.repeat(batch[-1:], missing, axis=0)], axis=0)
+
+
 def _chunks(items: Sequence[Any], size: int | None) -> Iterator[Sequence[Any]]:
     step = len(items) if size is None else max(1, int(size))
     for i in range(0, len(items), step):
@@ -153,10 +167,11 @@ class Segmenter:
             # Native TensorRT: upload the (small, uint8) frames and resize on the GPU, so
             # the float batch is born where the engine reads it.
             frames = [cp.asarray(f) for f in frames]
-        batch = preprocess(frames, self.manifest.resolution)
+        batch = _pad_batch(preprocess(frames, self.manifest.resolution), self.backend.batch_range[0])
         t_pre = _ms(start)
         start = time.perf_counter()
         features = self.backend.infer({self.backend.input_name: batch})[self.backend.output_name]
+        features = features[:len(frames)]  # drop the padding
         self._check_features(features, len(frames))
         t_enc = _ms(start)
         return features, t_pre, t_enc

@@ -15,7 +15,7 @@ from diffcut_edge.apps import io
 
 @pytest.fixture
 def images(tmp_path):
-    from conftest import sample_photos
+    from helpers.data import sample_photos
 
     folder = tmp_path / "in"
     folder.mkdir()

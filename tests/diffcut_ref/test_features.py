@@ -22,7 +22,7 @@ def pipelines(tiny_pipeline_dir):
 
 @pytest.fixture(scope="module")
 def images():
-    from conftest import sample_photos
+    from helpers.data import sample_photos
 
     return np.stack(sample_photos(96)[:3])  # (3, 96, 96, 3) real photos
 

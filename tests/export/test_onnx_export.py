@@ -125,7 +125,12 @@ def test_manifest_describes_the_files(tiny_pipeline_dir, tiny_model_dir):
     model_dir = tiny_model_dir("sd1", R, "fp32")
     m = read_manifest(model_dir)
     assert (m.family, m.resolution, m.grid, m.precision, m.timestep, m.noise_seed, m.opset) == \
-        ("sd1", R, (R // 32, R // 32), "fp32", 50, 42, 18)
+        ("sd1", R, (R // 32, R // 32), "fp32", 50, 42, 17)
+    # The default opset is one TensorRT 8.6 (JetPack 6.0) documents: 17 (it was 18).
+    import onnx
+
+    graph = onnx.load(str(model_dir / m.onnx_file), load_external_data=False)
+    assert {o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")} == {17}
     assert m.model_id == str(Path(tiny_pipeline_dir("sd1")).resolve())
     assert m.hook.startswith("down_blocks.2.attentions.") and m.hook.endswith(".attn1")
     assert m.channels == run_onnx(model_dir, photo_batch(R, 1)).shape[-1]

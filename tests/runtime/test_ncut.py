@@ -211,7 +211,7 @@ def test_power_by_squaring_matches_powf():
 
 def test_tiny_model_features_on_photos_match_reference(ref, tiny_pipeline_dir):
     """Real (tiny random-weight) encoder features of photos at 512 px: grid 16x16."""
-    from conftest import sample_photos
+    from helpers.data import sample_photos
 
     from diffcut_edge.models import load_pipeline
 

@@ -27,7 +27,7 @@ def test_official_pamr_is_reproduced(planted):
 
 
 def test_soft_masks_match_reference_on_a_photo(ref):
-    from conftest import sample_photos
+    from helpers.data import sample_photos
 
     image = sample_photos(128)[0]
     case = planted_case((16, 16), 6, 0.3, 0)

@@ -31,7 +31,7 @@ def seg(toy_dir):
 @pytest.fixture(scope="module")
 def frames():
     """BGR uint8 photos of different sizes and aspect ratios."""
-    from conftest import sample_photos
+    from helpers.data import sample_photos
 
     return [np.ascontiguousarray((p[..., ::-1] * 255).round().astype(np.uint8)) for p in sample_photos()[:3]]
 
@@ -218,3 +218,20 @@ def test_parity_with_reference_pipeline(tiny_model_dir, tiny_pipeline_dir, photo
             # from the encoder's float rounding.
             same_input = segmenter.postprocess(frame, ref_features)
             assert _agreement(same_input.mask_labels, ref) >= 0.99
+
+
+def test_batch_profile_with_min_above_one_pads_single_frames(toy_dir, frames, seg):
+    # An engine built with --batch 2:2:4 refuses one image; the Segmenter pads the chunk with
+    # copies of its last image and drops their features (it used to fail every single frame).
+    backend = OnnxRuntimeBackend(toy_dir, backend="ort-cpu", threads=1)
+    backend.batch_range = (2, 4)
+    calls = []
+    infer = backend.infer
+    backend.infer = lambda feed: calls.append(len(feed["image"])) or infer(feed)
+    with Segmenter(backend) as padded:
+        single = padded(frames[1])
+        results = padded.segment_batch([frames[0], frames[1], frames[2]])
+    assert calls == [2, 3]  # one frame padded to 2, then three frames in one chunk (max 4)
+    np.testing.assert_array_equal(single.labels, seg(frames[1]).labels)
+    for frame, result in zip([frames[0], frames[1], frames[2]], results):
+        np.testing.assert_array_equal(result.labels, seg(frame).labels)
