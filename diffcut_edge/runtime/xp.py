@@ -131,21 +131,40 @@ def deflated_operator(matrix: Any, scale: Any, u: Any) -> Any:
     return LinearOperator(matrix.shape, matvec=matvec, dtype=matrix.dtype)
 
 
-def eigsh_largest(matrix: Any, v0: Any, tol: float) -> tuple[float, Any]:
+def _is_cupy_namespace(xp: types.ModuleType) -> bool:
+    return getattr(xp, "__name__", "").split(".")[0] == "cupy"
+
+
+# Restarted-Lanczos iterations allowed, per node of the matrix (scipy's own default, applied to
+# cupyx too, whose eigsh otherwise returns whatever it has without saying it did not converge).
+EIGSH_MAXITER_PER_NODE = 10
+
+
+def eigsh_largest(operator: Any, v0: Any, tol: float, xp: types.ModuleType) -> tuple[float, Any]:
     """Largest algebraic eigenpair of a symmetric matrix or LinearOperator by implicitly restarted Lanczos.
 
-    numpy: ``scipy.sparse.linalg.eigsh`` (ARPACK); cupy: ``cupyx.scipy.sparse.linalg.eigsh``.
-    ``v0`` makes the start (and so the result) deterministic. Raises on non-convergence.
+    ``xp`` is the namespace of the data (numpy: ``scipy.sparse.linalg.eigsh``, ARPACK; cupy:
+    ``cupyx.scipy.sparse.linalg.eigsh``). It is passed explicitly because the operator's own type
+    says nothing reliable: a cupyx ``LinearOperator`` lives in module ``cupyx...``, so a check on
+    it sent cupy data to ARPACK. ``v0`` makes the start (and so the result) deterministic.
+    Raises on non-convergence where the solver reports it; callers check the residual anyway
+    (:func:`eigen_residual`), since cupyx does not report it.
     """
-    if is_cupy_array(matrix):
+    if _is_cupy_namespace(xp):
         from cupyx.scipy.sparse.linalg import eigsh
-
-        w, v = eigsh(matrix, k=1, which="LA", v0=v0, tol=tol)
     else:
         from scipy.sparse.linalg import eigsh
-
-        w, v = eigsh(matrix, k=1, which="LA", v0=v0, tol=tol)
+    n = int(operator.shape[0])
+    w, v = eigsh(operator, k=1, which="LA", v0=v0, tol=tol, maxiter=EIGSH_MAXITER_PER_NODE * n)
     return float(w[0]), v[:, 0]
+
+
+def eigen_residual(operator: Any, value: float, vector: Any) -> float:
+    """``||A v - λ v|| / ||v||`` of an eigenpair (a host float; one device sync on cupy)."""
+    x = vector.reshape(-1)
+    r = operator.matvec(x) - value * x
+    xp = get_xp(x)
+    return float(xp.linalg.norm(r.reshape(-1)) / xp.linalg.norm(x))
 
 
 def single_threaded_blas(xp: types.ModuleType) -> contextlib.AbstractContextManager:

@@ -63,7 +63,7 @@ def test_deflated_lanczos_finds_the_next_pair():
     scale = np.linspace(0.5, 2.0, 60)
     # S A S with A = S^-1 m S^-1 is m itself: the operator must apply the scaling exactly.
     op = rxp.deflated_operator(m / w[-1] / np.outer(scale, scale), scale, top)
-    value, vec = rxp.eigsh_largest(op, v0=np.ones(60), tol=1e-12)
+    value, vec = rxp.eigsh_largest(op, v0=np.ones(60), tol=1e-12, xp=np)
     assert value * w[-1] == pytest.approx(w[-2], rel=1e-8)
     assert abs(vec @ v[:, -2]) == pytest.approx(1.0, abs=1e-8)
 
@@ -104,3 +104,39 @@ def test_nearest_taps_equal_torch_interpolate(size_in, size_out, exact):
     mode = "nearest-exact" if exact else "nearest"
     expected = torch.nn.functional.interpolate(x, size=(size_out, 1), mode=mode)[0, 0, :, 0].long().numpy()
     np.testing.assert_array_equal(rxp.nearest_taps(size_in, size_out, exact=exact), expected)
+
+
+def test_eigsh_dispatches_on_the_data_namespace_not_the_operator(monkeypatch):
+    # GPU defect 1: a cupyx LinearOperator lives in module "cupyx...", so dispatching on the
+    # operator's type sent cupy data to scipy's ARPACK (TypeError on every grid above ~192
+    # tokens). The namespace of the data decides; here a stand-in cupyx records the call.
+    import sys
+    import types
+
+    calls = []
+
+    def fake_eigsh(op, k, which, v0, tol, maxiter):
+        calls.append((k, which, maxiter))
+        return np.array([2.0]), np.ones((op.shape[0], 1))
+
+    linalg = types.ModuleType("cupyx.scipy.sparse.linalg")
+    linalg.eigsh = fake_eigsh
+    for name in ("cupyx", "cupyx.scipy", "cupyx.scipy.sparse"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "cupyx.scipy.sparse.linalg", linalg)
+    fake_cupy = types.ModuleType("cupy")
+    from scipy.sparse.linalg import aslinearoperator
+
+    op = aslinearoperator(np.eye(12))  # the operator's own type is scipy's here: it must not matter
+    value, vec = rxp.eigsh_largest(op, v0=np.ones(12), tol=0.0, xp=fake_cupy)
+    assert calls == [(1, "LA", 120)] and value == 2.0 and vec.shape == (12,)
+
+
+def test_eigen_residual_of_a_true_and_a_wrong_pair():
+    from scipy.sparse.linalg import aslinearoperator
+
+    m = np.diag(np.arange(1.0, 6.0))
+    op = aslinearoperator(m)
+    e5 = np.eye(5)[4]
+    assert rxp.eigen_residual(op, 5.0, e5) == 0.0
+    assert rxp.eigen_residual(op, 5.0, np.ones(5)) == pytest.approx(np.linalg.norm(np.arange(1.0, 6.0) - 5) / np.sqrt(5))
