@@ -106,7 +106,7 @@ def _add_build_engine(sub: argparse._SubParsersAction) -> None:
                    help="cap on TensorRT's scratch memory (GiB); lower it if the build runs out of memory")
     p.add_argument("--batch", default="1:1:4", metavar="MIN:OPT:MAX",
                    help="batch sizes of the optimization profile (default 1:1:4)")
-    p.add_argument("--no-timing-cache", action="store_true", help="do not read or write timing.cache")
+    p.add_argument("--no-timing-cache", action="store_true", help="do not read or write the timing cache (timing.<gpu>.trt<ver>.cache)")
     p.add_argument("--verbose", action="store_true", help="TensorRT's verbose build log")
 
 

@@ -21,15 +21,7 @@ from pathlib import Path
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 
-CACHE_ENV = "DIFFCUT_EDGE_CACHE"
-
-
-def cache_root() -> Path:
-    """Where cached exports live."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "diffcut-edge"
+from diffcut_edge.paths import CACHE_ENV, cache_root
 
 
 def _local_fingerprint(folder: Path) -> str:
@@ -72,7 +64,7 @@ def cached_export(model: str, *, resolution: int | None = None, precision: str =
     from diffcut_edge.runtime.manifest import read_manifest
 
     resolution = resolution or default_resolution(model)
-    folder = Path(root or cache_root()) / cache_key(model, model_revision(model), resolution, precision)
+    folder = Path(root or cache_root()) / "exports" / cache_key(model, model_revision(model), resolution, precision)
     if folder.is_dir():
         try:
             read_manifest(folder)

@@ -33,7 +33,6 @@ from diffcut_edge.runtime.manifest import (
     write_manifest,
 )
 
-TIMING_CACHE_NAME = "timing.cache"
 MAX_BATCH = 64   # matches nothing in the graph; a sanity bound for typos like 1:1:400
 
 
@@ -182,11 +181,44 @@ def _add_profile(builder: Any, config: Any, manifest: Manifest, batch: tuple[int
     config.add_optimization_profile(profile)
 
 
+def timing_cache_name(gpu_name: str, trt_version: str) -> str:
+    """``timing.<gpu-slug>.trt<version>.cache``: timings are only valid for the GPU and TensorRT
+    version that measured them, like the engine (one shared cache mixed GPUs)."""
+    version = ".".join(str(v) for v in trt_compat.parse_version(trt_version))
+    return f"timing.{gpu_slug(gpu_name)}.trt{version}.cache"
+
+
 def _load_timing_cache(config: Any, path: Path) -> Any:
+    """The timing cache at ``path`` set on ``config``; an empty one when TensorRT refuses it."""
     data = path.read_bytes() if path.is_file() else b""
     cache = config.create_timing_cache(data)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if config.set_timing_cache(cache, ignore_mismatch=False) is False and data:
+        # A cache from another device or version: start afresh (it is overwritten with ours).
+        cache = config.create_timing_cache(b"")
+        if config.set_timing_cache(cache, ignore_mismatch=False) is False:
+            raise DiffCutError("TensorRT refused an empty timing cache; rerun with --no-timing-cache")
     return cache
+
+
+def _build_serialized(trt: Any, settings: trt_compat.BuilderSettings, onnx_path: Path, manifest: Manifest,
+                      batch: tuple[int, int, int], workspace: int | None, cache_path: Path | None,
+                      verbose: bool) -> tuple[Any, Any]:
+    """(serialized engine, timing cache or None). Builder, network, parser and config are local,
+    so they are freed when this returns, before the plan is written: on an 8 GB board the
+    builder's memory and the plan must not be held together."""
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = trt_compat.create_network(trt, builder, settings)
+    parser = _parse_onnx(trt, network, logger, settings, onnx_path)
+    if settings.pin_fp32_layers:
+        trt_compat.pin_fp32_layers(trt, network)
+    config = builder.create_builder_config()
+    trt_compat.configure(trt, config, settings, workspace)
+    _add_profile(builder, config, manifest, batch)
+    cache = _load_timing_cache(config, cache_path) if cache_path is not None else None
+    serialized = builder.build_serialized_network(network, config)
+    del parser, network, config, builder
+    return serialized, cache
 
 
 def build_engine(model_dir: str | os.PathLike, *, workspace_gb: float | None = None,
@@ -207,25 +239,15 @@ def build_engine(model_dir: str | os.PathLike, *, workspace_gb: float | None = N
     trt = import_tensorrt()
     gpu = require_gpu()
     settings = trt_compat.builder_settings(trt.__version__, manifest.precision)
-
-    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = trt_compat.create_network(trt, builder, settings)
-    parser = _parse_onnx(trt, network, logger, settings, model_dir / manifest.onnx_file)
-    config = builder.create_builder_config()
-    trt_compat.configure(trt, config, settings, workspace)
-    _add_profile(builder, config, manifest, batch)
-    cache_path = model_dir / TIMING_CACHE_NAME
-    cache = _load_timing_cache(config, cache_path) if timing_cache else None
-
-    serialized = builder.build_serialized_network(network, config)
+    cache_path = model_dir / timing_cache_name(gpu.name, trt.__version__) if timing_cache else None
+    serialized, cache = _build_serialized(trt, settings, model_dir / manifest.onnx_file, manifest, batch,
+                                          workspace, cache_path, verbose)
     if serialized is None:
         raise DiffCutError(
             "TensorRT returned no engine (see its log above); this is usually out of memory: lower "
             "--workspace, lower the batch max, close other GPU processes, or build on a bigger machine "
             f"with the same GPU ({gpu.name}, compute {gpu.compute_capability}) and TensorRT version"
         )
-    del parser
     if cache is not None:
         atomic.write_bytes(cache_path, cache.serialize())
     return record_engine(model_dir, manifest, serialized, gpu=gpu, trt_version=trt.__version__, batch=batch)

@@ -10,7 +10,7 @@ Layout of a model folder::
       manifest.json
       encoder.onnx            (+ encoder.onnx.data when the weights are external)
       encoder.<gpu>.trt<ver>.plan   (optional, one per GPU/TensorRT pair)
-      timing.cache            (optional, TensorRT timing cache)
+      timing.<gpu>.trt<ver>.cache   (optional, TensorRT timing cache, per GPU and version)
 """
 
 from __future__ import annotations

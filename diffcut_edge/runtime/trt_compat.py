@@ -136,6 +136,7 @@ class BuilderSettings:
     explicit_batch_flag: bool      # NetworkDefinitionCreationFlag.EXPLICIT_BATCH (8.x only)
     strongly_typed: bool           # NetworkDefinitionCreationFlag.STRONGLY_TYPED (>= 10)
     fp16_flag: bool                # BuilderFlag.FP16 (weak typing, < 10, fp16 models only)
+    pin_fp32_layers: bool          # fp32 layers of the mixed graph pinned + OBEY_PRECISION_CONSTRAINTS (< 10, fp16)
     native_instancenorm: bool      # OnnxParserFlag.NATIVE_INSTANCENORM must be set (< 10)
 
 
@@ -161,8 +162,11 @@ def builder_settings(trt_version: str | tuple[int, ...], precision: str) -> Buil
         version=version,
         explicit_batch_flag=not typed,
         strongly_typed=typed,
-        # Weak typing: the fp16 graph's types alone do not make 8.6 pick fp16 kernels.
+        # Weak typing: the fp16 graph's types alone do not make 8.6 pick fp16 kernels, and the
+        # FP16 flag alone lets it run the fp32 VAE in fp16 too (the SDXL VAE overflows there):
+        # the layers the ONNX computes in fp32 are pinned to fp32 (pin_fp32_layers).
         fp16_flag=(not typed) and precision == "fp16",
+        pin_fp32_layers=(not typed) and precision == "fp16",
         native_instancenorm=not typed,
     )
 
@@ -192,4 +196,27 @@ def configure(trt: Any, config: Any, settings: BuilderSettings, workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     if settings.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
+    if settings.pin_fp32_layers:
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+
+
+def pin_fp32_layers(trt: Any, network: Any) -> int:
+    """Pin every layer whose outputs the ONNX types as float32 to float32; returns how many.
+
+    For the mixed fp16 graph on a weakly typed network (TensorRT < 10): with the FP16 flag the
+    builder may otherwise pick fp16 kernels for the VAE encoder, which must stay fp32.
+    Constants keep the type of their weights.
+    """
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == trt.LayerType.CONSTANT or layer.num_outputs == 0:
+            continue
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if all(t.dtype == trt.DataType.FLOAT for t in outputs):
+            layer.precision = trt.DataType.FLOAT
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.DataType.FLOAT)
+            pinned += 1
+    return pinned
 

@@ -162,7 +162,7 @@ def test_segment_with_model_exports_once_into_the_cache_and_reuses_it(tiny_pipel
     for run in ("first", "second"):
         code, _, err = run_cli([*argv, "--out", str(tmp_path / run)], capsys)
         assert code == 0, err
-    (folder,) = (tmp_path / "cache").iterdir()
+    (folder,) = (tmp_path / "cache" / "exports").iterdir()
     assert len(exports) == 1 and folder.name.endswith("--r256-fp32") and (folder / "manifest.json").is_file()
     first = cv2.imread(str(tmp_path / "first" / "coffee_labels.png"), cv2.IMREAD_UNCHANGED)
     second = cv2.imread(str(tmp_path / "second" / "coffee_labels.png"), cv2.IMREAD_UNCHANGED)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import sys
 import types
+import weakref
 
 import pytest
 
@@ -124,25 +125,51 @@ def test_probe_gpu_without_a_driver_returns_none(monkeypatch):
 class FakeTensorRT(types.SimpleNamespace):
     """Just enough of the tensorrt module to record what build_engine asks for."""
 
-    def __init__(self, version: str, *, build_returns=b"serialized-engine", parse_ok=True):
+    def __init__(self, version: str, *, build_returns=b"serialized-engine", parse_ok=True,
+                 layer_types=(), accept_cache=True):
         enum = lambda *names: types.SimpleNamespace(**{n: i for i, n in enumerate(names)})  # noqa: E731
         super().__init__(
             __version__=version, builders=[], parse_ok=parse_ok, build_returns=build_returns,
             NetworkDefinitionCreationFlag=enum("EXPLICIT_BATCH", "EXPLICIT_PRECISION", "STRONGLY_TYPED"),
-            BuilderFlag=enum("FP16", "INT8", "TF32"), MemoryPoolType=enum("WORKSPACE"),
-            OnnxParserFlag=enum("NATIVE_INSTANCENORM"),
+            BuilderFlag=enum("FP16", "INT8", "TF32", "OBEY_PRECISION_CONSTRAINTS"), MemoryPoolType=enum("WORKSPACE"),
+            OnnxParserFlag=enum("NATIVE_INSTANCENORM"), DataType=enum("FLOAT", "HALF", "INT32"),
+            LayerType=enum("CONVOLUTION", "CONSTANT", "CAST"), accept_cache=accept_cache, alive=[],
         )
+        # (layer type, output dtypes) of the parsed network, e.g. a fp32 VAE conv, a cast, a fp16 matmul
+        self.layer_types = list(layer_types)
         self.Logger = type("Logger", (), {"WARNING": 2, "VERBOSE": 4, "__init__": lambda s, level: None})
         trt = self
+
+        class Layer:
+            def __init__(self, kind, dtypes):
+                self.type, self.num_outputs = kind, len(dtypes)
+                self.outputs = [types.SimpleNamespace(dtype=d) for d in dtypes]
+                self.precision, self.output_types = None, {}
+
+            def get_output(self, j):
+                return self.outputs[j]
+
+            def set_output_type(self, j, dtype):
+                self.output_types[j] = dtype
+
+        class Network:
+            def __init__(self):
+                self.layers = [Layer(kind, dtypes) for kind, dtypes in trt.layer_types]
+                self.num_layers = len(self.layers)
+                trt.builders[-1]["layers"] = self.layers
+
+            def get_layer(self, i):
+                return self.layers[i]
 
         class Builder:
             def __init__(self, logger):
                 self.record = {"flags": set(), "profiles": [], "workspace": None, "parser_flags": set()}
                 trt.builders.append(self.record)
+                trt.alive.append(weakref.ref(self))
 
             def create_network(self, flags):
                 self.record["network_flags"] = flags
-                return object()
+                return Network()
 
             def create_builder_config(self):
                 record = self.record
@@ -159,10 +186,11 @@ class FakeTensorRT(types.SimpleNamespace):
 
                     def create_timing_cache(self, data):
                         record["cache_in"] = data
-                        return types.SimpleNamespace(serialize=lambda: b"timing-cache")
+                        return types.SimpleNamespace(data=data, serialize=lambda: b"timing-cache")
 
                     def set_timing_cache(self, cache, ignore_mismatch):
-                        pass
+                        record.setdefault("caches_set", []).append(cache.data)
+                        return trt.accept_cache or cache.data == b""
 
                 return Config()
 
@@ -207,7 +235,7 @@ def test_build_engine_strongly_typed_on_tensorrt_10(model_copy, monkeypatch):
     assert rec["parsed"] == str(model_copy / "encoder.onnx")
     assert rec["profiles"] == [{"image": ((1, 3, 256, 256), (2, 3, 256, 256), (4, 3, 256, 256))}]
     assert path.read_bytes() == b"serialized-engine"
-    assert (model_copy / tb.TIMING_CACHE_NAME).read_bytes() == b"timing-cache"
+    assert (model_copy / tb.timing_cache_name(GPU.name, "10.3.0.26")).read_bytes() == b"timing-cache"
     assert read_manifest(model_copy).engines[0].batch_profile == (1, 2, 4)
     # A rebuild starts from the saved timing cache.
     tb.build_engine(model_copy)
@@ -222,9 +250,9 @@ def test_build_engine_weakly_typed_fp16_on_tensorrt_8_6(tiny_model_dir, tmp_path
     tb.build_engine(copy, timing_cache=False)
     (rec,) = fake.builders
     assert rec["network_flags"] == 1 << fake.NetworkDefinitionCreationFlag.EXPLICIT_BATCH
-    assert rec["flags"] == {fake.BuilderFlag.FP16}
+    assert rec["flags"] == {fake.BuilderFlag.FP16, fake.BuilderFlag.OBEY_PRECISION_CONSTRAINTS}
     assert rec["parser_flags"] == {fake.OnnxParserFlag.NATIVE_INSTANCENORM}
-    assert not (copy / tb.TIMING_CACHE_NAME).exists()
+    assert not list(copy.glob("timing.*"))
 
 
 def test_build_returning_none_explains_memory(model_copy, monkeypatch):
@@ -276,3 +304,61 @@ def test_engine_building_code_never_imports_torch():
             "sys.exit(f'imported {bad}' if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_fp16_on_tensorrt_8_6_pins_the_fp32_layers(tiny_model_dir, tmp_path, monkeypatch):
+    # GPU defect 3: a weakly typed network with only the FP16 flag may run the fp32 VAE in fp16.
+    # Layers whose outputs the ONNX types as float32 are pinned to float32 and the builder is told
+    # to obey; fp16 layers and constants are left alone.
+    copy = tmp_path / "m16"
+    shutil.copytree(tiny_model_dir("sdxl", 256, "fp16"), copy)
+    fake = FakeTensorRT("8.6.2.3")
+    F, H = fake.DataType.FLOAT, fake.DataType.HALF
+    fake.layer_types = [(fake.LayerType.CONVOLUTION, [F]), (fake.LayerType.CONSTANT, [F]),
+                        (fake.LayerType.CAST, [H]), (fake.LayerType.CONVOLUTION, [H])]
+    _use_fake(monkeypatch, fake)
+    tb.build_engine(copy, timing_cache=False)
+    vae_conv, constant, cast, unet_conv = fake.builders[0]["layers"]
+    assert vae_conv.precision == F and vae_conv.output_types == {0: F}
+    assert constant.precision is None and cast.precision is None and unet_conv.precision is None
+
+
+def test_fp32_and_strongly_typed_builds_pin_nothing(model_copy, monkeypatch):
+    fake = FakeTensorRT("10.3.0", layer_types=[(0, [0])])
+    _use_fake(monkeypatch, fake)
+    tb.build_engine(model_copy, timing_cache=False)
+    assert fake.builders[0]["layers"][0].precision is None
+
+
+def test_timing_cache_is_per_gpu_and_version_and_a_refused_one_is_replaced(model_copy, monkeypatch):
+    # GPU defect 5: one timing.cache per folder was shared across GPUs, set_timing_cache's False
+    # was ignored and the foreign cache written back. Now it is keyed like the engine, and a
+    # refused cache gives way to a fresh one.
+    fake = FakeTensorRT("10.3.0.26", accept_cache=False)
+    _use_fake(monkeypatch, fake)
+    name = tb.timing_cache_name(GPU.name, "10.3.0.26")
+    assert name == "timing.nvidia-h100-80gb-hbm3.trt10.3.0.cache"
+    (model_copy / name).write_bytes(b"from another machine")
+    tb.build_engine(model_copy)
+    assert fake.builders[0]["caches_set"] == [b"from another machine", b""]
+    assert (model_copy / name).read_bytes() == b"timing-cache"
+    assert not (model_copy / "timing.cache").exists()
+
+
+def test_builder_is_freed_before_the_plan_is_written(model_copy, monkeypatch):
+    # GPU defect 6: builder, network and config stayed alive while the plan was copied and written
+    # (peak memory on an 8 GB Orin). The plan buffer is written as it is, once they are gone.
+    fake = FakeTensorRT("10.3.0", build_returns=memoryview(b"plan-bytes"))
+    _use_fake(monkeypatch, fake)
+    seen = {}
+    real_write = tb.atomic.write_bytes
+
+    def write(path, data):
+        if path.suffix == ".plan":
+            seen["builders alive"] = [ref() is not None for ref in fake.alive]
+            seen["type"] = type(data)
+        return real_write(path, data)
+
+    monkeypatch.setattr(tb.atomic, "write_bytes", write)
+    path = tb.build_engine(model_copy, timing_cache=False)
+    assert seen == {"builders alive": [False], "type": memoryview} and path.read_bytes() == b"plan-bytes"

@@ -12,7 +12,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from diffcut_edge import atomic
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.paths import cache_root
 from diffcut_edge.runtime.backends.base import Backend
 from diffcut_edge.lazy import onnxruntime as ort
 from diffcut_edge.runtime.manifest import Manifest, read_manifest
@@ -38,14 +40,30 @@ DEFAULT_MAX_BATCH = 4
 ProviderSpec = tuple[str, dict[str, Any]]
 
 
-def _trt_ep_options(manifest: Manifest, cache_dir: Path, max_batch: int) -> dict[str, Any]:
+def trt_ep_cache_dir(model_dir: str | os.PathLike, manifest: Manifest) -> Path:
+    """Where the TensorRT EP keeps its engines: inside the model folder when it can be written,
+    else under the user's cache (a read-only model folder made ORT fail, reported as a corrupt ONNX)."""
+    inside = Path(model_dir) / TRT_EP_CACHE_DIR
+    try:
+        atomic.check_writable_dir(atomic.make_dirs(inside))
+        return inside
+    except DiffCutError:
+        key = (manifest.files_sha256.get(manifest.onnx_file) or str(Path(model_dir).resolve()))[:16]
+        return atomic.make_dirs(cache_root() / "ort-trt" / key)
+
+
+def _trt_ep_options(manifest: Manifest, cache_dir: Path, max_batch: int, device_id: int) -> dict[str, Any]:
     r, name = manifest.resolution, manifest.input_name
     return {
+        "device_id": int(device_id),
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache_dir),
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(cache_dir),
-        "trt_fp16_enable": manifest.precision == "fp16",
+        # Never the FP16 flag: the EP builds a weakly typed network, where the flag lets TensorRT
+        # run the fp32 VAE encoder of the mixed graph in fp16 (it overflows there); the UNet part
+        # keeps the fp16 types the ONNX gives it. Precision pinning is native TensorRT's job.
+        "trt_fp16_enable": False,
         # One explicit profile, so a new batch size within it does not trigger a rebuild.
         "trt_profile_min_shapes": f"{name}:1x3x{r}x{r}",
         "trt_profile_opt_shapes": f"{name}:1x3x{r}x{r}",
@@ -81,7 +99,7 @@ def choose_providers(available: Sequence[str], manifest: Manifest, *, backend: s
         if name not in available and name != CPU_EP:
             continue
         if name == TRT_EP:
-            chosen.append((name, _trt_ep_options(manifest, Path(cache_dir or TRT_EP_CACHE_DIR), max_batch)))
+            chosen.append((name, _trt_ep_options(manifest, Path(cache_dir or TRT_EP_CACHE_DIR), max_batch, device_id)))
         elif name == CUDA_EP:
             chosen.append((name, {"device_id": device_id}))
         else:
@@ -120,9 +138,10 @@ class OnnxRuntimeBackend(Backend):
                  max_batch: int | None = None, device_id: int = 0) -> None:
         model_dir, onnx_path, manifest = _resolve_onnx(model_dir_or_onnx, manifest)
         if providers is None:
-            providers = choose_providers(ort.get_available_providers(), manifest, backend=backend,
-                                         cache_dir=model_dir / TRT_EP_CACHE_DIR, device_id=device_id,
-                                         max_batch=max_batch or DEFAULT_MAX_BATCH)
+            available = ort.get_available_providers()
+            cache_dir = trt_ep_cache_dir(model_dir, manifest) if TRT_EP in available else None
+            providers = choose_providers(available, manifest, backend=backend, cache_dir=cache_dir,
+                                         device_id=device_id, max_batch=max_batch or DEFAULT_MAX_BATCH)
         self.onnx_path = onnx_path
         self.session = self._open_session(onnx_path, list(providers), threads)
         self.providers = self.session.get_providers()

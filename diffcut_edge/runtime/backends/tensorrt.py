@@ -111,6 +111,7 @@ class TensorRTBackend(Backend):
                                f"rebuild it with 'diffcut-edge build-engine --model-dir {model_dir}'")
         super().__init__(manifest, (record.batch_profile[0], record.batch_profile[2]))
         self.engine_path = path
+        self.device_id = int(device_id)
         self.outputs_on_device = keep_on_device
         self._engine, self._runtime = trt_compat.deserialize_engine(trt.load(), path.read_bytes(), str(path))
         check_engine_io(trt_compat.io_tensors(trt.load(), self._engine), manifest)
@@ -124,6 +125,16 @@ class TensorRTBackend(Backend):
         self._stream = cp.cuda.Stream(non_blocking=True)
 
     def _infer_impl(self, images: Any) -> dict[str, Any]:
+        # The batch was written on the caller's stream (preprocess runs on cupy's current one);
+        # the engine runs on its own non-blocking stream, which does not wait for the default
+        # stream by itself: order the two explicitly, or the engine can read a half-written input.
+        # cupy's current device is per thread (the pipelined video worker is another thread):
+        # name it on every call instead of relying on the Device(id).use() of __init__.
+        with cp.cuda.Device(self.device_id):
+            return self._enqueue(images)
+
+    def _enqueue(self, images: Any) -> dict[str, Any]:
+        self._stream.wait_event(cp.cuda.get_current_stream().record())
         with self._stream:
             x = cp.ascontiguousarray(cp.asarray(images, dtype=np.float32))
             trt_compat.set_input_shape(self._context, self.input_name, x.shape)
