@@ -83,6 +83,6 @@ class LazyModule:
 
 
 # The optional modules of the runtime, shared so each is imported at most once.
-onnxruntime = LazyModule("onnxruntime", extra="", purpose="the ONNX Runtime backend")
+onnxruntime = LazyModule("onnxruntime", extra="cpu", purpose="the ONNX Runtime backend")
 cupy = LazyModule("cupy", extra="gpu", purpose="GPU inference and post-processing")
 tensorrt = LazyModule("tensorrt", extra="trt", purpose="the native TensorRT backend")

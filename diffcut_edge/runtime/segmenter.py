@@ -25,7 +25,7 @@ from diffcut_edge.runtime.options import SegmenterOptions
 from diffcut_edge.runtime.backends import Backend, open_backend
 from diffcut_edge.lazy import cupy as cp
 from diffcut_edge.runtime.manifest import Manifest
-from diffcut_edge.runtime.xp import get_xp, to_host
+from diffcut_edge.runtime.xp import get_xp, gpu_postprocessing_problem, to_host
 from diffcut_edge.runtime.preprocess import check_frame, frame_list, image_to_rgb_float, preprocess, resize_nearest
 
 @dataclass
@@ -111,8 +111,8 @@ class Segmenter:
                                    max_segments=max_segments, min_segment_size=min_segment_size)
         if device is not None and device not in DEVICES:
             raise DiffCutError(f"device must be one of {DEVICES} or None, got {device!r}")
-        if device == "cuda":
-            cp.load()
+        if device == "cuda" and (problem := gpu_postprocessing_problem()):
+            raise DiffCutError(f"--device cuda: {problem}")  # before the (slow) backend opens
         opened = open_backend(path, backend, verify=verify, keep_on_device=device != "cpu", threads=threads)
         try:
             return cls(opened, options, device=device)
@@ -122,12 +122,14 @@ class Segmenter:
 
     @staticmethod
     def _resolve_device(device: str | None, backend: Backend) -> str:
+        """cpu or cuda; "cuda" only where the whole cupy post-processing imports (checked now,
+        not mid-NCut: cupy without its CUDA libraries imports and then fails in cupyx)."""
         if device is None:
-            return "cuda" if backend.device == "cuda" and cp.available() else "cpu"
+            return "cuda" if backend.device == "cuda" and gpu_postprocessing_problem() is None else "cpu"
         if device not in DEVICES:
             raise DiffCutError(f"device must be one of {DEVICES} or None, got {device!r}")
-        if device == "cuda":
-            cp.load()  # names the [gpu] extra when missing
+        if device == "cuda" and (problem := gpu_postprocessing_problem()):
+            raise DiffCutError(f"--device cuda: {problem}")
         return device
 
     @property

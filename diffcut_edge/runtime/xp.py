@@ -19,6 +19,27 @@ from diffcut_edge import lazy
 from diffcut_edge.errors import DiffCutError
 
 
+# The cupyx pieces the post-processing needs beyond cupy itself (Lanczos, the median filter).
+# They load CUDA libraries (cuSPARSE, cuSOLVER, ...) that `import cupy` does not: a cupy
+# without its [ctk] extra on a machine without a CUDA toolkit imports, then fails mid-NCut.
+CUPYX_MODULES = ("cupyx.scipy.sparse.linalg", "cupyx.scipy.ndimage")
+
+
+def gpu_postprocessing_problem() -> str | None:
+    """Why NCut/PAMR cannot run with cupy here (a one-line, actionable reason), or None."""
+    import importlib
+
+    if not lazy.cupy.available():
+        return "cupy is not installed: pip install 'diffcut-edge[gpu]' (Jetson: 'diffcut-edge[jetson]')"
+    for name in CUPYX_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # ImportError, or a CUDA library that fails to load
+            return (f"cupy imports but {name} does not ({type(e).__name__}: {str(e)[:160]}): install cupy "
+                    f"with its CUDA libraries, pip install 'cupy-cuda12x[ctk]' (in diffcut-edge[gpu])")
+    return None
+
+
 def _cupy() -> types.ModuleType:
     return lazy.cupy.load()  # the one lazy import of cupy (names the [gpu] extra when missing)
 

@@ -140,3 +140,27 @@ def test_eigen_residual_of_a_true_and_a_wrong_pair():
     e5 = np.eye(5)[4]
     assert rxp.eigen_residual(op, 5.0, e5) == 0.0
     assert rxp.eigen_residual(op, 5.0, np.ones(5)) == pytest.approx(np.linalg.norm(np.arange(1.0, 6.0) - 5) / np.sqrt(5))
+
+
+def test_cupy_that_imports_without_its_cuda_libraries_is_caught_up_front(monkeypatch):
+    # GPU defect 4: `import cupy` succeeds without a CUDA toolkit while cupyx.scipy.sparse.linalg
+    # fails, so the failure showed only mid-NCut. A stand-in cupy without cupyx shows the check.
+    import sys
+    import types
+
+    from diffcut_edge import lazy
+
+    fake = lazy.LazyModule("cupy", extra="gpu", purpose="test")
+    fake.__dict__["_module"] = types.ModuleType("cupy")
+    monkeypatch.setattr(lazy, "cupy", fake)
+    monkeypatch.setitem(sys.modules, "cupyx", None)  # import cupyx... raises ImportError
+    problem = rxp.gpu_postprocessing_problem()
+    assert "cupyx.scipy.sparse.linalg does not" in problem and "cupy-cuda12x[ctk]" in problem
+
+
+def test_missing_cupy_is_reported_with_the_extras():
+    from diffcut_edge import lazy
+
+    if lazy.cupy.available():
+        pytest.skip("cupy is installed here")
+    assert "diffcut-edge[gpu]" in rxp.gpu_postprocessing_problem()

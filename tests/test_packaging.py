@@ -1,0 +1,56 @@
+"""The extras never put onnxruntime and onnxruntime-gpu in one environment (GPU issue, defect 4)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+PROJECT = PYPROJECT["project"]
+ORT = {"onnxruntime", "onnxruntime-gpu"}
+
+
+def _name(requirement: str) -> str:
+    return re.match(r"[A-Za-z0-9_.-]+", requirement).group().lower()
+
+
+def _resolve(extras: tuple[str, ...]) -> list[str]:
+    """The requirements of the base install plus ``extras``, following self-references."""
+    out = list(PROJECT["dependencies"])
+    pending, seen = list(extras), set()
+    while pending:
+        extra = pending.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for req in PROJECT["optional-dependencies"][extra]:
+            if _name(req) == PROJECT["name"]:
+                pending += re.search(r"\[(.*)\]", req).group(1).split(",")
+            else:
+                out.append(req)
+    return out
+
+
+def test_the_base_install_has_no_onnxruntime_of_either_kind():
+    assert not ORT & {_name(r) for r in PROJECT["dependencies"]}
+
+
+@pytest.mark.parametrize("extras", [(e,) for e in PROJECT["optional-dependencies"]] + [("export", "dev"),
+                                                                                      ("export", "gpu"),
+                                                                                      ("jetson", "trt")])
+def test_no_install_the_docs_name_gets_both_onnxruntimes(extras):
+    names = {_name(r) for r in _resolve(extras)}
+    assert len(names & ORT) <= 1, f"{extras} installs {sorted(names & ORT)}"
+
+
+def test_gpu_installs_the_cuda_libraries_cupyx_needs_and_jetson_no_onnxruntime():
+    gpu = _resolve(("gpu",))
+    assert any(r.startswith("cupy-cuda12x[ctk]") for r in gpu) and "onnxruntime-gpu" in {_name(r) for r in gpu}
+    assert not ORT & {_name(r) for r in _resolve(("jetson",))}
+
+
+def test_the_readme_setup_command_gets_the_cpu_onnxruntime():
+    assert {_name(r) for r in _resolve(("export", "dev"))} & ORT == {"onnxruntime"}
