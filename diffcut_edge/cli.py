@@ -47,6 +47,26 @@ _non_negative_int = _bounded(int, 0, strict=False, what="an integer >= 0")
 _non_negative_float = _bounded(float, 0, strict=False, what="a number >= 0")
 
 
+# ------------------------------------------------------------------------ doctor
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="what this machine can run, and why",
+                       description="Python, onnxruntime and its providers, cupy, TensorRT, the GPU and "
+                                   "JetPack; with --model-dir also the backend auto picks and the engines "
+                                   "that match this GPU. Exit 0 when the chosen backend can run.")
+    p.add_argument("--model-dir", default=None, help="an exported model folder to check against this machine")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of the lines")
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from diffcut_edge.apps.doctor import diagnose
+
+    report = diagnose(args.model_dir)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else "\n".join(report.lines()))
+    return 0 if report.can_run else EXIT_ERROR
+
+
 # ------------------------------------------------------------------------ models
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="model recipes and tiny random-weight models")
@@ -584,6 +604,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- main
 _VERBS: dict[str, tuple[Callable, Callable]] = {
+    "doctor": (_add_doctor, _run_doctor),
     "models": (_add_models, _run_models),
     "export": (_add_export, _run_export),
     "build-engine": (_add_build_engine, _run_build_engine),

@@ -14,7 +14,6 @@ runtime refuses a mismatch.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 from diffcut_edge import atomic
 from diffcut_edge.errors import DiffCutError, missing_extra
 from diffcut_edge.runtime import trt_compat
+from diffcut_edge.runtime.gpu import GpuInfo, probe_gpu
 from diffcut_edge.runtime.manifest import (
     EngineRecord,
     Manifest,
@@ -34,12 +34,6 @@ from diffcut_edge.runtime.manifest import (
 )
 
 MAX_BATCH = 64   # matches nothing in the graph; a sanity bound for typos like 1:1:400
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: str    # "9.0", "8.7"
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -115,40 +109,6 @@ def import_tensorrt() -> Any:
     except ImportError as e:
         raise missing_extra("tensorrt", "trt", "building a TensorRT engine") from e
     return tensorrt
-
-
-def probe_gpu() -> GpuInfo | None:
-    """The first CUDA GPU's name and compute capability, through the driver API (libcuda).
-
-    No cuda-python, cupy or nvidia-smi needed: the driver library is present wherever
-    TensorRT can run. Returns None when there is no driver or no device.
-    """
-    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            cuda = ctypes.CDLL(lib)
-            break
-        except OSError:
-            continue
-    else:
-        return None
-    try:
-        if cuda.cuInit(0) != 0:
-            return None
-        count = ctypes.c_int(0)
-        if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
-            return None
-        device = ctypes.c_int(0)
-        if cuda.cuDeviceGet(ctypes.byref(device), 0) != 0:
-            return None
-        name = ctypes.create_string_buffer(256)
-        cuda.cuDeviceGetName(name, 256, device)
-        major, minor = ctypes.c_int(0), ctypes.c_int(0)
-        # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
-        cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)
-        cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)
-    except (AttributeError, OSError):
-        return None
-    return GpuInfo(name=name.value.decode(errors="replace").strip(), compute_capability=f"{major.value}.{minor.value}")
 
 
 def require_gpu() -> GpuInfo:

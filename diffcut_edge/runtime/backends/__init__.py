@@ -27,7 +27,7 @@ from diffcut_edge.runtime.manifest import Manifest, read_manifest, verify_files
 BACKENDS = ("auto", "tensorrt", *ORT_BACKENDS)
 
 __all__ = ["BACKENDS", "Backend", "OnnxRuntimeBackend", "TensorRTBackend", "check_image_batch",
-           "choose_providers", "find_engine", "open_backend", "select_engine"]
+           "auto_backend", "choose_providers", "find_engine", "open_backend", "select_engine"]
 
 
 def _native_engine_available(manifest: Manifest, device_id: int) -> bool:
@@ -42,6 +42,12 @@ def _native_engine_available(manifest: Manifest, device_id: int) -> bool:
     except Exception:  # cupy present but no usable CUDA device/driver
         return False
     return find_engine(manifest, gpu_name, cc, tensorrt.__version__) is not None
+
+
+def auto_backend(manifest: Manifest, device_id: int = 0) -> str:
+    """What ``backend="auto"`` opens: "tensorrt" when an engine fits this GPU and tensorrt + cupy
+    import, else "ort" (onnxruntime with its best provider). ``doctor`` reports the same choice."""
+    return "tensorrt" if _native_engine_available(manifest, device_id) else "ort"
 
 
 def open_backend(model_dir: str | os.PathLike, backend: str = "auto", manifest: Manifest | None = None, *,
@@ -64,9 +70,9 @@ def open_backend(model_dir: str | os.PathLike, backend: str = "auto", manifest: 
     manifest = manifest or read_manifest(model_dir)
     if verify:
         verify_files(model_dir, manifest)
-    if backend == "tensorrt" or (backend == "auto" and _native_engine_available(manifest, device_id)):
+    chosen = auto_backend(manifest, device_id) if backend == "auto" else backend
+    if chosen == "tensorrt":
         return TensorRTBackend(model_dir, manifest=manifest, keep_on_device=keep_on_device,
                                device_id=device_id, verify=verify)
-    ort_backend = "ort" if backend == "auto" else backend
-    return OnnxRuntimeBackend(model_dir, backend=ort_backend, manifest=manifest, threads=threads,
+    return OnnxRuntimeBackend(model_dir, backend=chosen, manifest=manifest, threads=threads,
                               device_id=device_id)

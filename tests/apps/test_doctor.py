@@ -1,0 +1,51 @@
+"""``diffcut-edge doctor`` on this machine (no GPU) and on stand-ins for what it lacks."""
+
+from __future__ import annotations
+
+import json
+
+from helpers.fake_segmenter import run_cli
+from helpers.toy_encoder import make_toy_model_dir
+
+from diffcut_edge import lazy
+from diffcut_edge.apps import doctor
+from diffcut_edge.runtime import gpu
+
+
+def _finding(report, name):
+    return next(f for f in report.findings if f.name == name)
+
+
+def test_doctor_here_says_plainly_there_is_no_gpu_and_exits_0(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gpu, "probe_gpu", lambda: None)  # also on a CI machine that has one
+    model = make_toy_model_dir(tmp_path / "toy", resolution=128, channels=16)
+    code, out, err = run_cli(["doctor", "--model-dir", str(model)], capsys)
+    assert code == 0 and err == ""
+    assert "--  gpu          no NVIDIA GPU" in out and "ok  onnxruntime" in out
+    assert out.strip().splitlines()[-1] == "=>  can run with backend ort (CPU)"
+    code, out, _ = run_cli(["doctor", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0 and data["gpu"] is None and data["can_run"] is True
+    assert {f["name"] for f in data["findings"]} >= {"python", "numpy", "onnxruntime", "gpu", "cupy", "tensorrt"}
+
+
+def test_without_onnxruntime_the_folder_cannot_run_and_the_line_says_what_to_install(tmp_path, monkeypatch):
+    missing = lazy.LazyModule("onnxruntime_not_installed_here", extra="cpu", purpose="test")
+    monkeypatch.setattr(doctor, "onnxruntime", missing)
+    model = make_toy_model_dir(tmp_path / "toy", resolution=128, channels=16)
+    report = doctor.diagnose(model)
+    assert not report.can_run and report.backend == "ort (onnxruntime is missing)"
+    assert "diffcut-edge[cpu]" in _finding(report, "onnxruntime").detail
+
+
+def test_both_onnxruntime_wheels_installed_is_flagged(monkeypatch):
+    monkeypatch.setattr(doctor.versions, "dist_version", lambda name: "1.20.0")
+    finding = _finding(doctor.diagnose(), "onnxruntime")
+    assert not finding.ok and "overwrite each other's files" in finding.detail
+
+
+def test_jetson_release_names_the_jetpack(tmp_path):
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n")
+    assert gpu.jetson_release(release) == "L4T R36.4.0 (JetPack 6.1 / 6.2)"
+    assert gpu.jetson_release(tmp_path / "absent") is None
