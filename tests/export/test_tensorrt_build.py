@@ -13,6 +13,7 @@ import types
 import weakref
 
 import pytest
+from helpers.trt_surface import VERSIONS, real_enums, strict, surface
 
 from diffcut_edge import cli
 from diffcut_edge.errors import DiffCutError
@@ -123,88 +124,120 @@ def test_probe_gpu_without_a_driver_returns_none(monkeypatch):
 
 # ------------------------------------------------------------------ the build against a fake TensorRT
 class FakeTensorRT(types.SimpleNamespace):
-    """Just enough of the tensorrt module to record what build_engine asks for."""
+    """The tensorrt module as build_engine sees it, made from the real surface of ``version``.
+
+    Enums carry the real members and values (tests/data/tensorrt/surface-*.json); every fake
+    class refuses attributes the real class of that version lacks (helpers/trt_surface.py), so
+    a name the project uses that a supported TensorRT does not have fails here.
+    """
 
     def __init__(self, version: str, *, build_returns=b"serialized-engine", parse_ok=True,
                  layer_types=(), accept_cache=True):
-        enum = lambda *names: types.SimpleNamespace(**{n: i for i, n in enumerate(names)})  # noqa: E731
-        super().__init__(
-            __version__=version, builders=[], parse_ok=parse_ok, build_returns=build_returns,
-            NetworkDefinitionCreationFlag=enum("EXPLICIT_BATCH", "EXPLICIT_PRECISION", "STRONGLY_TYPED"),
-            BuilderFlag=enum("FP16", "INT8", "TF32", "OBEY_PRECISION_CONSTRAINTS"), MemoryPoolType=enum("WORKSPACE"),
-            OnnxParserFlag=enum("NATIVE_INSTANCENORM"), DataType=enum("FLOAT", "HALF", "INT32"),
-            LayerType=enum("CONVOLUTION", "CONSTANT", "CAST"), accept_cache=accept_cache, alive=[],
-        )
-        # (layer type, output dtypes) of the parsed network, e.g. a fp32 VAE conv, a cast, a fp16 matmul
-        self.layer_types = list(layer_types)
-        self.Logger = type("Logger", (), {"WARNING": 2, "VERBOSE": 4, "__init__": lambda s, level: None})
+        enums = real_enums(version)
+        super().__init__(__version__=version, builders=[], parse_ok=parse_ok, build_returns=build_returns,
+                         accept_cache=accept_cache, alive=[], layer_types=list(layer_types), **enums)
         trt = self
 
+        @strict("Logger", version)
+        class Logger:
+            def __init__(self, level=None):
+                pass
+
+        for level in ("WARNING", "VERBOSE", "ERROR"):
+            if level in surface(version)["classes"]["Logger"]:
+                setattr(Logger, level, level)
+
+        @strict("ITensor", version)
+        class Tensor:
+            def __init__(self, dtype):
+                object.__setattr__(self, "dtype", dtype)
+
+        @strict("ILayer", version)
         class Layer:
             def __init__(self, kind, dtypes):
-                self.type, self.num_outputs = kind, len(dtypes)
-                self.outputs = [types.SimpleNamespace(dtype=d) for d in dtypes]
-                self.precision, self.output_types = None, {}
+                object.__setattr__(self, "type", kind)
+                object.__setattr__(self, "num_outputs", len(dtypes))
+                object.__setattr__(self, "precision", None)
+                self._outputs, self._output_types = [Tensor(d) for d in dtypes], {}
 
             def get_output(self, j):
-                return self.outputs[j]
+                return self._outputs[j]
 
             def set_output_type(self, j, dtype):
-                self.output_types[j] = dtype
+                self._output_types[j] = dtype
 
+        @strict("INetworkDefinition", version)
         class Network:
             def __init__(self):
-                self.layers = [Layer(kind, dtypes) for kind, dtypes in trt.layer_types]
-                self.num_layers = len(self.layers)
-                trt.builders[-1]["layers"] = self.layers
+                self._layers = [Layer(kind, dtypes) for kind, dtypes in trt.layer_types]
+                object.__setattr__(self, "num_layers", len(self._layers))
+                trt.builders[-1]["layers"] = self._layers
 
             def get_layer(self, i):
-                return self.layers[i]
+                return self._layers[i]
 
+        @strict("ITimingCache", version)
+        class TimingCache:
+            def __init__(self, data):
+                self._data = data
+
+            def serialize(self):
+                return b"timing-cache"
+
+        @strict("IOptimizationProfile", version)
+        class Profile:
+            def __init__(self):
+                self._shapes = {}
+
+            def set_shape(self, name, lo, opt, hi):
+                self._shapes[name] = (lo, opt, hi)
+
+        @strict("IBuilderConfig", version)
+        class Config:
+            def __init__(self, record):
+                self._record = record
+
+            def set_memory_pool_limit(self, pool, size):
+                self._record["workspace"] = size
+
+            def set_flag(self, flag):
+                self._record["flags"].add(flag)
+
+            def add_optimization_profile(self, profile):
+                self._record["profiles"].append(profile._shapes)
+
+            def create_timing_cache(self, data):
+                self._record["cache_in"] = data
+                return TimingCache(data)
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                self._record.setdefault("caches_set", []).append(cache._data)
+                return trt.accept_cache or cache._data == b""
+
+        @strict("Builder", version)
         class Builder:
             def __init__(self, logger):
-                self.record = {"flags": set(), "profiles": [], "workspace": None, "parser_flags": set()}
-                trt.builders.append(self.record)
+                self._record = {"flags": set(), "profiles": [], "workspace": None, "parser_flags": set()}
+                trt.builders.append(self._record)
                 trt.alive.append(weakref.ref(self))
 
             def create_network(self, flags):
-                self.record["network_flags"] = flags
+                self._record["network_flags"] = flags
                 return Network()
 
             def create_builder_config(self):
-                record = self.record
-
-                class Config:
-                    def set_memory_pool_limit(self, pool, size):
-                        record["workspace"] = size
-
-                    def set_flag(self, flag):
-                        record["flags"].add(flag)
-
-                    def add_optimization_profile(self, profile):
-                        record["profiles"].append(profile.shapes)
-
-                    def create_timing_cache(self, data):
-                        record["cache_in"] = data
-                        return types.SimpleNamespace(data=data, serialize=lambda: b"timing-cache")
-
-                    def set_timing_cache(self, cache, ignore_mismatch):
-                        record.setdefault("caches_set", []).append(cache.data)
-                        return trt.accept_cache or cache.data == b""
-
-                return Config()
+                return Config(self._record)
 
             def create_optimization_profile(self):
-                shapes = {}
-                return types.SimpleNamespace(shapes=shapes,
-                                             set_shape=lambda name, lo, opt, hi: shapes.update({name: (lo, opt, hi)}))
+                return Profile()
 
             def build_serialized_network(self, network, config):
                 return trt.build_returns
 
+        @strict("OnnxParser", version)
         class OnnxParser:
             def __init__(self, network, logger):
-                self.num_errors = 0 if trt.parse_ok else 2
+                object.__setattr__(self, "num_errors", 0 if trt.parse_ok else 2)
 
             def set_flag(self, flag):
                 trt.builders[-1]["parser_flags"].add(flag)
@@ -216,7 +249,7 @@ class FakeTensorRT(types.SimpleNamespace):
             def get_error(self, i):
                 return f"node {i}: unsupported operator"
 
-        self.Builder, self.OnnxParser = Builder, OnnxParser
+        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
 
 
 def _use_fake(monkeypatch, fake):
@@ -319,12 +352,13 @@ def test_fp16_on_tensorrt_8_6_pins_the_fp32_layers(tiny_model_dir, tmp_path, mon
     _use_fake(monkeypatch, fake)
     tb.build_engine(copy, timing_cache=False)
     vae_conv, constant, cast, unet_conv = fake.builders[0]["layers"]
-    assert vae_conv.precision == F and vae_conv.output_types == {0: F}
+    assert vae_conv.precision == F and vae_conv._output_types == {0: F}
     assert constant.precision is None and cast.precision is None and unet_conv.precision is None
 
 
 def test_fp32_and_strongly_typed_builds_pin_nothing(model_copy, monkeypatch):
-    fake = FakeTensorRT("10.3.0", layer_types=[(0, [0])])
+    fake = FakeTensorRT("10.3.0")
+    fake.layer_types = [(fake.LayerType.CONVOLUTION, [fake.DataType.FLOAT])]
     _use_fake(monkeypatch, fake)
     tb.build_engine(model_copy, timing_cache=False)
     assert fake.builders[0]["layers"][0].precision is None
@@ -362,3 +396,38 @@ def test_builder_is_freed_before_the_plan_is_written(model_copy, monkeypatch):
     monkeypatch.setattr(tb.atomic, "write_bytes", write)
     path = tb.build_engine(model_copy, timing_cache=False)
     assert seen == {"builders alive": [False], "type": memoryview} and path.read_bytes() == b"plan-bytes"
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS.values()))
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_build_uses_only_names_each_real_tensorrt_has(version, precision, tiny_model_dir, tmp_path, monkeypatch):
+    # GPU defect 11: the hand-written fake had names and enum values the real versions lack
+    # (EXPLICIT_PRECISION next to STRONGLY_TYPED=2; TRT 11's STRONGLY_TYPED is 0 and it has no
+    # EXPLICIT_BATCH or FP16 flag). The fake is now made from each version's recorded surface.
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_model_dir("sdxl", 256, precision), copy)
+    fake = FakeTensorRT(version)
+    fake.layer_types = [(fake.LayerType.CONVOLUTION, [fake.DataType.FLOAT]),
+                        (fake.LayerType.CONVOLUTION, [fake.DataType.HALF])]
+    _use_fake(monkeypatch, fake)
+    tb.build_engine(copy)
+    (rec,) = fake.builders
+    creation = fake.NetworkDefinitionCreationFlag
+    typed = parse_version(version)[0] >= 10
+    assert rec["network_flags"] == (1 << creation.STRONGLY_TYPED if typed else 1 << creation.EXPLICIT_BATCH)
+    pinned = rec["layers"][0].precision if "precision" in surface(version)["classes"]["ILayer"] else None
+    assert pinned == (fake.DataType.FLOAT if precision == "fp16" and not typed else None)
+
+
+def test_the_fake_refuses_what_the_real_version_lacks():
+    fake = FakeTensorRT("11.4.0.106")
+    with pytest.raises(AttributeError, match="no BuilderFlag.FP16"):
+        fake.BuilderFlag.FP16
+    with pytest.raises(AttributeError, match="no NetworkDefinitionCreationFlag.EXPLICIT_BATCH"):
+        fake.NetworkDefinitionCreationFlag.EXPLICIT_BATCH
+    layer_less = FakeTensorRT("11.4.0.106", layer_types=[(0, [0])])
+    builder = layer_less.Builder(None)
+    network = builder.create_network(0)
+    with pytest.raises(AttributeError, match="ILayer has no attribute 'precision'"):
+        network.get_layer(0).precision = 0
+    assert surface("8.6.1")["enums"]["NetworkDefinitionCreationFlag"] == {"EXPLICIT_BATCH": 0, "EXPLICIT_PRECISION": 1}

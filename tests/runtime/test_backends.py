@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from diffcut_edge.errors import DiffCutError
+from helpers.trt_surface import strict
+
 from diffcut_edge import lazy
 from diffcut_edge.runtime import trt_compat
 from diffcut_edge.runtime.backends import (
@@ -265,16 +267,19 @@ def test_engine_io_and_profile_checks(manifest):
 
 
 class _FakeTrt:
-    """Just enough of the tensorrt module for deserialisation, returning None like TRT does."""
+    """Just enough of the tensorrt module for deserialisation, returning None like TRT does;
+    its classes refuse names the real 10.3 lacks (tests/data/tensorrt/surface-10.3.json)."""
 
     __version__ = "10.3.0"
 
+    @strict("Logger", "10.3.0")
     class Logger:
-        ERROR = 1
+        ERROR = "ERROR"
 
         def __init__(self, level=None):
             pass
 
+    @strict("Runtime", "10.3.0")
     class Runtime:
         def __init__(self, logger):
             pass
@@ -292,6 +297,11 @@ def test_undeserializable_engine_is_a_clear_error():
 
 @pytest.mark.skipif(not lazy.tensorrt.available(), reason="tensorrt is not installed (the [trt] extra)")
 def test_real_tensorrt_refuses_garbage_bytes():
+    # A real trt.Runtime needs a CUDA device: without one this test cannot say anything.
+    from diffcut_edge.runtime.gpu import probe_gpu
+
+    if probe_gpu() is None:
+        pytest.skip("tensorrt is installed but there is no NVIDIA GPU for its Runtime")
     with pytest.raises(DiffCutError, match="not a TensorRT engine"):
         trt_compat.deserialize_engine(lazy.tensorrt.load(), b"\x00" * 64 + b"garbage" * 100, "garbage.plan")
 
@@ -426,3 +436,20 @@ def test_tensorrt_backend_orders_its_stream_after_the_input_and_names_its_device
     assert out.shape == (1, manifest.num_tokens, manifest.channels)
     assert log[:3] == ["device 1", "record current", "engine waits for event of current"]
     assert log.index("engine waits for event of current") < log.index("execute") < log.index("sync engine")
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0", "10.16.0.72", "11.4.0.106"])
+def test_every_supported_tensorrt_has_the_names_the_native_backend_calls(version):
+    # runtime/trt_compat.py and runtime/backends/tensorrt.py, against the recorded real surfaces.
+    from helpers.trt_surface import surface
+
+    real = surface(version)
+    used = {"ICudaEngine": ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_dtype",
+                            "get_tensor_profile_shape", "create_execution_context"),
+            "IExecutionContext": ("set_input_shape", "get_tensor_shape", "set_tensor_address", "execute_async_v3"),
+            "Runtime": ("deserialize_cuda_engine",), "Logger": ("ERROR", "WARNING", "VERBOSE")}
+    missing = {cls: [n for n in names if n not in real["classes"][cls]] for cls, names in used.items()}
+    assert missing == {cls: [] for cls in used}
+    assert set(real["enums"]["TensorIOMode"]) >= {"INPUT", "OUTPUT"}
+    assert {trt_compat.numpy_dtype(types.SimpleNamespace(name=n)) for n in ("FLOAT", "HALF")} == {
+        np.dtype(np.float32), np.dtype(np.float16)} and {"FLOAT", "HALF"} <= set(real["enums"]["DataType"])
