@@ -90,3 +90,13 @@ def cli_fake_segmenter(monkeypatch):
     seg = FakeSegmenter()
     monkeypatch.setattr(cli, "_open_segmenter", lambda args: seg)
     return seg
+
+
+@pytest.fixture(params=["numpy", "strict", "torch"])
+def ns(request):
+    """The array namespace a post-processing test runs on (tests/helpers/namespaces.py)."""
+    from helpers import namespaces
+
+    if request.param == "torch" and not namespaces.HAS_TORCH:
+        pytest.skip("torch is not installed (the [export] extra): the torch namespace is not tested")
+    return namespaces.make(request.param)

@@ -1,10 +1,10 @@
-"""Concept assignment: paint coarse NCut segments at mask resolution, numpy or cupy.
+"""Concept assignment: paint coarse NCut segments at mask resolution, on any Array API namespace.
 
 The official code upsamples the C = 1280 normalised feature channels bilinearly to the
 mask size and takes ``argmax_k <f, e_k>``. Bilinear upsampling is linear, so upsampling
 the K similarity maps ``<f, e_k>`` computed on the token grid gives the same scores at
 K/C of the cost. The resize is torch's ``F.interpolate(mode="bilinear")`` written as two
-small interpolation matrices (rows, columns), so numpy and cupy share it exactly.
+small interpolation matrices (rows, columns), so every namespace shares it exactly.
 """
 
 from __future__ import annotations
@@ -16,36 +16,47 @@ import numpy as np
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.ncut import check_features, normalize_tokens
-from diffcut_edge.runtime.xp import get_xp, linear_taps, single_threaded_blas
+from diffcut_edge.runtime.xp import device_of, from_host, get_xp, linear_taps, single_threaded_blas
 
 
-def interp_matrix(size_in: int, size_out: int, *, align_corners: bool, xp: Any = np) -> Any:
+def interp_matrix(size_in: int, size_out: int, *, align_corners: bool, like: Any = None) -> Any:
     """(size_out, size_in) float32 matrix of 1-D linear interpolation, torch semantics
-    (taps from :func:`diffcut_edge.runtime.xp.linear_taps`)."""
+    (taps from :func:`diffcut_edge.runtime.xp.linear_taps`), built on the host and placed
+    in ``like``'s namespace and device (numpy when None)."""
     i0, i1, lam = linear_taps(size_in, size_out, align_corners=align_corners)
     m = np.zeros((size_out, size_in), dtype=np.float32)
     rows = np.arange(size_out)
     np.add.at(m, (rows, i0), np.float32(1) - lam)
     np.add.at(m, (rows, i1), lam)
-    return xp.asarray(m)
+    return m if like is None else from_host(m, like=like)
 
 
 def resize_bilinear(maps: Any, size: tuple[int, int], *, align_corners: bool) -> Any:
-    """Resize (K, h, w) maps to (K, H, W) like torch bilinear interpolation; numpy or cupy."""
+    """Resize (K, h, w) maps to (K, H, W) like torch bilinear interpolation, in their namespace."""
     xp = get_xp(maps)
     k, h, w = maps.shape
     out_h, out_w = int(size[0]), int(size[1])
-    ry = interp_matrix(h, out_h, align_corners=align_corners, xp=xp)
-    rx = interp_matrix(w, out_w, align_corners=align_corners, xp=xp)
-    return ry @ maps.astype(xp.float32, copy=False) @ rx.T  # broadcasts over K
+    ry = interp_matrix(h, out_h, align_corners=align_corners, like=maps)
+    rx = interp_matrix(w, out_w, align_corners=align_corners, like=maps)
+    return ry @ xp.astype(maps, xp.float32, copy=False) @ rx.T  # broadcasts over K
 
 
-def _check_coarse(coarse_labels: Any, grid: tuple[int, int], xp: Any) -> Any:
-    labels = xp.asarray(coarse_labels)
-    if labels.size != grid[0] * grid[1]:
-        raise DiffCutError(f"coarse labels have {labels.size} entries, expected {grid[0]}*{grid[1]} "
+def _as_labels(labels: Any, like: Any) -> Any:
+    """Labels as an array of ``like``'s namespace; lists (and numpy with numpy) pass through."""
+    xp = get_xp(like)
+    if hasattr(labels, "shape") and hasattr(labels, "dtype"):
+        return labels
+    return xp.asarray(labels, device=device_of(like))
+
+
+def _check_coarse(coarse_labels: Any, grid: tuple[int, int], like: Any) -> Any:
+    xp = get_xp(like)
+    labels = _as_labels(coarse_labels, like)
+    size = int(np.prod(labels.shape))
+    if size != grid[0] * grid[1]:
+        raise DiffCutError(f"coarse labels have {size} entries, expected {grid[0]}*{grid[1]} "
                            "for the feature grid: pass the labels of recursive_ncut on the same grid")
-    return labels.reshape(-1)
+    return xp.reshape(labels, (-1,))
 
 
 def segment_embeddings(features: Any, coarse_labels: Any) -> Any:
@@ -55,8 +66,9 @@ def segment_embeddings(features: Any, coarse_labels: Any) -> Any:
     order. Not re-normalised (the official MaskPooling mean).
     """
     xp = get_xp(features)
-    fn = normalize_tokens(xp.asarray(features).astype(xp.float32, copy=False))
-    labels = xp.asarray(coarse_labels).reshape(-1)
+    x = features if hasattr(features, "shape") else xp.asarray(features)
+    fn = normalize_tokens(xp.astype(x, xp.float32, copy=False))
+    labels = xp.reshape(_as_labels(coarse_labels, fn), (-1,))
     if labels.shape[0] != fn.shape[0]:
         raise DiffCutError(f"coarse labels have {labels.shape[0]} entries but there are "
                            f"{fn.shape[0]} tokens: both must come from the same grid")
@@ -66,11 +78,10 @@ def segment_embeddings(features: Any, coarse_labels: Any) -> Any:
 def _segment_means(features_norm: Any, labels: Any) -> Any:
     """(K, C) means of the rows of ``features_norm`` per sorted unique label."""
     xp = get_xp(features_norm)
-    _, index = xp.unique(labels, return_inverse=True)
-    index = index.reshape(-1)
-    k = int(index.max()) + 1
-    onehot = (index[None, :] == xp.arange(k)[:, None]).astype(xp.float32)
-    return (onehot @ features_norm) / onehot.sum(axis=1, keepdims=True)
+    _, index = xp.unique_inverse(labels)
+    k = int(xp.max(index)) + 1
+    onehot = xp.astype(index[None, :] == xp.arange(k, device=device_of(index))[:, None], xp.float32)
+    return (onehot @ features_norm) / xp.sum(onehot, axis=1, keepdims=True)
 
 
 def assign_concepts(features: Any, grid: tuple[int, int], coarse_labels: Any,
@@ -78,20 +89,20 @@ def assign_concepts(features: Any, grid: tuple[int, int], coarse_labels: Any,
     """(H, W) int32 labels at ``mask_size``: argmax_k of the upsampled similarity maps.
 
     Args:
-        features: (N, C) token features (numpy or cupy), N = h*w.
+        features: (N, C) token features (any Array API namespace), N = h*w.
         grid: (h, w).
         coarse_labels: (h, w) or (N,) segment ids (any integers; sorted order defines k).
         mask_size: (H, W) output size (paper: 128x128).
     """
     x, (h, w) = check_features(features, grid)
     xp = get_xp(x)
-    labels = _check_coarse(coarse_labels, (h, w), xp)
+    labels = _check_coarse(coarse_labels, (h, w), x)
     with single_threaded_blas(xp):  # small products: BLAS threads only add wake-up latency
         fn = normalize_tokens(x)
         emb = _segment_means(fn, labels)
-        sim = (fn @ emb.T).T.reshape(-1, h, w)  # (K, h, w) similarity maps on the token grid
+        sim = xp.reshape((fn @ emb.T).T, (-1, h, w))  # (K, h, w) similarity maps on the token grid
         up = resize_bilinear(sim, mask_size, align_corners=False)
-    return xp.argmax(up, axis=0).astype(xp.int32)
+    return xp.astype(xp.argmax(up, axis=0), xp.int32)
 
 
 def segment_features(features: Any, grid: tuple[int, int], tau: float = defaults.TAU, alpha: float = defaults.ALPHA,
@@ -99,7 +110,7 @@ def segment_features(features: Any, grid: tuple[int, int], tau: float = defaults
                      min_segment_size: int | None = None) -> Any:
     """DiffCut segmentation of one image's tokens: recursive NCut, then concept assignment.
 
-    Returns (H, W) int32 labels at ``mask_size`` on the input's device (numpy or cupy);
+    Returns (H, W) int32 labels at ``mask_size`` in the input's namespace, on its device;
     ids index the coarse segments in the official order.
     """
     from diffcut_edge.runtime.ncut import recursive_ncut

@@ -1,4 +1,4 @@
-"""Recursive Normalized Cut on token features, numpy or cupy (one code path).
+"""Recursive Normalized Cut on token features, on any Array API namespace (one code path).
 
 Same partitions as the official DiffCut recursion (docs/design.md, "NCut"),
 computed the fast way:
@@ -33,8 +33,8 @@ import numpy as np
 
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime.xp import (deflated_operator, eigen_residual, eigh_one, eigsh_largest, get_xp,
-                                     single_threaded_blas, to_host)
+from diffcut_edge.runtime.xp import (deflated_matvec, device_of, eigen_residual, eigh_one, eigsh_largest,
+                                     from_host, get_xp, member_mask, rank_rows, single_threaded_blas, submatrix)
 
 SOLVERS = ("auto", "eigh", "eigsh")
 # Official candidate cuts: 100 thresholds in [0.99 min y, 0.99 max y].
@@ -56,7 +56,7 @@ LANCZOS_MIN_NODES = 8
 # Precision of the eigen-solve, float32 like the official torch eigh: half the memory
 # traffic of float64 per Lanczos product, and the same partitions on every parity case
 # (planted noise 0.2-0.6, grids 16x16 to 32x32). float64 is kept selectable for studies.
-EIGEN_DTYPE = np.float32
+EIGEN_DTYPE = "float32"
 # F.normalize's epsilon: a zero token stays zero instead of dividing by zero.
 NORM_EPS = 1e-12
 
@@ -66,7 +66,7 @@ class NCutResult:
     """Outcome of the recursive NCut on one image's tokens.
 
     Attributes:
-        labels: (h, w) int32 coarse segment ids 0..K-1 (numpy or cupy, like the input),
+        labels: (h, w) int32 coarse segment ids 0..K-1 (the input's namespace and device),
             numbered in the official order (sorted membership codes).
         num_segments: K.
         num_masks: cuts recorded (NCut < tau); K == num_masks + 1.
@@ -116,15 +116,17 @@ def check_features(features: Any, grid: tuple[int, int]) -> tuple[Any, tuple[int
     except (TypeError, ValueError) as e:
         raise DiffCutError(f"grid must be a pair (h, w) of token rows and columns, got {grid!r}") from e
     xp = get_xp(features)
-    x = xp.asarray(features)
+    x = features if hasattr(features, "shape") and hasattr(features, "dtype") else xp.asarray(features)
     if x.ndim == 3 and x.shape[0] == 1:
-        x = x[0]
+        x = x[0, ...]
     if x.ndim != 2 or x.shape[0] != h * w or h < 1 or w < 1:
         raise DiffCutError(
             f"features must be (N, C) tokens with N = h*w = {h}*{w} = {h * w} for grid {(h, w)}, "
             f"got shape {tuple(x.shape)}; pass the grid of the exported model (manifest 'grid')")
-    x = x.astype(xp.float32, copy=False)
-    if not bool(xp.isfinite(x).all()):
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise DiffCutError(f"features must be floating point, got dtype {x.dtype}")
+    x = xp.astype(x, xp.float32, copy=False)
+    if not bool(xp.all(xp.isfinite(x))):
         raise DiffCutError("features contain NaN or inf: check the encoder output (precision fp16 "
                            "overflow?) before segmenting; one non-finite token poisons the affinity")
     return x, (h, w)
@@ -133,14 +135,15 @@ def check_features(features: Any, grid: tuple[int, int]) -> tuple[Any, tuple[int
 def normalize_tokens(features: Any) -> Any:
     """L2-normalise each token (row), like F.normalize: x / max(||x||, 1e-12), float32."""
     xp = get_xp(features)
-    norms = xp.sqrt(xp.sum(features * features, axis=1, keepdims=True))
-    return features / xp.maximum(norms, xp.float32(NORM_EPS))
+    norms = xp.linalg.vector_norm(features, axis=1, keepdims=True)
+    return features / xp.clip(norms, min=NORM_EPS)
 
 
 def affinity(features_norm: Any, alpha: float) -> Any | None:
     """``minmax(F Fᵀ) ** alpha`` in float32 (N, N); None when all affinities are equal."""
+    xp = get_xp(features_norm)
     w = features_norm @ features_norm.T
-    lo, hi = w.min(), w.max()
+    lo, hi = xp.min(w), xp.max(w)
     span = hi - lo
     if not bool(span > 0):
         return None  # constant features: the official code divides 0 by 0 (-> one segment)
@@ -158,13 +161,13 @@ def _power(w: Any, alpha: float) -> Any:
     """
     xp = get_xp(w)
     if float(alpha) != int(alpha) or int(alpha) > 64:
-        return w ** xp.float32(alpha)
+        return w ** float(alpha)
     e = int(alpha)
     result = None
     base = w
     while e:
         if e & 1:
-            result = base.copy() if result is None else _imul(result, base)
+            result = xp.asarray(base, copy=True) if result is None else _imul(result, base)
         e >>= 1
         if e:
             base = base * base if base is w else _imul(base, base)
@@ -183,27 +186,29 @@ def _fiedler(a: Any, d: Any, solver: str) -> Any | None:
     largest pair of ``M - 2 u uᵀ`` (u = sqrt(d)/|sqrt(d)|, the trivial eigenvector, whose
     eigenvalue 1 moves to -1, below every other one) by Lanczos, applying the scaling and
     the rank-one term inside the product so M is never formed; "eigh" (and the fallback
-    when Lanczos does not converge) takes pair #1 of the dense ``I - M`` by LAPACK.
+    when Lanczos does not converge, or the namespace has no Lanczos) takes pair #1 of the
+    dense ``I - M``.
     Returns None if the solvers fail or yield non-finite values (the node is then not split).
     """
     xp = get_xp(a)
     n = a.shape[0]
+    dtype = getattr(xp, EIGEN_DTYPE)
     s = 1.0 / xp.sqrt(d)
-    s_m = s.astype(EIGEN_DTYPE)
+    s_m = xp.astype(s, dtype)
     v = None
     if n >= LANCZOS_MIN_NODES and (solver == "eigsh" or (solver == "auto" and n > EIGH_MAX_NODES)):
-        v = _lanczos_fiedler(a.astype(EIGEN_DTYPE, copy=False), s_m, d)
+        v = _lanczos_fiedler(xp.astype(a, dtype, copy=False), s_m, d)
     if v is None:
-        m = a.astype(EIGEN_DTYPE)  # a copy: I - M is built in place
+        m = xp.astype(a, dtype)  # a copy: I - M is built in place
         m *= -s_m[:, None]
         m *= s_m[None, :]
-        m[xp.diag_indices(n)] += 1.0
+        m += xp.eye(n, dtype=dtype, device=device_of(a))
         try:
             _, v = eigh_one(m, 1)
-        except (np.linalg.LinAlgError, ValueError):
+        except (np.linalg.LinAlgError, ValueError, RuntimeError):
             return None
-    y = s * v.astype(xp.float64)
-    if not bool(xp.isfinite(y).all()):
+    y = s * xp.astype(v, xp.float64)
+    if not bool(xp.all(xp.isfinite(y))):
         return None
     # Official sign rule: the largest-magnitude entry (first on ties) is positive.
     peak = y[int(xp.argmax(xp.abs(y)))]
@@ -214,23 +219,33 @@ def _lanczos_fiedler(a: Any, s: Any, d: Any) -> Any | None:
     """Largest eigenvector of ``diag(s) a diag(s) - 2 u uᵀ`` (see :func:`_fiedler`), or None."""
     xp = get_xp(a)
     u = xp.sqrt(d)
-    u /= xp.linalg.norm(u)
-    op = deflated_operator(a, s, u.astype(a.dtype))
+    u /= xp.linalg.vector_norm(u)
+    matvec = deflated_matvec(a, s, xp.astype(u, a.dtype))
     # Fixed start vector: deterministic results; a Gaussian is never orthogonal to v in practice.
-    v0 = xp.asarray(np.random.default_rng(0).standard_normal(a.shape[0]), dtype=a.dtype)
+    v0 = from_host(np.random.default_rng(0).standard_normal(a.shape[0]), like=a, dtype=a.dtype)
     try:
-        w, v = eigsh_largest(op, v0=v0, tol=EIGSH_TOL if a.dtype == xp.float64 else 0.0, xp=xp)
+        found = eigsh_largest(matvec, v0=v0, tol=EIGSH_TOL if a.dtype == xp.float64 else 0.0)
     except (np.linalg.LinAlgError, RuntimeError, ValueError, TypeError):
         return None
-    if not eigen_residual(op, w, v) <= EIGSH_MAX_RESIDUAL:  # also refuses NaN
+    if found is None:  # no Lanczos in this namespace: the dense solver decides
+        return None
+    w, v = found
+    if not eigen_residual(matvec, w, v) <= EIGSH_MAX_RESIDUAL:  # also refuses NaN
         return None
     return v
 
 
 def _thresholds(y: Any) -> Any:
     xp = get_xp(y)
-    lo, hi = float(y.min()), float(y.max())  # host scalars: one sync on cupy
-    return xp.linspace(THRESHOLD_SPAN * lo, THRESHOLD_SPAN * hi, NUM_THRESHOLDS)
+    lo, hi = float(xp.min(y)), float(xp.max(y))  # host scalars: one sync on a GPU
+    return xp.linspace(THRESHOLD_SPAN * lo, THRESHOLD_SPAN * hi, NUM_THRESHOLDS, dtype=y.dtype,
+                       device=device_of(y))
+
+
+def _suffix_sum(x: Any, axis: int) -> Any:
+    """``out[p] = Σ_{i >= p} x[i]`` along ``axis``, with one trailing zero slice (length + 1)."""
+    xp = get_xp(x)
+    return xp.flip(xp.cumulative_sum(xp.flip(x, axis=axis), axis=axis, include_initial=True), axis=axis)
 
 
 def _best_cut(a: Any, d: Any, y: Any, min_size: int) -> tuple[float, Any]:
@@ -245,22 +260,23 @@ def _best_cut(a: Any, d: Any, y: Any, min_size: int) -> tuple[float, Any]:
     official code.
     """
     xp = get_xp(a)
+    dev = device_of(a)
     n = a.shape[0]
     t = _thresholds(y)
     # Only the occupied bins matter (clustered y leaves most of them empty): compress them.
-    used, bins = xp.unique(xp.searchsorted(t, y, side="left"), return_inverse=True)
-    onehot = (bins.reshape(-1, 1) == xp.arange(used.shape[0])[None, :]).astype(a.dtype)
-    g = (onehot.T @ (a @ onehot)).astype(xp.float64)
+    used, bins = xp.unique_inverse(xp.searchsorted(t, y, side="left"))
+    nbins = used.shape[0]
+    onehot = xp.astype(bins[:, None] == xp.arange(nbins, device=dev)[None, :], a.dtype)
+    g = xp.astype(onehot.T @ (a @ onehot), xp.float64)
     # tail[p, q] = Σ_{i >= p, j < q} g[i, j] (zero-padded); candidate k keeps the bins from
     # p_k = #{used bins <= k} on, so cut_k = tail[p_k, p_k].
-    above = _pad_first(xp.cumsum(g[::-1], axis=0)[::-1], 0, at_end=True)
-    tail = _pad_first(xp.cumsum(above, axis=1), 1)
-    p = xp.searchsorted(used, xp.arange(NUM_THRESHOLDS), side="right")
-    cut = tail[p, p]
-    vol_x = _pad_first(xp.cumsum((onehot.T.astype(xp.float64) @ d)[::-1])[::-1], 0, at_end=True)[p]
-    count_x = _pad_first(xp.cumsum(onehot.sum(axis=0)[::-1])[::-1], 0, at_end=True)[p]
-    vol_rest = d.sum() - vol_x
-    with np.errstate(divide="ignore", invalid="ignore"):
+    tail = xp.cumulative_sum(_suffix_sum(g, 0), axis=1, include_initial=True)
+    p = xp.searchsorted(used, xp.arange(NUM_THRESHOLDS, dtype=used.dtype, device=dev), side="right")
+    cut = xp.take(xp.reshape(tail, (-1,)), p * (nbins + 1) + p)
+    vol_x = xp.take(_suffix_sum(xp.astype(onehot, xp.float64).T @ d, 0), p)
+    count_x = xp.take(_suffix_sum(xp.sum(onehot, axis=0), 0), p)
+    vol_rest = xp.sum(d) - vol_x
+    with np.errstate(divide="ignore", invalid="ignore"):  # numpy's warnings only
         ncut = cut / vol_x + cut / vol_rest
     small = (count_x < min_size) | (n - count_x < min_size)
     ncut = xp.where(small | ~xp.isfinite(ncut), xp.inf, ncut)
@@ -268,34 +284,18 @@ def _best_cut(a: Any, d: Any, y: Any, min_size: int) -> tuple[float, Any]:
     return float(ncut[best]), y > t[best]
 
 
-def _pad_first(x: Any, axis: int, at_end: bool = False) -> Any:
-    """``x`` with one zero slice added along ``axis`` (at the start, or at the end)."""
-    xp = get_xp(x)
-    shape = list(x.shape)
-    shape[axis] = 1
-    zero = xp.zeros(shape, dtype=x.dtype)
-    return xp.concatenate([x, zero] if at_end else [zero, x], axis=axis)
-
-
-def _assemble(masks: list[Any], n: int, xp: types.ModuleType) -> tuple[Any, int]:
-    """Labels from recorded masks (token id arrays), numbered like the official codes.
+def _assemble(masks: list[Any], n: int, xp: types.ModuleType, device: Any) -> tuple[Any, int]:
+    """Labels from recorded masks (sorted token id arrays), numbered like the official codes.
 
     The official code sums mask_i * (running max + 1), so each weight exceeds every earlier
     code: codes order tokens lexicographically by membership, last mask most significant.
-    Here the membership bits are compared exactly (no float codes to collide).
+    Here the membership bits are ranked exactly (no float codes to collide).
     """
     if not masks:
-        return xp.zeros(n, dtype=xp.int32), 1
-    member = xp.zeros((len(masks), n), dtype=xp.int8)
-    for i, ids in enumerate(masks):
-        member[i, ids] = 1
-    if xp is np:
-        _, labels = np.unique(member[::-1].T, axis=0, return_inverse=True)
-    else:  # cupy.unique has no axis: pack the bits into sortable keys on the host
-        _, labels = np.unique(to_host(member[::-1].T), axis=0, return_inverse=True)
-        labels = xp.asarray(labels)
-    labels = labels.reshape(-1).astype(xp.int32)
-    return labels, int(labels.max()) + 1
+        return xp.zeros(n, dtype=xp.int32, device=device), 1
+    member = xp.stack([member_mask(ids, n) for ids in reversed(masks)], axis=1)  # (n, masks), last first
+    labels = xp.astype(rank_rows(xp.astype(member, xp.int8)), xp.int32)
+    return labels, int(xp.max(labels)) + 1
 
 
 def _split_node(a_full: Any, keep_deep: Any, node: _Node, solver: str, min_size: int, tau: float,
@@ -305,12 +305,12 @@ def _split_node(a_full: Any, keep_deep: Any, node: _Node, solver: str, min_size:
     counts.visited += 1
     ids = node.ids
     if node.level > 0:
-        ids = ids[keep_deep[ids]]
+        ids = ids[xp.take(keep_deep, ids)]
     if ids.shape[0] < 2:
         return None
-    a = a_full if node.level == 0 else a_full[xp.ix_(ids, ids)]
+    a = a_full if node.level == 0 else submatrix(a_full, ids)
     # Degrees by a float32 matrix-vector product (BLAS; the official sum is float32 too).
-    d = (a @ xp.ones(a.shape[0], dtype=a.dtype)).astype(xp.float64)
+    d = xp.astype(a @ xp.ones(a.shape[0], dtype=a.dtype, device=device_of(a)), xp.float64)
     y = _fiedler(a, d, solver)
     counts.solves += 1
     if y is None:
@@ -327,7 +327,8 @@ def recursive_ncut(features: Any, grid: tuple[int, int], *, tau: float = default
     """Recursive Normalized Cut of one image's tokens.
 
     Args:
-        features: (N, C) (or (1, N, C)) token features, numpy or cupy, any float dtype
+        features: (N, C) (or (1, N, C)) token features of any Array API library (numpy,
+            cupy, torch, ...), any float dtype
             (computed in float32); N = h*w, row-major tokens.
         grid: (h, w) token grid.
         tau: a cut is kept while its NCut value is below tau (paper: 0.5); NCut values are
@@ -358,11 +359,12 @@ def _ncut_tree(x: Any, grid: tuple[int, int], tau: float, alpha: float, budget: 
                min_size: int, solver: str) -> NCutResult:
     """The recursion on validated float32 features, as an explicit work list."""
     xp = get_xp(x)
+    dev = device_of(x)
     h, w = grid
     n = h * w
     a_full = affinity(normalize_tokens(x), alpha)
     if a_full is None:
-        return NCutResult(xp.zeros((h, w), dtype=xp.int32), 1, 0, 1, 0)
+        return NCutResult(xp.zeros((h, w), dtype=xp.int32, device=dev), 1, 0, 1, 0)
     # Nodes whose affinity row has an exact zero leave the graph below level 0.
     keep_deep = ~xp.any(a_full == 0, axis=1)
 
@@ -376,7 +378,7 @@ def _ncut_tree(x: Any, grid: tuple[int, int], tau: float, alpha: float, budget: 
         key = (len(path), path) if budget is not None else path
         heapq.heappush(pending, (key, path, len(nodes) - 1))
 
-    push(xp.arange(n), ())
+    push(xp.arange(n, device=dev), ())
     recorded: list[tuple[tuple, Any]] = []
     counts = _Counters()
     while pending and (budget is None or len(recorded) < budget):
@@ -392,5 +394,5 @@ def _ncut_tree(x: Any, grid: tuple[int, int], tau: float, alpha: float, budget: 
         push(below, path + (1,))
 
     recorded.sort(key=lambda item: item[0])  # official (pre-order) numbering
-    labels, k = _assemble([m for _, m in recorded], n, xp)
-    return NCutResult(labels.reshape(h, w), k, len(recorded), counts.visited, counts.solves)
+    labels, k = _assemble([m for _, m in recorded], n, xp, dev)
+    return NCutResult(xp.reshape(labels, (h, w)), k, len(recorded), counts.visited, counts.solves)

@@ -1,10 +1,10 @@
-"""PAMR mask refinement (Araslanov & Roth, CVPR 2020) as DiffCut applies it, numpy or cupy.
+"""PAMR mask refinement (Araslanov & Roth, CVPR 2020) as DiffCut applies it, on any Array API namespace.
 
 The official module recomputes nothing between iterations except the masks, but it
 materialises every shifted copy through a convolution. Here the image affinities are
 turned into softmax weights once, (8·|dilations|, H, W), and each iteration is a sum of
 shifted multiply-adds over one edge-padded copy of the masks (views into it, no
-convolution buffers) -- elementwise work that numpy and cupy run the same way.
+convolution buffers) -- elementwise work every array library runs the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.assign import resize_bilinear
-from diffcut_edge.runtime.xp import get_xp, median_filter3
+from diffcut_edge.runtime.xp import device_of, get_xp, is_numpy_namespace, median_filter3, pad_edge
 
 # The 8 neighbours of a 3x3 kernel in the official order (row-major, centre skipped),
 # in units of the dilation.
@@ -36,8 +36,7 @@ def _shifted(padded: Any, pad: int, oy: int, ox: int, h: int, w: int) -> Any:
 
 
 def _pad(x: Any, d: int) -> Any:
-    xp = get_xp(x)
-    return xp.pad(x, ((0, 0), (d, d), (d, d)), mode="edge")
+    return pad_edge(x, d)
 
 
 def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
@@ -50,35 +49,36 @@ def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
 def pamr_weights(image: Any, dilations: Sequence[int] = defaults.PAMR_DILATIONS) -> Any:
     """(8·|dilations|, H, W) float32 softmax weights of each pixel's dilated neighbours.
 
-    image: (H, W, 3) RGB float in [0, 1] (numpy or cupy). σ is the unbiased std, per colour
+    image: (H, W, 3) RGB float in [0, 1] (any Array API namespace). σ is the unbiased std, per colour
     channel, of the 9·|dilations| values of the dilated 3x3 windows (centre included);
     the affinity -|I(p) - I(p+o)| / (1e-8 + 0.1·σ) is averaged over the channels, then
     soft-maxed over the neighbours.
     """
     xp = get_xp(image)
     dil = _check_dilations(dilations)
-    img = xp.ascontiguousarray(xp.moveaxis(xp.asarray(image, dtype=xp.float32), -1, 0))  # (3, H, W)
+    img = xp.astype(xp.stack([image[..., c] for c in range(3)], axis=0), xp.float32)  # (3, H, W), contiguous
     _, h, w = img.shape
     padded = {d: _pad(img, d) for d in dil}
     n = len(WINDOW) * len(dil)
     # Two-pass unbiased std (a one-pass sum of squares cancels on flat regions).
     windows = [_shifted(padded[d], d, dy * d, dx * d, h, w) for d in dil for dy, dx in WINDOW]
-    mean = _accumulate(windows, lambda v: v) / xp.float32(n)
-    var = _accumulate(windows, lambda v: (v - mean) ** 2) / xp.float32(n - 1)
+    mean = _accumulate(windows, lambda v: v) / n
+    var = _accumulate(windows, lambda v: (v - mean) ** 2) / (n - 1)
     denom = STD_EPS + STD_SCALE * xp.sqrt(var)
-    logits = xp.empty((len(NEIGHBOURS) * len(dil), h, w), dtype=xp.float32)
+    logits = xp.empty((len(NEIGHBOURS) * len(dil), h, w), dtype=xp.float32, device=device_of(img))
     for j, (d, (dy, dx)) in enumerate((d, o) for d in dil for o in NEIGHBOURS):
         diff = xp.abs(img - _shifted(padded[d], d, dy * d, dx * d, h, w))
-        logits[j] = -(diff / denom).mean(axis=0)
-    logits -= logits.max(axis=0, keepdims=True)
+        logits[j, ...] = -xp.mean(diff / denom, axis=0)
+    logits -= xp.max(logits, axis=0, keepdims=True)
     weights = xp.exp(logits)
-    weights /= weights.sum(axis=0, keepdims=True)
+    weights /= xp.sum(weights, axis=0, keepdims=True)
     return weights
 
 
 def _accumulate(views: list, fn) -> Any:
     """Σ fn(v) over views, accumulated in place (float32)."""
-    total = fn(views[0]).astype(get_xp(views[0]).float32, copy=True)
+    xp = get_xp(views[0])
+    total = xp.astype(fn(views[0]), xp.float32, copy=True)
     for v in views[1:]:
         total += fn(v)
     return total
@@ -91,21 +91,19 @@ def propagate(masks: Any, weights: Any, dilations: Sequence[int] = defaults.PAMR
     """
     xp = get_xp(masks)
     dil = _check_dilations(dilations)
-    m = xp.ascontiguousarray(masks, dtype=xp.float32)
+    m = xp.astype(masks, xp.float32, copy=False)
     _, h, w = m.shape
     pad = max(dil)
-    acc = xp.empty_like(m)
-    tmp = xp.empty_like(m)
     for _ in range(int(num_iter)):
         padded = _pad(m, pad)
         views = (_shifted(padded, pad, dy * d, dx * d, h, w) for d in dil for dy, dx in NEIGHBOURS)
+        acc = None
         for j, view in enumerate(views):
-            if j == 0:
-                xp.multiply(view, weights[0], out=acc)
+            if acc is None:
+                acc = view * weights[j, ...]
             else:
-                xp.multiply(view, weights[j], out=tmp)
-                acc += tmp
-        m, acc = acc, m
+                acc += view * weights[j, ...]
+        m = acc
     return m
 
 
@@ -121,7 +119,7 @@ def propagate_parallel(masks: Any, weights: Any, dilations: Sequence[int] = defa
     """
     xp = get_xp(masks)
     workers = min(workers or _host_threads(), masks.shape[0])
-    if xp is not np or workers < 2:
+    if not is_numpy_namespace(xp) or workers < 2:
         return propagate(masks, weights, dilations, num_iter)
     chunks = np.array_split(masks, workers, axis=0)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -138,16 +136,17 @@ def _host_threads() -> int:
 
 def _one_hot(labels: Any, xp: Any) -> tuple[Any, int]:
     """(K, h, w) float32 one-hot masks in sorted-label order, and K."""
-    values, index = xp.unique(labels, return_inverse=True)
-    index = index.reshape(labels.shape)
+    values, index = xp.unique_inverse(labels)
+    index = xp.reshape(index, labels.shape)
     k = int(values.shape[0])
-    return (index[None] == xp.arange(k).reshape(-1, 1, 1)).astype(xp.float32), k
+    ks = xp.reshape(xp.arange(k, device=device_of(index)), (-1, 1, 1))
+    return xp.astype(index[None, ...] == ks, xp.float32), k
 
 
 def _check_inputs(image: Any, labels: Any, num_iter: int) -> tuple[Any, Any]:
-    xp = get_xp(image)
-    img = xp.asarray(image)
-    lab = xp.asarray(labels)
+    xp = get_xp(image, labels)
+    img = image if hasattr(image, "shape") else xp.asarray(image)
+    lab = labels if hasattr(labels, "shape") else xp.asarray(labels, device=device_of(img))
     if img.ndim != 3 or img.shape[2] != 3:
         raise DiffCutError(f"PAMR needs an (H, W, 3) RGB image, got shape {tuple(img.shape)}")
     if lab.ndim != 2:
@@ -180,4 +179,4 @@ def pamr_refine(image: Any, labels: Any, num_iter: int = defaults.PAMR_ITERATION
     """
     soft = pamr_soft(image, labels, num_iter, dilations)
     xp = get_xp(soft)
-    return median_filter3(xp.argmax(soft, axis=0).astype(xp.int32))
+    return median_filter3(xp.astype(xp.argmax(soft, axis=0), xp.int32))

@@ -7,7 +7,7 @@ same sampling grid but is not exact: on uint8 frames its fixed-point weights are
 by up to ~1/255 against torch, and measured on float32 a 1000 -> 129 downscale was off
 by 3e-5. So the resize here is written out as two-tap interpolation along each axis,
 matching PyTorch to float32 rounding (tested against torch, up- and downscaling, odd
-sizes). It runs on numpy or cupy arrays alike.
+sizes). It runs on any Array API namespace (numpy, cupy, torch) alike.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime.xp import get_xp, linear_taps, nearest_taps
+from diffcut_edge.runtime.xp import device_of, from_host, get_xp, linear_taps, nearest_taps
 
 # Float frames may stray this far outside [0, 1] from rounding before we call them wrong.
 _FLOAT_RANGE_SLACK = 1e-3
@@ -29,8 +29,8 @@ def _lerp_take(x: Any, axis: int, i0: Any, i1: Any, w1: Any, xp: Any) -> Any:
     Gathers first and converts after, so an integer frame becomes float only at the
     output size; ``w1`` is shaped to broadcast along ``axis``.
     """
-    low = xp.take(x, i0, axis=axis).astype(xp.float32, copy=False)
-    high = xp.take(x, i1, axis=axis).astype(xp.float32, copy=False)
+    low = xp.astype(xp.take(x, i0, axis=axis), xp.float32, copy=False)
+    high = xp.astype(xp.take(x, i1, axis=axis), xp.float32, copy=False)
     high -= low
     high *= w1
     low += high
@@ -61,32 +61,32 @@ def _resize_hwc(image: Any, size: tuple[int, int], channels: Sequence[int] | Non
         idx0 = (x0[:, None] * width_channels + chan[None, :]).ravel()
         idx1 = (x1[:, None] * width_channels + chan[None, :]).ravel()
         w = np.repeat(wx, k)[None, :]
-        return _lerp_take(flat, 1, xp.asarray(idx0), xp.asarray(idx1), xp.asarray(w), xp)
+        return _lerp_take(flat, 1, from_host(idx0, image), from_host(idx1, image), from_host(w, image), xp)
 
     def row_pass(flat: Any) -> Any:
         if in_h == out_h:  # torch's weights are exactly (1, 0) here
-            return flat.astype(xp.float32, copy=False)
-        return _lerp_take(flat, 0, xp.asarray(y0), xp.asarray(y1), xp.asarray(wy[:, None]), xp)
+            return xp.astype(flat, xp.float32, copy=False)
+        return _lerp_take(flat, 0, from_host(y0, image), from_host(y1, image), from_host(wy[:, None], image), xp)
 
-    flat = image.reshape(in_h, in_w * c)
+    flat = xp.reshape(image, (in_h, in_w * c))
     if out_h * in_w <= in_h * out_w:
         out = column_pass(row_pass(flat), c)
     else:
         out = row_pass(column_pass(flat, c))
     if scale != 1.0:
-        out *= xp.float32(scale)  # out is always a new array here (the column pass gathers)
-    return out.reshape(out_h, out_w, k)
+        out *= scale  # out is always a new array here (the column pass gathers)
+    return xp.reshape(out, (out_h, out_w, k))
 
 
 def resize_bilinear(image: Any, size: tuple[int, int], *, scale: float = 1.0) -> Any:
     """Resize (H, W) or (H, W, C) to ``size`` = (height, width), as torch bilinear/align_corners=False.
 
     Args:
-        image: numpy or cupy array, any real dtype (integers are read as their values).
+        image: an array of any Array API namespace, any real dtype (integers are read as their values).
         size: output (height, width).
         scale: factor applied to the result (e.g. 1/255 for uint8).
     Returns:
-        float32 array of the same array module, shape (height, width[, C]); a new array.
+        float32 array of the same namespace and device, shape (height, width[, C]); a new array.
     """
     if image.ndim == 2:
         return _resize_hwc(image[:, :, None], size, scale=scale)[:, :, 0]
@@ -97,13 +97,13 @@ def resize_nearest(labels: Any, size: tuple[int, int]) -> Any:
     """Resize a label map to ``size`` = (height, width) like torch ``F.interpolate(mode="nearest")``.
 
     PyTorch: src = min(floor(dst * in/out), in - 1), with the scale in float32.
-    Works on numpy or cupy; keeps the dtype.
+    Any Array API namespace; keeps the dtype.
     """
     xp = get_xp(labels)
     in_h, in_w = labels.shape[:2]
-    rows = xp.asarray(nearest_taps(in_h, int(size[0])))
-    cols = xp.asarray(nearest_taps(in_w, int(size[1])))
-    return labels[rows][:, cols]
+    rows = from_host(nearest_taps(in_h, int(size[0])), labels)
+    cols = from_host(nearest_taps(in_w, int(size[1])), labels)
+    return xp.take(xp.take(labels, rows, axis=0), cols, axis=1)
 
 
 def check_frame(image: Any) -> None:
@@ -121,13 +121,13 @@ def check_frame(image: Any) -> None:
 
 def _value_scale(image: Any) -> float:
     """Factor that maps the frame's values to [0, 1]: 1/255 for uint8, 1/65535 for uint16, 1 for float."""
-    dtype = np.dtype(image.dtype)
-    if dtype == np.uint8:
+    xp = get_xp(image)
+    dtype = image.dtype
+    if dtype == xp.uint8:
         return 1.0 / 255.0
-    if dtype == np.uint16:
+    if dtype == getattr(xp, "uint16", None):
         return 1.0 / 65535.0
-    if dtype.kind == "f":
-        xp = get_xp(image)
+    if xp.isdtype(dtype, "real floating"):
         low, high = float(xp.min(image)), float(xp.max(image))
         if not (np.isfinite(low) and np.isfinite(high)):
             raise DiffCutError("the float image contains NaN or infinite values")
@@ -153,7 +153,7 @@ def image_to_rgb_float(image: Any, channel_order: str = "bgr",
     """Any supported frame -> (H, W, 3) RGB float32 in [0, 1], optionally resized (torch bilinear).
 
     Accepts (H, W) gray, (H, W, 1), (H, W, 3) BGR (OpenCV's order; ``channel_order="rgb"``
-    for RGB), (H, W, 4) BGRA (alpha dropped); uint8, uint16 or float in [0, 1]; numpy or cupy.
+    for RGB), (H, W, 4) BGRA (alpha dropped); uint8, uint16 or float in [0, 1]; any Array API namespace.
     ``size`` = (height, width) resizes in the same pass.
     """
     check_frame(image)
@@ -163,10 +163,10 @@ def image_to_rgb_float(image: Any, channel_order: str = "bgr",
     if image.ndim == 2:
         image = image[:, :, None]
     if size is not None:
-        return _resize_hwc(xp.ascontiguousarray(image), size, channels=index, scale=scale)
-    out = image[:, :, index].astype(xp.float32)  # fancy indexing: always a new array
+        return _resize_hwc(image, size, channels=index, scale=scale)
+    out = xp.astype(xp.take(image, from_host(np.asarray(index), image), axis=2), xp.float32)  # a new array
     if scale != 1.0:
-        out *= xp.float32(scale)
+        out *= scale
     return out
 
 
@@ -180,7 +180,7 @@ def frame_list(frames: Any, *, allow_single: bool = True) -> list[Any]:
         raise DiffCutError("got no frames (None)")
     if hasattr(frames, "ndim"):
         if frames.ndim == 4:
-            return list(frames)
+            return [frames[i, ...] for i in range(frames.shape[0])]
         if allow_single:
             return [frames]
         raise DiffCutError(f"expected a list of frames or a (B, H, W, C) array, got shape {frames.shape}; "
@@ -200,15 +200,16 @@ def preprocess(frames_bgr_uint8: Any, resolution: int, channel_order: str = "bgr
             any type :func:`image_to_rgb_float` accepts; frames may differ in size.
         resolution: R, the model folder's resolution.
     Returns:
-        C-contiguous (B, 3, R, R) float32, numpy (cupy if the frames are cupy).
+        C-contiguous (B, 3, R, R) float32 in the frames' namespace and on their device.
     """
     if int(resolution) <= 0:
         raise DiffCutError(f"resolution must be positive, got {resolution}")
     frames = frame_list(frames_bgr_uint8)
     first = image_to_rgb_float(frames[0], channel_order, size=(resolution, resolution))
     xp = get_xp(first)
-    batch = xp.empty((len(frames), 3, resolution, resolution), dtype=xp.float32)
-    batch[0] = first.transpose(2, 0, 1)
+    batch = xp.empty((len(frames), 3, resolution, resolution), dtype=xp.float32, device=device_of(first))
+    batch[0, ...] = xp.permute_dims(first, (2, 0, 1))
     for i, frame in enumerate(frames[1:], start=1):
-        batch[i] = image_to_rgb_float(frame, channel_order, size=(resolution, resolution)).transpose(2, 0, 1)
+        rgb = image_to_rgb_float(frame, channel_order, size=(resolution, resolution))
+        batch[i, ...] = xp.permute_dims(rgb, (2, 0, 1))
     return batch

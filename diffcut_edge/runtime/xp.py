@@ -1,9 +1,17 @@
-"""One array module for the post-processing: numpy on the CPU, cupy on an NVIDIA GPU.
+"""Array namespaces for the post-processing: numpy, cupy, torch, or any Array API library.
 
-NCut, assignment and PAMR are written once against an ``xp`` namespace (the numpy API,
-which cupy mirrors). The few places where numpy and cupy differ -- moving data to the
-host, the eigen-solvers, the median filter -- live here, so the algorithm modules hold
-no device branches. cupy is imported only when a cupy array (or ``"cuda"``) is seen.
+NCut, assignment, PAMR and preprocessing are written once against the Array API standard
+(https://data-apis.org/array-api/), through ``array_api_compat``: an array in gives its
+namespace and device, every array the algorithm creates is created there, and results come
+back in the input's namespace on the input's device. The standard lacks a few things the
+post-processing needs -- a Fiedler-vector solver, the median filter, ARPACK's
+``LinearOperator`` -- so each namespace gets them from :class:`Extras`, the one dispatch
+point (numpy: scipy; cupy: cupyx; anything else: standard-only fallbacks). Host copies
+happen in exactly one place, :func:`to_host` (and its inverse :func:`from_host`); CI runs
+the post-processing on ``array_api_strict`` arrays on a non-default device, which refuse
+every implicit host copy the way cupy does.
+
+cupy and torch are imported only when their arrays (or ``"cuda"``) are seen.
 """
 
 from __future__ import annotations
@@ -11,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import types
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
+import array_api_compat
 import numpy as np
 
 from diffcut_edge import lazy
 from diffcut_edge.errors import DiffCutError
-
 
 # The cupyx pieces the post-processing needs beyond cupy itself (Lanczos, the median filter).
 # They load CUDA libraries (cuSPARSE, cuSOLVER, ...) that `import cupy` does not: a cupy
@@ -40,31 +49,107 @@ def gpu_postprocessing_problem() -> str | None:
     return None
 
 
-def _cupy() -> types.ModuleType:
-    return lazy.cupy.load()  # the one lazy import of cupy (names the [gpu] extra when missing)
+# --------------------------------------------------------------------------------------
+# Namespaces, devices, host copies
+# --------------------------------------------------------------------------------------
+
+NUMPY = array_api_compat.array_namespace(np.empty(0))  # array_api_compat.numpy
 
 
 def is_cupy_array(a: Any) -> bool:
-    """True for a cupy ndarray, checked by type name so cupy need not be installed."""
-    return type(a).__module__.split(".")[0] == "cupy"
+    """True for a cupy ndarray, checked without importing cupy."""
+    return array_api_compat.is_cupy_array(a)
 
 
-def get_xp(array_or_device: Any) -> types.ModuleType:
-    """The array module for an array (numpy/cupy) or a device name ("cpu" | "cuda").
+def is_numpy_namespace(xp: Any) -> bool:
+    """True for numpy itself or array_api_compat's numpy wrapper."""
+    return xp is np or xp is NUMPY
 
-    Anything that is not a cupy array or a CUDA device name (lists, numpy arrays, scalars)
-    gets numpy.
+
+def _is_array(a: Any) -> bool:
+    return array_api_compat.is_array_api_obj(a) and not isinstance(a, (int, float, complex, bool))
+
+
+def get_xp(*arrays_or_device: Any) -> types.ModuleType:
+    """The Array API namespace of the arrays, or of a device name ("cpu" | "cuda").
+
+    Arrays of one library give its (array_api_compat) namespace; anything that is not an
+    array (lists, scalars, None) is ignored, and with no array at all the answer is numpy.
+    Arrays of two libraries raise (the caller mixed devices).
     """
-    if isinstance(array_or_device, str):
-        device = array_or_device.split(":")[0].lower()
+    if len(arrays_or_device) == 1 and isinstance(arrays_or_device[0], str):
+        device = arrays_or_device[0].split(":")[0].lower()
         if device == "cpu":
-            return np
+            return NUMPY
         if device in ("cuda", "gpu"):
-            return _cupy()
-        raise DiffCutError(f"unknown device {array_or_device!r}: use 'cpu' or 'cuda'")
-    if is_cupy_array(array_or_device):
-        return _cupy()
-    return np
+            return array_api_compat.array_namespace(lazy.cupy.load().empty(0))
+        raise DiffCutError(f"unknown device {arrays_or_device[0]!r}: use 'cpu' or 'cuda'")
+    arrays = [a for a in arrays_or_device if _is_array(a)]
+    if not arrays:
+        return NUMPY
+    try:
+        return array_api_compat.array_namespace(*arrays)
+    except TypeError as e:
+        raise DiffCutError(f"arrays of different libraries mixed in one call ({e}); "
+                           "move them to one library and device first") from e
+
+
+def device_of(a: Any) -> Any:
+    """The device an array lives on (None for host objects that are not arrays)."""
+    return array_api_compat.device(a) if _is_array(a) else None
+
+
+def to_host(a: Any) -> np.ndarray:
+    """A numpy array with ``a``'s values: the one place data leaves a device.
+
+    numpy arrays come back as they are; cupy and torch (CUDA or CPU) are copied with their
+    own calls; any other Array API array is moved to its library's CPU device first, then
+    read through DLPack. Lists and scalars become numpy arrays.
+    """
+    if isinstance(a, np.ndarray):
+        return a
+    if array_api_compat.is_cupy_array(a):
+        return a.get()
+    if array_api_compat.is_torch_array(a):
+        return a.detach().cpu().numpy()
+    if _is_array(a) and not array_api_compat.is_numpy_array(a):
+        xp = array_api_compat.array_namespace(a)
+        return np.from_dlpack(xp.asarray(a, device=_cpu_device(xp), copy=True))
+    return np.asarray(a)
+
+
+def _cpu_device(xp: Any) -> Any:
+    """The host device of a namespace (array_api_strict names it CPU_DEVICE)."""
+    info = getattr(xp, "__array_namespace_info__", None)
+    if info is not None:
+        for device in info().devices():
+            if "cpu" in str(device).lower():
+                return device
+        return info().default_device()
+    return "cpu"
+
+
+def from_host(a: Any, like: Any, dtype: Any = None) -> Any:
+    """Host data (numpy array, list, scalar) as an array of ``like``'s namespace and device.
+
+    The inverse of :func:`to_host`, for tables computed once on the host (interpolation
+    taps, start vectors). ``like`` is an array, or a namespace (then its default device).
+    """
+    if isinstance(like, types.ModuleType):
+        xp, device = like, None
+    else:
+        xp, device = get_xp(like), device_of(like)
+    host = np.asarray(a)
+    if is_numpy_namespace(xp):
+        return host if dtype is None else host.astype(dtype, copy=False)
+    return xp.asarray(host, dtype=dtype, device=device) if device is not None else xp.asarray(host, dtype=dtype)
+
+
+def asarray(a: Any, xp: types.ModuleType, dtype: Any = None) -> Any:
+    """``a`` as an array of module ``xp`` (copies across devices only when needed)."""
+    if is_numpy_namespace(xp):
+        return np.asarray(to_host(a), dtype=dtype)
+    return xp.asarray(a, dtype=dtype)
 
 
 def linear_taps(size_in: int, size_out: int, *, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,103 +185,219 @@ def nearest_taps(size_in: int, size_out: int, *, exact: bool = False) -> np.ndar
     return np.minimum(np.floor(src).astype(np.int64), size_in - 1)
 
 
-def to_host(a: Any) -> np.ndarray:
-    """A numpy copy/view of ``a`` (cupy arrays are copied from the GPU)."""
-    if is_cupy_array(a):
-        return a.get()
-    return np.asarray(a)
-
-
-def asarray(a: Any, xp: types.ModuleType, dtype: Any = None) -> Any:
-    """``a`` as an array of module ``xp`` (copies across devices only when needed)."""
-    if xp is np:
-        return np.asarray(to_host(a), dtype=dtype)
-    return xp.asarray(a, dtype=dtype)
-
-
 # --------------------------------------------------------------------------------------
-# Eigen-solvers: the one place numpy (scipy) and cupy (cupyx) differ for NCut.
+# Standard-only helpers the algorithms share
 # --------------------------------------------------------------------------------------
 
 
-def eigh_one(matrix: Any, index: int) -> tuple[float, Any]:
-    """Eigenpair number ``index`` (ascending) of a dense symmetric matrix.
+def pad_edge(x: Any, pad: int) -> Any:
+    """``x`` (..., H, W) padded by ``pad`` on both sides of the last two axes, edge-replicated.
 
-    numpy: LAPACK ``?syevr`` computes only the requested pair (``subset_by_index``);
-    cupy has no subset solver, so it runs the full ``eigh`` and slices.
-    Raises ``np.linalg.LinAlgError`` when the solver fails.
+    A gather with clamped indices (``take`` is standard; ``pad`` is not).
     """
-    if is_cupy_array(matrix):
-        w, v = _cupy().linalg.eigh(matrix)
-        return float(w[index]), v[:, index]
+    if pad == 0:
+        return x
+    xp = get_xp(x)
+    h, w = x.shape[-2], x.shape[-1]
+    rows = from_host(np.clip(np.arange(-pad, h + pad), 0, h - 1), like=x)
+    cols = from_host(np.clip(np.arange(-pad, w + pad), 0, w - 1), like=x)
+    return xp.take(xp.take(x, rows, axis=x.ndim - 2), cols, axis=x.ndim - 1)
+
+
+def submatrix(a: Any, ids: Any) -> Any:
+    """``a[ids][:, ids]`` of a square matrix (two gathers; ``ix_`` is not standard)."""
+    xp = get_xp(a)
+    return xp.take(xp.take(a, ids, axis=0), ids, axis=1)
+
+
+def member_mask(sorted_ids: Any, n: int) -> Any:
+    """(n,) bool: which of 0..n-1 are in ``sorted_ids`` (ascending, unique).
+
+    A scatter ``mask[ids] = True`` is not standard; a binary search is.
+    """
+    xp = get_xp(sorted_ids)
+    everyone = xp.arange(n, device=device_of(sorted_ids))
+    if sorted_ids.shape[0] == 0:
+        return everyone < 0
+    pos = xp.searchsorted(sorted_ids, everyone)
+    pos = xp.clip(pos, 0, sorted_ids.shape[0] - 1)
+    return xp.take(sorted_ids, pos) == everyone
+
+
+def rank_rows(bits: Any) -> Any:
+    """(n,) int64 dense ranks of the rows of an (n, k) 0/1 matrix in lexicographic order
+    (column 0 most significant): ``np.unique(bits, axis=0, return_inverse=True)[1]``.
+
+    A least-significant-first radix sort of stable argsorts (``unique`` has no axis in the
+    standard, nor ``lexsort``); k passes over n rows.
+    """
+    xp = get_xp(bits)
+    n, k = bits.shape
+    order = xp.arange(n, device=device_of(bits))
+    for col in range(k - 1, -1, -1):
+        key = xp.take(bits[:, col], order)
+        order = xp.take(order, xp.argsort(key, stable=True))
+    ranked = xp.take(bits, order, axis=0)
+    changed = xp.any(ranked[1:, :] != ranked[:-1, :], axis=1)
+    rank_sorted = xp.cumulative_sum(xp.astype(changed, xp.int64), include_initial=True)
+    return xp.take(rank_sorted, xp.argsort(order))
+
+
+# --------------------------------------------------------------------------------------
+# Extras: what the standard lacks, one implementation per namespace
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Extras:
+    """The non-standard pieces of the post-processing for one namespace.
+
+    eigh_pair(m, index) -> (value, vector): eigenpair number ``index`` (ascending) of a
+        dense symmetric matrix; raises ``np.linalg.LinAlgError``/``ValueError`` on failure.
+    lanczos_largest(matvec, n, dtype, v0, tol) -> (value, vector) or None when the
+        namespace has no Lanczos solver (callers then use ``eigh_pair``).
+    median_filter3(labels): 3x3 median filter, border mode 'reflect' (scipy's default).
+    host_blas: whether BLAS threads of this process do the work (numpy).
+    """
+
+    name: str
+    eigh_pair: Callable[[Any, int], tuple[float, Any]]
+    lanczos_largest: Callable[..., tuple[float, Any]] | None
+    median_filter3: Callable[[Any], Any]
+    host_blas: bool = False
+
+
+def extras(xp: Any) -> Extras:
+    """The :class:`Extras` of namespace ``xp``."""
+    if is_numpy_namespace(xp):
+        return _numpy_extras()
+    if array_api_compat.is_cupy_namespace(xp):
+        return _cupy_extras()
+    return _generic_extras(xp)
+
+
+@functools.lru_cache(maxsize=1)
+def _numpy_extras() -> Extras:
     import scipy.linalg
+    import scipy.ndimage
+    from scipy.sparse.linalg import LinearOperator, eigsh
 
-    w, v = scipy.linalg.eigh(matrix, subset_by_index=[index, index], driver="evr", check_finite=False)
-    return float(w[0]), v[:, 0]
+    def eigh_pair(m: Any, index: int) -> tuple[float, Any]:
+        # LAPACK ?syevr computes only the requested pair.
+        w, v = scipy.linalg.eigh(m, subset_by_index=[index, index], driver="evr", check_finite=False)
+        return float(w[0]), v[:, 0]
 
+    def lanczos_largest(matvec: Callable, n: int, dtype: Any, v0: Any, tol: float) -> tuple[float, Any]:
+        op = LinearOperator((n, n), matvec=lambda x: matvec(x.reshape(-1)), dtype=dtype)
+        w, v = eigsh(op, k=1, which="LA", v0=v0, tol=tol, maxiter=EIGSH_MAXITER_PER_NODE * n)
+        return float(w[0]), v[:, 0]
 
-def deflated_operator(matrix: Any, scale: Any, u: Any) -> Any:
-    """LinearOperator x -> (S A S - 2 u uᵀ) x, S = diag(scale), forming neither term.
-
-    scipy's LinearOperator for numpy, cupyx's for cupy (same API).
-    """
-    if is_cupy_array(matrix):
-        from cupyx.scipy.sparse.linalg import LinearOperator
-    else:
-        from scipy.sparse.linalg import LinearOperator
-
-    def matvec(x: Any) -> Any:
-        x = x.reshape(-1)
-        return scale * (matrix @ (scale * x)) - (2 * (u @ x)) * u
-
-    return LinearOperator(matrix.shape, matvec=matvec, dtype=matrix.dtype)
+    return Extras("numpy", eigh_pair, lanczos_largest,
+                  lambda labels: scipy.ndimage.median_filter(labels, size=3), host_blas=True)
 
 
-def _is_cupy_namespace(xp: types.ModuleType) -> bool:
-    return getattr(xp, "__name__", "").split(".")[0] == "cupy"
+@functools.lru_cache(maxsize=1)
+def _cupy_extras() -> Extras:
+    cp = lazy.cupy.load()
 
+    def eigh_pair(m: Any, index: int) -> tuple[float, Any]:
+        w, v = cp.linalg.eigh(m)  # no subset solver in cuSOLVER's syevd: full, then slice
+        return float(w[index]), v[:, index]
+
+    def lanczos_largest(matvec: Callable, n: int, dtype: Any, v0: Any, tol: float) -> tuple[float, Any]:
+        from cupyx.scipy.sparse.linalg import LinearOperator, eigsh
+
+        op = LinearOperator((n, n), matvec=lambda x: matvec(x.reshape(-1)), dtype=dtype)
+        # Bounded like scipy's default: cupyx's own default loops without reporting failure.
+        w, v = eigsh(op, k=1, which="LA", v0=v0, tol=tol, maxiter=EIGSH_MAXITER_PER_NODE * n)
+        return float(w[0]), v[:, 0]
+
+    def median_filter3(labels: Any) -> Any:
+        from cupyx.scipy.ndimage import median_filter
+
+        return median_filter(labels, size=3)
+
+    return Extras("cupy", eigh_pair, lanczos_largest, median_filter3)
+
+
+def _generic_extras(xp: Any) -> Extras:
+    """Standard-only fallbacks (torch, array_api_strict, ...): dense ``linalg.eigh`` and a
+    sorting median filter. Exact, and on a GPU fast enough for the grids DiffCut uses."""
+
+    def eigh_pair(m: Any, index: int) -> tuple[float, Any]:
+        w, v = xp.linalg.eigh(m)
+        return float(w[index]), v[:, index]
+
+    return Extras(getattr(xp, "__name__", "array-api"), eigh_pair, None, _median_filter3_sorting)
+
+
+def _median_filter3_sorting(labels: Any) -> Any:
+    """3x3 median by sorting the 9 shifted copies. With a 1-pixel border scipy's 'reflect'
+    mode repeats the edge value, which is what :func:`pad_edge` does."""
+    xp = get_xp(labels)
+    h, w = labels.shape
+    padded = pad_edge(labels, 1)
+    stack = xp.stack([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=-1)
+    return xp.sort(stack, axis=-1)[..., 4]
+
+
+# --------------------------------------------------------------------------------------
+# Eigen-solvers for NCut
+# --------------------------------------------------------------------------------------
 
 # Restarted-Lanczos iterations allowed, per node of the matrix (scipy's own default, applied to
 # cupyx too, whose eigsh otherwise returns whatever it has without saying it did not converge).
 EIGSH_MAXITER_PER_NODE = 10
 
 
-def eigsh_largest(operator: Any, v0: Any, tol: float, xp: types.ModuleType) -> tuple[float, Any]:
-    """Largest algebraic eigenpair of a symmetric matrix or LinearOperator by implicitly restarted Lanczos.
+def eigh_one(matrix: Any, index: int) -> tuple[float, Any]:
+    """Eigenpair number ``index`` (ascending) of a dense symmetric matrix, in its namespace."""
+    return extras(get_xp(matrix)).eigh_pair(matrix, index)
 
-    ``xp`` is the namespace of the data (numpy: ``scipy.sparse.linalg.eigsh``, ARPACK; cupy:
-    ``cupyx.scipy.sparse.linalg.eigsh``). It is passed explicitly because the operator's own type
-    says nothing reliable: a cupyx ``LinearOperator`` lives in module ``cupyx...``, so a check on
-    it sent cupy data to ARPACK. ``v0`` makes the start (and so the result) deterministic.
-    Raises on non-convergence where the solver reports it; callers check the residual anyway
-    (:func:`eigen_residual`), since cupyx does not report it.
+
+def deflated_matvec(matrix: Any, scale: Any, u: Any) -> Callable[[Any], Any]:
+    """x -> (S A S - 2 u uᵀ) x, S = diag(scale), forming neither term (standard ops only)."""
+
+    def matvec(x: Any) -> Any:
+        return scale * (matrix @ (scale * x)) - (2 * (u @ x)) * u
+
+    return matvec
+
+
+def eigsh_largest(matvec: Callable[[Any], Any], v0: Any, tol: float) -> tuple[float, Any] | None:
+    """Largest algebraic eigenpair of the symmetric operator ``matvec`` by restarted Lanczos,
+    or None when ``v0``'s namespace has no Lanczos solver.
+
+    The solver is chosen by the namespace of the data (``v0``), never by the operator's
+    type: a cupyx ``LinearOperator`` lives in module ``cupyx...``, and a check on it once
+    sent cupy data to ARPACK. ``v0`` makes the start (and so the result) deterministic.
+    Raises on non-convergence where the solver reports it; callers check the residual
+    anyway (:func:`eigen_residual`), since cupyx does not report it.
     """
-    if _is_cupy_namespace(xp):
-        from cupyx.scipy.sparse.linalg import eigsh
-    else:
-        from scipy.sparse.linalg import eigsh
-    n = int(operator.shape[0])
-    w, v = eigsh(operator, k=1, which="LA", v0=v0, tol=tol, maxiter=EIGSH_MAXITER_PER_NODE * n)
-    return float(w[0]), v[:, 0]
+    solver = extras(get_xp(v0)).lanczos_largest
+    if solver is None:
+        return None
+    n = int(v0.shape[0])
+    return solver(matvec, n, v0.dtype, v0, tol)
 
 
-def eigen_residual(operator: Any, value: float, vector: Any) -> float:
-    """``||A v - λ v|| / ||v||`` of an eigenpair (a host float; one device sync on cupy)."""
-    x = vector.reshape(-1)
-    r = operator.matvec(x) - value * x
-    xp = get_xp(x)
-    return float(xp.linalg.norm(r.reshape(-1)) / xp.linalg.norm(x))
+def eigen_residual(matvec: Callable[[Any], Any], value: float, vector: Any) -> float:
+    """``||A v - λ v|| / ||v||`` of an eigenpair (a host float; one device sync on a GPU)."""
+    xp = get_xp(vector)
+    x = xp.reshape(vector, (-1,))
+    r = matvec(x) - value * x
+    return float(xp.linalg.vector_norm(r) / xp.linalg.vector_norm(x))
 
 
-def single_threaded_blas(xp: types.ModuleType) -> contextlib.AbstractContextManager:
+def single_threaded_blas(xp: Any) -> contextlib.AbstractContextManager:
     """Context in which host BLAS/LAPACK calls run on one thread.
 
     The NCut recursion makes hundreds of small calls (Lanczos matrix-vector products,
     eigh on a few hundred nodes); OpenBLAS wakes its threads for each, which made them
     3-8x slower with 2 threads on a 2-core machine than with one. Uses threadpoolctl when
-    it is installed (optional); otherwise, and for cupy, does nothing.
+    it is installed; otherwise, and off the host, does nothing.
     """
-    controller = _blas_controller() if xp is np else None
+    controller = _blas_controller() if is_numpy_namespace(xp) else None
     if controller is None:
         return contextlib.nullcontext()
     return controller.limit(limits=1, user_api="blas")
@@ -217,9 +418,5 @@ def _blas_controller() -> Any:
 
 
 def median_filter3(labels: Any) -> Any:
-    """3x3 median filter with scipy's default border mode ('reflect'), numpy or cupy."""
-    if is_cupy_array(labels):
-        from cupyx.scipy.ndimage import median_filter
-    else:
-        from scipy.ndimage import median_filter
-    return median_filter(labels, size=3)
+    """3x3 median filter with scipy's default border mode ('reflect'), in ``labels``' namespace."""
+    return extras(get_xp(labels)).median_filter3(labels)
