@@ -7,6 +7,11 @@ same thread budget: set it with --threads (BLAS and torch threads).
 
     python benchmarks/bench_postprocess.py                      # 16, 32 (+ reference), 64 runtime only
     python benchmarks/bench_postprocess.py --threads 1 --ref-grids 16 32 64 --json out.json
+    python benchmarks/bench_postprocess.py --threads 1 --grids 32 --ref-grids --baseline 28dc37e
+
+``--baseline REV`` also times the runtime of another git revision in the same run (its
+``diffcut_edge/`` is extracted with ``git archive`` and run in a subprocess on the same
+features), and prints old vs new per stage with the labels' agreement.
 
 Not a test: numbers depend on the machine and its load (record them in RESULTS.md). On a
 shared machine compare the process-CPU figures of a --threads 1 run: with several threads
@@ -36,7 +41,55 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--noise", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the measurements here")
+    p.add_argument("--baseline", metavar="GIT_REV", default=None,
+                   help="also time the runtime of this git revision, same run, same features")
+    p.add_argument("--labels-out", type=Path, default=None, help=argparse.SUPPRESS)  # baseline runs
     return p.parse_args()
+
+
+def _run_baseline(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Time the runtime of git revision ``args.baseline``: (rows by grid, labels by grid)."""
+    import subprocess
+    import tarfile
+    import tempfile
+
+    import numpy as np
+
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="diffcut-baseline-") as tmp:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", args.baseline, "diffcut_edge"],
+                                 check=True, capture_output=True).stdout
+        tar_path = Path(tmp) / "src.tar"
+        tar_path.write_bytes(archive)
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(Path(tmp) / "src", filter="data")
+        out, labels = Path(tmp) / "rows.json", Path(tmp) / "labels.npz"
+        cmd = [sys.executable, __file__, "--grids", *map(str, args.grids), "--ref-grids", "--repeats",
+               str(args.repeats), "--regions", str(args.regions), "--noise", str(args.noise), "--seed",
+               str(args.seed), "--json", str(out), "--labels-out", str(labels)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        env = dict(os.environ, PYTHONPATH=str(Path(tmp) / "src"))  # ahead of the editable install
+        print(f"baseline {args.baseline}: timing its runtime in a subprocess ...", flush=True)
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        rows = {r["grid"]: r for r in json.loads(out.read_text())["rows"]}
+        with np.load(labels) as z:
+            return rows, {k: z[k] for k in z.files}
+
+
+def _print_baseline(rev: str, rows: list[dict], base_rows: dict, base_labels: dict, labels: dict,
+                    by_cpu: bool) -> None:
+    col, basis = (1, "CPU") if by_cpu else (0, "wall")
+    print(f"\nthis tree vs {rev} (same run; ms {basis}; ratio = old / new)")
+    for row in rows:
+        old = base_rows[row["grid"]]
+        same = {k: bool((labels[f"{row['grid']}-{k}"] == base_labels[f"{row['grid']}-{k}"]).all())
+                for k in ("coarse", "assign")}
+        print(f"  {row['grid']}: labels identical to the baseline: NCut {same['coarse']}, assignment {same['assign']}")
+        for stage, key in (("NCut", "ncut"), ("assignment 128", "assign"), ("PAMR 128x128", "pamr128"),
+                           ("PAMR 512x512", "pamr512"), ("total (PAMR 128)", "total")):
+            new_ms, old_ms = row[f"{key}_ms"][col], old[f"{key}_ms"][col]
+            print(f"    {stage:<20}{old_ms:>9.1f} -> {new_ms:>7.1f}  {old_ms / new_ms:>5.2f}x")
 
 
 def _median_ms(fn, repeats: int) -> tuple[tuple[float, float], object]:
@@ -81,7 +134,8 @@ def main() -> None:
     recursive_ncut(warm.features, warm.grid)
     pamr_refine(warm.image, resize_nearest(warm.regions, (128, 128)))
 
-    rows = []
+    base_rows, base_labels = _run_baseline(args) if args.baseline else ({}, {})
+    rows, kept_labels = [], {}
     for g in args.grids:
         case = planted_case((g, g), args.regions, args.noise, args.seed, image_size=(512, 512))
         image128 = planted_case((g, g), args.regions, args.noise, args.seed, image_size=(128, 128)).image
@@ -94,6 +148,7 @@ def main() -> None:
         row["assign_ms"], labels = _median_ms(lambda: assign_concepts(case.features, grid, coarse), args.repeats)
         row["pamr128_ms"], _ = _median_ms(lambda: pamr_refine(image128, labels), args.repeats)
         row["pamr512_ms"], _ = _median_ms(lambda: pamr_refine(case.image, labels), max(1, args.repeats // 2))
+        kept_labels[f"{g}x{g}-coarse"], kept_labels[f"{g}x{g}-assign"] = np.asarray(coarse), np.asarray(labels)
         row["total_ms"] = _add(row["ncut_ms"], row["assign_ms"], row["pamr128_ms"])
 
         if ref is not None and g in args.ref_grids:
@@ -113,6 +168,10 @@ def main() -> None:
 
     if args.json:
         args.json.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
+    if args.labels_out:
+        np.savez(args.labels_out, **kept_labels)
+    if args.baseline:
+        _print_baseline(args.baseline, rows, base_rows, base_labels, kept_labels, by_cpu=args.threads == 1)
 
 
 def _add(*pairs: tuple[float, float]) -> tuple[float, float]:

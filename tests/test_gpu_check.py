@@ -22,9 +22,16 @@ def test_dry_run_checks_every_piece_and_writes_one_json(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     checks = report["checks"]
-    assert report["dry_run"] is True and len(checks) == 6
-    assert all(c["status"] == "ok" for c in checks.values()), checks  # numpy vs numpy must agree exactly
-    assert all(c["agreement"] == 1.0 for name, c in checks.items() if name.startswith("ncut"))
-    assert all(c["max_abs_diff"] == 0.0 for name, c in checks.items() if name.startswith("pamr"))
+    assert report["dry_run"] is True and len(checks) == 10
+    assert all(c["status"] == "ok" for c in checks.values()), checks
+    # The "cupy" slot runs on array_api_strict's device1 (numpy's kernels behind the standard: the
+    # same partitions exactly), the "torch" slot on torch CPU tensors (torch's eigh and matmul:
+    # on the 8x8 grid, 10 regions of ~6 tokens, one near-tie goes the reference's way, 0.990).
+    ncut = {name: c for name, c in checks.items() if name.startswith("ncut")}
+    assert all(c["agreement"] == 1.0 for name, c in ncut.items() if "cupy" in name)
+    assert all(c["agreement"] >= 0.99 for name, c in ncut.items() if "torch" in name)
+    assert {c["device"] for name, c in checks.items() if name.startswith(("ncut", "pamr"))} == {
+        "array_api_strict device1", "torch cpu"}
+    assert all(c["max_abs_diff"] < 1e-5 for name, c in checks.items() if name.startswith("pamr"))
     assert checks["truncated encoder (torch fp16 GPU vs fp32 CPU)"]["min_token_cosine"] > 0.9999
-    assert len(proc.stdout.strip().splitlines()) == 7  # one line per check, then where the JSON went
+    assert len(proc.stdout.strip().splitlines()) == 11  # one line per check, then where the JSON went

@@ -348,23 +348,24 @@ def recursive_ncut(features: Any, grid: tuple[int, int], *, tau: float = default
     _check_options(tau, alpha, max_segments, min_segment_size, solver)
     x, grid = check_features(features, grid)
     budget = None if max_segments is None else int(max_segments) - 1
-    # One BLAS thread throughout: the per-node calls are small, and on the 2-core target
-    # even the affinity product gained nothing from a second thread while the idle-spinning
-    # OpenBLAS threads slowed the rest down (benchmarks/RESULTS.md).
+    # The affinity product is the one large BLAS call (N x C x N): it keeps the library's
+    # threads (2 threads, 2-core VM: 11.6 vs 15.2 ms at 32x32, 214 vs 313 ms at 64x64). The
+    # recursion then runs on one BLAS thread: its calls are small, and idle-spinning OpenBLAS
+    # threads slowed them 3-8x (benchmarks/RESULTS.md).
+    a_full = affinity(normalize_tokens(x), alpha)
+    if a_full is None:  # constant features: one segment
+        return NCutResult(get_xp(x).zeros(grid, dtype=get_xp(x).int32, device=device_of(x)), 1, 0, 1, 0)
     with single_threaded_blas(get_xp(x)):
-        return _ncut_tree(x, grid, tau, alpha, budget, int(min_segment_size or 1), solver)
+        return _ncut_tree(a_full, grid, tau, budget, int(min_segment_size or 1), solver)
 
 
-def _ncut_tree(x: Any, grid: tuple[int, int], tau: float, alpha: float, budget: int | None,
+def _ncut_tree(a_full: Any, grid: tuple[int, int], tau: float, budget: int | None,
                min_size: int, solver: str) -> NCutResult:
-    """The recursion on validated float32 features, as an explicit work list."""
-    xp = get_xp(x)
-    dev = device_of(x)
+    """The recursion on the (N, N) affinity, as an explicit work list."""
     h, w = grid
     n = h * w
-    a_full = affinity(normalize_tokens(x), alpha)
-    if a_full is None:
-        return NCutResult(xp.zeros((h, w), dtype=xp.int32, device=dev), 1, 0, 1, 0)
+    xp = get_xp(a_full)
+    dev = device_of(a_full)
     # Nodes whose affinity row has an exact zero leave the graph below level 0.
     keep_deep = ~xp.any(a_full == 0, axis=1)
 

@@ -65,7 +65,7 @@ def _pad_batch(batch: Any, min_batch: int) -> Any:
     if missing <= 0:
         return batch
     xp = get_xp(batch)
-    return xp.concatenate([batch, xp.repeat(batch[-1:], missing, axis=0)], axis=0)
+    return xp.concat([batch, xp.repeat(batch[-1:, ...], missing, axis=0)], axis=0)
 
 
 def _chunks(items: Sequence[Any], size: int | None) -> Iterator[Sequence[Any]]:
@@ -193,7 +193,7 @@ class Segmenter:
         parts = [self.encode_timed(chunk)[0] for chunk in _chunks(frames, self.backend.max_batch)]
         if len(parts) == 1:
             return parts[0]
-        return get_xp(parts[0]).concatenate(parts)
+        return get_xp(parts[0]).concat(parts, axis=0)
 
     def postprocess(self, frame: Any, features: Any) -> SegmentationResult:
         """One frame's features (N, C) -> its segmentation: NCut, assignment, PAMR, resize."""
