@@ -348,14 +348,14 @@ def recursive_ncut(features: Any, grid: tuple[int, int], *, tau: float = default
     _check_options(tau, alpha, max_segments, min_segment_size, solver)
     x, grid = check_features(features, grid)
     budget = None if max_segments is None else int(max_segments) - 1
-    # The affinity product is the one large BLAS call (N x C x N): it keeps the library's
-    # threads (2 threads, 2-core VM: 11.6 vs 15.2 ms at 32x32, 214 vs 313 ms at 64x64). The
-    # recursion then runs on one BLAS thread: its calls are small, and idle-spinning OpenBLAS
-    # threads slowed them 3-8x (benchmarks/RESULTS.md).
-    a_full = affinity(normalize_tokens(x), alpha)
-    if a_full is None:  # constant features: one segment
-        return NCutResult(get_xp(x).zeros(grid, dtype=get_xp(x).int32, device=device_of(x)), 1, 0, 1, 0)
+    # One BLAS thread throughout: the per-node calls are small, and idle-spinning OpenBLAS
+    # threads slowed them 3-8x. The affinity product alone is faster on 2 threads (isolated,
+    # 2-core VM: 11.6 vs 15.2 ms at 32x32, 214 vs 313 ms at 64x64), but inside the whole NCut it
+    # gained no wall time (733 vs 742 ms at 64x64) and cost 30 % more CPU (benchmarks/RESULTS.md).
     with single_threaded_blas(get_xp(x)):
+        a_full = affinity(normalize_tokens(x), alpha)
+        if a_full is None:  # constant features: one segment
+            return NCutResult(get_xp(x).zeros(grid, dtype=get_xp(x).int32, device=device_of(x)), 1, 0, 1, 0)
         return _ncut_tree(a_full, grid, tau, budget, int(min_segment_size or 1), solver)
 
 
