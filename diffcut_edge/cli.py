@@ -140,15 +140,55 @@ def _run_build_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    from diffcut_edge.export.quantize import ACTIVATIONS, DEFAULT_MAX_IMAGES, METHODS
+
+    p = sub.add_parser("quantize", help="INT8 model folder from an fp32 one, calibrated on your images")
+    p.add_argument("--model-dir", required=True, help="fp32 model folder written by 'diffcut-edge export'")
+    p.add_argument("--calibration", required=True, nargs="+", metavar="IMAGES",
+                   help="image files, folders or globs like the ones the model will see (16-64 is plenty)")
+    p.add_argument("--out", required=True, help="new model folder to write")
+    p.add_argument("--method", choices=METHODS, default="minmax", help="activation range calibration")
+    p.add_argument("--activations", choices=ACTIVATIONS, default="uint8",
+                   help="uint8 for onnxruntime on the CPU (default); int8 (symmetric) for TensorRT engines")
+    p.add_argument("--keep-fp32", nargs="+", default=[], metavar="PATTERN",
+                   help="also keep these node names (fnmatch patterns) in float")
+    p.add_argument("--max-images", type=_positive_int, default=DEFAULT_MAX_IMAGES,
+                   help=f"calibrate on at most this many images (default {DEFAULT_MAX_IMAGES})")
+    p.add_argument("--force", action="store_true", help="replace an existing model folder at --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from diffcut_edge.export.quantize import quantize_model
+
+    report = quantize_model(args.model_dir, args.calibration, args.out, method=args.method,
+                            activations=args.activations, keep_fp32=args.keep_fp32, max_images=args.max_images,
+                            force=args.force, progress=not args.no_progress)
+    print("\n".join(report.lines()))
+    return 0
+
+
 def _add_verify(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="compare an exported model folder with the PyTorch reference")
-    p.add_argument("--model", required=True, help="hub id or pipeline folder the folder was exported from")
-    p.add_argument("--model-dir", required=True, help="model folder written by 'diffcut-edge export'")
+    p = sub.add_parser("verify", help="compare a model folder with the PyTorch reference, or with another folder")
+    p.add_argument("--model-dir", required=True, help="model folder to check")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="hub id or pipeline folder the folder was exported from (needs [export])")
+    source.add_argument("--against", metavar="DIR",
+                        help="full-precision model folder to compare with (e.g. the fp32 source of an INT8 "
+                             "folder); no torch needed; the verdict is written into --model-dir's manifest")
     p.add_argument("images", nargs="*", help="images to compare on (default: scikit-image sample photos)")
     p.add_argument("--no-labels", action="store_true", help="skip the NCut label agreement")
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    if args.against:
+        from diffcut_edge.export.verify import verify_against
+
+        report = verify_against(args.model_dir, args.against, args.images or None, labels=not args.no_labels)
+        print("\n".join(report.lines()))
+        print(f"recorded in {args.model_dir}/manifest.json")
+        return 0 if report.passed else EXIT_ERROR
     from diffcut_edge.export.verify import verify_model
     from diffcut_edge.models.loading import quiet_third_party_logs
 
@@ -239,10 +279,20 @@ def _open_segmenter(args: argparse.Namespace):
     """The Segmenter the options describe (tests monkeypatch this to inject a fake)."""
     from diffcut_edge.runtime.segmenter import Segmenter
 
-    return Segmenter.from_model_dir(_model_dir(args), backend=args.backend, refine=args.refine,
-                                    device=None if args.device == "auto" else args.device,
-                                    mask_size=tuple(args.mask_size), tau=args.tau, alpha=args.alpha,
-                                    max_segments=args.max_segments, min_segment_size=args.min_segment_size)
+    model_dir = _model_dir(args)
+    seg = Segmenter.from_model_dir(model_dir, backend=args.backend, refine=args.refine,
+                                   device=None if args.device == "auto" else args.device,
+                                   mask_size=tuple(args.mask_size), tau=args.tau, alpha=args.alpha,
+                                   max_segments=args.max_segments, min_segment_size=args.min_segment_size)
+    _note_verification(args.verb, seg, model_dir)
+    return seg
+
+
+def _note_verification(verb: str, segmenter, model_dir: str) -> None:
+    """Say (once, on stderr) when a faster folder was never verified against full precision."""
+    note = segmenter.manifest.verification_note(model_dir)
+    if note:
+        _warn(verb, note)
 
 
 def _warn(verb: str, message: str) -> None:
@@ -497,7 +547,9 @@ def _bench_segmenter(args: argparse.Namespace):
     """The Segmenter bench times (tests monkeypatch this to inject a fake)."""
     from diffcut_edge.runtime.segmenter import Segmenter
 
-    return Segmenter.from_model_dir(args.model_dir, backend=args.backend, refine=args.refine)
+    seg = Segmenter.from_model_dir(args.model_dir, backend=args.backend, refine=args.refine)
+    _note_verification("bench", seg, args.model_dir)
+    return seg
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -608,6 +660,7 @@ _VERBS: dict[str, tuple[Callable, Callable]] = {
     "models": (_add_models, _run_models),
     "export": (_add_export, _run_export),
     "build-engine": (_add_build_engine, _run_build_engine),
+    "quantize": (_add_quantize, _run_quantize),
     "verify": (_add_verify, _run_verify),
     "segment": (_add_segment, _run_segment),
     "video": (_add_video, _run_video),

@@ -27,6 +27,8 @@ MAX_MASK_SIDE = 4096         # a 4096x4096 int32 map is 64 MB; PAMR holds ~30 fl
 # --- names
 FAMILIES = ("sdxl", "sd1")                  # model families (models/recipes.py holds their specs)
 PRECISIONS = ("fp32", "fp16")              # exported UNet precision (the VAE encoder stays fp32)
+QUANTIZED_PRECISIONS = ("int8",)           # written by `diffcut-edge quantize` from an fp32 folder
+FOLDER_PRECISIONS = (*PRECISIONS, *QUANTIZED_PRECISIONS)   # what a model folder's manifest may say
 DEVICES = ("cpu", "cuda")                  # where post-processing runs
 STAGES = ("preprocess", "encoder", "ncut", "assign", "pamr")   # Segmenter stages, in order
 TIMING_KEYS = (*STAGES, "total")           # SegmentationResult.timings keys

@@ -23,6 +23,12 @@ EXPORT_LIBRARIES = {
     "onnxscript": ("onnxscript",),
 }
 
+QUANTIZE_LIBRARIES = {
+    "diffcut-edge": ("diffcut-edge",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+}
+
 
 def dist_version(*names: str) -> str | None:
     """Version of the first of ``names`` that is installed, or None."""

@@ -204,7 +204,7 @@ def _manifest_fields(segmenter) -> dict[str, Any]:
     if manifest is None:
         return {}
     keep = ("model_id", "family", "resolution", "grid", "channels", "precision", "timestep", "noise_seed",
-            "opset", "hook", "model_revision")
+            "opset", "hook", "model_revision", "quantization", "verification")
     return {k: getattr(manifest, k) for k in keep if hasattr(manifest, k)}
 
 
@@ -248,6 +248,11 @@ def format_report(report: BenchReport) -> str:
         m = report.model
         lines.append(f"model    {m.get('model_id')} family={m.get('family')} R={m.get('resolution')} "
                      f"grid={m.get('grid')} C={m.get('channels')} {m.get('precision')}")
+        if m.get("quantization"):
+            v = m.get("verification")
+            lines.append("verified " + ("never (diffcut-edge verify --model-dir ... --against FP32_DIR)" if not v else
+                                        f"{'passed' if v.get('passed') else 'FAILED'} against {v.get('against')}: "
+                                        f"min cosine {v.get('min_cosine', float('nan')):.4f} on {v.get('images')} image(s)"))
     lines.append(f"image    {report.image}; refine={report.refine}; warm-up {report.warmup}")
     for b in report.batches:
         lines.append("")

@@ -195,6 +195,7 @@ def build_engine(model_dir: str | os.PathLike, *, workspace_gb: float | None = N
     verify_files(model_dir, manifest)
     batch = parse_batch_spec(batch)
     workspace = workspace_bytes(workspace_gb)
+    trt_compat.check_quantization_for_tensorrt(manifest.quantization, str(model_dir))
     trt = import_tensorrt()
     gpu = require_gpu()
     settings = trt_compat.builder_settings(trt.__version__, manifest.precision)

@@ -1,4 +1,8 @@
-"""Compare an exported model folder with the PyTorch reference on real photos.
+"""Compare an exported model folder with the PyTorch reference, or with another folder, on real photos.
+
+``verify_against`` (``diffcut-edge verify --model-dir FAST --against FULL``) compares two model
+folders through onnxruntime on the CPU -- no torch -- with the runtime's own NCut for the label
+agreement, gates on :data:`AGAINST_THRESHOLDS` and records the verdict in FAST's manifest.
 
 For each image, resized once to R x R (so both sides see the very same pixels):
 ``diffcut_ref.extract_features`` on the full UNet with its hook, and the exported
@@ -19,10 +23,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime.manifest import Manifest, read_manifest, verify_files
+from diffcut_edge.runtime.manifest import Manifest, read_manifest, verify_files, write_manifest
 
 # precision -> (max relative error or None, min token cosine)
-THRESHOLDS: dict[str, tuple[float | None, float]] = {"fp32": (1e-4, 0.9999), "fp16": (None, 0.999)}
+THRESHOLDS: dict[str, tuple[float | None, float]] = {"fp32": (1e-4, 0.9999), "fp16": (None, 0.999),
+                                                     "int8": (None, 0.99)}
+# verify --against, by the faster folder's precision: (min token cosine, min mean label agreement).
+# INT8 with random weights measured 0.9998 cosine on the SSD-1B architecture; trained UNets have
+# activation outliers, so the gate is looser. Labels: mean over the images, because one image whose
+# NCut flips a near-tie cut is not a verdict on the encoder.
+AGAINST_THRESHOLDS: dict[str, tuple[float, float]] = {"fp32": (0.9999, 0.99), "fp16": (0.999, 0.97),
+                                                      "int8": (0.99, 0.95)}
 SAMPLE_NAMES = ("astronaut", "chelsea", "coffee", "rocket")
 
 
@@ -162,4 +173,119 @@ def verify_model(model: Any, model_dir: str | os.PathLike, images: Sequence[str 
         rel = relative_error(ours, ref)
         agree = label_agreement(ours, ref, manifest.grid) if labels else None
         report.images.append(ImageCheck(name, cos, rel, agree, passes(cos, rel, manifest.precision)))
+    return report
+
+
+# ------------------------------------------------------------------ folder against folder
+@dataclass
+class AgainstReport:
+    model_dir: Path
+    against: Path
+    precision: str
+    thresholds: tuple[float, float]
+    images: list[ImageCheck] = field(default_factory=list)
+    images_sha256: str = ""
+
+    @property
+    def min_cosine(self) -> float:
+        return min((i.min_cosine for i in self.images), default=float("nan"))
+
+    @property
+    def mean_label_agreement(self) -> float | None:
+        values = [i.label_agreement for i in self.images if i.label_agreement is not None]
+        return float(np.mean(values)) if values else None
+
+    @property
+    def passed(self) -> bool:
+        cos_min, labels_min = self.thresholds
+        labels = self.mean_label_agreement
+        return bool(self.images) and self.min_cosine >= cos_min and (labels is None or labels >= labels_min)
+
+    def record(self) -> dict[str, Any]:
+        """What goes into the faster folder's manifest (``verification``)."""
+        import datetime
+
+        from diffcut_edge import versions
+
+        cos_min, labels_min = self.thresholds
+        return {
+            "against": str(self.against.resolve()), "passed": self.passed, "images": len(self.images),
+            "images_sha256": self.images_sha256, "min_cosine": self.min_cosine,
+            "max_rel_error": max((i.rel_error for i in self.images), default=float("nan")),
+            "mean_label_agreement": self.mean_label_agreement,
+            "thresholds": {"min_cosine": cos_min, "min_mean_label_agreement": labels_min},
+            "verified_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "diffcut_edge": versions.dist_version("diffcut-edge") or "unknown",
+        }
+
+    def lines(self) -> list[str]:
+        cos_min, labels_min = self.thresholds
+        head = (f"{self.model_dir} ({self.precision}) against {self.against}: pass if min token cosine >= {cos_min} "
+                f"and mean label agreement >= {100 * labels_min:.0f}%")
+        rows = [f"{'image':<24} {'min cos':>10} {'rel err':>10} {'labels':>8}"]
+        for i in self.images:
+            labels = "-" if i.label_agreement is None else f"{100 * i.label_agreement:.1f}%"
+            rows.append(f"{i.name[:24]:<24} {i.min_cosine:>10.6f} {i.rel_error:>10.2e} {labels:>8}")
+        mean = self.mean_label_agreement
+        summary = (f"min cosine {self.min_cosine:.6f}, mean label agreement "
+                   + ("-" if mean is None else f"{100 * mean:.1f}%"))
+        return [head, *rows, summary, "verify: " + ("passed" if self.passed else "FAILED")]
+
+
+def _check_comparable(fast: Manifest, full: Manifest, fast_dir: Path, full_dir: Path) -> None:
+    def norm(value: Any) -> Any:
+        return tuple(value) if isinstance(value, (list, tuple)) else value
+
+    source = (fast.quantization or {}).get("source_dir")
+    hint = f" (its manifest names {source})" if source else ""
+    for name in ("family", "resolution", "grid", "channels", "timestep", "noise_seed"):
+        a, b = getattr(fast, name), getattr(full, name)
+        if norm(a) != norm(b):
+            raise DiffCutError(f"{fast_dir} and {full_dir} differ in {name} ({a} vs {b}): compare a folder "
+                               f"with the one it was made from{hint}")
+
+
+def _images_sha256(images: Sequence[tuple[str, np.ndarray]]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, img in images:
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(img).tobytes())
+    return digest.hexdigest()
+
+
+def verify_against(model_dir: str | os.PathLike, against: str | os.PathLike,
+                   images: Sequence[str | os.PathLike] | None = None, *, labels: bool = True,
+                   record: bool = True) -> AgainstReport:
+    """Compare the folder ``model_dir`` (e.g. INT8) with ``against`` (its fp32 source) on the same images.
+
+    Both run through onnxruntime on the CPU; labels come from the runtime's NCut + assignment
+    (numpy). With ``record``, the verdict is written into ``model_dir``'s manifest, where
+    ``segment`` and ``bench`` read it.
+    """
+    from diffcut_edge.runtime import segment_features
+
+    model_dir, against = Path(model_dir), Path(against)
+    if model_dir.resolve() == against.resolve():
+        raise DiffCutError("--model-dir and --against are the same folder: compare a faster folder with its source")
+    fast, full = read_manifest(model_dir), read_manifest(against)
+    verify_files(model_dir, fast)
+    verify_files(against, full)
+    _check_comparable(fast, full, model_dir, against)
+    loaded = load_images(images, fast.resolution)
+    report = AgainstReport(model_dir=model_dir, against=against, precision=fast.precision,
+                           thresholds=AGAINST_THRESHOLDS[fast.precision], images_sha256=_images_sha256(loaded))
+    fast_session, full_session = open_session(model_dir, fast), open_session(against, full)
+    grid = tuple(fast.grid)
+    for name, img in loaded:
+        ours = onnx_features(fast_session, fast, img[None])[0]
+        ref = onnx_features(full_session, full, img[None])[0]
+        cos = float(token_cosines(ours, ref).min())
+        rel = relative_error(ours, ref)
+        agree = float(np.mean(segment_features(ours, grid) == segment_features(ref, grid))) if labels else None
+        report.images.append(ImageCheck(name, cos, rel, agree, cos >= report.thresholds[0]))
+    if record:
+        fast.verification = report.record()
+        write_manifest(model_dir, fast)
     return report

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from diffcut_edge import atomic
-from diffcut_edge.defaults import FAMILIES, PRECISIONS
+from diffcut_edge.defaults import FAMILIES, FOLDER_PRECISIONS
 from diffcut_edge.errors import DiffCutError
 
 MANIFEST_NAME = "manifest.json"
@@ -52,7 +52,7 @@ class Manifest:
     resolution: int                # R: the graph takes (B, 3, R, R)
     grid: tuple[int, int]          # feature grid (R/32, R/32)
     channels: int                  # C of the features
-    precision: str                 # "fp32" | "fp16" (UNet part; the VAE stays fp32)
+    precision: str                 # "fp32" | "fp16" (UNet part; the VAE stays fp32) | "int8" (quantize)
     timestep: int
     noise_seed: int
     opset: int
@@ -65,7 +65,32 @@ class Manifest:
     hook: str = ""                 # hooked module path, for the record
     exporter: dict[str, str] = field(default_factory=dict)      # library versions
     engines: list[EngineRecord] = field(default_factory=list)
+    # Set by `diffcut-edge quantize`: method, activation type, calibration set hash, kept layers,
+    # the source folder. None for a plain export.
+    quantization: dict[str, Any] | None = None
+    # Set by `diffcut-edge verify --against`: the verdict against a full-precision folder.
+    verification: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
+
+    @property
+    def needs_verification(self) -> bool:
+        """True for folders that trade fidelity for speed (INT8), which must be checked on the
+        user's own images before they are trusted."""
+        return self.quantization is not None
+
+    def verification_note(self, model_dir: str | os.PathLike) -> str | None:
+        """One line for `segment`/`bench` when a faster folder was never verified or failed, else None."""
+        if not self.needs_verification:
+            return None
+        source = (self.quantization or {}).get("source_dir", "FULL_PRECISION_DIR")
+        how = f"diffcut-edge verify --model-dir {model_dir} --against {source} [IMAGES]"
+        if not self.verification:
+            return f"{model_dir} ({self.precision}) was never verified against full precision: run {how}"
+        if not self.verification.get("passed"):
+            return (f"{model_dir} ({self.precision}) FAILED verification against {self.verification.get('against')} "
+                    f"(min cosine {self.verification.get('min_cosine', float('nan')):.4f}); its labels may "
+                    f"differ from full precision: re-quantize (more calibration images, --keep-fp32) and {how}")
+        return None
 
     @property
     def num_tokens(self) -> int:
@@ -108,8 +133,8 @@ class Manifest:
         """Check internal consistency (not the files: see :func:`verify_files`)."""
         if self.family not in FAMILIES:
             raise DiffCutError(f"{source}: family {self.family!r} is not one of {FAMILIES}")
-        if self.precision not in PRECISIONS:
-            raise DiffCutError(f"{source}: precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.precision not in FOLDER_PRECISIONS:
+            raise DiffCutError(f"{source}: precision {self.precision!r} is not one of {FOLDER_PRECISIONS}")
         if self.resolution <= 0 or self.resolution % 64:
             raise DiffCutError(f"{source}: resolution {self.resolution} is not a positive multiple of 64")
         expected_grid = (self.resolution // 32, self.resolution // 32)

@@ -17,6 +17,10 @@ desktop) and 11 differ in how a network gets its precision and in a few flags:
   is what our mixed fp16 graph (fp32 VAE, fp16 UNet, explicit Casts) wants. Setting
   ``BuilderFlag.FP16`` on a strongly typed network is an error, so we never do.
 - 11: every network is strongly typed and the weak-typing flags are gone.
+- INT8 (a ``diffcut-edge quantize`` folder): explicit quantization from the graph's Q/DQ
+  nodes. Strongly typed on >= 10 (the Q/DQ types decide; no flag), ``BuilderFlag.INT8`` on
+  8.6. TensorRT takes only symmetric INT8 Q/DQ: a folder quantized with uint8 activations
+  (the onnxruntime CPU default) is refused with the command that makes a TensorRT one.
 
 :func:`builder_settings` is a pure function of (version, precision) so the decisions are
 tested without TensorRT; :func:`create_network` and :func:`configure` apply them to real
@@ -136,6 +140,7 @@ class BuilderSettings:
     explicit_batch_flag: bool      # NetworkDefinitionCreationFlag.EXPLICIT_BATCH (8.x only)
     strongly_typed: bool           # NetworkDefinitionCreationFlag.STRONGLY_TYPED (>= 10)
     fp16_flag: bool                # BuilderFlag.FP16 (weak typing, < 10, fp16 models only)
+    int8_flag: bool                # BuilderFlag.INT8 (weak typing, < 10, int8 Q/DQ models only)
     pin_fp32_layers: bool          # fp32 layers of the mixed graph pinned + OBEY_PRECISION_CONSTRAINTS (< 10, fp16)
     native_instancenorm: bool      # OnnxParserFlag.NATIVE_INSTANCENORM must be set (< 10)
 
@@ -155,8 +160,8 @@ def builder_settings(trt_version: str | tuple[int, ...], precision: str) -> Buil
         raise DiffCutError(f"TensorRT {'.'.join(map(str, version))} is too old: the encoder needs >= "
                            f"{MIN_SUPPORTED[0]}.{MIN_SUPPORTED[1]} (LayerNormalization, native InstanceNorm, "
                            f"attention fusion); on Jetson use JetPack 6.0 or newer")
-    if precision not in ("fp32", "fp16"):
-        raise DiffCutError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    if precision not in ("fp32", "fp16", "int8"):
+        raise DiffCutError(f"precision must be 'fp32', 'fp16' or 'int8', got {precision!r}")
     typed = version[0] >= 10
     return BuilderSettings(
         version=version,
@@ -166,6 +171,8 @@ def builder_settings(trt_version: str | tuple[int, ...], precision: str) -> Buil
         # FP16 flag alone lets it run the fp32 VAE in fp16 too (the SDXL VAE overflows there):
         # the layers the ONNX computes in fp32 are pinned to fp32 (pin_fp32_layers).
         fp16_flag=(not typed) and precision == "fp16",
+        # Explicit quantization: the Q/DQ nodes place INT8; 8.6 still needs the flag to use it.
+        int8_flag=(not typed) and precision == "int8",
         pin_fp32_layers=(not typed) and precision == "fp16",
         native_instancenorm=not typed,
     )
@@ -196,6 +203,8 @@ def configure(trt: Any, config: Any, settings: BuilderSettings, workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     if settings.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
+    if settings.int8_flag:
+        config.set_flag(trt.BuilderFlag.INT8)
     if settings.pin_fp32_layers:
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
 
@@ -220,3 +229,15 @@ def pin_fp32_layers(trt: Any, network: Any) -> int:
             pinned += 1
     return pinned
 
+
+
+def check_quantization_for_tensorrt(quantization: dict[str, Any] | None, model_dir: str) -> None:
+    """Refuse an INT8 folder TensorRT cannot build: its Q/DQ must be symmetric INT8."""
+    if quantization is None:
+        return
+    if quantization.get("activations") != "int8":
+        raise DiffCutError(
+            f"{model_dir} was quantized with {quantization.get('activations')} activations (for onnxruntime "
+            f"on the CPU); TensorRT builds only symmetric int8 Q/DQ graphs: run diffcut-edge quantize "
+            f"--model-dir {quantization.get('source_dir', 'FP32_DIR')} --activations int8 --calibration IMAGES "
+            f"--out {model_dir}-trt, then build-engine on that folder")

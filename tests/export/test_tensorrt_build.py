@@ -49,12 +49,20 @@ def test_engine_file_names_carry_gpu_and_tensorrt_version():
     ("10.3.0.30", "fp16", True, False, False, False),  # strongly typed: types come from the ONNX
     ("10.3.0", "fp32", True, False, False, False),
     ("11.0.0", "fp16", True, False, False, False),
+    ("8.6.2.3", "int8", False, False, True, True),   # INT8 flag below (explicit Q/DQ quantization)
+    ("10.16.0", "int8", True, False, False, False),  # strongly typed: the Q/DQ types decide
 ])
 def test_builder_settings_per_tensorrt_version(version, precision, typed, fp16_flag, explicit, native_in):
     s = builder_settings(version, precision)
     assert (s.strongly_typed, s.fp16_flag, s.explicit_batch_flag, s.native_instancenorm) == \
         (typed, fp16_flag, explicit, native_in)
     assert s.version == parse_version(version)
+
+
+@pytest.mark.parametrize("version, int8_flag", [("8.6.2.3", True), ("10.3.0", False), ("11.4.0", False)])
+def test_int8_flag_only_on_weakly_typed_tensorrt(version, int8_flag):
+    assert builder_settings(version, "int8").int8_flag is int8_flag
+    assert builder_settings(version, "fp16").int8_flag is False
 
 
 def test_old_tensorrt_is_refused():
@@ -431,3 +439,44 @@ def test_the_fake_refuses_what_the_real_version_lacks():
     with pytest.raises(AttributeError, match="ILayer has no attribute 'precision'"):
         network.get_layer(0).precision = 0
     assert surface("8.6.1")["enums"]["NetworkDefinitionCreationFlag"] == {"EXPLICIT_BATCH": 0, "EXPLICIT_PRECISION": 1}
+
+
+# ------------------------------------------------------------------ INT8 folders (diffcut-edge quantize)
+@pytest.fixture(scope="module")
+def int8_folders(tiny_model_dir, tmp_path_factory):
+    """{activations: folder} quantized from the tiny SDXL export on two sample photos."""
+    import cv2
+    import numpy as np
+    from helpers.data import sample_photos
+
+    from diffcut_edge.export.quantize import quantize_model
+
+    root = tmp_path_factory.mktemp("int8")
+    for i, rgb in enumerate(sample_photos(256)[:2]):
+        img = rgb if rgb.dtype == np.uint8 else np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(root / f"p{i}.png"), np.ascontiguousarray(img[..., ::-1]))
+    return {act: quantize_model(tiny_model_dir("sdxl", 256, "fp32"), [root], root / act, activations=act,
+                                progress=False).model_dir for act in ("uint8", "int8")}
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS.values()))
+def test_int8_engines_build_with_each_real_tensorrt_surface(version, int8_folders, tmp_path, monkeypatch):
+    copy = tmp_path / "m8"
+    shutil.copytree(int8_folders["int8"], copy)
+    fake = FakeTensorRT(version)
+    _use_fake(monkeypatch, fake)
+    tb.build_engine(copy, timing_cache=False)
+    (rec,) = fake.builders
+    typed = parse_version(version)[0] >= 10
+    creation = fake.NetworkDefinitionCreationFlag
+    assert rec["network_flags"] == (1 << creation.STRONGLY_TYPED if typed else 1 << creation.EXPLICIT_BATCH)
+    assert rec["flags"] == (set() if typed else {fake.BuilderFlag.INT8})
+    assert version.startswith(read_manifest(copy).engines[0].tensorrt_version)
+
+
+def test_uint8_activation_folder_is_refused_with_the_command_for_a_tensorrt_one(int8_folders, monkeypatch):
+    fake = FakeTensorRT("10.3.0")
+    _use_fake(monkeypatch, fake)
+    with pytest.raises(DiffCutError, match="--activations int8"):
+        tb.build_engine(int8_folders["uint8"])
+    assert fake.builders == []  # refused before TensorRT was asked for anything

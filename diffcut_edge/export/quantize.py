@@ -1,0 +1,335 @@
+"""INT8 quantization of a model folder, calibrated on the user's own images.
+
+onnxruntime's static quantization writes a QDQ graph (QuantizeLinear/DequantizeLinear pairs
+around Conv, MatMul and Gemm): int8 weights per output channel, activations uint8 (asymmetric;
+what onnxruntime's CPU kernels with VNNI/AVX-512 want) or int8 (symmetric; what TensorRT's
+explicit quantization takes). Activation ranges come from running the fp32 encoder on the
+calibration images, preprocessed exactly as the runtime does (``runtime.preprocess``).
+
+Layers known to be sensitive stay in float: they are listed in :data:`SENSITIVE_LAYERS`, a
+table of (op type, which nodes, why), not code branches; ``keep_fp32`` adds node-name patterns.
+Everything else about the folder (resolution, grid, family, noise) is the source folder's.
+
+A quantized folder is faster, not equal: ``diffcut-edge verify --model-dir INT8 --against FP32
+[IMAGES]`` compares it with its source on the user's images, and ``segment``/``bench`` say
+when a folder was never verified (``Manifest.verification_note``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from diffcut_edge import versions
+from diffcut_edge.errors import DiffCutError, missing_extra
+from diffcut_edge.runtime.manifest import Manifest, read_manifest, sha256_file, verify_files, write_manifest
+
+METHODS = ("minmax", "percentile", "entropy")   # onnxruntime CalibrationMethod MinMax/Percentile/Entropy
+ACTIVATIONS = ("uint8", "int8")                 # uint8: onnxruntime CPU; int8 (symmetric): TensorRT
+OP_TYPES = ("Conv", "MatMul", "Gemm")           # the only op types quantized: norms, softmax, SiLU stay float
+DEFAULT_MAX_IMAGES = 64                          # calibration images used at most (ranges settle well before)
+
+# Layers that stay in float: (op type, selector, why). Selectors are named in _SELECTORS.
+SENSITIVE_LAYERS: tuple[tuple[str, str, str], ...] = (
+    ("MatMul", "activation-by-activation",
+     "attention products Q·Kᵀ and softmax·V: two activations, and SD attention has outlier activations"),
+    ("Conv", "first", "the first convolution (the VAE encoder's conv_in) reads the image itself"),
+    ("Conv", "last", "the last convolution before the features: its error reaches the tokens unfiltered"),
+)
+
+
+@dataclass
+class QuantizeReport:
+    model_dir: Path
+    source_dir: Path
+    method: str
+    activations: str
+    calibration_images: int
+    kept_fp32: list[str] = field(default_factory=list)
+    quantized_nodes: int = 0
+    onnx_bytes: int = 0
+    source_bytes: int = 0
+
+    def lines(self) -> list[str]:
+        ratio = self.source_bytes / self.onnx_bytes if self.onnx_bytes else float("nan")
+        return [f"quantized {self.source_dir} -> {self.model_dir}: int8 ({self.method} on "
+                f"{self.calibration_images} image(s), {self.activations} activations), "
+                f"{self.quantized_nodes} nodes quantized, {len(self.kept_fp32)} kept in float, "
+                f"{self.onnx_bytes / 1e6:.1f} MB ({ratio:.1f}x smaller)",
+                f"next: diffcut-edge verify --model-dir {self.model_dir} --against {self.source_dir} [IMAGES]"]
+
+
+# ------------------------------------------------------------------ checks
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise DiffCutError(f"unknown calibration method {method!r}: choose one of {', '.join(METHODS)}")
+    return method
+
+
+def check_activations(activations: str) -> str:
+    if activations not in ACTIVATIONS:
+        raise DiffCutError(f"unknown activation type {activations!r}: choose uint8 (onnxruntime CPU) or "
+                           f"int8 (TensorRT)")
+    return activations
+
+
+def check_source(model_dir: Path) -> Manifest:
+    manifest = read_manifest(model_dir)
+    verify_files(model_dir, manifest)
+    if manifest.precision != "fp32":
+        why = ("it is quantized already" if manifest.quantization else
+               "quantizing rounded fp16 weights compounds two errors")
+        raise DiffCutError(f"{model_dir} is {manifest.precision}: quantize an fp32 export instead (diffcut-edge "
+                           f"export --precision fp32 ...); {why}")
+    return manifest
+
+
+def _import_quantization() -> Any:
+    try:
+        import onnx  # noqa: F401
+        from onnxruntime import quantization
+    except ImportError as e:
+        name = "onnx" if "onnx" in str(e) and "onnxruntime" not in str(e) else "onnxruntime"
+        raise missing_extra(name, "export" if name == "onnx" else "cpu", "quantizing a model folder") from e
+    return quantization
+
+
+# ------------------------------------------------------------------ calibration data
+def calibration_paths(inputs: Sequence[str | os.PathLike], max_images: int | None = DEFAULT_MAX_IMAGES) -> list[Path]:
+    """Image files from files, folders and globs (apps.io's rules), sorted, at most ``max_images``."""
+    from diffcut_edge.apps.io import collect_image_paths
+
+    if not inputs:
+        raise DiffCutError("no calibration images: pass --calibration with image files or a folder of "
+                           "photos like the ones the model will see (16-64 is plenty)")
+    paths, _ = collect_image_paths(inputs)
+    if not paths:
+        raise DiffCutError(f"no images found in {', '.join(map(str, inputs))}")
+    if max_images is not None:
+        if int(max_images) < 1:
+            raise DiffCutError(f"--max-images must be >= 1, got {max_images}")
+        paths = paths[:int(max_images)]
+    return paths
+
+
+def calibration_batches(paths: Sequence[Path], resolution: int) -> Iterator[np.ndarray]:
+    """(1, 3, R, R) float32 encoder inputs, one per image, exactly as the runtime preprocesses."""
+    from diffcut_edge.apps.io import read_image
+    from diffcut_edge.runtime.preprocess import preprocess
+
+    for path in paths:
+        yield preprocess(read_image(path), resolution)
+
+
+def calibration_sha256(paths: Sequence[Path]) -> str:
+    """Hash of the calibration set: the sorted SHA-256 of every image's bytes."""
+    digest = hashlib.sha256()
+    for h in sorted(sha256_file(p) for p in paths):
+        digest.update(h.encode())
+    return digest.hexdigest()
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over the images, with a progress bar."""
+
+    def __init__(self, paths: Sequence[Path], manifest: Manifest, progress: bool) -> None:
+        self._batches = calibration_batches(paths, manifest.resolution)
+        self._input = manifest.input_name
+        self._count, self._progress, self._bar = len(paths), progress, None
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._progress and self._bar is None:  # opened on first use: no bar for a run that fails before
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self._count, desc="calibrate", unit="image")
+        batch = next(self._batches, None)
+        if batch is None:
+            self.close()
+            return None
+        if self._bar is not None:
+            self._bar.update(1)
+        return {self._input: batch}
+
+    def close(self) -> None:
+        self._progress = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+# ------------------------------------------------------------------ which nodes stay in float
+def _activation_by_activation(nodes: list[Any], initializers: set[str], constants: set[str]) -> list[Any]:
+    static = initializers | constants
+    return [n for n in nodes if not any(i in static for i in n.input)]
+
+
+_SELECTORS: dict[str, Callable[[list[Any], set[str], set[str]], list[Any]]] = {
+    "activation-by-activation": _activation_by_activation,
+    "first": lambda nodes, *_: nodes[:1],
+    "last": lambda nodes, *_: nodes[-1:],
+}
+
+
+def float_nodes(model: Any, keep_fp32: Sequence[str] = ()) -> dict[str, str]:
+    """{node name: why} of the nodes kept in float: :data:`SENSITIVE_LAYERS` plus the patterns."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    constants = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    kept: dict[str, str] = {}
+    for op_type, selector, why in SENSITIVE_LAYERS:
+        nodes = [n for n in graph.node if n.op_type == op_type]
+        for node in _SELECTORS[selector](nodes, initializers, constants):
+            kept.setdefault(node.name, why)
+    for pattern in keep_fp32:
+        matched = [n.name for n in graph.node if n.op_type in OP_TYPES and fnmatch.fnmatchcase(n.name, pattern)]
+        if not matched:
+            examples = ", ".join([n.name for n in graph.node if n.op_type in OP_TYPES][:3])
+            raise DiffCutError(f"--keep-fp32 {pattern!r} matches no Conv/MatMul/Gemm node name; node names "
+                               f"look like {examples}")
+        for name in matched:
+            kept.setdefault(name, f"--keep-fp32 {pattern}")
+    return kept
+
+
+def _name_nodes(model: Any) -> None:
+    """Give every node a unique name (exclusion lists and reports refer to nodes by name)."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+# ------------------------------------------------------------------ steps
+def _preprocessed(source: Path, dst: Path, big: bool) -> Path:
+    """onnxruntime's recommended pre-pass (shape inference, graph fusions) into ``dst``; the source
+    itself when it fails (then quantization still works, with fewer fused patterns)."""
+    import warnings
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with _quiet_root_logger():
+            quant_pre_process(str(source), str(dst), save_as_external_data=big, all_tensors_to_one_file=True,
+                              external_data_location=dst.name + ".data")
+        return dst
+    except Exception as e:  # shape inference refuses some graphs: not fatal
+        for p in dst.parent.glob(dst.name + "*"):
+            p.unlink()
+        warnings.warn(f"onnxruntime's pre-processing failed ({type(e).__name__}: {str(e)[:200]}); "
+                      f"quantizing the graph as exported")
+        return source
+
+
+def _quantize_static(quant: Any, src: Path, dst: Path, reader: "_Reader", activations: str, kept: dict[str, str],
+                     big: bool, method: str) -> None:
+    quant.quantize_static(
+        str(src), str(dst), reader, quant_format=quant.QuantFormat.QDQ,
+        op_types_to_quantize=list(OP_TYPES), per_channel=True,
+        activation_type={"uint8": quant.QuantType.QUInt8, "int8": quant.QuantType.QInt8}[activations],
+        weight_type=quant.QuantType.QInt8, nodes_to_exclude=sorted(kept), use_external_data_format=big,
+        calibrate_method={"minmax": quant.CalibrationMethod.MinMax,
+                          "percentile": quant.CalibrationMethod.Percentile,
+                          "entropy": quant.CalibrationMethod.Entropy}[method],
+        calibration_providers=["CPUExecutionProvider"],
+        # TensorRT takes only symmetric int8 Q/DQ (zero point 0); weights are symmetric either way.
+        extra_options={"ActivationSymmetric": activations == "int8", "WeightSymmetric": True},
+    )
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+# ------------------------------------------------------------------ orchestrator
+def quantize_model(model_dir: str | os.PathLike, calibration: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                   *, method: str = "minmax", activations: str = "uint8", keep_fp32: Sequence[str] = (),
+                   max_images: int | None = DEFAULT_MAX_IMAGES, force: bool = False,
+                   progress: bool = True) -> QuantizeReport:
+    """Write ``out_dir``: the INT8 QDQ version of the fp32 folder ``model_dir`` (see the module doc)."""
+    from diffcut_edge.export.onnx_export import (ONNX_NAME, PROTOBUF_LIMIT, check_graph, check_out_dir,
+                                                 move_into_place)
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    check_method(method)
+    check_activations(activations)
+    if out_dir.resolve() == model_dir.resolve():
+        raise DiffCutError("--out must be a new folder: quantizing in place would destroy the fp32 source "
+                           "that verify --against compares with")
+    manifest = check_source(model_dir)
+    check_out_dir(out_dir, force)
+    paths = calibration_paths(calibration, max_images)
+    quant = _import_quantization()
+    import onnx
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    os.chmod(staging, 0o755)
+    reader = _Reader(paths, manifest, progress)
+    try:
+        big = bool(manifest.onnx_data_files)
+        source = _preprocessed(model_dir / manifest.onnx_file, staging / "pre.onnx", big)
+        model = onnx.load(str(source))
+        _name_nodes(model)
+        kept = float_nodes(model, keep_fp32)
+        big = big or model.ByteSize() > PROTOBUF_LIMIT - (64 << 20)
+        named = staging / "named.onnx"
+        onnx.save_model(model, str(named), save_as_external_data=big, location="named.onnx.data")
+        del model
+        target = staging / ONNX_NAME
+        with _quiet_root_logger():  # onnxruntime logs its advice through the root logger
+            _quantize_static(quant, named, target, reader, activations, kept, big, method)
+        reader.close()
+        for leftover in [*staging.glob("named.onnx*"), *staging.glob("pre.onnx*")]:
+            leftover.unlink()
+        data_files = sorted(p.name for p in staging.iterdir() if p.name != ONNX_NAME)
+        check_graph(target, resolution=manifest.resolution, channels=manifest.channels)
+        qmodel = onnx.load(str(target), load_external_data=False)
+        dequantized = {o for n in qmodel.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        quantized = sum(1 for n in qmodel.graph.node if n.op_type in OP_TYPES and set(n.input) & dequantized)
+        del qmodel
+        out = Manifest(**{**manifest.__dict__})
+        out.precision = "int8"
+        out.onnx_file = ONNX_NAME
+        out.onnx_data_files = data_files
+        out.files_sha256 = {f: sha256_file(staging / f) for f in [ONNX_NAME, *data_files]}
+        out.engines = []
+        out.verification = None
+        out.exporter = {**manifest.exporter, **versions.library_versions(versions.QUANTIZE_LIBRARIES)}
+        out.quantization = {
+            "method": method, "activations": activations, "weights": "int8 per-channel symmetric",
+            "format": "QDQ", "op_types": list(OP_TYPES),
+            "calibration_images": len(paths), "calibration_sha256": calibration_sha256(paths),
+            "kept_fp32": [{"node": name, "why": why} for name, why in sorted(kept.items())],
+            "source_dir": str(model_dir.resolve()),
+            "source_sha256": manifest.files_sha256.get(manifest.onnx_file, ""),
+        }
+        write_manifest(staging, out)
+        report = QuantizeReport(model_dir=out_dir, source_dir=model_dir, method=method, activations=activations,
+                                calibration_images=len(paths), kept_fp32=sorted(kept), quantized_nodes=quantized,
+                                onnx_bytes=sum((staging / f).stat().st_size for f in [ONNX_NAME, *data_files]),
+                                source_bytes=sum((model_dir / f).stat().st_size
+                                                 for f in [manifest.onnx_file, *manifest.onnx_data_files]))
+        move_into_place(staging, out_dir)
+        return report
+    except BaseException:
+        reader.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,203 @@
+"""INT8 quantization of a model folder and `verify --against`, on the tiny SDXL-family export.
+
+The whole path a user takes: export (fp32) -> quantize on their photos -> segment (warned: never
+verified) -> verify --against the fp32 folder (verdict in the manifest) -> segment (no warning).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffcut_edge import cli
+from diffcut_edge.errors import DiffCutError
+from diffcut_edge.export import quantize as q
+from diffcut_edge.export.verify import verify_against
+from diffcut_edge.runtime.manifest import read_manifest, sha256_file, verify_files
+
+R = 256
+
+
+@pytest.fixture(scope="module")
+def photos_dir(tmp_path_factory) -> Path:
+    import cv2
+    from helpers.data import sample_photos
+
+    folder = tmp_path_factory.mktemp("calibration")
+    for i, rgb in enumerate(sample_photos(R)):
+        img = rgb if rgb.dtype == np.uint8 else np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"photo{i}.png"), np.ascontiguousarray(img[..., ::-1]))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fp32_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir("sdxl", R, "fp32")
+
+
+@pytest.fixture(scope="module")
+def int8_dir(fp32_dir, photos_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("q") / "int8"
+    q.quantize_model(fp32_dir, [photos_dir], out, progress=False)
+    return out
+
+
+def _features(model_dir: Path, image: np.ndarray) -> np.ndarray:
+    from diffcut_edge.export.verify import onnx_features, open_session
+
+    m = read_manifest(model_dir)
+    return onnx_features(open_session(model_dir, m), m, image[None])[0]
+
+
+def test_quantized_folder_is_int8_qdq_with_its_calibration_recorded(int8_dir, fp32_dir, photos_dir):
+    import onnx
+
+    m = read_manifest(int8_dir)
+    verify_files(int8_dir, m)  # hashes of the new graph
+    assert m.precision == "int8" and m.engines == [] and m.verification is None
+    rec = m.quantization
+    paths = sorted(photos_dir.iterdir())
+    assert rec["method"] == "minmax" and rec["activations"] == "uint8" and rec["calibration_images"] == len(paths)
+    assert rec["calibration_sha256"] == q.calibration_sha256(paths)
+    assert rec["source_dir"] == str(fp32_dir.resolve())
+    assert rec["source_sha256"] == sha256_file(fp32_dir / "encoder.onnx")
+    ops = {n.op_type for n in onnx.load(str(int8_dir / "encoder.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert (int8_dir / "encoder.onnx").stat().st_size < 0.5 * (fp32_dir / "encoder.onnx").stat().st_size
+    # Everything else about the folder is the source's.
+    src = read_manifest(fp32_dir)
+    assert (m.resolution, m.grid, m.channels, m.family, m.noise_seed) == \
+        (src.resolution, src.grid, src.channels, src.family, src.noise_seed)
+
+
+def test_sensitive_layers_stay_in_float(int8_dir):
+    import onnx
+
+    kept = {k["node"]: k["why"] for k in read_manifest(int8_dir).quantization["kept_fp32"]}
+    graph = onnx.load(str(int8_dir / "encoder.onnx")).graph
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    assert convs[0] in kept and "conv_in" in convs[0] and convs[-1] in kept
+    attention = [k for k, why in kept.items() if why.startswith("attention products")]
+    assert attention and all("attn" in name or "attention" in name for name in attention)
+    # The kept nodes read float inputs, not dequantized ones.
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    for node in graph.node:
+        if node.name in kept:
+            assert not set(node.input) & dequantized, node.name
+
+
+def test_int8_features_are_close_to_fp32(int8_dir, fp32_dir, photos_dir):
+    from diffcut_edge.export.verify import load_images, token_cosines
+
+    for _, img in load_images(sorted(photos_dir.iterdir())[:2], R):
+        assert token_cosines(_features(int8_dir, img), _features(fp32_dir, img)).min() > 0.99
+
+
+def test_segmenter_runs_the_int8_folder(int8_dir, photos_dir):
+    from diffcut_edge.apps.io import read_image
+    from diffcut_edge.runtime import Segmenter
+
+    frame = read_image(sorted(photos_dir.iterdir())[0])
+    with Segmenter.from_model_dir(int8_dir, backend="ort-cpu") as seg:
+        result = seg(frame)
+    assert result.labels.shape == frame.shape[:2] and result.num_segments >= 1
+
+
+def test_symmetric_int8_activations_for_tensorrt(fp32_dir, photos_dir, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path / "int8-trt"
+    q.quantize_model(fp32_dir, [photos_dir], out, activations="int8", method="percentile", max_images=2,
+                     keep_fp32=["*down_blocks.1*"], progress=False)
+    m = read_manifest(out)
+    assert m.quantization["activations"] == "int8" and m.quantization["calibration_images"] == 2
+    assert any(k["why"] == "--keep-fp32 *down_blocks.1*" for k in m.quantization["kept_fp32"])
+    graph = onnx.load(str(out / "encoder.onnx")).graph
+    inits = {t.name: t for t in graph.initializer}
+    zero_points = [numpy_helper.to_array(inits[n.input[2]]) for n in graph.node
+                   if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # what TensorRT takes
+
+
+def test_refusals_leave_nothing_behind(fp32_dir, int8_dir, photos_dir, tmp_path, monkeypatch):
+    with pytest.raises(DiffCutError, match="quantized already"):
+        q.quantize_model(int8_dir, [photos_dir], tmp_path / "x", progress=False)
+    with pytest.raises(DiffCutError, match="new folder"):
+        q.quantize_model(fp32_dir, [photos_dir], fp32_dir, progress=False)
+    with pytest.raises(DiffCutError, match="does not exist"):
+        q.quantize_model(fp32_dir, [tmp_path / "missing"], tmp_path / "x", progress=False)
+    with pytest.raises(DiffCutError, match="matches no Conv/MatMul/Gemm"):
+        q.quantize_model(fp32_dir, [photos_dir], tmp_path / "x", keep_fp32=["nothing*"], progress=False)
+    with pytest.raises(DiffCutError, match="calibration method"):
+        q.quantize_model(fp32_dir, [photos_dir], tmp_path / "x", method="kl", progress=False)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("calibration failed half way")
+
+    monkeypatch.setattr(q, "_quantize_static", boom)
+    with pytest.raises(RuntimeError, match="half way"):
+        q.quantize_model(fp32_dir, [photos_dir], tmp_path / "x", progress=False)
+    assert list(tmp_path.iterdir()) == []  # no partial folder, no staging left
+
+
+def test_verify_against_records_the_verdict_and_segment_stops_warning(int8_dir, fp32_dir, photos_dir, tmp_path,
+                                                                      capsys):
+    folder = tmp_path / "int8"
+    shutil.copytree(int8_dir, folder)
+    photo = str(sorted(photos_dir.iterdir())[0])
+    assert cli.main(["segment", photo, "--model-dir", str(folder), "--out", str(tmp_path / "a"),
+                     "--backend", "ort-cpu"]) == 0
+    assert "was never verified against full precision" in capsys.readouterr().err
+
+    assert cli.main(["verify", "--model-dir", str(folder), "--against", str(fp32_dir), photo]) == 0
+    out = capsys.readouterr().out
+    assert "verify: passed" in out and "min token cosine >= 0.99" in out
+    record = json.loads((folder / "manifest.json").read_text())["verification"]
+    assert record["passed"] and record["images"] == 1 and record["against"] == str(fp32_dir.resolve())
+    assert record["min_cosine"] > 0.99 and record["thresholds"]["min_cosine"] == 0.99
+    verify_files(folder, read_manifest(folder))  # recording touched the manifest only
+
+    assert cli.main(["segment", photo, "--model-dir", str(folder), "--out", str(tmp_path / "b"),
+                     "--backend", "ort-cpu"]) == 0
+    assert "never verified" not in capsys.readouterr().err
+
+
+def test_verify_against_a_different_model_fails_and_says_so(int8_dir, photos_dir, tmp_path, capsys):
+    # Same architecture, other random weights: every shape matches, the features do not.
+    from diffcut_edge.export import export_model
+    from diffcut_edge.models import make_tiny_pipeline
+
+    other = export_model(make_tiny_pipeline("sdxl", tmp_path / "pipe", seed=7), tmp_path / "other",
+                         resolution=R, progress=False)
+    folder = tmp_path / "int8"
+    shutil.copytree(int8_dir, folder)
+    photo = str(sorted(photos_dir.iterdir())[0])
+    assert cli.main(["verify", "--model-dir", str(folder), "--against", str(other), photo]) == 2
+    assert "verify: FAILED" in capsys.readouterr().out
+    m = read_manifest(folder)
+    assert m.verification["passed"] is False
+    assert "FAILED verification" in m.verification_note(str(folder))
+
+
+def test_verify_against_refuses_folders_that_cannot_be_compared(int8_dir, tiny_model_dir):
+    with pytest.raises(DiffCutError, match="same folder"):
+        verify_against(int8_dir, int8_dir)
+    with pytest.raises(DiffCutError, match="differ in resolution"):
+        verify_against(int8_dir, tiny_model_dir("sdxl", 128, "fp32"), record=False)
+
+
+def test_cli_quantize_prints_the_next_step_and_errors_in_one_line(fp32_dir, photos_dir, tmp_path, capsys):
+    out = tmp_path / "cli-int8"
+    assert cli.main(["quantize", "--model-dir", str(fp32_dir), "--calibration", str(photos_dir), "--out", str(out),
+                     "--max-images", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"next: diffcut-edge verify --model-dir {out} --against {fp32_dir}" in printed
+    assert cli.main(["quantize", "--model-dir", str(fp32_dir), "--calibration", str(photos_dir), "--out", str(out),
+                     "--no-progress"]) == 2  # not empty, no --force
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--force" in err[0]
