@@ -13,7 +13,7 @@ import sys
 from typing import Callable, Sequence
 
 from diffcut_edge import __version__
-from diffcut_edge.defaults import ALPHA, DEVICES, OPSET, PRECISIONS, STAGES, TAU
+from diffcut_edge.defaults import ALPHA, DEVICES, OPSET, PRECISIONS, STAGES, TAU, VAES
 from diffcut_edge.errors import DiffCutError
 
 EXIT_ERROR = 2        # a DiffCutError: bad input, wrong folder, missing extra
@@ -102,6 +102,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="UNet part precision (the VAE encoder stays fp32)")
     p.add_argument("--opset", type=_positive_int, default=OPSET,
                    help=f"ONNX opset (default {OPSET}: the newest every supported TensorRT parses, 8.6 included)")
+    p.add_argument("--vae", choices=VAES, default="full",
+                   help="tiny: replace the VAE encoder by AutoencoderTiny (TAESD, ~10x fewer VAE FLOPs); "
+                        "verify the result with 'verify --against' a full-VAE export")
+    p.add_argument("--tiny-vae", default=None, metavar="HUB_ID|DIR",
+                   help="AutoencoderTiny weights for --vae tiny (default: madebyollin/taesdxl for SDXL models, "
+                        "madebyollin/taesd for SD1)")
     p.add_argument("--force", action="store_true", help="replace an existing model folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -111,8 +117,11 @@ def _run_export(args: argparse.Namespace) -> int:
     from diffcut_edge.models.loading import quiet_third_party_logs
 
     quiet_third_party_logs()
+    if args.tiny_vae and args.vae != "tiny":
+        raise DiffCutError("--tiny-vae needs --vae tiny")
     report = export_model_report(args.model, args.out, resolution=args.resolution, precision=args.precision,
-                                 opset=args.opset, progress=not args.no_progress, force=args.force)
+                                 opset=args.opset, progress=not args.no_progress, force=args.force,
+                                 vae=args.vae, tiny_vae=args.tiny_vae)
     size = (report.onnx_bytes + report.data_bytes) / 1e6
     print(f"wrote {report.model_dir} ({size:.1f} MB, {report.nodes} nodes, "
           f"{sum(report.seconds.values()):.1f} s); next: diffcut-edge build-engine --model-dir {report.model_dir}")

@@ -29,6 +29,7 @@ FAMILIES = ("sdxl", "sd1")                  # model families (models/recipes.py 
 PRECISIONS = ("fp32", "fp16")              # exported UNet precision (the VAE encoder stays fp32)
 QUANTIZED_PRECISIONS = ("int8",)           # written by `diffcut-edge quantize` from an fp32 folder
 FOLDER_PRECISIONS = (*PRECISIONS, *QUANTIZED_PRECISIONS)   # what a model folder's manifest may say
+VAES = ("full", "tiny")                    # VAE encoder of an export: the model's own, or AutoencoderTiny (TAESD)
 DEVICES = ("cpu", "cuda")                  # where post-processing runs
 STAGES = ("preprocess", "encoder", "ncut", "assign", "pamr")   # Segmenter stages, in order
 TIMING_KEYS = (*STAGES, "total")           # SegmentationResult.timings keys

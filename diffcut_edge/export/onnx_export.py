@@ -81,6 +81,33 @@ def _is_model_folder(path: Path) -> bool:
     return (path / MANIFEST_NAME).is_file() or (path / ONNX_NAME).is_file()
 
 
+def check_vae(vae: str) -> str:
+    if vae not in defaults.VAES:
+        raise DiffCutError(f"vae must be one of {', '.join(defaults.VAES)}, got {vae!r}")
+    return vae
+
+
+def use_tiny_vae(pipeline: Any, tiny: Any) -> None:
+    """Put an ``AutoencoderTiny`` in the pipeline's place of the VAE (the encoder reads ``pipeline.vae``).
+
+    TAESD's encoder maps the [-1, 1] image (it rescales to [0, 1] itself) straight to the
+    *scaled* latent space the UNet reads -- what the full VAE gives after ``* scaling_factor`` --
+    and its config says ``scaling_factor = 1.0``; the truncated encoder applies the config's
+    factor, so both VAEs reach the UNet on the same scale. Latent channels must match the UNet's.
+    """
+    if not hasattr(tiny, "encoder") or type(tiny).__name__ != "AutoencoderTiny":
+        raise DiffCutError(f"--tiny-vae must be a diffusers AutoencoderTiny (TAESD), got {type(tiny).__name__}")
+    latent = int(tiny.config.latent_channels)
+    expected = int(pipeline.unet.config.in_channels)
+    if latent != expected:
+        raise DiffCutError(f"the tiny VAE has {latent} latent channels but the UNet takes {expected}: use the "
+                           f"TAESD of this model's family (madebyollin/taesdxl for SDXL, madebyollin/taesd for SD1)")
+    if float(tiny.config.scaling_factor) != 1.0:
+        raise DiffCutError(f"the tiny VAE's scaling_factor is {tiny.config.scaling_factor}, not 1.0: TAESD latents "
+                           f"are already scaled; this is not a TAESD checkpoint")
+    pipeline.vae = tiny
+
+
 def check_out_dir(out_dir: Path, force: bool) -> None:
     """Refuse to overwrite a non-empty folder unless ``force``; never delete a foreign folder."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -272,10 +299,10 @@ def pipeline_revision(pipeline: Any, model_id: str | None = None) -> str | None:
 
 
 def build_manifest(encoder: Any, model_id: str, revision: str | None, folder: Path, *, opset: int,
-                   data_files: list[str]) -> Manifest:
+                   data_files: list[str], vae: str = "full", vae_source: str | None = None) -> Manifest:
     spec = encoder.spec
     files = [ONNX_NAME, *data_files]
-    return Manifest(
+    return Manifest(vae=vae, vae_source=vae_source,
         model_id=model_id, family=spec.family, resolution=spec.resolution, grid=spec.grid,
         channels=spec.channels, precision=spec.precision, timestep=spec.timestep,
         noise_seed=spec.noise_seed, opset=opset, onnx_file=ONNX_NAME, onnx_data_files=list(data_files),
@@ -304,22 +331,26 @@ def _model_id(model_or_pipeline_dir: str | os.PathLike) -> str:
 # ------------------------------------------------------------------ orchestrator
 def export_model(model_or_pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                  resolution: int = defaults.RESOLUTION, precision: str = "fp32", opset: int = defaults.OPSET, progress: bool = True,
-                 force: bool = False, timestep: int = defaults.TIMESTEP, noise_seed: int = defaults.NOISE_SEED) -> Path:
+                 force: bool = False, timestep: int = defaults.TIMESTEP, noise_seed: int = defaults.NOISE_SEED,
+                 vae: str = "full", tiny_vae: str | os.PathLike | None = None) -> Path:
     """Export DiffCut's truncated encoder of a pipeline (hub id or saved folder) to ``out_dir``.
 
     Writes ``encoder.onnx`` (``image`` (B,3,R,R) float32 RGB [0,1] -> ``features`` (B,(R/32)^2,C)
     float32; B dynamic), ``encoder.onnx.data`` when the weights exceed 2 GiB, and
     ``manifest.json``. Returns ``out_dir``. See :func:`export_model_report` for timings.
+    ``vae="tiny"`` replaces the VAE encoder by diffusers' ``AutoencoderTiny`` (``tiny_vae``: hub id
+    or folder; default the family's TAESD, ``FamilySpec.tiny_vae``).
     """
     return export_model_report(model_or_pipeline_dir, out_dir, resolution=resolution, precision=precision,
                                opset=opset, progress=progress, force=force, timestep=timestep,
-                               noise_seed=noise_seed).model_dir
+                               noise_seed=noise_seed, vae=vae, tiny_vae=tiny_vae).model_dir
 
 
 def export_model_report(model_or_pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                         resolution: int = defaults.RESOLUTION, precision: str = "fp32", opset: int = defaults.OPSET,
                         progress: bool = True, force: bool = False, timestep: int = defaults.TIMESTEP,
-                        noise_seed: int = defaults.NOISE_SEED, optimize: bool = True, pipeline: Any = None) -> ExportReport:
+                        noise_seed: int = defaults.NOISE_SEED, optimize: bool = True, pipeline: Any = None,
+                        vae: str = "full", tiny_vae: str | os.PathLike | None = None) -> ExportReport:
     """:func:`export_model` returning an :class:`ExportReport` (sizes, nodes, stage times).
 
     ``optimize=False`` skips the onnxscript constant folding (for comparisons).
@@ -329,6 +360,7 @@ def export_model_report(model_or_pipeline_dir: str | os.PathLike, out_dir: str |
     check_resolution(resolution)
     check_precision(precision)
     check_opset(opset)
+    check_vae(vae)
     out_dir = Path(out_dir)
     check_out_dir(out_dir, force)
     _import_export_deps()
@@ -344,12 +376,17 @@ def export_model_report(model_or_pipeline_dir: str | os.PathLike, out_dir: str |
                 pipeline = models.load_pipeline(str(model_or_pipeline_dir), torch_dtype=torch.float32,
                                                 device="cpu")
             revision = pipeline_revision(pipeline, str(model_or_pipeline_dir))
+            vae_source = None
+            if vae == "tiny":
+                vae_source = str(tiny_vae or models.family_spec(models.pipeline_family(pipeline)).tiny_vae)
+                use_tiny_vae(pipeline, models.load_tiny_vae(vae_source))
         with stages.stage("truncate"):
             encoder = build_truncated_encoder(pipeline, resolution=resolution, timestep=timestep,
                                               noise_seed=noise_seed, precision=precision)
             del pipeline  # text encoders, VAE decoder, mid/up blocks can go now
         return export_encoder(encoder, out_dir, model_id=_model_id(model_or_pipeline_dir), revision=revision,
-                              opset=opset, optimize=optimize, force=force, stages=stages)
+                              opset=opset, optimize=optimize, force=force, stages=stages, vae=vae,
+                              vae_source=vae_source)
     finally:
         stages.close()
 
@@ -359,7 +396,7 @@ EXPORT_STAGES = ["export ONNX", "fold constants", "check graph", "manifest"]
 
 def export_encoder(encoder: Any, out_dir: str | os.PathLike, *, model_id: str, revision: str | None = None,
                    opset: int = defaults.OPSET, optimize: bool = True, force: bool = False, progress: bool = False,
-                   stages: _Stages | None = None) -> ExportReport:
+                   stages: _Stages | None = None, vae: str = "full", vae_source: str | None = None) -> ExportReport:
     """Write a model folder for an already built :class:`TruncatedEncoder` (staged, then moved).
 
     The benchmarks use it directly with random-weight encoders; :func:`export_model` with a
@@ -388,7 +425,8 @@ def export_encoder(encoder: Any, out_dir: str | os.PathLike, *, model_id: str, r
         with stages.stage("check graph"):
             report.nodes = check_graph(onnx_path, resolution=spec.resolution, channels=spec.channels)
         with stages.stage("manifest"):
-            manifest = build_manifest(encoder, model_id, revision, staging, opset=opset, data_files=data_files)
+            manifest = build_manifest(encoder, model_id, revision, staging, opset=opset, data_files=data_files,
+                                      vae=vae, vae_source=vae_source)
             write_manifest(staging, manifest)
         report.onnx_bytes = onnx_path.stat().st_size
         report.data_bytes = sum((staging / f).stat().st_size for f in data_files)

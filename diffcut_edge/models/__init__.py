@@ -27,7 +27,7 @@ from diffcut_edge.models.conditioning import (
     pipeline_family,
     resolve_module_path,
 )
-from diffcut_edge.models.loading import check_pipeline_folder, load_pipeline
+from diffcut_edge.models.loading import check_pipeline_folder, load_pipeline, load_tiny_vae
 from diffcut_edge.models.recipes import (
     DEFAULT_MODEL,
     FAMILIES,
@@ -41,12 +41,13 @@ from diffcut_edge.models.recipes import (
     list_recipes,
     recipe_for_family,
 )
-from diffcut_edge.models.tiny import TINY_CHANNELS, build_tiny_pipeline, make_tiny_pipeline
+from diffcut_edge.models.tiny import TINY_CHANNELS, build_tiny_pipeline, make_tiny_pipeline, make_tiny_vae
 
 __all__ = [
     "DEFAULT_MODEL", "FAMILIES", "SD1", "SDXL", "TINY_CHANNELS", "Conditioning", "FamilySpec",
     "ModelRecipe", "build_tiny_pipeline", "check_pipeline_folder", "ddim_scheduler",
     "empty_prompt_conditioning", "family_of_unet", "family_spec", "fixed_noise", "get_recipe",
-    "hooked_module", "list_recipes", "load_pipeline", "make_tiny_pipeline", "noise_coefficients",
+    "hooked_module", "list_recipes", "load_pipeline", "load_tiny_vae", "make_tiny_pipeline", "make_tiny_vae",
+    "noise_coefficients",
     "pipeline_family", "recipe_for_family", "resolve_module_path",
 ]

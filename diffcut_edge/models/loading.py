@@ -180,6 +180,32 @@ def load_pipeline(model_id_or_folder: str | Path, *, torch_dtype=None, device=No
     return pipeline
 
 
+def load_tiny_vae(id_or_folder: str | Path) -> Any:
+    """diffusers' ``AutoencoderTiny`` (TAESD / TAESDXL) from a local folder or the hub cache (fp32, CPU).
+
+    Like :func:`load_pipeline`: an existing path always wins; a hub id is read from the local
+    Hugging Face cache first and downloaded only when the hub is reachable and not offline.
+    """
+    from diffusers import AutoencoderTiny
+
+    text = str(id_or_folder)
+    folder = Path(text).expanduser()
+    if folder.exists() or not _HUB_ID.match(text):
+        if not (folder / "config.json").is_file():
+            raise DiffCutError(f"{folder} is not an AutoencoderTiny folder (no config.json); pass a TAESD folder "
+                               f"saved with save_pretrained, or a hub id such as madebyollin/taesdxl")
+        return AutoencoderTiny.from_pretrained(str(folder), local_files_only=True)
+    snapshot = _cached_snapshot(text)
+    if snapshot is not None and (snapshot / "config.json").is_file():
+        return AutoencoderTiny.from_pretrained(str(snapshot), local_files_only=True)
+    if _hub_offline():
+        raise _offline_error(text, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    try:
+        return AutoencoderTiny.from_pretrained(text)
+    except _network_errors() as e:
+        raise _offline_error(text, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+
 def quiet_third_party_logs() -> None:
     """Silence diffusers/transformers info chatter and loading bars (the CLI shows its own progress).
 

@@ -218,6 +218,22 @@ def make_tiny_pipeline(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
+def make_tiny_vae(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random-weight ``AutoencoderTiny`` (TAESD's layout, 16 channels, one block per
+    stage) to ``out_dir``, for ``export --vae tiny`` tests; 4 latent channels, downsampling by 8."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    out = Path(out_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        vae = AutoencoderTiny(encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16),
+                              num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4)
+    out.mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
 @contextlib.contextmanager
 def _no_save_progress_bars():
     """Hide transformers' per-shard bars for these tiny files; restore the user's setting."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from diffcut_edge import atomic
-from diffcut_edge.defaults import FAMILIES, FOLDER_PRECISIONS
+from diffcut_edge.defaults import FAMILIES, FOLDER_PRECISIONS, VAES
 from diffcut_edge.errors import DiffCutError
 
 MANIFEST_NAME = "manifest.json"
@@ -65,6 +65,8 @@ class Manifest:
     hook: str = ""                 # hooked module path, for the record
     exporter: dict[str, str] = field(default_factory=dict)      # library versions
     engines: list[EngineRecord] = field(default_factory=list)
+    vae: str = "full"              # "full" (the model's VAE encoder) | "tiny" (AutoencoderTiny, `export --vae tiny`)
+    vae_source: str | None = None  # hub id or folder of the tiny VAE
     # Set by `diffcut-edge quantize`: method, activation type, calibration set hash, kept layers,
     # the source folder. None for a plain export.
     quantization: dict[str, Any] | None = None
@@ -74,9 +76,9 @@ class Manifest:
 
     @property
     def needs_verification(self) -> bool:
-        """True for folders that trade fidelity for speed (INT8), which must be checked on the
-        user's own images before they are trusted."""
-        return self.quantization is not None
+        """True for folders that trade fidelity for speed (INT8, a tiny VAE), which must be checked
+        on the user's own images before they are trusted."""
+        return self.quantization is not None or self.vae == "tiny"
 
     def verification_note(self, model_dir: str | os.PathLike) -> str | None:
         """One line for `segment`/`bench` when a faster folder was never verified or failed, else None."""
@@ -84,10 +86,11 @@ class Manifest:
             return None
         source = (self.quantization or {}).get("source_dir", "FULL_PRECISION_DIR")
         how = f"diffcut-edge verify --model-dir {model_dir} --against {source} [IMAGES]"
+        what = self.precision + (", tiny VAE" if self.vae == "tiny" else "")
         if not self.verification:
-            return f"{model_dir} ({self.precision}) was never verified against full precision: run {how}"
+            return f"{model_dir} ({what}) was never verified against full precision: run {how}"
         if not self.verification.get("passed"):
-            return (f"{model_dir} ({self.precision}) FAILED verification against {self.verification.get('against')} "
+            return (f"{model_dir} ({what}) FAILED verification against {self.verification.get('against')} "
                     f"(min cosine {self.verification.get('min_cosine', float('nan')):.4f}); its labels may "
                     f"differ from full precision: re-quantize (more calibration images, --keep-fp32) and {how}")
         return None
@@ -143,6 +146,8 @@ class Manifest:
                                f"{self.resolution} (expected {expected_grid})")
         if self.channels <= 0:
             raise DiffCutError(f"{source}: channels must be positive, got {self.channels}")
+        if self.vae not in VAES:
+            raise DiffCutError(f"{source}: vae {self.vae!r} is not one of {VAES}")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
