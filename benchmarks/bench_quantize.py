@@ -42,8 +42,6 @@ def _parse() -> argparse.Namespace:
 
 def _measure(model_dir: Path, repeats: int, threads: int | None) -> dict:
     """Encoder seconds (first run and median of the rest) and peak RSS of one folder, in this process."""
-    import resource
-
     import numpy as np
 
     from diffcut_edge.runtime.backends import open_backend
@@ -60,8 +58,18 @@ def _measure(model_dir: Path, repeats: int, threads: int | None) -> dict:
         backend.infer({backend.input_name: batch})
         times.append(time.perf_counter() - t0)
     backend.close()
-    return {"first_s": first, "median_s": statistics.median(times),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"first_s": first, "median_s": statistics.median(times), "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: the latter survives exec, so a
+    child of a big parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _calibration(spec: str, resolution: int, tmp: Path) -> list[Path]:

@@ -59,13 +59,9 @@ def _timed(fn: Callable[[], Any], repeats: int, sync: Callable[[], None] = lambd
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of pixels on which two label maps agree after matching their ids (Hungarian)."""
-    from scipy.optimize import linear_sum_assignment
+    from diffcut_edge.eval.metrics import matched_agreement
 
-    ka, kb = int(a.max()) + 1, int(b.max()) + 1
-    hist = np.zeros((ka, kb), np.int64)
-    np.add.at(hist, (a.ravel(), b.ravel()), 1)
-    rows, cols = linear_sum_assignment(hist, maximize=True)
-    return float(hist[rows, cols].sum() / a.size)
+    return matched_agreement(a, b)
 
 
 class Checks:

@@ -8,6 +8,11 @@ Features are meaningless; timings and memory are those of the real model at this
 
     python benchmarks/make_random_ssd1b.py --resolution 512 --out /tmp/ssd1b-random-512
     diffcut-edge bench --model-dir /tmp/ssd1b-random-512/model --iters 3 --warmup 1
+    python benchmarks/make_random_ssd1b.py --resolution 512 --out /tmp/ssd1b-random-512 --vae tiny
+
+``--vae tiny`` exports the same pipeline with a random-weight AutoencoderTiny of TAESDXL's
+architecture (diffusers' default AutoencoderTiny config) in place of the VAE encoder, into
+``OUT/model-tiny-vae``: the cost of ``export --vae tiny`` with real TAESDXL weights.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--vae", choices=("full", "tiny"), default="full")
     args = parser.parse_args()
     import torch
 
@@ -81,8 +87,17 @@ def main() -> None:
         folder = build_pipeline_folder(args.out, seed=args.seed)
     print(f"pipeline folder {folder} ({time.perf_counter() - start:.0f} s)", flush=True)
     start = time.perf_counter()
-    model_dir = export_model(folder, args.out / "model", resolution=args.resolution,
-                             precision=args.precision, progress=True)
+    tiny_vae = None
+    if args.vae == "tiny":
+        from diffusers import AutoencoderTiny
+
+        tiny_vae = args.out / "taesdxl-random"
+        if not (tiny_vae / "config.json").is_file():
+            torch.manual_seed(args.seed)
+            AutoencoderTiny().save_pretrained(str(tiny_vae), safe_serialization=True)  # TAESDXL's layout
+    name = "model" if args.vae == "full" else "model-tiny-vae"
+    model_dir = export_model(folder, args.out / name, resolution=args.resolution, precision=args.precision,
+                             progress=True, vae=args.vae, tiny_vae=tiny_vae)
     print(f"exported {model_dir} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 

@@ -201,3 +201,16 @@ def test_cli_quantize_prints_the_next_step_and_errors_in_one_line(fp32_dir, phot
                      "--no-progress"]) == 2  # not empty, no --force
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--force" in err[0]
+
+
+def test_verify_with_the_pytorch_reference_records_the_verdict_too(int8_dir, tiny_pipeline_dir, photos_dir,
+                                                                   tmp_path):
+    from diffcut_edge.export.verify import verify_model
+
+    folder = tmp_path / "int8"
+    shutil.copytree(int8_dir, folder)
+    report = verify_model(str(tiny_pipeline_dir("sdxl")), folder, [sorted(photos_dir.iterdir())[0]], labels=False)
+    assert report.passed and report.thresholds == (None, 0.99)
+    record = read_manifest(folder).verification
+    assert record["passed"] and record["against"].startswith("PyTorch reference")
+    assert read_manifest(folder).verification_note(str(folder)) is None

@@ -70,27 +70,33 @@ def test_tiny_vae_export_matches_its_torch_module_and_is_recorded(tiny_export, t
     np.testing.assert_allclose(session.run(None, {"image": x})[0], ref, atol=1e-4, rtol=1e-4)
 
 
-def test_segment_warns_and_verify_against_the_full_vae_fails_with_random_weights(tiny_export, tiny_model_dir,
-                                                                                  tmp_path, capsys):
-    # Random TAESD weights do not approximate the random full VAE: verify must say FAILED (with
-    # real TAESDXL weights it is an approximation; that is what the user's images decide).
+def test_segment_warns_until_verify_against_the_full_vae_records_a_verdict(tiny_export, tiny_model_dir, tmp_path,
+                                                                           capsys):
     from helpers.data import sample_photos
 
     import cv2
+    import shutil
 
     photo = tmp_path / "p.png"
     cv2.imwrite(str(photo), np.ascontiguousarray(sample_photos(R)[0][..., ::-1]))
     assert cli.main(["segment", str(photo), "--model-dir", str(tiny_export), "--out", str(tmp_path / "o"),
                      "--backend", "ort-cpu"]) == 0
     assert "fp32, tiny VAE) was never verified" in capsys.readouterr().err
-    import shutil
-
     folder = tmp_path / "copy"
     shutil.copytree(tiny_export, folder)
-    assert cli.main(["verify", "--model-dir", str(folder), "--against", str(tiny_model_dir("sdxl", R, "fp32")),
-                     str(photo)]) == 2
-    assert "verify: FAILED" in capsys.readouterr().out
-    assert "FAILED verification" in read_manifest(folder).verification_note(str(folder))
+    code = cli.main(["verify", "--model-dir", str(folder), "--against", str(tiny_model_dir("sdxl", R, "fp32")),
+                     str(photo)])
+    out = capsys.readouterr().out
+    # The tiny-VAE gate, not fp32's: TAESD approximates the VAE.
+    assert "pass if min token cosine >= 0.98 and mean label agreement >= 90%" in out
+    record = read_manifest(folder).verification
+    assert record["thresholds"] == {"min_cosine": 0.98, "min_mean_label_agreement": 0.9}
+    assert record["passed"] == (record["min_cosine"] >= 0.98 and record["mean_label_agreement"] >= 0.9)
+    assert code == (0 if record["passed"] else 2)
+    # Random weights are a weak proxy: here the tiny random TAESD and the tiny random full VAE give
+    # features with cosine ~0.999, because random UNet features are mostly input-independent.
+    note = read_manifest(folder).verification_note(str(folder))
+    assert (note is None) == record["passed"]
 
 
 def test_tiny_vae_refusals(tiny_pipeline_dir, tmp_path, capsys):
