@@ -70,6 +70,20 @@ def test_trt_ep_never_sets_the_fp16_flag_and_names_the_device(manifest):
     assert opts["device_id"] == 1 and cuda == CUDA_EP and cuda_opts == {"device_id": 1}
 
 
+def test_int8_folders_on_the_trt_ep(manifest):
+    # Symmetric int8 Q/DQ (quantize --activations int8): the weakly typed EP network needs the INT8 flag.
+    manifest.precision = "int8"
+    manifest.quantization = {"activations": "int8", "source_dir": "fp32-dir"}
+    (name, opts), *_ = choose_providers(ALL_EPS, manifest)
+    assert name == TRT_EP and opts["trt_int8_enable"] is True and opts["trt_fp16_enable"] is False
+    # uint8 activations (the onnxruntime CPU default) cannot be built by TensorRT: "ort" skips the
+    # EP, "ort-trt" refuses with the command that makes a TensorRT folder.
+    manifest.quantization = {"activations": "uint8", "source_dir": "fp32-dir"}
+    assert [n for n, _ in choose_providers(ALL_EPS, manifest)] == [CUDA_EP, CPU_EP]
+    with pytest.raises(DiffCutError, match="--activations int8"):
+        choose_providers(ALL_EPS, manifest, backend="ort-trt")
+
+
 def test_trt_ep_cache_moves_to_the_user_cache_when_the_model_folder_cannot_hold_it(manifest, tmp_path,
                                                                                    monkeypatch):
     from diffcut_edge.runtime.backends.onnxrt import trt_ep_cache_dir

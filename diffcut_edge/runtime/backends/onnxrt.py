@@ -64,11 +64,25 @@ def _trt_ep_options(manifest: Manifest, cache_dir: Path, max_batch: int, device_
         # run the fp32 VAE encoder of the mixed graph in fp16 (it overflows there); the UNet part
         # keeps the fp16 types the ONNX gives it. Precision pinning is native TensorRT's job.
         "trt_fp16_enable": False,
+        # An INT8 folder is explicitly quantized (Q/DQ nodes): the EP's weakly typed network needs
+        # the INT8 flag to use them, and no calibration table.
+        "trt_int8_enable": manifest.precision == "int8",
         # One explicit profile, so a new batch size within it does not trigger a rebuild.
         "trt_profile_min_shapes": f"{name}:1x3x{r}x{r}",
         "trt_profile_opt_shapes": f"{name}:1x3x{r}x{r}",
         "trt_profile_max_shapes": f"{name}:{max_batch}x3x{r}x{r}",
     }
+
+
+def _tensorrt_refusal(manifest: Manifest) -> str | None:
+    """Why TensorRT cannot build this folder (uint8-activation INT8), or None."""
+    from diffcut_edge.runtime.trt_compat import check_quantization_for_tensorrt
+
+    try:
+        check_quantization_for_tensorrt(manifest.quantization, "this folder")
+    except DiffCutError as e:
+        return str(e)
+    return None
 
 
 def choose_providers(available: Sequence[str], manifest: Manifest, *, backend: str = "ort",
@@ -94,10 +108,15 @@ def choose_providers(available: Sequence[str], manifest: Manifest, *, backend: s
                 "with an NVIDIA GPU" if wanted[0] in GPU_EPS else "reinstall onnxruntime")
         raise DiffCutError(f"backend {backend!r} needs {wanted[0]}, but onnxruntime reports only "
                            f"{available}: {hint}")
+    tensorrt_cannot_build = _tensorrt_refusal(manifest)
+    if backend == "ort-trt" and tensorrt_cannot_build:
+        raise DiffCutError(tensorrt_cannot_build)
     chosen: list[ProviderSpec] = []
     for name in wanted:
         if name not in available and name != CPU_EP:
             continue
+        if name == TRT_EP and tensorrt_cannot_build:
+            continue  # "ort" (best available): an onnxruntime-CPU INT8 folder goes to the CUDA EP
         if name == TRT_EP:
             chosen.append((name, _trt_ep_options(manifest, Path(cache_dir or TRT_EP_CACHE_DIR), max_batch, device_id)))
         elif name == CUDA_EP:
