@@ -452,6 +452,15 @@ def _add_webcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retries", type=_non_negative_int, default=5,
                    help="connection attempts when a live source cannot be opened or drops, with exponential "
                         "back-off (default 5)")
+    p.add_argument("--serve", default=None, metavar="[HOST:]PORT",
+                   help="watch and tune in a browser at http://HOST:PORT/ (default host 127.0.0.1; implies "
+                        "--headless; needs the [live] extra)")
+    p.add_argument("--token", default=None,
+                   help="with --serve beyond localhost: the token controls and snapshots need (default: "
+                        "generated and printed)")
+    p.add_argument("--max-clients", type=_positive_int, default=8,
+                   help="with --serve: browsers that may watch at once (default 8; more get 503)")
+    p.add_argument("--loop", action="store_true", help="replay a video file source when it ends (demos, --serve)")
     _add_video_options(p)
     _add_segmenter_options(p)
 
@@ -473,13 +482,26 @@ def _run_webcam(args: argparse.Namespace) -> int:
     from diffcut_edge.apps.video import AtomicVideoWriter, FrameReader, Throughput, iter_segmented, parse_source
 
     KEY_ESC, WINDOW = 27, "diffcut-edge (q quit, r refine, f freeze)"
-    if not args.headless and (problem := _gui_problem()):
+    if args.token and not args.serve:
+        raise DiffCutError("--token needs --serve")
+    serve = _parse_serve(args.serve) if args.serve else None
+    headless = args.headless or serve is not None
+    if not headless and (problem := _gui_problem()):
         raise DiffCutError(problem)
     spec = parse_source(args.source)
+    if args.loop and spec.live:
+        raise DiffCutError("--loop replays video files; a camera or stream has no end to replay from")
     if args.record:
         AtomicVideoWriter.check_target(args.record, args.codec)  # before the camera and model open
     warn = lambda message: _warn("webcam", message)  # noqa: E731
     with contextlib.ExitStack() as stack:
+        hub = server = None
+        if serve is not None:  # bound before the camera and model open: a port in use fails fast
+            from diffcut_edge.apps.live import LiveHub, LiveServer, apply_changes
+
+            hub = LiveHub()
+            server = stack.enter_context(LiveServer(hub, *serve, token=args.token, max_clients=args.max_clients))
+            print(f"serving the live view at {server.url}", flush=True)
         reader = stack.enter_context(FrameReader(spec, retries=args.retries, warn=warn))
         seg = stack.enter_context(_open_segmenter(args))
         # keep_on_error: a recording made before a stream finally dropped is kept.
@@ -487,15 +509,22 @@ def _run_webcam(args: argparse.Namespace) -> int:
                                                         keep_on_error=True))
                   if args.record else None)
         draw, stats, meter, frozen = TrackedOverlay(args.track, args.overlay_alpha), Throughput(), hud.FpsMeter(), False
-        for item in iter_segmented(reader, seg, pipelined=args.pipeline, every=args.every,
+        source = _replayed(reader, spec, args.retries, warn) if args.loop else reader
+        for item in iter_segmented(source, seg, pipelined=args.pipeline, every=args.every,
                                    max_frames=args.max_frames):
+            if hub is not None:
+                apply_changes(hub.take_changes(), seg, draw)
             vis = draw(item.frame, item.result)
             stats.add(item.result.timings)
-            hud.draw_hud(vis, hud.hud_text(meter.tick(), item.result.timings, item.result.num_segments,
-                                           seg.options.refine))
+            fps = meter.tick()
+            hud.draw_hud(vis, hud.hud_text(fps, item.result.timings, item.result.num_segments, seg.options.refine))
+            if hub is not None:
+                hub.publish(vis, draw.last_labels, item.result.timings, fps=fps,
+                            options={"tau": seg.options.tau, "alpha": seg.options.alpha,
+                                     "refine": seg.options.refine, "opacity": draw.alpha})
             if writer is not None:
                 writer.write(vis)
-            if args.headless:
+            if headless:
                 continue
             cv2.imshow(WINDOW, vis)
             key = _window_key(False)
@@ -511,7 +540,7 @@ def _run_webcam(args: argparse.Namespace) -> int:
                 if not frozen:
                     break
                 key = _window_key(True)  # frozen: keep the window responsive, pull no frames
-        if not args.headless:
+        if not headless:
             cv2.destroyAllWindows()
         if writer is not None and writer.frames == 0:
             raise DiffCutError(f"no frame could be read from {spec}; nothing recorded")
@@ -522,6 +551,27 @@ def _run_webcam(args: argparse.Namespace) -> int:
         recorded = f"; recorded {args.record}" + (f" ({note})" if note else "")
     print(f"{ended}: {stats.summary()}{recorded}")
     return 0
+
+
+def _parse_serve(text: str) -> tuple[str, int]:
+    from diffcut_edge.apps.live import parse_serve
+
+    return parse_serve(text)
+
+
+def _replayed(reader, spec, retries: int, warn):
+    """The frames of ``reader``, then of the same file again and again (``--loop``)."""
+    from diffcut_edge.apps.video import FrameReader
+
+    yield from reader
+    while True:
+        with FrameReader(spec, retries=retries, warn=warn) as again:
+            count = 0
+            for frame in again:
+                count += 1
+                yield frame
+        if count == 0:
+            return
 
 
 def _gui_problem() -> str | None:

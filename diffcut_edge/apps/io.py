@@ -15,7 +15,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -194,27 +194,45 @@ def read_image(path: str | os.PathLike, *, apply_orientation: bool = True) -> np
 
 
 # ------------------------------------------------------------------------- writing
-def write_image(path: str | os.PathLike, image: np.ndarray, params: Sequence[int] = ()) -> Path:
-    """Encode ``image`` by the extension of ``path`` and write it atomically."""
+def encode_image(image: np.ndarray, ext: str = ".png", params: Sequence[int] = ()) -> bytes:
+    """``image`` encoded by OpenCV as ``ext`` (".png", ".jpg", ...): the file's bytes."""
     import cv2
 
-    path = Path(path)
-    ok, buf = cv2.imencode(path.suffix or ".png", image, list(params))
+    ok, buf = cv2.imencode(ext, image, list(params))
     if not ok:
-        raise DiffCutError(f"{path}: OpenCV could not encode a {image.dtype} {image.shape} image as {path.suffix}")
-    return atomic.write_bytes(path, buf.data)
+        raise DiffCutError(f"OpenCV could not encode a {image.dtype} {image.shape} image as {ext}")
+    return buf.tobytes()
 
 
-def write_labels_png(path: str | os.PathLike, labels: np.ndarray) -> Path:
-    """Write an (H, W) integer label map (numpy or cupy) as a 16-bit single-channel PNG (values = segment ids)."""
+def write_image(path: str | os.PathLike, image: np.ndarray, params: Sequence[int] = ()) -> Path:
+    """Encode ``image`` by the extension of ``path`` and write it atomically."""
+    path = Path(path)
+    try:
+        data = encode_image(image, path.suffix or ".png", params)
+    except DiffCutError as e:
+        raise DiffCutError(f"{path}: {e}") from None
+    return atomic.write_bytes(path, data)
+
+
+def _labels_uint16(labels: Any) -> np.ndarray:
     labels = to_host(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise DiffCutError(f"labels must be an (H, W) integer array, got {labels.dtype} {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
         raise DiffCutError(f"label ids {labels.min()}..{labels.max()} do not fit a 16-bit PNG (0..65535)")
+    return labels.astype(np.uint16, copy=False)
+
+
+def encode_labels_png(labels: Any) -> bytes:
+    """An (H, W) integer label map as the bytes of a 16-bit single-channel PNG (values = segment ids)."""
+    return encode_image(_labels_uint16(labels), ".png")
+
+
+def write_labels_png(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write an (H, W) integer label map (numpy or cupy) as a 16-bit single-channel PNG (values = segment ids)."""
     if Path(path).suffix.lower() != ".png":
         raise DiffCutError(f"{path}: label maps are written as .png (lossless 16-bit)")
-    return write_image(path, labels.astype(np.uint16, copy=False))
+    return write_image(path, _labels_uint16(labels))
 
 
 def read_labels_png(path: str | os.PathLike) -> np.ndarray:

@@ -136,6 +136,7 @@ class TrackedOverlay:
     def __init__(self, track: bool = True, alpha: float = 0.5) -> None:
         self.tracker = SegmentTracker() if track else None
         self.alpha = alpha
+        self.last_labels: np.ndarray | None = None  # the ids of the last overlay (persistent when tracking)
 
     def __call__(self, frame: np.ndarray, result) -> np.ndarray:
         from diffcut_edge.apps.overlay import draw_overlay
@@ -143,4 +144,5 @@ class TrackedOverlay:
         labels = to_host(result.labels)
         if self.tracker is not None:
             labels = relabel(labels, self.tracker.update(result.embeddings))
+        self.last_labels = labels
         return draw_overlay(frame, labels, alpha=self.alpha)
