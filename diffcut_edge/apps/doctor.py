@@ -114,6 +114,15 @@ def _tensorrt(report: DoctorReport) -> bool:
     return True
 
 
+def _live(report: DoctorReport) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("aiohttp") is None:
+        report.add("live view", False, "aiohttp is not installed: pip install 'diffcut-edge[live]' for webcam --serve")
+    else:
+        report.add("live view", True, "aiohttp installed: webcam --serve works")
+
+
 def _model_folder(report: DoctorReport, model_dir: Path, providers: list[str], trt_ok: bool,
                   cupy_ok: bool) -> None:
     from diffcut_edge.runtime.backends import auto_backend, choose_providers, find_engine
@@ -122,6 +131,9 @@ def _model_folder(report: DoctorReport, model_dir: Path, providers: list[str], t
     manifest = read_manifest(model_dir)
     report.add("model", True, f"{manifest.model_id} R={manifest.resolution} {manifest.precision}, "
                               f"{len(manifest.engines)} engine(s) recorded")
+    if manifest.needs_verification:
+        note = manifest.verification_note(str(model_dir))
+        report.add("verified", note is None, note or f"passed against {manifest.verification.get('against')}")
     build = f"diffcut-edge build-engine --model-dir {model_dir}"
     if report.gpu is None:
         if manifest.engines:
@@ -154,6 +166,7 @@ def diagnose(model_dir: str | Path | None = None) -> DoctorReport:
     _gpu(report)
     cupy_ok = _cupy(report)
     trt_ok = _tensorrt(report)
+    _live(report)
     if model_dir is not None:
         _model_folder(report, Path(model_dir), providers, trt_ok, cupy_ok)
     else:

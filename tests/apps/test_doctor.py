@@ -49,3 +49,23 @@ def test_jetson_release_names_the_jetpack(tmp_path):
     release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n")
     assert gpu.jetson_release(release) == "L4T R36.4.0 (JetPack 6.1 / 6.2)"
     assert gpu.jetson_release(tmp_path / "absent") is None
+
+
+def test_a_faster_folder_says_whether_it_was_verified_and_the_live_extra_is_reported(tmp_path, monkeypatch):
+    import importlib.util
+
+    from diffcut_edge.runtime.manifest import read_manifest, write_manifest
+
+    monkeypatch.setattr(gpu, "probe_gpu", lambda: None)
+    model = make_toy_model_dir(tmp_path / "toy", resolution=128, channels=16)
+    assert all(f.name != "verified" for f in doctor.diagnose(model).findings)  # a plain export: nothing to say
+    m = read_manifest(model)
+    m.precision, m.quantization = "int8", {"source_dir": "/models/fp32", "activations": "uint8"}
+    write_manifest(model, m)
+    finding = _finding(doctor.diagnose(model), "verified")
+    assert not finding.ok and "never verified" in finding.detail and "--against /models/fp32" in finding.detail
+    m.verification = {"passed": True, "against": "/models/fp32", "min_cosine": 0.999}
+    write_manifest(model, m)
+    assert _finding(doctor.diagnose(model), "verified").ok
+    live = _finding(doctor.diagnose(), "live view")
+    assert live.ok == (importlib.util.find_spec("aiohttp") is not None)
