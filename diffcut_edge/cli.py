@@ -337,6 +337,16 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    help="overlay image format, or none to skip overlays (default jpg)")
     p.add_argument("--save-npz", action="store_true",
                    help="also save labels, mask_labels, coarse_labels and embeddings to <stem>.npz")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: a Ray Data job (actors each hold a Segmenter), resumable, with OUT/results.jsonl; "
+                        "inputs may also be URIs (s3://, gs://, file://); needs the [ray] extra")
+    p.add_argument("--address", default=None, help="with --engine ray: the cluster (auto, ray://HOST:10001); "
+                                                   "default: a local Ray started for the job")
+    p.add_argument("--workers", type=_positive_int, default=2, help="with --engine ray: actors (default 2)")
+    p.add_argument("--gpus-per-worker", type=_non_negative_float, default=0.0,
+                   help="with --engine ray: GPUs per actor, fractions share one (default 0: CPU)")
+    p.add_argument("--batch-size", type=_positive_int, default=4,
+                   help="with --engine ray: images per actor call (default 4)")
     _add_segmenter_options(p, allow_model=True)
 
 
@@ -348,6 +358,8 @@ def _run_segment(args: argparse.Namespace) -> int:
 
     _check_model_choice(args)  # says what to pass, before anything else is looked at
     out = check_writable_dir(Path(args.out))  # before the (slow) model opens
+    if args.engine == "ray":
+        return _run_segment_ray(args, out)
     images, skipped = io.collect_image_paths(args.inputs)
     images, ours = batch.drop_own_outputs(images, out)
     skipped += ours
@@ -384,6 +396,48 @@ def _run_segment(args: argparse.Namespace) -> int:
           + (f"; mean {_stage_line(means)}" if report.done else ""))
     if report.failed:
         raise DiffCutError(f"{len(report.failed)} of {len(images)} image(s) failed (see the warnings above)")
+    return 0
+
+
+def _run_segment_ray(args: argparse.Namespace, out) -> int:
+    from pathlib import Path
+
+    from diffcut_edge.apps import batch
+    from diffcut_edge.atomic import make_dirs
+    from diffcut_edge.serve import ray_batch
+
+    items = ray_batch.collect_items(args.inputs)
+    local = [Path(i.source) for i in items if not ray_batch.is_uri(i.source)]
+    ours = {str(p) for p in batch.drop_own_outputs(local, out)[1]}  # a re-run does not segment its outputs
+    items = [i for i in items if i.source not in ours]
+    output = batch.OutputOptions(args.overlay_format, args.overlay_alpha, args.save_npz)
+    model_dir = _model_dir(args)
+    segmenter = {"backend": args.backend, "device": None if args.device == "auto" else args.device,
+                 "refine": args.refine, "mask_size": tuple(args.mask_size), "tau": args.tau, "alpha": args.alpha,
+                 "max_segments": args.max_segments, "min_segment_size": args.min_segment_size}
+    from diffcut_edge.runtime.manifest import read_manifest
+
+    note = read_manifest(model_dir).verification_note(model_dir)  # the folder is checked before Ray starts
+    if note:
+        _warn("segment", note)
+    make_dirs(out)
+    todo = len(ray_batch.pending(items, out, output))
+    bar = _progress(quiet=args.quiet, unit="img", total=todo)
+
+    def row(record) -> None:
+        bar.update(1)
+        if record["error"]:
+            _warn("segment", record["error"])
+
+    with bar:
+        report = ray_batch.run(items, model_dir, out, segmenter=segmenter, output=output, workers=args.workers,
+                               gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size,
+                               address=args.address, on_row=row)
+    skipped = f", {report.skipped} complete from an earlier run" if report.skipped else ""
+    print(f"segmented {report.done} image(s) into {out} with Ray ({args.workers} worker(s)) in {report.seconds:.1f} s, "
+          f"{report.images_per_s:.2f} images/s{skipped}; one line per image in {out / ray_batch.RESULTS_NAME}")
+    if report.failed:
+        raise DiffCutError(f"{len(report.failed)} of {report.images} image(s) failed (see results.jsonl)")
     return 0
 
 
