@@ -445,17 +445,13 @@ def test_the_fake_refuses_what_the_real_version_lacks():
 @pytest.fixture(scope="module")
 def int8_folders(tiny_model_dir, tmp_path_factory):
     """{activations: folder} quantized from the tiny SDXL export on two sample photos."""
-    import cv2
-    import numpy as np
-    from helpers.data import sample_photos
+    from helpers.data import write_sample_photos
 
     from diffcut_edge.export.quantize import quantize_model
 
     root = tmp_path_factory.mktemp("int8")
-    for i, rgb in enumerate(sample_photos(256)[:2]):
-        img = rgb if rgb.dtype == np.uint8 else np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
-        cv2.imwrite(str(root / f"p{i}.png"), np.ascontiguousarray(img[..., ::-1]))
-    return {act: quantize_model(tiny_model_dir("sdxl", 256, "fp32"), [root], root / act, activations=act,
+    photos = write_sample_photos(root / "photos", 256, count=2)
+    return {act: quantize_model(tiny_model_dir("sdxl", 256, "fp32"), [photos], root / act, activations=act,
                                 progress=False).model_dir for act in ("uint8", "int8")}
 
 

@@ -48,3 +48,17 @@ def sample_photos(size: int | None = None) -> list[np.ndarray]:
             img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
         out.append(img)
     return out
+
+
+def write_sample_photos(folder, size: int = 256, count: int | None = None):
+    """Write the sample photos at ``size`` as PNG files p0.png, p1.png, ... into ``folder``; returns it."""
+    from pathlib import Path
+
+    import cv2
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, rgb in enumerate(sample_photos(size)[:count]):
+        img = rgb if rgb.dtype == np.uint8 else np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"p{i}.png"), np.ascontiguousarray(img[..., ::-1]))
+    return folder

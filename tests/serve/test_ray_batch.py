@@ -35,13 +35,9 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    from helpers.data import sample_photos
+    from helpers.data import write_sample_photos
 
-    folder = tmp_path_factory.mktemp("photos")
-    for i, rgb in enumerate(sample_photos(R)):
-        img = rgb if rgb.dtype == np.uint8 else np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / f"p{i}.png"), np.ascontiguousarray(img[..., ::-1]))
-    return folder
+    return write_sample_photos(tmp_path_factory.mktemp("photos"), R)
 
 
 @pytest.fixture(scope="module")
