@@ -100,3 +100,11 @@ def ns(request):
     if request.param == "torch" and not namespaces.HAS_TORCH:
         pytest.skip("torch is not installed (the [export] extra): the torch namespace is not tested")
     return namespaces.make(request.param)
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> Path:
+    """A folder of the sample photos at 256 px as PNG files p0.png ... p3.png."""
+    from helpers.data import write_sample_photos
+
+    return write_sample_photos(tmp_path_factory.mktemp("photos"), 256)

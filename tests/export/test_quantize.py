@@ -23,10 +23,8 @@ R = 256
 
 
 @pytest.fixture(scope="module")
-def photos_dir(tmp_path_factory) -> Path:
-    from helpers.data import write_sample_photos
-
-    return write_sample_photos(tmp_path_factory.mktemp("calibration"), R)
+def photos_dir(photo_dir) -> Path:
+    return photo_dir  # the calibration images
 
 
 @pytest.fixture(scope="module")

@@ -34,10 +34,8 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    from helpers.data import write_sample_photos
-
-    return write_sample_photos(tmp_path_factory.mktemp("photos"), R)
+def photos(photo_dir) -> Path:
+    return photo_dir
 
 
 @pytest.fixture(scope="module")
