@@ -16,7 +16,7 @@ import numpy as np
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.ncut import check_features, normalize_tokens
-from diffcut_edge.runtime.xp import device_of, from_host, get_xp, linear_taps, single_threaded_blas
+from diffcut_edge.runtime.xp import as_array, device_of, from_host, get_xp, linear_taps, single_threaded_blas
 
 
 def interp_matrix(size_in: int, size_out: int, *, align_corners: bool, like: Any = None) -> Any:
@@ -41,17 +41,9 @@ def resize_bilinear(maps: Any, size: tuple[int, int], *, align_corners: bool) ->
     return ry @ xp.astype(maps, xp.float32, copy=False) @ rx.T  # broadcasts over K
 
 
-def _as_labels(labels: Any, like: Any) -> Any:
-    """Labels as an array of ``like``'s namespace; lists (and numpy with numpy) pass through."""
-    xp = get_xp(like)
-    if hasattr(labels, "shape") and hasattr(labels, "dtype"):
-        return labels
-    return xp.asarray(labels, device=device_of(like))
-
-
 def _check_coarse(coarse_labels: Any, grid: tuple[int, int], like: Any) -> Any:
     xp = get_xp(like)
-    labels = _as_labels(coarse_labels, like)
+    labels = as_array(coarse_labels, like)
     size = int(np.prod(labels.shape))
     if size != grid[0] * grid[1]:
         raise DiffCutError(f"coarse labels have {size} entries, expected {grid[0]}*{grid[1]} "
@@ -65,10 +57,10 @@ def segment_embeddings(features: Any, coarse_labels: Any) -> Any:
     Segments are the sorted unique ids of ``coarse_labels`` (N tokens); rows follow that
     order. Not re-normalised (the official MaskPooling mean).
     """
-    xp = get_xp(features)
-    x = features if hasattr(features, "shape") else xp.asarray(features)
+    x = as_array(features)
+    xp = get_xp(x)
     fn = normalize_tokens(xp.astype(x, xp.float32, copy=False))
-    labels = xp.reshape(_as_labels(coarse_labels, fn), (-1,))
+    labels = xp.reshape(as_array(coarse_labels, fn), (-1,))
     if labels.shape[0] != fn.shape[0]:
         raise DiffCutError(f"coarse labels have {labels.shape[0]} entries but there are "
                            f"{fn.shape[0]} tokens: both must come from the same grid")

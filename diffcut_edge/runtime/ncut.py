@@ -33,7 +33,7 @@ import numpy as np
 
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime.xp import (deflated_matvec, device_of, eigen_residual, eigh_one, eigsh_largest,
+from diffcut_edge.runtime.xp import (as_array, deflated_matvec, device_of, eigen_residual, eigh_one, eigsh_largest,
                                      from_host, get_xp, member_mask, rank_rows, single_threaded_blas, submatrix)
 
 SOLVERS = ("auto", "eigh", "eigsh")
@@ -115,8 +115,8 @@ def check_features(features: Any, grid: tuple[int, int]) -> tuple[Any, tuple[int
         h, w = (int(g) for g in grid)
     except (TypeError, ValueError) as e:
         raise DiffCutError(f"grid must be a pair (h, w) of token rows and columns, got {grid!r}") from e
-    xp = get_xp(features)
-    x = features if hasattr(features, "shape") and hasattr(features, "dtype") else xp.asarray(features)
+    x = as_array(features)
+    xp = get_xp(x)
     if x.ndim == 3 and x.shape[0] == 1:
         x = x[0, ...]
     if x.ndim != 2 or x.shape[0] != h * w or h < 1 or w < 1:

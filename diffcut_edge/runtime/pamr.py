@@ -18,7 +18,7 @@ import numpy as np
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.assign import resize_bilinear
-from diffcut_edge.runtime.xp import device_of, get_xp, is_numpy_namespace, median_filter3, pad_edge
+from diffcut_edge.runtime.xp import as_array, device_of, get_xp, is_numpy_namespace, median_filter3, pad_edge
 
 # The 8 neighbours of a 3x3 kernel in the official order (row-major, centre skipped),
 # in units of the dilation.
@@ -144,9 +144,9 @@ def _one_hot(labels: Any, xp: Any) -> tuple[Any, int]:
 
 
 def _check_inputs(image: Any, labels: Any, num_iter: int) -> tuple[Any, Any]:
-    xp = get_xp(image, labels)
-    img = image if hasattr(image, "shape") else xp.asarray(image)
-    lab = labels if hasattr(labels, "shape") else xp.asarray(labels, device=device_of(img))
+    get_xp(image, labels)  # refuses arrays of two libraries, with the reason
+    img = as_array(image, labels)
+    lab = as_array(labels, img)
     if img.ndim != 3 or img.shape[2] != 3:
         raise DiffCutError(f"PAMR needs an (H, W, 3) RGB image, got shape {tuple(img.shape)}")
     if lab.ndim != 2:

@@ -145,11 +145,14 @@ def from_host(a: Any, like: Any, dtype: Any = None) -> Any:
     return xp.asarray(host, dtype=dtype, device=device) if device is not None else xp.asarray(host, dtype=dtype)
 
 
-def asarray(a: Any, xp: types.ModuleType, dtype: Any = None) -> Any:
-    """``a`` as an array of module ``xp`` (copies across devices only when needed)."""
-    if is_numpy_namespace(xp):
-        return np.asarray(to_host(a), dtype=dtype)
-    return xp.asarray(a, dtype=dtype)
+def as_array(a: Any, like: Any = None) -> Any:
+    """``a`` as an array: arrays pass through as they are; lists and scalars become arrays of
+    ``like``'s namespace, on its device (numpy when ``like`` is None or not an array)."""
+    if hasattr(a, "shape") and hasattr(a, "dtype"):
+        return a
+    device = device_of(like)
+    xp = get_xp(like)
+    return xp.asarray(a) if device is None else xp.asarray(a, device=device)
 
 
 def linear_taps(size_in: int, size_out: int, *, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -36,11 +36,13 @@ def test_unknown_device_is_rejected():
         rxp.get_xp("tpu")
 
 
-def test_host_and_asarray_round_trip():
+def test_host_and_as_array_round_trip(ns):
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     assert rxp.to_host(a) is a
-    b = rxp.asarray([[1, 2]], np, dtype=np.float64)
-    assert isinstance(b, np.ndarray) and b.dtype == np.float64
+    assert rxp.as_array(a) is a  # arrays pass through
+    b = rxp.as_array([[1, 2]])
+    assert isinstance(b, np.ndarray) and b.shape == (1, 2)
+    np.testing.assert_array_equal(ns.get(rxp.as_array([[1, 2]], like=ns.put(a))), [[1, 2]])
 
 
 def test_to_host_and_from_host_are_the_explicit_copies(ns):
