@@ -136,9 +136,17 @@ def _count(driver) -> int:
 
 
 def _image_png(driver) -> np.ndarray:
+    """The frame the <img> shows now, at its own size (drawn into a canvas: an element screenshot
+    also catches layout shifts of the page around it)."""
+    import base64
+
     import cv2
 
-    png = driver.find_element("id", "view").screenshot_as_png
+    url = driver.execute_script(
+        "const img = document.getElementById('view'); const c = document.createElement('canvas');"
+        "c.width = img.naturalWidth; c.height = img.naturalHeight; c.getContext('2d').drawImage(img, 0, 0);"
+        "return c.toDataURL('image/png');")
+    png = base64.b64decode(url.split(",", 1)[1])
     return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
 
 
