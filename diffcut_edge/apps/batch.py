@@ -76,14 +76,24 @@ def drop_own_outputs(images: list[Path], out: Path) -> tuple[list[Path], list[Pa
     return [p for p in images if p not in ours], ours
 
 
-def write_outputs(out: Path, stem: str, frame: Any, result: Any, options: OutputOptions) -> list[Path]:
-    """Write one image's outputs; returns the paths written."""
-    written = [io.write_labels_png(out / f"{stem}_labels.png", result.labels)]
+def output_paths(out: Path, stem: str, options: OutputOptions) -> dict[str, Path]:
+    """The files one image gets: "labels" always, "overlay" and "npz" when asked (one source of the names)."""
+    paths = {"labels": out / f"{stem}_labels.png"}
     if options.overlay_format != "none":
-        overlay = draw_overlay(frame, result.labels, alpha=options.overlay_alpha)
-        written.append(io.write_image(out / f"{stem}_overlay.{options.overlay_format}", overlay))
+        paths["overlay"] = out / f"{stem}_overlay.{options.overlay_format}"
     if options.save_npz:
-        written.append(io.save_npz(out / f"{stem}.npz", labels=result.labels, mask_labels=result.mask_labels,
+        paths["npz"] = out / f"{stem}.npz"
+    return paths
+
+
+def write_outputs(out: Path, stem: str, frame: Any, result: Any, options: OutputOptions) -> list[Path]:
+    """Write one image's outputs (:func:`output_paths`); returns the paths written."""
+    paths = output_paths(out, stem, options)
+    written = [io.write_labels_png(paths["labels"], result.labels)]
+    if "overlay" in paths:
+        written.append(io.write_image(paths["overlay"], draw_overlay(frame, result.labels, alpha=options.overlay_alpha)))
+    if "npz" in paths:
+        written.append(io.save_npz(paths["npz"], labels=result.labels, mask_labels=result.mask_labels,
                                    coarse_labels=result.coarse_labels, embeddings=result.embeddings))
     return written
 

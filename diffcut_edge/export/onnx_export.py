@@ -53,6 +53,9 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "features"
 EXAMPLE_BATCH = 2                  # trace with B > 1 so no batch-1 broadcast gets baked in
 PROTOBUF_LIMIT = 2 * 1024 ** 3     # a ModelProto cannot be serialised past 2 GiB
+# Weights above this go to one external data file: a margin under the hard limit, since the proto
+# carries names and the graph besides the raw data.
+EMBED_LIMIT = PROTOBUF_LIMIT - (64 << 20)
 MIN_OPSET, MAX_OPSET = 17, 23      # LayerNormalization needs 17; the exporter goes up to 23
 EXPORTER = "torch.onnx (torchscript, dynamo=False)"
 
@@ -197,8 +200,7 @@ def optimize_and_layout(raw: Path, dst: Path, *, optimize: bool = True) -> list[
 
         optimizer.optimize_ir(model, num_iterations=2)
     weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    # Keep a margin under the hard limit: the proto carries names and graph besides raw data.
-    external = weights > PROTOBUF_LIMIT - (64 << 20)
+    external = weights > EMBED_LIMIT
     if external:
         ir.save(model, str(dst), external_data=DATA_NAME)
         return [DATA_NAME]

@@ -108,24 +108,16 @@ def collect_items(inputs: Sequence[str]) -> list[Item]:
     return [Item(s, stem) for s, stem in zip(sources, stems)]
 
 
-def outputs_of(out: Path, stem: str, output: Any) -> list[Path]:
-    """The files the local engine writes for one image (apps.batch.write_outputs)."""
-    files = [out / f"{stem}_labels.png"]
-    if output.overlay_format != "none":
-        files.append(out / f"{stem}_overlay.{output.overlay_format}")
-    if output.save_npz:
-        files.append(out / f"{stem}.npz")
-    return files
-
-
 def pending(items: Sequence[Item], out: Path, output: Any, done_stems: set[str] | None = None) -> list[Item]:
     """Items still to do: not all outputs there (atomic writes: a file that exists is complete), or
     no successful line in results.jsonl (an image a kill caught between its outputs and its line is
     done again, so every image ends with exactly one successful line). Failed images are retried."""
     if done_stems is None:
         done_stems = {r.get("stem") for r in read_results(out / RESULTS_NAME) if not r.get("error")}
-    return [i for i in items
-            if i.stem not in done_stems or not all(p.is_file() for p in outputs_of(out, i.stem, output))]
+    from diffcut_edge.apps.batch import output_paths
+
+    return [i for i in items if i.stem not in done_stems
+            or not all(p.is_file() for p in output_paths(out, i.stem, output).values())]
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from diffcut_edge import cli
-from diffcut_edge.apps.batch import OutputOptions
+from diffcut_edge.apps.batch import OutputOptions, output_paths
 from diffcut_edge.serve import ray_batch as rb
 
 ray = pytest.importorskip("ray", reason="segment --engine ray needs the [ray] extra (ray[data])")
@@ -77,7 +77,7 @@ def test_a_stopped_job_resumes_without_redoing_or_corrupting(local_ray, photos, 
     # What a kill leaves: two images without outputs (never reached), the last line cut in half (an
     # image whose outputs were written but whose line was not: it is done again).
     for stem in ("p1", "p3"):
-        for path in rb.outputs_of(out, stem, output):
+        for path in output_paths(out, stem, output).values():
             path.unlink()
     lines = [line for line in (out / rb.RESULTS_NAME).read_text().splitlines()
              if json.loads(line)["stem"] not in ("p1", "p3")]  # never reached: no outputs, no line
