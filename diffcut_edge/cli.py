@@ -293,13 +293,13 @@ def _open_segmenter(args: argparse.Namespace):
                                    device=None if args.device == "auto" else args.device,
                                    mask_size=tuple(args.mask_size), tau=args.tau, alpha=args.alpha,
                                    max_segments=args.max_segments, min_segment_size=args.min_segment_size)
-    _note_verification(args.verb, seg, model_dir)
+    _note_verification(args.verb, seg.manifest, model_dir)
     return seg
 
 
-def _note_verification(verb: str, segmenter, model_dir: str) -> None:
+def _note_verification(verb: str, manifest, model_dir: str) -> None:
     """Say (once, on stderr) when a faster folder was never verified against full precision."""
-    note = segmenter.manifest.verification_note(model_dir)
+    note = manifest.verification_note(model_dir)
     if note:
         _warn(verb, note)
 
@@ -417,12 +417,13 @@ def _run_segment_ray(args: argparse.Namespace, out) -> int:
                  "max_segments": args.max_segments, "min_segment_size": args.min_segment_size}
     from diffcut_edge.runtime.manifest import read_manifest
 
-    note = read_manifest(model_dir).verification_note(model_dir)  # the folder is checked before Ray starts
-    if note:
-        _warn("segment", note)
+    _note_verification("segment", read_manifest(model_dir), model_dir)  # before Ray starts
     make_dirs(out)
-    todo = len(ray_batch.pending(items, out, output))
-    bar = _progress(quiet=args.quiet, unit="img", total=todo)
+    bar = _progress(quiet=args.quiet, unit="img")
+
+    def plan(report) -> None:
+        bar.total = report.images - report.skipped
+        bar.refresh()
 
     def row(record) -> None:
         bar.update(1)
@@ -432,7 +433,7 @@ def _run_segment_ray(args: argparse.Namespace, out) -> int:
     with bar:
         report = ray_batch.run(items, model_dir, out, segmenter=segmenter, output=output, workers=args.workers,
                                gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size,
-                               address=args.address, on_row=row)
+                               address=args.address, on_row=row, on_plan=plan)
     skipped = f", {report.skipped} complete from an earlier run" if report.skipped else ""
     print(f"segmented {report.done} image(s) into {out} with Ray ({args.workers} worker(s)) in {report.seconds:.1f} s, "
           f"{report.images_per_s:.2f} images/s{skipped}; one line per image in {out / ray_batch.RESULTS_NAME}")
@@ -661,7 +662,7 @@ def _bench_segmenter(args: argparse.Namespace):
     from diffcut_edge.runtime.segmenter import Segmenter
 
     seg = Segmenter.from_model_dir(args.model_dir, backend=args.backend, refine=args.refine)
-    _note_verification("bench", seg, args.model_dir)
+    _note_verification("bench", seg.manifest, args.model_dir)
     return seg
 
 

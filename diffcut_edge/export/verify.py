@@ -190,18 +190,29 @@ def verify_model(model: Any, model_dir: str | os.PathLike, images: Sequence[str 
         agree = label_agreement(ours, ref, manifest.grid) if labels else None
         report.images.append(ImageCheck(name, cos, rel, agree, passes(cos, rel, manifest.precision)))
     if record and manifest.needs_verification:
-        import datetime
-
-        manifest.verification = {
-            "against": f"PyTorch reference {model if isinstance(model, (str, os.PathLike)) else 'pipeline'}",
-            "passed": report.passed, "images": len(report.images),
-            "min_cosine": min(i.min_cosine for i in report.images),
-            "max_rel_error": max(i.rel_error for i in report.images),
-            "thresholds": {"min_cosine": report.thresholds[1], "max_rel_error": report.thresholds[0]},
-            "verified_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
+        against = f"PyTorch reference {model if isinstance(model, (str, os.PathLike)) else 'pipeline'}"
+        manifest.verification = verification_record(
+            against, report.passed, report.images,
+            {"min_cosine": report.thresholds[1], "max_rel_error": report.thresholds[0]})
         write_manifest(model_dir, manifest)
     return report
+
+
+def verification_record(against: str, passed: bool, images: Sequence[ImageCheck], thresholds: dict[str, Any],
+                        **figures: Any) -> dict[str, Any]:
+    """The ``verification`` entry of a manifest: the verdict, its figures, when and by which version."""
+    import datetime
+
+    from diffcut_edge import versions
+
+    return {
+        "against": against, "passed": bool(passed), "images": len(images),
+        "min_cosine": min((i.min_cosine for i in images), default=float("nan")),
+        "max_rel_error": max((i.rel_error for i in images), default=float("nan")),
+        **figures, "thresholds": thresholds,
+        "verified_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "diffcut_edge": versions.dist_version("diffcut-edge") or "unknown",
+    }
 
 
 # ------------------------------------------------------------------ folder against folder
@@ -231,20 +242,10 @@ class AgainstReport:
 
     def record(self) -> dict[str, Any]:
         """What goes into the faster folder's manifest (``verification``)."""
-        import datetime
-
-        from diffcut_edge import versions
-
         cos_min, labels_min = self.thresholds
-        return {
-            "against": str(self.against.resolve()), "passed": self.passed, "images": len(self.images),
-            "images_sha256": self.images_sha256, "min_cosine": self.min_cosine,
-            "max_rel_error": max((i.rel_error for i in self.images), default=float("nan")),
-            "mean_label_agreement": self.mean_label_agreement,
-            "thresholds": {"min_cosine": cos_min, "min_mean_label_agreement": labels_min},
-            "verified_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "diffcut_edge": versions.dist_version("diffcut-edge") or "unknown",
-        }
+        return verification_record(str(self.against.resolve()), self.passed, self.images,
+                                   {"min_cosine": cos_min, "min_mean_label_agreement": labels_min},
+                                   images_sha256=self.images_sha256, mean_label_agreement=self.mean_label_agreement)
 
     def lines(self) -> list[str]:
         cos_min, labels_min = self.thresholds

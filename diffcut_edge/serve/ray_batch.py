@@ -217,8 +217,12 @@ def quiet_ray_logs() -> None:
 def run(items: Sequence[Item], model_dir: str | os.PathLike, out: str | os.PathLike, *,
         segmenter: dict[str, Any] | None = None, output: Any = None, workers: int = 2,
         gpus_per_worker: float = 0.0, batch_size: int = 4, address: str | None = None,
-        on_row: Callable[[dict[str, Any]], None] | None = None) -> RayReport:
-    """Segment ``items`` into ``out`` on Ray (a local instance unless ``address``); see the module doc."""
+        on_row: Callable[[dict[str, Any]], None] | None = None,
+        on_plan: Callable[[RayReport], None] | None = None) -> RayReport:
+    """Segment ``items`` into ``out`` on Ray (a local instance unless ``address``); see the module doc.
+
+    ``on_plan(report)`` is called once what is left to do is known (``images - skipped``), before
+    Ray starts; ``on_row(record)`` for each line written to results.jsonl."""
     from dataclasses import asdict
 
     from diffcut_edge.apps.batch import OutputOptions
@@ -238,6 +242,8 @@ def run(items: Sequence[Item], model_dir: str | os.PathLike, out: str | os.PathL
     done_stems = {r.get("stem") for r in read_results(results_path) if not r.get("error")}  # drops a cut line
     todo = pending(items, out, output, done_stems)
     report = RayReport(images=len(items), skipped=len(items) - len(todo))
+    if on_plan is not None:
+        on_plan(report)
     if not todo:
         return report
     ray = _ray()

@@ -86,7 +86,10 @@ def test_a_stopped_job_resumes_without_redoing_or_corrupting(local_ray, photos, 
     redo = {"p1", "p3", cut}
     kept = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.split("_")[0] not in redo
             and p.name != rb.RESULTS_NAME}
-    second = rb.run(items, model_dir, out, output=output, segmenter={"backend": "ort-cpu"})
+    plans = []
+    second = rb.run(items, model_dir, out, output=output, segmenter={"backend": "ort-cpu"},
+                    on_plan=lambda r: plans.append((r.images, r.skipped, r.done)))
+    assert plans == [(4, 4 - len(redo), 0)]  # told before any work, once
     assert (second.done, second.skipped, second.failed) == (len(redo), 4 - len(redo), [])
     assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept  # the finished ones were not redone
     rows = _results(out)  # every line parses: the cut one was dropped
