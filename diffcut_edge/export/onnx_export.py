@@ -53,9 +53,8 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "features"
 EXAMPLE_BATCH = 2                  # trace with B > 1 so no batch-1 broadcast gets baked in
 PROTOBUF_LIMIT = 2 * 1024 ** 3     # a ModelProto cannot be serialised past 2 GiB
-# Weights above this go to one external data file: a margin under the hard limit, since the proto
-# carries names and the graph besides the raw data.
-EMBED_LIMIT = PROTOBUF_LIMIT - (64 << 20)
+# Kept under the hard limit: the proto carries names and the graph besides the raw data.
+EMBED_MARGIN = 64 << 20
 MIN_OPSET, MAX_OPSET = 17, 23      # LayerNormalization needs 17; the exporter goes up to 23
 EXPORTER = "torch.onnx (torchscript, dynamo=False)"
 
@@ -200,12 +199,17 @@ def optimize_and_layout(raw: Path, dst: Path, *, optimize: bool = True) -> list[
 
         optimizer.optimize_ir(model, num_iterations=2)
     weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    external = weights > EMBED_LIMIT
+    external = needs_external_data(weights)
     if external:
         ir.save(model, str(dst), external_data=DATA_NAME)
         return [DATA_NAME]
     ir.save(model, str(dst))
     return []
+
+
+def needs_external_data(nbytes: int) -> bool:
+    """Whether a model of ``nbytes`` must keep its weights in one external data file."""
+    return nbytes > PROTOBUF_LIMIT - EMBED_MARGIN
 
 
 def declare_io_shapes(path: Path, *, resolution: int, channels: int) -> None:

@@ -264,7 +264,7 @@ def quantize_model(model_dir: str | os.PathLike, calibration: Sequence[str | os.
                    max_images: int | None = DEFAULT_MAX_IMAGES, force: bool = False,
                    progress: bool = True) -> QuantizeReport:
     """Write ``out_dir``: the INT8 QDQ version of the fp32 folder ``model_dir`` (see the module doc)."""
-    from diffcut_edge.export.onnx_export import (EMBED_LIMIT, ONNX_NAME, check_graph, check_out_dir,
+    from diffcut_edge.export.onnx_export import (ONNX_NAME, check_graph, check_out_dir, needs_external_data,
                                                  move_into_place)
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -289,7 +289,7 @@ def quantize_model(model_dir: str | os.PathLike, calibration: Sequence[str | os.
         model = onnx.load(str(source))
         _name_nodes(model)
         kept = float_nodes(model, keep_fp32)
-        big = big or model.ByteSize() > EMBED_LIMIT
+        big = big or needs_external_data(model.ByteSize())
         named = staging / "named.onnx"
         onnx.save_model(model, str(named), save_as_external_data=big, location="named.onnx.data")
         del model
