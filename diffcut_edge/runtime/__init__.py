@@ -20,7 +20,8 @@ _LAZY = {
     # Segmenter, inference backends, preprocessing
     "Segmenter": "segmenter",
     "SegmenterOptions": "options",
-    "SegmentationResult": "segmenter",
+    "SegmentationResult": "postprocess",
+    "Postprocessor": "postprocess",
     "Backend": "backends",
     "OnnxRuntimeBackend": "backends",
     "TensorRTBackend": "backends",

@@ -2,6 +2,7 @@
 
     preprocess (preprocess.py) -> encoder (backends/) -> recursive NCut (ncut.py)
     -> concept assignment at mask size (assign.py) -> PAMR (pamr.py) -> frame size
+    (the part after the encoder is postprocess.Postprocessor)
 
 On a GPU the features stay on the device from the engine through the cupy
 post-processing; results always come back as host numpy arrays.
@@ -12,47 +13,19 @@ from __future__ import annotations
 import os
 import time
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 
 from diffcut_edge import defaults
 from diffcut_edge.defaults import DEVICES
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime import assign, ncut, pamr
 from diffcut_edge.runtime.options import SegmenterOptions
 from diffcut_edge.runtime.backends import Backend, open_backend
 from diffcut_edge.lazy import cupy as cp
 from diffcut_edge.runtime.manifest import Manifest
-from diffcut_edge.runtime.xp import get_xp, gpu_postprocessing_problem, to_host
-from diffcut_edge.runtime.preprocess import check_frame, frame_list, image_to_rgb_float, preprocess, resize_nearest
-
-@dataclass
-class SegmentationResult:
-    """One frame's segmentation (host numpy arrays).
-
-    labels: (H, W) int32 at the frame's size (nearest resize of ``mask_labels``).
-    mask_labels: (mask_h, mask_w) int32 after assignment (and PAMR when refining).
-    coarse_labels: (h, w) int32 on the feature grid, from the NCut, ids 0..K-1.
-    num_segments: K. Ids in ``labels`` are < K; an id may vanish after assignment/PAMR.
-    embeddings: (K, C) float32, row k = mean normalised feature of coarse segment k
-        (for matching segments across frames).
-    timings: milliseconds per stage (keys :data:`TIMING_KEYS`); in a batch, preprocess
-        and encoder are the batch's time divided by its size.
-    """
-
-    labels: np.ndarray
-    mask_labels: np.ndarray
-    coarse_labels: np.ndarray
-    num_segments: int
-    embeddings: np.ndarray
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1e3
-
+from diffcut_edge.runtime.postprocess import Postprocessor, SegmentationResult, _ms
+from diffcut_edge.runtime.xp import get_xp, gpu_postprocessing_problem
+from diffcut_edge.runtime.preprocess import check_frame, frame_list, preprocess
 
 def _pad_batch(batch: Any, min_batch: int) -> Any:
     """``batch`` repeated along its last image up to ``min_batch`` images.
@@ -82,7 +55,7 @@ class Segmenter:
         frame = cv2.imread("photo.jpg")                  # BGR uint8
         with Segmenter.from_model_dir("ssd1b-1024") as seg:
             result = seg(frame)                           # result.labels: (H, W) int32
-        cv2.imwrite("overlay.jpg", result.overlay(frame))
+        cv2.imwrite("overlay.jpg", draw_overlay(frame, result.labels))
 
     Args:
         backend: an open :class:`~diffcut_edge.runtime.backends.Backend`.
@@ -95,8 +68,8 @@ class Segmenter:
     def __init__(self, backend: Backend, options: SegmenterOptions | None = None, device: str | None = None,
                  owns_backend: bool = True) -> None:
         self.backend = backend
-        self.options = options or SegmenterOptions()
         self.device = self._resolve_device(device, backend)
+        self.post = Postprocessor.for_manifest(backend.manifest, options or SegmenterOptions(), self.device)
         self.owns_backend = owns_backend
 
     @classmethod
@@ -133,8 +106,12 @@ class Segmenter:
         return device
 
     @property
-    def _xp(self) -> Any:
-        return cp.load() if self.device == "cuda" else np
+    def options(self) -> SegmenterOptions:
+        return self.post.options
+
+    @options.setter
+    def options(self, value: SegmenterOptions) -> None:
+        self.post.options = value
 
     @property
     def manifest(self) -> Manifest:
@@ -149,23 +126,12 @@ class Segmenter:
         return self.options
 
     # ------------------------------------------------------------------ stages
-    def _to_post_device(self, array: Any) -> Any:
-        """Move an array to where post-processing runs (numpy on cpu, cupy on cuda)."""
-        if self.device == "cuda":
-            return cp.asarray(array)  # no copy when it already is a cupy array
-        return to_host(array)
-
-    def _sync(self) -> None:
-        # GPU work is asynchronous: synchronise so the stage timings are honest.
-        if self.device == "cuda":
-            cp.cuda.get_current_stream().synchronize()
-
     def encode_timed(self, frames: Sequence[Any]) -> tuple[Any, float, float]:
         """Like :meth:`encode`, one chunk (at most the backend's max batch), with its
         (preprocess ms, encoder ms): what video pipelines report per stage."""
         start = time.perf_counter()
         frames = list(frames)
-        if self.device == "cuda" and self.backend.outputs_on_device:
+        if self.post.device == "cuda" and self.backend.outputs_on_device:
             # Native TensorRT: upload the (small, uint8) frames and resize on the GPU, so
             # the float batch is born where the engine reads it.
             frames = [cp.asarray(f) for f in frames]
@@ -197,49 +163,7 @@ class Segmenter:
 
     def postprocess(self, frame: Any, features: Any) -> SegmentationResult:
         """One frame's features (N, C) -> its segmentation: NCut, assignment, PAMR, resize."""
-        return self._postprocess(frame, features, {"preprocess": 0.0, "encoder": 0.0})
-
-    def _postprocess(self, frame: Any, features: Any, timings: dict[str, float]) -> SegmentationResult:
-        opts, grid = self.options, tuple(self.manifest.grid)
-        expected = (self.manifest.num_tokens, self.manifest.channels)
-        if tuple(getattr(features, "shape", ())) != expected:
-            raise DiffCutError(f"postprocess: expected features of shape {expected} for one frame "
-                               f"(grid {grid}), got {tuple(getattr(features, 'shape', ()))}")
-        check_frame(frame)
-        features = self._to_post_device(features)
-
-        start = time.perf_counter()
-        cut = ncut.recursive_ncut(features, grid, tau=opts.tau, alpha=opts.alpha,
-                                  max_segments=opts.max_segments, min_segment_size=opts.min_segment_size)
-        coarse = cut.labels
-        self._sync()
-        timings["ncut"] = _ms(start)
-
-        start = time.perf_counter()
-        embeddings = assign.segment_embeddings(features, coarse)
-        mask_labels = assign.assign_concepts(features, grid, coarse, opts.mask_size)
-        self._sync()
-        timings["assign"] = _ms(start)
-
-        start = time.perf_counter()
-        if opts.refine:
-            # As the paper: PAMR sees the frame resized (bilinear) to the mask size.
-            image = image_to_rgb_float(self._to_post_device(frame), size=opts.mask_size)
-            refined = pamr.pamr_refine(image, mask_labels, num_iter=opts.pamr_iterations,
-                                       dilations=opts.pamr_dilations)
-            # PAMR numbers its output by the sorted ids present; map back to segment ids so
-            # labels keep indexing the embeddings when assignment left an id out.
-            mask_labels = self._xp.unique(mask_labels)[refined]
-        self._sync()
-        timings["pamr"] = _ms(start)
-
-        labels = resize_nearest(mask_labels, frame.shape[:2])
-        timings["total"] = sum(timings[k] for k in ("preprocess", "encoder", "ncut", "assign", "pamr"))
-        return SegmentationResult(
-            labels=_host_int32(labels), mask_labels=_host_int32(mask_labels), coarse_labels=_host_int32(coarse),
-            num_segments=int(cut.num_segments), embeddings=to_host(embeddings).astype(np.float32, copy=False),
-            timings=timings,
-        )
+        return self.post(frame, features)
 
     # ------------------------------------------------------------------ public calls
     def __call__(self, frame: Any) -> SegmentationResult:
@@ -255,7 +179,7 @@ class Segmenter:
             features, t_pre, t_enc = self.encode_timed(chunk)
             share = {"preprocess": t_pre / len(chunk), "encoder": t_enc / len(chunk)}
             for frame, feats in zip(chunk, features):
-                results.append(self._postprocess(frame, feats, dict(share)))
+                results.append(self.post(frame, feats, share))
         return results
 
     def close(self) -> None:
@@ -271,6 +195,3 @@ class Segmenter:
     def __repr__(self) -> str:
         return f"Segmenter({self.backend!r}, device={self.device!r}, {self.options})"
 
-
-def _host_int32(array: Any) -> np.ndarray:
-    return to_host(array).astype(np.int32, copy=False)
