@@ -229,10 +229,33 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_segmenter_options(p: argparse.ArgumentParser, *, allow_model: bool = False) -> None:
-    """Options shared by segment, video and webcam: the model folder and the DiffCut knobs."""
+def _add_postprocess_options(p: argparse.ArgumentParser) -> None:
+    """The DiffCut knobs after the encoder (``SegmenterOptions``): segment, video, webcam, triton-repo."""
     from diffcut_edge.defaults import MASK_SIZE
 
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                   help="sharpen the masks with PAMR (default: on)")
+    p.add_argument("--tau", type=_option_type("tau"), default=TAU,
+                   help=f"NCut threshold >= 0: lower splits less, 0 not at all (default {TAU})")
+    p.add_argument("--alpha", type=_option_type("alpha"), default=ALPHA,
+                   help=f"affinity exponent > 0: higher splits more (default {ALPHA:g})")
+    p.add_argument("--mask-size", type=_option_type("mask_size"), default=MASK_SIZE, metavar="N|HxW",
+                   help=f"resolution of the assigned/refined masks (default {MASK_SIZE[0]})")
+    p.add_argument("--max-segments", type=_option_type("max_segments"), default=None,
+                   help="stop splitting at this many segments")
+    p.add_argument("--min-segment-size", type=_option_type("min_segment_size"), default=None,
+                   help="do not split segments smaller than this many feature cells")
+
+
+def _postprocess_options(args: argparse.Namespace):
+    from diffcut_edge.runtime.options import SegmenterOptions
+
+    return SegmenterOptions(tau=args.tau, alpha=args.alpha, mask_size=tuple(args.mask_size), refine=args.refine,
+                            max_segments=args.max_segments, min_segment_size=args.min_segment_size)
+
+
+def _add_segmenter_options(p: argparse.ArgumentParser, *, allow_model: bool = False) -> None:
+    """Options shared by segment, video and webcam: the model folder and the DiffCut knobs."""
     if allow_model:
         p.add_argument("--model-dir", default=None, help="exported model folder (diffcut-edge export)")
         p.add_argument("--model", default=None, metavar="HUB_ID|DIR",
@@ -247,18 +270,7 @@ def _add_segmenter_options(p: argparse.ArgumentParser, *, allow_model: bool = Fa
                    help="encoder backend (default: auto = best available)")
     p.add_argument("--device", choices=("auto", *DEVICES), default="auto",
                    help="where NCut/PAMR run: cpu (numpy) or cuda (cupy); auto follows the encoder")
-    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
-                   help="sharpen the masks with PAMR (default: on)")
-    p.add_argument("--tau", type=_option_type("tau"), default=TAU,
-                   help=f"NCut threshold >= 0: lower splits less, 0 not at all (default {TAU})")
-    p.add_argument("--alpha", type=_option_type("alpha"), default=ALPHA,
-                   help=f"affinity exponent > 0: higher splits more (default {ALPHA:g})")
-    p.add_argument("--mask-size", type=_option_type("mask_size"), default=MASK_SIZE, metavar="N|HxW",
-                   help=f"resolution of the assigned/refined masks (default {MASK_SIZE[0]})")
-    p.add_argument("--max-segments", type=_option_type("max_segments"), default=None,
-                   help="stop splitting at this many segments")
-    p.add_argument("--min-segment-size", type=_option_type("min_segment_size"), default=None,
-                   help="do not split segments smaller than this many feature cells")
+    _add_postprocess_options(p)
     p.add_argument("--overlay-alpha", type=_fraction, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-item lines")
 
@@ -769,6 +781,118 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- main
+# ------------------------------------------------------------------------ triton
+def _add_triton_repository_options(p: argparse.ArgumentParser, *, encoders: Sequence[str]) -> None:
+    """What triton-repo and serve share: the encoder model, batching, instances, the DiffCut knobs."""
+    p.add_argument("--model-dir", required=True, help="exported model folder (diffcut-edge export)")
+    p.add_argument("--encoder", choices=encoders, default=encoders[0],
+                   help="the encoder model: Triton's onnxruntime backend, a TensorRT plan of the folder, or "
+                        "this project's ONNX Runtime backend in a python model (for a server without "
+                        f"onnxruntime) (default {encoders[0]})")
+    p.add_argument("--engine", default=None, help="with --encoder tensorrt: the plan file, when the folder has several")
+    p.add_argument("--max-batch", type=_positive_int, default=4,
+                   help="the encoder's dynamic-batching limit (default 4; a plan's profile caps it)")
+    p.add_argument("--instances", type=_positive_int, default=1, help="encoder instances (default 1)")
+    p.add_argument("--post-instances", type=_positive_int, default=2,
+                   help="post-processing (NCut, PAMR) instances, one process each (default 2)")
+    p.add_argument("--queue-delay-us", type=_non_negative_int, default=0,
+                   help="how long the dynamic batcher may wait to fill a batch (default 0)")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where the post-processing runs: cpu (numpy) or cuda (cupy) (default cpu)")
+    _add_postprocess_options(p)
+
+
+def _repository_spec(args: argparse.Namespace, encoder: str):
+    from diffcut_edge.serve.triton_repo import RepositorySpec
+
+    return RepositorySpec(encoder=encoder, max_batch=args.max_batch, instances=args.instances,
+                          post_instances=args.post_instances, device=args.device, queue_delay_us=args.queue_delay_us,
+                          engine=args.engine, options=_postprocess_options(args))
+
+
+def _add_triton_repo(sub: argparse._SubParsersAction) -> None:
+    from diffcut_edge.serve.triton_repo import ENCODERS
+
+    p = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository for a model folder",
+                       description="Writes an ensemble 'diffcut' (image UINT8 [H,W,3] RGB -> labels INT32 [H,W], "
+                                   "num_segments INT32 [1]) over a python pre-processing model, the encoder "
+                                   "(dynamic batching) and a python post-processing model running this "
+                                   "project's runtime. Every config.pbtxt is parsed back with tritonclient's "
+                                   "model-config protobuf. docs/serving.md")
+    _add_triton_repository_options(p, encoders=ENCODERS)
+    p.add_argument("--out", required=True, help="the repository folder (replaced if it is an earlier one)")
+
+
+def _run_triton_repo(args: argparse.Namespace) -> int:
+    from diffcut_edge.serve.triton_repo import write_repository
+
+    out = write_repository(args.model_dir, args.out, _repository_spec(args, args.encoder))
+    print(f"wrote the Triton model repository {out} (encoder: {args.encoder}); run it with "
+          f"tritonserver --model-repository {out}, or diffcut-edge serve")
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from diffcut_edge.serve.triton_repo import ENCODERS
+    from diffcut_edge.serve.triton_server import DEFAULT_PORTS
+
+    p = sub.add_parser("serve", help="serve a model folder with a real Triton Inference Server",
+                       description="Generates a model repository (as triton-repo) and runs tritonserver on it: "
+                                   "--tritonserver, else the one on PATH, else nvidia-pytriton's binary "
+                                   "(pip install --no-deps nvidia-pytriton). SIGTERM or Ctrl-C stops it cleanly. "
+                                   "Query it with diffcut_edge.serve.TritonSegmenter. docs/serving.md")
+    _add_triton_repository_options(p, encoders=("auto", *ENCODERS))
+    p.add_argument("--tritonserver", default=None, metavar="PATH", help="the tritonserver binary or install folder")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0: all)")
+    for what, port in DEFAULT_PORTS.items():
+        p.add_argument(f"--{what}-port", type=_positive_int, default=port, help=f"{what} port (default {port})")
+    p.add_argument("--repo", default=None, help="write the repository here and keep it (default: a temporary folder)")
+    p.add_argument("--ready-timeout", type=_positive_int, default=300,
+                   help="seconds to wait for every model to load (default 300)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from diffcut_edge.serve.triton_repo import write_repository
+    from diffcut_edge.serve.triton_server import TritonServer, find_tritonserver
+
+    binary = find_tritonserver(args.tritonserver)
+    encoder = args.encoder
+    if encoder == "auto":
+        encoder = "onnxruntime" if binary.has_backend("onnxruntime") else "python"
+    elif encoder in ("onnxruntime", "tensorrt") and not binary.has_backend(encoder):
+        raise DiffCutError(f"{binary.executable} has no {encoder} backend (nvidia-pytriton's has only python): "
+                           f"use --encoder python, or NVIDIA's Triton container")
+    workdir = Path(tempfile.mkdtemp(prefix="diffcut-serve-"))
+    try:
+        repo = write_repository(args.model_dir, args.repo or workdir / "repository", _repository_spec(args, encoder))
+        server = TritonServer(binary, repo, workdir, http_port=args.http_port, grpc_port=args.grpc_port,
+                              metrics_port=args.metrics_port, host=args.host)
+        print(f"starting tritonserver ({binary.source}: {binary.executable}) on {repo}, encoder {encoder}",
+              file=sys.stderr, flush=True)
+        try:
+            server.start(timeout_s=args.ready_timeout)
+            print(f"serving {args.model_dir} as model 'diffcut': http {args.host}:{args.http_port}, "
+                  f"grpc {args.host}:{args.grpc_port}, metrics {args.host}:{args.metrics_port} "
+                  f"(log {server.log}); Ctrl-C or SIGTERM stops it", flush=True)
+            while server.process.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:  # Ctrl-C and SIGTERM (Terminated): a clean stop is a success
+            status = server.stop()
+            print(f"stopped tritonserver (exit status {status})", flush=True)
+            return 0
+        finally:
+            server.stop()
+        raise DiffCutError(f"tritonserver stopped by itself with status {server.process.returncode} (log {server.log})")
+    finally:
+        if args.repo is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 _VERBS: dict[str, tuple[Callable, Callable]] = {
     "doctor": (_add_doctor, _run_doctor),
     "models": (_add_models, _run_models),
@@ -781,6 +905,8 @@ _VERBS: dict[str, tuple[Callable, Callable]] = {
     "webcam": (_add_webcam, _run_webcam),
     "bench": (_add_bench, _run_bench),
     "eval": (_add_eval, _run_eval),
+    "triton-repo": (_add_triton_repo, _run_triton_repo),
+    "serve": (_add_serve, _run_serve),
 }
 
 
