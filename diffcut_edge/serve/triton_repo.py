@@ -259,7 +259,7 @@ def validate_repository(repo: str | os.PathLike) -> dict[str, Any]:
 
     Checks what Triton would refuse at load time: a config that does not parse, a name that is not
     its folder's, a model without version folder, an ensemble step naming a model, input or output
-    that is not there, and an ensemble output no step produces.
+    that is not there or reading a tensor nothing provides, and an ensemble output no step produces.
     """
     repo = Path(repo)
     configs = {}
@@ -273,11 +273,14 @@ def validate_repository(repo: str | os.PathLike) -> dict[str, Any]:
     for name, config in configs.items():
         if config.platform != "ensemble":
             continue
-        produced = set()
+        produced = {t.name for t in config.input}
         for step in config.ensemble_scheduling.step:
             target = configs.get(step.model_name)
             if target is None:
                 raise DiffCutError(f"ensemble {name}: step model {step.model_name!r} is not in {repo}")
+            if missing := set(step.input_map.values()) - produced:
+                raise DiffCutError(f"ensemble {name}: {step.model_name} reads {sorted(missing)}, which no "
+                                   f"earlier step or ensemble input provides")
             inputs, outputs = {t.name for t in target.input}, {t.name for t in target.output}
             if missing := set(step.input_map) - inputs:
                 raise DiffCutError(f"ensemble {name}: {step.model_name} has no input(s) {sorted(missing)}")
