@@ -11,6 +11,7 @@ dynamic batcher can put them in one encoder batch.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -69,6 +70,8 @@ class TritonSegmenter:
         model: the ensemble's name.
         timeout_s: per request.
         concurrency: requests in flight in :meth:`segment_batch`.
+
+    One instance may be shared by threads (each gets its own connection).
     """
 
     def __init__(self, url: str = "localhost:8000", model: str = "diffcut", *, timeout_s: float = 120.0,
@@ -76,15 +79,15 @@ class TritonSegmenter:
         self.url, self.model = url, model
         self.protocol, address = _split_url(url)
         self.timeout_s, self.concurrency = float(timeout_s), max(1, int(concurrency))
+        self._address = address
         module = triton_grpc if self.protocol == "grpc" else triton_http
         self._module = module.load()
+        # tritonclient's HTTP client runs on gevent and may only be used by the thread that made it:
+        # one client per thread, so a TritonSegmenter can be shared by an app's threads.
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._clients_lock = threading.Lock()
         try:
-            if self.protocol == "grpc":
-                self._client = self._module.InferenceServerClient(url=address)
-            else:
-                self._client = self._module.InferenceServerClient(
-                    url=address, concurrency=self.concurrency, connection_timeout=self.timeout_s,
-                    network_timeout=self.timeout_s)
             ready = self._client.is_model_ready(model)
         except Exception as e:  # connection refused, DNS, ...: one line, what to check
             raise DiffCutError(f"cannot reach Triton at {url} ({_message(e)}); is `diffcut-edge serve` running?") from e
@@ -92,6 +95,21 @@ class TritonSegmenter:
             raise DiffCutError(f"Triton at {url} has no ready model {model!r}; serve a triton-repo repository")
         outputs = self._outputs_of(self._client.get_model_metadata(model))
         self._output_names = [n for n in ("labels", "num_segments", "class_names") if n in outputs]
+
+    @property
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "grpc":
+                client = self._module.InferenceServerClient(url=self._address)
+            else:
+                client = self._module.InferenceServerClient(
+                    url=self._address, concurrency=self.concurrency, connection_timeout=self.timeout_s,
+                    network_timeout=self.timeout_s)
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append((threading.get_ident(), client))
+        return client
 
     @staticmethod
     def _outputs_of(metadata: Any) -> set[str]:
@@ -167,9 +185,13 @@ class TritonSegmenter:
         return [r for r in results if r is not None]
 
     def close(self) -> None:
-        close = getattr(self._client, "close", None)
-        if close is not None:
-            close()
+        """Close this thread's connection (other threads' close with their thread or the process)."""
+        with self._clients_lock:
+            mine = [c for ident, c in self._clients if ident == threading.get_ident()]
+            self._clients = [(i, c) for i, c in self._clients if i != threading.get_ident()]
+        for client in mine:
+            client.close()
+        self._local.client = None
 
     def __enter__(self) -> "TritonSegmenter":
         return self
