@@ -14,6 +14,7 @@ FORBIDDEN = {
     "apps": ("eval", "export", "diffcut_ref", "models", "cli"),
     "eval": ("export", "cli"),   # --reference loads a pipeline (models, diffcut_ref), lazily
     "models": ("runtime", "apps", "eval", "export", "diffcut_ref", "cli"),
+    "serve": ("eval", "export", "diffcut_ref", "models", "cli"),
 }
 
 

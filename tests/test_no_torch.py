@@ -95,12 +95,12 @@ def test_runtime_import_is_light():
     assert proc.stdout.strip() == "[]"  # not even onnxruntime until a backend opens
 
 
-def test_every_module_of_runtime_apps_and_eval_imports_without_torch():
+def test_every_module_of_runtime_apps_eval_and_serve_imports_without_torch():
     proc = _run_blocked("""
         import importlib, pkgutil, sys
         import diffcut_edge
         names = []
-        for package in ("runtime", "apps", "eval"):
+        for package in ("runtime", "apps", "eval", "serve"):
             pkg = importlib.import_module(f"diffcut_edge.{package}")
             for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}."):
                 importlib.import_module(info.name)
