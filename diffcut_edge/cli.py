@@ -70,12 +70,15 @@ def _run_doctor(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------ models
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="model recipes and tiny random-weight models")
-    msub = p.add_subparsers(dest="models_cmd", metavar="{list,make-tiny}", required=True)
+    msub = p.add_subparsers(dest="models_cmd", metavar="{list,make-tiny,make-tiny-clip}", required=True)
     msub.add_parser("list", help="list the known model recipes")
     t = msub.add_parser("make-tiny", help="write a tiny random-weight pipeline (no download)")
     t.add_argument("--family", choices=("sdxl", "sd1"), required=True)
     t.add_argument("--out", required=True, help="folder to write the pipeline to")
     t.add_argument("--seed", type=int, default=0)
+    c = msub.add_parser("make-tiny-clip", help="write a tiny random-weight ConvNeXt CLIP (open_clip local-dir layout)")
+    c.add_argument("--out", required=True, help="folder to write it to (load it with --clip local-dir:DIR)")
+    c.add_argument("--seed", type=int, default=0)
 
 
 def _run_models(args: argparse.Namespace) -> int:
@@ -87,8 +90,46 @@ def _run_models(args: argparse.Namespace) -> int:
             print(f"{recipe.name:<10} {recipe.hub_id:<42} family={recipe.family:<5} "
                   f"R={recipe.resolution} t={recipe.timestep} hook=unet.{recipe.hook_path}{default}")
         return 0
+    if args.models_cmd == "make-tiny-clip":
+        from diffcut_edge.models.clip import make_tiny_clip
+
+        path = make_tiny_clip(args.out, seed=args.seed)
+        print(f"wrote a tiny random-weight ConvNeXt CLIP to {path}; use it with --clip local-dir:{path}")
+        return 0
     path = models.make_tiny_pipeline(args.family, args.out, seed=args.seed)
     print(f"wrote a tiny random-weight {args.family} pipeline to {path}")
+    return 0
+
+
+# ------------------------------------------------------------------ open vocabulary
+def _add_export_vocab(sub: argparse._SubParsersAction) -> None:
+    from diffcut_edge.models.clip import DEFAULT_CLIP
+    from diffcut_edge.runtime.vocabulary import BUILTIN_VOCABULARIES
+
+    p = sub.add_parser("export-vocab", help="add CLIP segment naming (dense, head and text graphs + a text bank) "
+                                            "to a model folder",
+                       description="Exports the CLIP of the paper's open-vocabulary extension into the model "
+                                   "folder: dense graph (dynamic H, W), head graph (dynamic segments), text "
+                                   "tower (for --classes at run time) and the vocabulary's text bank, recorded "
+                                   "in the manifest with SHA-256. docs/open-vocabulary.md")
+    p.add_argument("--model-dir", required=True, help="exported model folder (diffcut-edge export)")
+    p.add_argument("--clip", default=DEFAULT_CLIP, metavar="MODEL:TAG|local-dir:DIR",
+                   help=f"open_clip model and pretrained tag, or an open_clip folder (default {DEFAULT_CLIP})")
+    p.add_argument("--vocab", default="voc", metavar="|".join(BUILTIN_VOCABULARIES) + "|FILE.txt",
+                   help="classes: a built-in vocabulary or a UTF-8 file, one class a line, synonyms "
+                        "comma-separated (default voc)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def _run_export_vocab(args: argparse.Namespace) -> int:
+    from diffcut_edge.export.clip_export import export_vocabulary
+    from diffcut_edge.runtime.vocabulary import load_vocabulary
+
+    vocabulary = load_vocabulary(args.vocab)   # before the (slow) CLIP loads
+    say = (lambda m: None) if args.quiet else (lambda m: print(f"export-vocab: {m}", file=sys.stderr, flush=True))
+    record = export_vocabulary(args.model_dir, args.clip, vocabulary, progress=say)
+    print(f"added the vocabulary {record['vocabulary']} ({record['num_classes']} classes, CLIP {record['clip']}) "
+          f"to {args.model_dir}; segment now writes <stem>_segments.json")
     return 0
 
 
@@ -271,6 +312,9 @@ def _add_segmenter_options(p: argparse.ArgumentParser, *, allow_model: bool = Fa
     p.add_argument("--device", choices=("auto", *DEVICES), default="auto",
                    help="where NCut/PAMR run: cpu (numpy) or cuda (cupy); auto follows the encoder")
     _add_postprocess_options(p)
+    p.add_argument("--classes", default=None, metavar='"CAT, SOFA, ..."',
+                   help="name the segments with these classes (comma-separated), embedded now with the folder's "
+                        "CLIP text tower (needs export-vocab); default: the folder's vocabulary, if it has one")
     p.add_argument("--overlay-alpha", type=_fraction, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-item lines")
 
@@ -304,7 +348,8 @@ def _open_segmenter(args: argparse.Namespace):
     seg = Segmenter.from_model_dir(model_dir, backend=args.backend, refine=args.refine,
                                    device=None if args.device == "auto" else args.device,
                                    mask_size=tuple(args.mask_size), tau=args.tau, alpha=args.alpha,
-                                   max_segments=args.max_segments, min_segment_size=args.min_segment_size)
+                                   max_segments=args.max_segments, min_segment_size=args.min_segment_size,
+                                   classes=args.classes)
     _note_verification(args.verb, seg.manifest, model_dir)
     return seg
 
@@ -323,7 +368,7 @@ def _warn(verb: str, message: str) -> None:
 
 
 def _stage_line(timings: dict) -> str:
-    parts = [f"{k} {timings[k]:.0f}" for k in STAGES if k in timings]
+    parts = [f"{k} {timings[k]:.0f}" for k in (*STAGES, "label") if k in timings]
     total = f" = {timings['total']:.0f} ms" if "total" in timings else " ms"
     return " + ".join(parts) + total
 
@@ -381,8 +426,9 @@ def _run_segment(args: argparse.Namespace) -> int:
     if not images:
         raise DiffCutError(f"no images found in {' '.join(args.inputs)} "
                            f"(extensions: {', '.join(io.IMAGE_EXTENSIONS)})")
-    options = batch.OutputOptions(args.overlay_format, args.overlay_alpha, args.save_npz)
     with _open_segmenter(args) as seg:
+        options = batch.OutputOptions(args.overlay_format, args.overlay_alpha, args.save_npz,
+                                      segments_json=getattr(seg, "labeler", None) is not None)
         make_dirs(out)  # only once the model opened: a failed start leaves nothing behind
         bar = _progress(quiet=args.quiet, unit="img", total=len(images))
 
@@ -390,7 +436,9 @@ def _run_segment(args: argparse.Namespace) -> int:
             bar.update(1)
             if not args.quiet:
                 k = result.num_segments
-                bar.write(f"{path}: {k} segment{'s' if k != 1 else ''}, {result.labels.shape[1]}x"
+                names = getattr(result, "segments", None)
+                named = f" ({', '.join(sorted({s.class_name for s in names}))})" if names else ""
+                bar.write(f"{path}: {k} segment{'s' if k != 1 else ''}{named}, {result.labels.shape[1]}x"
                           f"{result.labels.shape[0]}, {_stage_line(result.timings)}")
 
         def failure(path, message) -> None:
@@ -422,14 +470,17 @@ def _run_segment_ray(args: argparse.Namespace, out) -> int:
     local = [Path(i.source) for i in items if not ray_batch.is_uri(i.source)]
     ours = {str(p) for p in batch.drop_own_outputs(local, out)[1]}  # a re-run does not segment its outputs
     items = [i for i in items if i.source not in ours]
-    output = batch.OutputOptions(args.overlay_format, args.overlay_alpha, args.save_npz)
     model_dir = _model_dir(args)
     segmenter = {"backend": args.backend, "device": None if args.device == "auto" else args.device,
                  "refine": args.refine, "mask_size": tuple(args.mask_size), "tau": args.tau, "alpha": args.alpha,
-                 "max_segments": args.max_segments, "min_segment_size": args.min_segment_size}
+                 "max_segments": args.max_segments, "min_segment_size": args.min_segment_size,
+                 "classes": args.classes}
     from diffcut_edge.runtime.manifest import read_manifest
 
-    _note_verification("segment", read_manifest(model_dir), model_dir)  # before Ray starts
+    manifest = read_manifest(model_dir)
+    output = batch.OutputOptions(args.overlay_format, args.overlay_alpha, args.save_npz,
+                                 segments_json=bool(manifest.vocabulary) or args.classes is not None)
+    _note_verification("segment", manifest, model_dir)  # before Ray starts
     make_dirs(out)
     bar = _progress(quiet=args.quiet, unit="img")
 
@@ -897,6 +948,7 @@ _VERBS: dict[str, tuple[Callable, Callable]] = {
     "doctor": (_add_doctor, _run_doctor),
     "models": (_add_models, _run_models),
     "export": (_add_export, _run_export),
+    "export-vocab": (_add_export_vocab, _run_export_vocab),
     "build-engine": (_add_build_engine, _run_build_engine),
     "quantize": (_add_quantize, _run_quantize),
     "verify": (_add_verify, _run_verify),

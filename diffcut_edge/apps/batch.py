@@ -1,7 +1,8 @@
 """Segment a list of image files into an output folder: what ``diffcut-edge segment`` does.
 
 Per image: ``<stem>_labels.png`` (16-bit, values = segment ids), ``<stem>_overlay.jpg|png``
-and, when asked, ``<stem>.npz``; every file written atomically. An input that cannot be
+(with class names when the folder has a vocabulary), ``<stem>_segments.json`` (the class of each
+segment) with a vocabulary, and, when asked, ``<stem>.npz``; every file written atomically. An input that cannot be
 read or segmented is reported and skipped (the batch goes on); an output that cannot be
 written (disk full, no permission) stops the batch, since every later image would fail
 the same way.
@@ -9,19 +10,21 @@ the same way.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from diffcut_edge.apps import io
-from diffcut_edge.apps.overlay import draw_overlay
+from diffcut_edge import atomic
+from diffcut_edge.apps.overlay import draw_overlay, draw_segment_names
 from diffcut_edge.apps.video import Throughput
 from diffcut_edge.atomic import OutputError
 from diffcut_edge.errors import DiffCutError
 
 OVERLAY_FORMATS = ("jpg", "png", "none")
-OUTPUT_SUFFIXES = ("_labels.png", "_overlay.jpg", "_overlay.png", ".npz")
+OUTPUT_SUFFIXES = ("_labels.png", "_overlay.jpg", "_overlay.png", ".npz", "_segments.json")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class OutputOptions:
     overlay_format: str = "jpg"      # one of OVERLAY_FORMATS ("none": no overlay)
     overlay_alpha: float = 0.5
     save_npz: bool = False
+    segments_json: bool = False      # <stem>_segments.json: the class of each segment (a vocabulary)
 
     def __post_init__(self) -> None:
         if self.overlay_format not in OVERLAY_FORMATS:
@@ -83,7 +87,19 @@ def output_paths(out: Path, stem: str, options: OutputOptions) -> dict[str, Path
         paths["overlay"] = out / f"{stem}_overlay.{options.overlay_format}"
     if options.save_npz:
         paths["npz"] = out / f"{stem}.npz"
+    if options.segments_json:
+        paths["segments"] = out / f"{stem}_segments.json"
     return paths
+
+
+def segments_document(result: Any) -> dict[str, Any]:
+    """``<stem>_segments.json``: ``{"vocabulary", "num_classes", "segments": [{"id", "class_index",
+    "class_name", "score", "area", "bbox", "pooling"}]}``, one entry per id of the label PNG."""
+    if result.segments is None:
+        raise DiffCutError("this result has no segment names: the model folder has no vocabulary "
+                           "(diffcut-edge export-vocab) and no --classes were given")
+    return {"vocabulary": result.vocabulary, "num_classes": len(result.class_names or ()),
+            "segments": [s.to_dict() for s in result.segments]}
 
 
 def write_outputs(out: Path, stem: str, frame: Any, result: Any, options: OutputOptions) -> list[Path]:
@@ -91,7 +107,13 @@ def write_outputs(out: Path, stem: str, frame: Any, result: Any, options: Output
     paths = output_paths(out, stem, options)
     written = [io.write_labels_png(paths["labels"], result.labels)]
     if "overlay" in paths:
-        written.append(io.write_image(paths["overlay"], draw_overlay(frame, result.labels, alpha=options.overlay_alpha)))
+        overlay = draw_overlay(frame, result.labels, alpha=options.overlay_alpha)
+        if getattr(result, "segments", None):
+            draw_segment_names(overlay, result.labels, result.segments, out=overlay)
+        written.append(io.write_image(paths["overlay"], overlay))
+    if "segments" in paths:
+        text = json.dumps(segments_document(result), indent=1, ensure_ascii=False) + "\n"
+        written.append(atomic.write_text(paths["segments"], text))
     if "npz" in paths:
         written.append(io.save_npz(paths["npz"], labels=result.labels, mask_labels=result.mask_labels,
                                    coarse_labels=result.coarse_labels, embeddings=result.embeddings))

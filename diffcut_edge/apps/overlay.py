@@ -145,3 +145,37 @@ def draw_boundaries(frame: np.ndarray, labels: Any, color: tuple[int, int, int] 
     target = _target(frame, out)
     target[edges] = np.asarray(color, dtype=np.uint8)
     return target
+
+
+def label_anchor(labels: np.ndarray, segment_id: int, max_side: int = 256) -> tuple[int, int]:
+    """(x, y) inside segment ``segment_id``, as far from its border as possible (where a name reads
+    best; a bbox centre can fall outside a non-convex segment). Searched on a map of at most
+    ``max_side`` pixels a side."""
+    height, width = labels.shape
+    step = max(1, int(np.ceil(max(height, width) / max_side)))
+    small = np.ascontiguousarray(labels[::step, ::step] == segment_id).astype(np.uint8)
+    if not small.any():  # a segment thinner than the step: any of its pixels
+        ys, xs = np.nonzero(labels == segment_id)
+        return (int(xs[len(xs) // 2]), int(ys[len(ys) // 2])) if len(xs) else (width // 2, height // 2)
+    distance = cv2.distanceTransform(np.pad(small, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return int(x * step), int(y * step)
+
+
+def draw_segment_names(frame: np.ndarray, labels: Any, segments: Sequence[Any], *, scale: float | None = None,
+                       out: np.ndarray | None = None) -> np.ndarray:
+    """Write each segment's class name (``segments``: objects with ``id`` and ``class_name``, as
+    ``SegmentationResult.segments``) inside the segment, white on a dark outline."""
+    frame = _check_bgr_frame(frame)
+    labels = labels_to_host(labels, frame.shape)
+    target = _target(frame, out)
+    scale = scale if scale is not None else max(0.4, min(frame.shape[:2]) / 800)
+    thickness = max(1, int(round(scale * 2)))
+    for segment in segments:
+        x, y = label_anchor(labels, int(segment.id))
+        text = str(segment.class_name)
+        (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        origin = (int(np.clip(x - w // 2, 0, max(0, frame.shape[1] - w))), int(np.clip(y + h // 2, h, frame.shape[0] - 1)))
+        cv2.putText(target, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+        cv2.putText(target, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return target

@@ -72,6 +72,9 @@ class Manifest:
     quantization: dict[str, Any] | None = None
     # Set by `diffcut-edge verify --against`: the verdict against a full-precision folder.
     verification: dict[str, Any] | None = None
+    # Set by `diffcut-edge export-vocab`: the CLIP graphs, tokenizer and text bank that name segments
+    # (runtime/labeling.py: VOCABULARY_FILES, clip, clip_id, embed_dim, ...), with their SHA-256.
+    vocabulary: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -148,6 +151,24 @@ class Manifest:
             raise DiffCutError(f"{source}: channels must be positive, got {self.channels}")
         if self.vae not in VAES:
             raise DiffCutError(f"{source}: vae {self.vae!r} is not one of {VAES}")
+
+
+def verify_vocabulary_files(model_dir: str | os.PathLike, manifest: Manifest) -> dict[str, Any]:
+    """The folder's vocabulary record, its files checked against their SHA-256 (as the encoder's)."""
+    record = manifest.vocabulary
+    if not record:
+        raise DiffCutError(f"{model_dir} has no vocabulary: add one with `diffcut-edge export-vocab --model-dir "
+                           f"{model_dir} --vocab voc|context|coco-object|FILE.txt`")
+    model_dir = Path(model_dir)
+    for name, expected in record.get("files", {}).items():
+        path = model_dir / name
+        if not path.is_file():
+            raise DiffCutError(f"{path} is missing; the vocabulary is incomplete, re-run export-vocab")
+        got = sha256_file(path)
+        if got != expected:
+            raise DiffCutError(f"{path} does not match its manifest (sha256 {got[:12]}… != {expected[:12]}…): "
+                               f"the file was modified or replaced; re-run export-vocab")
+    return record
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -33,8 +33,11 @@ class SegmentationResult:
     num_segments: K. Ids in ``labels`` are < K; an id may vanish after assignment/PAMR.
     embeddings: (K, C) float32, row k = mean normalised feature of coarse segment k
         (for matching segments across frames).
-    timings: milliseconds per stage (keys :data:`~diffcut_edge.defaults.TIMING_KEYS`); in a batch, preprocess
-        and encoder are the batch's time divided by its size.
+    timings: milliseconds per stage (keys :data:`~diffcut_edge.defaults.TIMING_KEYS`, plus "label" when
+        segments are named); in a batch, preprocess and encoder are the batch's time divided by its size.
+    segments: with a vocabulary (``export-vocab``, or ``classes``): one
+        :class:`~diffcut_edge.runtime.labeling.SegmentLabel` per id of ``labels`` (class index, name,
+        score, area, bbox); else None. vocabulary / class_names: the vocabulary they come from.
     """
 
     labels: np.ndarray
@@ -43,6 +46,19 @@ class SegmentationResult:
     num_segments: int
     embeddings: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    segments: list[Any] | None = None
+    vocabulary: str | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def class_map(self) -> np.ndarray:
+        """(H, W) int32 class index per pixel (each segment painted with its class, as the official
+        open-vocabulary output); needs ``segments``."""
+        if self.segments is None:
+            raise DiffCutError("no segment names: open the Segmenter on a folder with a vocabulary or with classes")
+        lookup = np.zeros(int(self.labels.max()) + 1, dtype=np.int32)
+        for s in self.segments:
+            lookup[s.id] = s.class_index
+        return lookup[self.labels]
 
 
 def _ms(start: float) -> float:

@@ -63,11 +63,14 @@ class Segmenter:
         device: where post-processing runs: "cpu" (numpy) or "cuda" (cupy);
             None = "cuda" when the encoder runs on the GPU and cupy imports.
         owns_backend: close the backend with the segmenter.
+        labeler: a :class:`~diffcut_edge.runtime.labeling.SegmentLabeler` that names the segments
+            (``from_model_dir`` opens one when the folder has a vocabulary or ``classes`` are given).
     """
 
     def __init__(self, backend: Backend, options: SegmenterOptions | None = None, device: str | None = None,
-                 owns_backend: bool = True) -> None:
+                 owns_backend: bool = True, labeler: Any = None) -> None:
         self.backend = backend
+        self.labeler = labeler
         self.device = self._resolve_device(device, backend)
         self.post = Postprocessor.for_manifest(backend.manifest, options or SegmenterOptions(), self.device)
         self.owns_backend = owns_backend
@@ -77,8 +80,14 @@ class Segmenter:
                        refine: bool = True, mask_size: tuple[int, int] = defaults.MASK_SIZE,
                        tau: float = defaults.TAU, alpha: float = defaults.ALPHA, max_segments: int | None = None,
                        min_segment_size: int | None = None, *, verify: bool = True,
-                       threads: int | None = None) -> "Segmenter":
-        """Open a model folder (see :func:`~diffcut_edge.runtime.backends.open_backend`)."""
+                       threads: int | None = None, classes: Any = None,
+                       name_segments: bool | None = None) -> "Segmenter":
+        """Open a model folder (see :func:`~diffcut_edge.runtime.backends.open_backend`).
+
+        classes: name the segments with these classes (``"cat, sofa"``, a list, synonyms as inner
+            lists), embedded now with the folder's CLIP text tower (needs ``export-vocab``).
+        name_segments: None = when the folder has a vocabulary or ``classes`` are given.
+        """
         # Validate before the (slow) backend opens.
         options = SegmenterOptions(tau=tau, alpha=alpha, mask_size=mask_size, refine=refine,
                                    max_segments=max_segments, min_segment_size=min_segment_size)
@@ -86,9 +95,14 @@ class Segmenter:
             raise DiffCutError(f"device must be one of {DEVICES} or None, got {device!r}")
         if device == "cuda" and (problem := gpu_postprocessing_problem()):
             raise DiffCutError(f"--device cuda: {problem}")  # before the (slow) backend opens
+        labeler = None
+        if name_segments or (name_segments is None and (classes is not None or _has_vocabulary(path))):
+            from diffcut_edge.runtime.labeling import SegmentLabeler
+
+            labeler = SegmentLabeler.from_model_dir(path, classes, verify=verify, threads=threads)
         opened = open_backend(path, backend, verify=verify, keep_on_device=device != "cpu", threads=threads)
         try:
-            return cls(opened, options, device=device)
+            return cls(opened, options, device=device, labeler=labeler)
         except BaseException:
             opened.close()
             raise
@@ -129,6 +143,11 @@ class Segmenter:
     def encode_timed(self, frames: Sequence[Any]) -> tuple[Any, float, float]:
         """Like :meth:`encode`, one chunk (at most the backend's max batch), with its
         (preprocess ms, encoder ms): what video pipelines report per stage."""
+        _, features, t_pre, t_enc = self._encode_chunk(frames)
+        return features, t_pre, t_enc
+
+    def _encode_chunk(self, frames: Sequence[Any]) -> tuple[Any, Any, float, float]:
+        """(encoder input batch, features, preprocess ms, encoder ms) of one chunk."""
         start = time.perf_counter()
         frames = list(frames)
         if self.post.device == "cuda" and self.backend.outputs_on_device:
@@ -142,7 +161,7 @@ class Segmenter:
         features = features[:len(frames)]  # drop the padding
         self._check_features(features, len(frames))
         t_enc = _ms(start)
-        return features, t_pre, t_enc
+        return batch, features, t_pre, t_enc
 
     def _check_features(self, features: Any, batch: int) -> None:
         expected = (batch, self.manifest.num_tokens, self.manifest.channels)
@@ -176,13 +195,28 @@ class Segmenter:
         frames = frame_list(frames, allow_single=False)
         results = []
         for chunk in _chunks(frames, self.backend.max_batch):
-            features, t_pre, t_enc = self.encode_timed(chunk)
+            batch, features, t_pre, t_enc = self._encode_chunk(chunk)
             share = {"preprocess": t_pre / len(chunk), "encoder": t_enc / len(chunk)}
-            for frame, feats in zip(chunk, features):
-                results.append(self.post(frame, feats, share))
+            for i, (frame, feats) in enumerate(zip(chunk, features)):
+                result = self.post(frame, feats, share)
+                if self.labeler is not None:
+                    self.name_segments(result, batch[i:i + 1])
+                results.append(result)
         return results
 
+    def name_segments(self, result: SegmentationResult, pixels: Any) -> SegmentationResult:
+        """Fill ``result.segments`` from the encoder input ``pixels`` (1, 3, R, R) of its frame."""
+        start = time.perf_counter()
+        result.segments = self.labeler.label(pixels, result.labels)
+        result.vocabulary = self.labeler.bank.vocabulary.name
+        result.class_names = self.labeler.class_names
+        result.timings["label"] = _ms(start)
+        result.timings["total"] += result.timings["label"]
+        return result
+
     def close(self) -> None:
+        if self.labeler is not None:
+            self.labeler.close()
         if self.owns_backend:
             self.backend.close()
 
@@ -195,3 +229,8 @@ class Segmenter:
     def __repr__(self) -> str:
         return f"Segmenter({self.backend!r}, device={self.device!r}, {self.options})"
 
+
+def _has_vocabulary(model_dir: str | os.PathLike) -> bool:
+    from diffcut_edge.runtime.manifest import read_manifest
+
+    return bool(read_manifest(model_dir).vocabulary)
