@@ -80,6 +80,31 @@ def tiny_model_dir(tmp_path_factory, tiny_pipeline_dir):
     return get
 
 
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight ConvNeXt CLIP in open_clip's local-dir layout (models.clip.make_tiny_clip)."""
+    from helpers.clip import ensure_open_clip
+
+    ensure_open_clip()
+    from diffcut_edge.models.clip import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def vocab_model_dir(tmp_path_factory, tiny_model_dir, tiny_clip_dir) -> Path:
+    """The tiny SDXL export (256 px) with the tiny CLIP and the VOC vocabulary (export-vocab)."""
+    import shutil
+
+    from diffcut_edge.export.clip_export import export_vocabulary
+    from diffcut_edge.runtime.vocabulary import load_vocabulary
+
+    folder = tmp_path_factory.mktemp("vocab-model") / "model"
+    shutil.copytree(tiny_model_dir("sdxl", 256, "fp32"), folder)
+    export_vocabulary(folder, f"local-dir:{tiny_clip_dir}", load_vocabulary("voc"))
+    return folder
+
+
 @pytest.fixture
 def cli_fake_segmenter(monkeypatch):
     """A fast stand-in Segmenter behind every CLI verb (tests/helpers/fake_segmenter.py)."""

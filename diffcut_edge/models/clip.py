@@ -119,6 +119,13 @@ def import_open_clip() -> types.ModuleType:
                            f"the index's torchvision does not match your torch: add --no-deps; docs/open-vocabulary.md)")
     if _torchvision_works():
         return importlib.import_module("open_clip")
+    # open_clip imports transformers (its HF text towers) when installed: import it first, so it
+    # records that torchvision is absent instead of seeing the stand-in and relying on it later.
+    for module in ("transformers", "diffusers"):
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+            with contextlib.suppress(Exception):  # their availability flags, computed now
+                importlib.import_module(f"{module}.utils.import_utils")
     with torchvision_stand_in():
         # Import everything model creation touches while the stand-in is there.
         importlib.import_module("timm")

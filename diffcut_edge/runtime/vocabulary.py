@@ -109,7 +109,7 @@ def vocabulary_from_names(names: Sequence[str | Sequence[str]], source: str = "r
         names = names.split(",")
     classes = []
     for item in names:
-        synonyms = (item,) if isinstance(item, str) else tuple(item)
+        synonyms = (item,) if isinstance(item, str) else tuple(item) if isinstance(item, (list, tuple)) else (item,)
         if not all(isinstance(s, str) for s in synonyms):
             raise DiffCutError(f"{source}: class names must be strings, got {item!r}")
         classes.append(tuple(s.strip() for s in synonyms))

@@ -1,0 +1,48 @@
+"""open_clip and timm for the tests, without torchvision.
+
+The export extra pins the local CPU torch build; the index's torchvision does not match it, and a
+torchvision that fails to import breaks diffusers' pipelines too, so the project never installs it.
+open_clip and timm are installed here once with ``pip install --no-deps --target`` into a cache
+folder (as docs/open-vocabulary.md tells users to, with --no-deps) and put on ``sys.path``; the
+library's ``models.clip.import_open_clip`` supplies the torchvision stand-in. Skips with the reason
+only where the wheels cannot be installed (no registry).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers.triton import CACHE
+
+PACKAGES = ("open_clip_torch==3.3.0", "timm==1.0.31", "ftfy==6.3.1")
+TARGET = CACHE / "open_clip-3.3.0"
+
+
+def ensure_open_clip() -> str | None:
+    """Make ``open_clip`` and ``timm`` importable; returns the folder added to sys.path (or None)."""
+    if importlib.util.find_spec("open_clip") and importlib.util.find_spec("timm"):
+        return None
+    if not (TARGET / "open_clip" / "bpe_simple_vocab_16e6.txt.gz").is_file():
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(TARGET),
+                               *PACKAGES], capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            pytest.skip(f"cannot install {' '.join(PACKAGES)} (pip install --no-deps): {last}")
+    if str(TARGET) not in sys.path:
+        sys.path.insert(0, str(TARGET))
+    importlib.invalidate_caches()
+    return str(TARGET)
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a child process that must import open_clip as this one does."""
+    extra = ensure_open_clip()
+    env = dict(os.environ)
+    if extra:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, env.get("PYTHONPATH")) if p)
+    return env

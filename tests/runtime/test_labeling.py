@@ -1,0 +1,57 @@
+"""Segment pooling and statistics of the open-vocabulary labelling, on every array namespace, against
+the reference's MaskPooling (torch) and brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffcut_edge.runtime import labeling
+
+
+def _label_map(seed: int, shape=(75, 101), k=5) -> np.ndarray:
+    """Blobs: nearest of k random centres, plus a 2-pixel speck that covers no cell of a 3x4 grid."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 1, (k, 2)) * np.array(shape)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    d = ((yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2)
+    labels = np.argmin(d, axis=-1).astype(np.int32)
+    labels[1, 1:3] = k + 3          # an id that vanishes on the grid; ids need not be contiguous
+    return labels
+
+
+def test_pooling_matches_the_reference_mask_pooling(ns):
+    torch = pytest.importorskip("torch", reason="the reference needs torch")
+    from diffcut_edge.diffcut_ref.clip_labels import mask_pool
+
+    labels = _label_map(0)
+    rng = np.random.default_rng(1)
+    dense = rng.standard_normal((16, 3, 4)).astype(np.float32)
+    ids, _, _ = labeling.segment_stats(labels)
+    pooled, pooling = labeling.pool_segments(ns.put(dense), ns.put(labels), ids)
+    pooled = ns.get(pooled)
+    masks = torch.from_numpy(np.stack([(labels == i) for i in ids]).astype(np.float32))[None]
+    reference = mask_pool(torch.from_numpy(dense)[None], masks)[0].numpy()
+    mask_rows = [k for k, p in enumerate(pooling) if p == "mask"]
+    np.testing.assert_allclose(pooled[mask_rows], reference[mask_rows], rtol=1e-5, atol=1e-6)
+    # the speck: the official pools it to zeros; here it is area-weighted, and flagged
+    speck = int(np.flatnonzero(ids == 8)[0])
+    assert pooling[speck] == "area" and np.allclose(reference[speck], 0)
+    np.testing.assert_allclose(pooled[speck], dense[:, 0, 0], rtol=1e-5)  # it lies in cell (0, 0) only
+    assert pooling.count("area") == 1
+
+
+def test_area_weights_are_shares_of_cells():
+    labels = np.zeros((4, 6), np.int32)
+    labels[0, 0:3] = 1       # half of cell (0, 0) of a 2x2 grid (cells of 2x3 pixels), 3 of 6 pixels
+    weights = labeling._area_weights(labels, np.array([1]), (2, 2))
+    np.testing.assert_allclose(weights, [[1.0, 0, 0, 0]])
+
+
+def test_segment_stats_against_brute_force():
+    labels = _label_map(3)
+    ids, areas, boxes = labeling.segment_stats(labels)
+    assert list(ids) == sorted(np.unique(labels))
+    for i, area, (x0, y0, x1, y1) in zip(ids, areas, boxes):
+        ys, xs = np.nonzero(labels == i)
+        assert area == len(xs) and (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
