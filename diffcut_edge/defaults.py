@@ -33,3 +33,8 @@ VAES = ("full", "tiny")                    # VAE encoder of an export: the model
 DEVICES = ("cpu", "cuda")                  # where post-processing runs
 STAGES = ("preprocess", "encoder", "ncut", "assign", "pamr")   # Segmenter stages, in order
 TIMING_KEYS = (*STAGES, "total")           # SegmentationResult.timings keys
+
+# --- open vocabulary (official eval_diffcut_openvoc.py)
+OPEN_VOCAB_PAMR_ITERATIONS = 15
+OPEN_VOCAB_PAMR_DILATIONS = (1, 2, 4, 8, 12, 24, 32, 64)
+OPEN_VOCAB_MASK_SIZE = (1024, 1024)

@@ -138,3 +138,27 @@ def test_cli_segment_runs_without_torch(tmp_path):
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert any((tmp_path / "out").iterdir())
+
+
+def test_segments_are_named_without_torch(vocab_model_dir, tmp_path):
+    """The folder's vocabulary and classes typed at run time: ONNX Runtime and the numpy tokenizer only."""
+    import cv2
+
+    image = np.zeros((64, 96, 3), np.uint8)
+    image[:, 48:] = (255, 128, 0)
+    cv2.imwrite(str(tmp_path / "img.png"), image)
+    for name, extra in (("folder", []), ("typed", ["--classes", "cat, sofa"])):
+        out = tmp_path / name
+        proc = _run_blocked(f"""
+            import sys
+            from diffcut_edge.cli import main
+            code = main(["segment", {str(tmp_path / 'img.png')!r}, "--model-dir", {str(vocab_model_dir)!r},
+                         "--out", {str(out)!r}, "--backend", "ort-cpu", "--quiet", *{extra!r}])
+            heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+            print(heavy)
+            sys.exit(code)
+        """)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.strip().splitlines()[-1] == "[]"
+        doc = json.loads((out / "img_segments.json").read_text())
+        assert doc["segments"] and doc["vocabulary"] == ("voc" if name == "folder" else "run-time")

@@ -139,10 +139,14 @@ class TrackedOverlay:
         self.last_labels: np.ndarray | None = None  # the ids of the last overlay (persistent when tracking)
 
     def __call__(self, frame: np.ndarray, result) -> np.ndarray:
-        from diffcut_edge.apps.overlay import draw_overlay
+        from diffcut_edge.apps.overlay import draw_overlay, draw_segment_names
 
-        labels = to_host(result.labels)
+        original = labels = to_host(result.labels)
         if self.tracker is not None:
             labels = relabel(labels, self.tracker.update(result.embeddings))
         self.last_labels = labels
-        return draw_overlay(frame, labels, alpha=self.alpha)
+        drawn = draw_overlay(frame, labels, alpha=self.alpha)
+        segments = getattr(result, "segments", None)
+        if segments:  # a vocabulary: the names (their ids are the result's own, before relabelling)
+            draw_segment_names(drawn, original, segments, out=drawn)
+        return drawn

@@ -515,6 +515,10 @@ def _pipelined(stream: Iterator[_Encoded], depth: int) -> Iterator[_Encoded]:
 def _postprocess(segmenter, item: _Encoded):
     start = time.perf_counter()
     result = segmenter.postprocess(item.frame, item.features)
+    if getattr(segmenter, "labeler", None) is not None:  # a vocabulary: name the segments too
+        from diffcut_edge.runtime.preprocess import preprocess
+
+        segmenter.name_segments(result, preprocess([item.frame], segmenter.manifest.resolution))
     post_ms = (time.perf_counter() - start) * 1e3
     timings = dict(getattr(result, "timings", {}) or {})
     # postprocess() knows nothing of the encoder stage: fill it in (0 for a reused frame).

@@ -131,3 +131,23 @@ def test_ten_thousand_classes_typed_at_run_time(model, photo_dir):
     labels[:, frame.shape[1] // 2:] = 1
     named = labeler.label(preprocess([frame], 256), labels)
     assert [s.id for s in named] == [0, 1] and all(s.class_name.startswith("object number") for s in named)
+
+
+def test_video_frames_are_named_and_the_overlay_shows_it(model, photos):
+    """iter_segmented (video, webcam) names each frame's segments; the tracked overlay writes them."""
+    from diffcut_edge.apps.overlay import draw_overlay
+    from diffcut_edge.apps.tracking import TrackedOverlay
+    from diffcut_edge.apps.video import iter_segmented
+    from diffcut_edge.runtime.segmenter import Segmenter
+
+    frames = [np.ascontiguousarray((p[:, :, ::-1] * 255).round().astype(np.uint8)) for p in photos[:2]]
+    draw = TrackedOverlay(track=True)
+    with Segmenter.from_model_dir(model, backend="ort-cpu", classes="cat, sofa") as seg:
+        items = list(iter_segmented(frames, seg, every=2))
+        assert [i.reused_features for i in items] == [False, True]
+        for item in items:
+            ids = sorted(int(i) for i in np.unique(item.result.labels))
+            assert [s.id for s in item.result.segments] == ids
+            assert "label" in item.result.timings
+            drawn = draw(item.frame, item.result)
+            assert not np.array_equal(drawn, draw_overlay(item.frame, draw.last_labels))
