@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -157,3 +158,17 @@ def check_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     os.close(fd)
     os.unlink(name)
     return path
+
+
+def replace_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put the finished folder ``staging`` at ``target`` (same file system): a rename, and an earlier
+    ``target`` renamed aside first and removed after, so ``target`` is never half-written."""
+    staging, target = Path(staging), Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+    return target

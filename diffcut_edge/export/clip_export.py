@@ -5,7 +5,7 @@ Adds to the folder (recorded in the manifest's ``vocabulary`` with SHA-256, chec
 =====================  ==================================================================
 ``clip_dense.onnx``    image (1, 3, H, W) RGB [0, 1] -> dense (1, C, H/32, W/32); H, W dynamic
 ``clip_head.onnx``     pooled (S, C) -> embeddings (S, D) (trunk.head + visual.head); S dynamic
-``clip_text.onnx``     tokens (N, 77) int64 -> text embeddings (N, D), un-normalised; N dynamic
+``clip_text.onnx``     tokens (N, L<=77) int64 -> text embeddings (N, D), un-normalised; N, L dynamic
 ``clip_bpe.txt.gz``    CLIP's BPE merges (from open_clip), for the numpy tokenizer
 ``text_bank.npz``      the vocabulary's embeddings (one per synonym), names, logit scale
 =====================  ==================================================================
@@ -18,8 +18,10 @@ so a bank from another CLIP is refused.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -35,6 +37,7 @@ from diffcut_edge.runtime.manifest import read_manifest, sha256_file, write_mani
 from diffcut_edge.runtime.vocabulary import LOGIT_SCALE_MAX, TEXT_TEMPLATES_NAME, TextBank, Vocabulary
 
 OPSET = 17
+OPSET_DYNAMO = 18   # the dynamo exporter's lowest well-supported opset
 
 
 def clip_identity(clip: Any) -> str:
@@ -66,7 +69,7 @@ def _modules(clip: Any) -> dict[str, tuple[Any, tuple, dict]]:
     clip.requires_grad_(False)
     Dense = lambda: Wrapper(ref.dense_features)                            # noqa: E731
     Head = lambda: Wrapper(lambda c, pooled: ref.visual_head(c, pooled[None])[0])  # noqa: E731
-    Text = lambda: Wrapper(ref.encode_text)                                # noqa: E731
+    Text = lambda: Wrapper(encode_text_prefix)                             # noqa: E731
 
     channels = int(clip.visual.trunk.num_features)
     context = int(clip.positional_embedding.shape[0])
@@ -78,10 +81,35 @@ def _modules(clip: Any) -> dict[str, tuple[Any, tuple, dict]]:
         HEAD_NAME: (Head(), (torch.rand(3, channels, generator=g),),
                     {"input_names": ["pooled"], "output_names": ["embeddings"],
                      "dynamic_axes": {"pooled": {0: "segments"}, "embeddings": {0: "segments"}}}),
-        TEXT_NAME: (Text(), (torch.randint(1, 400, (2, context), generator=g),),
-                    {"input_names": ["tokens"], "output_names": ["embeddings"],
-                     "dynamic_axes": {"tokens": {0: "prompts"}, "embeddings": {0: "prompts"}}}),
+        # The dynamo exporter: the TorchScript tracer bakes the sequence length into the attention's
+        # reshapes, and this graph takes any length up to the context (encode_text_prefix).
+        TEXT_NAME: (Text(), (torch.randint(1, 400, (2, min(20, context - 1)), generator=g),),
+                    {"input_names": ["tokens"], "output_names": ["embeddings"], "dynamo": True,
+                     "dynamic_shapes": {"x": {0: torch.export.Dim("prompts", min=1, max=1 << 20),
+                                              1: torch.export.Dim("length", min=2, max=context)}}}),
     }
+
+
+def encode_text_prefix(clip: Any, tokens: Any) -> Any:
+    """``diffcut_ref.clip_labels.encode_text`` on the first L <= 77 tokens of each prompt.
+
+    The text tower is causal and reads out the end-of-text token, so positions after the longest
+    prompt's end token change nothing: the graph takes any L (the runtime cuts the padding; a
+    prompt of 14 words is ~17 of the 77 positions, ~4x less work). Exact: the tests hold the
+    runtime's banks equal to the reference's, computed on all 77 positions.
+    """
+    length = tokens.shape[1]
+    cast = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:length].to(cast)
+    mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+    if not getattr(clip.transformer, "batch_first", True):
+        x = clip.transformer(x.permute(1, 0, 2), attn_mask=mask).permute(1, 0, 2)
+    else:
+        x = clip.transformer(x, attn_mask=mask)
+    x = clip.ln_final(x)
+    import torch
+
+    return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ clip.text_projection
 
 
 def _export_graph(module: Any, example: tuple, path: Path, kwargs: dict) -> None:
@@ -90,13 +118,25 @@ def _export_graph(module: Any, example: tuple, path: Path, kwargs: dict) -> None
     from diffcut_edge.export.onnx_export import optimize_and_layout
 
     raw = path.with_suffix(".raw.onnx")
-    with warnings.catch_warnings(), torch.no_grad():
+    dynamo = kwargs.pop("dynamo", False)
+    import logging
+
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(module.eval(), example, str(raw), opset_version=OPSET, dynamo=False,
-                              do_constant_folding=True, **kwargs)
+            if dynamo:
+                program = torch.onnx.export(module.eval(), example, opset_version=OPSET_DYNAMO, dynamo=True, **kwargs)
+                program.save(str(raw))
+            else:
+                torch.onnx.export(module.eval(), example, str(raw), opset_version=OPSET, dynamo=False,
+                                  do_constant_folding=True, **kwargs)
         except Exception as e:
             raise DiffCutError(f"exporting {path.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+        finally:
+            quiet.setLevel(level)
     data = optimize_and_layout(raw, path)
     if data:
         raise DiffCutError(f"{path.name} is over 2 GiB: CLIPs that large are not supported yet")

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from diffcut_edge import versions
+from diffcut_edge import atomic, versions
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError, missing_extra
 from diffcut_edge.export.truncated import check_precision, check_resolution
@@ -319,14 +319,8 @@ def build_manifest(encoder: Any, model_id: str, revision: str | None, folder: Pa
 
 
 def move_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``staging`` (same filesystem: a rename, plus removing an old folder)."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out_dir)
+    """Replace ``out_dir`` by ``staging`` (:func:`diffcut_edge.atomic.replace_dir`)."""
+    atomic.replace_dir(staging, out_dir)
 
 
 def _model_id(model_or_pipeline_dir: str | os.PathLike) -> str:

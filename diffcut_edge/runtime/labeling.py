@@ -189,7 +189,11 @@ class SegmentLabeler:
         parts = []
         for i in range(0, len(synonyms), SYNONYMS_PER_TEXT_CALL):
             prompts = [t.format(s) for s in synonyms[i:i + SYNONYMS_PER_TEXT_CALL] for t in templates]
-            embedded = session.run(None, {"tokens": tokenizer(prompts)})[0]
+            tokens = tokenizer(prompts)
+            # The tower is causal and reads the end token: the padding after the longest prompt's
+            # end changes nothing, so it is not computed (clip_export.encode_text_prefix).
+            tokens = np.ascontiguousarray(tokens[:, :int(tokens.argmax(axis=1).max()) + 1])
+            embedded = session.run(None, {"tokens": tokens})[0]
             parts.append(average_over_templates(embedded.astype(np.float32), len(templates)))
         embeddings = np.concatenate(parts, axis=0).astype(np.float32)
         return TextBank(vocabulary, embeddings, float(self.record["logit_scale"]),

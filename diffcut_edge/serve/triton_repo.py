@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffcut_edge.atomic import make_dirs, output_error
+from diffcut_edge.atomic import make_dirs, output_error, replace_dir
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.lazy import LazyModule
 from diffcut_edge.runtime.manifest import EngineRecord, Manifest, read_manifest, verify_files
@@ -395,13 +395,7 @@ def write_repository(model_dir: str | os.PathLike, out: str | os.PathLike,
         _write_python_model(build / POSTPROCESS, postprocess_config(manifest, spec), model_dir)
         _write_config(build / ENSEMBLE, ensemble_config(manifest))
         validate_repository(build)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(build, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(build, out)
+        replace_dir(build, out)
     except OSError as e:
         shutil.rmtree(build, ignore_errors=True)
         raise output_error(out, e) from e

@@ -67,6 +67,21 @@ def test_ray_outputs_equal_the_local_engine(local_ray, photos, model_dir, tmp_pa
     assert all(r["error"] is None and r["num_segments"] >= 1 and r["timings"]["total"] > 0 for r in rows)
 
 
+def test_a_folder_with_a_vocabulary_gets_its_segments_json(local_ray, photos, vocab_model_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    items = rb.collect_items([str(photos)])
+    output = OutputOptions(overlay_format="none", segments_json=True)
+    report = rb.run(items, vocab_model_dir, out, output=output, segmenter={"backend": "ort-cpu"})
+    assert (report.done, report.failed) == (4, [])
+    for stem in ("p0", "p1", "p2", "p3"):
+        doc = json.loads((out / f"{stem}_segments.json").read_text())
+        labels = cv2.imread(str(out / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
+        assert doc["vocabulary"] == "voc" and [s["id"] for s in doc["segments"]] == sorted(np.unique(labels))
+    (out / "p2_segments.json").unlink()  # an incomplete image: resumed
+    assert [i.stem for i in rb.pending(items, out, output)] == ["p2"]
+
+
 def test_a_stopped_job_resumes_without_redoing_or_corrupting(local_ray, photos, model_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
