@@ -44,6 +44,17 @@ class OutputError(DiffCutError):
     permission): a batch stops instead of failing every remaining item the same way."""
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)   # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: os.umask is process-wide, so reading it later from a writer thread could
+# briefly give another thread's new files the wrong mode.
+_UMASK = _read_umask()
+
+
 def is_temp_name(name: str) -> bool:
     """Whether a file name is one of this module's temporary names."""
     return TEMP_MARK in name
@@ -73,13 +84,16 @@ class AtomicFile:
         self.tmp = Path(tmp)
 
     def commit(self) -> Path:
-        """Flush the temporary file to disk and rename it over the target."""
+        """Flush the temporary file to disk and rename it over the target, with the permissions a
+        plain ``open(path, "w")`` would give (``mkstemp`` makes it 0600: unreadable to a web server,
+        a container's user or a colleague)."""
         try:
             fd = os.open(self.tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            os.chmod(self.tmp, 0o666 & ~_UMASK)
             os.replace(self.tmp, self.path)
         except OSError as e:
             self.discard()

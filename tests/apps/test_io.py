@@ -92,3 +92,19 @@ def test_npz_round_trip(tmp_path):
     path = io.save_npz(tmp_path / "r.npz", **arrays)
     with np.load(path) as d:
         assert set(d.files) == set(arrays) and all(np.array_equal(d[k], v) for k, v in arrays.items())
+
+
+def test_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the committed file has open()'s mode instead,
+    so a web server, a container's user or a colleague can read the label maps and manifests."""
+    import os
+    import stat
+
+    from diffcut_edge import atomic
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = atomic.write_text(tmp_path / "atomic.txt", "x")
+    labels = io.write_labels_png(tmp_path / "l.png", np.zeros((4, 4), np.int32))
+    for path in (written, labels):
+        assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
