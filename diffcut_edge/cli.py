@@ -476,10 +476,11 @@ def _run_segment_ray(args: argparse.Namespace, out) -> int:
                  "max_segments": args.max_segments, "min_segment_size": args.min_segment_size,
                  "classes": args.classes}
     from diffcut_edge.runtime.manifest import read_manifest
+    from diffcut_edge.runtime.segmenter import names_segments
 
     manifest = read_manifest(model_dir)
     output = batch.OutputOptions(args.overlay_format, args.overlay_alpha, args.save_npz,
-                                 segments_json=bool(manifest.vocabulary) or args.classes is not None)
+                                 segments_json=names_segments(manifest, args.classes))
     _note_verification("segment", manifest, model_dir)  # before Ray starts
     make_dirs(out)
     bar = _progress(quiet=args.quiet, unit="img")

@@ -2,10 +2,10 @@
 
 Per image: ``<stem>_labels.png`` (16-bit, values = segment ids), ``<stem>_overlay.jpg|png``
 (with class names when the folder has a vocabulary), ``<stem>_segments.json`` (the class of each
-segment) with a vocabulary, and, when asked, ``<stem>.npz``; every file written atomically. An input that cannot be
-read or segmented is reported and skipped (the batch goes on); an output that cannot be
-written (disk full, no permission) stops the batch, since every later image would fail
-the same way.
+segment) with a vocabulary, and, when asked, ``<stem>.npz``; every file written atomically.
+An input that cannot be read or segmented is reported and skipped (the batch goes on); an
+output that cannot be written (disk full, no permission) stops the batch, since every later
+image would fail the same way.
 """
 
 from __future__ import annotations

@@ -52,13 +52,21 @@ def visual_head(clip: Any, pooled: torch.Tensor) -> torch.Tensor:
 
 def encode_text(clip: Any, tokens: torch.Tensor) -> torch.Tensor:
     """The official ``encode_text`` (un-normalised): token + positional embedding, the transformer
-    under the causal mask, ln_final, the end-of-text token's row, the text projection."""
+    under the causal mask, ln_final, the end-of-text token's row, the text projection.
+
+    ``tokens`` is (N, L) with L <= the context length: the positional embedding and the causal mask
+    are cut to L. At L = 77 (what the tokenizer gives) this is the official computation; a shorter
+    L that keeps every end token gives the same rows, because the tower is causal and reads the end
+    token (the exported text graph takes any L, and the runtime drops the padding).
+    """
+    length = tokens.shape[1]
     cast = clip.transformer.get_cast_dtype()
-    x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding.to(cast)
+    x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:length].to(cast)
+    mask = None if clip.attn_mask is None else clip.attn_mask[:length, :length]
     if not getattr(clip.transformer, "batch_first", True):
-        x = clip.transformer(x.permute(1, 0, 2), attn_mask=clip.attn_mask).permute(1, 0, 2)
+        x = clip.transformer(x.permute(1, 0, 2), attn_mask=mask).permute(1, 0, 2)
     else:
-        x = clip.transformer(x, attn_mask=clip.attn_mask)
+        x = clip.transformer(x, attn_mask=mask)
     x = clip.ln_final(x)
     return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ clip.text_projection
 

@@ -69,7 +69,7 @@ def _modules(clip: Any) -> dict[str, tuple[Any, tuple, dict]]:
     clip.requires_grad_(False)
     Dense = lambda: Wrapper(ref.dense_features)                            # noqa: E731
     Head = lambda: Wrapper(lambda c, pooled: ref.visual_head(c, pooled[None])[0])  # noqa: E731
-    Text = lambda: Wrapper(encode_text_prefix)                             # noqa: E731
+    Text = lambda: Wrapper(ref.encode_text)                                # noqa: E731
 
     channels = int(clip.visual.trunk.num_features)
     context = int(clip.positional_embedding.shape[0])
@@ -82,34 +82,12 @@ def _modules(clip: Any) -> dict[str, tuple[Any, tuple, dict]]:
                     {"input_names": ["pooled"], "output_names": ["embeddings"],
                      "dynamic_axes": {"pooled": {0: "segments"}, "embeddings": {0: "segments"}}}),
         # The dynamo exporter: the TorchScript tracer bakes the sequence length into the attention's
-        # reshapes, and this graph takes any length up to the context (encode_text_prefix).
+        # reshapes, and this graph takes any length up to the context (clip_labels.encode_text).
         TEXT_NAME: (Text(), (torch.randint(1, 400, (2, min(20, context - 1)), generator=g),),
                     {"input_names": ["tokens"], "output_names": ["embeddings"], "dynamo": True,
                      "dynamic_shapes": {"x": {0: torch.export.Dim("prompts", min=1, max=1 << 20),
                                               1: torch.export.Dim("length", min=2, max=context)}}}),
     }
-
-
-def encode_text_prefix(clip: Any, tokens: Any) -> Any:
-    """``diffcut_ref.clip_labels.encode_text`` on the first L <= 77 tokens of each prompt.
-
-    The text tower is causal and reads out the end-of-text token, so positions after the longest
-    prompt's end token change nothing: the graph takes any L (the runtime cuts the padding; a
-    prompt of 14 words is ~17 of the 77 positions, ~4x less work). Exact: the tests hold the
-    runtime's banks equal to the reference's, computed on all 77 positions.
-    """
-    length = tokens.shape[1]
-    cast = clip.transformer.get_cast_dtype()
-    x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:length].to(cast)
-    mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
-    if not getattr(clip.transformer, "batch_first", True):
-        x = clip.transformer(x.permute(1, 0, 2), attn_mask=mask).permute(1, 0, 2)
-    else:
-        x = clip.transformer(x, attn_mask=mask)
-    x = clip.ln_final(x)
-    import torch
-
-    return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ clip.text_projection
 
 
 def _export_graph(module: Any, example: tuple, path: Path, kwargs: dict) -> None:
@@ -161,7 +139,7 @@ def export_vocabulary(model_dir: str | os.PathLike, clip_spec: str, vocabulary: 
     All or nothing: files are written to a staging folder, moved in, then the manifest is rewritten
     atomically; an earlier vocabulary's files are replaced.
     """
-    from diffcut_edge.models.clip import bpe_vocabulary_path, import_open_clip, load_clip
+    from diffcut_edge.models.clip import bpe_vocabulary_path, import_open_clip, load_clip, parse_clip_spec
 
     say = progress or (lambda message: None)
     model_dir = Path(model_dir)
@@ -170,8 +148,6 @@ def export_vocabulary(model_dir: str | os.PathLike, clip_spec: str, vocabulary: 
     say(f"loading CLIP {clip_spec}")
     clip = load_clip(clip_spec)
     open_clip = import_open_clip()
-    from diffcut_edge.models.clip import parse_clip_spec
-
     tokenizer = open_clip.get_tokenizer(parse_clip_spec(clip_spec)[0])
     clip_id = clip_identity(clip)
     staging = Path(tempfile.mkdtemp(prefix=".vocab.partial-", dir=model_dir))

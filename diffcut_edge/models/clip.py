@@ -177,10 +177,6 @@ def bpe_vocabulary_path() -> Path:
     return path
 
 
-def clip_context_length(model: Any) -> int:
-    return int(model.positional_embedding.shape[0])
-
-
 # ----------------------------------------------------------------------------- tiny CLIP
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,

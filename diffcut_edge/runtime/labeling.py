@@ -137,9 +137,9 @@ class SegmentLabeler:
                  bank: TextBank | None = None, verify: bool = True, threads: int | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = manifest or read_manifest(self.model_dir)
-        self.record = verify_vocabulary_files(self.model_dir, self.manifest) if verify else self.manifest.vocabulary
-        if not self.record:
-            verify_vocabulary_files(self.model_dir, self.manifest)  # raises with what to do
+        self.record = self.manifest.vocabulary
+        if verify or not self.record:  # without a record, it raises saying what to run
+            self.record = verify_vocabulary_files(self.model_dir, self.manifest)
         self._threads = threads
         self._sessions: dict[str, Any] = {}
         self.bank = self._check_bank(bank if bank is not None else TextBank.from_file(self.model_dir / BANK_NAME))
@@ -191,7 +191,7 @@ class SegmentLabeler:
             prompts = [t.format(s) for s in synonyms[i:i + SYNONYMS_PER_TEXT_CALL] for t in templates]
             tokens = tokenizer(prompts)
             # The tower is causal and reads the end token: the padding after the longest prompt's
-            # end changes nothing, so it is not computed (clip_export.encode_text_prefix).
+            # end changes nothing, so it is not computed (diffcut_ref.clip_labels.encode_text).
             tokens = np.ascontiguousarray(tokens[:, :int(tokens.argmax(axis=1).max()) + 1])
             embedded = session.run(None, {"tokens": tokens})[0]
             parts.append(average_over_templates(embedded.astype(np.float32), len(templates)))

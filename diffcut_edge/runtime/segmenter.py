@@ -22,10 +22,18 @@ from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.options import SegmenterOptions
 from diffcut_edge.runtime.backends import Backend, open_backend
 from diffcut_edge.lazy import cupy as cp
-from diffcut_edge.runtime.manifest import Manifest
+from diffcut_edge.runtime.manifest import Manifest, read_manifest
 from diffcut_edge.runtime.postprocess import Postprocessor, SegmentationResult, _ms
 from diffcut_edge.runtime.xp import get_xp, gpu_postprocessing_problem
 from diffcut_edge.runtime.preprocess import check_frame, frame_list, preprocess
+
+def names_segments(manifest: Manifest, classes: Any = None, name_segments: bool | None = None) -> bool:
+    """Whether a Segmenter opened with these arguments names its segments (the one rule, also for
+    callers that decide outputs before any Segmenter opens, such as ``--engine ray``)."""
+    if name_segments is not None:
+        return bool(name_segments)
+    return classes is not None or bool(manifest.vocabulary)
+
 
 def _pad_batch(batch: Any, min_batch: int) -> Any:
     """``batch`` repeated along its last image up to ``min_batch`` images.
@@ -95,12 +103,14 @@ class Segmenter:
             raise DiffCutError(f"device must be one of {DEVICES} or None, got {device!r}")
         if device == "cuda" and (problem := gpu_postprocessing_problem()):
             raise DiffCutError(f"--device cuda: {problem}")  # before the (slow) backend opens
+        manifest = read_manifest(path)  # once, for the labeler and the backend
         labeler = None
-        if name_segments or (name_segments is None and (classes is not None or _has_vocabulary(path))):
+        if names_segments(manifest, classes, name_segments):
             from diffcut_edge.runtime.labeling import SegmentLabeler
 
-            labeler = SegmentLabeler.from_model_dir(path, classes, verify=verify, threads=threads)
-        opened = open_backend(path, backend, verify=verify, keep_on_device=device != "cpu", threads=threads)
+            labeler = SegmentLabeler.from_model_dir(path, classes, manifest=manifest, verify=verify, threads=threads)
+        opened = open_backend(path, backend, manifest, verify=verify, keep_on_device=device != "cpu",
+                              threads=threads)
         try:
             return cls(opened, options, device=device, labeler=labeler)
         except BaseException:
@@ -228,9 +238,3 @@ class Segmenter:
 
     def __repr__(self) -> str:
         return f"Segmenter({self.backend!r}, device={self.device!r}, {self.options})"
-
-
-def _has_vocabulary(model_dir: str | os.PathLike) -> bool:
-    from diffcut_edge.runtime.manifest import read_manifest
-
-    return bool(read_manifest(model_dir).vocabulary)
