@@ -13,7 +13,7 @@ import sys
 from typing import Callable, Sequence
 
 from diffcut_edge import __version__
-from diffcut_edge.defaults import ALPHA, DEVICES, OPSET, PRECISIONS, STAGES, TAU, VAES
+from diffcut_edge.defaults import ALPHA, DEVICES, OPEN_VOCAB_MASK_SIZE, OPSET, PRECISIONS, STAGES, TAU, VAES
 from diffcut_edge.errors import DiffCutError
 
 EXIT_ERROR = 2        # a DiffCutError: bad input, wrong folder, missing extra
@@ -780,10 +780,25 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="with --reference: R (default: the model folder's, else the recipe's, else 1024)")
     p.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N images")
     p.add_argument("--batch", type=_positive_int, default=1, help="images per encoder call (default 1)")
-    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
-                   help="PAMR after the background merge (default: off, as the official script)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="PAMR after the background merge (default: off, as the official script; with "
+                        "--open-vocab: on, as the official open-vocabulary script)")
     p.add_argument("--tau", type=_option_type("tau"), default=TAU, help=f"NCut threshold (default {TAU})")
     p.add_argument("--alpha", type=_option_type("alpha"), default=ALPHA, help=f"affinity exponent (default {ALPHA:g})")
+    g = p.add_argument_group("open vocabulary (docs/open-vocabulary.md)")
+    g.add_argument("--open-vocab", action="store_true",
+                   help="the official open-vocabulary protocol on voc, context or coco-object: CLIP names the "
+                        "segments (the folder's export-vocab), per-image Jaccard averaged over images")
+    g.add_argument("--vocab", default=None,
+                   help="vocabulary to score (default: the dataset's built-in one); voc|context|coco-object|FILE.txt")
+    g.add_argument("--mask-size", type=_option_type("mask_size"), default=None, metavar="N|HxW",
+                   help=f"label-map size of the open-vocabulary protocol (default {OPEN_VOCAB_MASK_SIZE[0]}, "
+                        "the official)")
+    g.add_argument("--clip-resolution", type=_positive_int, default=None,
+                   help="CLIP's input size (default: R; coco-object 2048, as the official)")
+    g.add_argument("--clip", default=None,
+                   help="with --reference: the open_clip CLIP, MODEL:TAG or local-dir:DIR (default: the model "
+                        "folder's, else convnext_large_d_320:laion2b_s29b_b131k_ft_soup)")
     p.add_argument("--file-list", default=None,
                    help="text file of image names to evaluate (e.g. the curated COCO subset)")
     p.add_argument("--label-map", default=None,
@@ -792,39 +807,103 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _reference_resolution(args: argparse.Namespace) -> int | None:
+    if args.resolution is None and args.model_dir:
+        from diffcut_edge.runtime.manifest import read_manifest
+
+        return read_manifest(args.model_dir).resolution
+    return args.resolution
+
+
+def _open_vocab_predictor(args: argparse.Namespace, vocabulary):
+    from diffcut_edge.eval import open_vocab
+
+    mask_size = args.mask_size or OPEN_VOCAB_MASK_SIZE
+    if args.reference:
+        if not args.model:
+            raise DiffCutError("--reference needs --model HUB_ID|PIPELINE_DIR (the diffusers pipeline to run)")
+        clip = args.clip
+        if clip is None and args.model_dir:
+            from diffcut_edge.runtime.manifest import read_manifest
+
+            clip = (read_manifest(args.model_dir).vocabulary or {}).get("clip")
+        from diffcut_edge.models.clip import DEFAULT_CLIP
+        from diffcut_edge.models.loading import quiet_third_party_logs
+
+        quiet_third_party_logs()
+        return open_vocab.reference_open_vocab(args.model, clip or DEFAULT_CLIP, vocabulary,
+                                               resolution=_reference_resolution(args), tau=args.tau,
+                                               alpha=args.alpha, mask_size=mask_size)
+    if not args.model_dir:
+        raise DiffCutError("eval --open-vocab needs --model-dir MODEL_DIR (with export-vocab), or --reference --model")
+    return open_vocab.engine_open_vocab(args.model_dir, vocabulary, backend=args.backend, tau=args.tau,
+                                        alpha=args.alpha, mask_size=mask_size)
+
+
+def _run_open_vocab_eval(args: argparse.Namespace):
+    from pathlib import Path
+
+    from diffcut_edge.eval import datasets, open_vocab
+
+    if args.dataset not in open_vocab.OPEN_VOCAB_DATASETS:
+        raise DiffCutError(f"--open-vocab covers {', '.join(open_vocab.OPEN_VOCAB_DATASETS)} (the official "
+                           f"protocol), not {args.dataset}")
+    if args.label_map:
+        raise DiffCutError("--label-map is not used with --open-vocab: the vocabulary's class order is the mapping")
+    spec = datasets.get_spec(args.dataset, layout=datasets.detect_layout(args.dataset, Path(args.root)))
+    vocabulary = open_vocab.dataset_vocabulary(args.dataset, spec, args.vocab)
+    predictor = _open_vocab_predictor(args, vocabulary)
+    try:
+        return open_vocab.run_open_vocab_eval(
+            args.dataset, args.root, predictor, mask_size=args.mask_size or OPEN_VOCAB_MASK_SIZE,
+            refine=args.refine, clip_resolution=args.clip_resolution, limit=args.limit, batch=args.batch,
+            tau=args.tau, alpha=args.alpha, file_list=args.file_list,
+            progress=not args.quiet and sys.stderr.isatty())
+    finally:
+        close = getattr(getattr(predictor, "segmenter", None), "close", None)
+        if close is not None:
+            close()
+
+
 def _eval_predictor(args: argparse.Namespace):
     from diffcut_edge.eval import protocol
 
     if args.reference:
         if not args.model:
             raise DiffCutError("--reference needs --model HUB_ID|PIPELINE_DIR (the diffusers pipeline to run)")
-        resolution = args.resolution
-        if resolution is None and args.model_dir:
-            from diffcut_edge.runtime.manifest import read_manifest
-
-            resolution = read_manifest(args.model_dir).resolution
         from diffcut_edge.models.loading import quiet_third_party_logs
 
         quiet_third_party_logs()
-        return protocol.reference_predictor(args.model, resolution=resolution, tau=args.tau, alpha=args.alpha)
+        return protocol.reference_predictor(args.model, resolution=_reference_resolution(args), tau=args.tau,
+                                            alpha=args.alpha)
     if not args.model_dir:
         raise DiffCutError("eval needs --model-dir MODEL_DIR (or --reference --model PIPELINE)")
     return protocol.engine_predictor(args.model_dir, backend=args.backend, tau=args.tau, alpha=args.alpha)
 
 
-def _run_eval(args: argparse.Namespace) -> int:
+def _run_standard_eval(args: argparse.Namespace):
     from diffcut_edge.eval import protocol
 
+    for flag in ("vocab", "mask_size", "clip_resolution", "clip"):
+        if getattr(args, flag) is not None:
+            raise DiffCutError(f"--{flag.replace('_', '-')} goes with --open-vocab")
     predictor = _eval_predictor(args)
     try:
-        result = protocol.run_eval(args.dataset, args.root, predictor, limit=args.limit, refine=args.refine,
-                                     batch=args.batch, tau=args.tau, alpha=args.alpha, file_list=args.file_list,
-                                     label_map=args.label_map, progress=not args.quiet and sys.stderr.isatty())
+        return protocol.run_eval(args.dataset, args.root, predictor, limit=args.limit, refine=args.refine,
+                                 batch=args.batch, tau=args.tau, alpha=args.alpha, file_list=args.file_list,
+                                 label_map=args.label_map, progress=not args.quiet and sys.stderr.isatty())
     finally:
         close = getattr(getattr(predictor, "segmenter", None), "close", None)
         if close is not None:
             close()
-    print(f"{args.dataset}: mIoU {100 * result.miou:.2f}  pixel accuracy {100 * result.pixel_accuracy:.2f}  "
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    if args.refine is None:
+        args.refine = bool(args.open_vocab)  # each official script's default
+    result = _run_open_vocab_eval(args) if args.open_vocab else _run_standard_eval(args)
+    extra = f", dataset mIoU {100 * result.dataset_miou:.2f}" if result.dataset_miou is not None else ""
+    print(f"{args.dataset}: mIoU {100 * result.miou:.2f}  pixel accuracy {100 * result.pixel_accuracy:.2f}{extra}  "
           f"({result.num_images} images, {result.settings.get('backend')}, refine={args.refine}, "
           f"{result.seconds:.1f} s)")
     if args.out:

@@ -162,3 +162,24 @@ def test_segments_are_named_without_torch(vocab_model_dir, tmp_path):
         assert proc.stdout.strip().splitlines()[-1] == "[]"
         doc = json.loads((out / "img_segments.json").read_text())
         assert doc["segments"] and doc["vocabulary"] == ("voc" if name == "folder" else "run-time")
+
+
+def test_open_vocabulary_eval_runs_without_torch(vocab_model_dir, tmp_path):
+    """eval --open-vocab on the engine: dataset, protocol, ONNX CLIP, numpy metric; Context's classes
+    are embedded with the folder's text tower (its bank is VOC's)."""
+    from helpers.eval_fixtures import write_dataset
+
+    root = write_dataset("context", tmp_path / "ctx", n_images=1)
+    out = tmp_path / "results.json"
+    proc = _run_blocked(f"""
+        import sys
+        from diffcut_edge.cli import main
+        code = main(["eval", "--dataset", "context", "--root", {str(root)!r}, "--open-vocab", "--mask-size", "64",
+                     "--model-dir", {str(vocab_model_dir)!r}, "--backend", "ort-cpu", "--out", {str(out)!r}, "-q"])
+        print(sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
+        sys.exit(code)
+    """, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["text_bank"] == "embedded now with the folder's text tower" and len(doc["per_class_iou"]) == 60

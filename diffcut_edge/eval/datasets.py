@@ -374,12 +374,14 @@ def protocol_image(image_bgr: np.ndarray, resolution: int) -> np.ndarray:
     return resize_bilinear(rgb, (resolution, resolution))
 
 
-def protocol_labels(raw: np.ndarray, resolution: int, mask_size: tuple[int, int] = defaults.MASK_SIZE) -> np.ndarray:
+def protocol_labels(raw: np.ndarray, resolution: int, mask_size: tuple[int, int] = defaults.MASK_SIZE, *,
+                    exact_mask: bool = False) -> np.ndarray:
     """Cropped labels at the mask size, as the official two steps: nearest-exact to R
-    (torchvision Resize), then F.interpolate's default nearest to ``mask_size``."""
+    (torchvision Resize), then F.interpolate's default nearest to ``mask_size``
+    (``exact_mask``: nearest-exact, as the open-vocabulary evaluation)."""
     cropped = center_crop(raw)
     side = cropped.shape[0]
     first = nearest_taps(side, resolution, exact=True)
-    rows = first[nearest_taps(resolution, mask_size[0])]
-    cols = first[nearest_taps(resolution, mask_size[1])]
+    rows = first[nearest_taps(resolution, mask_size[0], exact=exact_mask)]
+    cols = first[nearest_taps(resolution, mask_size[1], exact=exact_mask)]
     return cropped[np.ix_(rows, cols)]

@@ -195,3 +195,77 @@ def matched_agreement(a, b) -> float:
     np.add.at(hist, (ia, ib), 1)
     rows, cols = linear_sum_assignment(hist, maximize=True)
     return float(hist[rows, cols].sum() / ia.size)
+
+
+# ------------------------------------------------------- named classes (open vocabulary)
+def confusion_matrix(pred, label, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) int64 pixel counts ``[label class, predicted class]``; labels
+    outside ``[0, n_classes)`` are ignored. Predictions are class indices, not segment ids."""
+    pred, label = _check_pair(pred, label)
+    if pred.size and pred.max() >= n_classes:
+        raise DiffCutError(f"predicted class {int(pred.max())} is outside the {n_classes} classes")
+    keep = (label >= 0) & (label < n_classes)
+    codes = n_classes * label[keep] + pred[keep]
+    return np.bincount(codes, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def class_iou(confmat: np.ndarray) -> np.ndarray:
+    """(n_classes,) TP / (TP + FP + FN) of a confusion matrix; NaN for a class neither labelled
+    nor predicted."""
+    confmat = np.asarray(confmat, dtype=np.float64)
+    tp = np.diag(confmat)
+    union = confmat.sum(0) + confmat.sum(1) - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def present_class_miou(confmat: np.ndarray) -> float:
+    """Mean IoU over the classes present in the labels or the prediction: torchmetrics 1.x
+    ``JaccardIndex(task="multiclass", average="macro")`` (absent classes get weight 0), which the
+    official open-vocabulary evaluation calls once per image. NaN when no pixel counts."""
+    iou = class_iou(confmat)
+    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+
+@dataclass
+class JaccardAccumulator:
+    """Per-image macro Jaccard averaged over images (the official open-vocabulary mIoU), and the
+    dataset-level confusion matrix for per-class IoU and pixel accuracy."""
+
+    n_classes: int
+    confmat: np.ndarray = field(init=False)
+    image_scores: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if int(self.n_classes) < 1:
+            raise DiffCutError(f"n_classes must be >= 1, got {self.n_classes}")
+        self.n_classes = int(self.n_classes)
+        self.confmat = np.zeros((self.n_classes, self.n_classes), dtype=np.int64)
+
+    def update(self, pred, label) -> float:
+        """Add one image's class map and labels; returns its Jaccard index."""
+        confmat = confusion_matrix(pred, label, self.n_classes)
+        self.confmat += confmat
+        score = present_class_miou(confmat)
+        self.image_scores.append(score)
+        return score
+
+    @property
+    def miou(self) -> float:
+        """Mean over images of the per-image macro Jaccard (images without a scored pixel skipped)."""
+        scores = np.asarray(self.image_scores, dtype=np.float64)
+        return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
+
+    @property
+    def per_class_iou(self) -> np.ndarray:
+        return class_iou(self.confmat)
+
+    @property
+    def dataset_miou(self) -> float:
+        """Mean IoU of the accumulated confusion (the usual supervised mIoU), for comparison."""
+        return present_class_miou(self.confmat)
+
+    @property
+    def pixel_accuracy(self) -> float:
+        total = self.confmat.sum()
+        return float(np.trace(self.confmat) / total) if total else float("nan")

@@ -66,6 +66,9 @@ class EnginePredictor:
     The Segmenter must run with ``refine=False``: PAMR comes after the background merge.
     """
 
+    pamr_iterations: int = defaults.PAMR_ITERATIONS
+    pamr_dilations: tuple[int, ...] = defaults.PAMR_DILATIONS
+
     def __init__(self, segmenter, backend_name: str = "auto") -> None:
         self.segmenter = segmenter
         self.resolution = int(segmenter.manifest.resolution)
@@ -92,11 +95,14 @@ class EnginePredictor:
             from diffcut_edge.lazy import cupy
 
             image_small, labels = cupy.asarray(image_small), cupy.asarray(labels)
-        return _host_int(pamr_refine(image_small, labels))
+        return _host_int(pamr_refine(image_small, labels, self.pamr_iterations, self.pamr_dilations))
 
 
 class ReferencePredictor:
     """The PyTorch reference: full UNet with a hook, reference NCut and PAMR."""
+
+    pamr_iterations: int = defaults.PAMR_ITERATIONS
+    pamr_dilations: tuple[int, ...] = defaults.PAMR_DILATIONS
 
     def __init__(self, pipeline, model: str, resolution: int, *, tau: float, alpha: float,
                  timestep: int = defaults.TIMESTEP, noise_seed: int = defaults.NOISE_SEED, mask_size: tuple[int, int] = defaults.MASK_SIZE) -> None:
@@ -120,7 +126,7 @@ class ReferencePredictor:
     def refine(self, image_small: np.ndarray, labels: np.ndarray) -> np.ndarray:
         from diffcut_edge.diffcut_ref import pamr_refine
 
-        return _host_int(pamr_refine(image_small, labels))
+        return _host_int(pamr_refine(image_small, labels, self.pamr_iterations, self.pamr_dilations))
 
 
 def _host_int(labels: Any) -> np.ndarray:
@@ -164,6 +170,7 @@ class EvalResult:
     num_images: int
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    dataset_miou: float | None = None   # open vocabulary: mIoU of the accumulated confusion
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

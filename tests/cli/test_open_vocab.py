@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from diffcut_edge.apps import io
+from diffcut_edge.runtime.vocabulary import load_vocabulary
 from helpers.fake_segmenter import run_cli
 
 
@@ -151,3 +152,70 @@ def test_video_frames_are_named_and_the_overlay_shows_it(model, photos):
             assert "label" in item.result.timings
             drawn = draw(item.frame, item.result)
             assert not np.array_equal(drawn, draw_overlay(item.frame, draw.last_labels))
+
+
+# ------------------------------------------------------------------ eval --open-vocab
+def _eval_open_vocab(capsys, root, dataset, out, *extra):
+    code, stdout, err = run_cli(["eval", "--dataset", dataset, "--root", str(root), "--open-vocab",
+                                 "--mask-size", "128", "--out", str(out), "-q", *extra], capsys)
+    assert code == 0, err
+    return json.loads(out.read_text()), stdout
+
+
+@pytest.mark.slow
+def test_eval_open_vocab_engine_agrees_with_the_reference(model, tiny_pipeline_dir, tiny_clip_dir, tmp_path, capsys):
+    """The exported encoder + ONNX CLIP and the reference (hooked UNet, torch NCut/PAMR, open_clip
+    associate_label) score the official open-vocabulary protocol alike."""
+    from helpers.eval_fixtures import write_dataset
+
+    root = write_dataset("voc", tmp_path / "voc", n_images=2)
+    engine, stdout = _eval_open_vocab(capsys, root, "voc", tmp_path / "engine.json", "--model-dir", str(model),
+                                      "--backend", "ort-cpu")
+    assert "voc: mIoU" in stdout and "dataset mIoU" in stdout
+    settings = engine["settings"]
+    assert settings["protocol"] == "open-vocabulary" and settings["refine"] is True
+    assert settings["text_bank"] == "exported text bank" and settings["clip"] == f"local-dir:{tiny_clip_dir}"
+    assert settings["mask_size"] == [128, 128] and settings["resolution"] == 256
+    assert set(engine["per_class_iou"]) == set(load_vocabulary("voc").class_names)
+    assert 0.0 <= engine["miou"] <= 1.0 and engine["dataset_miou"] is not None
+    reference, _ = _eval_open_vocab(capsys, root, "voc", tmp_path / "reference.json", "--model-dir", str(model),
+                                    "--reference", "--model", str(tiny_pipeline_dir("sdxl")))
+    assert reference["settings"]["backend"] == "reference" and reference["settings"]["clip"] == settings["clip"]
+    # The random tiny CLIP names few segments right, so the class maps themselves are compared in
+    # tests/eval/test_open_vocab.py; here the two command paths must report alike.
+    assert abs(reference["miou"] - engine["miou"]) < 0.02
+    assert abs(reference["pixel_accuracy"] - engine["pixel_accuracy"]) < 0.02
+
+
+def test_eval_open_vocab_embeds_another_dataset_vocabulary_without_torch(model, tmp_path, capsys):
+    """The folder's bank is VOC: Context's 60 classes are embedded with the folder's text tower."""
+    from helpers.eval_fixtures import write_dataset
+
+    root = write_dataset("context", tmp_path / "ctx", n_images=1)
+    data, _ = _eval_open_vocab(capsys, root, "context", tmp_path / "ctx.json", "--model-dir", str(model),
+                               "--backend", "ort-cpu", "--no-refine")
+    assert data["settings"]["text_bank"] == "embedded now with the folder's text tower"
+    assert data["settings"]["refine"] is False and data["settings"]["pamr"] is None
+    assert len(data["per_class_iou"]) == 60 and data["num_images"] == 1
+
+
+def test_eval_open_vocab_bad_input_is_one_line(model, vocab_model_dir, tiny_model_dir, tmp_path, capsys):
+    from helpers.eval_fixtures import write_dataset
+
+    root = write_dataset("voc", tmp_path / "voc", n_images=1)
+    small = tmp_path / "small.txt"
+    small.write_text("background\ncat\n", encoding="utf-8")
+    cases = {
+        "covers voc, context, coco-object": ["--dataset", "ade20k", "--root", str(root), "--open-vocab",
+                                             "--model-dir", str(model)],
+        "has 2 classes; voc scores 21": ["--dataset", "voc", "--root", str(root), "--open-vocab",
+                                         "--model-dir", str(model), "--vocab", str(small)],
+        "export-vocab": ["--dataset", "voc", "--root", str(root), "--open-vocab",
+                         "--model-dir", str(tiny_model_dir("sdxl"))],
+        "--mask-size goes with --open-vocab": ["--dataset", "voc", "--root", str(root), "--model-dir", str(model),
+                                               "--mask-size", "64"],
+    }
+    for needle, argv in cases.items():
+        code, _, err = run_cli(["eval", *argv, "--out", str(tmp_path / "r.json")], capsys)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (needle, err)
+        assert not (tmp_path / "r.json").exists()

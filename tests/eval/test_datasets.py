@@ -167,6 +167,12 @@ def test_protocol_transforms_match_torch():
         t = F.interpolate(t, size=(resolution, resolution), mode="nearest-exact")
         t = F.interpolate(t, size=(128, 128))
         np.testing.assert_array_equal(datasets.protocol_labels(raw, resolution), t[0, 0].numpy().astype(np.uint8))
+        # Open vocabulary: nearest-exact to R, then nearest-exact to the mask size (official 1024).
+        t = torch.from_numpy(raw[top:top + side, left:left + side].copy())[None, None].float()
+        t = F.interpolate(t, size=(resolution, resolution), mode="nearest-exact")
+        t = F.interpolate(t, size=(300, 300), mode="nearest-exact")
+        np.testing.assert_array_equal(datasets.protocol_labels(raw, resolution, (300, 300), exact_mask=True),
+                                      t[0, 0].numpy().astype(np.uint8))
         # Image: RGB / 255, then bilinear (align_corners=False, no antialias).
         rgb = torch.from_numpy(image[top:top + side, left:left + side, ::-1].copy()).permute(2, 0, 1)[None] / 255.0
         ref = F.interpolate(rgb, size=(resolution, resolution), mode="bilinear", align_corners=False)

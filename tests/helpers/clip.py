@@ -10,13 +10,9 @@ only where the wheels cannot be installed (no registry).
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import subprocess
-import sys
 
-import pytest
-
+from helpers.tools import ensure_packages
 from helpers.triton import CACHE
 
 PACKAGES = ("open_clip_torch==3.3.0", "timm==1.0.31", "ftfy==6.3.1")
@@ -25,18 +21,8 @@ TARGET = CACHE / "open_clip-3.3.0"
 
 def ensure_open_clip() -> str | None:
     """Make ``open_clip`` and ``timm`` importable; returns the folder added to sys.path (or None)."""
-    if importlib.util.find_spec("open_clip") and importlib.util.find_spec("timm"):
-        return None
-    if not (TARGET / "open_clip" / "bpe_simple_vocab_16e6.txt.gz").is_file():
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(TARGET),
-                               *PACKAGES], capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            pytest.skip(f"cannot install {' '.join(PACKAGES)} (pip install --no-deps): {last}")
-    if str(TARGET) not in sys.path:
-        sys.path.insert(0, str(TARGET))
-    importlib.invalidate_caches()
-    return str(TARGET)
+    target = ensure_packages(("open_clip", "timm", "ftfy"), PACKAGES, TARGET.name, "open_clip/bpe_simple_vocab_16e6.txt.gz")
+    return None if target is None else str(target)
 
 
 def subprocess_env() -> dict[str, str]:
