@@ -930,6 +930,9 @@ def _add_triton_repository_options(p: argparse.ArgumentParser, *, encoders: Sequ
                    help="how long the dynamic batcher may wait to fill a batch (default 0)")
     p.add_argument("--device", choices=DEVICES, default="cpu",
                    help="where the post-processing runs: cpu (numpy) or cuda (cupy) (default cpu)")
+    p.add_argument("--name-segments", action=argparse.BooleanOptionalAction, default=None,
+                   help="serve each segment's class (the segments output, <stem>_segments.json as UTF-8) "
+                        "(default: when the folder has a vocabulary, from export-vocab)")
     _add_postprocess_options(p)
 
 
@@ -938,7 +941,7 @@ def _repository_spec(args: argparse.Namespace, encoder: str):
 
     return RepositorySpec(encoder=encoder, max_batch=args.max_batch, instances=args.instances,
                           post_instances=args.post_instances, device=args.device, queue_delay_us=args.queue_delay_us,
-                          engine=args.engine, options=_postprocess_options(args))
+                          engine=args.engine, options=_postprocess_options(args), name_segments=args.name_segments)
 
 
 def _add_triton_repo(sub: argparse._SubParsersAction) -> None:

@@ -15,6 +15,7 @@ embedded with ``clip_text.onnx`` and the numpy tokenizer.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -231,6 +232,18 @@ class SegmentLabeler:
         names = self.bank.class_names
         return [SegmentLabel(int(i), int(c), names[int(c)], float(s), int(a), tuple(int(v) for v in b), p)
                 for i, c, s, a, b, p in zip(ids, index, score, areas, boxes, pooling)]
+
+    def name_result(self, result: Any, pixels: Any) -> Any:
+        """Fill a :class:`~diffcut_edge.runtime.postprocess.SegmentationResult`'s ``segments``,
+        ``vocabulary`` and ``class_names`` from its frame's encoder input ``pixels`` (1, 3, R, R)."""
+        start = time.perf_counter()
+        result.segments = self.label(pixels, result.labels)
+        result.vocabulary = self.bank.vocabulary.name
+        result.class_names = self.class_names
+        result.timings["label"] = (time.perf_counter() - start) * 1e3
+        if "total" in result.timings:
+            result.timings["total"] += result.timings["label"]
+        return result
 
     def close(self) -> None:
         self._sessions.clear()

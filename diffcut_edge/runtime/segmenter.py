@@ -216,13 +216,7 @@ class Segmenter:
 
     def name_segments(self, result: SegmentationResult, pixels: Any) -> SegmentationResult:
         """Fill ``result.segments`` from the encoder input ``pixels`` (1, 3, R, R) of its frame."""
-        start = time.perf_counter()
-        result.segments = self.labeler.label(pixels, result.labels)
-        result.vocabulary = self.labeler.bank.vocabulary.name
-        result.class_names = self.labeler.class_names
-        result.timings["label"] = _ms(start)
-        result.timings["total"] += result.timings["label"]
-        return result
+        return self.labeler.name_result(result, pixels)
 
     def close(self) -> None:
         if self.labeler is not None:

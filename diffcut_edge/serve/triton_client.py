@@ -31,14 +31,34 @@ class ServedSegmentation:
     """One frame's segmentation from the server.
 
     labels: (H, W) int32 at the frame's size, the ids ``segment`` writes to its label PNG.
-    num_segments: K (ids are < K). class_names: per id, when the model folder has a vocabulary.
+    num_segments: K (ids are < K).
+    segments: when the served folder has a vocabulary, one
+        :class:`~diffcut_edge.runtime.labeling.SegmentLabel` per id of ``labels`` (class index, name,
+        score, area, bbox), as ``Segmenter`` gives them; vocabulary / num_classes: where they come from.
     timings: {"request": ms} as the client saw it (upload, queue, all stages, download).
     """
 
     labels: np.ndarray
     num_segments: int
-    class_names: list[str] | None = None
+    segments: list[Any] | None = None
+    vocabulary: str | None = None
+    num_classes: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def parse_segments(data: np.ndarray) -> tuple[list[Any], str | None, int]:
+    """The served ``segments`` tensor (UTF-8 JSON bytes, the ``<stem>_segments.json`` document) ->
+    (SegmentLabels, vocabulary name, number of classes)."""
+    import json
+
+    from diffcut_edge.runtime.labeling import SegmentLabel
+
+    try:
+        doc = json.loads(np.ascontiguousarray(data, dtype=np.uint8).tobytes().decode("utf-8"))
+        segments = [SegmentLabel(**{**s, "bbox": tuple(s["bbox"])}) for s in doc["segments"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DiffCutError(f"the server's segments output is not a segments document ({e})") from e
+    return segments, doc.get("vocabulary"), int(doc.get("num_classes", 0))
 
 
 def to_rgb_uint8(frame: Any) -> np.ndarray:
@@ -94,7 +114,7 @@ class TritonSegmenter:
         if not ready:
             raise DiffCutError(f"Triton at {url} has no ready model {model!r}; serve a triton-repo repository")
         outputs = self._outputs_of(self._client.get_model_metadata(model))
-        self._output_names = [n for n in ("labels", "num_segments", "class_names") if n in outputs]
+        self._output_names = [n for n in ("labels", "num_segments", "segments") if n in outputs]
 
     @property
     def _client(self) -> Any:
@@ -124,12 +144,13 @@ class TritonSegmenter:
         return [tensor], [self._module.InferRequestedOutput(n) for n in self._output_names]
 
     def _result(self, response: Any, start: float) -> ServedSegmentation:
-        names = response.as_numpy("class_names") if "class_names" in self._output_names else None
-        return ServedSegmentation(
+        result = ServedSegmentation(
             labels=response.as_numpy("labels").astype(np.int32, copy=False),
             num_segments=int(response.as_numpy("num_segments")[0]),
-            class_names=None if names is None else [n.decode() if isinstance(n, bytes) else str(n) for n in names],
             timings={"request": (time.perf_counter() - start) * 1e3})
+        if "segments" in self._output_names:
+            result.segments, result.vocabulary, result.num_classes = parse_segments(response.as_numpy("segments"))
+        return result
 
     def __call__(self, frame: Any) -> ServedSegmentation:
         """Segment one frame (BGR uint8, like ``Segmenter``)."""

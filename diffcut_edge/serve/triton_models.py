@@ -114,7 +114,9 @@ class PreprocessModel(_Model):
 
 
 class PostprocessModel(_Model):
-    """features FP32 [1, N, C] + image -> labels INT32 [H, W], num_segments INT32 [1]."""
+    """features FP32 [1, N, C] + image -> labels INT32 [H, W], num_segments INT32 [1]; with a
+    vocabulary, + pixels -> segments UINT8 [n] (the segments JSON: BYTES tensors are empty under numpy 2
+    in the 2.51 stub, UINT8 crosses through DLPack)."""
 
     inputs = ("features", "image")
 
@@ -129,10 +131,28 @@ class PostprocessModel(_Model):
         options["pamr_dilations"] = tuple(options["pamr_dilations"])
         manifest = read_manifest(self.folder)
         self.post = Postprocessor.for_manifest(manifest, SegmenterOptions(**options), params.get("device", "cpu"))
+        self.labeler = None
+        if params.get("name_segments") == "1":
+            from diffcut_edge.runtime.labeling import SegmentLabeler
+
+            self.labeler = SegmentLabeler.from_model_dir(self.folder, manifest=manifest)
+            self.inputs = (*self.inputs, "pixels")
 
     def run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = self.post(_rgb_to_bgr(arrays["image"]), arrays["features"][0])
-        return {"labels": result.labels, "num_segments": np.array([result.num_segments], dtype=np.int32)}
+        outputs = {"labels": result.labels, "num_segments": np.array([result.num_segments], dtype=np.int32)}
+        if self.labeler is not None:
+            from diffcut_edge.apps.batch import segments_document
+
+            self.labeler.name_result(result, arrays["pixels"])
+            text = json.dumps(segments_document(result), ensure_ascii=False)
+            outputs["segments"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
+        return outputs
+
+    def close(self) -> None:
+        if self.labeler is not None:
+            self.labeler.close()
+        super().close()
 
 
 class EncoderModel(_Model):

@@ -5,7 +5,9 @@ Four models; clients call the ensemble ``diffcut``:
     image UINT8 [H, W, 3] RGB ─▶ diffcut_preprocess (python) ─ pixels [1, 3, R, R] ─▶
     diffcut_encoder (onnxruntime_onnx | tensorrt_plan | python; dynamic batching, instance groups)
     ─ features [1, N, C] ─▶ diffcut_postprocess (python: NCut, assignment, PAMR)
-    ─▶ labels INT32 [H, W] (the ids of ``segment``'s label PNG), num_segments INT32 [1]
+    ─▶ labels INT32 [H, W] (the ids of ``segment``'s label PNG), num_segments INT32 [1],
+       and with a vocabulary (export-vocab) segments UINT8 [n]: ``<stem>_segments.json`` as UTF-8
+       (the post-processing also reads ``pixels`` for CLIP)
 
 Only the encoder batches: requests from many clients meet in its dynamic batcher, which is
 where a GPU server spends its time. The python models run this project's runtime
@@ -32,7 +34,7 @@ from typing import Any
 from diffcut_edge.atomic import make_dirs, output_error, replace_dir
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.lazy import LazyModule
-from diffcut_edge.runtime.manifest import EngineRecord, Manifest, read_manifest, verify_files
+from diffcut_edge.runtime.manifest import EngineRecord, Manifest, read_manifest, verify_files, verify_vocabulary_files
 from diffcut_edge.runtime.options import SegmenterOptions
 
 model_config = LazyModule("tritonclient.grpc.model_config_pb2", extra="triton",
@@ -42,6 +44,7 @@ ENSEMBLE = "diffcut"
 PREPROCESS = "diffcut_preprocess"
 ENCODER = "diffcut_encoder"
 POSTPROCESS = "diffcut_postprocess"
+SEGMENTS = "segments"   # UINT8 [n]: UTF-8 JSON, the <stem>_segments.json document (BYTES is broken in 2.51)
 MODELS = (ENSEMBLE, PREPROCESS, ENCODER, POSTPROCESS)
 ENCODERS = ("onnxruntime", "tensorrt", "python")
 VERSION = "1"
@@ -95,6 +98,8 @@ class RepositorySpec:
     device: where the post-processing runs ("cpu" numpy, "cuda" cupy).
     queue_delay_us: how long the dynamic batcher may wait for a fuller batch.
     engine: with "tensorrt", the engine file when the folder has several.
+    name_segments: serve ``segments`` (each segment's class, as ``<stem>_segments.json``); None =
+        when the folder has a vocabulary (``export-vocab``).
     """
 
     encoder: str = "onnxruntime"
@@ -105,6 +110,7 @@ class RepositorySpec:
     queue_delay_us: int = 0
     engine: str | None = None
     options: SegmenterOptions = field(default_factory=SegmenterOptions)
+    name_segments: bool | None = None
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -183,13 +189,26 @@ def preprocess_config(manifest: Manifest) -> Any:
     return config
 
 
+def serves_names(manifest: Manifest, spec: RepositorySpec) -> bool:
+    """Whether the repository serves ``segments`` (the rule ``Segmenter`` follows)."""
+    from diffcut_edge.runtime.segmenter import names_segments
+
+    return names_segments(manifest, None, spec.name_segments)
+
+
 def postprocess_config(manifest: Manifest, spec: RepositorySpec) -> Any:
     options = asdict(spec.options)
-    config = _python_config(POSTPROCESS, "postprocess", {"options": json.dumps(options), "device": spec.device})
+    names = serves_names(manifest, spec)
+    config = _python_config(POSTPROCESS, "postprocess", {"options": json.dumps(options), "device": spec.device,
+                                                          "name_segments": "1" if names else "0"})
     config.input.append(_tensor("input", "features", "FP32", [1, manifest.num_tokens, manifest.channels]))
     config.input.append(_tensor("input", "image", "UINT8", [-1, -1, 3]))
     config.output.append(_tensor("output", "labels", "INT32", [-1, -1]))
     config.output.append(_tensor("output", "num_segments", "INT32", [1]))
+    if names:
+        r = manifest.resolution
+        config.input.append(_tensor("input", "pixels", "FP32", [1, 3, r, r]))
+        config.output.append(_tensor("output", SEGMENTS, "UINT8", [-1]))
     _instances(config, "CPU", spec.post_instances)
     return config
 
@@ -213,11 +232,14 @@ def encoder_config(manifest: Manifest, spec: RepositorySpec, max_batch: int) -> 
     return config
 
 
-def ensemble_config(manifest: Manifest) -> Any:
+def ensemble_config(manifest: Manifest, spec: RepositorySpec | None = None) -> Any:
+    names = serves_names(manifest, spec or RepositorySpec())
     config = model_config.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=0)
     config.input.append(_tensor("input", "image", "UINT8", [-1, -1, 3]))
     config.output.append(_tensor("output", "labels", "INT32", [-1, -1]))
     config.output.append(_tensor("output", "num_segments", "INT32", [1]))
+    if names:
+        config.output.append(_tensor("output", SEGMENTS, "UINT8", [-1]))
     steps = config.ensemble_scheduling.step
     pre = steps.add(model_name=PREPROCESS, model_version=-1)
     pre.input_map["image"] = "image"
@@ -230,6 +252,9 @@ def ensemble_config(manifest: Manifest) -> Any:
     post.input_map["image"] = "image"
     post.output_map["labels"] = "labels"
     post.output_map["num_segments"] = "num_segments"
+    if names:
+        post.input_map["pixels"] = "pixels"
+        post.output_map[SEGMENTS] = SEGMENTS
     return config
 
 
@@ -335,13 +360,14 @@ def _write_config(folder: Path, config: Any) -> None:
     (folder / CONFIG).write_text(config_text(config), encoding="utf-8")
 
 
-def _write_python_model(folder: Path, config: Any, model_dir: Path | None) -> None:
-    """config.pbtxt, the generic model.py and (from ``model_dir``) the manifest it reads."""
+def _write_python_model(folder: Path, config: Any, model_dir: Path | None, files: tuple[str, ...] = ()) -> None:
+    """config.pbtxt, the generic model.py and (from ``model_dir``) the manifest and ``files`` it reads."""
     _write_config(folder, config)
     version = folder / VERSION
     (version / "model.py").write_text(MODEL_PY, encoding="utf-8")
     if model_dir is not None:
-        _place(model_dir / "manifest.json", version / "manifest.json")
+        for name in ("manifest.json", *files):
+            _place(model_dir / name, version / name)
 
 
 def _write_encoder(folder: Path, manifest: Manifest, model_dir: Path, spec: RepositorySpec) -> None:
@@ -381,6 +407,8 @@ def write_repository(model_dir: str | os.PathLike, out: str | os.PathLike,
     verify_files(model_dir, manifest)  # the repository serves exactly what the manifest promises
     if spec.encoder == "tensorrt":
         choose_engine(manifest, spec.engine)
+    if serves_names(manifest, spec):
+        verify_vocabulary_files(model_dir, manifest)  # says to run export-vocab when there is none
     if out.exists() and not (out.is_dir() and (_is_repository(out) or not any(out.iterdir()))):
         raise DiffCutError(f"--out {out} exists and is not a diffcut-edge Triton repository; "
                            f"give a new folder (nothing was written)")
@@ -392,8 +420,9 @@ def write_repository(model_dir: str | os.PathLike, out: str | os.PathLike,
     try:
         _write_python_model(build / PREPROCESS, preprocess_config(manifest), model_dir)
         _write_encoder(build / ENCODER, manifest, model_dir, spec)
-        _write_python_model(build / POSTPROCESS, postprocess_config(manifest, spec), model_dir)
-        _write_config(build / ENSEMBLE, ensemble_config(manifest))
+        clip_files = tuple(manifest.vocabulary.get("files", {})) if serves_names(manifest, spec) else ()
+        _write_python_model(build / POSTPROCESS, postprocess_config(manifest, spec), model_dir, clip_files)
+        _write_config(build / ENSEMBLE, ensemble_config(manifest, spec))
         validate_repository(build)
         replace_dir(build, out)
     except OSError as e:

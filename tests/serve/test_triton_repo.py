@@ -157,3 +157,24 @@ def test_cli_writes_the_repository_and_refuses_bad_options(model_dir, tmp_path, 
     assert cli.main(["triton-repo", "--model-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0] and not (tmp_path / "r2").exists()
+
+
+def test_a_folder_with_a_vocabulary_serves_segments(vocab_model_dir, model_dir, tmp_path):
+    """export-vocab's files travel to the post-processing model, which gets the pixels for CLIP and
+    answers the segments document as UINT8 (BYTES tensors are empty under numpy 2 in 2.51)."""
+    repo = tr.write_repository(vocab_model_dir, tmp_path / "repo", tr.RepositorySpec(encoder="python"))
+    configs = _configs(repo)
+    ens, post = configs[tr.ENSEMBLE], configs[tr.POSTPROCESS]
+    assert [(t.name, t.data_type) for t in ens.output][-1] == (tr.SEGMENTS, 2)   # TYPE_UINT8
+    step = ens.ensemble_scheduling.step[2]
+    assert step.input_map["pixels"] == "pixels" and step.output_map[tr.SEGMENTS] == tr.SEGMENTS
+    assert post.parameters["name_segments"].string_value == "1"
+    record = read_manifest(vocab_model_dir).vocabulary
+    for name in record["files"]:
+        assert (repo / tr.POSTPROCESS / "1" / name).read_bytes() == (vocab_model_dir / name).read_bytes()
+    # Off on request; on request without a vocabulary, the error says what to run.
+    plain = tr.write_repository(vocab_model_dir, tmp_path / "plain", tr.RepositorySpec(name_segments=False))
+    assert [t.name for t in _configs(plain)[tr.ENSEMBLE].output] == ["labels", "num_segments"]
+    with pytest.raises(DiffCutError, match="export-vocab"):
+        tr.write_repository(model_dir, tmp_path / "none", tr.RepositorySpec(name_segments=True))
+    assert not (tmp_path / "none").exists()

@@ -220,3 +220,30 @@ def test_no_tritonserver_says_how_to_get_one(monkeypatch, tmp_path):
         find_tritonserver()
     with pytest.raises(DiffCutError, match="is not a tritonserver executable"):
         find_tritonserver(tmp_path)
+
+
+def test_served_segments_are_the_local_segmenters(binary, vocab_model_dir, frames, tmp_path):
+    """A folder with a vocabulary: the server names each segment as Segmenter does (same classes,
+    scores, areas, boxes), through HTTP and gRPC."""
+    repo = tr.write_repository(vocab_model_dir, tmp_path / "repo", tr.RepositorySpec(encoder="python",
+                                                                                    post_instances=1))
+    http, grpc, metrics = free_ports(3)
+    server = TritonServer(binary, repo, tmp_path, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                          host="127.0.0.1")
+    server.start(timeout_s=180)
+    try:
+        with Segmenter.from_model_dir(vocab_model_dir, backend="ort-cpu") as local:
+            expected = local.segment_batch(frames[:2])
+        for url in (server.url, f"grpc://127.0.0.1:{grpc}"):
+            with TritonSegmenter(url) as seg:
+                served = seg.segment_batch(frames[:2])
+            for got, want in zip(served, expected):
+                np.testing.assert_array_equal(got.labels, want.labels)
+                assert got.vocabulary == "voc" and got.num_classes == 21
+                assert [s.id for s in got.segments] == sorted(int(i) for i in np.unique(got.labels))
+                for a, b in zip(got.segments, want.segments, strict=True):
+                    assert (a.id, a.class_index, a.class_name, a.area, a.bbox, a.pooling) == \
+                           (b.id, b.class_index, b.class_name, b.area, b.bbox, b.pooling)
+                    assert a.score == pytest.approx(b.score, abs=1e-5)
+    finally:
+        assert server.stop() == 0
