@@ -102,12 +102,16 @@ def test_median_filter_equals_scipy_on_every_namespace(ns):
                                   scipy.ndimage.median_filter(labels, size=3))
 
 
-def test_threaded_propagation_gives_identical_masks():
-    from diffcut_edge.runtime.pamr import propagate, propagate_parallel
+def test_row_strips_and_threads_give_identical_weights_and_masks():
+    """Strips (any height, any number of threads) compute every element from the same terms in the
+    same order as one whole-image pass (the cupy / torch path)."""
+    from diffcut_edge.runtime.pamr import propagate
 
     case = planted_case((8, 8), 5, 0.1, 4, image_size=(48, 40))
     masks = np.eye(5, dtype=np.float32)[resize_nearest(case.regions, (48, 40))].transpose(2, 0, 1)
-    weights = pamr_weights(case.image)
-    serial = propagate(masks, weights)
-    for workers in (1, 2, 3):
-        np.testing.assert_array_equal(propagate_parallel(masks, weights, workers=workers), serial)
+    whole_weights = pamr_weights(case.image, rows=48, workers=1)
+    whole = propagate(masks, whole_weights, rows=48, workers=1)
+    for rows, workers in ((1, 1), (7, 2), (16, 3), (None, None)):
+        weights = pamr_weights(case.image, rows=rows, workers=workers)
+        np.testing.assert_array_equal(weights, whole_weights)
+        np.testing.assert_array_equal(propagate(masks, weights, rows=rows, workers=workers), whole)
