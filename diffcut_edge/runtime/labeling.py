@@ -124,34 +124,54 @@ def _area_weights(labels: np.ndarray, ids: np.ndarray, grid: tuple[int, int]) ->
     return out
 
 
-def _providers(available: Sequence[str]) -> list[str]:
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+def _providers(available: Sequence[str], device: str | None = None) -> list[str]:
+    """CUDA where onnxruntime has it (unless ``device`` is "cpu"), then the CPU."""
+    wanted = ("CPUExecutionProvider",) if device == "cpu" else ("CUDAExecutionProvider", "CPUExecutionProvider")
+    return [p for p in wanted if p in available]
 
 
 class SegmentLabeler:
     """Names the segments of a model folder's label maps with its exported CLIP.
 
     Open with :meth:`from_model_dir` (the folder's text bank, or ``classes`` typed now).
+    device: "cpu" keeps the CLIP graphs on ONNX Runtime's CPU provider (as ``--backend ort-cpu``);
+    None uses CUDA where onnxruntime has it.
     """
 
     def __init__(self, model_dir: str | os.PathLike, manifest: Manifest | None = None, *,
-                 bank: TextBank | None = None, verify: bool = True, threads: int | None = None) -> None:
+                 bank: TextBank | None = None, verify: bool = True, threads: int | None = None,
+                 device: str | None = None, load_bank: bool = True) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = manifest or read_manifest(self.model_dir)
         self.record = self.manifest.vocabulary
         if verify or not self.record:  # without a record, it raises saying what to run
             self.record = verify_vocabulary_files(self.model_dir, self.manifest)
         self._threads = threads
+        self.device = device
         self._sessions: dict[str, Any] = {}
-        self.bank = self._check_bank(bank if bank is not None else TextBank.from_file(self.model_dir / BANK_NAME))
+        self._bank = None if bank is None else self._check_bank(bank)
+        if load_bank:
+            _ = self.bank  # a bank from another CLIP is refused now, not at the first frame
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, classes: Any = None, *, manifest: Manifest | None = None,
-                       verify: bool = True, threads: int | None = None) -> "SegmentLabeler":
-        labeler = cls(model_dir, manifest, verify=verify, threads=threads)
+                       verify: bool = True, threads: int | None = None, device: str | None = None) -> "SegmentLabeler":
+        labeler = cls(model_dir, manifest, verify=verify, threads=threads, device=device,
+                      load_bank=classes is None)
         if classes is not None:
-            labeler.bank = labeler.text_bank(classes)
+            labeler.bank = labeler.text_bank(classes)  # the folder's bank is then never read
         return labeler
+
+    @property
+    def bank(self) -> TextBank:
+        """The text bank in use: ``classes`` embedded now, else the folder's (read when first needed)."""
+        if self._bank is None:
+            self._bank = self._check_bank(TextBank.from_file(self.model_dir / BANK_NAME))
+        return self._bank
+
+    @bank.setter
+    def bank(self, value: TextBank) -> None:
+        self._bank = self._check_bank(value)
 
     def _check_bank(self, bank: TextBank) -> TextBank:
         if bank.clip_id != self.record["clip_id"]:
@@ -168,8 +188,8 @@ class SegmentLabeler:
             options = ort.SessionOptions()
             if self._threads:
                 options.intra_op_num_threads = int(self._threads)
-            self._sessions[name] = ort.InferenceSession(str(self.model_dir / name), options,
-                                                        providers=_providers(ort.get_available_providers()))
+            self._sessions[name] = ort.InferenceSession(
+                str(self.model_dir / name), options, providers=_providers(ort.get_available_providers(), self.device))
         return self._sessions[name]
 
     @property

@@ -108,7 +108,9 @@ class Segmenter:
         if names_segments(manifest, classes, name_segments):
             from diffcut_edge.runtime.labeling import SegmentLabeler
 
-            labeler = SegmentLabeler.from_model_dir(path, classes, manifest=manifest, verify=verify, threads=threads)
+            # CLIP follows the encoder: --backend ort-cpu keeps it off the GPU too.
+            labeler = SegmentLabeler.from_model_dir(path, classes, manifest=manifest, verify=verify, threads=threads,
+                                                    device="cpu" if backend == "ort-cpu" else None)
         opened = open_backend(path, backend, manifest, verify=verify, keep_on_device=device != "cpu",
                               threads=threads)
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime import labeling
 
 
@@ -55,3 +56,20 @@ def test_segment_stats_against_brute_force():
     for i, area, (x0, y0, x1, y1) in zip(ids, areas, boxes):
         ys, xs = np.nonzero(labels == i)
         assert area == len(xs) and (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_typed_classes_never_read_the_folder_bank_and_ort_cpu_keeps_clip_on_the_cpu(vocab_model_dir, tmp_path,
+                                                                                      monkeypatch):
+    import shutil
+
+    from diffcut_edge.runtime import labeling
+
+    folder = tmp_path / "model"
+    shutil.copytree(vocab_model_dir, folder)
+    (folder / labeling.BANK_NAME).write_bytes(b"not a bank")   # a damaged bank: only typed classes still work
+    typed = labeling.SegmentLabeler.from_model_dir(folder, "cat, sofa", verify=False)
+    assert typed.class_names == ("cat", "sofa")
+    with pytest.raises(DiffCutError):
+        labeling.SegmentLabeler.from_model_dir(folder, verify=False)
+    assert labeling._providers(["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu") == ["CPUExecutionProvider"]
+    assert labeling._providers(["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
