@@ -216,6 +216,7 @@ def evaluate_open_vocab(predictor: OpenVocabPredictor, spec: DatasetSpec, sample
     if len(names) != spec.num_classes:
         raise DiffCutError(f"the predictor names {len(names)} classes; {spec.name} scores {spec.num_classes}")
     accumulator = metrics.JaccardAccumulator(spec.num_classes)
+    per_image: dict[str, float | None] = {}
     start = time.perf_counter()
     bar = tqdm(total=len(samples), desc=f"eval {spec.name} (open vocabulary)", unit="img", disable=not progress)
     for first in range(0, len(samples), batch):
@@ -225,7 +226,7 @@ def evaluate_open_vocab(predictor: OpenVocabPredictor, spec: DatasetSpec, sample
             if refine:
                 segments = predictor.refine(small_image(item.image_rgb, mask_size), segments)
             classes = predictor.name(clip_pixels(item.image_rgb, clip_resolution), segments)
-            accumulator.update(classes, item.targets)
+            per_image[item.name] = _finite_or_none(accumulator.update(classes, item.targets))
         bar.update(len(inputs))
         bar.set_postfix(miou=f"{accumulator.miou:.4f}")
     bar.close()
@@ -233,7 +234,7 @@ def evaluate_open_vocab(predictor: OpenVocabPredictor, spec: DatasetSpec, sample
         miou=float(accumulator.miou), pixel_accuracy=float(accumulator.pixel_accuracy),
         per_class_iou={n: _finite_or_none(v) for n, v in zip(names, accumulator.per_class_iou)},
         num_images=len(samples), settings=dict(settings or {}), seconds=time.perf_counter() - start,
-        dataset_miou=_finite_or_none(accumulator.dataset_miou))
+        dataset_miou=_finite_or_none(accumulator.dataset_miou), per_image=per_image)
 
 
 def run_open_vocab_eval(dataset: str, root: str | Path, predictor: OpenVocabPredictor, *,

@@ -171,6 +171,7 @@ class EvalResult:
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     dataset_miou: float | None = None   # open vocabulary: mIoU of the accumulated confusion
+    per_image: dict[str, float | None] | None = None   # open vocabulary: each image's Jaccard index
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -125,6 +125,7 @@ def test_a_wrong_name_gives_the_hand_computed_scores(tmp_path):
                                             progress=False)
     # Per image: background IoU 1, aeroplane 0 (labelled only), bicycle 0 (predicted only) -> 1/3.
     assert oracle.refined == [] and result.miou == pytest.approx(1 / 3)
+    assert result.per_image == {"img000": pytest.approx(1 / 3), "img001": pytest.approx(1 / 3)}
     red = (64 + 48) * 128
     assert result.pixel_accuracy == pytest.approx(1 - red / (2 * 128 * 128))
 
