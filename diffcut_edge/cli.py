@@ -800,7 +800,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="with --reference: the open_clip CLIP, MODEL:TAG or local-dir:DIR (default: the model "
                         "folder's, else convnext_large_d_320:laion2b_s29b_b131k_ft_soup)")
     p.add_argument("--file-list", default=None,
-                   help="text file of image names to evaluate (e.g. the curated COCO subset)")
+                   help="text file of image names to evaluate, or 'curated': the paper's COCO subset "
+                        "(2175 val2017 images, shipped) (default: every pair; VOC: val.txt)")
     p.add_argument("--label-map", default=None,
                    help="JSON label mapping overriding the built-in one (format: docs/eval.md)")
     p.add_argument("--out", default=None, help="write the results JSON here")

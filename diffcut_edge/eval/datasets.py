@@ -35,6 +35,10 @@ from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.xp import nearest_taps
 
 DATASETS = ("voc", "context", "coco-object", "coco-stuff", "cityscapes", "ade20k")
+# ``--file-list curated``: the image lists the official evaluation loads (eval/data/README.md).
+CURATED = "curated"
+CURATED_LISTS = {name: Path(__file__).parent / "data" / "coco_val2017_curated.txt"
+                 for name in ("coco-object", "coco-stuff")}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IGNORE = -1  # a pixel that no class scores
 
@@ -264,12 +268,17 @@ def list_samples(name: str, root: str | os.PathLike, *, file_list: str | os.Path
     """The evaluation pairs of a dataset under ``root``, in a deterministic order.
 
     ``file_list``: a text file of image names (one per line, no suffix) restricting the
-    set, e.g. the curated COCO subset the paper used; the VOC default is
-    ``ImageSets/Segmentation/val.txt``.
+    set, or ``"curated"``: the curated COCO subset the paper scores (2175 val2017 images,
+    shipped); the VOC default is ``ImageSets/Segmentation/val.txt``.
     """
     root = Path(root)
     if not root.is_dir():
         raise DiffCutError(f"dataset root {root} does not exist")
+    if file_list is not None and str(file_list) == CURATED:
+        if name not in CURATED_LISTS:
+            raise DiffCutError(f"--file-list curated is the paper's COCO subset ({', '.join(CURATED_LISTS)}); "
+                               f"{name} has none")
+        file_list = CURATED_LISTS[name]
     names = _read_names(Path(file_list)) if file_list is not None else None
     layout = detect_layout(name, root)
     if layout == "pascal_voc_d2":

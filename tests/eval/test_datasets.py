@@ -196,3 +196,20 @@ def test_eval_loop_runs_without_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip()) == 1.0
+
+
+def test_curated_coco_list_is_the_official_subset(tmp_path):
+    """--file-list curated: the shipped list of the official evaluation (2175 ids of val2017)."""
+    import hashlib
+
+    path = datasets.CURATED_LISTS["coco-object"]
+    # The official file byte for byte (sha256 of PaulCouairon/DiffCut aa16df4's copy).
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == \
+        "90cdc2116a1c2bef94bc1cefeb98a672444fddaa44b8370127016d98b16108a4"
+    names = path.read_text(encoding="utf-8").split()
+    assert len(names) == len(set(names)) == 2175 and all(len(n) == 12 and n.isdigit() for n in names)
+    root = write_dataset("coco-object", tmp_path / "coco", n_images=1)
+    with pytest.raises(DiffCutError, match="000000000139"):   # its first image is not in this folder
+        datasets.list_samples("coco-object", root, file_list="curated")
+    with pytest.raises(DiffCutError, match="COCO subset"):
+        datasets.list_samples("voc", write_dataset("voc", tmp_path / "voc", n_images=1), file_list="curated")
