@@ -144,13 +144,14 @@ class EngineOpenVocab(EnginePredictor):
 class ReferenceOpenVocab(ReferencePredictor):
     """The PyTorch reference: diffusers features, reference NCut/PAMR, open_clip ``associate_label``."""
 
-    def __init__(self, base: ReferencePredictor, clip: Any, classifier: Any, vocabulary: Vocabulary,
-                 clip_spec: str) -> None:
-        self.__dict__.update(base.__dict__)
+    def __init__(self, pipeline: Any, model: str, resolution: int, *, clip: Any, classifier: Any,
+                 vocabulary: Vocabulary, clip_spec: str, tau: float = defaults.TAU, alpha: float = defaults.ALPHA,
+                 mask_size: tuple[int, int] = defaults.OPEN_VOCAB_MASK_SIZE) -> None:
+        super().__init__(pipeline, model, resolution, tau=tau, alpha=alpha, mask_size=mask_size)
         _open_vocab_pamr(self)
         self.clip, self.classifier, self.vocabulary = clip, classifier, vocabulary
         self.class_names = vocabulary.class_names
-        self.description = {**base.description, "clip": clip_spec, "text_bank": "reference (open_clip)"}
+        self.description = {**self.description, "clip": clip_spec, "text_bank": "reference (open_clip)"}
 
     def name(self, pixels: np.ndarray, labels: np.ndarray) -> np.ndarray:
         import torch
@@ -165,12 +166,10 @@ class ReferenceOpenVocab(ReferencePredictor):
 def engine_open_vocab(model_dir: str | Path, vocabulary: Vocabulary, *, backend: str = "auto",
                       tau: float = defaults.TAU, alpha: float = defaults.ALPHA,
                       mask_size: tuple[int, int] = defaults.OPEN_VOCAB_MASK_SIZE) -> EngineOpenVocab:
-    base = engine_predictor(model_dir, backend=backend, tau=tau, alpha=alpha, mask_size=mask_size)
+    """The engine on a model folder with ``export-vocab``'s CLIP (else the error says to run it)."""
+    base = engine_predictor(model_dir, backend=backend, tau=tau, alpha=alpha, mask_size=mask_size,
+                            name_segments=True)
     try:
-        if base.segmenter.labeler is None:
-            from diffcut_edge.runtime.labeling import SegmentLabeler
-
-            base.segmenter.labeler = SegmentLabeler.from_model_dir(model_dir, manifest=base.segmenter.manifest)
         return EngineOpenVocab(base.segmenter, vocabulary, backend)
     except BaseException:
         base.segmenter.close()
@@ -187,7 +186,9 @@ def reference_open_vocab(model: str | Path, clip_spec: str, vocabulary: Vocabula
 
     clip = load_clip(clip_spec)
     tokenizer = import_open_clip().get_tokenizer(parse_clip_spec(clip_spec)[0])
-    return ReferenceOpenVocab(base, clip, text_classifier(clip, tokenizer, vocabulary), vocabulary, clip_spec)
+    return ReferenceOpenVocab(base.pipeline, str(model), base.resolution, clip=clip,
+                              classifier=text_classifier(clip, tokenizer, vocabulary), vocabulary=vocabulary,
+                              clip_spec=clip_spec, tau=tau, alpha=alpha, mask_size=mask_size)
 
 
 # ------------------------------------------------------------------------- protocol

@@ -241,11 +241,12 @@ def evaluate(predictor: Predictor, spec: DatasetSpec, samples: Sequence[Sample],
 
 # ------------------------------------------------------------------ entry points
 def engine_predictor(model_dir: str | os.PathLike, *, backend: str = "auto", tau: float = defaults.TAU,
-                     alpha: float = defaults.ALPHA, mask_size: tuple[int, int] = defaults.MASK_SIZE) -> EnginePredictor:
+                     alpha: float = defaults.ALPHA, mask_size: tuple[int, int] = defaults.MASK_SIZE,
+                     name_segments: bool | None = None) -> EnginePredictor:
     from diffcut_edge.runtime import Segmenter
 
     segmenter = Segmenter.from_model_dir(model_dir, backend=backend, refine=False, mask_size=mask_size,
-                                         tau=tau, alpha=alpha)
+                                         tau=tau, alpha=alpha, name_segments=name_segments)
     return EnginePredictor(segmenter, backend_name=backend)
 
 
