@@ -191,12 +191,14 @@ def test_eval_open_vocab_embeds_another_dataset_vocabulary_without_torch(model, 
     """The folder's bank is VOC: Context's 60 classes are embedded with the folder's text tower."""
     from helpers.eval_fixtures import write_dataset
 
-    root = write_dataset("context", tmp_path / "ctx", n_images=1)
+    root = write_dataset("context", tmp_path / "ctx", n_images=3)
     data, _ = _eval_open_vocab(capsys, root, "context", tmp_path / "ctx.json", "--model-dir", str(model),
-                               "--backend", "ort-cpu", "--no-refine")
+                               "--backend", "ort-cpu", "--no-refine", "--batch", "2")
     assert data["settings"]["text_bank"] == "embedded now with the folder's text tower"
     assert data["settings"]["refine"] is False and data["settings"]["pamr"] is None
-    assert len(data["per_class_iou"]) == 60 and data["num_images"] == 1
+    assert len(data["per_class_iou"]) == 60 and data["num_images"] == 3
+    assert sorted(data["per_image"]) == ["img000", "img001", "img002"]
+    assert data["miou"] == pytest.approx(np.mean(list(data["per_image"].values())))
 
 
 def test_eval_open_vocab_bad_input_is_one_line(model, vocab_model_dir, tiny_model_dir, tmp_path, capsys):
