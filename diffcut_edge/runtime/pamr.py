@@ -13,8 +13,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-import numpy as np
-
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.assign import resize_bilinear
@@ -33,9 +31,11 @@ STD_SCALE = 0.1
 STRIP_ROWS = 16
 
 
-def _shifted(padded: Any, pad: int, oy: int, ox: int, h: int, w: int) -> Any:
-    """View of ``padded`` (.., h+2pad, w+2pad) holding x(p + (oy, ox)), edge-replicated."""
-    return padded[..., pad + oy: pad + oy + h, pad + ox: pad + ox + w]
+def _shifted(padded: Any, pad: int, oy: int, ox: int, rows: tuple[int, int], w: int) -> Any:
+    """View of ``padded`` (.., H+2pad, w+2pad) holding x(p + (oy, ox)) for the rows [r0, r1) of p,
+    edge-replicated."""
+    r0, r1 = rows
+    return padded[..., pad + oy + r0: pad + oy + r1, pad + ox: pad + ox + w]
 
 
 def _pad(x: Any, d: int) -> Any:
@@ -78,7 +78,7 @@ def _weight_rows(padded: dict, dil: tuple[int, ...], r0: int, r1: int, w: int) -
     xp = get_xp(padded[dil[0]])
 
     def view(d: int, dy: int, dx: int) -> Any:
-        return padded[d][:, d + dy * d + r0: d + dy * d + r1, d + dx * d: d + dx * d + w]
+        return _shifted(padded[d], d, dy * d, dx * d, (r0, r1), w)
 
     n = len(WINDOW) * len(dil)
     # Two-pass unbiased std (a one-pass sum of squares cancels on flat regions).
@@ -133,7 +133,7 @@ def _propagate_rows(padded: Any, weights: Any, offsets: list[tuple[int, int]], p
     their edge-padded copy (views into it, no convolution buffers)."""
     acc = None
     for j, (oy, ox) in enumerate(offsets):
-        term = padded[:, pad + oy + r0: pad + oy + r1, pad + ox: pad + ox + w] * weights[j, r0:r1, :]
+        term = _shifted(padded, pad, oy, ox, (r0, r1), w) * weights[j, r0:r1, :]
         if acc is None:
             acc = term
         else:
