@@ -816,10 +816,9 @@ def _reference_resolution(args: argparse.Namespace) -> int | None:
     return args.resolution
 
 
-def _open_vocab_predictor(args: argparse.Namespace, vocabulary):
+def _open_vocab_predictor(args: argparse.Namespace, vocabulary, mask_size: tuple[int, int]):
     from diffcut_edge.eval import open_vocab
 
-    mask_size = args.mask_size or OPEN_VOCAB_MASK_SIZE
     if args.reference:
         if not args.model:
             raise DiffCutError("--reference needs --model HUB_ID|PIPELINE_DIR (the diffusers pipeline to run)")
@@ -846,24 +845,27 @@ def _run_open_vocab_eval(args: argparse.Namespace):
 
     from diffcut_edge.eval import datasets, open_vocab
 
-    if args.dataset not in open_vocab.OPEN_VOCAB_DATASETS:
-        raise DiffCutError(f"--open-vocab covers {', '.join(open_vocab.OPEN_VOCAB_DATASETS)} (the official "
-                           f"protocol), not {args.dataset}")
+    open_vocab.check_dataset(args.dataset)  # before the (slow) predictor opens
     if args.label_map:
         raise DiffCutError("--label-map is not used with --open-vocab: the vocabulary's class order is the mapping")
     spec = datasets.get_spec(args.dataset, layout=datasets.detect_layout(args.dataset, Path(args.root)))
     vocabulary = open_vocab.dataset_vocabulary(args.dataset, spec, args.vocab)
-    predictor = _open_vocab_predictor(args, vocabulary)
+    mask_size = args.mask_size or OPEN_VOCAB_MASK_SIZE
+    predictor = _open_vocab_predictor(args, vocabulary, mask_size)
     try:
         return open_vocab.run_open_vocab_eval(
-            args.dataset, args.root, predictor, mask_size=args.mask_size or OPEN_VOCAB_MASK_SIZE,
-            refine=args.refine, clip_resolution=args.clip_resolution, limit=args.limit, batch=args.batch,
-            tau=args.tau, alpha=args.alpha, file_list=args.file_list,
-            progress=not args.quiet and sys.stderr.isatty())
+            args.dataset, args.root, predictor, mask_size=mask_size, refine=args.refine,
+            clip_resolution=args.clip_resolution, limit=args.limit, batch=args.batch, tau=args.tau,
+            alpha=args.alpha, file_list=args.file_list, progress=not args.quiet and sys.stderr.isatty())
     finally:
-        close = getattr(getattr(predictor, "segmenter", None), "close", None)
-        if close is not None:
-            close()
+        _close_predictor(predictor)
+
+
+def _close_predictor(predictor) -> None:
+    """Close the engine predictor's Segmenter (the reference has none)."""
+    close = getattr(getattr(predictor, "segmenter", None), "close", None)
+    if close is not None:
+        close()
 
 
 def _eval_predictor(args: argparse.Namespace):
@@ -894,9 +896,7 @@ def _run_standard_eval(args: argparse.Namespace):
                                  batch=args.batch, tau=args.tau, alpha=args.alpha, file_list=args.file_list,
                                  label_map=args.label_map, progress=not args.quiet and sys.stderr.isatty())
     finally:
-        close = getattr(getattr(predictor, "segmenter", None), "close", None)
-        if close is not None:
-            close()
+        _close_predictor(predictor)
 
 
 def _run_eval(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from diffcut_edge.eval import datasets, metrics
 from diffcut_edge.eval.datasets import DatasetSpec, Sample
 from diffcut_edge.eval.protocol import (EnginePredictor, EvalResult, ReferencePredictor, _finite_or_none,
                                         engine_predictor, reference_predictor, small_image)
+from diffcut_edge.runtime.labeling import paint_classes
 from diffcut_edge.runtime.vocabulary import Vocabulary, load_vocabulary
 
 OPEN_VOCAB_DATASETS = ("voc", "context", "coco-object")
@@ -84,16 +85,6 @@ def clip_pixels(image_rgb: np.ndarray, resolution: int | None = None) -> np.ndar
     if resolution is not None and image_rgb.shape[:2] != (resolution, resolution):
         image_rgb = resize_bilinear(image_rgb, (resolution, resolution))
     return np.ascontiguousarray(np.transpose(image_rgb, (2, 0, 1))[None], dtype=np.float32)
-
-
-def paint_classes(labels: np.ndarray, class_of_segment: dict[int, int]) -> np.ndarray:
-    """Each segment of ``labels`` painted with its class index (the official ``final_mask``)."""
-    ids, inverse = np.unique(np.asarray(labels), return_inverse=True)
-    missing = [int(i) for i in ids if int(i) not in class_of_segment]
-    if missing:
-        raise DiffCutError(f"segments {missing[:5]} got no class")
-    classes = np.array([class_of_segment[int(i)] for i in ids], dtype=np.int32)
-    return classes[inverse.reshape(np.shape(labels))]
 
 
 # ---------------------------------------------------------------------- predictors
@@ -192,6 +183,13 @@ def reference_open_vocab(model: str | Path, clip_spec: str, vocabulary: Vocabula
 
 
 # ------------------------------------------------------------------------- protocol
+def check_dataset(dataset: str) -> None:
+    """The open-vocabulary protocol covers the three datasets of the official script."""
+    if dataset not in OPEN_VOCAB_DATASETS:
+        raise DiffCutError(f"--open-vocab covers {', '.join(OPEN_VOCAB_DATASETS)} (the official protocol), "
+                           f"not {dataset}")
+
+
 def dataset_vocabulary(dataset: str, spec: DatasetSpec, vocab: str | None = None) -> Vocabulary:
     """The vocabulary scored on ``dataset`` (its built-in one unless ``vocab`` names another or a
     file); it must have one class per protocol class, background first."""
@@ -244,9 +242,7 @@ def run_open_vocab_eval(dataset: str, root: str | Path, predictor: OpenVocabPred
                         tau: float = defaults.TAU, alpha: float = defaults.ALPHA,
                         file_list: str | Path | None = None, progress: bool = True) -> EvalResult:
     """List the dataset, evaluate with the open-vocabulary protocol, record the settings."""
-    if dataset not in OPEN_VOCAB_DATASETS:
-        raise DiffCutError(f"--open-vocab covers {', '.join(OPEN_VOCAB_DATASETS)} (the official protocol), "
-                           f"not {dataset}")
+    check_dataset(dataset)
     root = Path(root)
     layout = datasets.detect_layout(dataset, root)
     spec = datasets.get_spec(dataset, layout=layout)

@@ -8,7 +8,7 @@
 As the official ``associate_label`` (``diffcut_ref.clip_labels``) but every segment in one pass.
 A segment too small to cover any cell of the 32x32 grid pools to a zero vector in the official
 code; here it falls back to area-weighted pooling (the share of each cell it covers) and says so
-(``pooling: "area"``). Classes typed at run time (:meth:`SegmentLabeler.with_classes`) are
+(``pooling: "area"``). Classes typed at run time (``SegmentLabeler.from_model_dir(dir, classes)``, :meth:`SegmentLabeler.text_bank`) are
 embedded with ``clip_text.onnx`` and the numpy tokenizer.
 """
 
@@ -122,6 +122,16 @@ def _area_weights(labels: np.ndarray, ids: np.ndarray, grid: tuple[int, int]) ->
         out[i] = np.bincount(cell[flat == k], minlength=h * w) / cell_size
         out[i] /= out[i].sum()
     return out
+
+
+def paint_classes(labels: np.ndarray, class_of_segment: dict[int, int]) -> np.ndarray:
+    """Each segment of ``labels`` painted with its class index (the official ``final_mask``)."""
+    ids, inverse = np.unique(np.asarray(labels), return_inverse=True)
+    missing = [int(i) for i in ids if int(i) not in class_of_segment]
+    if missing:
+        raise DiffCutError(f"segments {missing[:5]} got no class")
+    classes = np.array([class_of_segment[int(i)] for i in ids], dtype=np.int32)
+    return classes[inverse.reshape(np.shape(labels))]
 
 
 def _providers(available: Sequence[str], device: str | None = None) -> list[str]:

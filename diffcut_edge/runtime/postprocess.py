@@ -53,12 +53,11 @@ class SegmentationResult:
     def class_map(self) -> np.ndarray:
         """(H, W) int32 class index per pixel (each segment painted with its class, as the official
         open-vocabulary output); needs ``segments``."""
+        from diffcut_edge.runtime.labeling import paint_classes
+
         if self.segments is None:
             raise DiffCutError("no segment names: open the Segmenter on a folder with a vocabulary or with classes")
-        lookup = np.zeros(int(self.labels.max()) + 1, dtype=np.int32)
-        for s in self.segments:
-            lookup[s.id] = s.class_index
-        return lookup[self.labels]
+        return paint_classes(self.labels, {s.id: s.class_index for s in self.segments})
 
 
 def _ms(start: float) -> float:

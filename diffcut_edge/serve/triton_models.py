@@ -126,11 +126,9 @@ class PostprocessModel(_Model):
         from diffcut_edge.runtime.options import SegmenterOptions
         from diffcut_edge.runtime.postprocess import Postprocessor
 
-        options = json.loads(params["options"])
-        options["mask_size"] = tuple(options["mask_size"])
-        options["pamr_dilations"] = tuple(options["pamr_dilations"])
+        options = SegmenterOptions(**json.loads(params["options"]))  # it turns the JSON lists back into tuples
         manifest = read_manifest(self.folder)
-        self.post = Postprocessor.for_manifest(manifest, SegmenterOptions(**options), params.get("device", "cpu"))
+        self.post = Postprocessor.for_manifest(manifest, options, params.get("device", "cpu"))
         self.labeler = None
         if params.get("name_segments") == "1":
             from diffcut_edge.runtime.labeling import SegmentLabeler

@@ -73,3 +73,14 @@ def test_typed_classes_never_read_the_folder_bank_and_ort_cpu_keeps_clip_on_the_
         labeling.SegmentLabeler.from_model_dir(folder, verify=False)
     assert labeling._providers(["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu") == ["CPUExecutionProvider"]
     assert labeling._providers(["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+
+
+def test_class_map_paints_each_segment_with_its_class():
+    from diffcut_edge.runtime.postprocess import SegmentationResult
+
+    labels = np.array([[0, 0, 3], [3, 7, 7]], np.int32)
+    segments = [labeling.SegmentLabel(i, c, f"c{c}", 0.5, 1, (0, 0, 1, 1)) for i, c in ((0, 2), (3, 0), (7, 5))]
+    result = SegmentationResult(labels, labels, labels, 8, np.zeros((8, 1), np.float32), segments=segments)
+    np.testing.assert_array_equal(result.class_map(), [[2, 2, 0], [0, 5, 5]])
+    with pytest.raises(DiffCutError, match="got no class"):
+        labeling.paint_classes(labels, {0: 1, 3: 1})
