@@ -48,11 +48,10 @@ def main() -> int:
     ensure_open_clip()
     import numpy as np
     import torch
-    from safetensors.torch import save_file
 
     from diffcut_edge.diffcut_ref import clip_labels as ref
     from diffcut_edge.export.clip_export import export_vocabulary
-    from diffcut_edge.models.clip import CONFIG_NAME, WEIGHTS_NAME, import_open_clip
+    from diffcut_edge.models.clip import WEIGHTS_NAME, import_open_clip, save_local_dir
     from diffcut_edge.runtime import labeling, pamr
     from diffcut_edge.runtime.vocabulary import load_vocabulary
 
@@ -61,12 +60,9 @@ def main() -> int:
     open_clip = import_open_clip()
     clip_dir, host = args.work / "convnext_large_d_320-random", args.work / "model"
     if not (clip_dir / WEIGHTS_NAME).is_file():
-        clip_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
         model = open_clip.create_model("convnext_large_d_320")
-        config = {"model_cfg": open_clip.get_model_config("convnext_large_d_320")}
-        (clip_dir / CONFIG_NAME).write_text(json.dumps(config), encoding="utf-8")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(clip_dir / WEIGHTS_NAME))
+        save_local_dir(model, open_clip.get_model_config("convnext_large_d_320"), clip_dir)
     rows: dict[str, float] = {}
     if not (host / labeling.DENSE_NAME).is_file():
         shutil.rmtree(host, ignore_errors=True)

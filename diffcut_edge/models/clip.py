@@ -186,22 +186,31 @@ TINY_CLIP_CONFIG = {
 }
 
 
+def save_local_dir(model: Any, model_cfg: dict[str, Any], out: str | os.PathLike,
+                   preprocess_cfg: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` in open_clip's local-dir layout (``open_clip_config.json`` + safetensors weights),
+    each file atomically, so ``create_model("local-dir:OUT")`` loads it."""
+    from safetensors.torch import save
+
+    from diffcut_edge import atomic
+
+    out = Path(out)
+    atomic.make_dirs(out)
+    config = {"model_cfg": model_cfg, **({"preprocess_cfg": preprocess_cfg} if preprocess_cfg else {})}
+    atomic.write_bytes(out / WEIGHTS_NAME, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    atomic.write_text(out / CONFIG_NAME, json.dumps(config, indent=2))
+    return out
+
+
 def make_tiny_clip(out: str | os.PathLike, seed: int = 0) -> Path:
     """Write a random-weight ConvNeXt CLIP (timm ``convnext_atto`` trunk, a 2-layer text tower) in
     open_clip's local-dir layout, loadable with ``open_clip.create_model("local-dir:OUT")``."""
     import torch
-    from safetensors.torch import save_file
 
     open_clip = import_open_clip()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = open_clip.CLIP(**json.loads(json.dumps(TINY_CLIP_CONFIG)))
     with torch.no_grad():  # a non-trivial logit scale, below the clamp of 100
         model.logit_scale.fill_(float(torch.log(torch.tensor(50.0))))
-    config = {"model_cfg": TINY_CLIP_CONFIG,
-              "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
-                                 "std": [0.26862954, 0.26130258, 0.27577711]}}
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS_NAME))
-    return out
+    return save_local_dir(model, TINY_CLIP_CONFIG, out,
+                          {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]})
