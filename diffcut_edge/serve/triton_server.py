@@ -141,8 +141,9 @@ class TritonServer:
         host: the address the HTTP and gRPC services listen on.
     """
 
-    def __init__(self, binary: TritonBinary, repository: Path, workdir: Path, *, http_port: int = 8000,
-                 grpc_port: int = 8001, metrics_port: int = 8002, host: str = "0.0.0.0") -> None:
+    def __init__(self, binary: TritonBinary, repository: Path, workdir: Path, *, http_port: int = DEFAULT_PORTS["http"],
+                 grpc_port: int = DEFAULT_PORTS["grpc"], metrics_port: int = DEFAULT_PORTS["metrics"],
+                 host: str = "0.0.0.0") -> None:
         self.binary, self.repository, self.workdir = binary, Path(repository), Path(workdir)
         self.ports = {"http": int(http_port), "grpc": int(grpc_port), "metrics": int(metrics_port)}
         self.host = host
