@@ -23,8 +23,8 @@ text tower (no torch). ``--reference`` runs diffusers + open_clip with the offic
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -34,24 +34,15 @@ from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.eval import datasets, metrics
 from diffcut_edge.eval.datasets import DatasetSpec, Sample
-from diffcut_edge.eval.protocol import (EnginePredictor, EvalResult, ReferencePredictor, _finite_or_none,
-                                        engine_predictor, reference_predictor, small_image)
+from diffcut_edge.eval.protocol import (EnginePredictor, EvalResult, ProtocolInput, ReferencePredictor,
+                                        _finite_or_none, engine_predictor, load_inputs, reference_predictor,
+                                        small_image)
 from diffcut_edge.runtime.labeling import paint_classes
 from diffcut_edge.runtime.vocabulary import Vocabulary, load_vocabulary
 
 OPEN_VOCAB_DATASETS = ("voc", "context", "coco-object")
 # The official upsamples COCO-Object images to 2048 x 2048 before CLIP (its small objects).
 CLIP_RESOLUTION = {"coco-object": 2048}
-
-
-@dataclass
-class OpenVocabInput:
-    """One image as the open-vocabulary protocol feeds it."""
-
-    name: str
-    crop_bgr: np.ndarray          # the centre crop, BGR uint8 (the engine's preprocess input)
-    image_rgb: np.ndarray         # (R, R, 3) float32 in [0, 1]: the network's and CLIP's input
-    targets: np.ndarray           # (M, M) int32 vocabulary indices (0 = background), -1 = ignored
 
 
 def vocabulary_targets(labels: np.ndarray, spec: DatasetSpec) -> np.ndarray:
@@ -65,16 +56,11 @@ def vocabulary_targets(labels: np.ndarray, spec: DatasetSpec) -> np.ndarray:
 
 
 def load_open_vocab_input(sample: Sample, spec: DatasetSpec, resolution: int,
-                          mask_size: tuple[int, int]) -> OpenVocabInput:
-    """Read one pair and apply the open-vocabulary protocol's transforms."""
-    image = datasets.read_sample_image(sample.image)
-    raw = datasets.read_label(sample.label)
-    if raw.shape[:2] != image.shape[:2]:
-        raise DiffCutError(f"{sample.label} is {raw.shape[1]}x{raw.shape[0]} but its image {sample.image} "
-                           f"is {image.shape[1]}x{image.shape[0]}; they must match")
-    labels = spec.map_labels(datasets.protocol_labels(raw, resolution, mask_size, exact_mask=True))
-    return OpenVocabInput(sample.name, datasets.center_crop(image), datasets.protocol_image(image, resolution),
-                          vocabulary_targets(labels, spec))
+                          mask_size: tuple[int, int]) -> ProtocolInput:
+    """One pair through the protocol's transforms (labels nearest-exact to R, then to the mask
+    size), its labels as vocabulary indices (:func:`vocabulary_targets`)."""
+    item = load_inputs(sample, spec, resolution, mask_size, exact_mask=True)
+    return dataclasses.replace(item, labels=vocabulary_targets(item.labels, spec))
 
 
 def clip_pixels(image_rgb: np.ndarray, resolution: int | None = None) -> np.ndarray:
@@ -225,7 +211,7 @@ def evaluate_open_vocab(predictor: OpenVocabPredictor, spec: DatasetSpec, sample
             if refine:
                 segments = predictor.refine(small_image(item.image_rgb, mask_size), segments)
             classes = predictor.name(clip_pixels(item.image_rgb, clip_resolution), segments)
-            per_image[item.name] = _finite_or_none(accumulator.update(classes, item.targets))
+            per_image[item.name] = _finite_or_none(accumulator.update(classes, item.labels))
         bar.update(len(inputs))
         bar.set_postfix(miou=f"{accumulator.miou:.4f}")
     bar.close()

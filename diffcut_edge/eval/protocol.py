@@ -46,7 +46,7 @@ class ProtocolInput:
     name: str
     crop_bgr: np.ndarray          # the centre crop, BGR uint8 (what the engine's preprocess takes)
     image_rgb: np.ndarray         # (R, R, 3) float32 in [0, 1], the official network input
-    labels: np.ndarray            # (128, 128) int32 classes, -1 = ignored
+    labels: np.ndarray            # (M, M) int32 classes (open vocabulary: vocabulary indices), -1 = ignored
 
 
 class Predictor(Protocol):
@@ -196,14 +196,15 @@ def _finite_or_none(x: float) -> float | None:
 
 
 def load_inputs(sample: Sample, spec: DatasetSpec, resolution: int,
-                mask_size: tuple[int, int] = defaults.MASK_SIZE) -> ProtocolInput:
-    """Read one pair and apply the protocol transforms."""
+                mask_size: tuple[int, int] = defaults.MASK_SIZE, *, exact_mask: bool = False) -> ProtocolInput:
+    """Read one pair and apply the protocol transforms (``exact_mask``: the labels' second resize
+    nearest-exact, as the open-vocabulary protocol)."""
     image = datasets.read_sample_image(sample.image)
     raw = datasets.read_label(sample.label)
     if raw.shape[:2] != image.shape[:2]:
         raise DiffCutError(f"{sample.label} is {raw.shape[1]}x{raw.shape[0]} but its image {sample.image} "
                            f"is {image.shape[1]}x{image.shape[0]}; they must match")
-    labels = spec.map_labels(datasets.protocol_labels(raw, resolution, mask_size))
+    labels = spec.map_labels(datasets.protocol_labels(raw, resolution, mask_size, exact_mask=exact_mask))
     return ProtocolInput(sample.name, datasets.center_crop(image), datasets.protocol_image(image, resolution),
                          labels.astype(np.int32))
 
