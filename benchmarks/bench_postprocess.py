@@ -116,9 +116,9 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
     import numpy as np
-    from helpers.runtime_planted import matched_agreement, planted_case, resize_nearest
 
     from diffcut_edge.runtime import assign_concepts, pamr_refine, recursive_ncut
+    from helpers.runtime_planted import matched_agreement, planted_case, resize_nearest
 
     ref = None
     if args.ref_grids:

@@ -23,11 +23,11 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import cv2
     import numpy as np
-    from helpers.data import sample_photos
 
     from diffcut_edge.apps.batch import segment_images
     from diffcut_edge.runtime import Segmenter
     from diffcut_edge.serve import ray_batch
+    from helpers.data import sample_photos
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"

@@ -59,13 +59,13 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import numpy as np
     import tritonclient.http as http
-    from helpers.data import sample_photos
-    from helpers.triton import free_ports
 
     from diffcut_edge.runtime import Segmenter
     from diffcut_edge.serve import triton_repo as tr
     from diffcut_edge.serve.triton_client import TritonSegmenter
     from diffcut_edge.serve.triton_server import TritonServer, find_tritonserver
+    from helpers.data import sample_photos
+    from helpers.triton import free_ports
 
     frames = [np.ascontiguousarray((p[:, :, ::-1] * 255).round().astype(np.uint8)) for p in sample_photos()]
     rows = []

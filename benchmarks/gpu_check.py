@@ -28,8 +28,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -124,10 +125,9 @@ def _numpy_side(key: tuple, fn: Callable[[], Any], repeats: int) -> tuple[float,
 
 
 def ncut_check(kind: str, grid: int, repeats: int, dry_run: bool) -> dict[str, Any]:
-    from helpers.runtime_planted import planted_case
-
     from diffcut_edge.runtime import assign_concepts, recursive_ncut
     from diffcut_edge.runtime.xp import to_host
+    from helpers.runtime_planted import planted_case
 
     where, to_device, sync = _device_path(kind, dry_run)
     case = planted_case((grid, grid), 10, 0.2, 0)
@@ -172,10 +172,9 @@ def _torch_cuda(dry_run: bool):
 
 
 def reference_ncut_check(grid: int, dry_run: bool) -> dict[str, Any]:
-    from helpers.runtime_planted import planted_case
-
     from diffcut_edge.diffcut_ref import segment_features as reference
     from diffcut_edge.runtime import segment_features
+    from helpers.runtime_planted import planted_case
 
     torch, device = _torch_cuda(dry_run)
     case = planted_case((grid, grid), 10, 0.2, 0)
@@ -219,7 +218,7 @@ def encoder_check(dry_run: bool) -> dict[str, Any]:
 def main() -> int:
     args = _parse()
     started = time.perf_counter()
-    grids = (8, 16) if args.dry_run else (32, 64)
+    grids = (12, 16) if args.dry_run else (32, 64)
     sizes = (32, 64) if args.dry_run else (128, 512, 1024)
     checks = Checks()
     for kind in ("cupy", "torch"):

@@ -21,8 +21,8 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from diffcut_edge.errors import DiffCutError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from diffcut_edge import __version__
 from diffcut_edge.defaults import ALPHA, DEVICES, OPEN_VOCAB_MASK_SIZE, OPSET, PRECISIONS, STAGES, TAU, VAES

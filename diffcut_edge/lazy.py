@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from diffcut_edge.errors import DiffCutError, missing_extra
 

@@ -6,9 +6,9 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from helpers.fake_segmenter import FakeSegmenter, export_available, make_video
 
 from diffcut_edge.runtime.segmenter import Segmenter
+from helpers.fake_segmenter import FakeSegmenter, export_available, make_video
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "opencv_app.py"
 

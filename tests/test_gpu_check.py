@@ -25,8 +25,10 @@ def test_dry_run_checks_every_piece_and_writes_one_json(tmp_path):
     assert report["dry_run"] is True and len(checks) == 10
     assert all(c["status"] == "ok" for c in checks.values()), checks
     # The "cupy" slot runs on array_api_strict's device1 (numpy's kernels behind the standard: the
-    # same partitions exactly), the "torch" slot on torch CPU tensors (torch's eigh and matmul:
-    # on the 8x8 grid, 10 regions of ~6 tokens, one near-tie goes the reference's way, 0.990).
+    # same partitions exactly), the "torch" slot on torch CPU tensors (torch's eigh and matmul, where a
+    # near-tie may go the other way). The dry run's smallest grid is 12x12: on 8x8 (10 regions of ~6
+    # tokens) OpenBLAS's Haswell/Zen kernels flip a near-tie between the full and the subset eigen-solver
+    # (0.958), so the figure depended on the CPU the suite ran on.
     ncut = {name: c for name, c in checks.items() if name.startswith("ncut")}
     assert all(c["agreement"] == 1.0 for name, c in ncut.items() if "cupy" in name)
     assert all(c["agreement"] >= 0.99 for name, c in ncut.items() if "torch" in name)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from diffcut_edge.apps import io
 from diffcut_edge import atomic
+from diffcut_edge.apps import io
 from diffcut_edge.apps.overlay import draw_overlay, draw_segment_names
 from diffcut_edge.apps.video import Throughput
 from diffcut_edge.atomic import OutputError

@@ -241,7 +241,7 @@ class LiveServer:
         return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
     # lifecycle
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         self._thread = threading.Thread(target=self._run, name="diffcut-live", daemon=True)
         self._thread.start()
         self._ready.wait(30)

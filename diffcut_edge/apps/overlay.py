@@ -9,7 +9,8 @@ draw on the frame itself, e.g. in a video loop). Label maps may be numpy or cupy
 from __future__ import annotations
 
 import colorsys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np

@@ -21,9 +21,10 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -289,7 +290,7 @@ class FrameReader:
     def close(self) -> None:
         self._release()
 
-    def __enter__(self) -> "FrameReader":
+    def __enter__(self) -> FrameReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -380,7 +381,7 @@ class AtomicVideoWriter:
         if self._file is not None:
             self._file.discard()
 
-    def __enter__(self) -> "AtomicVideoWriter":
+    def __enter__(self) -> AtomicVideoWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

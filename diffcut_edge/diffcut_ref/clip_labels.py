@@ -8,7 +8,8 @@ instead of painting a mask (the painting is ``labels -> class`` lookup, done by 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

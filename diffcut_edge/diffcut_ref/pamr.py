@@ -26,7 +26,6 @@ from scipy.ndimage import median_filter
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 
-
 # (row, col) of the 8 neighbours in a 3x3 kernel, in the official kernel order.
 _NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2))
 # The 9 cells (centre included) the official LocalStDev reads, in its order.

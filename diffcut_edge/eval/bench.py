@@ -14,15 +14,16 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from diffcut_edge import versions
 from diffcut_edge.defaults import TIMING_KEYS
-from diffcut_edge.lazy import cupy
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.lazy import cupy
 
 STAGES = TIMING_KEYS  # the Segmenter's stages + total, defined once in defaults
 
@@ -37,7 +38,7 @@ class StageStats:
     min_ms: float
 
     @classmethod
-    def of(cls, samples_ms: Sequence[float]) -> "StageStats":
+    def of(cls, samples_ms: Sequence[float]) -> StageStats:
         a = np.asarray(samples_ms, dtype=np.float64)
         if a.size == 0:
             return cls(float("nan"), float("nan"), float("nan"), float("nan"))

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -34,9 +35,17 @@ from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.eval import datasets, metrics
 from diffcut_edge.eval.datasets import DatasetSpec, Sample
-from diffcut_edge.eval.protocol import (EnginePredictor, EvalResult, ProtocolInput, ReferencePredictor,
-                                        _finite_or_none, engine_predictor, load_inputs, reference_predictor,
-                                        small_image)
+from diffcut_edge.eval.protocol import (
+    EnginePredictor,
+    EvalResult,
+    ProtocolInput,
+    ReferencePredictor,
+    _finite_or_none,
+    engine_predictor,
+    load_inputs,
+    reference_predictor,
+    small_image,
+)
 from diffcut_edge.runtime.labeling import paint_classes
 from diffcut_edge.runtime.vocabulary import Vocabulary, load_vocabulary
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,7 +36,6 @@ from diffcut_edge.eval import datasets, metrics
 from diffcut_edge.eval.bench import describe_backend
 from diffcut_edge.eval.datasets import DatasetSpec, Sample
 from diffcut_edge.runtime.xp import to_host
-
 
 
 # ---------------------------------------------------------------------- predictors

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
-
 from diffcut_edge.paths import CACHE_ENV, cache_root
 
 

@@ -26,13 +26,13 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from diffcut_edge import atomic
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime.labeling import (BANK_NAME, BPE_FILE, DENSE_NAME, HEAD_NAME, TEXT_NAME,
-                                           VOCABULARY_FORMAT)
+from diffcut_edge.runtime.labeling import BANK_NAME, BPE_FILE, DENSE_NAME, HEAD_NAME, TEXT_NAME, VOCABULARY_FORMAT
 from diffcut_edge.runtime.manifest import read_manifest, sha256_file, write_manifest
 from diffcut_edge.runtime.vocabulary import LOGIT_SCALE_MAX, TEXT_TEMPLATES_NAME, TextBank, Vocabulary
 

@@ -37,12 +37,12 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from diffcut_edge import atomic, versions
-from diffcut_edge import defaults
+from diffcut_edge import atomic, defaults, versions
 from diffcut_edge.errors import DiffCutError, missing_extra
 from diffcut_edge.export.truncated import check_precision, check_resolution
 from diffcut_edge.runtime.manifest import MANIFEST_NAME, Manifest, sha256_file, write_manifest

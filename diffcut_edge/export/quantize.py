@@ -24,9 +24,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -227,11 +228,11 @@ def _preprocessed(source: Path, dst: Path, big: bool) -> Path:
         for p in dst.parent.glob(dst.name + "*"):
             p.unlink()
         warnings.warn(f"onnxruntime's pre-processing failed ({type(e).__name__}: {str(e)[:200]}); "
-                      f"quantizing the graph as exported")
+                      f"quantizing the graph as exported", stacklevel=2)
         return source
 
 
-def _quantize_static(quant: Any, src: Path, dst: Path, reader: "_Reader", activations: str, kept: dict[str, str],
+def _quantize_static(quant: Any, src: Path, dst: Path, reader: _Reader, activations: str, kept: dict[str, str],
                      big: bool, method: str) -> None:
     quant.quantize_static(
         str(src), str(dst), reader, quant_format=quant.QuantFormat.QDQ,
@@ -264,8 +265,13 @@ def quantize_model(model_dir: str | os.PathLike, calibration: Sequence[str | os.
                    max_images: int | None = DEFAULT_MAX_IMAGES, force: bool = False,
                    progress: bool = True) -> QuantizeReport:
     """Write ``out_dir``: the INT8 QDQ version of the fp32 folder ``model_dir`` (see the module doc)."""
-    from diffcut_edge.export.onnx_export import (ONNX_NAME, check_graph, check_out_dir, needs_external_data,
-                                                 move_into_place)
+    from diffcut_edge.export.onnx_export import (
+        ONNX_NAME,
+        check_graph,
+        check_out_dir,
+        move_into_place,
+        needs_external_data,
+    )
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     check_method(method)

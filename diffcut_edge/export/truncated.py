@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from diffcut_edge.defaults import FAMILIES, PRECISIONS
 from diffcut_edge import defaults
+from diffcut_edge.defaults import FAMILIES, PRECISIONS
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.models.recipes import family_of_unet, family_spec
 
@@ -90,8 +90,8 @@ def _truncated_encoder_class():
         (what strongly typed TensorRT needs); the output is cast back to float32.
         """
 
-        def __init__(self, vae: Any, unet: Any, family: str, *, emb: "torch.Tensor",
-                     encoder_hidden_states: "torch.Tensor", noise: "torch.Tensor",
+        def __init__(self, vae: Any, unet: Any, family: str, *, emb: torch.Tensor,
+                     encoder_hidden_states: torch.Tensor, noise: torch.Tensor,
                      sqrt_alpha_bar: float, sqrt_one_minus_alpha_bar: float, spec: EncoderSpec):
             super().__init__()
             self.spec = spec
@@ -131,18 +131,18 @@ def _truncated_encoder_class():
                 self.quant_conv.to(torch.float32)
 
         # -- stages, one per idea
-        def encode_latent(self, image: "torch.Tensor") -> "torch.Tensor":
+        def encode_latent(self, image: torch.Tensor) -> torch.Tensor:
             """Posterior mean x scaling factor, fp32 (the SDXL VAE overflows in fp16)."""
             moments = self.vae_encoder(image.to(torch.float32) * 2.0 - 1.0)
             if self.quant_conv is not None:
                 moments = self.quant_conv(moments)
             return moments[:, : self.latent_channels] * self.scaling_factor
 
-        def add_noise(self, latent: "torch.Tensor") -> "torch.Tensor":
+        def add_noise(self, latent: torch.Tensor) -> torch.Tensor:
             """DDIM add_noise at t with the seeded noise shared by the whole batch."""
             return self.sqrt_alpha_bar * latent + self.sqrt_one_minus_alpha_bar * self.noise
 
-        def unet_to_hook(self, sample: "torch.Tensor") -> "torch.Tensor":
+        def unet_to_hook(self, sample: torch.Tensor) -> torch.Tensor:
             batch = sample.shape[0]
             emb = self.emb
             # Cross-attention reads the batch size from its context: give it one row per image.
@@ -169,12 +169,12 @@ def _truncated_encoder_class():
                 h = tb(h, encoder_hidden_states=ehs)
             return self.hook_attn1(self.hook_norm1(h), encoder_hidden_states=None)
 
-        def forward(self, image: "torch.Tensor") -> "torch.Tensor":
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
             noisy = self.add_noise(self.encode_latent(image))
             return self.unet_to_hook(noisy.to(self.unet_dtype)).to(torch.float32)
 
         @classmethod
-        def from_pipeline(cls, pipeline: Any, **kwargs: Any) -> "TruncatedEncoder":
+        def from_pipeline(cls, pipeline: Any, **kwargs: Any) -> TruncatedEncoder:
             return build_truncated_encoder(pipeline, **kwargs)
 
     _CLASS = TruncatedEncoder

@@ -16,9 +16,10 @@ label agreement is reported, not gated (NCut may flip a near-tie cut on tiny noi
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

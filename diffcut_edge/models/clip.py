@@ -11,7 +11,8 @@ uses. Where torchvision is missing or does not match the installed torch build (
 a local wheel with the index's torchvision: "operator torchvision::nms does not exist"),
 :func:`import_open_clip` imports them with a stand-in torchvision (:func:`torchvision_stand_in`)
 and removes it again, so nothing else in the process (transformers, diffusers) sees it.
-Install them without their dependencies there: ``pip install --no-deps open_clip_torch timm ftfy``.
+Install the ``[clip]`` extra (their other dependencies, ftfy with wcwidth among them), then the two
+without their dependencies: ``pip install --no-deps open_clip_torch timm``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import json
 import os
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from diffcut_edge.errors import DiffCutError
 
@@ -115,8 +117,9 @@ def import_open_clip() -> types.ModuleType:
         return sys.modules["open_clip"]
     missing = [m for m in ("open_clip", "timm") if importlib.util.find_spec(m) is None]
     if missing:
-        raise DiffCutError(f"{' and '.join(missing)} not installed: `pip install open_clip_torch timm ftfy` (where "
-                           f"the index's torchvision does not match your torch: add --no-deps; docs/open-vocabulary.md)")
+        raise DiffCutError(f"{' and '.join(missing)} not installed: install the [clip] extra, then "
+                           f"`pip install --no-deps open_clip_torch timm` (--no-deps keeps your torch; "
+                           f"docs/open-vocabulary.md)")
     if _torchvision_works():
         return importlib.import_module("open_clip")
     # open_clip imports transformers (its HF text towers) when installed: import it first, so it

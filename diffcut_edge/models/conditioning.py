@@ -70,9 +70,9 @@ class Conditioning:
     ``time_ids`` (1, 6) = (R, R, 0, 0, R, R).
     """
 
-    prompt_embeds: "torch.Tensor"
-    pooled_embeds: "torch.Tensor | None" = None
-    time_ids: "torch.Tensor | None" = None
+    prompt_embeds: torch.Tensor
+    pooled_embeds: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
 
     def added_cond_kwargs(self, batch: int) -> dict | None:
         """``added_cond_kwargs`` for a UNet call on ``batch`` images (None for SD1)."""
@@ -81,7 +81,7 @@ class Conditioning:
         return {"text_embeds": self.pooled_embeds.expand(batch, -1),
                 "time_ids": self.time_ids.expand(batch, -1)}
 
-    def to(self, device=None, dtype=None) -> "Conditioning":
+    def to(self, device=None, dtype=None) -> Conditioning:
         """A copy on ``device`` / in ``dtype`` (absent SD1 fields stay None)."""
         def move(t):
             return None if t is None else t.to(device=device, dtype=dtype)
@@ -113,7 +113,7 @@ def empty_prompt_conditioning(pipeline: Any, resolution: int, device=None) -> Co
     return cond.to(device if device is not None else pipeline.device)
 
 
-def fixed_noise(resolution: int, seed: int = defaults.NOISE_SEED, device=None) -> "torch.Tensor":
+def fixed_noise(resolution: int, seed: int = defaults.NOISE_SEED, device=None) -> torch.Tensor:
     """The noise shared by every image: randn (1, 4, R/8, R/8) from a CPU generator seeded ``seed``.
 
     The official code draws it from a generator on the run's device (CUDA in the paper),

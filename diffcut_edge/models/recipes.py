@@ -8,8 +8,9 @@ name their family. No torch import here: this module is pure data.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError

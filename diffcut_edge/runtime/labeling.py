@@ -16,18 +16,26 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.lazy import onnxruntime as ort
 from diffcut_edge.runtime.manifest import Manifest, read_manifest, verify_vocabulary_files
-from diffcut_edge.runtime.vocabulary import (TEXT_TEMPLATES_NAME, TEMPLATE_SETS, TextBank, Vocabulary,
-                                             average_over_templates, class_logits, softmax,
-                                             vocabulary_from_names)
+from diffcut_edge.runtime.vocabulary import (
+    TEMPLATE_SETS,
+    TEXT_TEMPLATES_NAME,
+    TextBank,
+    Vocabulary,
+    average_over_templates,
+    class_logits,
+    softmax,
+    vocabulary_from_names,
+)
 from diffcut_edge.runtime.xp import from_host, get_xp, nearest_taps, to_host
 
 DENSE_NAME = "clip_dense.onnx"
@@ -165,7 +173,7 @@ class SegmentLabeler:
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, classes: Any = None, *, manifest: Manifest | None = None,
-                       verify: bool = True, threads: int | None = None, device: str | None = None) -> "SegmentLabeler":
+                       verify: bool = True, threads: int | None = None, device: str | None = None) -> SegmentLabeler:
         labeler = cls(model_dir, manifest, verify=verify, threads=threads, device=device,
                       load_bank=classes is None)
         if classes is not None:

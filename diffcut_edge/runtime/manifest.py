@@ -106,7 +106,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "manifest") -> "Manifest":
+    def from_dict(cls, data: dict[str, Any], source: str = "manifest") -> Manifest:
         if not isinstance(data, dict):
             raise DiffCutError(f"{source}: expected a JSON object, got {type(data).__name__}")
         version = data.get("format_version")

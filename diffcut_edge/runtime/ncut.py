@@ -33,8 +33,20 @@ import numpy as np
 
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime.xp import (as_array, deflated_matvec, device_of, eigen_residual, eigh_one, eigsh_largest,
-                                     from_host, get_xp, member_mask, rank_rows, single_threaded_blas, submatrix)
+from diffcut_edge.runtime.xp import (
+    as_array,
+    deflated_matvec,
+    device_of,
+    eigen_residual,
+    eigh_one,
+    eigsh_largest,
+    from_host,
+    get_xp,
+    member_mask,
+    rank_rows,
+    single_threaded_blas,
+    submatrix,
+)
 
 SOLVERS = ("auto", "eigh", "eigsh")
 # Official candidate cuts: 100 thresholds in [0.99 min y, 0.99 max y].

@@ -10,8 +10,9 @@ convolution buffers) -- elementwise work every array library runs the same way.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError

@@ -83,7 +83,7 @@ class Postprocessor:
 
     @classmethod
     def for_manifest(cls, manifest: Manifest, options: SegmenterOptions | None = None,
-                     device: str = "cpu") -> "Postprocessor":
+                     device: str = "cpu") -> Postprocessor:
         return cls(tuple(manifest.grid), int(manifest.channels), options or SegmenterOptions(), device)
 
     @property

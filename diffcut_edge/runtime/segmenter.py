@@ -10,22 +10,23 @@ post-processing; results always come back as host numpy arrays.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-import dataclasses
-from typing import Any, Iterator, Sequence
-
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from diffcut_edge import defaults
 from diffcut_edge.defaults import DEVICES
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime.options import SegmenterOptions
-from diffcut_edge.runtime.backends import Backend, open_backend
 from diffcut_edge.lazy import cupy as cp
+from diffcut_edge.runtime.backends import Backend, open_backend
 from diffcut_edge.runtime.manifest import Manifest, read_manifest
+from diffcut_edge.runtime.options import SegmenterOptions
 from diffcut_edge.runtime.postprocess import Postprocessor, SegmentationResult, _ms
-from diffcut_edge.runtime.xp import get_xp, gpu_postprocessing_problem
 from diffcut_edge.runtime.preprocess import check_frame, frame_list, preprocess
+from diffcut_edge.runtime.xp import get_xp, gpu_postprocessing_problem
+
 
 def names_segments(manifest: Manifest, classes: Any = None, name_segments: bool | None = None) -> bool:
     """Whether a Segmenter opened with these arguments names its segments (the one rule, also for
@@ -89,7 +90,7 @@ class Segmenter:
                        tau: float = defaults.TAU, alpha: float = defaults.ALPHA, max_segments: int | None = None,
                        min_segment_size: int | None = None, *, verify: bool = True,
                        threads: int | None = None, classes: Any = None,
-                       name_segments: bool | None = None) -> "Segmenter":
+                       name_segments: bool | None = None) -> Segmenter:
         """Open a model folder (see :func:`~diffcut_edge.runtime.backends.open_backend`).
 
         classes: name the segments with these classes (``"cat, sofa"``, a list, synonyms as inner
@@ -226,7 +227,7 @@ class Segmenter:
         if self.owns_backend:
             self.backend.close()
 
-    def __enter__(self) -> "Segmenter":
+    def __enter__(self) -> Segmenter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -167,7 +168,7 @@ class TextBank:
         return buffer.getvalue()
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "TextBank":
+    def from_file(cls, path: str | os.PathLike) -> TextBank:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))

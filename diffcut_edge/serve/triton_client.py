@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -214,7 +215,7 @@ class TritonSegmenter:
             client.close()
         self._local.client = None
 
-    def __enter__(self) -> "TritonSegmenter":
+    def __enter__(self) -> TritonSegmenter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -190,5 +191,5 @@ def open_model(args: dict[str, Any], params: dict[str, str]) -> _Model:
     """The model a generated ``model.py`` runs (its ``role`` parameter picks the class)."""
     if not getattr(sys.unraisablehook, "_diffcut", False):
         sys.unraisablehook = _quiet_capsule_noise(sys.unraisablehook)
-        setattr(sys.unraisablehook, "_diffcut", True)
+        sys.unraisablehook._diffcut = True
     return ROLES[params["role"]](args, params)

@@ -170,7 +170,7 @@ class TritonServer:
             env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
         return env
 
-    def start(self, timeout_s: float = 120.0) -> "TritonServer":
+    def start(self, timeout_s: float = 120.0) -> TritonServer:
         """Start the server and wait until every model is ready (a DiffCutError with the log's reason if not)."""
         for what, port in self.ports.items():
             check_port_free(port, self.host, what)
@@ -221,7 +221,7 @@ class TritonServer:
                 process.wait()
         return process.returncode
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc) -> None:

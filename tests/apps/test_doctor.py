@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
-from helpers.fake_segmenter import run_cli
-from helpers.toy_encoder import make_toy_model_dir
-
 from diffcut_edge import lazy
 from diffcut_edge.apps import doctor
 from diffcut_edge.runtime import gpu
+from helpers.fake_segmenter import run_cli
+from helpers.toy_encoder import make_toy_model_dir
 
 
 def _finding(report, name):

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from diffcut_edge.errors import DiffCutError
 from diffcut_edge.apps import io
+from diffcut_edge.errors import DiffCutError
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ class Publisher:
             i += 1
             time.sleep(self.period)
 
-    def __enter__(self) -> "Publisher":
+    def __enter__(self) -> Publisher:
         self.thread.start()
         return self
 
@@ -247,7 +247,7 @@ def test_shutdown_while_streaming_ends_the_stream_and_the_thread():
         t0 = time.time()
         server.stop()
         assert not server._thread.is_alive() and time.time() - t0 < 8
-        with pytest.raises(Exception):  # the stream ends (EOF or reset), it does not hang
+        with pytest.raises(Exception):  # noqa: B017 - the stream ends (EOF or reset), it does not hang
             for _ in range(1000):
                 _read_part(resp)
     with pytest.raises(OSError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffcut_edge.errors import DiffCutError
 from diffcut_edge.apps.overlay import (
     draw_boundaries,
     draw_overlay,
@@ -14,6 +13,7 @@ from diffcut_edge.apps.overlay import (
     palette_color,
     segment_boundaries,
 )
+from diffcut_edge.errors import DiffCutError
 
 
 def _frame(h=24, w=32, seed=0) -> np.ndarray:

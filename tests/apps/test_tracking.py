@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffcut_edge.errors import DiffCutError
 from diffcut_edge.apps.tracking import SegmentTracker, match_embeddings, relabel
+from diffcut_edge.errors import DiffCutError
 from helpers.data import load_planted
 
 

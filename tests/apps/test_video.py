@@ -8,12 +8,18 @@ import time
 import cv2
 import numpy as np
 import pytest
-from helpers.fake_segmenter import FakeSegmenter, make_video
 
-from helpers.video import corrupt_frame
+from diffcut_edge.apps.video import (
+    AtomicVideoWriter,
+    FrameReader,
+    SourceSpec,
+    iter_segmented,
+    open_capture,
+    parse_source,
+)
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.apps.video import (AtomicVideoWriter, FrameReader, SourceSpec, iter_segmented,
-                                        open_capture, parse_source)
+from helpers.fake_segmenter import FakeSegmenter, make_video
+from helpers.video import corrupt_frame
 
 
 @pytest.fixture(scope="module")

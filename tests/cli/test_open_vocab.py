@@ -44,7 +44,7 @@ def test_segment_writes_the_classes_of_every_segment(model, photo_dir, tmp_path,
 
 def test_classes_at_run_time_and_names_on_the_overlay(model, photo_dir, tmp_path, capsys):
     image = sorted(photo_dir.glob("*.png"))[0]
-    typed, plain = tmp_path / "typed", tmp_path / "plain"
+    typed = tmp_path / "typed"
     code, stdout, err = run_cli(["segment", str(image), "--model-dir", str(model), "--out", str(typed),
                                  "--backend", "ort-cpu", "--classes", "cat, sofa, window",
                                  "--overlay-format", "png"], capsys)
@@ -53,8 +53,9 @@ def test_classes_at_run_time_and_names_on_the_overlay(model, photo_dir, tmp_path
     assert doc["vocabulary"] == "run-time" and doc["num_classes"] == 3
     assert {s["class_name"] for s in doc["segments"]} <= {"cat", "sofa", "window"}
     assert any(name in stdout for name in ("(cat", "(sofa", "(window", ", sofa", ", window"))
-    from diffcut_edge.apps.overlay import draw_overlay
     import cv2
+
+    from diffcut_edge.apps.overlay import draw_overlay
 
     frame = io.read_image(image)
     labels = io.read_labels_png(typed / f"{image.stem}_labels.png")

@@ -13,11 +13,11 @@ import resource
 import cv2
 import numpy as np
 import pytest
-from helpers.fake_segmenter import export_available, run_cli
-from helpers.video import run_fresh_process
 
 from diffcut_edge import cli
 from diffcut_edge.runtime.manifest import EngineRecord, Manifest, sha256_file, write_manifest
+from helpers.fake_segmenter import export_available, run_cli
+from helpers.video import run_fresh_process
 
 
 @pytest.fixture
@@ -296,9 +296,8 @@ def test_odd_sized_video_reports_the_size_it_wrote(cli_fake_segmenter, tmp_path,
 
 
 def test_video_writer_says_when_the_encoder_changed_the_size(tmp_path):
-    from helpers.video import video_geometry
-
     from diffcut_edge.apps.video import AtomicVideoWriter
+    from helpers.video import video_geometry
 
     writer = AtomicVideoWriter(tmp_path / "odd.mp4", 10.0, codec="mp4v")
     for _ in range(3):
@@ -313,9 +312,8 @@ def test_video_writer_says_when_the_encoder_changed_the_size(tmp_path):
 
 
 def test_webcam_record_from_a_source_without_frames_is_an_error(cli_fake_segmenter, monkeypatch, tmp_path, capsys):
-    from helpers.fake_segmenter import make_video
-
     from diffcut_edge.apps.video import FrameReader
+    from helpers.fake_segmenter import make_video
 
     make_video(tmp_path / "clip.avi", n=3)
     monkeypatch.setattr(FrameReader, "__iter__", lambda self: iter(()))

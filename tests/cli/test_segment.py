@@ -5,12 +5,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from helpers.fake_segmenter import FakeSegmenter, export_available, run_cli
 
 from diffcut_edge import cli
+from diffcut_edge.apps import io
 from diffcut_edge.apps.overlay import draw_overlay
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.apps import io
+from helpers.fake_segmenter import FakeSegmenter, export_available, run_cli
 
 
 @pytest.fixture

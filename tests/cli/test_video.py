@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from helpers.video import corrupt_frame, run_fresh_process, video_geometry
-from helpers.fake_segmenter import FakeSegmenter, export_available, make_video, run_cli
 
 from diffcut_edge import cli
+from helpers.fake_segmenter import FakeSegmenter, export_available, make_video, run_cli
+from helpers.video import corrupt_frame, run_fresh_process, video_geometry
 
 
 @pytest.fixture(scope="module")

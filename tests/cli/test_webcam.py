@@ -5,11 +5,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from helpers.fake_segmenter import FakeSegmenter, make_video, run_cli
-from helpers.video import run_fresh_process, video_geometry
 
 from diffcut_edge import cli
 from diffcut_edge.errors import DiffCutError
+from helpers.fake_segmenter import FakeSegmenter, make_video, run_cli
+from helpers.video import run_fresh_process, video_geometry
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +86,8 @@ def test_recording_is_kept_when_the_run_fails(monkeypatch, clip, tmp_path, capsy
 
 
 def test_refine_toggle_works_on_the_real_segmenter_options(tmp_path):
-    from helpers.toy_encoder import make_toy_model_dir
-
     from diffcut_edge.runtime.segmenter import Segmenter
+    from helpers.toy_encoder import make_toy_model_dir
 
     with Segmenter.from_model_dir(make_toy_model_dir(tmp_path / "toy", resolution=128, channels=16),
                                   backend="ort-cpu", tau=0.3) as seg:

@@ -7,13 +7,11 @@ our own at low noise.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch ([export] extra)")
 
-from diffcut_edge.eval.metrics import hungarian_miou  # noqa: E402
 from diffcut_edge.diffcut_ref import ncut as ref_ncut  # noqa: E402
 from diffcut_edge.diffcut_ref.ncut import (  # noqa: E402
     assemble_labels,
@@ -23,8 +21,7 @@ from diffcut_edge.diffcut_ref.ncut import (  # noqa: E402
     segment_features,
 )
 from diffcut_edge.errors import DiffCutError  # noqa: E402
-
-
+from diffcut_edge.eval.metrics import hungarian_miou  # noqa: E402
 from helpers.data import PLANTED  # noqa: E402
 
 

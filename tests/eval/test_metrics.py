@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 
+from diffcut_edge.errors import DiffCutError
 from diffcut_edge.eval.metrics import (
     MiouAccumulator,
     hungarian_match,
     hungarian_miou,
     merge_background,
 )
-from diffcut_edge.errors import DiffCutError
 
 # Two classes, three predicted segments.
 #   label  0 0 0      pred  0 0 1

@@ -8,11 +8,17 @@ import json
 import numpy as np
 import pytest
 
-from diffcut_edge.eval import protocol as evaluation
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.eval import datasets
-from helpers.eval_fixtures import (IGNORE_ROWS, SPLITS, FragmentPredictor, OraclePredictor, ShiftedPredictor,
-                           write_dataset)
+from diffcut_edge.eval import protocol as evaluation
+from helpers.eval_fixtures import (
+    IGNORE_ROWS,
+    SPLITS,
+    FragmentPredictor,
+    OraclePredictor,
+    ShiftedPredictor,
+    write_dataset,
+)
 
 
 def _run(name, root, predictor, spec=None, **kw):

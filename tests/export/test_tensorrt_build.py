@@ -13,13 +13,13 @@ import types
 import weakref
 
 import pytest
-from helpers.trt_surface import VERSIONS, real_enums, strict, surface
 
 from diffcut_edge import cli
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.export import tensorrt_build as tb
-from diffcut_edge.runtime.trt_compat import builder_settings, parse_version
 from diffcut_edge.runtime.manifest import read_manifest, sha256_file, verify_files
+from diffcut_edge.runtime.trt_compat import builder_settings, parse_version
+from helpers.trt_surface import VERSIONS, real_enums, strict, surface
 
 GPU = tb.GpuInfo(name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
 
@@ -430,9 +430,9 @@ def test_build_uses_only_names_each_real_tensorrt_has(version, precision, tiny_m
 def test_the_fake_refuses_what_the_real_version_lacks():
     fake = FakeTensorRT("11.4.0.106")
     with pytest.raises(AttributeError, match="no BuilderFlag.FP16"):
-        fake.BuilderFlag.FP16
+        _ = fake.BuilderFlag.FP16
     with pytest.raises(AttributeError, match="no NetworkDefinitionCreationFlag.EXPLICIT_BATCH"):
-        fake.NetworkDefinitionCreationFlag.EXPLICIT_BATCH
+        _ = fake.NetworkDefinitionCreationFlag.EXPLICIT_BATCH
     layer_less = FakeTensorRT("11.4.0.106", layer_types=[(0, [0])])
     builder = layer_less.Builder(None)
     network = builder.create_network(0)
@@ -445,9 +445,8 @@ def test_the_fake_refuses_what_the_real_version_lacks():
 @pytest.fixture(scope="module")
 def int8_folders(tiny_model_dir, tmp_path_factory):
     """{activations: folder} quantized from the tiny SDXL export on two sample photos."""
-    from helpers.data import write_sample_photos
-
     from diffcut_edge.export.quantize import quantize_model
+    from helpers.data import write_sample_photos
 
     root = tmp_path_factory.mktemp("int8")
     photos = write_sample_photos(root / "photos", 256, count=2)

@@ -72,10 +72,11 @@ def test_tiny_vae_export_matches_its_torch_module_and_is_recorded(tiny_export, t
 
 def test_segment_warns_until_verify_against_the_full_vae_records_a_verdict(tiny_export, tiny_model_dir, tmp_path,
                                                                            capsys):
-    from helpers.data import sample_photos
+    import shutil
 
     import cv2
-    import shutil
+
+    from helpers.data import sample_photos
 
     photo = tmp_path / "p.png"
     cv2.imwrite(str(photo), np.ascontiguousarray(sample_photos(R)[0][..., ::-1]))

@@ -15,13 +15,15 @@ import os
 from helpers.tools import ensure_packages
 from helpers.triton import CACHE
 
-PACKAGES = ("open_clip_torch==3.3.0", "timm==1.0.31", "ftfy==6.3.1")
+# ftfy (and its wcwidth) come from the [clip] extra, which [dev] includes: only the two packages that
+# would pull torchvision are installed without their dependencies.
+PACKAGES = ("open_clip_torch==3.3.0", "timm==1.0.31")
 TARGET = CACHE / "open_clip-3.3.0"
 
 
 def ensure_open_clip() -> str | None:
     """Make ``open_clip`` and ``timm`` importable; returns the folder added to sys.path (or None)."""
-    target = ensure_packages(("open_clip", "timm", "ftfy"), PACKAGES, TARGET.name, "open_clip/bpe_simple_vocab_16e6.txt.gz")
+    target = ensure_packages(("open_clip", "timm"), PACKAGES, TARGET.name, "open_clip/bpe_simple_vocab_16e6.txt.gz")
     return None if target is None else str(target)
 
 

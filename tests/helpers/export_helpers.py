@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,7 @@ import numpy as np
 from helpers.data import sample_photos
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_tiny_pipeline(folder: str):
     """A tiny pipeline loaded once per session, fp32 on the CPU (tests must not mutate it)."""
     import torch

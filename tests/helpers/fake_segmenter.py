@@ -82,7 +82,7 @@ class FakeSegmenter:
     def close(self) -> None:
         self.closed = True
 
-    def __enter__(self) -> "FakeSegmenter":
+    def __enter__(self) -> FakeSegmenter:
         return self
 
     def __exit__(self, *exc) -> None:

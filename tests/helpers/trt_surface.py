@@ -18,7 +18,7 @@ SURFACES = Path(__file__).resolve().parents[1] / "data" / "tensorrt"
 VERSIONS = {"8.6": "8.6.1", "10.3": "10.3.0", "10.16": "10.16.0.72", "11.4": "11.4.0.106"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def surface(version: str) -> dict:
     """The recorded surface of the release line of ``version`` ("10.3.0.26" -> surface-10.3.json)."""
     major_minor = ".".join(version.split(".")[:2])

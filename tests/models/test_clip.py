@@ -36,8 +36,8 @@ def test_open_clip_imports_and_no_stand_in_stays(tiny_clip_dir):
 
 def test_stand_in_satisfies_imports_and_refuses_use():
     with mclip.torchvision_stand_in():
-        from torchvision.transforms import InterpolationMode, Normalize  # noqa: F401
         import torchvision.transforms.functional as F  # noqa: F401
+        from torchvision.transforms import InterpolationMode, Normalize  # noqa: F401
 
         assert InterpolationMode.BICUBIC is not None
         with pytest.raises(DiffCutError, match="stand-in"):

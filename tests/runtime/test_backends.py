@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffcut_edge.errors import DiffCutError
-from helpers.trt_surface import strict
-
 from diffcut_edge import lazy
+from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime import trt_compat
 from diffcut_edge.runtime.backends import (
     OnnxRuntimeBackend,
@@ -26,6 +24,7 @@ from diffcut_edge.runtime.backends.onnxrt import CPU_EP, CUDA_EP, TRT_EP, TRT_EP
 from diffcut_edge.runtime.backends.tensorrt import check_engine_io, check_profile
 from diffcut_edge.runtime.manifest import EngineRecord, read_manifest, sha256_file, write_manifest
 from helpers.toy_encoder import make_toy_model_dir, toy_features
+from helpers.trt_surface import strict
 
 R = 64  # the smallest resolution the manifest accepts: keeps these tests instant
 ALL_EPS = [TRT_EP, CUDA_EP, CPU_EP]
@@ -362,7 +361,7 @@ def test_lazy_module_names_the_extra():
     missing = lazy.LazyModule("no_such_module_for_diffcut", extra="gpu", purpose="the test")
     assert not missing.available()
     with pytest.raises(DiffCutError, match=r"pip install 'diffcut-edge\[gpu\]'"):
-        missing.zeros
+        _ = missing.zeros
     base = lazy.LazyModule("no_such_base_module_for_diffcut", extra="", purpose="the test")
     with pytest.raises(DiffCutError, match="pip install no_such_base_module_for_diffcut"):
         base.load()

@@ -228,9 +228,8 @@ def test_power_by_squaring_matches_powf(ns):
 
 def test_tiny_model_features_on_photos_match_reference(ref, tiny_pipeline_dir):
     """Real (tiny random-weight) encoder features of photos at 512 px: grid 16x16."""
-    from helpers.data import sample_photos
-
     from diffcut_edge.models import load_pipeline
+    from helpers.data import sample_photos
 
     pipe = load_pipeline(str(tiny_pipeline_dir("sdxl")))
     images = np.stack(sample_photos(512)[:2])  # two photos keep the test to seconds

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffcut_edge.errors import DiffCutError
 from diffcut_edge import lazy
+from diffcut_edge.defaults import TIMING_KEYS
+from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime import pamr
 from diffcut_edge.runtime.backends import OnnxRuntimeBackend
 from diffcut_edge.runtime.preprocess import image_to_rgb_float, resize_nearest
-from diffcut_edge.defaults import TIMING_KEYS
 from diffcut_edge.runtime.segmenter import SegmentationResult, Segmenter, SegmenterOptions
 from helpers.toy_encoder import make_toy_model_dir
 

@@ -4,7 +4,6 @@ export: the same outputs as the local engine, resume after a stop, a bad image i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

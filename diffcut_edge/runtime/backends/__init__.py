@@ -32,8 +32,8 @@ __all__ = ["BACKENDS", "Backend", "OnnxRuntimeBackend", "TensorRTBackend", "chec
 
 def _native_engine_available(manifest: Manifest, device_id: int) -> bool:
     """Whether auto should take native TensorRT: packages import and an engine fits this GPU."""
-    from diffcut_edge.runtime import trt_compat
     from diffcut_edge.lazy import cupy, tensorrt
+    from diffcut_edge.runtime import trt_compat
 
     if not manifest.engines or not (tensorrt.available() and cupy.available()):
         return False

@@ -7,7 +7,8 @@ against the manifest, subclasses implement only :meth:`Backend._infer_impl` and
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ class Backend:
             self._closed = True
             self._close_impl()
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -7,16 +7,17 @@ onnxruntime reports as available, so it is tested on any machine.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from diffcut_edge import atomic
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.lazy import onnxruntime as ort
 from diffcut_edge.paths import cache_root
 from diffcut_edge.runtime.backends.base import Backend
-from diffcut_edge.lazy import onnxruntime as ort
 from diffcut_edge.runtime.manifest import Manifest, read_manifest
 
 TRT_EP = "TensorrtExecutionProvider"

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime import trt_compat
-from diffcut_edge.runtime.backends.base import Backend
 from diffcut_edge.lazy import cupy as cp
 from diffcut_edge.lazy import tensorrt as trt
+from diffcut_edge.runtime import trt_compat
+from diffcut_edge.runtime.backends.base import Backend
 from diffcut_edge.runtime.manifest import EngineRecord, Manifest, read_manifest, sha256_file
 
 
