@@ -506,9 +506,22 @@ def _run_segment_ray(args: argparse.Namespace, out) -> int:
     return 0
 
 
-def _add_video_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--every", type=_positive_int, default=1,
-                   help="run the encoder every N frames and reuse its features in between (default 1)")
+def _keyframes(text: str):
+    from diffcut_edge.apps.propagation import KeyframePolicy
+
+    try:
+        return KeyframePolicy.parse(text)
+    except DiffCutError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--keyframes: ")) from None
+
+
+def _add_video_options(p: argparse.ArgumentParser, default_keyframes: str) -> None:
+    p.add_argument("--keyframes", type=_keyframes, default=None, metavar="every:N|auto",
+                   help="which frames run DiffCut: every:N (frames 0, N, 2N, ...), or auto (on scene cuts, low "
+                        "flow confidence, old labels, or whenever the encoder is free); the frames between are "
+                        f"carried there by optical flow (default {default_keyframes})")
+    p.add_argument("--every", type=_positive_int, default=None, metavar="N",
+                   help="the same as --keyframes every:N")
     p.add_argument("--max-frames", type=_positive_int, default=None, help="stop after N frames")
     p.add_argument("--no-track", dest="track", action="store_false",
                    help="do not keep segment ids/colours stable across frames")
@@ -523,15 +536,30 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", metavar="IN", help="input video file")
     p.add_argument("output", metavar="OUT", help="output video (.mp4 with mp4v, .avi with MJPG)")
     p.add_argument("--codec", default="mp4v", help="FourCC of the output codec (default mp4v)")
-    _add_video_options(p)
+    p.add_argument("--realtime", action="store_true",
+                   help="play the file as a camera would deliver it: frames at the file's rate, the encoder in its "
+                        "own worker, dropped frames left out of OUT (default: every frame waits for its result)")
+    _add_video_options(p, "every:1")
     _add_segmenter_options(p)
+
+
+def _keyframe_policy(args: argparse.Namespace, default: str):
+    """--keyframes, or its alias --every, or the command's default (one policy, however it was said)."""
+    from diffcut_edge.apps.propagation import KeyframePolicy
+
+    if args.every is not None and args.keyframes is not None:
+        raise DiffCutError("--every N is --keyframes every:N: give one of them")
+    if args.every is not None:
+        return KeyframePolicy("every", args.every)
+    return args.keyframes or KeyframePolicy.parse(default)
 
 
 def _run_video(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from diffcut_edge.apps.pipeline import Throughput, iter_segmented
     from diffcut_edge.apps.tracking import TrackedOverlay
-    from diffcut_edge.apps.video import AtomicVideoWriter, FrameReader, Throughput, iter_segmented, parse_source
+    from diffcut_edge.apps.video import AtomicVideoWriter, FrameReader, parse_source
 
     spec = parse_source(args.input)
     if not spec.live and Path(args.output).resolve() == Path(args.input).resolve():
@@ -544,10 +572,11 @@ def _run_video(args: argparse.Namespace) -> int:
         total = min(info.frame_count or 0, args.max_frames or 1 << 62) or args.max_frames
         draw, stats = TrackedOverlay(args.track, args.overlay_alpha), Throughput()
         with writer, _progress(total=total, quiet=args.quiet, unit="frame") as bar:
-            for item in iter_segmented(reader, seg, pipelined=args.pipeline, every=args.every,
-                                       max_frames=args.max_frames):
+            for item in iter_segmented(reader, seg, keyframes=_keyframe_policy(args, "every:1"),
+                                       realtime=args.realtime, pipelined=args.pipeline, max_frames=args.max_frames,
+                                       pace_fps=info.fps if args.realtime else None):
                 writer.write(draw(item.frame, item.result))
-                stats.add(item.result.timings)
+                stats.add(item.result.timings, item.keyframe)
                 bar.update(1)
         if writer.frames == 0:
             raise DiffCutError(f"no frame could be read from {spec}; nothing written")
@@ -580,7 +609,7 @@ def _add_webcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-clients", type=_positive_int, default=8,
                    help="with --serve: browsers that may watch at once (default 8; more get 503)")
     p.add_argument("--loop", action="store_true", help="replay a video file source when it ends (demos, --serve)")
-    _add_video_options(p)
+    _add_video_options(p, "auto")
     _add_segmenter_options(p)
 
 
@@ -597,8 +626,9 @@ def _run_webcam(args: argparse.Namespace) -> int:
     import cv2
 
     from diffcut_edge.apps import hud
+    from diffcut_edge.apps.pipeline import Throughput, iter_segmented
     from diffcut_edge.apps.tracking import TrackedOverlay
-    from diffcut_edge.apps.video import AtomicVideoWriter, FrameReader, Throughput, iter_segmented, parse_source
+    from diffcut_edge.apps.video import AtomicVideoWriter, FrameReader, parse_source
 
     KEY_ESC, WINDOW = 27, "diffcut-edge (q quit, r refine, f freeze)"
     if args.token and not args.serve:
@@ -629,18 +659,25 @@ def _run_webcam(args: argparse.Namespace) -> int:
                   if args.record else None)
         draw, stats, meter, frozen = TrackedOverlay(args.track, args.overlay_alpha), Throughput(), hud.FpsMeter(), False
         source = _replayed(reader, spec, args.retries, warn) if args.loop else reader
-        for item in iter_segmented(source, seg, pipelined=args.pipeline, every=args.every,
-                                   max_frames=args.max_frames):
+        policy = _keyframe_policy(args, "auto")
+        # every:1 waits for each frame's result (the loop runs at the encoder's rate); any other
+        # policy keeps the encoder in its own worker and a file plays at its own frame rate.
+        realtime = not policy.per_frame
+        for item in iter_segmented(source, seg, keyframes=policy, realtime=realtime, pipelined=args.pipeline,
+                                   max_frames=args.max_frames,
+                                   pace_fps=reader.info.fps if realtime and not spec.live else None):
             if hub is not None:
                 apply_changes(hub.take_changes(), seg, draw)
             vis = draw(item.frame, item.result)
-            stats.add(item.result.timings)
+            stats.add(item.result.timings, item.keyframe)
             fps = meter.tick()
-            hud.draw_hud(vis, hud.hud_text(fps, item.result.timings, item.result.num_segments, seg.options.refine))
+            hud.draw_hud(vis, hud.hud_text(fps, item.result.timings, item.result.num_segments, seg.options.refine,
+                                           frame=item))
             if hub is not None:
                 hub.publish(vis, draw.last_labels, item.result.timings, fps=fps,
                             options={"tau": seg.options.tau, "alpha": seg.options.alpha,
-                                     "refine": seg.options.refine, "opacity": draw.alpha})
+                                     "refine": seg.options.refine, "opacity": draw.alpha},
+                            frame=hud.frame_status(item))
             if writer is not None:
                 writer.write(vis)
             if headless:

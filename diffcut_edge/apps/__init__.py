@@ -20,7 +20,8 @@ _LAZY = {
     "TrackedOverlay": "tracking",
     "FrameReader": "video",
     "AtomicVideoWriter": "video",
-    "iter_segmented": "video",
+    "iter_segmented": "pipeline",
+    "KeyframePolicy": "propagation",
     "FpsMeter": "hud",
     "draw_hud": "hud",
 }

@@ -20,7 +20,7 @@ from typing import Any
 from diffcut_edge import atomic
 from diffcut_edge.apps import io
 from diffcut_edge.apps.overlay import draw_overlay, draw_segment_names
-from diffcut_edge.apps.video import Throughput
+from diffcut_edge.apps.pipeline import Throughput
 from diffcut_edge.atomic import OutputError
 from diffcut_edge.errors import DiffCutError
 

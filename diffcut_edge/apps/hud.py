@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,10 +32,24 @@ class FpsMeter:
         return self.fps
 
 
-def hud_text(fps: float, timings: dict, num_segments: int, refine: bool) -> str:
-    """``12.3 fps  81 ms  6 seg  refine on``."""
-    return (f"{fps:.1f} fps  {timings.get('total', 0):.0f} ms  {num_segments} seg  "
+def hud_text(fps: float, timings: dict, num_segments: int, refine: bool, frame: Any = None) -> str:
+    """``12.3 fps  81 ms  6 seg  refine on``; with ``frame`` (a SegmentedFrame) also what its labels
+    are: ``key`` or their age (``age 4f/130ms``) and the encoder's rate when it runs in a worker."""
+    text = (f"{fps:.1f} fps  {timings.get('total', 0):.0f} ms  {num_segments} seg  "
             f"refine {'on' if refine else 'off'}")
+    if frame is not None:
+        text += "  key" if frame.keyframe else f"  age {frame.age_frames}f/{frame.age_ms:.0f}ms"
+        if frame.encoder_fps:
+            text += f"  enc {frame.encoder_fps:.2f} fps"
+    return text
+
+
+def frame_status(frame: Any) -> dict[str, Any]:
+    """What a SegmentedFrame's labels are, as plain data (the live view's ``labels`` in /stats)."""
+    return {"keyframe": bool(frame.keyframe), "key_index": int(frame.key_index), "age_frames": int(frame.age_frames),
+            "age_ms": round(float(frame.age_ms), 1),
+            "confidence": None if frame.confidence is None else round(float(frame.confidence), 3),
+            "encoder_fps": None if frame.encoder_fps is None else round(float(frame.encoder_fps), 3)}
 
 
 def draw_hud(image: np.ndarray, text: str) -> np.ndarray:

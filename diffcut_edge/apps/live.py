@@ -106,11 +106,13 @@ class LiveFrame:
     fps: float
     options: dict[str, Any]
     time: float = field(default_factory=time.time)
+    status: dict[str, Any] = field(default_factory=dict)   # keyframe or carried, label age, encoder fps
 
     def summary(self) -> dict[str, Any]:
         return {"frame": self.index, "fps": round(self.fps, 2), "num_segments": len(self.segments),
                 "segments": self.segments, "timings": {k: round(v, 2) for k, v in self.timings.items()},
-                "options": self.options, "size": [int(self.overlay.shape[1]), int(self.overlay.shape[0])]}
+                "options": self.options, "size": [int(self.overlay.shape[1]), int(self.overlay.shape[0])],
+                "labels": self.status}
 
 
 def segment_list(labels: np.ndarray) -> list[dict[str, Any]]:
@@ -140,9 +142,11 @@ class LiveHub:
 
     # camera thread
     def publish(self, overlay: np.ndarray, labels: np.ndarray, timings: dict[str, float], *, fps: float,
-                options: dict[str, Any]) -> None:
-        """Make a frame the latest one; O(listeners), never blocks on a client."""
-        frame = LiveFrame(self.published, overlay, labels, segment_list(labels), dict(timings), fps, options)
+                options: dict[str, Any], frame: dict[str, Any] | None = None) -> None:
+        """Make a frame the latest one; O(listeners), never blocks on a client. ``frame``: what its
+        labels are (:func:`~diffcut_edge.apps.hud.frame_status`)."""
+        frame = LiveFrame(self.published, overlay, labels, segment_list(labels), dict(timings), fps, options,
+                          status=dict(frame or {}))
         with self._lock:
             self._latest = frame
             self.published += 1

@@ -7,21 +7,17 @@
   source that drops is reopened with bounded exponential back-off.
 - :class:`AtomicVideoWriter`: writes at the input's fps and size to a temporary file
   renamed over the target on success (never a half-written output in its place).
-- :func:`iter_segmented`: the frame loop. With ``pipelined=True`` a worker thread runs
-  the encoder of frame t+1 while the caller's thread post-processes frame t (onnxruntime,
-  TensorRT and most numpy kernels release the GIL, so the two overlap); ``every=N`` runs
-  the encoder on every N-th frame and reuses its features in between.
+
+The frame loop itself (keyframes, optical-flow propagation, the encoder worker) is
+:mod:`diffcut_edge.apps.pipeline`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from diffcut_edge import atomic
-from diffcut_edge.defaults import TIMING_KEYS
 from diffcut_edge.errors import DiffCutError
 
 log = logging.getLogger("diffcut_edge.video")
@@ -402,195 +397,3 @@ def _stored_size(path: Path) -> tuple[int, int] | None:
         return int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     finally:
         cap.release()
-
-
-# ------------------------------------------------------------------ segmentation loop
-@dataclass
-class SegmentedFrame:
-    """One frame through the pipeline: the frame, its result, and whether features were reused."""
-
-    index: int
-    frame: np.ndarray                # BGR uint8, as read
-    result: Any                      # SegmentationResult
-    reused_features: bool            # True when --every skipped the encoder for this frame
-
-
-@dataclass
-class _Encoded:
-    index: int
-    frame: np.ndarray
-    features: Any
-    preprocess_ms: float
-    encoder_ms: float
-    reused: bool
-
-
-class _Failed:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_END = object()
-
-
-def _frames_of(source) -> Iterable[np.ndarray]:
-    """A frame iterable from a FrameReader, a cv2.VideoCapture, a source spec or any iterable of frames."""
-    if isinstance(source, FrameReader) or (hasattr(source, "__iter__") and not isinstance(source, (str, bytes))):
-        return source
-    if hasattr(source, "read") and hasattr(source, "isOpened"):
-        def read_all() -> Iterator[np.ndarray]:
-            while True:
-                ok, frame = source.read()
-                if not ok:
-                    return
-                yield frame
-        return read_all()
-    return FrameReader(source)
-
-
-def _encode_one(segmenter, frame: np.ndarray) -> tuple[Any, float, float]:
-    """Features (N, C) of one frame with (preprocess ms, encoder ms).
-
-    The runtime Segmenter times its two stages in ``encode_timed``; any other object
-    with ``encode`` gets its whole call counted as encoder time.
-    """
-    timed = getattr(segmenter, "encode_timed", None)
-    if timed is not None:
-        features, t_pre, t_enc = timed([frame])
-        return features[0], t_pre, t_enc
-    start = time.perf_counter()
-    features = segmenter.encode([frame])[0]
-    return features, 0.0, (time.perf_counter() - start) * 1e3
-
-
-def _encode_stream(frames: Iterable[np.ndarray], segmenter, every: int) -> Iterator[_Encoded]:
-    """Encoder stage: features for every ``every``-th frame, the last ones reused in between."""
-    features = None
-    for index, frame in enumerate(frames):
-        if features is not None and index % every != 0:
-            yield _Encoded(index, frame, features, 0.0, 0.0, reused=True)
-            continue
-        features, t_pre, t_enc = _encode_one(segmenter, frame)
-        yield _Encoded(index, frame, features, t_pre, t_enc, reused=False)
-
-
-def _encode_worker(stream: Iterator[_Encoded], out: queue.Queue, stop: threading.Event) -> None:
-    """Thread body: push encoded frames into ``out`` until the stream ends, fails or ``stop`` is set."""
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    try:
-        for item in stream:
-            if not put(item):
-                return
-        put(_END)
-    except BaseException as e:  # handed to the consumer, which re-raises it in its own thread
-        put(_Failed(e))
-
-
-def _pipelined(stream: Iterator[_Encoded], depth: int) -> Iterator[_Encoded]:
-    out: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    worker = threading.Thread(target=_encode_worker, args=(stream, out, stop),
-                              name="diffcut-encoder", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = out.get()
-            if item is _END:
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-        worker.join(timeout=30.0)
-
-
-def _postprocess(segmenter, item: _Encoded):
-    start = time.perf_counter()
-    result = segmenter.postprocess(item.frame, item.features)
-    if getattr(segmenter, "labeler", None) is not None:  # a vocabulary: name the segments too
-        from diffcut_edge.runtime.preprocess import preprocess
-
-        segmenter.name_segments(result, preprocess([item.frame], segmenter.manifest.resolution))
-    post_ms = (time.perf_counter() - start) * 1e3
-    timings = dict(getattr(result, "timings", {}) or {})
-    # postprocess() knows nothing of the encoder stage: fill it in (0 for a reused frame).
-    timings["preprocess"], timings["encoder"] = item.preprocess_ms, item.encoder_ms
-    timings["total"] = item.preprocess_ms + item.encoder_ms + post_ms
-    try:
-        result.timings = timings
-    except AttributeError:  # a frozen result type: keep its own timings
-        pass
-    return result
-
-
-def iter_segmented(source, segmenter, *, pipelined: bool = True, every: int = 1,
-                   max_frames: int | None = None, depth: int = 2) -> Iterator[SegmentedFrame]:
-    """Segment a stream of frames, yielding :class:`SegmentedFrame` in order.
-
-    Args:
-        source: a :class:`FrameReader`, an opened ``cv2.VideoCapture``, a camera index /
-            path / URL, or any iterable of BGR uint8 frames.
-        segmenter: a :class:`~diffcut_edge.runtime.Segmenter` (``encode`` + ``postprocess``).
-        pipelined: run the encoder in a worker thread, one frame ahead of post-processing.
-        every: run the encoder on every N-th frame only; the frames in between reuse its
-            features (post-processing, PAMR included, still runs on each frame's own image).
-        max_frames: stop after this many frames.
-        depth: encoded frames the worker may hold ahead (memory vs smoothing).
-
-    Timings: ``result.timings`` has the Segmenter's stages (preprocess and encoder are 0
-    for a frame that reused features); ``total`` is the work spent on that frame, not the
-    end-to-end latency (the stages overlap when pipelined).
-    """
-    if every < 1:
-        raise DiffCutError(f"every must be >= 1 frame, got {every}")
-    if max_frames is not None and max_frames < 1:
-        raise DiffCutError(f"max_frames must be >= 1, got {max_frames}")
-    frames = _frames_of(source)
-    owned = frames if isinstance(frames, FrameReader) and frames is not source else None
-    if max_frames is not None:
-        frames = itertools.islice(frames, max_frames)
-    stream = _encode_stream(frames, segmenter, every)
-    if pipelined:
-        stream = _pipelined(stream, depth)
-    try:
-        for item in stream:
-            yield SegmentedFrame(item.index, item.frame, _postprocess(segmenter, item), item.reused)
-    finally:
-        stream.close()  # stops the worker now when the caller breaks out early
-        if owned is not None:  # a reader opened here from a path / index / URL
-            owned.close()
-
-
-# ------------------------------------------------------------------------ throughput
-@dataclass
-class Throughput:
-    """Running per-stage means and frames per second for a final summary line."""
-
-    frames: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    stage_ms: dict[str, float] = field(default_factory=dict)
-
-    def add(self, timings: dict[str, float]) -> None:
-        self.frames += 1
-        for key, value in timings.items():
-            self.stage_ms[key] = self.stage_ms.get(key, 0.0) + float(value)
-
-    @property
-    def fps(self) -> float:
-        elapsed = time.perf_counter() - self.started
-        return self.frames / elapsed if elapsed > 0 else 0.0
-
-    def summary(self) -> str:
-        order = TIMING_KEYS
-        means = {k: v / max(self.frames, 1) for k, v in self.stage_ms.items()}
-        stages = " ".join(f"{k}={means[k]:.1f}" for k in order if k in means)
-        return f"{self.frames} frames, {self.fps:.2f} fps; ms/frame: {stages}"

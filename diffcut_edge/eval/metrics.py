@@ -197,6 +197,31 @@ def matched_agreement(a, b) -> float:
     return float(hist[rows, cols].sum() / ia.size)
 
 
+# ------------------------------------------------------- video (keyframes and propagation)
+def majority_class_iou(pred, label, n_classes: int) -> float:
+    """mIoU of a segmentation against ground-truth classes with each segment mapped to the class
+    most of its pixels have (several segments may map to one class: over-segmentation is not
+    penalised, merging two classes is). The mean is over the classes present in ``label``."""
+    pred, label = _check_pair(pred, label)
+    ids, inverse = np.unique(pred, return_inverse=True)
+    counts = np.zeros((len(ids), n_classes), np.int64)
+    np.add.at(counts, (inverse.reshape(-1), label.reshape(-1)), 1)
+    painted = counts.argmax(axis=1)[inverse.reshape(label.shape)]
+    confmat = confusion_matrix(painted, label, n_classes)
+    present = confmat.sum(axis=1) > 0
+    return float(class_iou(confmat)[present].mean())
+
+
+def carried_agreement(carried, labels) -> float:
+    """Temporal consistency: :func:`matched_agreement` of the previous frame's labels carried to this
+    frame by the flow (``-1`` where nothing could be carried, left out) and this frame's labels."""
+    carried, labels = np.asarray(carried), np.asarray(labels)
+    if carried.shape != labels.shape:
+        raise DiffCutError(f"label maps of different shapes {carried.shape} and {labels.shape} cannot be compared")
+    known = carried >= 0
+    return matched_agreement(carried[known], labels[known]) if known.any() else float("nan")
+
+
 # ------------------------------------------------------- named classes (open vocabulary)
 def confusion_matrix(pred, label, n_classes: int) -> np.ndarray:
     """(n_classes, n_classes) int64 pixel counts ``[label class, predicted class]``; labels

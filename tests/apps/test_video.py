@@ -1,9 +1,6 @@
-"""Sources, damaged files, reconnection, atomic video output and the pipelined frame loop."""
+"""Sources, damaged files, reconnection and atomic video output (the frame loop: test_pipeline.py)."""
 
 from __future__ import annotations
-
-import threading
-import time
 
 import cv2
 import numpy as np
@@ -13,12 +10,11 @@ from diffcut_edge.apps.video import (
     AtomicVideoWriter,
     FrameReader,
     SourceSpec,
-    iter_segmented,
     open_capture,
     parse_source,
 )
 from diffcut_edge.errors import DiffCutError
-from helpers.fake_segmenter import FakeSegmenter, make_video
+from helpers.fake_segmenter import make_video
 from helpers.video import corrupt_frame
 
 
@@ -146,71 +142,6 @@ def test_atomic_writer_commits_on_success_and_keeps_the_old_file_on_error(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.avi"]
     with pytest.raises(DiffCutError, match="FourCC"):
         AtomicVideoWriter(out, 10.0, codec="h264x")
-
-
-def _labels(items):
-    return [np.asarray(i.result.labels) for i in items]
-
-
-def test_pipelined_equals_sequential_and_encodes_in_a_worker(clip):
-    frames = clip[1]
-    seq_seg, pipe_seg = FakeSegmenter(), FakeSegmenter()
-    seq = list(iter_segmented(frames, seq_seg, pipelined=False))
-    pipe = list(iter_segmented(frames, pipe_seg, pipelined=True))
-    assert [i.index for i in pipe] == list(range(10))
-    assert all(np.array_equal(a, b) for a, b in zip(_labels(seq), _labels(pipe)))
-    assert seq_seg.encode_threads == {threading.current_thread().name}
-    assert pipe_seg.encode_threads == {"diffcut-encoder"}
-    assert set(pipe[0].result.timings) >= {"preprocess", "encoder", "ncut", "assign", "pamr", "total"}
-
-
-def test_every_n_reuses_features_but_postprocesses_each_frame(clip):
-    frames = clip[1]
-    seg = FakeSegmenter()
-    items = list(iter_segmented(frames, seg, every=3, max_frames=8))
-    assert len(items) == 8 and seg.encode_calls == 3  # frames 0, 3, 6
-    assert [i.reused_features for i in items] == [False, True, True, False, True, True, False, True]
-    assert items[1].result.timings["encoder"] == 0.0
-    # Post-processing ran on each frame's own image: the label map has that frame's size.
-    assert all(i.result.labels.shape == i.frame.shape[:2] for i in items)
-
-
-def test_worker_errors_reach_the_caller_and_early_exit_stops_the_worker(clip):
-    frames = clip[1]
-    with pytest.raises(RuntimeError, match="encoder exploded"):
-        list(iter_segmented(frames, FakeSegmenter(fail_on_frame=2)))
-    stream = iter_segmented(iter(frames * 50), FakeSegmenter())
-    next(stream)
-    stream.close()
-    time.sleep(0.3)
-    assert not any(t.name == "diffcut-encoder" for t in threading.enumerate())
-
-
-class _SlowSegmenter(FakeSegmenter):
-    def encode(self, frames):
-        time.sleep(0.03)
-        return super().encode(frames)
-
-    def postprocess(self, frame, features):
-        time.sleep(0.03)
-        return super().postprocess(frame, features)
-
-
-def test_pipelining_overlaps_encoder_and_postprocessing(clip):
-    frames = clip[1][:8]
-    timed = {}
-    for pipelined in (False, True):
-        start = time.perf_counter()
-        list(iter_segmented(frames, _SlowSegmenter(), pipelined=pipelined))
-        timed[pipelined] = time.perf_counter() - start
-    assert timed[True] < 0.75 * timed[False], timed  # ~ (n+1)·30 ms vs 2n·30 ms
-
-
-def test_a_path_source_is_opened_and_closed_by_the_loop(clip, monkeypatch):
-    closed = []
-    monkeypatch.setattr(FrameReader, "close", lambda self: closed.append(self.spec))
-    items = list(iter_segmented(str(clip[0]), FakeSegmenter(), max_frames=4))
-    assert len(items) == 4 and closed == [parse_source(str(clip[0]))]
 
 
 def test_an_http_video_file_ends_instead_of_reconnecting():

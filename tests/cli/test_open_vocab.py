@@ -138,8 +138,8 @@ def test_ten_thousand_classes_typed_at_run_time(model, photo_dir):
 def test_video_frames_are_named_and_the_overlay_shows_it(model, photos):
     """iter_segmented (video, webcam) names each frame's segments; the tracked overlay writes them."""
     from diffcut_edge.apps.overlay import draw_overlay
+    from diffcut_edge.apps.pipeline import iter_segmented
     from diffcut_edge.apps.tracking import TrackedOverlay
-    from diffcut_edge.apps.video import iter_segmented
     from diffcut_edge.runtime.segmenter import Segmenter
 
     frames = [np.ascontiguousarray((p[:, :, ::-1] * 255).round().astype(np.uint8)) for p in photos[:2]]

@@ -22,7 +22,7 @@ def clip(tmp_path_factory):
 def test_headless_file_source_records_and_ends_cleanly(cli_fake_segmenter, clip, tmp_path, capsys):
     record = tmp_path / "rec.mp4"
     code, stdout, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless",
-                              "--record", str(record)], capsys)
+                              "--record", str(record), "--keyframes", "every:1"], capsys)
     assert code == 0 and err == ""
     assert stdout.startswith("source ended: 8 frames") and str(record) in stdout
     frames, fps, size = video_geometry(record)
@@ -31,7 +31,7 @@ def test_headless_file_source_records_and_ends_cleanly(cli_fake_segmenter, clip,
 
 def test_max_frames_stops_early(cli_fake_segmenter, clip, tmp_path, capsys):
     code, stdout, _ = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless",
-                            "--max-frames", "3"], capsys)
+                            "--max-frames", "3", "--keyframes", "every:1"], capsys)
     assert code == 0 and stdout.startswith("stopped at --max-frames: 3 frames") and cli_fake_segmenter.encode_calls == 3
 
 
@@ -50,7 +50,8 @@ def test_window_keys_toggle_refine_freeze_and_quit(cli_fake_segmenter, clip, mon
     code, stdout, _ = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--no-pipeline"], capsys)
     assert code == 0 and stdout.startswith("stopped: 3 frames")
     assert len(shown) == 3 and cli_fake_segmenter.refine is False  # frames 0, 1 (freeze/unfreeze), 2 (quit)
-    assert [h.endswith("refine on") for h in huds] == [True, False, False] and "fps" in huds[0]
+    assert ["refine on" in h for h in huds] == [True, False, False] and "fps" in huds[0]
+    assert "key" in huds[0] and "age 1f/" in huds[1]  # what the labels are: the keyframe, then carried
     assert all(s.dtype == np.uint8 and s.shape == (96, 128, 3) for s in shown)
 
 
@@ -80,9 +81,16 @@ def test_recording_is_kept_when_the_run_fails(monkeypatch, clip, tmp_path, capsy
     monkeypatch.setattr(cli, "_open_segmenter", lambda args: FakeSegmenter(fail_on_frame=5))
     record = tmp_path / "rec.avi"
     code, _, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless", "--record",
-                         str(record), "--codec", "MJPG", "--no-pipeline"], capsys)
+                         str(record), "--codec", "MJPG", "--no-pipeline", "--keyframes", "every:1"], capsys)
     assert code != 0 and err.count("\n") == 1
     assert video_geometry(record)[0] == 5  # the frames before the failure
+    # With the encoder in its worker (the default, auto), the failure surfaces a frame or two later,
+    # and the recording made until then is kept too.
+    monkeypatch.setattr(cli, "_open_segmenter", lambda args: FakeSegmenter(fail_on_frame=1))
+    code, _, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless", "--record",
+                         str(record), "--codec", "MJPG"], capsys)
+    assert code != 0 and err.count("\n") == 1 and "encoder exploded" in err
+    assert video_geometry(record)[0] >= 1
 
 
 def test_refine_toggle_works_on_the_real_segmenter_options(tmp_path):

@@ -47,21 +47,65 @@ def _toy_graph(resolution: int, channels: int, seed: int):
     return model
 
 
-def make_toy_model_dir(out_dir: str | Path, resolution: int = 256, channels: int = 32, seed: int = 0,
-                       engines: list[EngineRecord] | None = None) -> Path:
-    """Write encoder.onnx + manifest.json for the toy encoder; returns the folder."""
+def _colour_graph(resolution: int, channels: int, seed: int, bandwidth: float):
+    """Features that are a fixed function of each 32x32 patch's mean colour: AveragePool 32 -> 1x1 Conv
+    -> Cos (random Fourier features of the RGB mean, so the tokens' cosine falls with colour distance)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, bandwidth, (channels, 3, 1, 1)).astype(np.float32)
+    b = rng.uniform(0, 2 * np.pi, channels).astype(np.float32)
+    shape = np.array([0, channels, -1], dtype=np.int64)
+    nodes = [
+        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[32, 32], strides=[32, 32]),
+        helper.make_node("Conv", ["pooled", "w", "b"], ["proj"], kernel_shape=[1, 1]),
+        helper.make_node("Cos", ["proj"], ["waves"]),
+        helper.make_node("Reshape", ["waves", "shape"], ["flat"]),
+        helper.make_node("Transpose", ["flat"], ["features"], perm=[0, 2, 1]),
+    ]
+    r, n = resolution, (resolution // 32) ** 2
+    graph = helper.make_graph(
+        nodes, "colour_encoder",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 3, r, r])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", n, channels])],
+        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
+                     numpy_helper.from_array(shape, "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="toy")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _write_folder(out_dir: str | Path, model, model_id: str, resolution: int, channels: int,
+                  engines: list[EngineRecord] | None = None) -> Path:
     import onnx
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    onnx.save(_toy_graph(resolution, channels, seed), out / "encoder.onnx")
+    onnx.save(model, out / "encoder.onnx")
     grid = resolution // 32
-    manifest = Manifest(model_id="toy-encoder", family="sdxl", resolution=resolution, grid=(grid, grid),
+    manifest = Manifest(model_id=model_id, family="sdxl", resolution=resolution, grid=(grid, grid),
                         channels=channels, precision="fp32", timestep=50, noise_seed=42, opset=18,
                         files_sha256={"encoder.onnx": sha256_file(out / "encoder.onnx")},
                         engines=list(engines or []))
     write_manifest(out, manifest)
     return out
+
+
+def make_toy_model_dir(out_dir: str | Path, resolution: int = 256, channels: int = 32, seed: int = 0,
+                       engines: list[EngineRecord] | None = None) -> Path:
+    """Write encoder.onnx + manifest.json for the toy encoder; returns the folder."""
+    return _write_folder(out_dir, _toy_graph(resolution, channels, seed), "toy-encoder", resolution, channels, engines)
+
+
+def make_colour_model_dir(out_dir: str | Path, resolution: int = 256, channels: int = 64, seed: int = 0,
+                          bandwidth: float = 6.0) -> Path:
+    """A planted model folder whose segmentation is known: tokens are a fixed function of the patch's
+    mean colour, so DiffCut splits a picture of flat coloured shapes along the shapes."""
+    return _write_folder(out_dir, _colour_graph(resolution, channels, seed, bandwidth), "colour-encoder",
+                         resolution, channels)
 
 
 def toy_features(images: np.ndarray, model_dir: Path) -> np.ndarray:
