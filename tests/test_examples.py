@@ -35,7 +35,26 @@ def test_example_runs_headless_with_a_fake_segmenter(monkeypatch, clip, capsys):
     monkeypatch.setattr(Segmenter, "from_model_dir", classmethod(lambda cls, *a, **k: FakeSegmenter()))
     assert _load_example().main(["model", str(clip), "--headless"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 5 and all(" fps " in line and line.endswith("seg  refine on") for line in lines)
+    assert len(lines) == 5 and all(" fps " in line and "seg  refine on" in line for line in lines)
+    assert " key" in lines[0] and all(" age " in line for line in lines[1:])   # carried by flow after frame 0
+
+
+def test_example_every_1_segments_every_frame(monkeypatch, clip, capsys):
+    fake = FakeSegmenter()
+    monkeypatch.setattr(Segmenter, "from_model_dir", classmethod(lambda cls, *a, **k: fake))
+    assert _load_example().main(["model", str(clip), "--headless", "--keyframes", "every:1"]) == 0
+    assert fake.encode_calls == 5 and all(" key" in line for line in capsys.readouterr().out.splitlines())
+
+
+def test_example_without_a_display_says_so_instead_of_a_traceback(monkeypatch, clip, capsys):
+    import diffcut_edge.apps.hud as hud
+
+    monkeypatch.setattr(hud, "gui_problem", lambda: "this OpenCV has no GUI")
+    monkeypatch.delenv("DIFFCUT_HEADLESS", raising=False)
+    module = _load_example()
+    monkeypatch.setattr(module, "gui_problem", lambda: "this OpenCV has no GUI")
+    assert module.main(["model", str(clip)]) == 2
+    assert capsys.readouterr().err.strip() == "this OpenCV has no GUI; or run with --headless"
 
 
 def test_example_reports_a_source_it_cannot_open(tmp_path, capsys):

@@ -225,7 +225,9 @@ def refine_labels(image: np.ndarray, labels: np.ndarray, num_labels: int,
     known = labels >= 0
     masks[(labels[known], *np.nonzero(known))] = 1.0
     if iterations > 0:
-        masks = pamr.propagate(masks, pamr.pamr_weights(image, dilations), dilations, iterations)
+        # One strip on the calling thread: at mask size (128²) a thread pool costs more than it saves.
+        whole = {"rows": labels.shape[0], "workers": 1}
+        masks = pamr.propagate(masks, pamr.pamr_weights(image, dilations, **whole), dilations, iterations, **whole)
     out = masks.argmax(axis=0).astype(np.int32)
     out[masks.max(axis=0) <= 0] = -1
     if iterations > 0 and (out >= 0).all():

@@ -54,27 +54,87 @@ def quiet_opencv_logs() -> None:
 # --------------------------------------------------------------------------- sources
 @dataclass(frozen=True)
 class SourceSpec:
-    """Where frames come from: a camera index, a stream URL or a file path."""
+    """Where frames come from: a camera index, a stream URL, a file path, a V4L2 device or a
+    GStreamer pipeline (``api``: which OpenCV capture backend opens it)."""
 
     target: int | str
     live: bool               # camera or network stream: reconnect on drop; a file just ends
+    api: str = "any"         # "any" (OpenCV picks; FFmpeg for URLs) | "v4l2" | "gstreamer"
 
     def __str__(self) -> str:
-        return f"camera {self.target}" if isinstance(self.target, int) else str(self.target)
+        if isinstance(self.target, int):
+            return f"camera {self.target}"
+        return f"GStreamer pipeline {self.target!r}" if self.api == "gstreamer" else str(self.target)
+
+
+CSI_DEFAULTS = {"width": 1280, "height": 720, "fps": 30, "flip": 0}
+
+
+def csi_pipeline(sensor: int = 0, width: int = 1280, height: int = 720, fps: int = 30, flip: int = 0) -> str:
+    """The GStreamer pipeline a Jetson board reads a CSI camera with (``nvarguscamerasrc``, NVMM
+    buffers converted by ``nvvidconv``), ending in an appsink that keeps only the newest frame."""
+    return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM), width={width}, height={height}, "
+            f"framerate={fps}/1, format=NV12 ! nvvidconv flip-method={flip} ! video/x-raw, format=BGRx ! "
+            f"videoconvert ! video/x-raw, format=BGR ! appsink drop=true max-buffers=1")
+
+
+def _parse_csi(text: str) -> SourceSpec:
+    """``csi://N?width=W&height=H&fps=F&flip=M`` -> the nvarguscamerasrc pipeline."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(text)
+    sensor = parts.netloc or "0"
+    settings = dict(CSI_DEFAULTS)
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in settings:
+            raise DiffCutError(f"{text}: unknown CSI camera setting {key!r} (settings: {', '.join(settings)})")
+        if not value.isdigit() or (key != "flip" and int(value) == 0) or (key == "flip" and int(value) > 7):
+            raise DiffCutError(f"{text}: {key} must be a whole number" + (" from 0 to 7" if key == "flip" else " > 0"))
+        settings[key] = int(value)
+    if not sensor.isdigit():
+        raise DiffCutError(f"{text}: expected csi://SENSOR with a sensor number such as 0")
+    return SourceSpec(csi_pipeline(int(sensor), **settings), live=True, api="gstreamer")
+
+
+def gstreamer_problem() -> str | None:
+    """Why this OpenCV cannot open GStreamer pipelines (a one-line reason), or None when it can."""
+    import cv2
+
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            if "YES" in line:
+                return None
+            break
+    return (f"this OpenCV ({cv2.__version__}, the PyPI wheel) was built without GStreamer, which csi:// cameras "
+            f"and pipeline sources need: on a Jetson use JetPack's OpenCV (`sudo apt install python3-opencv`, "
+            f"then `pip uninstall opencv-python-headless`); docs/jetson.md")
 
 
 def parse_source(source: int | str | os.PathLike) -> SourceSpec:
-    """``0`` / ``"0"`` → camera 0; ``rtsp://…`` / ``http://…`` → live stream; anything else → a file."""
+    """``0`` / ``"0"`` → camera 0; ``rtsp://…`` / ``http://…`` → live stream; ``csi://0`` → a Jetson
+    CSI camera; ``v4l2:///dev/video0`` → that V4L2 device; a string with ``!`` and ``appsink`` → a
+    GStreamer pipeline; anything else → a file."""
     if isinstance(source, (int, np.integer)):
         return SourceSpec(int(source), live=True)
     text = os.fspath(source)
     if text.isdigit():
         return SourceSpec(int(text), live=True)
-    if text.lower().startswith(LIVE_SCHEMES):
+    lowered = text.lower()
+    if lowered.startswith(LIVE_SCHEMES):
         return SourceSpec(text, live=True)
+    if lowered.startswith("csi://"):
+        return _parse_csi(text)
+    if lowered.startswith("v4l2://"):
+        device = text[len("v4l2://"):]
+        if not device.startswith("/dev/"):
+            raise DiffCutError(f"{text}: expected v4l2:///dev/videoN (a device path)")
+        return SourceSpec(device, live=True, api="v4l2")
+    if " ! " in text and "appsink" in lowered:
+        return SourceSpec(text, live=True, api="gstreamer")
     if not Path(text).is_file():
         raise DiffCutError(f"video source {text} does not exist (expected a file, a camera index "
-                           f"such as 0, or an rtsp:// / http:// URL)")
+                           f"such as 0, an rtsp:// / http:// URL, csi://0, v4l2:///dev/video0 or a GStreamer "
+                           f"pipeline ending in appsink)")
     return SourceSpec(text, live=False)
 
 
@@ -112,6 +172,22 @@ def open_capture(source: SourceSpec | int | str | os.PathLike):
 
     spec = source if isinstance(source, SourceSpec) else parse_source(source)
     quiet_opencv_logs()
+    if spec.api == "gstreamer":
+        if problem := gstreamer_problem():
+            raise DiffCutError(problem)
+        cap = cv2.VideoCapture(spec.target, cv2.CAP_GSTREAMER)
+        if cap.isOpened():
+            return cap
+        cap.release()
+        raise DiffCutError(f"cannot open the {spec}: GStreamer refused it (run it with gst-launch-1.0, "
+                           f"replacing appsink by fakesink, to see why)")
+    if spec.api == "v4l2":
+        cap = cv2.VideoCapture(spec.target, cv2.CAP_V4L2)
+        if cap.isOpened():
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+            return cap
+        cap.release()
+        raise DiffCutError(f"cannot open {spec.target} with V4L2: no such device, or it is busy (check ls /dev/video*)")
     if isinstance(spec.target, str) and spec.live:
         cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG,
                                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
@@ -244,7 +320,9 @@ class FrameReader:
             return self.opener(self.spec)
         except DiffCutError as e:
             # Cameras are there or not; a stream server may be starting up (or restarting).
-            if not (self.spec.live and isinstance(self.spec.target, str)) or self.retries == 0:
+            # (A CSI camera, a V4L2 device or a pipeline is local hardware: it fails at once too.)
+            if not (self.spec.live and isinstance(self.spec.target, str) and self.spec.api == "any") \
+                    or self.retries == 0:
                 raise
             self.warn(f"{e}; retrying")
         cap = self._with_backoff("not reachable; connecting")

@@ -279,3 +279,18 @@ def test_a_port_in_use_is_one_clear_error():
         with pytest.raises(DiffCutError, match=f"cannot serve on 127.0.0.1:{port}"):
             with live.LiveServer(live.LiveHub(), "127.0.0.1", port):
                 pass
+
+
+def test_stats_say_what_the_labels_are():
+    from diffcut_edge.apps.hud import frame_status
+    from diffcut_edge.apps.pipeline import SegmentedFrame
+
+    hub = live.LiveHub()
+    item = SegmentedFrame(12, np.zeros((8, 8, 3), np.uint8), None, keyframe=False, key_index=9, age_frames=3,
+                          age_ms=99.94, confidence=0.8712, encoder_fps=1.25)
+    hub.publish(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.int32), {"flow": 1.0}, fps=30.0, options={},
+                frame=frame_status(item))
+    labels = hub.latest().summary()["labels"]
+    assert labels == {"keyframe": False, "key_index": 9, "age_frames": 3, "age_ms": 99.9, "confidence": 0.871,
+                      "encoder_fps": 1.25}
+    json.dumps(labels)   # plain data for /stats and /events

@@ -186,3 +186,35 @@ def test_first_connection_to_a_stream_backs_off_like_a_reconnection():
     with pytest.raises(DiffCutError, match="could not connect in 3 attempts"):
         FrameReader("rtsp://cam:554/live", retries=2, opener=always_refused, sleep=sleeps.append,
                     warn=warnings.append)
+
+
+def test_jetson_sources_become_the_pipelines_jetson_boards_use():
+    from diffcut_edge.apps.video import csi_pipeline
+
+    csi = parse_source("csi://1?width=1920&height=1080&fps=60&flip=2")
+    assert csi.live and csi.api == "gstreamer"
+    assert csi.target == csi_pipeline(1, 1920, 1080, 60, 2)
+    assert csi.target.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM), width=1920, height=1080, "
+                                 "framerate=60/1")
+    assert "nvvidconv flip-method=2" in csi.target and csi.target.endswith("appsink drop=true max-buffers=1")
+    assert parse_source("csi://0").target == csi_pipeline(0, 1280, 720, 30, 0)
+    assert parse_source("v4l2:///dev/video2") == SourceSpec("/dev/video2", live=True, api="v4l2")
+    raw = "videotestsrc ! videoconvert ! appsink"
+    assert parse_source(raw) == SourceSpec(raw, live=True, api="gstreamer")
+    for bad, message in [("csi://0?exposure=3", "unknown CSI camera setting"), ("csi://0?fps=0", "fps must be"),
+                         ("csi://0?flip=9", "from 0 to 7"), ("csi://left", "sensor number"),
+                         ("v4l2://video0", "v4l2:///dev/videoN")]:
+        with pytest.raises(DiffCutError, match=message):
+            parse_source(bad)
+
+
+def test_a_pipeline_without_gstreamer_in_opencv_says_what_to_install(monkeypatch):
+    import diffcut_edge.apps.video as video
+
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  Video I/O:\n    GStreamer:                   NO\n")
+    assert "JetPack's OpenCV" in video.gstreamer_problem()
+    with pytest.raises(DiffCutError, match="built without GStreamer.*JetPack") as err:
+        open_capture("csi://0")
+    assert "\n" not in str(err.value)
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "    GStreamer:                   YES (1.20.3)\n")
+    assert video.gstreamer_problem() is None

@@ -1,4 +1,4 @@
-"""``diffcut-edge video``: geometry and fps kept, --every, damaged inputs, atomic output."""
+"""``diffcut-edge video``: geometry and fps kept, --keyframes / --every, --realtime, damaged inputs, atomic output."""
 
 from __future__ import annotations
 
@@ -32,6 +32,33 @@ def test_every_and_max_frames(cli_fake_segmenter, clip, tmp_path, capsys):
                          "--codec", "MJPG", "--no-track", "--no-pipeline"], capsys)
     assert code == 0, err
     assert video_geometry(out)[0] == 7 and cli_fake_segmenter.encode_calls == 3
+
+
+def test_keyframes_option_its_alias_and_their_errors(cli_fake_segmenter, clip, tmp_path, capsys):
+    out = tmp_path / "out.avi"
+    code, stdout, err = run_cli(["video", str(clip), str(out), "--model-dir", "m", "--keyframes", "every:4",
+                                 "--codec", "MJPG"], capsys)
+    assert code == 0, err
+    assert video_geometry(out)[0] == 10 and cli_fake_segmenter.encode_calls == 3   # frames 0, 4, 8
+    assert "10 frames (3 keyframes)" in stdout and "flow=" in stdout and "propagate=" in stdout
+    code, _, err = run_cli(["video", str(clip), str(out), "--model-dir", "m", "--keyframes", "auto", "--every", "2"],
+                           capsys)
+    assert code == 2 and err.count("\n") == 1 and "give one of them" in err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["video", str(clip), str(out), "--model-dir", "m", "--keyframes", "often"])
+    assert exit_.value.code == 2 and "expected 'every:N' (N >= 1) or 'auto'" in capsys.readouterr().err
+
+
+def test_realtime_plays_the_file_at_its_rate(cli_fake_segmenter, clip, tmp_path, capsys):
+    import time
+
+    out = tmp_path / "out.avi"
+    start = time.perf_counter()
+    code, stdout, err = run_cli(["video", str(clip), str(out), "--model-dir", "m", "--realtime", "--keyframes",
+                                 "every:5", "--codec", "MJPG"], capsys)
+    assert code == 0, err
+    assert time.perf_counter() - start >= 0.8           # 10 frames at 10 fps
+    assert video_geometry(out)[0] == 10 and "10 frames" in stdout
 
 
 def test_broken_frame_warns_once_and_finishes(clip, tmp_path):

@@ -71,6 +71,16 @@ def test_sources_that_cannot_open_fail_in_one_line(tmp_path, source, message):
     assert proc.stderr.count("\n") == 1, proc.stderr  # OpenCV/FFmpeg's own logs are silenced
 
 
+def test_a_csi_camera_without_gstreamer_is_one_line_with_what_to_install(cli_fake_segmenter, capsys):
+    import cv2
+
+    if "YES" in next((line for line in cv2.getBuildInformation().splitlines() if "GStreamer:" in line), ""):
+        pytest.skip("this OpenCV has GStreamer: the csi:// source would try a real camera")
+    code, _, err = run_cli(["webcam", "--model-dir", "m", "--source", "csi://0?width=640&height=480", "--headless"],
+                           capsys)
+    assert code == 2 and err.count("\n") == 1 and "without GStreamer" in err and "JetPack" in err
+
+
 def test_retries_option_is_validated(capsys):
     with pytest.raises(SystemExit):
         cli.main(["webcam", "--model-dir", "m", "--retries", "-1"])
