@@ -40,6 +40,11 @@ from diffcut_edge.errors import DiffCutError, missing_extra
 
 DEFAULT_MAX_CLIENTS = 8
 MAX_BODY_BYTES = 16 * 1024          # a control request is a few numbers
+MAX_JSON_DEPTH = 4                  # ... in a flat object
+MAX_CONNECTIONS = 64                # open connections at once, watchers and requests together
+REQUEST_TIMEOUT_S = 10.0            # a connection must have sent a whole request head by then
+EVENT_LIFETIME_S = 30.0             # an /events connection is closed then (EventSource reconnects by itself)
+EVENT_SNDBUF = 16 * 1024            # ... and buffers little, so a client that reads nothing is noticed
 WRITE_TIMEOUT_S = 10.0              # a client that reads nothing for this long is dropped
 EVENT_HZ = 5.0                      # /events updates per second at most
 JPEG_QUALITY = 80
@@ -88,9 +93,41 @@ def check_controls(body: Any) -> dict[str, Any]:
             changes[name] = float(value)
         else:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise DiffCutError(f"{name} must be a number, got {value!r}")
-            changes[name] = check_option(name, float(value))
+                raise DiffCutError(f"{name} must be a number, got {str(value)[:40]!r}")
+            changes[name] = check_option(name, value)   # bounds included: a huge integer is refused there
     return changes
+
+
+def parse_json_body(data: bytes) -> Any:
+    """A /control body as JSON, or a DiffCutError: not UTF-8 JSON, or nested deeper than :data:`MAX_JSON_DEPTH`
+    (checked before parsing: a 5000-deep document would exhaust the parser's recursion)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DiffCutError("the body is not UTF-8 JSON") from None
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:   # brackets outside strings
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    if deepest > MAX_JSON_DEPTH:
+        raise DiffCutError(f"the body nests {deepest} levels deep; a control is a flat JSON object")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise DiffCutError("the body is not JSON") from None
 
 
 # ------------------------------------------------------------------ between the camera loop and the server
@@ -228,7 +265,9 @@ class LiveServer:
         if int(max_clients) < 1:
             raise DiffCutError(f"max_clients must be >= 1, got {max_clients}")
         self.hub, self.host, self.port = hub, host, int(port)
-        self.token = token if token else (None if is_local(host) else secrets.token_urlsafe(16))
+        # Always a secret, also on localhost: any web page in the user's browser can reach localhost.
+        self.token = token if token else secrets.token_urlsafe(16)
+        self.connections = 0
         self.max_clients = int(max_clients)
         self.clients = 0
         self._web = _aiohttp()
@@ -275,15 +314,20 @@ class LiveServer:
     async def _serve(self) -> None:
         web = self._web
         self._stopping = asyncio.Event()
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        @web.middleware
+        async def guard(request: Any, handler: Any) -> Any:
+            return await self._guard(request, handler)
+
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[guard])
         app.add_routes([web.get("/", self._page), web.get("/stream", self._stream), web.get("/stats", self._stats),
                         web.get("/events", self._events), web.post("/control", self._control),
                         web.get("/snapshot", self._snapshot)])
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0, keepalive_timeout=5.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            server = await loop.create_server(lambda: _Connection(runner.server(), self), self.host, self.port,
+                                              reuse_address=True)
         except OSError as e:
             await runner.cleanup()
             self._error = DiffCutError(f"cannot serve on {self.host}:{self.port}: {e.strerror or e} (port in use? "
@@ -291,14 +335,40 @@ class LiveServer:
             return
         self._ready.set()
         await self._stopping.wait()
+        server.close()
         await runner.cleanup()
 
     # helpers
     def _authorised(self, request: Any) -> bool:
-        if self.token is None:
-            return True
         given = request.headers.get(TOKEN_HEADER) or request.query.get("token") or ""
-        return hmac.compare_digest(given.encode(), self.token.encode())
+        # "replace": a header with bytes that are not text is a wrong token, not a server error.
+        return hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
+
+    def _host_allowed(self, request: Any) -> bool:
+        """Bound to localhost, only requests addressed to localhost: a DNS-rebinding page sends its own
+        name as Host. Bound beyond localhost the name is the network's to choose; the token guards."""
+        if not is_local(self.host):
+            return True
+        host = request.headers.get("Host", "")
+        name = host.rpartition(":")[0] if host.rpartition(":")[2].isdigit() else host
+        return name.strip("[]").lower() in LOCAL_HOSTS
+
+    async def _guard(self, request: Any, handler: Any) -> Any:
+        """Every request: its connection marked as having sent a whole head, Host checked, a declared body
+        over the limit refused before it is read; a handler's unexpected error is a 500 without a traceback."""
+        _Connection.mark(request.transport)
+        if not self._host_allowed(request):
+            return self._refuse(403, "this server answers to localhost only (Host header)")
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            return self._refuse(413, f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            return await handler(request)
+        except self._web.HTTPException:
+            raise
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as e:   # never a traceback on the console, never the camera loop's problem
+            return self._refuse(500, f"internal error: {type(e).__name__}")
 
     def _refuse(self, status: int, message: str) -> Any:
         return self._web.json_response({"error": message}, status=status)
@@ -316,8 +386,10 @@ class LiveServer:
         frame = self.hub.latest()
         return frame if frame is not None and frame.index != last else None
 
-    async def _feed(self, request: Any, content_type: str, part: Any, min_interval: float = 0.0) -> Any:
-        """A long response that writes ``part(frame)`` for each new frame: /stream and /events."""
+    async def _feed(self, request: Any, content_type: str, part: Any, min_interval: float = 0.0,
+                    lifetime_s: float | None = None) -> Any:
+        """A long response that writes ``part(frame)`` for each new frame: /stream and /events
+        (closed after ``lifetime_s`` when given)."""
         web = self._web
         if self.clients >= self.max_clients:
             return self._refuse(503, f"{self.max_clients} clients are watching already; try again later")
@@ -327,10 +399,11 @@ class LiveServer:
         self.hub.listen(loop, event)
         response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-store",
                                                "X-Accel-Buffering": "no"})
+        ends = None if lifetime_s is None else time.monotonic() + lifetime_s
         try:
             await response.prepare(request)
             last, sent_at = -1, 0.0
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and (ends is None or time.monotonic() < ends):
                 frame = await self._next_frame(event, last)
                 if frame is None:
                     continue
@@ -364,10 +437,22 @@ class LiveServer:
         return await self._feed(request, f"multipart/x-mixed-replace; boundary={BOUNDARY}", part)
 
     async def _events(self, request: Any) -> Any:
-        async def part(frame: LiveFrame) -> bytes:
-            return f"data: {json.dumps(frame.summary())}\n\n".encode()
+        # A small send buffer and a bounded lifetime: a client that reads nothing stalls a write (and is
+        # dropped) within seconds, and no connection holds a slot for ever; EventSource reconnects.
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:
+            import socket
 
-        return await self._feed(request, "text/event-stream", part, min_interval=1.0 / EVENT_HZ)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, EVENT_SNDBUF)
+        first = True
+
+        async def part(frame: LiveFrame) -> bytes:
+            nonlocal first
+            head, first = ("retry: 1000\n" if first else ""), False
+            return f"{head}data: {json.dumps(frame.summary())}\n\n".encode()
+
+        return await self._feed(request, "text/event-stream", part, min_interval=1.0 / EVENT_HZ,
+                                lifetime_s=EVENT_LIFETIME_S)
 
     async def _stats(self, request: Any) -> Any:
         frame = self.hub.latest()
@@ -376,14 +461,21 @@ class LiveServer:
         return self._web.json_response(body, headers={"Cache-Control": "no-store"})
 
     async def _control(self, request: Any) -> Any:
+        # A cross-site page can POST text/plain or a form without a preflight: only JSON is taken (the
+        # preflight a JSON POST needs is never answered), and a browser's Origin must be this server.
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"{request.scheme}://{request.headers.get('Host', '')}":
+            return self._refuse(403, "cross-origin requests are refused")
+        if request.content_type != "application/json":
+            return self._refuse(415, "send the controls as application/json")
         if not self._authorised(request):
             return self._refuse(403, f"a valid token is needed ({TOKEN_HEADER} header or ?token=)")
         try:
-            body = await request.json()
+            body = parse_json_body(await request.read())
         except self._web.HTTPRequestEntityTooLarge:
             return self._refuse(413, f"request body over {MAX_BODY_BYTES} bytes")
-        except (ValueError, UnicodeDecodeError):
-            return self._refuse(400, "the body is not JSON")
+        except DiffCutError as e:
+            return self._refuse(400, str(e))
         try:
             changes = check_controls(body)
         except DiffCutError as e:
@@ -400,6 +492,56 @@ class LiveServer:
         data = await asyncio.get_running_loop().run_in_executor(None, snapshot_zip, frame)
         return self._web.Response(body=data, content_type="application/zip", headers={
             "Content-Disposition": f'attachment; filename="diffcut-frame-{frame.index}.zip"'})
+
+
+class _Connection(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind two bounds: at most :data:`MAX_CONNECTIONS` open
+    at once (more are closed at once), and a whole request head within :data:`REQUEST_TIMEOUT_S`
+    (half-sent requests would otherwise hold descriptors until the process runs out)."""
+
+    _seen: set = set()
+
+    def __init__(self, inner: Any, server: LiveServer) -> None:
+        self._inner, self._server, self._transport, self._counted = inner, server, None, False
+
+    @classmethod
+    def mark(cls, transport: Any) -> None:
+        if transport is not None:
+            cls._seen.add(id(transport))
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        if self._server.connections >= MAX_CONNECTIONS:
+            transport.abort()
+            return
+        self._server.connections += 1
+        self._counted = True
+        self._inner.connection_made(transport)
+        asyncio.get_running_loop().call_later(REQUEST_TIMEOUT_S, self._deadline)
+
+    def _deadline(self) -> None:
+        if self._transport is not None and id(self._transport) not in self._seen and not self._transport.is_closing():
+            self._transport.abort()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._counted:
+            self._server.connections -= 1
+            self._counted = False
+            self._seen.discard(id(self._transport))
+            self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._counted:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._counted else None
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
 
 
 def apply_changes(changes: dict[str, Any], segmenter: Any, overlay: Any) -> None:

@@ -24,6 +24,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def _finite(value: Any) -> bool:
+    """A finite number, also for integers too large for a float (a JSON body may carry 400 digits)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _short(value: Any) -> str:
+    """A value for a message, cut to a readable length (a 400-digit integer is not repeated whole)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 @dataclass(frozen=True)
 class SegmenterOptions:
     """Post-processing options (the paper's defaults), validated on construction.
@@ -48,10 +62,12 @@ class SegmenterOptions:
     pamr_dilations: tuple[int, ...] = defaults.PAMR_DILATIONS
 
     def __post_init__(self) -> None:
-        if not (_is_number(self.tau) and math.isfinite(self.tau) and self.tau >= 0):
-            raise DiffCutError(f"tau must be a finite number >= 0 (0 = no split), got {self.tau!r}")
-        if not (_is_number(self.alpha) and math.isfinite(self.alpha) and self.alpha > 0):
-            raise DiffCutError(f"alpha must be a finite number > 0, got {self.alpha!r}")
+        if not (_is_number(self.tau) and _finite(self.tau) and 0 <= self.tau <= defaults.MAX_TAU):
+            raise DiffCutError(f"tau must be a number from 0 (no split) to {defaults.MAX_TAU:g} (an NCut value is at "
+                               f"most 2: every cut), got {_short(self.tau)}")
+        if not (_is_number(self.alpha) and _finite(self.alpha) and 0 < self.alpha <= defaults.MAX_ALPHA):
+            raise DiffCutError(f"alpha must be a number > 0 and at most {defaults.MAX_ALPHA:g} (the paper: 10), "
+                               f"got {_short(self.alpha)}")
         object.__setattr__(self, "tau", float(self.tau))
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "mask_size", _check_mask_size(self.mask_size))

@@ -213,12 +213,13 @@ def test_publish_never_blocks(served):
 
 def test_malformed_controls_are_400_and_the_server_keeps_serving(served):
     server, hub, port = served
-    assert _post(port, "/control", b"not json")[0] == 400
-    status, body = _post(port, "/control", json.dumps({"tau": -1}).encode())
+    auth = {live.TOKEN_HEADER: server.token}
+    assert _post(port, "/control", b"not json", auth)[0] == 400
+    status, body = _post(port, "/control", json.dumps({"tau": -1}).encode(), auth)
     assert status == 400 and "tau" in body["error"]
-    assert _post(port, "/control", json.dumps({"nonsense": 1}).encode())[0] == 400
-    assert _post(port, "/control", b"{" + b" " * (live.MAX_BODY_BYTES + 10) + b"}")[0] == 413
-    status, body = _post(port, "/control", json.dumps({"tau": 0.25, "opacity": 0.8}).encode())
+    assert _post(port, "/control", json.dumps({"nonsense": 1}).encode(), auth)[0] == 400
+    assert _post(port, "/control", b"{" + b" " * (live.MAX_BODY_BYTES + 10) + b"}", auth)[0] == 413
+    status, body = _post(port, "/control", json.dumps({"tau": 0.25, "opacity": 0.8}).encode(), auth)
     assert status == 200 and body["accepted"] == {"tau": 0.25, "opacity": 0.8}
     assert hub.take_changes() == {"tau": 0.25, "opacity": 0.8} and hub.take_changes() == {}
     assert _get(port, "/stats")[0] == 200
@@ -226,7 +227,7 @@ def test_malformed_controls_are_400_and_the_server_keeps_serving(served):
 
 def test_snapshot_is_the_current_frame(served):
     server, hub, port = served
-    status, body, headers = _get(port, "/snapshot")
+    status, body, headers = _get(port, f"/snapshot?token={server.token}")
     assert status == 200 and headers["Content-Type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(body)) as z:
         assert sorted(z.namelist()) == ["labels.png", "overlay.png", "segments.json"]
@@ -268,7 +269,8 @@ def test_beyond_localhost_controls_and_snapshot_need_the_token():
         assert _get(port, f"/snapshot?token={token}")[0] == 200
         assert _get(port, "/stats")[0] == 200  # watching needs no token; changing and saving do
     with live.LiveServer(live.LiveHub(), "127.0.0.1", _free_port()) as local:
-        assert local.token is None
+        # Localhost too: any page in the user's browser can reach it.
+        assert local.token and local.url.endswith(f"?token={local.token}")
 
 
 def test_a_port_in_use_is_one_clear_error():
@@ -294,3 +296,110 @@ def test_stats_say_what_the_labels_are():
     assert labels == {"keyframe": False, "key_index": 9, "age_frames": 3, "age_ms": 99.9, "confidence": 0.871,
                       "encoder_fps": 1.25}
     json.dumps(labels)   # plain data for /stats and /events
+
+
+# ------------------------------------------------------------------ attacks (real HTTP on 127.0.0.1)
+def _raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks):
+                    break
+        except (socket.timeout, ConnectionResetError):
+            pass
+        return b"".join(chunks)
+
+
+def test_a_web_page_cannot_drive_or_read_the_live_view(served):
+    server, hub, port = served
+    auth = {live.TOKEN_HEADER: server.token}
+    # A cross-site form or text/plain POST needs no preflight: refused, even with the token in the URL.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", f"/control?token={server.token}", body=b'{"tau": 0.1}',
+                 headers={"Content-Type": "text/plain", "Origin": "https://evil.example"})
+    assert conn.getresponse().status in (403, 415)
+    conn.close()
+    assert _post(port, "/control", b'{"tau": 0.1}', {**auth, "Origin": "https://evil.example"})[0] == 403
+    assert _post(port, "/control", b'{"tau": 0.1}')[0] == 403                      # no token, also on localhost
+    assert _post(port, "/control", b'{"tau": 0.1}', {**auth, "Origin": f"http://127.0.0.1:{port}"})[0] == 200
+    assert _get(port, "/snapshot")[0] == 403
+    # DNS rebinding: the page's own name arrives as Host.
+    for path in ("/stats", f"/snapshot?token={server.token}", "/"):
+        assert _get(port, path, {"Host": f"evil.example:{port}"})[0] == 403
+    assert _get(port, "/stats", {"Host": f"localhost:{port}"})[0] == 200
+    hub.take_changes()
+
+
+def test_every_accepted_value_is_computable_and_odd_bodies_are_400(served):
+    server, hub, port = served
+    auth = {live.TOKEN_HEADER: server.token}
+    for body in (b'{"alpha": 1e308}', b'{"tau": 1e308}', b'{"alpha": ' + b"9" * 400 + b"}",
+                 b"[" * 5000 + b"]" * 5000, b'{"tau": "0.3"}', b'\xff\xfe'):
+        status, reply = _post(port, "/control", body, auth)
+        assert status == 400 and len(reply["error"]) < 200, (body[:20], status, reply)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.putrequest("POST", "/control")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader(live.TOKEN_HEADER, "tök€n".encode().decode("latin-1"))
+    conn.putheader("Content-Length", "12")
+    conn.endheaders(b'{"tau": 0.3}')
+    assert conn.getresponse().status == 403
+    conn.close()
+    assert hub.take_changes() == {}
+    assert _get(port, "/stats")[0] == 200
+
+
+def test_a_huge_declared_body_is_413_at_once(served):
+    server, hub, port = served
+    start = time.time()
+    head = (f"POST /control HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"{live.TOKEN_HEADER}: {server.token}\r\nContent-Length: {10 ** 12}\r\n\r\n").encode()
+    reply = _raw(port, head)
+    assert reply.startswith(b"HTTP/1.1 413") and time.time() - start < 3
+
+
+def test_half_sent_requests_cannot_exhaust_the_server(served, monkeypatch):
+    server, hub, port = served
+    monkeypatch.setattr(live, "REQUEST_TIMEOUT_S", 1.0)
+    hung = []
+    for _ in range(live.MAX_CONNECTIONS + 40):   # more than the server keeps open
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        hung.append(s)
+    try:
+        time.sleep(2.0)   # past the request deadline: every half-sent connection is closed
+        assert server.connections <= 2, server.connections
+        assert _get(port, "/stats")[0] == 200
+        closed = 0
+        for s in hung:
+            try:
+                s.settimeout(0.5)
+                closed += s.recv(1) == b""
+            except (ConnectionResetError, BrokenPipeError):
+                closed += 1
+            except socket.timeout:
+                pass
+        assert closed == len(hung)
+    finally:
+        for s in hung:
+            s.close()
+
+
+def test_an_events_client_that_never_reads_gives_its_slot_back(monkeypatch):
+    monkeypatch.setattr(live, "EVENT_LIFETIME_S", 1.0)
+    hub, port = live.LiveHub(), _free_port()
+    with live.LiveServer(hub, "127.0.0.1", port, max_clients=2) as server, Publisher(hub):
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        for s in idle:
+            s.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())   # and never read
+        time.sleep(0.5)
+        assert server.clients == 2 and _get(port, "/events")[0] == 503
+        deadline = time.time() + 5
+        while server.clients and time.time() < deadline:
+            time.sleep(0.1)
+        assert server.clients == 0
+        for s in idle:
+            s.close()

@@ -69,12 +69,10 @@ def clip(tmp_path_factory) -> Path:
 
 
 class LiveProcess:
-    def __init__(self, model_dir: Path, clip: Path, host: str = "127.0.0.1", token: str | None = None):
-        self.port = _free_port()
+    def __init__(self, model_dir: Path, clip: Path, host: str = "127.0.0.1", token: str = "t0ken-of-the-test"):
+        self.port, self.token = _free_port(), token
         argv = [sys.executable, "-m", "diffcut_edge.cli", "webcam", "--model-dir", str(model_dir), "--source",
-                str(clip), "--serve", f"{host}:{self.port}", "--loop", "--backend", "ort-cpu"]
-        if token:
-            argv += ["--token", token]
+                str(clip), "--serve", f"{host}:{self.port}", "--loop", "--backend", "ort-cpu", "--token", token]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "OMP_NUM_THREADS": "1"})
         _wait(lambda: _stats(self.port).get("frame") is not None, what="the first served frame")
@@ -95,10 +93,11 @@ def test_served_segmentation_is_tuned_live_and_stops_cleanly_on_sigterm(model_di
     try:
         first = _stats(live.port)
         assert first["num_segments"] >= 2 and first["size"] == [256, 192]
-        assert _post(live.port, {"tau": 0.0}) == 200  # tau 0 keeps no cut: one segment, applied live
+        assert _post(live.port, {"tau": 0.0}) == 403   # the token is needed on localhost too
+        assert _post(live.port, {"tau": 0.0}, live.token) == 200  # tau 0 keeps no cut: one segment, applied live
         _wait(lambda: _stats(live.port)["options"]["tau"] == 0.0 and _stats(live.port)["num_segments"] == 1,
               what="tau 0 to reach the pipeline")
-        assert _post(live.port, {"tau": 0.5, "refine": False}) == 200
+        assert _post(live.port, {"tau": 0.5, "refine": False}, live.token) == 200
         back = _wait(lambda: (s := _stats(live.port))["num_segments"] >= 2 and not s["options"]["refine"] and s,
                      what="tau 0.5 and refine off")
         assert back["timings"]["pamr"] == 0
@@ -158,7 +157,7 @@ def _set_range(driver, name: str, value: float) -> None:
 def test_the_page_shows_a_live_stream_and_tau_changes_the_segments(browser, model_dir, clip):
     live = LiveProcess(model_dir, clip)
     try:
-        browser.get(f"http://127.0.0.1:{live.port}/")
+        browser.get(f"http://127.0.0.1:{live.port}/?token={live.token}")   # the URL the command prints
         _wait(lambda: _count(browser) >= 2, what="the segment count on the page")
         _wait(lambda: browser.execute_script("return document.getElementById('view').naturalWidth") == 256,
               what="the MJPEG stream in the <img>")
