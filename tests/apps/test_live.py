@@ -308,7 +308,7 @@ def _raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
                 chunks.append(chunk)
                 if b"\r\n\r\n" in b"".join(chunks):
                     break
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             pass
         return b"".join(chunks)
 
@@ -380,7 +380,7 @@ def test_half_sent_requests_cannot_exhaust_the_server(served, monkeypatch):
                 closed += s.recv(1) == b""
             except (ConnectionResetError, BrokenPipeError):
                 closed += 1
-            except socket.timeout:
+            except TimeoutError:
                 pass
         assert closed == len(hung)
     finally:
