@@ -93,8 +93,9 @@ class Viewer(threading.Thread):
 
 def _scenario(args: argparse.Namespace, clip: Path, clients: int) -> dict:
     from diffcut_edge.apps.live import LiveHub, LiveServer
+    from diffcut_edge.apps.pipeline import iter_segmented
     from diffcut_edge.apps.tracking import TrackedOverlay
-    from diffcut_edge.apps.video import FrameReader, iter_segmented
+    from diffcut_edge.apps.video import FrameReader
     from diffcut_edge.runtime import Segmenter
 
     captured: dict[int, float] = {}

@@ -168,12 +168,14 @@ class LabelCarrier:
     key_index: int = -1
     key_time: float = 0.0
     mask_labels: np.ndarray | None = None
+    novelty: float = 0.0     # the share of the frame that could not be carried, summed since the key
 
     def start(self, result, index: int, captured: float, mask_labels: np.ndarray | None = None) -> None:
         """Make ``result`` (of frame ``index``, captured at ``captured``) the key; ``mask_labels`` when
         it was already carried forward (latency compensation)."""
         self.key, self.key_index, self.key_time = result, index, captured
         self.mask_labels = np.asarray(result.mask_labels if mask_labels is None else mask_labels, np.int32)
+        self.novelty = 0.0
 
     def carry(self, frame: np.ndarray, motions: Iterable[Motion]) -> Any:
         """This frame's result: the labels moved along ``motions`` (oldest first), refined on ``frame``."""
@@ -184,6 +186,7 @@ class LabelCarrier:
         labels = self.mask_labels
         for motion in motions:
             labels = warp_labels(labels, motion)
+            self.novelty += float((labels < 0).mean())
         image = image_to_rgb_float(frame, size=labels.shape)
         labels = fill_unlabelled(refine_labels(image, labels, self.key.num_segments,
                                                self.refine_iterations, self.refine_dilations))
@@ -417,7 +420,8 @@ def _in_order(frames, segmenter, policy: KeyframePolicy, motion: MotionEstimator
             if fixed:
                 is_key = item.features is not None
             else:
-                is_key = carrier.key is None or policy.due(item.index, item.index - carrier.key_index, step)
+                is_key = carrier.key is None or policy.due(item.index, item.index - carrier.key_index, step,
+                                                           carrier.novelty)
                 if is_key:
                     item = replace(item, **dict(zip(("features", "preprocess_ms", "encoder_ms"),
                                                     _encode_one(segmenter, item.frame))))

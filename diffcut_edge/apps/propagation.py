@@ -42,14 +42,17 @@ class KeyframePolicy:
 
     every:N: frames 0, N, 2N, ... are keyframes; ``every:1`` is DiffCut on every frame.
     auto: a new keyframe when the scene cuts, when flow confidence falls below
-        ``min_confidence``, or when the labels are ``max_age`` frames old; with an encoder
-        in its own worker (live sources, ``--realtime``), whenever the encoder is free.
+        ``min_confidence``, when more than ``max_novelty`` of the frame could not be carried
+        since the keyframe (content entering the view, dis-occlusions: carried labels cannot
+        invent a segment), or when the labels are ``max_age`` frames old; with an encoder in
+        its own worker (live sources, ``--realtime``), whenever the encoder is free.
     """
 
     mode: str = "every"
     interval: int = 1
     max_age: int = 30
     min_confidence: float = 0.6
+    max_novelty: float = 0.08
 
     def __post_init__(self) -> None:
         if self.mode not in ("every", "auto"):
@@ -58,8 +61,9 @@ class KeyframePolicy:
             raise DiffCutError(f"keyframes every:N needs a whole N >= 1, got {self.interval!r}")
         if isinstance(self.max_age, bool) or not isinstance(self.max_age, (int, np.integer)) or self.max_age < 1:
             raise DiffCutError(f"keyframes max_age must be a whole number of frames >= 1, got {self.max_age!r}")
-        if not 0.0 <= float(self.min_confidence) <= 1.0:
-            raise DiffCutError(f"keyframes min_confidence must be in [0, 1], got {self.min_confidence!r}")
+        for name in ("min_confidence", "max_novelty"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise DiffCutError(f"keyframes {name} must be in [0, 1], got {getattr(self, name)!r}")
 
     @classmethod
     def parse(cls, text: str | KeyframePolicy) -> KeyframePolicy:
@@ -81,14 +85,16 @@ class KeyframePolicy:
         """DiffCut on every frame: nothing is ever propagated."""
         return self.mode == "every" and self.interval == 1
 
-    def due(self, index: int, age: int, motion: Motion | None) -> bool:
+    def due(self, index: int, age: int, motion: Motion | None, novelty: float = 0.0) -> bool:
         """Whether frame ``index`` must be a keyframe, ``age`` frames after the last one, ``motion``
-        being the flow from the previous frame (None on the first frame)."""
+        being the flow from the previous frame (None on the first frame) and ``novelty`` the share of
+        the frame that could not be carried since the keyframe."""
         if motion is None:
             return True
         if self.mode == "every":
             return index % self.interval == 0
-        return motion.scene_cut or motion.confidence < self.min_confidence or age >= self.max_age
+        return (motion.scene_cut or motion.confidence < self.min_confidence or age >= self.max_age
+                or novelty >= self.max_novelty)
 
     def __str__(self) -> str:
         return "auto" if self.mode == "auto" else f"every:{self.interval}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,11 @@ class EngineRecord:
     tensorrt_version: str          # e.g. "10.3.0"
     batch_profile: tuple[int, int, int]  # (min, opt, max) batch of the one profile
     sha256: str = ""
+
+
+MAX_MANIFEST_BYTES = 1 << 20      # a manifest is a few kB; a larger file is not one
+MAX_RESOLUTION = 4096             # the paper uses 1024; 4096 px is already 4x its cost
+MAX_CHANNELS = 16384              # SDXL's attention has 1280
 
 
 @dataclass
@@ -130,13 +136,31 @@ class Manifest:
                 for e in kwargs.get("engines", [])
             ]
             manifest = cls(**kwargs)
-        except (TypeError, ValueError, KeyError) as e:
-            raise DiffCutError(f"{source}: malformed field ({e}); re-export the model folder") from e
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise DiffCutError(f"{source}: malformed field ({str(e)[:200]}); re-export the model folder") from e
         manifest.validate(source)
         return manifest
 
     def validate(self, source: str = "manifest") -> None:
-        """Check internal consistency (not the files: see :func:`verify_files`)."""
+        """Check types, bounds and internal consistency (not the files: see :func:`verify_files`).
+        A manifest is input like any other: every field has the type the runtime relies on, and every
+        file it names is a plain name inside the folder."""
+        for name, kind in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise DiffCutError(f"{source}: {name} must be {_KIND_WORDS[kind]}, got {type(value).__name__}; "
+                                   f"re-export the model folder")
+        names = [self.onnx_file, *self.onnx_data_files, *self.files_sha256, *(e.file for e in self.engines)]
+        if isinstance(self.vocabulary, dict):
+            names += list(self.vocabulary.get("files") or {})
+        for name in names:
+            if not _plain_name(name):
+                raise DiffCutError(f"{source}: the file name {str(name)[:80]!r} is not a plain file name of the "
+                                   f"folder (no '/', '..' or absolute paths); re-export the model folder")
+        if not 0 < self.resolution <= MAX_RESOLUTION:
+            raise DiffCutError(f"{source}: resolution {self.resolution} is outside 64..{MAX_RESOLUTION}")
+        if not 0 < self.channels <= MAX_CHANNELS:
+            raise DiffCutError(f"{source}: channels {self.channels} is outside 1..{MAX_CHANNELS}")
         if self.family not in FAMILIES:
             raise DiffCutError(f"{source}: family {self.family!r} is not one of {FAMILIES}")
         if self.precision not in FOLDER_PRECISIONS:
@@ -153,6 +177,13 @@ class Manifest:
             raise DiffCutError(f"{source}: vae {self.vae!r} is not one of {VAES}")
 
 
+_FIELD_TYPES = {"model_id": str, "family": str, "resolution": int, "channels": int, "precision": str,
+                "timestep": int, "noise_seed": int, "opset": int, "onnx_file": str, "onnx_data_files": list,
+                "input_name": str, "output_name": str, "files_sha256": dict, "engines": list, "vae": str,
+                "exporter": dict, "hook": str}
+_KIND_WORDS = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+
+
 def verify_vocabulary_files(model_dir: str | os.PathLike, manifest: Manifest) -> dict[str, Any]:
     """The folder's vocabulary record, its files checked against their SHA-256 (as the encoder's)."""
     record = manifest.vocabulary
@@ -161,7 +192,7 @@ def verify_vocabulary_files(model_dir: str | os.PathLike, manifest: Manifest) ->
                            f"{model_dir} --vocab voc|context|coco-object|FILE.txt`")
     model_dir = Path(model_dir)
     for name, expected in record.get("files", {}).items():
-        path = model_dir / name
+        path = folder_file(model_dir, name, "vocabulary file")
         if not path.is_file():
             raise DiffCutError(f"{path} is missing; the vocabulary is incomplete, re-run export-vocab")
         got = sha256_file(path)
@@ -169,6 +200,36 @@ def verify_vocabulary_files(model_dir: str | os.PathLike, manifest: Manifest) ->
             raise DiffCutError(f"{path} does not match its manifest (sha256 {got[:12]}… != {expected[:12]}…): "
                                f"the file was modified or replaced; re-run export-vocab")
     return record
+
+
+def _plain_name(name: Any) -> bool:
+    """A file name of the folder itself: no separator, no parent, not absolute, not empty."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\x00" not in name and not os.path.isabs(name))
+
+
+def folder_file(model_dir: str | os.PathLike, name: Any, what: str = "file") -> Path:
+    """``model_dir / name`` for a name the manifest gives, confined to the folder: a plain name (no
+    separator or ``..``), no link leading out of the folder, and a regular file (a FIFO or a device
+    would hang the hashing). A missing file is returned as is (the caller says what is missing)."""
+    model_dir = Path(model_dir)
+    if not _plain_name(name):
+        raise DiffCutError(f"{model_dir}/{MANIFEST_NAME}: the {what} name {str(name)[:80]!r} is not a plain file "
+                           f"name of the folder (no '/', '..' or absolute paths); re-export the model folder")
+    path = model_dir / name
+    if not os.path.lexists(path):
+        return path
+    real = path.resolve()
+    if real.parent != model_dir.resolve():
+        raise DiffCutError(f"{path} is a link that leads outside the model folder (to {real}); copy the file "
+                           f"into the folder instead")
+    try:
+        mode = real.stat().st_mode
+    except OSError as e:
+        raise DiffCutError(f"{path}: cannot read it ({e.strerror or e})") from e
+    if not stat.S_ISREG(mode):
+        raise DiffCutError(f"{path} is not a regular file (a device, FIFO or folder); re-export the model folder")
+    return path
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -193,9 +254,16 @@ def read_manifest(model_dir: str | os.PathLike) -> Manifest:
         raise DiffCutError(f"{model_dir} has no {MANIFEST_NAME}: it is not an exported model folder "
                            f"(run 'diffcut-edge export ... --out {model_dir}')")
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise DiffCutError(f"{path} is {path.stat().st_size} bytes, not a manifest (at most "
+                               f"{MAX_MANIFEST_BYTES}); re-export the model folder")
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DiffCutError(f"{path} is not valid JSON ({e}); re-export the model folder") from e
+    except RecursionError:
+        raise DiffCutError(f"{path} nests too deeply to be a manifest; re-export the model folder") from None
+    except OSError as e:
+        raise DiffCutError(f"{path}: cannot read it ({e.strerror or e})") from e
     return Manifest.from_dict(data, source=str(path))
 
 
@@ -209,7 +277,7 @@ def verify_files(model_dir: str | os.PathLike, manifest: Manifest) -> None:
     """Check that the ONNX file (and its data) exist and match the recorded SHA-256."""
     model_dir = Path(model_dir)
     for name in [manifest.onnx_file, *manifest.onnx_data_files]:
-        path = model_dir / name
+        path = folder_file(model_dir, name, "ONNX")
         if not path.is_file():
             raise DiffCutError(f"{path} is missing; the model folder is incomplete, re-export it")
         expected = manifest.files_sha256.get(name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import html
 import os
+import zlib
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,7 @@ from diffcut_edge.errors import DiffCutError
 
 SOT, EOT = "<start_of_text>", "<end_of_text>"
 NUM_MERGES = 49152 - 256 - 2
+MAX_BPE_BYTES = 8 << 20      # the real file inflates to 1.3 MiB
 CONTEXT_LENGTH = 77
 
 
@@ -65,8 +67,13 @@ class ClipTokenizer:
     def __init__(self, bpe_path: str | os.PathLike, context_length: int = CONTEXT_LENGTH) -> None:
         path = Path(bpe_path)
         try:
-            lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
-        except (OSError, EOFError, UnicodeDecodeError) as e:
+            with gzip.open(path, "rb") as f:
+                data = f.read(MAX_BPE_BYTES + 1)   # bounded: a small gzip may inflate to gigabytes
+            if len(data) > MAX_BPE_BYTES:
+                raise DiffCutError(f"{path}: inflates past {MAX_BPE_BYTES >> 20} MiB, CLIP's BPE vocabulary is "
+                                   f"1.3 MiB; re-run export-vocab")
+            lines = data.decode("utf-8").split("\n")
+        except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
             raise DiffCutError(f"{path}: not CLIP's BPE vocabulary ({e})") from e
         merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]
         if len(merges) != NUM_MERGES or any(len(m) != 2 for m in merges):

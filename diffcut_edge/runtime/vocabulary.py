@@ -46,6 +46,7 @@ TEMPLATE_SETS = {TEXT_TEMPLATES_NAME: VILD_TEMPLATES}
 BUILTIN_VOCABULARIES = ("voc", "context", "coco-object")   # files in runtime/vocabularies/
 LOGIT_SCALE_MAX = 100.0
 MAX_NAME_LENGTH = 200     # characters of one synonym (CLIP reads 77 tokens anyway)
+MAX_BANK_BYTES = 512 << 20   # a text bank of 100k synonyms x 1024 float32 is 400 MiB
 _DATA = Path(__file__).parent / "vocabularies"
 
 
@@ -171,6 +172,12 @@ class TextBank:
     def from_file(cls, path: str | os.PathLike) -> TextBank:
         try:
             with np.load(path, allow_pickle=False) as data:
+                # Sizes from the zip directory before any array is read: a small npz may declare an
+                # array of gigabytes (np.load allocates the header's shape first).
+                for member in data.zip.infolist():
+                    if member.file_size > MAX_BANK_BYTES:
+                        raise DiffCutError(f"{path}: {member.filename} holds {member.file_size >> 20} MiB, more "
+                                           f"than a text bank can ({MAX_BANK_BYTES >> 20} MiB); re-run export-vocab")
                 meta = json.loads(str(data["meta"]))
                 embeddings = np.asarray(data["embeddings"], dtype=np.float32)
             vocab = Vocabulary(meta["vocabulary"], tuple(tuple(c) for c in meta["classes"]))

@@ -137,7 +137,8 @@ def test_session_gets_trt_cache_in_model_folder(toy_dir, monkeypatch):
             return [p[0] for p in seen["providers"]]
 
         def get_inputs(self):
-            return [types.SimpleNamespace(name="image")]
+            r = read_manifest(toy_dir).resolution
+            return [types.SimpleNamespace(name="image", shape=["B", 3, r, r])]
 
         def get_outputs(self):
             return [types.SimpleNamespace(name="features")]

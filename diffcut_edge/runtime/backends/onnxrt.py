@@ -18,7 +18,7 @@ from diffcut_edge.errors import DiffCutError
 from diffcut_edge.lazy import onnxruntime as ort
 from diffcut_edge.paths import cache_root
 from diffcut_edge.runtime.backends.base import Backend
-from diffcut_edge.runtime.manifest import Manifest, read_manifest
+from diffcut_edge.runtime.manifest import Manifest, folder_file, read_manifest
 
 TRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
@@ -135,7 +135,7 @@ def _resolve_onnx(model_dir_or_onnx: str | os.PathLike, manifest: Manifest | Non
     else:
         model_dir, onnx_path = path, None
     manifest = manifest or read_manifest(model_dir)
-    onnx_path = onnx_path or model_dir / manifest.onnx_file
+    onnx_path = onnx_path or folder_file(model_dir, manifest.onnx_file, "ONNX")
     if not onnx_path.is_file():
         raise DiffCutError(f"{onnx_path} is missing; the model folder is incomplete, re-export it")
     return model_dir, onnx_path, manifest
@@ -189,6 +189,13 @@ class OnnxRuntimeBackend(Backend):
         if inputs != [self.input_name] or self.output_name not in outputs:
             raise DiffCutError(f"{self.onnx_path} has inputs {inputs} / outputs {outputs}, but the manifest "
                                f"says '{self.input_name}' -> '{self.output_name}'; re-export the model folder")
+        # The manifest's resolution sizes every buffer: it must be the graph's own (a manifest that
+        # declares 64k px would otherwise allocate gigabytes before the graph refuses the input).
+        shape = list(self.session.get_inputs()[0].shape)
+        r = self.manifest.resolution
+        if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (3, r, r))):
+            raise DiffCutError(f"{self.onnx_path} takes input {shape}, but the manifest says (B, 3, {r}, {r}); "
+                               f"re-export the model folder")
 
     def _infer_impl(self, images: Any) -> dict[str, Any]:
         if not isinstance(images, np.ndarray):  # a cupy batch: onnxruntime reads host memory

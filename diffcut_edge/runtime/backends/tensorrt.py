@@ -18,7 +18,7 @@ from diffcut_edge.lazy import cupy as cp
 from diffcut_edge.lazy import tensorrt as trt
 from diffcut_edge.runtime import trt_compat
 from diffcut_edge.runtime.backends.base import Backend
-from diffcut_edge.runtime.manifest import EngineRecord, Manifest, read_manifest, sha256_file
+from diffcut_edge.runtime.manifest import EngineRecord, Manifest, folder_file, read_manifest, sha256_file
 
 
 def _describe(record: EngineRecord) -> str:
@@ -102,7 +102,7 @@ class TensorRTBackend(Backend):
         cp.cuda.Device(device_id).use()
         gpu_name, cc = trt_compat.gpu_identity(cp, device_id)
         record = select_engine(manifest, gpu_name, cc, trt.__version__, model_dir)
-        path = model_dir / record.file
+        path = folder_file(model_dir, record.file, "engine")
         if not path.is_file():
             raise DiffCutError(f"{path} is listed in the manifest but missing: rebuild it with "
                                f"'diffcut-edge build-engine --model-dir {model_dir}'")
