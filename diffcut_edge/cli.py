@@ -345,13 +345,28 @@ def _open_segmenter(args: argparse.Namespace):
     from diffcut_edge.runtime.segmenter import Segmenter
 
     model_dir = _model_dir(args)
-    seg = Segmenter.from_model_dir(model_dir, backend=args.backend, refine=args.refine,
-                                   device=None if args.device == "auto" else args.device,
-                                   mask_size=tuple(args.mask_size), tau=args.tau, alpha=args.alpha,
-                                   max_segments=args.max_segments, min_segment_size=args.min_segment_size,
-                                   classes=args.classes)
+    spec = Segmenter.spec_from(model_dir, backend=args.backend, refine=args.refine,
+                               device=None if args.device == "auto" else args.device,
+                               mask_size=tuple(args.mask_size), tau=args.tau, alpha=args.alpha,
+                               max_segments=args.max_segments, min_segment_size=args.min_segment_size,
+                               classes=args.classes)
+    if _runs_in_worker(args):
+        # The realtime loop opens the model in its keyframe worker process: not here a second time.
+        from diffcut_edge.apps.pipeline import RemoteSegmenter
+
+        seg = RemoteSegmenter(spec)
+    else:
+        seg = spec.open()
     _note_verification(args.verb, seg.manifest, model_dir)
     return seg
+
+
+def _runs_in_worker(args: argparse.Namespace) -> bool:
+    """Whether video/webcam run DiffCut in the realtime keyframe worker (every policy but every:1;
+    for video only with --realtime)."""
+    if args.verb not in ("video", "webcam") or (args.verb == "video" and not args.realtime):
+        return False
+    return not _keyframe_policy(args, "auto").per_frame
 
 
 def _note_verification(verb: str, manifest, model_dir: str) -> None:
@@ -576,7 +591,7 @@ def _run_video(args: argparse.Namespace) -> int:
                                        realtime=args.realtime, pipelined=args.pipeline, max_frames=args.max_frames,
                                        pace_fps=info.fps if args.realtime else None):
                 writer.write(draw(item.frame, item.result))
-                stats.add(item.result.timings, item.keyframe)
+                stats.add(item.result.timings, item.key_index)
                 bar.update(1)
         if writer.frames == 0:
             raise DiffCutError(f"no frame could be read from {spec}; nothing written")
@@ -662,14 +677,14 @@ def _run_webcam(args: argparse.Namespace) -> int:
         policy = _keyframe_policy(args, "auto")
         # every:1 waits for each frame's result (the loop runs at the encoder's rate); any other
         # policy keeps the encoder in its own worker and a file plays at its own frame rate.
-        realtime = not policy.per_frame
+        realtime = _runs_in_worker(args)
         for item in iter_segmented(source, seg, keyframes=policy, realtime=realtime, pipelined=args.pipeline,
                                    max_frames=args.max_frames,
                                    pace_fps=reader.info.fps if realtime and not spec.live else None):
             if hub is not None:
                 apply_changes(hub.take_changes(), seg, draw)
             vis = draw(item.frame, item.result)
-            stats.add(item.result.timings, item.keyframe)
+            stats.add(item.result.timings, item.key_index)
             fps = meter.tick()
             hud.draw_hud(vis, hud.hud_text(fps, item.result.timings, item.result.num_segments, seg.options.refine,
                                            frame=item))

@@ -20,7 +20,9 @@ frames run the encoder is a :class:`~diffcut_edge.apps.propagation.KeyframePolic
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
+import os
 import queue
 import threading
 import time
@@ -46,6 +48,7 @@ from diffcut_edge.errors import DiffCutError
 
 HISTORY_FRAMES = 512   # flows kept for latency compensation (an encoder slower than this many frames is not compensated)
 PROPAGATION_KEYS = ("flow", "propagate")   # the timings of a carried frame
+NICE = 2               # the keyframe worker process's niceness (best effort)
 LATE_S = 0.25          # a paced file drops the frames the loop is later than this for (a hiccup is not a drop)
 
 
@@ -188,8 +191,7 @@ class LabelCarrier:
             labels = warp_labels(labels, motion)
             self.novelty += float((labels < 0).mean())
         image = image_to_rgb_float(frame, size=labels.shape)
-        labels = fill_unlabelled(refine_labels(image, labels, self.key.num_segments,
-                                               self.refine_iterations, self.refine_dilations))
+        labels = fill_unlabelled(refine_labels(image, labels, self.refine_iterations, self.refine_dilations))
         self.mask_labels = labels
         propagate_ms = _ms(start)
         full = resize_nearest(labels, frame.shape[:2]).astype(np.int32)
@@ -347,6 +349,192 @@ class KeyframeWorker:
         return self.finished / self.busy_s if self.busy_s > 0 else 0.0
 
 
+class RemoteSegmenter:
+    """A segmenter that lives in the realtime keyframe worker's process, seen from the loop's.
+
+    The loop's process loads no model: :func:`iter_segmented` opens ``spec`` in a worker process.
+    ``options`` / ``update_options`` work as on a Segmenter; the changes reach the worker with the
+    next keyframe.
+    """
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+        self.options = spec.options
+
+    def update_options(self, **changes: Any) -> Any:
+        import dataclasses
+
+        self.options = dataclasses.replace(self.options, **changes)
+        return self.options
+
+    @property
+    def manifest(self) -> Any:
+        from diffcut_edge.runtime.manifest import read_manifest
+
+        return read_manifest(self.spec.model_dir)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> RemoteSegmenter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _portable(error: BaseException) -> BaseException:
+    """An exception that survives pickling to the parent (DiffCutError does; others become RuntimeError)."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _keyframe_process(conn: Any) -> None:
+    """The worker process: receive the spec, open the segmenter, then DiffCut one frame per job."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent's Ctrl-C stops the parent, which stops us
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(NICE)   # the frame loop comes first: on few cores the encoder takes what is left
+    from diffcut_edge.runtime.spec import SegmenterSpec
+
+    try:
+        segmenter = SegmenterSpec.from_dict(conn.recv()).open()
+    except BaseException as e:
+        conn.send(("error", _portable(e)))
+        return
+    conn.send(("ready", None))
+    with segmenter:
+        while True:
+            try:
+                job = conn.recv()
+            except (EOFError, OSError):   # the parent is gone
+                return
+            if job is None:
+                return
+            index, frame, captured, options = job
+            if options != segmenter.options:
+                segmenter.options = options
+            start = time.perf_counter()
+            try:
+                result = segment_keyframe(segmenter, frame, index)
+            except BaseException as e:
+                conn.send(("error", _portable(e)))
+                return
+            conn.send(("done", (index, captured, result, _ms(start))))
+
+
+class ProcessKeyframeWorker:
+    """:class:`KeyframeWorker`'s contract with DiffCut in a process of its own.
+
+    A thread is not enough for a realtime loop in Python: NCut's eigen-solvers and bookkeeping hold
+    the interpreter lock for long stretches, and the loop's own numpy work then waits on them
+    (measured: ~8 ms a carried frame alone, 200-500 ms beside a keyframe's NCut in a thread). The
+    process (``python -m diffcut_edge.apps.pipeline``, so the caller's script is never re-run, as
+    multiprocessing's spawn would) opens the segmenter from its spec (the loop's process needs no
+    model of its own), gets each frame with the options of the moment, and sends the result back
+    over a socket pair.
+    """
+
+    def __init__(self, spec: Any, options: Callable[[], Any] | None = None, start_timeout_s: float = 900.0) -> None:
+        import socket
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        self._process = subprocess.Popen([sys.executable, "-m", "diffcut_edge.apps.pipeline", str(theirs.fileno())],
+                                         pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._options = options or (lambda: spec.options)
+        self._busy_since: float | None = None
+        self.finished, self.busy_s = 0, 0.0
+        self._conn.send(spec.to_dict())
+        kind, payload = self._receive(start_timeout_s, "open the model folder")
+        if kind == "error":
+            self.close()
+            raise payload
+
+    def _receive(self, timeout_s: float, what: str) -> tuple[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._conn.poll(min(0.5, max(0.0, deadline - time.monotonic()))):
+                try:
+                    return self._conn.recv()
+                except EOFError:
+                    pass
+            if self._process.poll() is not None:
+                raise DiffCutError(f"the keyframe worker process ended (exit status {self._process.returncode}) "
+                                   f"before it could {what}; run with --keyframes every:1 to see the error here")
+            if time.monotonic() >= deadline:
+                raise DiffCutError(f"the keyframe worker process did not {what} within {timeout_s:.0f} s")
+
+    @property
+    def idle(self) -> bool:
+        return self._busy_since is None
+
+    def submit(self, index: int, frame: np.ndarray, captured: float) -> bool:
+        if self._busy_since is not None:
+            return False
+        self._conn.send((index, np.ascontiguousarray(frame), captured, self._options()))
+        self._busy_since = time.perf_counter()
+        return True
+
+    def poll(self, wait_s: float = 0.0) -> tuple | None:
+        if self._busy_since is None:
+            return None
+        if not self._conn.poll(wait_s) and self._process.poll() is None:
+            return None
+        kind, payload = self._receive(0.0, "segment a keyframe")
+        self.busy_s += time.perf_counter() - self._busy_since
+        self._busy_since = None
+        if kind == "error":
+            raise payload
+        self.finished += 1
+        return payload
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Ask the process to stop after the frame in work; end it if it does not."""
+        import subprocess
+
+        with contextlib.suppress(OSError, ValueError):
+            self._conn.send(None)
+        deadline = time.monotonic() + timeout_s
+        # Drain while waiting: a result in flight would otherwise block the worker's send (and its exit).
+        while self._process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError, EOFError, ValueError):
+                if self._conn.poll(0.1):
+                    self._conn.recv()
+        if self._process.poll() is None:
+            self._process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(5.0)
+        self._conn.close()
+
+    @property
+    def fps(self) -> float:
+        return self.finished / self.busy_s if self.busy_s > 0 else 0.0
+
+
+def _keyframe_worker(segmenter: Any) -> Any:
+    """A process for a Segmenter that can be reopened from its spec (or a RemoteSegmenter); a thread
+    for anything else (a custom segmenter object)."""
+    from diffcut_edge.runtime.segmenter import Segmenter
+
+    if isinstance(segmenter, (RemoteSegmenter, Segmenter)) and segmenter.spec is not None:
+        spec = segmenter.spec
+        if spec.threads is None:   # one core stays with the frame loop (capture, flow, overlay, display)
+            spec = spec.replace(threads=max(1, (os.cpu_count() or 2) - 1))
+        return ProcessKeyframeWorker(spec, lambda: segmenter.options)
+    return KeyframeWorker(segmenter)
+
+
 # ------------------------------------------------------------------ the loop
 def iter_segmented(source, segmenter, *, keyframes: str | KeyframePolicy = "every:1", realtime: bool = False,
                    pipelined: bool = True, every: int | None = None, max_frames: int | None = None, depth: int = 2,
@@ -381,12 +569,17 @@ def iter_segmented(source, segmenter, *, keyframes: str | KeyframePolicy = "ever
     if max_frames is not None:
         frames = itertools.islice(frames, max_frames)
     motion = MotionEstimator(**({} if flow_width is None else {"width": flow_width}))
+    local = None
+    if not realtime and isinstance(segmenter, RemoteSegmenter):   # no worker process: open it here
+        segmenter = local = segmenter.spec.replace(options=segmenter.options).open()
     try:
         if realtime:
             yield from _realtime(frames, segmenter, policy, motion, pace_fps)
         else:
             yield from _in_order(frames, segmenter, policy, motion, pipelined, depth)
     finally:
+        if local is not None:
+            local.close()
         if owned is not None:  # a reader opened here from a path / index / URL
             owned.close()
 
@@ -468,7 +661,7 @@ def _realtime(frames, segmenter, policy: KeyframePolicy, motion: MotionEstimator
               pace_fps: float | None) -> Iterator[SegmentedFrame]:
     """The encoder in its own worker; every frame carried along the flow and released at once."""
     carrier = LabelCarrier()
-    worker = KeyframeWorker(segmenter)
+    worker = _keyframe_worker(segmenter)
     history: collections.deque = collections.deque(maxlen=HISTORY_FRAMES)   # (index, Motion) since the last submit
     submitted = -1
     try:
@@ -525,27 +718,48 @@ def _adopt(carrier: LabelCarrier, done: tuple, history: collections.deque) -> No
 # ------------------------------------------------------------------------ throughput
 @dataclass
 class Throughput:
-    """Running per-stage means and frames per second for a final summary line."""
+    """Running per-stage means and frames per second for a final summary line.
+
+    The rate counts from the first frame on (model loading and the first keyframe's wait are
+    start-up, not throughput): ``(frames - 1) / (last - first)``.
+    """
 
     frames: int = 0
     keyframes: int = 0
-    started: float = field(default_factory=time.perf_counter)
+    first: float | None = None
+    last: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)
+    _keys: set = field(default_factory=set, repr=False)
 
-    def add(self, timings: dict[str, float], keyframe: bool = True) -> None:
+    def add(self, timings: dict[str, float], key_index: int | None = None) -> None:
+        """One frame's timings; ``key_index``: the frame its labels come from (None: its own)."""
+        self.last = time.perf_counter()
+        if self.first is None:
+            self.first = self.last
         self.frames += 1
-        self.keyframes += int(keyframe)
+        if key_index is None or key_index not in self._keys:
+            self.keyframes += 1
+            if key_index is not None:
+                self._keys.add(key_index)
         for key, value in timings.items():
             self.stage_ms[key] = self.stage_ms.get(key, 0.0) + float(value)
 
     @property
     def fps(self) -> float:
-        elapsed = time.perf_counter() - self.started
-        return self.frames / elapsed if elapsed > 0 else 0.0
+        if self.first is None or self.frames < 2 or self.last <= self.first:
+            return 0.0
+        return (self.frames - 1) / (self.last - self.first)
 
     def summary(self) -> str:
         order = (*TIMING_KEYS[:-1], "label", *PROPAGATION_KEYS, TIMING_KEYS[-1])
         means = {k: v / max(self.frames, 1) for k, v in self.stage_ms.items()}
         stages = " ".join(f"{k}={means[k]:.1f}" for k in order if k in means)
-        keys = f" ({self.keyframes} keyframes)" if self.keyframes != self.frames else ""
+        keys = f" ({self.keyframes} keyframes)" if self.keyframes != self.frames else ""   # DiffCut ran on these
         return f"{self.frames} frames{keys}, {self.fps:.2f} fps; ms/frame: {stages}"
+
+
+if __name__ == "__main__":   # the realtime keyframe worker process (ProcessKeyframeWorker)
+    import sys
+    from multiprocessing.connection import Connection
+
+    _keyframe_process(Connection(int(sys.argv[1])))

@@ -11,8 +11,9 @@ it on *keyframes* only and moves the keyframe's labels with the scene in between
    pixel takes the label of where it came from, nearest neighbour: labels are ids, not values);
    the inconsistent pixels and those that came from outside the frame get no label (-1).
 3. :func:`refine_labels` fills those pixels and snaps every boundary to the current frame's own
-   pixels with a short PAMR (the keyframe's refinement, fewer rounds and dilations): unlabelled
-   pixels start with no mass and receive their neighbours' by colour affinity.
+   pixels with a short PAMR (the keyframe's colour affinities, fewer rounds, the nearest
+   neighbours, labels voted by affinity each round): unlabelled pixels take the label their
+   neighbours hold the most affinity for.
 
 Warping the label map (not the token features, not soft maps) is what the measurements chose:
 see benchmarks/RESULTS.md, "Video". :class:`KeyframePolicy` says when the encoder runs again.
@@ -30,7 +31,7 @@ from diffcut_edge.errors import DiffCutError
 FLOW_WIDTH = 160                  # the flow's frame width in pixels (DIS at 160x120: ~1 ms both ways)
 CONSISTENCY_PX = 1.0              # forward-backward disagreement (flow pixels) beyond which a pixel is occluded
 REFINE_ITERATIONS = 3             # PAMR rounds on a propagated frame (a keyframe: 10)
-REFINE_DILATIONS = (1, 2)         # PAMR dilations on a propagated frame (a keyframe: 1, 2, 4, 8)
+REFINE_DILATIONS = (1,)           # PAMR dilation on a propagated frame (a keyframe: 1, 2, 4, 8)
 SCENE_CUT_RESIDUAL = 0.12         # mean |frame - warped previous frame| (0..1) above which the scene changed
 SCENE_CUT_CONFIDENCE = 0.25       # share of consistent pixels below which the scene changed
 
@@ -215,30 +216,38 @@ def warp_labels(labels: np.ndarray, motion: Motion) -> np.ndarray:
     return out
 
 
-def refine_labels(image: np.ndarray, labels: np.ndarray, num_labels: int,
-                  iterations: int = REFINE_ITERATIONS, dilations: Sequence[int] = REFINE_DILATIONS) -> np.ndarray:
-    """Carried ``labels`` (mh, mw; -1 = none) snapped to ``image`` (mh, mw, 3 RGB float in [0, 1]) by PAMR.
+def refine_labels(image: np.ndarray, labels: np.ndarray, iterations: int = REFINE_ITERATIONS,
+                  dilations: Sequence[int] = REFINE_DILATIONS) -> np.ndarray:
+    """Carried ``labels`` (mh, mw; -1 = none) snapped to ``image`` (mh, mw, 3 RGB float in [0, 1]).
 
-    Labelled pixels start one-hot, unlabelled ones empty; ``iterations`` PAMR rounds spread the
-    labels along the image's colour affinities, then argmax (an unlabelled pixel that received
-    nothing keeps -1, which the caller fills) and, as the keyframe's PAMR, a 3x3 median.
+    PAMR's neighbour affinities (the keyframe's, :func:`~diffcut_edge.runtime.pamr.pamr_weights`), used
+    as votes: each round, every pixel takes the label its neighbours carry the most affinity for
+    (unlabelled neighbours do not vote; a pixel no neighbour votes for keeps its label, -1 included,
+    which the caller fills). This is PAMR's propagation with the soft maps replaced by their argmax
+    after each round, so the cost is the same for 5 segments or 255 (soft maps cost K times more).
     """
     from diffcut_edge.runtime import pamr
-    from diffcut_edge.runtime.xp import median_filter3
 
-    k = max(int(num_labels), int(labels.max()) + 1, 1)
-    masks = np.zeros((k, *labels.shape), np.float32)
-    known = labels >= 0
-    masks[(labels[known], *np.nonzero(known))] = 1.0
-    if iterations > 0:
-        # One strip on the calling thread: at mask size (128²) a thread pool costs more than it saves.
-        whole = {"rows": labels.shape[0], "workers": 1}
-        masks = pamr.propagate(masks, pamr.pamr_weights(image, dilations, **whole), dilations, iterations, **whole)
-    out = masks.argmax(axis=0).astype(np.int32)
-    out[masks.max(axis=0) <= 0] = -1
-    if iterations > 0 and (out >= 0).all():
-        out = median_filter3(out).astype(np.int32)
-    return out
+    if iterations <= 0:
+        return labels
+    h, w = labels.shape
+    dil = tuple(int(d) for d in dilations)
+    # One strip on the calling thread: at mask size (128²) a thread pool costs more than it saves.
+    weights = pamr.pamr_weights(image, dil, rows=h, workers=1)                   # (n, h, w)
+    offsets = [(dy * d, dx * d) for d in dil for dy, dx in pamr.NEIGHBOURS]
+    pad = max(dil)
+    current = labels
+    for _ in range(int(iterations)):
+        padded = np.pad(current, pad, mode="edge")
+        neighbours = np.stack([padded[pad + oy:pad + oy + h, pad + ox:pad + ox + w] for oy, ox in offsets])
+        votes = np.where(neighbours >= 0, weights, 0.0).astype(np.float32)
+        score = np.zeros_like(votes)
+        for j in range(len(offsets)):   # the affinity behind each neighbour's label
+            score += votes[j] * (neighbours == neighbours[j])
+        best = score.argmax(axis=0)
+        chosen = np.take_along_axis(neighbours, best[None], axis=0)[0]
+        current = np.where(score.max(axis=0) > 0, chosen, current).astype(np.int32)
+    return current
 
 
 def fill_unlabelled(labels: np.ndarray) -> np.ndarray:

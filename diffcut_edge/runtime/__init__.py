@@ -20,6 +20,7 @@ _LAZY = {
     # Segmenter, inference backends, preprocessing
     "Segmenter": "segmenter",
     "SegmenterOptions": "options",
+    "SegmenterSpec": "spec",
     "SegmentationResult": "postprocess",
     "Postprocessor": "postprocess",
     "Backend": "backends",

@@ -25,6 +25,7 @@ from diffcut_edge.runtime.manifest import Manifest, read_manifest
 from diffcut_edge.runtime.options import SegmenterOptions
 from diffcut_edge.runtime.postprocess import Postprocessor, SegmentationResult, _ms
 from diffcut_edge.runtime.preprocess import check_frame, frame_list, preprocess
+from diffcut_edge.runtime.spec import SegmenterSpec
 from diffcut_edge.runtime.xp import get_xp, gpu_postprocessing_problem
 
 
@@ -77,12 +78,13 @@ class Segmenter:
     """
 
     def __init__(self, backend: Backend, options: SegmenterOptions | None = None, device: str | None = None,
-                 owns_backend: bool = True, labeler: Any = None) -> None:
+                 owns_backend: bool = True, labeler: Any = None, spec: SegmenterSpec | None = None) -> None:
         self.backend = backend
         self.labeler = labeler
         self.device = self._resolve_device(device, backend)
         self.post = Postprocessor.for_manifest(backend.manifest, options or SegmenterOptions(), self.device)
         self.owns_backend = owns_backend
+        self._spec = spec   # how it was opened (None when built around a backend by hand)
 
     @classmethod
     def from_model_dir(cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None,
@@ -91,34 +93,55 @@ class Segmenter:
                        min_segment_size: int | None = None, *, verify: bool = True,
                        threads: int | None = None, classes: Any = None,
                        name_segments: bool | None = None) -> Segmenter:
-        """Open a model folder (see :func:`~diffcut_edge.runtime.backends.open_backend`).
+        """Open a model folder (see :func:`~diffcut_edge.runtime.backends.open_backend`): the keyword
+        spelling of ``SegmenterSpec(...).open()``.
 
         classes: name the segments with these classes (``"cat, sofa"``, a list, synonyms as inner
             lists), embedded now with the folder's CLIP text tower (needs ``export-vocab``).
         name_segments: None = when the folder has a vocabulary or ``classes`` are given.
         """
-        # Validate before the (slow) backend opens.
+        return cls.open_spec(cls.spec_from(path, backend, device, refine, mask_size, tau, alpha, max_segments,
+                                           min_segment_size, verify=verify, threads=threads, classes=classes,
+                                           name_segments=name_segments))
+
+    @staticmethod
+    def spec_from(path: str | os.PathLike, backend: str = "auto", device: str | None = None, refine: bool = True,
+                  mask_size: tuple[int, int] = defaults.MASK_SIZE, tau: float = defaults.TAU,
+                  alpha: float = defaults.ALPHA, max_segments: int | None = None,
+                  min_segment_size: int | None = None, *, verify: bool = True, threads: int | None = None,
+                  classes: Any = None, name_segments: bool | None = None) -> SegmenterSpec:
+        """The :class:`~diffcut_edge.runtime.spec.SegmenterSpec` of :meth:`from_model_dir`'s arguments."""
         options = SegmenterOptions(tau=tau, alpha=alpha, mask_size=mask_size, refine=refine,
                                    max_segments=max_segments, min_segment_size=min_segment_size)
-        if device is not None and device not in DEVICES:
-            raise DiffCutError(f"device must be one of {DEVICES} or None, got {device!r}")
-        if device == "cuda" and (problem := gpu_postprocessing_problem()):
+        return SegmenterSpec(os.fspath(path), backend, device, options, classes, name_segments, threads, verify)
+
+    @classmethod
+    def open_spec(cls, spec: SegmenterSpec) -> Segmenter:
+        """The Segmenter a :class:`~diffcut_edge.runtime.spec.SegmenterSpec` describes (validated already)."""
+        if spec.device == "cuda" and (problem := gpu_postprocessing_problem()):
             raise DiffCutError(f"--device cuda: {problem}")  # before the (slow) backend opens
-        manifest = read_manifest(path)  # once, for the labeler and the backend
+        manifest = read_manifest(spec.model_dir)  # once, for the labeler and the backend
         labeler = None
-        if names_segments(manifest, classes, name_segments):
+        if names_segments(manifest, spec.classes, spec.name_segments):
             from diffcut_edge.runtime.labeling import SegmentLabeler
 
             # CLIP follows the encoder: --backend ort-cpu keeps it off the GPU too.
-            labeler = SegmentLabeler.from_model_dir(path, classes, manifest=manifest, verify=verify, threads=threads,
-                                                    device="cpu" if backend == "ort-cpu" else None)
-        opened = open_backend(path, backend, manifest, verify=verify, keep_on_device=device != "cpu",
-                              threads=threads)
+            labeler = SegmentLabeler.from_model_dir(spec.model_dir, spec.classes, manifest=manifest,
+                                                    verify=spec.verify, threads=spec.threads,
+                                                    device="cpu" if spec.backend == "ort-cpu" else None)
+        opened = open_backend(spec.model_dir, spec.backend, manifest, verify=spec.verify,
+                              keep_on_device=spec.device != "cpu", threads=spec.threads)
         try:
-            return cls(opened, options, device=device, labeler=labeler)
+            return cls(opened, spec.options, device=spec.device, labeler=labeler, spec=spec)
         except BaseException:
             opened.close()
             raise
+
+    @property
+    def spec(self) -> SegmenterSpec | None:
+        """How to open this segmenter again (elsewhere, e.g. in a worker process), with its current
+        options; None for a Segmenter built around a backend by hand."""
+        return None if self._spec is None else dataclasses.replace(self._spec, options=self.options)
 
     @staticmethod
     def _resolve_device(device: str | None, backend: Backend) -> str:

@@ -230,7 +230,7 @@ def test_propagation_keeps_the_planted_segmentation_and_is_steadier(colour_dir):
 
 def test_throughput_counts_keyframes():
     stats = Throughput()
-    stats.add({"encoder": 10.0, "total": 12.0}, keyframe=True)
-    stats.add({"flow": 1.0, "propagate": 3.0, "total": 4.0}, keyframe=False)
+    stats.add({"encoder": 10.0, "total": 12.0}, key_index=0)
+    stats.add({"flow": 1.0, "propagate": 3.0, "total": 4.0}, key_index=0)
     text = stats.summary()
     assert text.startswith("2 frames (1 keyframes)") and "flow=0.5" in text and "propagate=1.5" in text

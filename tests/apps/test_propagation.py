@@ -74,7 +74,7 @@ def test_refine_fills_holes_along_colour_and_fill_reaches_the_rest():
     labels[:, 16:] = 1
     holed = labels.copy()
     holed[:, 12:20] = -1                   # nothing carried around the edge
-    refined = refine_labels(image, holed, 2, iterations=10, dilations=(1, 2, 4))
+    refined = refine_labels(image, holed, iterations=10, dilations=(1, 2, 4))
     assert (refined[:, 2:14] == 0).all() and (refined[:, 18:30] == 1).all()
     assert (fill_unlabelled(refined) >= 0).all()
     far = -np.ones((8, 8), np.int32)
