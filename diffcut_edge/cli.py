@@ -1030,7 +1030,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                                    "Query it with diffcut_edge.serve.TritonSegmenter. docs/serving.md")
     _add_triton_repository_options(p, encoders=("auto", *ENCODERS))
     p.add_argument("--tritonserver", default=None, metavar="PATH", help="the tritonserver binary or install folder")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0: all)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine; 0.0.0.0 for the network, behind an "
+                        "authenticating gateway: docs/security.md)")
     for what, port in DEFAULT_PORTS.items():
         p.add_argument(f"--{what}-port", type=_positive_int, default=port, help=f"{what} port (default {port})")
     p.add_argument("--repo", default=None, help="write the repository here and keep it (default: a temporary folder)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from diffcut_edge.runtime.xp import to_host
 
 # Extensions OpenCV decodes in every build we ship (opencv-python-headless).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+# The largest image read, width x height: 100 MP is 300 MB of BGR pixels (a 0.9 MB PNG can declare 30000²).
+MAX_IMAGE_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "DIFFCUT_MAX_IMAGE_PIXELS"
 # How far from the end a JPEG's end-of-image marker may sit (some cameras append trailers).
 _JPEG_EOI_SEARCH = 4096
 
@@ -142,28 +146,80 @@ _UPRIGHT = {
     7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],    # transversed
     8: lambda a: a.swapaxes(0, 1)[::-1],          # rotated 270
 }
+_RAW = {**_UPRIGHT, 6: _UPRIGHT[8], 8: _UPRIGHT[6]}   # the inverses (the others undo themselves)
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) read: :data:`MAX_IMAGE_PIXELS`, or ``$DIFFCUT_MAX_IMAGE_PIXELS``."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise DiffCutError(f"${MAX_PIXELS_ENV} must be a whole number of pixels, got {text!r}")
+    return int(text)
+
+
+def _header(path: Path) -> tuple[tuple[int, int] | None, int, str | None]:
+    """((width, height) or None, EXIF orientation 1-8, Pillow's format name) from the file's header
+    alone (Pillow decodes no pixels here), so a decompression bomb is refused before anything
+    allocates its pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # Pillow's own DecompressionBombWarning: our limit speaks instead
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as image:
+                    value = image.getexif().get(_EXIF_ORIENTATION, 1)
+                    return tuple(image.size), int(value) if value in _UPRIGHT else 1, image.format
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return None, 1, None  # not a format Pillow reads: OpenCV decides below
 
 
 def exif_orientation(path: str | os.PathLike) -> int:
     """The EXIF orientation (1-8) of an image file, 1 when it has none (Pillow reads the header only)."""
+    return _header(Path(path))[1]
+
+
+def _names_safe_for_opencv(path: Path) -> bool:
+    """OpenCV's file API takes a UTF-8 string: a name that is not valid UTF-8 (lone surrogates in
+    Python) crashes the process inside cv2.imread, so such files are decoded from memory."""
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _decode_with_pillow(path: Path) -> tuple[np.ndarray | None, bool]:
+    """(BGR uint8 pixels as Pillow decodes them, whether they are upright already), for formats OpenCV
+    refuses, such as TIFFs with orientation 5-8 under OpenCV 5; (None, False) when Pillow cannot either.
+    Pillow decodes TIFFs through libtiff's oriented reader: those come upright."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            value = image.getexif().get(_EXIF_ORIENTATION, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # "Corrupt EXIF data" and the like: our one line says it
+            with Image.open(path) as image:
+                rgb = np.asarray(image.convert("RGB"))
+                upright = image.format == "TIFF"
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        return 1  # not a format Pillow reads: OpenCV decides below
-    return int(value) if value in _UPRIGHT else 1
+        return None, False
+    return np.ascontiguousarray(rgb[..., ::-1]), upright
 
 
 def read_image(path: str | os.PathLike, *, apply_orientation: bool = True) -> np.ndarray:
     """Read an image file as BGR uint8 (H, W, 3).
 
-    Raises :class:`DiffCutError` for a missing, empty, truncated or undecodable file and for a
-    broken symbolic link. The file is decoded straight from disk (no second in-memory copy
-    of a big file). ``apply_orientation`` turns the picture upright by its EXIF orientation,
-    as viewers and ``cv2.imread`` do (phone photos); the evaluation protocol passes False,
-    reading raw pixels like the official torchvision loader.
+    Raises :class:`DiffCutError` for a missing, empty, truncated, undecodable or too large file
+    (over :func:`max_image_pixels`, from its header, before any pixel is decoded) and for a broken
+    symbolic link. The file is decoded straight from disk (no second in-memory copy of a big file)
+    unless its name is not valid UTF-8. ``apply_orientation`` turns the picture upright by its
+    EXIF orientation, as viewers and ``cv2.imread`` do (phone photos); the evaluation protocol
+    passes False, reading raw pixels like the official torchvision loader.
     """
     import cv2
 
@@ -180,17 +236,32 @@ def read_image(path: str | os.PathLike, *, apply_orientation: bool = True) -> np
         raise DiffCutError(f"{path}: cannot read ({e.strerror or e})") from e
     if _looks_truncated(head, tail):
         raise DiffCutError(f"{path}: the file is truncated (no end marker); re-copy or re-save it")
-    decoded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if decoded is None and not str(path).isascii():
-        # OpenCV's file API cannot open some non-ASCII paths (Windows): decode from memory.
-        decoded = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    size, orientation, kind = _header(path)
+    limit = max_image_pixels()
+    if size is not None and size[0] * size[1] > limit:
+        raise DiffCutError(f"{path}: {size[0]}x{size[1]} pixels is over the limit of {limit} ({limit / 1e6:.0f} MP); "
+                           f"set ${MAX_PIXELS_ENV} to read larger images")
+    decoded, upright = None, False
+    if kind == "TIFF" and orientation != 1:
+        # OpenCV 5 turns TIFFs by their orientation itself (and refuses 5-8 in imread): one decoder
+        # whose answer is known, Pillow's (upright, through libtiff's oriented reader).
+        decoded, upright = _decode_with_pillow(path)
+    elif _names_safe_for_opencv(path):
+        decoded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        # Non-ASCII names OpenCV's file API cannot open (Windows), names that are not UTF-8: from memory.
+        try:
+            decoded = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+        except OSError as e:
+            raise DiffCutError(f"{path}: cannot read ({e.strerror or e})") from e
     if decoded is None or decoded.size == 0:
-        raise DiffCutError(f"{path}: not an image OpenCV can decode (corrupt or unsupported format)")
+        decoded, upright = _decode_with_pillow(path)
+    if decoded is None or decoded.size == 0:
+        raise DiffCutError(f"{path}: not an image OpenCV or Pillow can decode (corrupt or unsupported format)")
     image = to_bgr_uint8(decoded, str(path))
-    if apply_orientation:
-        orientation = exif_orientation(path)
-        if orientation != 1:
-            image = np.ascontiguousarray(_UPRIGHT[orientation](image))
+    if orientation != 1 and apply_orientation != upright:
+        # Turn raw pixels upright, or (raw pixels asked for, Pillow turned them) back to raw.
+        image = np.ascontiguousarray((_UPRIGHT if apply_orientation else _RAW)[orientation](image))
     return image
 
 

@@ -20,6 +20,7 @@ import errno
 import importlib.metadata
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -117,6 +118,10 @@ def check_port_free(port: int, host: str, what: str) -> None:
             raise DiffCutError(f"{what} port {port} on {host} {reason}; pick another with --{what}-port") from e
 
 
+RESTRICTED_APIS = "model-repository,shared-memory,trace,logging"   # what a client of `serve` never needs
+ADMIN_HEADER = "diffcut-admin"
+
+
 def _log_problem(log: Path) -> str:
     """The first line of the server log that says why it stopped (Triton logs a lot besides)."""
     try:
@@ -143,8 +148,10 @@ class TritonServer:
 
     def __init__(self, binary: TritonBinary, repository: Path, workdir: Path, *, http_port: int = DEFAULT_PORTS["http"],
                  grpc_port: int = DEFAULT_PORTS["grpc"], metrics_port: int = DEFAULT_PORTS["metrics"],
-                 host: str = "0.0.0.0") -> None:
+                 host: str = "127.0.0.1") -> None:
         self.binary, self.repository, self.workdir = binary, Path(repository), Path(workdir)
+        # Model loading, shared memory, trace and logging need a header nobody is told: closed to clients.
+        self.admin_key = secrets.token_urlsafe(16)
         self.ports = {"http": int(http_port), "grpc": int(grpc_port), "metrics": int(metrics_port)}
         self.host = host
         self.log = self.workdir / "tritonserver.log"
@@ -161,6 +168,8 @@ class TritonServer:
         return [str(self.binary.executable), f"--model-repository={self.repository}",
                 f"--backend-directory={backends}", f"--http-port={p['http']}", f"--grpc-port={p['grpc']}",
                 f"--metrics-port={p['metrics']}", f"--http-address={self.host}", f"--grpc-address={self.host}",
+                f"--http-restricted-api={RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_key}",
+                f"--grpc-restricted-protocol={RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_key}",
                 "--exit-timeout-secs=10", "--log-verbose=0"]
 
     def _environment(self) -> dict[str, str]:

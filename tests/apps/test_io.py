@@ -108,3 +108,81 @@ def test_outputs_get_the_permissions_of_a_plain_write(tmp_path):
     labels = io.write_labels_png(tmp_path / "l.png", np.zeros((4, 4), np.int32))
     for path in (written, labels):
         assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
+
+
+# ------------------------------------------------------------------ hostile files
+def _png_bomb(path, side: int = 30000) -> None:
+    """A PNG whose header declares side x side grey pixels, with a tiny (short) pixel stream."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" * (side + 1) * 16, 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_within_bounded_memory(tmp_path):
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "bomb.png"
+    _png_bomb(bomb)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(DiffCutError, match=r"30000x30000 pixels is over the limit .*DIFFCUT_MAX_IMAGE_PIXELS"):
+        io.read_image(bomb)
+    # The whole CLI under a 2 GB address-space limit (an 8 GB board has less free): one line, exit 2.
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+            "from diffcut_edge import cli; sys.exit(cli.main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, "segment", str(bomb), "--model-dir", str(tmp_path / "m"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "DecompressionBomb" not in proc.stderr
+
+
+def test_the_pixel_limit_can_be_raised(tmp_path, monkeypatch):
+    path = tmp_path / "wide.png"
+    cv2.imwrite(str(path), np.zeros((20, 60, 3), np.uint8))
+    monkeypatch.setenv(io.MAX_PIXELS_ENV, "1000")
+    with pytest.raises(DiffCutError, match="60x20 pixels is over the limit of 1000"):
+        io.read_image(path)
+    monkeypatch.setenv(io.MAX_PIXELS_ENV, "1200")
+    assert io.read_image(path).shape == (20, 60, 3)
+    monkeypatch.setenv(io.MAX_PIXELS_ENV, "lots")
+    with pytest.raises(DiffCutError, match="whole number of pixels"):
+        io.read_image(path)
+
+
+def test_a_file_name_that_is_not_utf8_is_read_not_crashed_on(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = os.fsencode(tmp_path)
+    name = folder + b"/caf\xe9.png"   # Latin-1 bytes: not UTF-8
+    ok, buf = cv2.imencode(".png", np.full((8, 8, 3), 77, np.uint8))
+    with open(name, "wb") as f:
+        f.write(buf.tobytes())
+    # In a child: before the fix, cv2.imread on this name ended the process with SIGSEGV.
+    code = ("import os, sys; from diffcut_edge.apps import io; "
+            "img = io.read_image(os.fsdecode(sys.argv[1].encode('utf-8', 'surrogateescape'))); "
+            "print(img.shape, int(img[0, 0, 0]))")
+    proc = subprocess.run([sys.executable, "-c", code, os.fsdecode(name)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "(8, 8, 3) 77", proc.stderr
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
+def test_tiffs_with_every_orientation_are_read_upright(tmp_path, orientation):
+    from PIL import Image
+
+    rng = np.random.default_rng(orientation)
+    stored = rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)   # as on disk (BGR here)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.tif"
+    Image.fromarray(stored[..., ::-1]).save(path, exif=exif)
+    image = io.read_image(path)
+    np.testing.assert_array_equal(image, io._UPRIGHT[orientation](stored))
+    np.testing.assert_array_equal(io.read_image(path, apply_orientation=False), stored)

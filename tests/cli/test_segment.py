@@ -72,9 +72,11 @@ def test_same_stem_from_two_folders_does_not_overwrite(cli_fake_segmenter, image
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--tau", "-1"], "tau must be a finite number >= 0"),
-    (["--tau", "nan"], "tau must be a finite number >= 0"),
-    (["--alpha", "0"], "alpha must be a finite number > 0"),
+    (["--tau", "-1"], "tau must be a number from 0 (no split) to 2"),
+    (["--tau", "nan"], "tau must be a number from 0 (no split) to 2"),
+    (["--tau", "1e308"], "tau must be a number from 0 (no split) to 2"),
+    (["--alpha", "0"], "alpha must be a number > 0 and at most 1000"),
+    (["--alpha", "1e20"], "alpha must be a number > 0 and at most 1000"),
     (["--mask-size", "0"], "mask_size must be (height, width) of positive integers"),
     (["--mask-size", "12x0"], "mask_size must be (height, width) of positive integers"),
     (["--mask-size", "100000"], "at most 4096 a side"),
