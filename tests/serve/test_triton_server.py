@@ -247,3 +247,27 @@ def test_served_segments_are_the_local_segmenters(binary, vocab_model_dir, frame
                     assert a.score == pytest.approx(b.score, abs=1e-5)
     finally:
         assert server.stop() == 0
+
+
+def test_model_control_logging_trace_and_shared_memory_are_closed_to_clients(server, frames, local_labels):
+    import http.client
+
+    host, port = server.url.rsplit(":", 1)
+    for method, path in [("POST", "/v2/repository/index"), ("POST", "/v2/repository/models/diffcut/unload"),
+                         ("GET", "/v2/logging"), ("GET", "/v2/trace/setting"), ("GET", "/v2/systemsharedmemory/status")]:
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request(method, path, body=b"{}" if method == "POST" else None)
+        status = conn.getresponse().status
+        conn.close()
+        assert status in (401, 403), (path, status)
+    with TritonSegmenter(server.url) as seg:   # inference, health and metadata stay open
+        np.testing.assert_array_equal(seg(frames[0]).labels, local_labels[0])
+
+
+def test_serve_listens_on_localhost_unless_told_otherwise():
+    import inspect
+
+    from diffcut_edge import cli
+
+    assert inspect.signature(TritonServer).parameters["host"].default == "127.0.0.1"
+    assert cli.build_parser().parse_args(["serve", "--model-dir", "m"]).host == "127.0.0.1"
