@@ -637,6 +637,7 @@ def _window_key(frozen: bool) -> int:
 
 def _run_webcam(args: argparse.Namespace) -> int:
     import contextlib
+    from pathlib import Path
 
     import cv2
 
@@ -656,6 +657,8 @@ def _run_webcam(args: argparse.Namespace) -> int:
     if args.loop and spec.live:
         raise DiffCutError("--loop replays video files; a camera or stream has no end to replay from")
     if args.record:
+        if not spec.live and Path(args.record).resolve() == Path(args.source).resolve():
+            raise DiffCutError("--record is the --source file: recording would overwrite it; choose another path")
         AtomicVideoWriter.check_target(args.record, args.codec)  # before the camera and model open
     warn = lambda message: _warn("webcam", message)  # noqa: E731
     with contextlib.ExitStack() as stack:

@@ -59,13 +59,21 @@ class BatchReport:
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:
-    """One output stem per input; a repeated stem (a/x.jpg, b/x.png) gets a numeric suffix."""
-    seen: dict[str, int] = {}
+    """One output stem per input, never two alike: a repeated stem (a/x.jpg, b/x.png) gets the first
+    numeric suffix that no other input's stem or earlier output has (x.jpg, x.png, x_2.png -> x, x_3,
+    x_2), compared without case, as a case-insensitive file system would."""
+    reserved = {p.stem.casefold() for p in paths}
+    taken: set[str] = set()
     stems = []
     for path in paths:
-        n = seen.get(path.stem, 0)
-        seen[path.stem] = n + 1
-        stems.append(path.stem if n == 0 else f"{path.stem}_{n + 1}")
+        stem = path.stem
+        if stem.casefold() in taken:
+            n = 2
+            while f"{path.stem}_{n}".casefold() in taken | reserved:
+                n += 1
+            stem = f"{path.stem}_{n}"
+        taken.add(stem.casefold())
+        stems.append(stem)
     return stems
 
 

@@ -21,6 +21,7 @@ appends one line per image to ``OUT/results.jsonl`` (segments, timings, or the e
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ import numpy as np
 from diffcut_edge.errors import DiffCutError, missing_extra
 
 RESULTS_NAME = "results.jsonl"
+log = logging.getLogger("diffcut_edge.ray")
 
 
 @dataclass(frozen=True)
@@ -122,18 +124,24 @@ def pending(items: Sequence[Item], out: Path, output: Any, done_stems: set[str] 
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
-    """results.jsonl rows; a last line cut short by a kill is dropped (and the file rewritten)."""
+    """results.jsonl rows; a line cut short by a kill, or damaged (not a JSON object with a string
+    ``stem``), is dropped with a warning and the file rewritten without it (its image is done again)."""
     if not path.is_file():
         return []
-    rows, clean = [], True
-    for line in path.read_text(encoding="utf-8").splitlines():
+    rows, damaged = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            clean = False
-    if not clean:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("stem"), str):
+            rows.append(row)
+        elif line.strip():
+            damaged += 1
+    if damaged:
         from diffcut_edge import atomic
 
+        log.warning(f"diffcut-edge: {path}: {damaged} damaged line(s) skipped (their images are done again)")
         atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 

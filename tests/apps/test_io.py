@@ -186,3 +186,14 @@ def test_tiffs_with_every_orientation_are_read_upright(tmp_path, orientation):
     image = io.read_image(path)
     np.testing.assert_array_equal(image, io._UPRIGHT[orientation](stored))
     np.testing.assert_array_equal(io.read_image(path, apply_orientation=False), stored)
+
+
+def test_output_stems_never_collide():
+    from pathlib import Path
+
+    from diffcut_edge.apps.batch import output_stems
+
+    paths = [Path("a/x.jpg"), Path("b/x.png"), Path("c/x_2.png"), Path("d/X.png"), Path("e/x_3.tif")]
+    stems = output_stems(paths)
+    assert len({s.casefold() for s in stems}) == len(paths), stems
+    assert stems[0] == "x" and stems[2] == "x_2" and stems[4] == "x_3"   # a file's own stem is kept when free

@@ -114,3 +114,11 @@ def test_refine_toggle_works_on_the_real_segmenter_options(tmp_path):
         with pytest.raises(DiffCutError, match="tau must be"):
             seg.update_options(tau=-1)  # validated like the constructor; the options stay as they were
         assert seg.options.tau == 0.3
+
+
+def test_record_onto_the_source_is_refused_before_anything_opens(cli_fake_segmenter, clip, capsys):
+    before = clip.read_bytes()
+    code, _, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless",
+                            "--record", str(clip)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "would overwrite it" in err
+    assert clip.read_bytes() == before and cli_fake_segmenter.encode_calls == 0

@@ -173,3 +173,15 @@ def test_bad_settings_are_refused_before_ray_starts(photos, model_dir, tmp_path)
         rb.run(items, model_dir, tmp_path, gpus_per_worker=-1)
     with pytest.raises(DiffCutError, match="does not exist"):
         rb.collect_items([(tmp_path / "nothing").as_uri()])
+
+
+def test_damaged_result_lines_are_skipped_with_a_warning(tmp_path, caplog):
+    good = {"stem": "p0", "source": "p0.png", "error": None}
+    path = tmp_path / rb.RESULTS_NAME
+    path.write_text("\n".join([json.dumps(good), "[1, 2]", '"a string"', '{"stem": 5}', "[" * 5000,
+                               '{"stem": "p1", "err']) + "\n")
+    with caplog.at_level("WARNING", logger="diffcut_edge.ray"):
+        rows = rb.read_results(path)
+    assert rows == [good]
+    assert "5 damaged line(s) skipped" in caplog.text
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [good]   # rewritten clean
