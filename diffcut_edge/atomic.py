@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 
 from diffcut_edge.errors import DiffCutError
@@ -98,7 +99,18 @@ class AtomicFile:
         except OSError as e:
             self.discard()
             raise output_error(self.path, e) from e
+        except BaseException:   # Ctrl-C or SIGTERM inside the fsync: no temporary file stays behind
+            self.discard()
+            raise
+        self._remove_strays()
         return self.path
+
+    def _remove_strays(self) -> None:
+        """Temporaries of this same target that an earlier run left (killed with SIGKILL, power cut):
+        the target is good now, they can only mislead."""
+        for stray in self.path.parent.glob(f".{glob_escape(self.path.stem)}{TEMP_MARK}*{glob_escape(self.path.suffix)}"):
+            with contextlib.suppress(OSError):
+                stray.unlink()
 
     def discard(self) -> None:
         """Remove the temporary file (idempotent)."""

@@ -9,6 +9,7 @@ Each verb has an ``_add_<verb>(subparsers)`` that declares its options and a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -342,14 +343,9 @@ def _model_dir(args: argparse.Namespace) -> str:
 
 def _open_segmenter(args: argparse.Namespace):
     """The Segmenter the options describe (tests monkeypatch this to inject a fake)."""
-    from diffcut_edge.runtime.segmenter import Segmenter
 
     model_dir = _model_dir(args)
-    spec = Segmenter.spec_from(model_dir, backend=args.backend, refine=args.refine,
-                               device=None if args.device == "auto" else args.device,
-                               mask_size=tuple(args.mask_size), tau=args.tau, alpha=args.alpha,
-                               max_segments=args.max_segments, min_segment_size=args.min_segment_size,
-                               classes=args.classes)
+    spec = _segmenter_spec(args, model_dir)
     if _runs_in_worker(args):
         # The realtime loop opens the model in its keyframe worker process: not here a second time.
         from diffcut_edge.apps.pipeline import RemoteSegmenter
@@ -359,6 +355,17 @@ def _open_segmenter(args: argparse.Namespace):
         seg = spec.open()
     _note_verification(args.verb, seg.manifest, model_dir)
     return seg
+
+
+def _segmenter_spec(args: argparse.Namespace, model_dir: str):
+    """The one SegmenterSpec the segmenter options describe (local engine, realtime worker, Ray)."""
+    from diffcut_edge.runtime.segmenter import Segmenter
+
+    return Segmenter.spec_from(model_dir, backend=args.backend, refine=args.refine,
+                               device=None if args.device == "auto" else args.device,
+                               mask_size=tuple(args.mask_size), tau=args.tau, alpha=args.alpha,
+                               max_segments=args.max_segments, min_segment_size=args.min_segment_size,
+                               classes=args.classes)
 
 
 def _runs_in_worker(args: argparse.Namespace) -> bool:
@@ -486,10 +493,7 @@ def _run_segment_ray(args: argparse.Namespace, out) -> int:
     ours = {str(p) for p in batch.drop_own_outputs(local, out)[1]}  # a re-run does not segment its outputs
     items = [i for i in items if i.source not in ours]
     model_dir = _model_dir(args)
-    segmenter = {"backend": args.backend, "device": None if args.device == "auto" else args.device,
-                 "refine": args.refine, "mask_size": tuple(args.mask_size), "tau": args.tau, "alpha": args.alpha,
-                 "max_segments": args.max_segments, "min_segment_size": args.min_segment_size,
-                 "classes": args.classes}
+    segmenter = _segmenter_spec(args, model_dir)
     from diffcut_edge.runtime.manifest import read_manifest
     from diffcut_edge.runtime.segmenter import names_segments
 
@@ -1120,49 +1124,53 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
-def _prepare_process() -> object:
-    """Process-wide setup of every command: SIGTERM unwinds like Ctrl-C, and OpenCV's own
-    ``[ERROR ...]`` lines stay off stderr (our messages say what happened in one line).
-    Returns the previous SIGTERM handler (None off the main thread)."""
+def _unwind_on_sigterm() -> object:
+    """SIGTERM unwinds like Ctrl-C (first thing: a SIGTERM during start-up is a message too).
+    Returns the previous handler (None off the main thread)."""
     import signal
     import threading
 
-    from diffcut_edge.apps.video import quiet_opencv_logs
-
-    quiet_opencv_logs()
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    run = _VERBS[args.verb][1]
-    previous = None
+    previous, verb, args = None, "", None
     try:
-        previous = _prepare_process()
-        return int(run(args) or 0)
+        previous = _unwind_on_sigterm()
+        args = build_parser().parse_args(argv)
+        verb = args.verb
+        from diffcut_edge.apps.video import quiet_opencv_logs
+
+        quiet_opencv_logs()   # OpenCV's own [ERROR ...] lines stay off stderr: our messages say it in one line
+        return int(_VERBS[verb][1](args) or 0)
     except DiffCutError as e:
-        print(f"diffcut-edge {args.verb}: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return _say(verb, f"error: {e}", EXIT_ERROR)
     except Terminated:
-        print(f"diffcut-edge {args.verb}: terminated", file=sys.stderr)
-        return EXIT_TERMINATED
+        return _say(verb, "terminated", EXIT_TERMINATED)
     except KeyboardInterrupt:
-        print(f"diffcut-edge {args.verb}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _say(verb, "interrupted", EXIT_INTERRUPTED)
+    except MemoryError:
+        return _say(verb, "error: out of memory (lower --mask-size, --batch or the resolution; docs/security.md "
+                          "lists the limits)", EXIT_ERROR)
     except Exception as e:  # a bug or an unforeseen failure: still one line unless --debug
-        if args.debug:
+        if args is not None and args.debug:
             raise
-        print(f"diffcut-edge {args.verb}: unexpected error: {type(e).__name__}: {e} "
-              f"(re-run with --debug for the traceback)", file=sys.stderr)
-        return EXIT_INTERNAL
+        return _say(verb, f"unexpected error: {type(e).__name__}: {e} (re-run with --debug for the traceback)",
+                    EXIT_INTERNAL)
     finally:
         if previous is not None:  # in-process callers (tests, embedding apps) get theirs back
             import signal
 
             signal.signal(signal.SIGTERM, previous)
+
+
+def _say(verb: str, message: str, code: int) -> int:
+    """The one stderr line a command ends with; a second Ctrl-C while it is printed changes nothing."""
+    with contextlib.suppress(KeyboardInterrupt):
+        print(f"diffcut-edge{' ' + verb if verb else ''}: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -186,12 +186,11 @@ def read_source(source: str) -> np.ndarray:
 class SegmentActor:
     """One Segmenter per actor; ``__call__`` segments a batch of rows and writes their outputs."""
 
-    def __init__(self, model_dir: str, out: str, segmenter: dict[str, Any], output: dict[str, Any],
-                 threads: int | None = None) -> None:
+    def __init__(self, spec: dict[str, Any], out: str, output: dict[str, Any]) -> None:
         from diffcut_edge.apps.batch import OutputOptions
-        from diffcut_edge.runtime import Segmenter
+        from diffcut_edge.runtime.spec import SegmenterSpec
 
-        self.segmenter = Segmenter.from_model_dir(model_dir, threads=threads, **segmenter)
+        self.segmenter = SegmenterSpec.from_dict(spec).open()   # the driver's spec, as plain data
         self.out = Path(out)
         self.output = OutputOptions(**output)
 
@@ -224,19 +223,26 @@ def quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 def run(items: Sequence[Item], model_dir: str | os.PathLike, out: str | os.PathLike, *,
-        segmenter: dict[str, Any] | None = None, output: Any = None, workers: int = 2,
+        segmenter: Any = None, output: Any = None, workers: int = 2,
         gpus_per_worker: float = 0.0, batch_size: int = 4, address: str | None = None,
         on_row: Callable[[dict[str, Any]], None] | None = None,
         on_plan: Callable[[RayReport], None] | None = None) -> RayReport:
     """Segment ``items`` into ``out`` on Ray (a local instance unless ``address``); see the module doc.
 
     ``on_plan(report)`` is called once what is left to do is known (``images - skipped``), before
-    Ray starts; ``on_row(record)`` for each line written to results.jsonl."""
+    Ray starts; ``on_row(record)`` for each line written to results.jsonl. ``segmenter``: a
+    :class:`~diffcut_edge.runtime.spec.SegmenterSpec` of ``model_dir``, or keyword arguments of
+    ``Segmenter.from_model_dir`` (a dict)."""
     from dataclasses import asdict
 
     from diffcut_edge.apps.batch import OutputOptions
+    from diffcut_edge.runtime.segmenter import Segmenter
+    from diffcut_edge.runtime.spec import SegmenterSpec
 
     output = output or OutputOptions()
+    spec = segmenter if isinstance(segmenter, SegmenterSpec) else Segmenter.spec_from(model_dir, **(segmenter or {}))
+    if spec.threads is None and not gpus_per_worker:
+        spec = spec.replace(threads=1)   # one CPU per actor (num_cpus=1 below)
     out = Path(out)
     for name, value, low in (("workers", workers, 1), ("batch_size", batch_size, 1)):
         if int(value) < low:
@@ -269,9 +275,7 @@ def run(items: Sequence[Item], model_dir: str | os.PathLike, out: str | os.PathL
         ds = ds.map_batches(SegmentActor, batch_size=int(batch_size),
                             compute=ray.data.ActorPoolStrategy(size=int(workers)),
                             num_gpus=float(gpus_per_worker) or None, num_cpus=1,
-                            fn_constructor_kwargs={"model_dir": str(model_dir), "out": str(out),
-                                                   "segmenter": dict(segmenter or {}), "output": asdict(output),
-                                                   "threads": 1 if not gpus_per_worker else None})
+                            fn_constructor_kwargs={"spec": spec.to_dict(), "out": str(out), "output": asdict(output)})
         with open(results_path, "a", encoding="utf-8") as results:
             for row in ds.iter_rows():
                 record = {"image": row["source"], "stem": row["stem"], "num_segments": row["num_segments"],

@@ -197,3 +197,22 @@ def test_output_stems_never_collide():
     stems = output_stems(paths)
     assert len({s.casefold() for s in stems}) == len(paths), stems
     assert stems[0] == "x" and stems[2] == "x_2" and stems[4] == "x_3"   # a file's own stem is kept when free
+
+
+def test_an_interrupt_inside_fsync_leaves_no_temporary_and_strays_are_cleared(tmp_path, monkeypatch):
+    from diffcut_edge import atomic
+
+    target = tmp_path / "out.png"
+    stray = tmp_path / f".out{atomic.TEMP_MARK}killed.png"   # what a SIGKILL mid-write leaves
+    stray.write_bytes(b"half")
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_bytes(target, b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stray.name]   # only the old stray, no new one
+    monkeypatch.undo()
+    atomic.write_bytes(target, b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]    # the next success clears it
