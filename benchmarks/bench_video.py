@@ -40,7 +40,8 @@ POLICIES = ("every:1", "every:4", "every:8", "auto", "async")
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=None, help="model folder (default: the planted colour encoder)")
-    p.add_argument("--clips", nargs="+", default=["pan", "zoom", "cross", "cut"])
+    p.add_argument("--clips", nargs="+", default=["pan", "zoom", "cross", "cut"],
+                   help="pan zoom cross cut (coloured shapes, ground truth) photo-pan photo-zoom (real photos)")
     p.add_argument("--policies", nargs="+", default=list(POLICIES))
     p.add_argument("--seeds", nargs="+", type=int, default=[11, 12], help="clip seeds (the tests use 7)")
     p.add_argument("--frames", type=int, default=48)
@@ -84,11 +85,12 @@ def _consistency(items) -> float:
 def _row(policy, clip, items, seconds, encoder_fps, keys, reference):
     from diffcut_edge.eval.metrics import majority_class_iou, matched_agreement
 
-    mious = [majority_class_iou(i.result.labels, clip.classes[i.index], clip.n_classes) for i in items]
+    mious = ([majority_class_iou(i.result.labels, clip.classes[i.index], clip.n_classes) for i in items]
+             if clip.classes is not None else [float("nan")])
     by_index = {i.index: i.result.labels for i in reference} if reference else {}
     agree = [matched_agreement(i.result.labels, by_index[i.index]) for i in items if i.index in by_index]
     return {"policy": policy, "clip": clip.kind, "frames_out": len(items), "keyframes": keys,
-            "miou_mean": float(np.mean(mious)), "miou_worst": float(np.min(mious)),
+            "miou_mean": float(np.mean(mious)), "miou_worst": float(np.min(mious)),   # nan: no ground truth
             "consistency": _consistency(items), "agreement_per_frame": float(np.mean(agree)) if agree else None,
             "output_fps": len(items) / seconds, "encoder_fps": encoder_fps}
 

@@ -7,7 +7,9 @@ clip moves a view over it in a known way:
 - ``pan``: the view slides across a wider canvas;
 - ``zoom``: the view shrinks towards the centre (the scene grows);
 - ``cross``: two shapes move across each other (one occludes the other) over a still background;
-- ``cut``: one scene, then at the middle frame another one (a scene cut).
+- ``cut``: one scene, then at the middle frame another one (a scene cut);
+- ``photo-pan`` / ``photo-zoom``: the same motions over a real photo (scikit-image's coffee,
+  astronaut, chelsea, rocket by seed), without ground truth (``classes`` is None).
 
 ``make_clip(kind, frames, size, seed)`` returns BGR uint8 frames and int32 class maps (0 =
 background). Seeded: the same arguments give the same clip.
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-KINDS = ("pan", "zoom", "cross", "cut")
+KINDS = ("pan", "zoom", "cross", "cut", "photo-pan", "photo-zoom")
+PHOTOS = ("coffee", "astronaut", "chelsea", "rocket")
 SHAPES = 4
 
 
@@ -28,7 +31,7 @@ SHAPES = 4
 class Clip:
     kind: str
     frames: list[np.ndarray]        # BGR uint8
-    classes: list[np.ndarray]       # (H, W) int32 ground truth
+    classes: list[np.ndarray] | None   # (H, W) int32 ground truth (None for photos)
     n_classes: int
 
 
@@ -78,6 +81,18 @@ def make_clip(kind: str, frames: int = 24, size: tuple[int, int] = (320, 240), s
     rng = np.random.default_rng(seed)
     w, h = size
     out_frames, out_classes = [], []
+    if kind.startswith("photo-"):
+        from skimage import data
+
+        photo = getattr(data, PHOTOS[seed % len(PHOTOS)])()[..., :3][..., ::-1].astype(np.float32)
+        wide = int(speed * frames) + w + 1 if kind == "photo-pan" else w
+        canvas = cv2.resize(photo, (wide, h), interpolation=cv2.INTER_AREA)
+        classes = np.zeros((h, wide), np.int32)
+        for t in range(frames):
+            m = (np.float32([[1, 0, -speed * t], [0, 1, 0]]) if kind == "photo-pan"
+                 else cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, 1.0 + 0.01 * t).astype(np.float32))
+            out_frames.append(_view(canvas, classes, m, size)[0])
+        return Clip(kind, out_frames, None, 0)
     if kind == "pan":
         canvas, classes = _scene(rng, (h, w + int(speed * frames) + 1))
         for t in range(frames):
