@@ -23,13 +23,11 @@ import numpy as np
 
 from diffcut_edge import atomic
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime.preprocess import check_frame_size
 from diffcut_edge.runtime.xp import to_host
 
 # Extensions OpenCV decodes in every build we ship (opencv-python-headless).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-# The largest image read, width x height: 100 MP is 300 MB of BGR pixels (a 0.9 MB PNG can declare 30000²).
-MAX_IMAGE_PIXELS = 100_000_000
-MAX_PIXELS_ENV = "DIFFCUT_MAX_IMAGE_PIXELS"
 # How far from the end a JPEG's end-of-image marker may sit (some cameras append trailers).
 _JPEG_EOI_SEARCH = 4096
 
@@ -149,16 +147,6 @@ _UPRIGHT = {
 _RAW = {**_UPRIGHT, 6: _UPRIGHT[8], 8: _UPRIGHT[6]}   # the inverses (the others undo themselves)
 
 
-def max_image_pixels() -> int:
-    """The largest image (width x height) read: :data:`MAX_IMAGE_PIXELS`, or ``$DIFFCUT_MAX_IMAGE_PIXELS``."""
-    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not text:
-        return MAX_IMAGE_PIXELS
-    if not text.isdigit() or int(text) < 1:
-        raise DiffCutError(f"${MAX_PIXELS_ENV} must be a whole number of pixels, got {text!r}")
-    return int(text)
-
-
 def _header(path: Path) -> tuple[tuple[int, int] | None, int, str | None]:
     """((width, height) or None, EXIF orientation 1-8, Pillow's format name) from the file's header
     alone (Pillow decodes no pixels here), so a decompression bomb is refused before anything
@@ -215,7 +203,8 @@ def read_image(path: str | os.PathLike, *, apply_orientation: bool = True) -> np
     """Read an image file as BGR uint8 (H, W, 3).
 
     Raises :class:`DiffCutError` for a missing, empty, truncated, undecodable or too large file
-    (over :func:`max_image_pixels`, from its header, before any pixel is decoded) and for a broken
+    (over :func:`~diffcut_edge.runtime.preprocess.max_frame_pixels`, from its header, before any
+    pixel is decoded) and for a broken
     symbolic link. The file is decoded straight from disk (no second in-memory copy of a big file)
     unless its name is not valid UTF-8. ``apply_orientation`` turns the picture upright by its
     EXIF orientation, as viewers and ``cv2.imread`` do (phone photos); the evaluation protocol
@@ -237,10 +226,8 @@ def read_image(path: str | os.PathLike, *, apply_orientation: bool = True) -> np
     if _looks_truncated(head, tail):
         raise DiffCutError(f"{path}: the file is truncated (no end marker); re-copy or re-save it")
     size, orientation, kind = _header(path)
-    limit = max_image_pixels()
-    if size is not None and size[0] * size[1] > limit:
-        raise DiffCutError(f"{path}: {size[0]}x{size[1]} pixels is over the limit of {limit} ({limit / 1e6:.0f} MP); "
-                           f"set ${MAX_PIXELS_ENV} to read larger images")
+    if size is not None:
+        check_frame_size(*size, str(path))
     decoded, upright = None, False
     if kind == "TIFF" and orientation != 1:
         # OpenCV 5 turns TIFFs by their orientation itself (and refuses 5-8 in imread): one decoder

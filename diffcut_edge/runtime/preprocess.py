@@ -12,6 +12,7 @@ sizes). It runs on any Array API namespace (numpy, cupy, torch) alike.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,8 +108,32 @@ def resize_nearest(labels: Any, size: tuple[int, int]) -> Any:
     return xp.take(xp.take(labels, rows, axis=0), cols, axis=1)
 
 
+# The largest frame taken, width x height: 100 MP is 300 MB of BGR pixels and ~1.2 GB as float (a 0.9 MB PNG
+# can declare 30000², a Triton request can carry 16000²). DIFFCUT_MAX_IMAGE_PIXELS raises or lowers it.
+MAX_FRAME_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "DIFFCUT_MAX_IMAGE_PIXELS"
+
+
+def max_frame_pixels() -> int:
+    """The largest frame (width x height) taken: :data:`MAX_FRAME_PIXELS`, or ``$DIFFCUT_MAX_IMAGE_PIXELS``."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_FRAME_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise DiffCutError(f"${MAX_PIXELS_ENV} must be a whole number of pixels, got {text!r}")
+    return int(text)
+
+
+def check_frame_size(width: int, height: int, what: str = "the image") -> None:
+    """Refuse a frame over :func:`max_frame_pixels` (before anything allocates its pixels)."""
+    limit = max_frame_pixels()
+    if int(width) * int(height) > limit:
+        raise DiffCutError(f"{what}: {width}x{height} pixels is over the limit of {limit} ({limit / 1e6:.0f} MP); "
+                           f"set ${MAX_PIXELS_ENV} to take larger images")
+
+
 def check_frame(image: Any) -> None:
-    """Raise a DiffCutError unless ``image`` is a non-empty (H, W[, 1|3|4]) array."""
+    """Raise a DiffCutError unless ``image`` is a non-empty (H, W[, 1|3|4]) array within the pixel limit."""
     if image is None:
         raise DiffCutError("got no image (None): the frame could not be read (check the path or camera)")
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
@@ -118,6 +143,7 @@ def check_frame(image: Any) -> None:
                            f"got {tuple(image.shape)}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise DiffCutError(f"got an empty image of shape {tuple(image.shape)}")
+    check_frame_size(image.shape[1], image.shape[0], "the frame")
 
 
 def _value_scale(image: Any) -> float:

@@ -139,6 +139,9 @@ class TritonSegmenter:
         return {o.name for o in metadata.outputs}
 
     def _request(self, frame: Any) -> tuple[list[Any], list[Any]]:
+        from diffcut_edge.runtime.preprocess import check_frame
+
+        check_frame(frame)   # within the pixel limit the server holds too: refused here, not after the upload
         rgb = to_rgb_uint8(frame)
         tensor = self._module.InferInput("image", list(rgb.shape), "UINT8")
         tensor.set_data_from_numpy(rgb)

@@ -143,14 +143,18 @@ def test_a_decompression_bomb_is_refused_from_its_header_within_bounded_memory(t
 
 
 def test_the_pixel_limit_can_be_raised(tmp_path, monkeypatch):
+    from diffcut_edge.runtime.preprocess import MAX_PIXELS_ENV, check_frame
+
     path = tmp_path / "wide.png"
     cv2.imwrite(str(path), np.zeros((20, 60, 3), np.uint8))
-    monkeypatch.setenv(io.MAX_PIXELS_ENV, "1000")
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1000")   # one limit for files and frames (runtime.preprocess)
     with pytest.raises(DiffCutError, match="60x20 pixels is over the limit of 1000"):
         io.read_image(path)
-    monkeypatch.setenv(io.MAX_PIXELS_ENV, "1200")
+    with pytest.raises(DiffCutError, match="60x20 pixels is over the limit of 1000"):
+        check_frame(np.zeros((20, 60, 3), np.uint8))   # frames from the API, video, Triton requests
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1200")
     assert io.read_image(path).shape == (20, 60, 3)
-    monkeypatch.setenv(io.MAX_PIXELS_ENV, "lots")
+    monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
     with pytest.raises(DiffCutError, match="whole number of pixels"):
         io.read_image(path)
 

@@ -271,3 +271,12 @@ def test_serve_listens_on_localhost_unless_told_otherwise():
 
     assert inspect.signature(TritonServer).parameters["host"].default == "127.0.0.1"
     assert cli.build_parser().parse_args(["serve", "--model-dir", "m"]).host == "127.0.0.1"
+
+
+def test_the_client_refuses_a_frame_over_the_pixel_limit_before_sending_it(server, monkeypatch):
+    from diffcut_edge.runtime.preprocess import MAX_PIXELS_ENV
+
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1000")
+    with TritonSegmenter(server.url) as seg:
+        with pytest.raises(DiffCutError, match="over the limit of 1000"):
+            seg(np.zeros((40, 40, 3), np.uint8))
