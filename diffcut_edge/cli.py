@@ -1151,6 +1151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _say(verb, "terminated", EXIT_TERMINATED)
     except KeyboardInterrupt:
         return _say(verb, "interrupted", EXIT_INTERRUPTED)
+    except PermissionError as e:   # an input folder, the model folder or --out that this user may not read or write
+        where = e.filename or "a file"
+        return _say(verb, f"error: permission denied: {where} (check its permissions and its folder's)", EXIT_ERROR)
     except MemoryError:
         return _say(verb, "error: out of memory (lower --mask-size, --batch or the resolution; docs/security.md "
                           "lists the limits)", EXIT_ERROR)

@@ -359,3 +359,16 @@ def test_sigterm_during_record_finishes_the_file_and_exits_143(tmp_path):
     frames, _, size = video_geometry(record)
     assert 0 < frames < 400 and size == (128, 96)
     assert _tree(tmp_path) == ["clip.avi", "rec.avi"]  # no temporary left beside it
+
+
+def test_a_permission_error_anywhere_is_one_line_and_exit_2(monkeypatch, tmp_path, capsys):
+    # Root reads everything, so the OS cannot be made to refuse here: the error is raised where an
+    # unreadable model folder would raise it.
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "model"))
+
+    monkeypatch.setattr(cli, "_open_segmenter", refused)
+    (tmp_path / "a.png").write_bytes(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    code, _, err = run_cli(["segment", str(tmp_path / "a.png"), "--model-dir", str(tmp_path / "model"),
+                            "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"permission denied: {tmp_path / 'model'}" in err
