@@ -54,12 +54,9 @@ def frame_status(frame: Any) -> dict[str, Any]:
 
 def draw_hud(image: np.ndarray, text: str) -> np.ndarray:
     """Draw one status line in the top-left corner of a BGR uint8 image, in place; returns it."""
-    import cv2
+    from diffcut_edge.apps.overlay import draw_outlined_text
 
-    org = (8, 20)
-    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-    return image
+    return draw_outlined_text(image, text, (8, 20), 0.5, 1)
 
 
 def gui_problem() -> str | None:

@@ -163,6 +163,37 @@ def label_anchor(labels: np.ndarray, segment_id: int, max_side: int = 256) -> tu
     return int(x * step), int(y * step)
 
 
+def draw_outlined_text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float, thickness: int = 1,
+                       *, outline: int = 1, colour: tuple[int, int, int] = (255, 255, 255),
+                       outline_colour: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """Draw ``text`` in ``colour`` with an ``outline``-pixel border, in place; returns ``image``.
+
+    The glyphs are drawn once (a mask) and the border is that mask dilated, so fill and outline line
+    up on every OpenCV: OpenCV 5 advances each glyph by an amount that depends on the stroke
+    thickness, so a thick black pass and a thin white pass drift apart ("diningtablee").
+    """
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (w, h), base = cv2.getTextSize(text, font, scale, thickness)
+    pad = outline + thickness + 2
+    x0, y0 = origin[0] - pad, origin[1] - h - pad
+    x1, y1 = origin[0] + w + pad, origin[1] + base + pad
+    ih, iw = image.shape[:2]
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, iw), min(y1, ih)
+    if cx0 >= cx1 or cy0 >= cy1:
+        return image
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.putText(mask, text, (pad, pad + h), font, scale, 255, thickness, cv2.LINE_AA)
+    size = 2 * int(outline) + 1
+    border = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    crop = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
+    roi = image[cy0:cy1, cx0:cx1].astype(np.float32)
+    for layer, paint in ((border[crop], outline_colour), (mask[crop], colour)):
+        alpha = (layer.astype(np.float32) / 255.0)[..., None]
+        roi = roi * (1.0 - alpha) + np.float32(paint) * alpha
+    image[cy0:cy1, cx0:cx1] = np.clip(roi + 0.5, 0, 255).astype(np.uint8)
+    return image
+
+
 def draw_segment_names(frame: np.ndarray, labels: Any, segments: Sequence[Any], *, scale: float | None = None,
                        out: np.ndarray | None = None) -> np.ndarray:
     """Write each segment's class name (``segments``: objects with ``id`` and ``class_name``, as
@@ -177,6 +208,5 @@ def draw_segment_names(frame: np.ndarray, labels: Any, segments: Sequence[Any], 
         text = str(segment.class_name)
         (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         origin = (int(np.clip(x - w // 2, 0, max(0, frame.shape[1] - w))), int(np.clip(y + h // 2, h, frame.shape[0] - 1)))
-        cv2.putText(target, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-        cv2.putText(target, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+        draw_outlined_text(target, text, origin, scale, thickness)
     return target

@@ -129,3 +129,33 @@ def test_boundaries():
     np.testing.assert_array_equal(out[~edges], frame[~edges])
     with pytest.raises(DiffCutError, match="thickness"):
         draw_boundaries(frame, labels, thickness=0)
+
+
+@pytest.mark.parametrize("scale, thickness", [(0.5, 1), (0.9, 2), (1.4, 3)])
+def test_text_fill_and_outline_line_up_on_this_opencv(scale, thickness):
+    """The fill lies inside its outline, end to end (OpenCV 5 advances glyphs by a stroke-dependent
+    amount: a thick outline pass and a thin fill pass drifted apart, "diningtablee")."""
+    from diffcut_edge.apps.overlay import draw_outlined_text
+
+    image = np.full((80, 600, 3), 128, np.uint8)
+    draw_outlined_text(image, "diningtable 3 seg refine on", (10, 50), scale, thickness)
+    grey = image[..., 0].astype(int)
+    fill, outline = np.argwhere(grey > 200), np.argwhere(grey < 60)
+    assert len(fill) and len(outline)
+    (fy0, fx0), (fy1, fx1) = fill.min(0), fill.max(0)
+    (oy0, ox0), (oy1, ox1) = outline.min(0), outline.max(0)
+    assert ox0 <= fx0 and fx1 <= ox1 and oy0 <= fy0 and fy1 <= oy1
+    assert (fx0 - ox0) <= 3 and (ox1 - fx1) <= 3          # the outline hugs the fill at both ends
+    # Every fill pixel has outline within a stroke's width (no glyph left bare).
+    from scipy.ndimage import distance_transform_edt
+
+    dist = distance_transform_edt(grey >= 60)
+    assert dist[grey > 200].max() <= 2 * thickness + 3
+
+
+def test_the_hud_is_drawn_with_the_same_outlined_text():
+    from diffcut_edge.apps.hud import draw_hud
+
+    image = np.full((30, 300, 3), 128, np.uint8)
+    draw_hud(image, "12.3 fps  81 ms  6 seg  refine on")
+    assert (image[..., 0] > 200).any() and (image[..., 0] < 60).any()
