@@ -234,3 +234,25 @@ def test_throughput_counts_keyframes():
     stats.add({"flow": 1.0, "propagate": 3.0, "total": 4.0}, key_index=0)
     text = stats.summary()
     assert text.startswith("2 frames (1 keyframes)") and "flow=0.5" in text and "propagate=1.5" in text
+
+
+def test_realtime_runs_diffcut_in_a_worker_process_with_the_same_answer(colour_dir, tmp_path):
+    from diffcut_edge.apps.pipeline import RemoteSegmenter
+    from diffcut_edge.runtime import Segmenter
+    from diffcut_edge.runtime.spec import SegmenterSpec
+
+    frames = make_clip("pan", 24, (160, 120), seed=8).frames
+    with Segmenter.from_model_dir(colour_dir, backend="ort-cpu") as seg:
+        first = seg(frames[0])
+        items = list(iter_segmented(frames, seg, keyframes="auto", realtime=True, pace_fps=24.0))
+    assert [i.index for i in items] == list(range(24))
+    np.testing.assert_array_equal(items[0].result.labels, first.labels)   # the worker's DiffCut is ours
+    assert items[-1].encoder_fps > 0
+    # The realtime loop's own process need not load the model: a RemoteSegmenter carries the spec only.
+    remote = RemoteSegmenter(SegmenterSpec(colour_dir, backend="ort-cpu"))
+    remote.update_options(tau=0.0)   # options travel with each frame: tau 0 keeps no cut
+    items = list(iter_segmented(frames[:6], remote, keyframes="auto", realtime=True))
+    assert items[0].result.num_segments == 1
+    with pytest.raises(DiffCutError, match="does not exist"):   # the worker's error, in the caller's thread
+        list(iter_segmented(frames[:2], RemoteSegmenter(SegmenterSpec(tmp_path / "nowhere")), keyframes="auto",
+                            realtime=True))
