@@ -170,6 +170,13 @@ def _time_batch(segmenter, frames: list[np.ndarray]) -> tuple[float, list]:
 
 def bench_batch(segmenter, frame: np.ndarray, batch: int, *, iters: int, warmup: int) -> BatchResult:
     """Warm up, then time ``iters`` calls of ``segment_batch`` on ``batch`` copies of ``frame``."""
+    from diffcut_edge.runtime.memory import check_fits
+
+    # Each frame's result, and (a model folder's) encoder input and features, held at once for the batch.
+    per_frame = 8 * frame.shape[0] * frame.shape[1]
+    if (m := segmenter.manifest) is not None:
+        per_frame += 4 * (3 * m.resolution ** 2 + m.num_tokens * m.channels)
+    check_fits(batch * per_frame, f"a batch of {batch} frames", "lower --batch")
     frames = [frame] * batch
     for _ in range(warmup):
         segmenter.segment_batch(frames)

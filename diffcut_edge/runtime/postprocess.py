@@ -105,6 +105,17 @@ class Postprocessor:
         if self.device == "cuda":
             cp.cuda.get_current_stream().synchronize()
 
+    def _check_memory(self, segments: int) -> None:
+        """Assignment and PAMR hold a few float maps per segment at mask size, and PAMR its neighbour
+        weights: refuse in one line before allocating what cannot fit (on the GPU the host figure is a
+        lower bound of what the device needs, checked the same way)."""
+        from diffcut_edge.runtime.memory import check_fits
+
+        h, w = self.options.mask_size
+        maps = 3 * segments + (8 * len(self.options.pamr_dilations) + 6 if self.options.refine else 0)
+        check_fits(4 * h * w * maps, f"post-processing at mask size {h}x{w} with {segments} segments",
+                   "lower --mask-size or cap the segments with --max-segments")
+
     def __call__(self, frame: Any, features: Any, timings: dict[str, float] | None = None) -> SegmentationResult:
         """``frame`` (BGR, as the encoder saw it) and its ``features`` (N, C) -> the segmentation.
 
@@ -125,6 +136,7 @@ class Postprocessor:
         coarse = cut.labels
         self._sync()
         timings["ncut"] = _ms(start)
+        self._check_memory(int(cut.num_segments))
 
         start = time.perf_counter()
         embeddings = assign.segment_embeddings(features, coarse)

@@ -235,3 +235,27 @@ def test_batch_profile_with_min_above_one_pads_single_frames(toy_dir, frames, se
     np.testing.assert_array_equal(single.labels, seg(frames[1]).labels)
     for frame, result in zip([frames[0], frames[1], frames[2]], results):
         np.testing.assert_array_equal(result.labels, seg(frame).labels)
+
+
+def test_post_processing_that_cannot_fit_is_refused_before_it_allocates(toy_dir, monkeypatch):
+    from diffcut_edge.runtime import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 256 << 20)   # a board with 256 MiB free
+    frame = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    with Segmenter.from_model_dir(toy_dir, backend="ort-cpu", mask_size=(4096, 4096)) as seg:
+        with pytest.raises(DiffCutError, match=r"mask size 4096x4096 with \d+ segments needs about .* GiB.*"
+                                               r"lower --mask-size or cap the segments"):
+            seg(frame)
+    with Segmenter.from_model_dir(toy_dir, backend="ort-cpu") as seg:   # the paper's 128x128 fits
+        assert seg(frame).labels.shape == (64, 64)
+
+
+def test_a_bench_batch_that_cannot_fit_is_refused(toy_dir, monkeypatch):
+    from diffcut_edge.eval.bench import run_bench
+    from diffcut_edge.runtime import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 30)
+    frame = np.zeros((480, 640, 3), np.uint8)
+    with Segmenter.from_model_dir(toy_dir, backend="ort-cpu") as seg:
+        with pytest.raises(DiffCutError, match="a batch of 20000 frames needs about .* lower --batch"):
+            run_bench(seg, frame, batches=(20000,), iters=1, warmup=0)
