@@ -45,6 +45,7 @@ from diffcut_edge.apps.propagation import (
 from diffcut_edge.apps.video import FrameReader
 from diffcut_edge.defaults import TIMING_KEYS
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime.segmenter import FrameSegmenter
 
 HISTORY_FRAMES = 512   # flows kept for latency compensation (an encoder slower than this many frames is not compensated)
 PROPAGATION_KEYS = ("flow", "propagate")   # the timings of a carried frame
@@ -83,9 +84,7 @@ class SegmentedFrame:
 class _Encoded:
     index: int
     frame: np.ndarray
-    features: Any                    # None: not a keyframe
-    preprocess_ms: float = 0.0
-    encoder_ms: float = 0.0
+    encoded: Any = None              # EncodedFrame (stage 1 done), None: not a keyframe
 
 
 class _Failed:
@@ -116,44 +115,9 @@ def _frames_of(source) -> Iterable[np.ndarray]:
 
 
 # ------------------------------------------------------------------ the two stages of a keyframe
-def _encode_one(segmenter, frame: np.ndarray) -> tuple[Any, float, float]:
-    """Features (N, C) of one frame with (preprocess ms, encoder ms).
-
-    The runtime Segmenter times its two stages in ``encode_timed``; any other object
-    with ``encode`` gets its whole call counted as encoder time.
-    """
-    timed = getattr(segmenter, "encode_timed", None)
-    if timed is not None:
-        features, t_pre, t_enc = timed([frame])
-        return features[0], t_pre, t_enc
-    start = time.perf_counter()
-    features = segmenter.encode([frame])[0]
-    return features, 0.0, _ms(start)
-
-
-def _postprocess(segmenter, item: _Encoded):
-    start = time.perf_counter()
-    result = segmenter.postprocess(item.frame, item.features)
-    if getattr(segmenter, "labeler", None) is not None:  # a vocabulary: name the segments too
-        from diffcut_edge.runtime.preprocess import preprocess
-
-        segmenter.name_segments(result, preprocess([item.frame], segmenter.manifest.resolution))
-    post_ms = _ms(start)
-    timings = dict(getattr(result, "timings", {}) or {})
-    # postprocess() knows nothing of the encoder stage: fill it in.
-    timings["preprocess"], timings["encoder"] = item.preprocess_ms, item.encoder_ms
-    timings["total"] = item.preprocess_ms + item.encoder_ms + post_ms
-    try:
-        result.timings = timings
-    except AttributeError:  # a frozen result type: keep its own timings
-        pass
-    return result
-
-
-def segment_keyframe(segmenter, frame: np.ndarray, index: int = 0):
-    """DiffCut on one frame through the same two stages the loop uses (encode, then finish)."""
-    features, t_pre, t_enc = _encode_one(segmenter, frame)
-    return _postprocess(segmenter, _Encoded(index, frame, features, t_pre, t_enc))
+def segment_keyframe(segmenter: FrameSegmenter, frame: np.ndarray) -> Any:
+    """DiffCut on one frame through the two stages the loop uses: ``encode_frame``, then ``finish``."""
+    return segmenter.finish(segmenter.encode_frame(frame))
 
 
 # ------------------------------------------------------------------ carrying a result by flow
@@ -199,8 +163,8 @@ class LabelCarrier:
             labels=full, mask_labels=labels,
             coarse_labels=np.asarray(self.key.coarse_labels), num_segments=int(self.key.num_segments),
             embeddings=np.asarray(self.key.embeddings), timings={k: 0.0 for k in TIMING_KEYS},
-            segments=_carried_segments(getattr(self.key, "segments", None), full),
-            vocabulary=getattr(self.key, "vocabulary", None), class_names=getattr(self.key, "class_names", None))
+            segments=_carried_segments(self.key.segments, full), vocabulary=self.key.vocabulary,
+            class_names=self.key.class_names)
         result.timings["propagate"] = propagate_ms
         if result.segments is not None:
             result.timings["label"] = 0.0   # names follow their segments: CLIP did not run on this frame
@@ -261,11 +225,7 @@ def _pipelined(stream: Iterator[_Encoded], depth: int) -> Iterator[_Encoded]:
 def _encode_stream(frames: Iterable[np.ndarray], segmenter, is_key: Callable[[int], bool]) -> Iterator[_Encoded]:
     """Encoder stage ahead of the loop: features of the keyframes, None for the others."""
     for index, frame in enumerate(frames):
-        if not is_key(index):
-            yield _Encoded(index, frame, None)
-            continue
-        features, t_pre, t_enc = _encode_one(segmenter, frame)
-        yield _Encoded(index, frame, features, t_pre, t_enc)
+        yield _Encoded(index, frame, segmenter.encode_frame(frame) if is_key(index) else None)
 
 
 @dataclass
@@ -323,7 +283,7 @@ class KeyframeWorker:
                 index, frame, captured = self._job
             start = time.perf_counter()
             try:
-                result = segment_keyframe(self.segmenter, frame, index)
+                result = segment_keyframe(self.segmenter, frame)
             except BaseException as e:
                 with self._lock:
                     self._error, self._job = e, None
@@ -422,7 +382,7 @@ def _keyframe_process(conn: Any) -> None:
                 segmenter.options = options
             start = time.perf_counter()
             try:
-                result = segment_keyframe(segmenter, frame, index)
+                result = segment_keyframe(segmenter, frame)
             except BaseException as e:
                 conn.send(("error", _portable(e)))
                 return
@@ -611,15 +571,14 @@ def _in_order(frames, segmenter, policy: KeyframePolicy, motion: MotionEstimator
             step = None if policy.per_frame else motion(item.frame)
             flow_ms = _ms(start)
             if fixed:
-                is_key = item.features is not None
+                is_key = item.encoded is not None
             else:
                 is_key = carrier.key is None or policy.due(item.index, item.index - carrier.key_index, step,
                                                            carrier.novelty)
                 if is_key:
-                    item = replace(item, **dict(zip(("features", "preprocess_ms", "encoder_ms"),
-                                                    _encode_one(segmenter, item.frame))))
+                    item = replace(item, encoded=segmenter.encode_frame(item.frame))
             if is_key:
-                result = _postprocess(segmenter, item)
+                result = segmenter.finish(item.encoded)
                 carrier.start(result, item.index, captured)
                 yield SegmentedFrame(item.index, item.frame, result, keyframe=True, key_index=item.index,
                                      confidence=None if step is None else step.confidence)

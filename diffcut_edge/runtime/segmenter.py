@@ -14,7 +14,8 @@ import dataclasses
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from diffcut_edge import defaults
 from diffcut_edge.defaults import DEVICES
@@ -35,6 +36,35 @@ def names_segments(manifest: Manifest, classes: Any = None, name_segments: bool 
     if name_segments is not None:
         return bool(name_segments)
     return classes is not None or bool(manifest.vocabulary)
+
+
+@dataclass
+class EncodedFrame:
+    """The first stage's output for one frame: what :meth:`Segmenter.finish` needs to complete it.
+
+    frame: the frame as given. features: (N, C) on the post-processing device. pixels: the encoder's
+    input (1, 3, R, R) (CLIP names segments on it: never preprocessed twice). timings: preprocess and
+    encoder milliseconds.
+    """
+
+    frame: Any
+    features: Any
+    pixels: Any
+    timings: dict[str, float]
+
+
+@runtime_checkable
+class FrameSegmenter(Protocol):
+    """What the video loop, its workers and the live view use of a segmenter: two explicit stages
+    and its options. :class:`Segmenter` is one; test fakes implement the same."""
+
+    options: Any
+
+    def encode_frame(self, frame: Any) -> EncodedFrame: ...
+
+    def finish(self, encoded: EncodedFrame) -> Any: ...
+
+    def update_options(self, **changes: Any) -> Any: ...
 
 
 def _pad_batch(batch: Any, min_batch: int) -> Any:
@@ -176,6 +206,19 @@ class Segmenter:
         return self.options
 
     # ------------------------------------------------------------------ stages
+    def encode_frame(self, frame: Any) -> EncodedFrame:
+        """Stage 1 of one frame: preprocess and encode (what a video pipeline runs ahead in a worker)."""
+        check_frame(frame)
+        batch, features, t_pre, t_enc = self._encode_chunk([frame])
+        return EncodedFrame(frame, features[0], batch[:1], {"preprocess": t_pre, "encoder": t_enc})
+
+    def finish(self, encoded: EncodedFrame) -> SegmentationResult:
+        """Stage 2: NCut, assignment, PAMR, the frame's size, and the segment names with a vocabulary."""
+        result = self.post(encoded.frame, encoded.features, dict(encoded.timings))
+        if self.labeler is not None:
+            self.name_segments(result, encoded.pixels)
+        return result
+
     def encode_timed(self, frames: Sequence[Any]) -> tuple[Any, float, float]:
         """Like :meth:`encode`, one chunk (at most the backend's max batch), with its
         (preprocess ms, encoder ms): what video pipelines report per stage."""

@@ -26,6 +26,9 @@ class FakeResult:
     num_segments: int
     embeddings: np.ndarray
     timings: dict = field(default_factory=dict)
+    segments: list | None = None          # the fields of SegmentationResult, as the loop reads them
+    vocabulary: str | None = None
+    class_names: tuple | None = None
 
 
 class FakeSegmenter:
@@ -75,6 +78,16 @@ class FakeSegmenter:
         return FakeResult(labels.astype(np.int32), mask.astype(np.int32), coarse, k, emb,
                           {"preprocess": 0.1, "encoder": 1.0, "ncut": 0.2, "assign": 0.1,
                            "pamr": 0.3 if self.refine else 0.0, "total": 1.7})
+
+    def encode_frame(self, frame: np.ndarray):
+        """Stage 1 (runtime.segmenter.FrameSegmenter): this fake's features of one frame."""
+        from diffcut_edge.runtime.segmenter import EncodedFrame
+
+        return EncodedFrame(frame, self.encode([frame])[0], None, {"preprocess": 0.1, "encoder": 1.0})
+
+    def finish(self, encoded) -> FakeResult:
+        """Stage 2: the segmentation from stage 1's features."""
+        return self.postprocess(encoded.frame, encoded.features)
 
     def __call__(self, frame: np.ndarray) -> FakeResult:
         return self.postprocess(frame, self.encode([frame])[0])

@@ -259,3 +259,18 @@ def test_a_bench_batch_that_cannot_fit_is_refused(toy_dir, monkeypatch):
     with Segmenter.from_model_dir(toy_dir, backend="ort-cpu") as seg:
         with pytest.raises(DiffCutError, match="a batch of 20000 frames needs about .* lower --batch"):
             run_bench(seg, frame, batches=(20000,), iters=1, warmup=0)
+
+
+def test_the_two_stages_are_the_whole_call_and_fakes_follow_the_protocol(toy_dir):
+    from diffcut_edge.runtime.segmenter import FrameSegmenter
+    from helpers.fake_segmenter import FakeSegmenter
+
+    frame = (np.random.default_rng(3).random((48, 64, 3)) * 255).astype(np.uint8)
+    with Segmenter.from_model_dir(toy_dir, backend="ort-cpu") as seg:
+        encoded = seg.encode_frame(frame)
+        assert encoded.pixels.shape == (1, 3, seg.manifest.resolution, seg.manifest.resolution)
+        assert set(encoded.timings) == {"preprocess", "encoder"}
+        staged, whole = seg.finish(encoded), seg(frame)
+        np.testing.assert_array_equal(staged.labels, whole.labels)
+        assert set(staged.timings) == set(whole.timings)
+        assert isinstance(seg, FrameSegmenter) and isinstance(FakeSegmenter(), FrameSegmenter)
