@@ -206,8 +206,13 @@ class SegmentLabeler:
             options = ort.SessionOptions()
             if self._threads:
                 options.intra_op_num_threads = int(self._threads)
-            self._sessions[name] = ort.InferenceSession(
-                str(self.model_dir / name), options, providers=_providers(ort.get_available_providers(), self.device))
+            path = self.model_dir / name
+            try:
+                self._sessions[name] = ort.InferenceSession(
+                    str(path), options, providers=_providers(ort.get_available_providers(), self.device))
+            except Exception as e:   # onnxruntime's own exception types: a garbage or truncated graph
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise DiffCutError(f"{path}: onnxruntime cannot load it ({first}); re-run export-vocab") from e
         return self._sessions[name]
 
     @property

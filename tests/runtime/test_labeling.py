@@ -84,3 +84,18 @@ def test_class_map_paints_each_segment_with_its_class():
     np.testing.assert_array_equal(result.class_map(), [[2, 2, 0], [0, 5, 5]])
     with pytest.raises(DiffCutError, match="got no class"):
         labeling.paint_classes(labels, {0: 1, 3: 1})
+
+
+def test_a_garbage_text_graph_is_one_line_not_an_onnxruntime_error(vocab_model_dir, tmp_path):
+    import shutil
+
+    from diffcut_edge.runtime import labeling
+
+    folder = tmp_path / "model"
+    shutil.copytree(vocab_model_dir, folder)
+    (folder / labeling.TEXT_NAME).write_bytes(b"\x08\x07garbage, not a graph" * 100)
+    with pytest.raises(DiffCutError, match=r"clip_text.onnx: onnxruntime cannot load it .* re-run export-vocab") as err:
+        labeling.SegmentLabeler.from_model_dir(folder, "cat, sofa", verify=False)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DiffCutError, match="does not match its manifest"):   # with verification: the hash says it
+        labeling.SegmentLabeler.from_model_dir(folder, "cat, sofa")
