@@ -239,6 +239,9 @@ def _run_verify(args: argparse.Namespace) -> int:
         report = verify_against(args.model_dir, args.against, args.images or None, labels=not args.no_labels)
         print("\n".join(report.lines()))
         print(f"recorded in {args.model_dir}/manifest.json")
+        if not report.passed:
+            print("next: calibrate on more (and more typical) images, try --method percentile, or keep the layers "
+                  "that hurt in float with --keep-fp32 (diffcut-edge quantize; docs/faster.md)")
         return 0 if report.passed else EXIT_ERROR
     from diffcut_edge.export.verify import verify_model
     from diffcut_edge.models.loading import quiet_third_party_logs
@@ -246,6 +249,9 @@ def _run_verify(args: argparse.Namespace) -> int:
     quiet_third_party_logs()
     report = verify_model(args.model, args.model_dir, args.images or None, labels=not args.no_labels)
     print("\n".join(report.lines()))
+    if not report.passed:
+        print(f"next: re-export the folder from the same pipeline (diffcut-edge export --model {args.model} --out "
+              f"{args.model_dir} --force), and check that --model is the pipeline it was exported from")
     return 0 if report.passed else EXIT_ERROR
 
 
@@ -321,13 +327,18 @@ def _add_segmenter_options(p: argparse.ArgumentParser, *, allow_model: bool = Fa
 
 
 def _check_model_choice(args: argparse.Namespace) -> None:
-    """Exactly one of --model-dir and --model (where the verb has --model)."""
+    """Exactly one of --model-dir and --model (where the verb has --model), and no --resolution that a
+    model folder would silently ignore."""
     model = getattr(args, "model", None)
     if model and args.model_dir:
         raise DiffCutError("give either --model-dir (an exported folder) or --model (a pipeline), not both")
     if not model and not args.model_dir:
         raise DiffCutError("segment needs --model-dir MODEL_DIR (an exported folder) or --model HUB_ID|DIR "
                            "(a diffusers pipeline, exported on first use)")
+    if args.model_dir and getattr(args, "resolution", None) is not None:
+        raise DiffCutError("--resolution is the export resolution of --model; a --model-dir folder has its own "
+                           "(in its manifest): drop --resolution, or export another folder")
+
 
 
 def _model_dir(args: argparse.Namespace) -> str:
@@ -361,6 +372,9 @@ def _segmenter_spec(args: argparse.Namespace, model_dir: str):
     """The one SegmenterSpec the segmenter options describe (local engine, realtime worker, Ray)."""
     from diffcut_edge.runtime.segmenter import Segmenter
 
+    if isinstance(args.classes, str) and "," not in args.classes and len(args.classes.split()) >= 3:
+        _warn(args.verb, f"--classes {args.classes!r} is ONE class with that name; separate classes with commas "
+                         f"(\"{', '.join(args.classes.split())}\")")
     return Segmenter.spec_from(model_dir, backend=args.backend, refine=args.refine,
                                device=None if args.device == "auto" else args.device,
                                mask_size=tuple(args.mask_size), tau=args.tau, alpha=args.alpha,
@@ -436,6 +450,9 @@ def _run_segment(args: argparse.Namespace) -> int:
     from diffcut_edge.atomic import check_writable_dir, make_dirs
 
     _check_model_choice(args)  # says what to pass, before anything else is looked at
+    if io.is_image_path(args.out) and not Path(args.out).is_dir():
+        raise DiffCutError(f"--out is the folder the outputs go into (<name>_labels.png, ...); {args.out} looks like "
+                           f"an image file name: give a folder")
     out = check_writable_dir(Path(args.out))  # before the (slow) model opens
     if args.engine == "ray":
         return _run_segment_ray(args, out)

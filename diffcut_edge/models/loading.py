@@ -47,7 +47,7 @@ def _offline_error(hub_id: str, cause: str = "") -> DiffCutError:
     detail = f" ({cause})" if cause else ""
     return DiffCutError(
         f"weights for {hub_id} are not available offline{detail}; download them on a machine with "
-        f"network (huggingface-cli download {hub_id}) or pass a local folder"
+        f"network (`hf download {hub_id}`, from huggingface_hub) or pass a local folder"
     )
 
 
@@ -67,6 +67,9 @@ def check_pipeline_folder(folder: str | Path) -> str:
     if not folder.is_dir():
         raise DiffCutError(f"{folder} is a file, not a diffusers pipeline folder")
     if not (folder / "model_index.json").is_file():
+        if (folder / "manifest.json").is_file():   # an exported model folder given where a pipeline goes
+            raise DiffCutError(f"{folder} is an exported model folder, not a diffusers pipeline: pass it as "
+                               f"--model-dir {folder}")
         raise DiffCutError(f"{folder} is not a diffusers pipeline: it has no model_index.json "
                            f"(save the pipeline with pipeline.save_pretrained(folder))")
     index = _read_json(folder / "model_index.json")

@@ -251,6 +251,10 @@ def read_manifest(model_dir: str | os.PathLike) -> Manifest:
                            f"'diffcut-edge export --model HUB_ID|DIR --out {model_dir}'")
     path = model_dir / MANIFEST_NAME
     if not path.is_file():
+        if (model_dir / "model_index.json").is_file():   # a diffusers pipeline given where a model folder goes
+            raise DiffCutError(f"{model_dir} is a diffusers pipeline folder, not an exported model folder: pass it "
+                               f"as --model {model_dir} (exported on first use), or export it once with "
+                               f"'diffcut-edge export --model {model_dir} --out MODEL_DIR'")
         raise DiffCutError(f"{model_dir} has no {MANIFEST_NAME}: it is not an exported model folder "
                            f"(run 'diffcut-edge export ... --out {model_dir}')")
     try:

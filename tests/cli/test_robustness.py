@@ -372,3 +372,18 @@ def test_a_permission_error_anywhere_is_one_line_and_exit_2(monkeypatch, tmp_pat
     code, _, err = run_cli(["segment", str(tmp_path / "a.png"), "--model-dir", str(tmp_path / "model"),
                             "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and err.count("\n") == 1 and f"permission denied: {tmp_path / 'model'}" in err
+
+
+def test_a_pipeline_folder_and_a_model_folder_given_the_wrong_way_round_say_so(tmp_path, capsys):
+    pipeline, model = tmp_path / "pipe", tmp_path / "model"
+    pipeline.mkdir()
+    (pipeline / "model_index.json").write_text("{}")
+    model.mkdir()
+    (model / "manifest.json").write_text("{}")
+    code, _, err = run_cli(["bench", "--model-dir", str(pipeline)], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"pass it as --model {pipeline}" in err
+    from diffcut_edge.errors import DiffCutError
+    from diffcut_edge.models.loading import check_pipeline_folder
+
+    with pytest.raises(DiffCutError, match="exported model folder, not a diffusers pipeline: pass it as --model-dir"):
+        check_pipeline_folder(model)

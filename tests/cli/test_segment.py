@@ -171,3 +171,19 @@ def test_segment_with_model_exports_once_into_the_cache_and_reuses_it(tiny_pipel
     assert first is not None and np.array_equal(first, second)
     code, _, err = run_cli([*argv, "--model-dir", str(folder), "--out", str(tmp_path / "both")], capsys)
     assert code == 2 and "not both" in err
+
+
+def test_options_that_would_be_ignored_or_misread_are_said(cli_fake_segmenter, tmp_path, capsys):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((16, 16, 3), np.uint8))
+    code, _, err = run_cli(["segment", str(image), "--model-dir", "m", "--resolution", "512", "--out",
+                            str(tmp_path / "o")], capsys)
+    assert code == 2 and "drop --resolution" in err
+    code, _, err = run_cli(["segment", str(image), "--model-dir", "m", "--out", str(tmp_path / "result.png")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "looks like an image file name" in err
+    assert not (tmp_path / "result.png").exists()
+    args = cli.build_parser().parse_args(["segment", str(image), "--model-dir", "m", "--classes", "cat sofa window",
+                                          "--out", str(tmp_path / "o2")])
+    assert cli._segmenter_spec(args, "m").classes == "cat sofa window"   # what the user typed, said back
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is ONE class" in err and '"cat, sofa, window"' in err

@@ -171,7 +171,8 @@ def test_verify_against_a_different_model_fails_and_says_so(int8_dir, photos_dir
     shutil.copytree(int8_dir, folder)
     photo = str(sorted(photos_dir.iterdir())[0])
     assert cli.main(["verify", "--model-dir", str(folder), "--against", str(other), photo]) == 2
-    assert "verify: FAILED" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "verify: FAILED" in printed and "next: calibrate on more" in printed   # the way out, printed
     m = read_manifest(folder)
     assert m.verification["passed"] is False
     assert "FAILED verification" in m.verification_note(str(folder))

@@ -120,7 +120,7 @@ def test_folder_with_damaged_index(tiny_pipeline_dir, tmp_path):
 @pytest.mark.parametrize("model", ["ssd-1b", "diffcut-edge-tests/not-a-cached-model"])
 def test_offline_hub_id_is_a_clear_error(monkeypatch, model):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DiffCutError, match="not available offline.*huggingface-cli download"):
+    with pytest.raises(DiffCutError, match="not available offline.*`hf download "):
         load_pipeline(model)
 
 
