@@ -54,3 +54,33 @@ def test_gpu_installs_the_cuda_libraries_cupyx_needs_and_jetson_no_onnxruntime()
 
 def test_the_readme_setup_command_gets_the_cpu_onnxruntime():
     assert {_name(r) for r in _resolve(("export", "dev"))} & ORT == {"onnxruntime"}
+
+
+@pytest.mark.slow
+def test_a_built_wheel_carries_the_data_files_and_installs(tmp_path):
+    """README's wheel route: `pip wheel --no-deps -w dist .`, then an install elsewhere finds the live page,
+    the vocabularies and the eval data (package data), not only the code."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(tmp_path / "dist"), str(root)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("diffcut_edge-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("diffcut_edge/apps/live_page.html", "diffcut_edge/runtime/vocabularies/voc.txt",
+                   "diffcut_edge/runtime/vocabularies/coco-object.txt", "diffcut_edge/eval/data/coco_val2017_curated.txt"):
+        assert needed in names, needed
+    target = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                           str(wheel)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import diffcut_edge, importlib.resources as r; "
+            "assert diffcut_edge.__file__.startswith(sys.argv[1]), diffcut_edge.__file__; "
+            "print(len(r.files('diffcut_edge.apps').joinpath('live_page.html').read_text()) > 100, "
+            "'aeroplane' in r.files('diffcut_edge.runtime').joinpath('vocabularies/voc.txt').read_text())")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.stdout.split() == ["True", "True"], proc.stderr[-2000:]

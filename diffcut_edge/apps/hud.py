@@ -67,7 +67,8 @@ def gui_problem() -> str | None:
            if line.strip().startswith("GUI:")]
     if gui and gui[0].upper() == "NONE":
         return ("this OpenCV build has no GUI (opencv-python-headless): run with --headless "
-                "[--record out.mp4], or pip install opencv-python for a window")
+                "[--record out.mp4]; for a window replace the headless wheel: pip uninstall -y "
+                "opencv-python-headless && pip install opencv-python")
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return "no display (DISPLAY is not set): run with --headless [--record out.mp4]"
     return None
