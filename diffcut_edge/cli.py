@@ -165,8 +165,13 @@ def _run_export(args: argparse.Namespace) -> int:
                                  opset=args.opset, progress=not args.no_progress, force=args.force,
                                  vae=args.vae, tiny_vae=args.tiny_vae)
     size = (report.onnx_bytes + report.data_bytes) / 1e6
+    from diffcut_edge.lazy import tensorrt
+
+    nxt = (f"diffcut-edge build-engine --model-dir {report.model_dir}" if tensorrt.available() else
+           f"diffcut-edge segment IMAGES --model-dir {report.model_dir} (a TensorRT engine is built where "
+           f"TensorRT is installed: build-engine on the device)")
     print(f"wrote {report.model_dir} ({size:.1f} MB, {report.nodes} nodes, "
-          f"{sum(report.seconds.values()):.1f} s); next: diffcut-edge build-engine --model-dir {report.model_dir}")
+          f"{sum(report.seconds.values()):.1f} s); next: {nxt}")
     return 0
 
 
@@ -1039,7 +1044,8 @@ def _run_triton_repo(args: argparse.Namespace) -> int:
 
     out = write_repository(args.model_dir, args.out, _repository_spec(args, args.encoder))
     print(f"wrote the Triton model repository {out} (encoder: {args.encoder}); run it with "
-          f"tritonserver --model-repository {out}, or diffcut-edge serve")
+          f"tritonserver --model-repository {out} (diffcut-edge serve --model-dir {args.model_dir} builds and runs "
+          f"its own repository instead)")
     return 0
 
 

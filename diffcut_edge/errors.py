@@ -19,5 +19,5 @@ def missing_extra(module: str, extra: str, purpose: str) -> DiffCutError:
         how = ("pip install 'diffcut-edge[cpu]' (CPU) or 'diffcut-edge[gpu]' (NVIDIA GPU); on Jetson "
                "NVIDIA's onnxruntime-gpu wheel (docs/jetson.md)")
     else:
-        how = f"pip install 'diffcut-edge[{extra}]'"
+        how = f"pip install 'diffcut-edge[{extra}]' (in a clone: pip install '.[{extra}]')"
     return DiffCutError(f"{purpose} needs the '{module}' package, which is not installed: {how}")

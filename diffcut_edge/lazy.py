@@ -53,7 +53,10 @@ class LazyModule:
         except ImportError as e:
             error = self._missing_error()
             # A present but broken install (e.g. cupy without a CUDA driver) says why.
-            if not isinstance(e, ModuleNotFoundError) or e.name != self._name:
+            # (ModuleNotFoundError names the first missing package: "tritonclient" for "tritonclient.http".)
+            missing = isinstance(e, ModuleNotFoundError) and e.name is not None and (
+                self._name == e.name or self._name.startswith(e.name + "."))
+            if not missing:
                 error = DiffCutError(f"{self._purpose} needs '{self._name}', which is installed but "
                                      f"failed to import ({e}); reinstall or repair it")
             self.__dict__["_error"] = error

@@ -467,3 +467,13 @@ def test_every_supported_tensorrt_has_the_names_the_native_backend_calls(version
     assert set(real["enums"]["TensorIOMode"]) >= {"INPUT", "OUTPUT"}
     assert {trt_compat.numpy_dtype(types.SimpleNamespace(name=n)) for n in ("FLOAT", "HALF")} == {
         np.dtype(np.float32), np.dtype(np.float16)} and {"FLOAT", "HALF"} <= set(real["enums"]["DataType"])
+
+
+def test_a_missing_subpackage_names_the_extra_not_a_broken_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tritonclient", None)   # as if not installed at all
+    missing = lazy.LazyModule("tritonclient.http", extra="triton", purpose="the Triton client")
+    with pytest.raises(DiffCutError, match=r"pip install 'diffcut-edge\[triton\]'") as err:
+        missing.load()
+    assert "failed to import" not in str(err.value)
