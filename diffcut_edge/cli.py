@@ -1147,6 +1147,19 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; an unknown option is refused with the *verb's* usage and the closest real option."""
+    import difflib
+
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        verb = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.verb]
+        options = [s for action in verb._actions for s in action.option_strings]
+        guess = difflib.get_close_matches(extra[0].split("=", 1)[0], options, n=1)
+        verb.error(f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {guess[0]}?)" if guess else ""))
+    return args
+
+
 def _unwind_on_sigterm() -> object:
     """SIGTERM unwinds like Ctrl-C (first thing: a SIGTERM during start-up is a message too).
     Returns the previous handler (None off the main thread)."""
@@ -1162,7 +1175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous, verb, args = None, "", None
     try:
         previous = _unwind_on_sigterm()
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
         verb = args.verb
         from diffcut_edge.apps.video import quiet_opencv_logs
 

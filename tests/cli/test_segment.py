@@ -187,3 +187,11 @@ def test_options_that_would_be_ignored_or_misread_are_said(cli_fake_segmenter, t
     assert cli._segmenter_spec(args, "m").classes == "cat sofa window"   # what the user typed, said back
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is ONE class" in err and '"cat, sofa, window"' in err
+
+
+def test_an_unknown_flag_gets_the_verbs_usage_and_a_guess(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["segment", "x.png", "--model-dir", "m", "--out", "o", "--maks-size", "64"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("usage: diffcut-edge segment")
+    assert "unrecognized arguments: --maks-size 64 (did you mean --mask-size?)" in err
