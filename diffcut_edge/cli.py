@@ -1160,6 +1160,16 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     return args
 
 
+def _quiet_libraries() -> None:
+    """transformers and diffusers read their log level from the environment when first imported: set to
+    errors before any verb imports them, their warnings that are not the user's ("requires torchvision")
+    stay off the terminal. A level the user set is kept."""
+    import os
+
+    for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(name, "error")
+
+
 def _unwind_on_sigterm() -> object:
     """SIGTERM unwinds like Ctrl-C (first thing: a SIGTERM during start-up is a message too).
     Returns the previous handler (None off the main thread)."""
@@ -1177,6 +1187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = _unwind_on_sigterm()
         args = _parse(build_parser(), argv)
         verb = args.verb
+        _quiet_libraries()
         from diffcut_edge.apps.video import quiet_opencv_logs
 
         quiet_opencv_logs()   # OpenCV's own [ERROR ...] lines stay off stderr: our messages say it in one line

@@ -114,6 +114,10 @@ class Segmenter:
         self.device = self._resolve_device(device, backend)
         self.post = Postprocessor.for_manifest(backend.manifest, options or SegmenterOptions(), self.device)
         self.owns_backend = owns_backend
+        if self.device == "cpu":
+            from diffcut_edge.runtime.xp import warm_up_host
+
+            warm_up_host()   # at open, not inside the first frame's timings
         self._spec = spec   # how it was opened (None when built around a backend by hand)
 
     @classmethod

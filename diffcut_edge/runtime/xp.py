@@ -421,6 +421,13 @@ def _blas_controller() -> Any:
     return ThreadpoolController()
 
 
+def warm_up_host() -> None:
+    """Import the host post-processing's libraries now (scipy's LAPACK, ARPACK, ndimage: ~1 s), so
+    the first frame's ncut figure is the NCut's, not the imports'."""
+    _numpy_extras()
+    _blas_controller()
+
+
 def median_filter3(labels: Any) -> Any:
     """3x3 median filter with scipy's default border mode ('reflect'), in ``labels``' namespace."""
     return extras(get_xp(labels)).median_filter3(labels)

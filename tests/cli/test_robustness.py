@@ -387,3 +387,16 @@ def test_a_pipeline_folder_and_a_model_folder_given_the_wrong_way_round_say_so(t
 
     with pytest.raises(DiffCutError, match="exported model folder, not a diffusers pipeline: pass it as --model-dir"):
         check_pipeline_folder(model)
+
+
+def test_third_party_warnings_that_are_not_the_users_stay_off_the_terminal(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("diffusers", reason="make-tiny needs the [export] extra")
+    proc = subprocess.run([sys.executable, "-m", "diffcut_edge.cli", "models", "make-tiny", "--family", "sd1", "--out",
+                           str(tmp_path / "tiny")], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in __import__("os").environ.items()
+                               if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")})
+    assert proc.returncode == 0, proc.stderr
+    assert "[transformers]" not in proc.stderr and "torchvision" not in proc.stderr, proc.stderr

@@ -274,3 +274,14 @@ def test_the_two_stages_are_the_whole_call_and_fakes_follow_the_protocol(toy_dir
         np.testing.assert_array_equal(staged.labels, whole.labels)
         assert set(staged.timings) == set(whole.timings)
         assert isinstance(seg, FrameSegmenter) and isinstance(FakeSegmenter(), FrameSegmenter)
+
+
+def test_the_host_libraries_are_imported_at_open_not_in_the_first_frames_timings(toy_dir):
+    import subprocess
+    import sys
+
+    code = ("import sys; from diffcut_edge.runtime import Segmenter; "
+            "seg = Segmenter.from_model_dir(sys.argv[1], backend='ort-cpu'); "
+            "print('scipy.sparse.linalg' in sys.modules and 'scipy.ndimage' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(toy_dir)], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "True", proc.stderr
