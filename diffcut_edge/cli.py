@@ -472,7 +472,7 @@ def _run_segment(args: argparse.Namespace) -> int:
                            f"(extensions: {', '.join(io.IMAGE_EXTENSIONS)})")
     with _open_segmenter(args) as seg:
         options = batch.OutputOptions(args.overlay_format, args.overlay_alpha, args.save_npz,
-                                      segments_json=getattr(seg, "labeler", None) is not None)
+                                      segments_json=True)
         make_dirs(out)  # only once the model opened: a failed start leaves nothing behind
         bar = _progress(quiet=args.quiet, unit="img", total=len(images))
 
@@ -517,11 +517,10 @@ def _run_segment_ray(args: argparse.Namespace, out) -> int:
     model_dir = _model_dir(args)
     segmenter = _segmenter_spec(args, model_dir)
     from diffcut_edge.runtime.manifest import read_manifest
-    from diffcut_edge.runtime.segmenter import names_segments
 
     manifest = read_manifest(model_dir)
     output = batch.OutputOptions(args.overlay_format, args.overlay_alpha, args.save_npz,
-                                 segments_json=names_segments(manifest, args.classes))
+                                 segments_json=True)
     _note_verification("segment", manifest, model_dir)  # before Ray starts
     make_dirs(out)
     bar = _progress(quiet=args.quiet, unit="img")

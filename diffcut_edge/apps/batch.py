@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from diffcut_edge import atomic
 from diffcut_edge.apps import io
 from diffcut_edge.apps.overlay import draw_overlay, draw_segment_names
@@ -35,7 +37,7 @@ class OutputOptions:
     overlay_format: str = "jpg"      # one of OVERLAY_FORMATS ("none": no overlay)
     overlay_alpha: float = 0.5
     save_npz: bool = False
-    segments_json: bool = False      # <stem>_segments.json: the class of each segment (a vocabulary)
+    segments_json: bool = True       # <stem>_segments.json: each segment's id, area, box and mask (+ class)
 
     def __post_init__(self) -> None:
         if self.overlay_format not in OVERLAY_FORMATS:
@@ -101,14 +103,35 @@ def output_paths(out: Path, stem: str, options: OutputOptions) -> dict[str, Path
     return paths
 
 
-def segments_document(result: Any) -> dict[str, Any]:
-    """``<stem>_segments.json``: ``{"vocabulary", "num_classes", "segments": [{"id", "class_index",
-    "class_name", "score", "area", "bbox", "pooling"}]}``, one entry per id of the label PNG."""
-    if result.segments is None:
-        raise DiffCutError("this result has no segment names: the model folder has no vocabulary "
-                           "(diffcut-edge export-vocab) and no --classes were given")
-    return {"vocabulary": result.vocabulary, "num_classes": len(result.class_names or ()),
-            "segments": [s.to_dict() for s in result.segments]}
+def mask_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO's uncompressed RLE of a boolean (H, W) mask: ``{"size": [H, W], "counts": [...]}``, run lengths
+    in column-major order starting with a run of zeros (pycocotools' ``frPyObjects`` reads it)."""
+    flat = np.asarray(mask, dtype=bool).T.ravel()
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    edges = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(edges).tolist()
+    if flat.size and flat[0]:
+        counts = [0, *counts]
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+def segments_document(result: Any, *, masks: bool = True) -> dict[str, Any]:
+    """``<stem>_segments.json``: ``{"vocabulary", "num_classes", "segments": [...]}``, one entry per id of the
+    label PNG, COCO-style: ``id``, ``area``, ``bbox`` (x0, y0, x1, y1, exclusive ends) and, with ``masks``,
+    ``rle`` (:func:`mask_rle`); with a vocabulary (export-vocab or --classes) also ``class_index``,
+    ``class_name``, ``score``, ``pooling``. Without one, ``vocabulary`` is null and ``num_classes`` 0."""
+    from diffcut_edge.runtime.labeling import segment_stats
+
+    labels = np.asarray(result.labels)
+    if result.segments is not None:
+        entries = [s.to_dict() for s in result.segments]
+    else:
+        ids, areas, boxes = segment_stats(labels)
+        entries = [{"id": int(i), "area": int(a), "bbox": [int(v) for v in b]} for i, a, b in zip(ids, areas, boxes)]
+    if masks:
+        for entry in entries:
+            entry["rle"] = mask_rle(labels == entry["id"])
+    return {"vocabulary": result.vocabulary, "num_classes": len(result.class_names or ()), "segments": entries}
 
 
 def write_outputs(out: Path, stem: str, frame: Any, result: Any, options: OutputOptions) -> list[Path]:
@@ -117,7 +140,7 @@ def write_outputs(out: Path, stem: str, frame: Any, result: Any, options: Output
     written = [io.write_labels_png(paths["labels"], result.labels)]
     if "overlay" in paths:
         overlay = draw_overlay(frame, result.labels, alpha=options.overlay_alpha)
-        if getattr(result, "segments", None):
+        if result.segments:
             draw_segment_names(overlay, result.labels, result.segments, out=overlay)
         written.append(io.write_image(paths["overlay"], overlay))
     if "segments" in paths:

@@ -70,20 +70,21 @@ class SegmentLabel:
 
 
 def segment_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Host label map (H, W) -> (ids sorted, areas, boxes (S, 4) x0 y0 x1 y1), every id present."""
+    """Host label map (H, W) -> (ids sorted, areas, boxes (S, 4) x0 y0 x1 y1), every id present.
+
+    One counting pass and one bounding-box pass (scipy.ndimage.find_objects), with no per-pixel index
+    arrays: a 10000² map stays within a few hundred MB."""
+    from scipy import ndimage
+
     labels = np.asarray(labels)
-    ids, inverse, areas = np.unique(labels.ravel(), return_inverse=True, return_counts=True)
-    height, width = labels.shape
-    rows = np.repeat(np.arange(height), width)
-    cols = np.tile(np.arange(width), height)
-    x0, y0 = np.full(len(ids), width), np.full(len(ids), height)
-    x1, y1 = np.full(len(ids), -1), np.full(len(ids), -1)
-    np.minimum.at(x0, inverse, cols)
-    np.minimum.at(y0, inverse, rows)
-    np.maximum.at(x1, inverse, cols)
-    np.maximum.at(y1, inverse, rows)
-    boxes = np.stack([x0, y0, x1 + 1, y1 + 1], axis=1).astype(np.int64)
-    return ids.astype(np.int64), areas.astype(np.int64), boxes
+    low = int(labels.min())
+    shifted = (labels - (low - 1)).astype(np.int32, copy=False)   # ids from 1: find_objects skips 0
+    counts = np.bincount(shifted.ravel())
+    present = np.flatnonzero(counts)
+    slices = ndimage.find_objects(shifted)
+    boxes = np.array([[slices[i - 1][1].start, slices[i - 1][0].start, slices[i - 1][1].stop, slices[i - 1][0].stop]
+                      for i in present], dtype=np.int64).reshape(-1, 4)
+    return (present + low - 1).astype(np.int64), counts[present].astype(np.int64), boxes
 
 
 def pool_segments(dense: Any, labels: Any, ids: np.ndarray) -> tuple[Any, list[str]]:

@@ -144,7 +144,7 @@ class PostprocessModel(_Model):
             from diffcut_edge.apps.batch import segments_document
 
             self.labeler.name_result(result, arrays["pixels"])
-            text = json.dumps(segments_document(result), ensure_ascii=False)
+            text = json.dumps(segments_document(result, masks=False), ensure_ascii=False)   # the labels carry the masks
             outputs["segments"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
         return outputs
 

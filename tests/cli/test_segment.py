@@ -50,14 +50,26 @@ def test_quiet_and_jpg_overlay_default(cli_fake_segmenter, images, tmp_path, cap
     code, stdout, _ = run_cli(["segment", str(images / "coffee.png"), "--model-dir", "m", "--out", str(out), "-q"],
                            capsys)
     assert code == 0 and len(stdout.strip().splitlines()) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["coffee_labels.png", "coffee_overlay.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == ["coffee_labels.png", "coffee_overlay.jpg", "coffee_segments.json"]
+    # Per-segment data for every folder, with or without a vocabulary: id, area, box and the mask as COCO RLE.
+    import json
+
+    doc = json.loads((out / "coffee_segments.json").read_text())
+    labels = cv2.imread(str(out / "coffee_labels.png"), cv2.IMREAD_UNCHANGED)
+    assert doc["vocabulary"] is None and [s["id"] for s in doc["segments"]] == sorted(np.unique(labels).tolist())
+    for segment in doc["segments"]:
+        mask = labels == segment["id"]
+        assert segment["area"] == mask.sum() and segment["rle"]["size"] == list(labels.shape)
+        counts = segment["rle"]["counts"]   # decode COCO's column-major runs, zeros first
+        flat = np.repeat(np.arange(len(counts)) % 2, counts).astype(bool)
+        np.testing.assert_array_equal(flat.reshape(labels.shape[::-1]).T, mask)
 
 
 def test_a_second_run_into_the_input_folder_skips_earlier_outputs(cli_fake_segmenter, images, capsys):
     argv = ["segment", str(images), "--model-dir", "m", "--out", str(images), "-q"]
     assert run_cli(argv, capsys)[0] == 0
     code, stdout, err = run_cli(argv, capsys)
-    assert code == 0 and stdout.startswith("segmented 3 image(s)") and "skipped 6 file(s)" in err
+    assert code == 0 and stdout.startswith("segmented 3 image(s)") and "skipped 9 file(s)" in err
 
 
 def test_same_stem_from_two_folders_does_not_overwrite(cli_fake_segmenter, images, tmp_path, capsys):
