@@ -27,6 +27,7 @@ from diffcut_edge.atomic import OutputError
 from diffcut_edge.errors import DiffCutError
 
 OVERLAY_FORMATS = ("jpg", "png", "none")
+RESULTS_NAME = "results.jsonl"   # one JSON line per input: which outputs it became, segments, timings, or the error
 OUTPUT_SUFFIXES = ("_labels.png", "_overlay.jpg", "_overlay.png", ".npz", "_segments.json")
 
 
@@ -166,23 +167,32 @@ def segment_images(segmenter: Any, images: Sequence[Path], out: Path, options: O
     """
     report = BatchReport(images=len(images))
     started = time.perf_counter()
-    for path, stem in zip(images, output_stems(images)):
-        try:
-            frame = io.read_image(path)
-            result = segmenter(frame)
-            write_outputs(out, stem, frame, result, options)
-        except (KeyboardInterrupt, MemoryError, OutputError):
-            raise
-        except Exception as e:  # one bad image must not stop a batch: report, count, go on
-            if raise_unexpected and not isinstance(e, DiffCutError):
+    records: list[dict[str, Any]] = []
+    try:
+        for path, stem in zip(images, output_stems(images)):
+            try:
+                frame = io.read_image(path)
+                result = segmenter(frame)
+                written = write_outputs(out, stem, frame, result, options)
+            except (KeyboardInterrupt, MemoryError, OutputError):
                 raise
-            message = str(e) if isinstance(e, DiffCutError) else f"{path}: {type(e).__name__}: {e}"
-            report.failed.append((path, message))
-            if on_failure is not None:
-                on_failure(path, message)
-            continue
-        report.stats.add(result.timings)
-        if on_result is not None:
-            on_result(path, result)
+            except Exception as e:  # one bad image must not stop a batch: report, count, go on
+                if raise_unexpected and not isinstance(e, DiffCutError):
+                    raise
+                message = str(e) if isinstance(e, DiffCutError) else f"{path}: {type(e).__name__}: {e}"
+                report.failed.append((path, message))
+                records.append({"image": str(path), "stem": stem, "outputs": [], "error": message})
+                if on_failure is not None:
+                    on_failure(path, message)
+                continue
+            records.append({"image": str(path), "stem": stem, "outputs": [p.name for p in written],
+                            "num_segments": int(result.num_segments),
+                            "timings": {k: round(float(v), 2) for k, v in result.timings.items()}, "error": None})
+            report.stats.add(result.timings)
+            if on_result is not None:
+                on_result(path, result)
+    finally:   # also when interrupted: which input became which outputs, for what was done
+        if records:
+            atomic.write_text(out / RESULTS_NAME, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     report.seconds = time.perf_counter() - started
     return report

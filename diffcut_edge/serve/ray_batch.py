@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from diffcut_edge.apps.batch import RESULTS_NAME  # the same file the local engine writes
 from diffcut_edge.errors import DiffCutError, missing_extra
 
-RESULTS_NAME = "results.jsonl"
 log = logging.getLogger("diffcut_edge.ray")
 
 

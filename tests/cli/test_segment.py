@@ -50,7 +50,8 @@ def test_quiet_and_jpg_overlay_default(cli_fake_segmenter, images, tmp_path, cap
     code, stdout, _ = run_cli(["segment", str(images / "coffee.png"), "--model-dir", "m", "--out", str(out), "-q"],
                            capsys)
     assert code == 0 and len(stdout.strip().splitlines()) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["coffee_labels.png", "coffee_overlay.jpg", "coffee_segments.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["coffee_labels.png", "coffee_overlay.jpg", "coffee_segments.json",
+                                                    "results.jsonl"]
     # Per-segment data for every folder, with or without a vocabulary: id, area, box and the mask as COCO RLE.
     import json
 
@@ -69,7 +70,7 @@ def test_a_second_run_into_the_input_folder_skips_earlier_outputs(cli_fake_segme
     argv = ["segment", str(images), "--model-dir", "m", "--out", str(images), "-q"]
     assert run_cli(argv, capsys)[0] == 0
     code, stdout, err = run_cli(argv, capsys)
-    assert code == 0 and stdout.startswith("segmented 3 image(s)") and "skipped 9 file(s)" in err
+    assert code == 0 and stdout.startswith("segmented 3 image(s)") and "skipped 10 file(s)" in err
 
 
 def test_same_stem_from_two_folders_does_not_overwrite(cli_fake_segmenter, images, tmp_path, capsys):
@@ -207,3 +208,23 @@ def test_an_unknown_flag_gets_the_verbs_usage_and_a_guess(capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("usage: diffcut-edge segment")
     assert "unrecognized arguments: --maks-size 64 (did you mean --mask-size?)" in err
+
+
+def test_results_jsonl_says_which_input_became_which_outputs(cli_fake_segmenter, images, tmp_path, capsys):
+    import json
+
+    other = tmp_path / "other"
+    other.mkdir()
+    cv2.imwrite(str(other / "coffee.jpg"), np.full((20, 30, 3), 90, np.uint8))
+    (other / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    code, _, _ = run_cli(["segment", str(images / "coffee.png"), str(other / "coffee.jpg"), str(other / "broken.png"),
+                          "--model-dir", "m", "--out", str(out), "-q"], capsys)
+    assert code == 2   # one image failed
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["image"], r["stem"]) for r in rows] == [(str(images / "coffee.png"), "coffee"),
+                                                      (str(other / "coffee.jpg"), "coffee_2"),
+                                                      (str(other / "broken.png"), "broken")]
+    assert rows[1]["outputs"] == ["coffee_2_labels.png", "coffee_2_overlay.jpg", "coffee_2_segments.json"]
+    assert rows[0]["num_segments"] >= 1 and "total" in rows[0]["timings"] and rows[0]["error"] is None
+    assert rows[2]["outputs"] == [] and "broken.png" in rows[2]["error"]

@@ -55,7 +55,7 @@ def test_ray_outputs_equal_the_local_engine(local_ray, photos, model_dir, tmp_pa
     out = capsys.readouterr().out
     assert "segmented 4 image(s)" in out and "with Ray (2 worker(s))" in out and "images/s" in out
     names = sorted(p.name for p in local.iterdir())
-    assert sorted(p.name for p in distributed.iterdir()) == sorted([*names, rb.RESULTS_NAME])
+    assert sorted(p.name for p in distributed.iterdir()) == names and rb.RESULTS_NAME in names   # both write it
     for name in names:
         if name.endswith("_labels.png"):
             a = cv2.imread(str(local / name), cv2.IMREAD_UNCHANGED)
