@@ -1197,6 +1197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _say(verb, "terminated", EXIT_TERMINATED)
     except KeyboardInterrupt:
         return _say(verb, "interrupted", EXIT_INTERRUPTED)
+    except ModuleNotFoundError as e:   # a verb of the export stage in a runtime-only install
+        extra = _EXTRA_OF.get((e.name or "").split(".")[0])
+        if extra is None:
+            return _say(verb, f"unexpected error: {type(e).__name__}: {e} (re-run with --debug for the traceback)",
+                        EXIT_INTERNAL)
+        return _say(verb, f"error: this needs '{e.name}', which is not installed: pip install "
+                          f"'diffcut-edge[{extra}]' (in a clone: pip install '.[{extra}]'); docs/open-vocabulary.md "
+                          f"for open_clip", EXIT_ERROR)
     except PermissionError as e:   # an input folder, the model folder or --out that this user may not read or write
         where = e.filename or "a file"
         return _say(verb, f"error: permission denied: {where} (check its permissions and its folder's)", EXIT_ERROR)
@@ -1213,6 +1221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             import signal
 
             signal.signal(signal.SIGTERM, previous)
+
+
+# The extra that brings a package a verb may import (export stage, CLIP, serving).
+_EXTRA_OF = {"torch": "export", "diffusers": "export", "transformers": "export", "onnx": "export",
+             "onnxscript": "export", "safetensors": "export", "accelerate": "export", "open_clip": "clip",
+             "timm": "clip", "ftfy": "clip", "tritonclient": "triton", "ray": "ray", "aiohttp": "live"}
 
 
 def _say(verb: str, message: str, code: int) -> int:

@@ -400,3 +400,17 @@ def test_third_party_warnings_that_are_not_the_users_stay_off_the_terminal(tmp_p
                                if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")})
     assert proc.returncode == 0, proc.stderr
     assert "[transformers]" not in proc.stderr and "torchvision" not in proc.stderr, proc.stderr
+
+
+def test_a_verb_of_the_export_stage_without_torch_names_the_extra(monkeypatch, tmp_path, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)   # a runtime-only install
+    from diffcut_edge.export import verify
+
+    def needs_torch(*args, **kwargs):
+        import torch  # noqa: F401
+
+    monkeypatch.setattr(verify, "verify_model", needs_torch)
+    code, _, err = run_cli(["verify", "--model", "pipe", "--model-dir", str(tmp_path)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "pip install 'diffcut-edge[export]'" in err
