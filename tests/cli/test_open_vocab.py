@@ -38,7 +38,7 @@ def test_segment_writes_the_classes_of_every_segment(model, photo_dir, tmp_path,
         assert [s["id"] for s in doc["segments"]] == sorted(int(i) for i in np.unique(labels))
         assert sum(s["area"] for s in doc["segments"]) == labels.size
         for s in doc["segments"]:
-            assert set(s) == {"id", "class_index", "class_name", "score", "area", "bbox", "pooling"}
+            assert set(s) == {"id", "class_index", "class_name", "score", "area", "bbox", "pooling", "rle"}
             assert 0 <= s["class_index"] < 21 and 0.0 < s["score"] <= 1.0
 
 
