@@ -646,7 +646,7 @@ def _realtime(frames, segmenter, policy: KeyframePolicy, motion: MotionEstimator
             item.encoder_fps = worker.fps
             if step is not None:
                 history.append((index, step))
-            if _wants_keyframe(policy, index, submitted, step) and worker.submit(index, frame, captured):
+            if _wants_keyframe(policy, index, submitted) and worker.submit(index, frame, captured):
                 submitted = index
                 history.clear()   # the flows before this frame will never be needed again
             yield item
@@ -654,7 +654,7 @@ def _realtime(frames, segmenter, policy: KeyframePolicy, motion: MotionEstimator
         worker.close()
 
 
-def _wants_keyframe(policy: KeyframePolicy, index: int, submitted: int, step: Motion | None) -> bool:
+def _wants_keyframe(policy: KeyframePolicy, index: int, submitted: int) -> bool:
     """Whether to hand frame ``index`` to the encoder if it is free."""
     if policy.mode == "every":
         return index - submitted >= policy.interval
