@@ -15,67 +15,59 @@ import numpy as np
 from diffcut_edge.runtime.manifest import EngineRecord, Manifest, sha256_file, write_manifest
 
 
-def _toy_graph(resolution: int, channels: int, seed: int):
+def _encoder_model(name: str, nodes: list, last: str, weights: dict[str, np.ndarray], resolution: int, channels: int):
+    """The exported encoder's contract around ``nodes`` (whose output ``last`` is (B, C, h, w)): reshaped
+    to tokens (B, h*w, C), image (B, 3, R, R) in, features out, opset 18, IR 8 (older onnxruntime reads it)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(seed)
-    hidden = 16
-    w1 = rng.normal(0, 1.0, (hidden, 3, 4, 4)).astype(np.float32)
-    b1 = rng.normal(0, 0.5, hidden).astype(np.float32)
-    w2 = rng.normal(0, 1.0, (channels, hidden, 1, 1)).astype(np.float32)
-    shape = np.array([0, channels, -1], dtype=np.int64)
-    nodes = [
-        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
-        helper.make_node("Conv", ["pooled", "w1", "b1"], ["h1"], kernel_shape=[4, 4], strides=[4, 4]),
-        helper.make_node("Tanh", ["h1"], ["t1"]),
-        helper.make_node("Conv", ["t1", "w2"], ["h2"], kernel_shape=[1, 1]),
-        helper.make_node("Reshape", ["h2", "shape"], ["flat"]),
-        helper.make_node("Transpose", ["flat"], ["features"], perm=[0, 2, 1]),
-    ]
+    weights = {**weights, "shape": np.array([0, channels, -1], dtype=np.int64)}
+    nodes = [*nodes, helper.make_node("Reshape", [last, "shape"], ["flat"]),
+             helper.make_node("Transpose", ["flat"], ["features"], perm=[0, 2, 1])]
     r, n = resolution, (resolution // 32) ** 2
     graph = helper.make_graph(
-        nodes, "toy_encoder",
+        nodes, name,
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 3, r, r])],
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", n, channels])],
-        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(b1, "b1"),
-                     numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(shape, "shape")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="toy")
-    model.ir_version = 8  # readable by older onnxruntime releases too
-    onnx.checker.check_model(model)
-    return model
-
-
-def _colour_graph(resolution: int, channels: int, seed: int, bandwidth: float):
-    """Features that are a fixed function of each 32x32 patch's mean colour: AveragePool 32 -> 1x1 Conv
-    -> Cos (random Fourier features of the RGB mean, so the tokens' cosine falls with colour distance)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w = rng.normal(0, bandwidth, (channels, 3, 1, 1)).astype(np.float32)
-    b = rng.uniform(0, 2 * np.pi, channels).astype(np.float32)
-    shape = np.array([0, channels, -1], dtype=np.int64)
-    nodes = [
-        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[32, 32], strides=[32, 32]),
-        helper.make_node("Conv", ["pooled", "w", "b"], ["proj"], kernel_shape=[1, 1]),
-        helper.make_node("Cos", ["proj"], ["waves"]),
-        helper.make_node("Reshape", ["waves", "shape"], ["flat"]),
-        helper.make_node("Transpose", ["flat"], ["features"], perm=[0, 2, 1]),
-    ]
-    r, n = resolution, (resolution // 32) ** 2
-    graph = helper.make_graph(
-        nodes, "colour_encoder",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 3, r, r])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", n, channels])],
-        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
-                     numpy_helper.from_array(shape, "shape")],
+        initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="toy")
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def _toy_graph(resolution: int, channels: int, seed: int):
+    from onnx import helper
+
+    rng = np.random.default_rng(seed)
+    hidden = 16
+    weights = {"w1": rng.normal(0, 1.0, (hidden, 3, 4, 4)).astype(np.float32),
+               "b1": rng.normal(0, 0.5, hidden).astype(np.float32),
+               "w2": rng.normal(0, 1.0, (channels, hidden, 1, 1)).astype(np.float32)}
+    nodes = [
+        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
+        helper.make_node("Conv", ["pooled", "w1", "b1"], ["h1"], kernel_shape=[4, 4], strides=[4, 4]),
+        helper.make_node("Tanh", ["h1"], ["t1"]),
+        helper.make_node("Conv", ["t1", "w2"], ["h2"], kernel_shape=[1, 1]),
+    ]
+    return _encoder_model("toy_encoder", nodes, "h2", weights, resolution, channels)
+
+
+def _colour_graph(resolution: int, channels: int, seed: int, bandwidth: float):
+    """Features that are a fixed function of each 32x32 patch's mean colour: AveragePool 32 -> 1x1 Conv
+    -> Cos (random Fourier features of the RGB mean, so the tokens' cosine falls with colour distance)."""
+    from onnx import helper
+
+    rng = np.random.default_rng(seed)
+    weights = {"w": rng.normal(0, bandwidth, (channels, 3, 1, 1)).astype(np.float32),
+               "b": rng.uniform(0, 2 * np.pi, channels).astype(np.float32)}
+    nodes = [
+        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[32, 32], strides=[32, 32]),
+        helper.make_node("Conv", ["pooled", "w", "b"], ["proj"], kernel_shape=[1, 1]),
+        helper.make_node("Cos", ["proj"], ["waves"]),
+    ]
+    return _encoder_model("colour_encoder", nodes, "waves", weights, resolution, channels)
 
 
 def _write_folder(out_dir: str | Path, model, model_id: str, resolution: int, channels: int,
