@@ -12,10 +12,11 @@ where a good one was. Label maps are 16-bit PNGs (ids up to 65535).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,24 +148,44 @@ _UPRIGHT = {
 _RAW = {**_UPRIGHT, 6: _UPRIGHT[8], 8: _UPRIGHT[6]}   # the inverses (the others undo themselves)
 
 
+# What Pillow raises for a file it cannot read (UnidentifiedImageError is an OSError).
+PILLOW_ERRORS = (OSError, ValueError, SyntaxError)
+
+
+@contextlib.contextmanager
+def _pillow_image(path: Path) -> Iterator[Any]:
+    """``path`` opened by Pillow, or None where Pillow cannot read it; its warnings ("Corrupt EXIF data",
+    DecompressionBombWarning) silenced: our one line, or our own pixel limit, speaks instead. Pillow's
+    own bomb limit is lifted for the duration: the header's size is checked against ours."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(path)
+        except PILLOW_ERRORS:
+            image = None
+        try:
+            yield image
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+            if image is not None:
+                image.close()
+
+
 def _header(path: Path) -> tuple[tuple[int, int] | None, int, str | None]:
     """((width, height) or None, EXIF orientation 1-8, Pillow's format name) from the file's header
     alone (Pillow decodes no pixels here), so a decompression bomb is refused before anything
     allocates its pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # Pillow's own DecompressionBombWarning: our limit speaks instead
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                with Image.open(path) as image:
-                    value = image.getexif().get(_EXIF_ORIENTATION, 1)
-                    return tuple(image.size), int(value) if value in _UPRIGHT else 1, image.format
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        return None, 1, None  # not a format Pillow reads: OpenCV decides below
+    with _pillow_image(path) as image:
+        if image is None:
+            return None, 1, None  # not a format Pillow reads: OpenCV decides below
+        try:
+            value = image.getexif().get(_EXIF_ORIENTATION, 1)
+        except PILLOW_ERRORS:
+            return None, 1, None
+        return tuple(image.size), int(value) if value in _UPRIGHT else 1, image.format
 
 
 def exif_orientation(path: str | os.PathLike) -> int:
@@ -185,18 +206,16 @@ def _names_safe_for_opencv(path: Path) -> bool:
 def _decode_with_pillow(path: Path) -> tuple[np.ndarray | None, bool]:
     """(BGR uint8 pixels as Pillow decodes them, whether they are upright already), for formats OpenCV
     refuses, such as TIFFs with orientation 5-8 under OpenCV 5; (None, False) when Pillow cannot either.
-    Pillow decodes TIFFs through libtiff's oriented reader: those come upright."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # "Corrupt EXIF data" and the like: our one line says it
-            with Image.open(path) as image:
-                rgb = np.asarray(image.convert("RGB"))
-                upright = image.format == "TIFF"
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        return None, False
-    return np.ascontiguousarray(rgb[..., ::-1]), upright
+    Pillow decodes TIFFs through libtiff's oriented reader: those come upright. The pixel limit was
+    checked on the header before this runs."""
+    with _pillow_image(path) as image:
+        if image is None:
+            return None, False
+        try:
+            rgb = np.asarray(image.convert("RGB"))
+        except PILLOW_ERRORS:
+            return None, False
+        return np.ascontiguousarray(rgb[..., ::-1]), image.format == "TIFF"
 
 
 def read_image(path: str | os.PathLike, *, apply_orientation: bool = True) -> np.ndarray:
