@@ -504,7 +504,8 @@ def iter_segmented(source, segmenter, *, keyframes: str | KeyframePolicy = "ever
     Args:
         source: a :class:`FrameReader`, an opened ``cv2.VideoCapture``, a camera index /
             path / URL, or any iterable of BGR uint8 frames.
-        segmenter: a :class:`~diffcut_edge.runtime.Segmenter` (``encode`` + ``postprocess``).
+        segmenter: a :class:`~diffcut_edge.runtime.Segmenter` (any
+            :class:`~diffcut_edge.runtime.segmenter.FrameSegmenter`), or a :class:`RemoteSegmenter`.
         keyframes: ``"every:N"``, ``"auto"`` or a :class:`KeyframePolicy`: which frames run DiffCut.
         realtime: the encoder in its own worker, never holding the loop (see the module).
         pipelined: (not realtime) encode keyframes in a worker thread ahead of post-processing.
