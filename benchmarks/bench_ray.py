@@ -25,7 +25,7 @@ def main() -> int:
     import numpy as np
 
     from diffcut_edge.apps.batch import segment_images
-    from diffcut_edge.runtime import Segmenter
+    from diffcut_edge.runtime import Segmenter, SegmenterSpec
     from diffcut_edge.serve import ray_batch
     from helpers.data import sample_photos
 
@@ -50,7 +50,7 @@ def main() -> int:
         for workers in args.workers:
             out = Path(tmp) / f"ray{workers}"
             t0 = time.perf_counter()
-            report = ray_batch.run(items, args.model_dir, out, segmenter={"backend": "ort-cpu"}, workers=workers)
+            report = ray_batch.run(items, SegmenterSpec(args.model_dir, backend="ort-cpu"), out, workers=workers)
             rows.append((f"ray, {workers} worker(s)", report.images_per_s, time.perf_counter() - t0))
             shutil.rmtree(out)
     local = rows[0][1]

@@ -71,7 +71,7 @@ def _run(policy: str, frames, seg, fps: float):
 
 def _consistency(items) -> float:
     from diffcut_edge.apps.propagation import MotionEstimator, warp_labels
-    from diffcut_edge.eval.metrics import carried_agreement
+    from diffcut_edge.metrics import carried_agreement
 
     fine, previous, scores = MotionEstimator(width=320), None, []
     for item in items:
@@ -83,7 +83,7 @@ def _consistency(items) -> float:
 
 
 def _row(policy, clip, items, seconds, encoder_fps, keys, reference):
-    from diffcut_edge.eval.metrics import majority_class_iou, matched_agreement
+    from diffcut_edge.metrics import majority_class_iou, matched_agreement
 
     mious = ([majority_class_iou(i.result.labels, clip.classes[i.index], clip.n_classes) for i in items]
              if clip.classes is not None else [float("nan")])

@@ -60,7 +60,7 @@ def _timed(fn: Callable[[], Any], repeats: int, sync: Callable[[], None] = lambd
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of pixels on which two label maps agree after matching their ids (Hungarian)."""
-    from diffcut_edge.eval.metrics import matched_agreement
+    from diffcut_edge.metrics import matched_agreement
 
     return matched_agreement(a, b)
 

@@ -108,11 +108,11 @@ def vocab_model_dir(tmp_path_factory, tiny_model_dir, tiny_clip_dir) -> Path:
 @pytest.fixture
 def cli_fake_segmenter(monkeypatch):
     """A fast stand-in Segmenter behind every CLI verb (tests/helpers/fake_segmenter.py)."""
-    from diffcut_edge import cli
+    from diffcut_edge.apps import pipeline
     from helpers.fake_segmenter import FakeSegmenter
 
     seg = FakeSegmenter()
-    monkeypatch.setattr(cli, "_open_segmenter", lambda args: seg)
+    monkeypatch.setattr(pipeline, "open_segmenter", lambda spec, **kwargs: seg)
     return seg
 
 

@@ -1,6 +1,6 @@
 """What the segment / video / webcam commands and OpenCV apps use around the runtime core.
 
-Image and video I/O with atomic output, overlays, segment tracking, the FPS meter and
+Batch outputs, video sources and writer, the frame loop, overlays, segment tracking, the FPS meter and
 HUD. numpy + OpenCV only: no torch, diffusers or transformers. Names resolve lazily.
 """
 
@@ -9,10 +9,6 @@ from __future__ import annotations
 from diffcut_edge.lazy import lazy_getattr
 
 _LAZY = {
-    "read_image": "io",
-    "collect_image_paths": "io",
-    "write_image": "io",
-    "write_labels_png": "io",
     "draw_overlay": "overlay",
     "draw_boundaries": "overlay",
     "palette_color": "overlay",

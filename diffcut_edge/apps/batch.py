@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from diffcut_edge import atomic
-from diffcut_edge.apps import io
 from diffcut_edge.apps.overlay import draw_overlay, draw_segment_names
 from diffcut_edge.apps.pipeline import Throughput
 from diffcut_edge.atomic import OutputError
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime import images as image_io
 
 OVERLAY_FORMATS = ("jpg", "png", "none")
 RESULTS_NAME = "results.jsonl"   # one JSON line per input: which outputs it became, segments, timings, or the error
@@ -92,6 +92,14 @@ def drop_own_outputs(images: list[Path], out: Path) -> tuple[list[Path], list[Pa
     return [p for p in images if p not in ours], ours
 
 
+def collect_inputs(inputs: Sequence[str], out: Path) -> tuple[list[Path], list[Path]]:
+    """The images ``inputs`` (files, folders, globs) name, and the files skipped: not images, or
+    outputs an earlier run wrote into ``out`` (a re-run does not segment its own outputs)."""
+    images, skipped = image_io.collect_image_paths(inputs)
+    images, ours = drop_own_outputs(images, out)
+    return images, skipped + ours
+
+
 def output_paths(out: Path, stem: str, options: OutputOptions) -> dict[str, Path]:
     """The files one image gets: "labels" always, "overlay" and "npz" when asked (one source of the names)."""
     paths = {"labels": out / f"{stem}_labels.png"}
@@ -138,17 +146,17 @@ def segments_document(result: Any, *, masks: bool = True) -> dict[str, Any]:
 def write_outputs(out: Path, stem: str, frame: Any, result: Any, options: OutputOptions) -> list[Path]:
     """Write one image's outputs (:func:`output_paths`); returns the paths written."""
     paths = output_paths(out, stem, options)
-    written = [io.write_labels_png(paths["labels"], result.labels)]
+    written = [image_io.write_labels_png(paths["labels"], result.labels)]
     if "overlay" in paths:
         overlay = draw_overlay(frame, result.labels, alpha=options.overlay_alpha)
         if result.segments:
             draw_segment_names(overlay, result.labels, result.segments, out=overlay)
-        written.append(io.write_image(paths["overlay"], overlay))
+        written.append(image_io.write_image(paths["overlay"], overlay))
     if "segments" in paths:
         text = json.dumps(segments_document(result), indent=1, ensure_ascii=False) + "\n"
         written.append(atomic.write_text(paths["segments"], text))
     if "npz" in paths:
-        written.append(io.save_npz(paths["npz"], labels=result.labels, mask_labels=result.mask_labels,
+        written.append(image_io.save_npz(paths["npz"], labels=result.labels, mask_labels=result.mask_labels,
                                    coarse_labels=result.coarse_labels, embeddings=result.embeddings))
     return written
 
@@ -171,7 +179,7 @@ def segment_images(segmenter: Any, images: Sequence[Path], out: Path, options: O
     try:
         for path, stem in zip(images, output_stems(images)):
             try:
-                frame = io.read_image(path)
+                frame = image_io.read_image(path)
                 result = segmenter(frame)
                 written = write_outputs(out, stem, frame, result, options)
             except (KeyboardInterrupt, MemoryError, OutputError):

@@ -216,7 +216,7 @@ class LiveHub:
                 return self._jpeg[1]
         import cv2
 
-        from diffcut_edge.apps.io import encode_image
+        from diffcut_edge.runtime.images import encode_image
 
         data = encode_image(frame.overlay, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         with self._lock:
@@ -234,7 +234,7 @@ class LiveHub:
 
 def snapshot_zip(frame: LiveFrame) -> bytes:
     """labels.png (16-bit ids), overlay.png and segments.json of one frame, zipped in memory."""
-    from diffcut_edge.apps.io import encode_image, encode_labels_png
+    from diffcut_edge.runtime.images import encode_image, encode_labels_png
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:

@@ -15,8 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from diffcut_edge.apps.io import to_bgr_uint8
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime.images import to_bgr_uint8
 from diffcut_edge.runtime.preprocess import check_frame
 from diffcut_edge.runtime.xp import to_host
 

@@ -343,6 +343,17 @@ class RemoteSegmenter:
         self.close()
 
 
+def open_segmenter(spec: Any, *, in_worker: bool = False, warn: Callable[[str], None] | None = None) -> Any:
+    """The segmenter a loop runs from a :class:`~diffcut_edge.runtime.spec.SegmenterSpec`: opened
+    here, or with ``in_worker`` a :class:`RemoteSegmenter` whose model opens only in the realtime
+    keyframe worker's process (not twice). ``warn`` is told when the folder (INT8, tiny VAE) was
+    never verified against full precision."""
+    segmenter = RemoteSegmenter(spec) if in_worker else spec.open()
+    if warn is not None and (note := segmenter.manifest.verification_note(spec.model_dir)):
+        warn(note)
+    return segmenter
+
+
 def _portable(error: BaseException) -> BaseException:
     """An exception that survives pickling to the parent (DiffCutError does; others become RuntimeError)."""
     import pickle
@@ -673,6 +684,25 @@ def _adopt(carrier: LabelCarrier, done: tuple, history: collections.deque) -> No
     if flows:
         labels = fill_unlabelled(labels)
     carrier.start(result, index, captured, labels)
+
+
+def write_overlay_video(frames, segmenter: FrameSegmenter, writer: Any, *,
+                        keyframes: str | KeyframePolicy = "every:1", realtime: bool = False, pipelined: bool = True,
+                        max_frames: int | None = None, pace_fps: float | None = None, track: bool = True,
+                        overlay_alpha: float = 0.5, on_frame: Callable[[SegmentedFrame], None] | None = None,
+                        ) -> Throughput:
+    """Segment ``frames`` (see :func:`iter_segmented`) and write each overlay to ``writer`` (an
+    :class:`~diffcut_edge.apps.video.AtomicVideoWriter`); returns the run's throughput."""
+    from diffcut_edge.apps.tracking import TrackedOverlay
+
+    draw, stats = TrackedOverlay(track, overlay_alpha), Throughput()
+    for item in iter_segmented(frames, segmenter, keyframes=keyframes, realtime=realtime, pipelined=pipelined,
+                               max_frames=max_frames, pace_fps=pace_fps):
+        writer.write(draw(item.frame, item.result))
+        stats.add(item.result.timings, item.key_index)
+        if on_frame is not None:
+            on_frame(item)
+    return stats
 
 
 # ------------------------------------------------------------------------ throughput

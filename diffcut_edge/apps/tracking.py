@@ -146,7 +146,7 @@ class TrackedOverlay:
             labels = relabel(labels, self.tracker.update(result.embeddings))
         self.last_labels = labels
         drawn = draw_overlay(frame, labels, alpha=self.alpha)
-        segments = getattr(result, "segments", None)
+        segments = result.segments
         if segments:  # a vocabulary: the names (their ids are the result's own, before relabelling)
             draw_segment_names(drawn, original, segments, out=drawn)
         return drawn

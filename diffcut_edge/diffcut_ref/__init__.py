@@ -2,7 +2,7 @@
 
 It is the yardstick every fast path is tested against, and it is never imported by
 the runtime. Names are resolved lazily so ``import diffcut_edge.diffcut_ref`` is cheap.
-The metrics (numpy only) live in ``diffcut_edge.eval.metrics``.
+The metrics (numpy only) live in ``diffcut_edge.metrics``.
 
 Public API::
 

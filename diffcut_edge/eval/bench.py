@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -80,6 +80,17 @@ class BenchReport:
 
 
 # ----------------------------------------------------------------------- environment
+def bench_frame(image: str | None = None) -> tuple[np.ndarray, str]:
+    """The frame bench times and how the report names it: ``image`` read from disk, else
+    :func:`synthetic_image`."""
+    if image:
+        from diffcut_edge.runtime.images import read_image
+
+        return read_image(image), str(image)
+    frame = synthetic_image()
+    return frame, f"synthetic {frame.shape[1]}x{frame.shape[0]}"
+
+
 def synthetic_image(height: int = 480, width: int = 640) -> np.ndarray:
     """A deterministic BGR uint8 test frame: smooth gradients plus a few flat shapes,
     so NCut has several regions to find (no randomness, no data files)."""
@@ -196,19 +207,23 @@ def bench_batch(segmenter, frame: np.ndarray, batch: int, *, iters: int, warmup:
                        batch_ms=stats, fps=batch * 1e3 / stats.median_ms, num_segments=num_segments)
 
 
-def describe_backend(segmenter) -> tuple[str, str]:
+class Benchable(Protocol):
+    """What bench times and reports: a Segmenter, or a test's scripted stand-in."""
+
+    manifest: Any            # the model folder's Manifest (None: no folder)
+    device: str              # where post-processing runs
+    backend_description: str
+
+    def segment_batch(self, frames: Sequence[np.ndarray]) -> list[Any]: ...
+
+
+def describe_backend(segmenter: Benchable) -> tuple[str, str]:
     """(backend description, device) of a Segmenter, e.g. ("OnnxRuntimeBackend[CPUExecutionProvider]", "cpu")."""
-    backend = getattr(segmenter, "backend", None)
-    device = getattr(segmenter, "device", None) or getattr(backend, "device", None) or "cpu"
-    name = getattr(backend, "name", None) or (type(backend).__name__ if backend is not None else "unknown")
-    session = getattr(backend, "session", None)
-    if session is not None and hasattr(session, "get_providers"):
-        name = f"{name}[{session.get_providers()[0]}]"  # the provider that runs first
-    return str(name), str(device)
+    return segmenter.backend_description, segmenter.device
 
 
-def _manifest_fields(segmenter) -> dict[str, Any]:
-    manifest = getattr(segmenter, "manifest", None)
+def _manifest_fields(segmenter: Benchable) -> dict[str, Any]:
+    manifest = segmenter.manifest
     if manifest is None:
         return {}
     keep = ("model_id", "family", "resolution", "grid", "channels", "precision", "timestep", "noise_seed",

@@ -326,7 +326,7 @@ def _cityscapes_samples(root: Path, names: list[str] | None) -> list[Sample]:
 # ----------------------------------------------------------------------------- files
 def read_sample_image(path: str | os.PathLike) -> np.ndarray:
     """A dataset image as BGR uint8, raw pixels (no EXIF rotation: the official loader's view)."""
-    from diffcut_edge.apps.io import read_image
+    from diffcut_edge.runtime.images import read_image
 
     return read_image(path, apply_orientation=False)
 

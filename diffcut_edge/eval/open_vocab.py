@@ -31,9 +31,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from diffcut_edge import defaults
+from diffcut_edge import defaults, metrics
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.eval import datasets, metrics
+from diffcut_edge.eval import datasets
 from diffcut_edge.eval.datasets import DatasetSpec, Sample
 from diffcut_edge.eval.protocol import (
     EnginePredictor,
@@ -149,14 +149,16 @@ class ReferenceOpenVocab(ReferencePredictor):
         return paint_classes(labels, {d["id"]: d["class_index"] for d in named})
 
 
-def engine_open_vocab(model_dir: str | Path, vocabulary: Vocabulary, *, backend: str = "auto",
-                      tau: float = defaults.TAU, alpha: float = defaults.ALPHA,
-                      mask_size: tuple[int, int] = defaults.OPEN_VOCAB_MASK_SIZE) -> EngineOpenVocab:
-    """The engine on a model folder with ``export-vocab``'s CLIP (else the error says to run it)."""
-    base = engine_predictor(model_dir, backend=backend, tau=tau, alpha=alpha, mask_size=mask_size,
-                            name_segments=True)
+def engine_open_vocab(segmenter: Any, vocabulary: Vocabulary) -> EngineOpenVocab:
+    """The engine on a :class:`~diffcut_edge.runtime.spec.SegmenterSpec` (or a model folder's path,
+    at the protocol's mask size) with ``export-vocab``'s CLIP (else the error says to run it)."""
+    from diffcut_edge.runtime.spec import SegmenterSpec
+
+    spec = segmenter if isinstance(segmenter, SegmenterSpec) else SegmenterSpec(
+        segmenter).replace(mask_size=defaults.OPEN_VOCAB_MASK_SIZE)
+    base = engine_predictor(spec, name_segments=True)
     try:
-        return EngineOpenVocab(base.segmenter, vocabulary, backend)
+        return EngineOpenVocab(base.segmenter, vocabulary, spec.backend)
     except BaseException:
         base.segmenter.close()
         raise

@@ -13,7 +13,7 @@ The loop reproduces the official ``eval_diffcut.py`` step by step:
 5. a final Hungarian matching against all classes accumulates TP / FP / FN; mIoU is
    the nan-mean of TP / (TP + FP + FN) and pixel accuracy sum(TP) / scored pixels.
 
-Scoring uses ``diffcut_edge.eval.metrics`` (numpy + scipy only). The default
+Scoring uses ``diffcut_edge.metrics`` (numpy + scipy only). The default
 predictor is the exported engine through the runtime ``Segmenter``; ``--reference``
 swaps in the PyTorch reference (``diffcut_ref``), importing torch only then.
 """
@@ -30,9 +30,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from diffcut_edge import atomic, defaults
+from diffcut_edge import atomic, defaults, metrics
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.eval import datasets, metrics
+from diffcut_edge.eval import datasets
 from diffcut_edge.eval.bench import describe_backend
 from diffcut_edge.eval.datasets import DatasetSpec, Sample
 from diffcut_edge.runtime.xp import to_host
@@ -58,6 +58,8 @@ class Predictor(Protocol):
     def predict(self, batch: Sequence[ProtocolInput]) -> list[np.ndarray]: ...
 
     def refine(self, image_small: np.ndarray, labels: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
 
 
 class EnginePredictor:
@@ -97,6 +99,9 @@ class EnginePredictor:
             image_small, labels = cupy.asarray(image_small), cupy.asarray(labels)
         return _host_int(pamr_refine(image_small, labels, self.pamr_iterations, self.pamr_dilations))
 
+    def close(self) -> None:
+        self.segmenter.close()
+
 
 class ReferencePredictor:
     """The PyTorch reference: full UNet with a hook, reference NCut and PAMR."""
@@ -128,11 +133,12 @@ class ReferencePredictor:
 
         return _host_int(pamr_refine(image_small, labels, self.pamr_iterations, self.pamr_dilations))
 
+    def close(self) -> None:
+        """Nothing to release: the pipeline goes with the predictor."""
+
 
 def _host_int(labels: Any) -> np.ndarray:
-    if hasattr(labels, "detach"):  # a torch tensor from the reference
-        labels = labels.detach().cpu().numpy()
-    labels = to_host(labels).astype(np.int64)
+    labels = to_host(labels).astype(np.int64)   # numpy, cupy, or a torch tensor from the reference
     return labels.reshape(labels.shape[-2:])  # drop leading batch/channel axes of size 1
 
 
@@ -241,14 +247,16 @@ def evaluate(predictor: Predictor, spec: DatasetSpec, samples: Sequence[Sample],
 
 
 # ------------------------------------------------------------------ entry points
-def engine_predictor(model_dir: str | os.PathLike, *, backend: str = "auto", tau: float = defaults.TAU,
-                     alpha: float = defaults.ALPHA, mask_size: tuple[int, int] = defaults.MASK_SIZE,
-                     name_segments: bool | None = None) -> EnginePredictor:
-    from diffcut_edge.runtime import Segmenter
+def engine_predictor(segmenter: Any, *, name_segments: bool | None = None) -> EnginePredictor:
+    """The engine predictor of a :class:`~diffcut_edge.runtime.spec.SegmenterSpec` (or a model
+    folder's path, with the default options): opened with ``refine=False``, PAMR comes after the
+    protocol's background merge."""
+    from diffcut_edge.runtime.spec import SegmenterSpec
 
-    segmenter = Segmenter.from_model_dir(model_dir, backend=backend, refine=False, mask_size=mask_size,
-                                         tau=tau, alpha=alpha, name_segments=name_segments)
-    return EnginePredictor(segmenter, backend_name=backend)
+    spec = SegmenterSpec.of(segmenter).replace(refine=False)
+    if name_segments is not None:
+        spec = spec.replace(name_segments=name_segments)
+    return EnginePredictor(spec.open(), backend_name=spec.backend)
 
 
 def reference_predictor(model: str | os.PathLike, *, resolution: int | None = None, tau: float = defaults.TAU,

@@ -329,21 +329,15 @@ def _model_id(model_or_pipeline_dir: str | os.PathLike) -> str:
 
 
 # ------------------------------------------------------------------ orchestrator
-def export_model(model_or_pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                 resolution: int = defaults.RESOLUTION, precision: str = "fp32", opset: int = defaults.OPSET, progress: bool = True,
-                 force: bool = False, timestep: int = defaults.TIMESTEP, noise_seed: int = defaults.NOISE_SEED,
-                 vae: str = "full", tiny_vae: str | os.PathLike | None = None) -> Path:
-    """Export DiffCut's truncated encoder of a pipeline (hub id or saved folder) to ``out_dir``.
+def export_model(model_or_pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike, **settings: Any) -> Path:
+    """Export DiffCut's truncated encoder of a pipeline (hub id or saved folder) to ``out_dir``;
+    returns ``out_dir``. ``settings`` are :func:`export_model_report`'s keyword arguments
+    (resolution, precision, opset, vae, ...), which this returns the report of.
 
     Writes ``encoder.onnx`` (``image`` (B,3,R,R) float32 RGB [0,1] -> ``features`` (B,(R/32)^2,C)
-    float32; B dynamic), ``encoder.onnx.data`` when the weights exceed 2 GiB, and
-    ``manifest.json``. Returns ``out_dir``. See :func:`export_model_report` for timings.
-    ``vae="tiny"`` replaces the VAE encoder by diffusers' ``AutoencoderTiny`` (``tiny_vae``: hub id
-    or folder; default the family's TAESD, ``FamilySpec.tiny_vae``).
+    float32; B dynamic), ``encoder.onnx.data`` when the weights exceed 2 GiB, and ``manifest.json``.
     """
-    return export_model_report(model_or_pipeline_dir, out_dir, resolution=resolution, precision=precision,
-                               opset=opset, progress=progress, force=force, timestep=timestep,
-                               noise_seed=noise_seed, vae=vae, tiny_vae=tiny_vae).model_dir
+    return export_model_report(model_or_pipeline_dir, out_dir, **settings).model_dir
 
 
 def export_model_report(model_or_pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -353,6 +347,8 @@ def export_model_report(model_or_pipeline_dir: str | os.PathLike, out_dir: str |
                         vae: str = "full", tiny_vae: str | os.PathLike | None = None) -> ExportReport:
     """:func:`export_model` returning an :class:`ExportReport` (sizes, nodes, stage times).
 
+    ``vae="tiny"`` replaces the VAE encoder by diffusers' ``AutoencoderTiny`` (``tiny_vae``: hub id
+    or folder; default the family's TAESD, ``FamilySpec.tiny_vae``).
     ``optimize=False`` skips the onnxscript constant folding (for comparisons).
     ``pipeline`` (optional) is an already loaded pipeline to use instead of loading
     ``model_or_pipeline_dir`` (which then only names the model in the manifest).

@@ -107,8 +107,8 @@ def _import_quantization() -> Any:
 
 # ------------------------------------------------------------------ calibration data
 def calibration_paths(inputs: Sequence[str | os.PathLike], max_images: int | None = DEFAULT_MAX_IMAGES) -> list[Path]:
-    """Image files from files, folders and globs (apps.io's rules), sorted, at most ``max_images``."""
-    from diffcut_edge.apps.io import collect_image_paths
+    """Image files from files, folders and globs (runtime.images's rules), sorted, at most ``max_images``."""
+    from diffcut_edge.runtime.images import collect_image_paths
 
     if not inputs:
         raise DiffCutError("no calibration images: pass --calibration with image files or a folder of "
@@ -125,7 +125,7 @@ def calibration_paths(inputs: Sequence[str | os.PathLike], max_images: int | Non
 
 def calibration_batches(paths: Sequence[Path], resolution: int) -> Iterator[np.ndarray]:
     """(1, 3, R, R) float32 encoder inputs, one per image, exactly as the runtime preprocesses."""
-    from diffcut_edge.apps.io import read_image
+    from diffcut_edge.runtime.images import read_image
     from diffcut_edge.runtime.preprocess import preprocess
 
     for path in paths:

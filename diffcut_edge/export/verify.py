@@ -294,7 +294,7 @@ def verify_against(model_dir: str | os.PathLike, against: str | os.PathLike,
     (numpy). With ``record``, the verdict is written into ``model_dir``'s manifest, where
     ``segment`` and ``bench`` read it.
     """
-    from diffcut_edge.eval.metrics import matched_agreement
+    from diffcut_edge.metrics import matched_agreement
     from diffcut_edge.runtime import segment_features
 
     model_dir, against = Path(model_dir), Path(against)

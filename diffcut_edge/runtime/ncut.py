@@ -111,14 +111,10 @@ def _check_options(tau: float, alpha: float, max_segments: int | None, min_segme
                    solver: str) -> None:
     if solver not in SOLVERS:
         raise DiffCutError(f"unknown NCut solver {solver!r}: choose one of {', '.join(SOLVERS)}")
-    if not np.isfinite(tau) or tau < 0:
-        raise DiffCutError(f"tau must be a number >= 0 (the paper uses 0.5; 0 keeps no split), got {tau!r}")
-    if not np.isfinite(alpha) or alpha <= 0:
-        raise DiffCutError(f"alpha must be a positive number (the paper uses 10), got {alpha!r}")
-    if max_segments is not None and (int(max_segments) != max_segments or max_segments < 1):
-        raise DiffCutError(f"max_segments must be a positive integer or None, got {max_segments!r}")
-    if min_segment_size is not None and (int(min_segment_size) != min_segment_size or min_segment_size < 1):
-        raise DiffCutError(f"min_segment_size must be a positive integer (tokens) or None, got {min_segment_size!r}")
+    from diffcut_edge.runtime.options import SegmenterOptions
+
+    # The one validation of the options (same bounds and words as the CLI and SegmenterSpec).
+    SegmenterOptions(tau=tau, alpha=alpha, max_segments=max_segments, min_segment_size=min_segment_size)
 
 
 def check_features(features: Any, grid: tuple[int, int]) -> tuple[Any, tuple[int, int]]:

@@ -17,7 +17,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from diffcut_edge import defaults
 from diffcut_edge.defaults import DEVICES
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.lazy import cupy as cp
@@ -121,33 +120,21 @@ class Segmenter:
         self._spec = spec   # how it was opened (None when built around a backend by hand)
 
     @classmethod
-    def from_model_dir(cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None,
-                       refine: bool = True, mask_size: tuple[int, int] = defaults.MASK_SIZE,
-                       tau: float = defaults.TAU, alpha: float = defaults.ALPHA, max_segments: int | None = None,
-                       min_segment_size: int | None = None, *, verify: bool = True,
-                       threads: int | None = None, classes: Any = None,
-                       name_segments: bool | None = None) -> Segmenter:
-        """Open a model folder (see :func:`~diffcut_edge.runtime.backends.open_backend`): the keyword
-        spelling of ``SegmenterSpec(...).open()``.
+    def from_model_dir(cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None, *,
+                       options: SegmenterOptions | None = None, classes: Any = None,
+                       name_segments: bool | None = None, threads: int | None = None, verify: bool = True,
+                       **option_values: Any) -> Segmenter:
+        """Open a model folder: the keyword spelling of ``SegmenterSpec(...).open()`` (the arguments
+        are the spec's fields; see :class:`~diffcut_edge.runtime.spec.SegmenterSpec`).
 
+        Post-processing options come as ``options`` or one by one (``tau=0.3, refine=False``).
         classes: name the segments with these classes (``"cat, sofa"``, a list, synonyms as inner
             lists), embedded now with the folder's CLIP text tower (needs ``export-vocab``).
         name_segments: None = when the folder has a vocabulary or ``classes`` are given.
         """
-        return cls.open_spec(cls.spec_from(path, backend, device, refine, mask_size, tau, alpha, max_segments,
-                                           min_segment_size, verify=verify, threads=threads, classes=classes,
-                                           name_segments=name_segments))
-
-    @staticmethod
-    def spec_from(path: str | os.PathLike, backend: str = "auto", device: str | None = None, refine: bool = True,
-                  mask_size: tuple[int, int] = defaults.MASK_SIZE, tau: float = defaults.TAU,
-                  alpha: float = defaults.ALPHA, max_segments: int | None = None,
-                  min_segment_size: int | None = None, *, verify: bool = True, threads: int | None = None,
-                  classes: Any = None, name_segments: bool | None = None) -> SegmenterSpec:
-        """The :class:`~diffcut_edge.runtime.spec.SegmenterSpec` of :meth:`from_model_dir`'s arguments."""
-        options = SegmenterOptions(tau=tau, alpha=alpha, mask_size=mask_size, refine=refine,
-                                   max_segments=max_segments, min_segment_size=min_segment_size)
-        return SegmenterSpec(os.fspath(path), backend, device, options, classes, name_segments, threads, verify)
+        spec = SegmenterSpec(path, backend, device, options or SegmenterOptions(), classes, name_segments, threads,
+                             verify)
+        return cls.open_spec(spec.replace(**option_values) if option_values else spec)
 
     @classmethod
     def open_spec(cls, spec: SegmenterSpec) -> Segmenter:
@@ -196,6 +183,11 @@ class Segmenter:
     @options.setter
     def options(self, value: SegmenterOptions) -> None:
         self.post.options = value
+
+    @property
+    def backend_description(self) -> str:
+        """What runs the encoder, for reports (e.g. ``OnnxRuntimeBackend[CPUExecutionProvider]``)."""
+        return self.backend.description
 
     @property
     def manifest(self) -> Manifest:

@@ -64,6 +64,15 @@ class SegmenterSpec:
                                          or self.threads < 1):
             raise DiffCutError(f"threads must be None or a whole number >= 1, got {self.threads!r}")
 
+    @classmethod
+    def of(cls, segmenter: SegmenterSpec | str | os.PathLike) -> SegmenterSpec:
+        """``segmenter`` itself, or the spec of a model folder's path with every default."""
+        if isinstance(segmenter, cls):
+            return segmenter
+        if isinstance(segmenter, (str, os.PathLike)):
+            return cls(segmenter)
+        raise DiffCutError(f"expected a SegmenterSpec or a model folder's path, got {type(segmenter).__name__}")
+
     def open(self) -> Any:
         """The :class:`~diffcut_edge.runtime.segmenter.Segmenter` this spec describes."""
         from diffcut_edge.runtime.segmenter import Segmenter
@@ -73,6 +82,10 @@ class SegmenterSpec:
     def replace(self, **changes: Any) -> SegmenterSpec:
         """A copy with some fields changed; post-processing option names go to ``options``."""
         option_names = {f.name for f in dataclasses.fields(SegmenterOptions)}
+        unknown = set(changes) - option_names - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise DiffCutError(f"unknown segmenter setting(s): {', '.join(sorted(unknown))} (options: "
+                               f"{', '.join(sorted(option_names))})")
         options = {k: changes.pop(k) for k in list(changes) if k in option_names}
         if options:
             changes["options"] = dataclasses.replace(changes.get("options", self.options), **options)

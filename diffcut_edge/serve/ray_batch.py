@@ -11,7 +11,7 @@ appends one line per image to ``OUT/results.jsonl`` (segments, timings, or the e
   kill caught in flight). A line cut short by a kill is dropped on the next run; failed images are
   retried, and the last line of an image is its state.
 - A bad image fails its row only (``error`` in results.jsonl and the summary), never the job.
-- Inputs: local files, folders and globs (``apps.io`` rules), and URIs pyarrow's filesystems read
+- Inputs: local files, folders and globs (``runtime.images`` rules), and URIs pyarrow's filesystems read
   (``s3://bucket/prefix/``, ``gs://...``, ``file:///...``): each actor reads its images through pyarrow.
   OUT must be a folder every worker can write (local disk for a one-machine cluster; a shared
   mount on a real cluster), used by one job at a time: a run first deletes the temporary files a
@@ -76,7 +76,7 @@ def list_uri(uri: str) -> list[str]:
     """Image files under a URI (a prefix, recursively) or the URI itself, via pyarrow's filesystems."""
     from pyarrow import fs
 
-    from diffcut_edge.apps.io import is_image_path
+    from diffcut_edge.runtime.images import is_image_path
 
     try:
         filesystem, path = fs.FileSystem.from_uri(uri)
@@ -94,10 +94,11 @@ def list_uri(uri: str) -> list[str]:
     return [f"{scheme}://{p}" if not p.startswith(f"{scheme}://") else p for p in found]
 
 
-def collect_items(inputs: Sequence[str]) -> list[Item]:
-    """All inputs as items, with the same output stems as the local engine."""
-    from diffcut_edge.apps.batch import output_stems
-    from diffcut_edge.apps.io import collect_image_paths
+def collect_items(inputs: Sequence[str], out: Path | None = None) -> list[Item]:
+    """All inputs as items, with the same output stems as the local engine; with ``out``, less the
+    outputs an earlier run wrote there (a re-run does not segment them)."""
+    from diffcut_edge.apps.batch import drop_own_outputs, output_stems
+    from diffcut_edge.runtime.images import collect_image_paths
 
     sources: list[str] = []
     local = [i for i in inputs if not is_uri(i)]
@@ -108,7 +109,11 @@ def collect_items(inputs: Sequence[str]) -> list[Item]:
     if not sources:
         raise DiffCutError(f"no images found in {' '.join(inputs)}")
     stems = output_stems([Path(s.split("://", 1)[-1]) for s in sources])
-    return [Item(s, stem) for s, stem in zip(sources, stems)]
+    items = [Item(s, stem) for s, stem in zip(sources, stems)]
+    if out is None:
+        return items
+    ours = {str(p) for p in drop_own_outputs([Path(s) for s in sources if not is_uri(s)], Path(out))[1]}
+    return [i for i in items if i.source not in ours]
 
 
 def pending(items: Sequence[Item], out: Path, output: Any, done_stems: set[str] | None = None) -> list[Item]:
@@ -163,8 +168,8 @@ def remove_stale_temporaries(out: Path) -> int:
 
 # ------------------------------------------------------------------ the workers
 def read_source(source: str) -> np.ndarray:
-    """BGR uint8 image from a local path (apps.io rules) or a URI (pyarrow)."""
-    from diffcut_edge.apps.io import read_image, to_bgr_uint8
+    """BGR uint8 image from a local path (runtime.images rules) or a URI (pyarrow)."""
+    from diffcut_edge.runtime.images import read_image, to_bgr_uint8
 
     if not is_uri(source):
         return read_image(source)
@@ -222,25 +227,23 @@ def quiet_ray_logs() -> None:
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
-def run(items: Sequence[Item], model_dir: str | os.PathLike, out: str | os.PathLike, *,
-        segmenter: Any = None, output: Any = None, workers: int = 2,
+def run(items: Sequence[Item], segmenter: Any, out: str | os.PathLike, *, output: Any = None, workers: int = 2,
         gpus_per_worker: float = 0.0, batch_size: int = 4, address: str | None = None,
         on_row: Callable[[dict[str, Any]], None] | None = None,
         on_plan: Callable[[RayReport], None] | None = None) -> RayReport:
     """Segment ``items`` into ``out`` on Ray (a local instance unless ``address``); see the module doc.
 
-    ``on_plan(report)`` is called once what is left to do is known (``images - skipped``), before
-    Ray starts; ``on_row(record)`` for each line written to results.jsonl. ``segmenter``: a
-    :class:`~diffcut_edge.runtime.spec.SegmenterSpec` of ``model_dir``, or keyword arguments of
-    ``Segmenter.from_model_dir`` (a dict)."""
+    ``segmenter``: the :class:`~diffcut_edge.runtime.spec.SegmenterSpec` every actor opens (a model
+    folder's path stands for its defaults). ``on_plan(report)`` is called once what is left to do is
+    known (``images - skipped``), before Ray starts; ``on_row(record)`` for each line written to
+    results.jsonl."""
     from dataclasses import asdict
 
     from diffcut_edge.apps.batch import OutputOptions
-    from diffcut_edge.runtime.segmenter import Segmenter
     from diffcut_edge.runtime.spec import SegmenterSpec
 
     output = output or OutputOptions()
-    spec = segmenter if isinstance(segmenter, SegmenterSpec) else Segmenter.spec_from(model_dir, **(segmenter or {}))
+    spec = SegmenterSpec.of(segmenter)
     if spec.threads is None and not gpus_per_worker:
         spec = spec.replace(threads=1)   # one CPU per actor (num_cpus=1 below)
     out = Path(out)

@@ -124,17 +124,19 @@ class PostprocessModel(_Model):
     def __init__(self, args: dict[str, Any], params: dict[str, str]) -> None:
         super().__init__(args, params)
         from diffcut_edge.runtime.manifest import read_manifest
-        from diffcut_edge.runtime.options import SegmenterOptions
         from diffcut_edge.runtime.postprocess import Postprocessor
+        from diffcut_edge.runtime.segmenter import names_segments
+        from diffcut_edge.runtime.spec import SegmenterSpec
 
-        options = SegmenterOptions(**json.loads(params["options"]))  # it turns the JSON lists back into tuples
+        # The SegmenterSpec triton-repo wrote, opened on the files beside this model.
+        spec = SegmenterSpec.from_dict({**json.loads(params["segmenter"]), "model_dir": str(self.folder)})
         manifest = read_manifest(self.folder)
-        self.post = Postprocessor.for_manifest(manifest, options, params.get("device", "cpu"))
+        self.post = Postprocessor.for_manifest(manifest, spec.options, spec.device or "cpu")
         self.labeler = None
-        if params.get("name_segments") == "1":
+        if names_segments(manifest, spec.classes, spec.name_segments):
             from diffcut_edge.runtime.labeling import SegmentLabeler
 
-            self.labeler = SegmentLabeler.from_model_dir(self.folder, manifest=manifest)
+            self.labeler = SegmentLabeler.from_model_dir(self.folder, spec.classes, manifest=manifest)
             self.inputs = (*self.inputs, "pixels")
 
     def run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -27,7 +27,7 @@ import site
 import sys
 import sysconfig
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from diffcut_edge.atomic import make_dirs, output_error, replace_dir
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.lazy import LazyModule
 from diffcut_edge.runtime.manifest import EngineRecord, Manifest, read_manifest, verify_files, verify_vocabulary_files
-from diffcut_edge.runtime.options import SegmenterOptions
+from diffcut_edge.runtime.spec import SegmenterSpec
 
 model_config = LazyModule("tritonclient.grpc.model_config_pb2", extra="triton",
                           purpose="Triton model configurations")
@@ -98,8 +98,9 @@ class RepositorySpec:
     device: where the post-processing runs ("cpu" numpy, "cuda" cupy).
     queue_delay_us: how long the dynamic batcher may wait for a fuller batch.
     engine: with "tensorrt", the engine file when the folder has several.
-    name_segments: serve ``segments`` (each segment's class, as ``<stem>_segments.json``); None =
-        when the folder has a vocabulary (``export-vocab``).
+
+    What the post-processing model runs (device, options, naming segments) is the
+    :class:`~diffcut_edge.runtime.spec.SegmenterSpec` given to :func:`write_repository`.
     """
 
     encoder: str = "onnxruntime"
@@ -109,8 +110,6 @@ class RepositorySpec:
     device: str = "cpu"
     queue_delay_us: int = 0
     engine: str | None = None
-    options: SegmenterOptions = field(default_factory=SegmenterOptions)
-    name_segments: bool | None = None
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -121,8 +120,6 @@ class RepositorySpec:
                 raise DiffCutError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
         if not isinstance(self.queue_delay_us, int) or self.queue_delay_us < 0:
             raise DiffCutError(f"queue-delay-us must be an integer >= 0, got {self.queue_delay_us!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise DiffCutError(f"device must be cpu or cuda, got {self.device!r}")
         if self.engine is not None and self.encoder != "tensorrt":
             raise DiffCutError("--engine picks a TensorRT plan: it needs --encoder tensorrt")
 
@@ -189,18 +186,24 @@ def preprocess_config(manifest: Manifest) -> Any:
     return config
 
 
-def serves_names(manifest: Manifest, spec: RepositorySpec) -> bool:
+def serves_names(manifest: Manifest, segmenter: SegmenterSpec) -> bool:
     """Whether the repository serves ``segments`` (the rule ``Segmenter`` follows)."""
     from diffcut_edge.runtime.segmenter import names_segments
 
-    return names_segments(manifest, None, spec.name_segments)
+    return names_segments(manifest, segmenter.classes, segmenter.name_segments)
 
 
-def postprocess_config(manifest: Manifest, spec: RepositorySpec) -> Any:
-    options = asdict(spec.options)
-    names = serves_names(manifest, spec)
-    config = _python_config(POSTPROCESS, "postprocess", {"options": json.dumps(options), "device": spec.device,
-                                                          "name_segments": "1" if names else "0"})
+def segmenter_parameter(segmenter: SegmenterSpec) -> str:
+    """The post-processing model's segmenter as JSON, without the local model folder's path: the
+    model opens the files beside it, wherever the repository is served from."""
+    data = segmenter.to_dict()
+    del data["model_dir"]
+    return json.dumps(data)
+
+
+def postprocess_config(manifest: Manifest, segmenter: SegmenterSpec, spec: RepositorySpec) -> Any:
+    names = serves_names(manifest, segmenter)
+    config = _python_config(POSTPROCESS, "postprocess", {"segmenter": segmenter_parameter(segmenter)})
     config.input.append(_tensor("input", "features", "FP32", [1, manifest.num_tokens, manifest.channels]))
     config.input.append(_tensor("input", "image", "UINT8", [-1, -1, 3]))
     config.output.append(_tensor("output", "labels", "INT32", [-1, -1]))
@@ -232,8 +235,8 @@ def encoder_config(manifest: Manifest, spec: RepositorySpec, max_batch: int) -> 
     return config
 
 
-def ensemble_config(manifest: Manifest, spec: RepositorySpec | None = None) -> Any:
-    names = serves_names(manifest, spec or RepositorySpec())
+def ensemble_config(manifest: Manifest, names: bool = False) -> Any:
+    """The ensemble clients call; ``names``: it also answers ``segments``."""
     config = model_config.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=0)
     config.input.append(_tensor("input", "image", "UINT8", [-1, -1, 3]))
     config.output.append(_tensor("output", "labels", "INT32", [-1, -1]))
@@ -394,20 +397,25 @@ def _is_repository(path: Path) -> bool:
     return (path / ENSEMBLE / CONFIG).is_file()
 
 
-def write_repository(model_dir: str | os.PathLike, out: str | os.PathLike,
+def write_repository(segmenter: SegmenterSpec | str | os.PathLike, out: str | os.PathLike,
                      spec: RepositorySpec | None = None) -> Path:
-    """Write the model repository for ``model_dir`` at ``out``; returns ``out``.
+    """Write the model repository of ``segmenter`` (a :class:`~diffcut_edge.runtime.spec.SegmenterSpec`,
+    or a model folder's path with the default options) at ``out``; returns ``out``.
 
-    All or nothing: the repository is built beside ``out`` and renamed into place, replacing an
-    earlier diffcut-edge repository there (never another folder).
+    The post-processing model runs the spec's device, options and segment naming; ``spec`` says
+    how the encoder is served. All or nothing: the repository is built beside ``out`` and renamed
+    into place, replacing an earlier diffcut-edge repository there (never another folder).
     """
     spec = spec or RepositorySpec()
+    segmenter = SegmenterSpec.of(segmenter)
+    model_dir = segmenter.model_dir
     model_dir, out = Path(model_dir), Path(out)
     manifest = read_manifest(model_dir)
     verify_files(model_dir, manifest)  # the repository serves exactly what the manifest promises
     if spec.encoder == "tensorrt":
         choose_engine(manifest, spec.engine)
-    if serves_names(manifest, spec):
+    names = serves_names(manifest, segmenter)
+    if names:
         verify_vocabulary_files(model_dir, manifest)  # says to run export-vocab when there is none
     if out.exists() and not (out.is_dir() and (_is_repository(out) or not any(out.iterdir()))):
         raise DiffCutError(f"--out {out} exists and is not a diffcut-edge Triton repository; "
@@ -420,9 +428,10 @@ def write_repository(model_dir: str | os.PathLike, out: str | os.PathLike,
     try:
         _write_python_model(build / PREPROCESS, preprocess_config(manifest), model_dir)
         _write_encoder(build / ENCODER, manifest, model_dir, spec)
-        clip_files = tuple(manifest.vocabulary.get("files", {})) if serves_names(manifest, spec) else ()
-        _write_python_model(build / POSTPROCESS, postprocess_config(manifest, spec), model_dir, clip_files)
-        _write_config(build / ENSEMBLE, ensemble_config(manifest, spec))
+        clip_files = tuple(manifest.vocabulary.get("files", {})) if names else ()
+        _write_python_model(build / POSTPROCESS, postprocess_config(manifest, segmenter, spec), model_dir,
+                            clip_files)
+        _write_config(build / ENSEMBLE, ensemble_config(manifest, names))
         validate_repository(build)
         replace_dir(build, out)
     except OSError as e:

@@ -26,11 +26,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.serve.triton_repo import libpython_dir
@@ -235,3 +238,45 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def choose_encoder(binary: TritonBinary, encoder: str) -> str:
+    """The encoder model ``serve`` writes: ``auto`` is Triton's onnxruntime backend where the binary
+    has it, else this project's ONNX Runtime in a python model; a named one must be there."""
+    if encoder == "auto":
+        return "onnxruntime" if binary.has_backend("onnxruntime") else "python"
+    if encoder in ("onnxruntime", "tensorrt") and not binary.has_backend(encoder):
+        raise DiffCutError(f"{binary.executable} has no {encoder} backend (nvidia-pytriton's has only python): "
+                           f"use --encoder python, or NVIDIA's Triton container")
+    return encoder
+
+
+def serve_model(segmenter: Any, spec: Any, binary: TritonBinary, *, host: str = "127.0.0.1",
+                ports: dict[str, int] | None = None, repo: str | os.PathLike | None = None,
+                ready_timeout_s: float = 300.0, on_starting: Callable[[Path], None] | None = None,
+                on_ready: Callable[[TritonServer], None] | None = None) -> int | None:
+    """Write the repository of ``segmenter`` (a SegmenterSpec) and ``spec`` (a RepositorySpec) — at
+    ``repo`` and kept, else in a temporary folder — run tritonserver on it until Ctrl-C or SIGTERM
+    (a KeyboardInterrupt), and return its exit status. A server that stops by itself is a DiffCutError."""
+    from diffcut_edge.serve.triton_repo import write_repository
+
+    workdir = Path(tempfile.mkdtemp(prefix="diffcut-serve-"))
+    try:
+        repository = write_repository(segmenter, Path(repo) if repo else workdir / "repository", spec)
+        server = TritonServer(binary, repository, workdir, host=host, **{f"{k}_port": v for k, v in (ports or {}).items()})
+        if on_starting is not None:
+            on_starting(repository)
+        try:
+            server.start(timeout_s=ready_timeout_s)
+            if on_ready is not None:
+                on_ready(server)
+            while server.process.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:  # Ctrl-C and SIGTERM: a clean stop is a success
+            return server.stop()
+        finally:
+            server.stop()
+        raise DiffCutError(f"tritonserver stopped by itself with status {server.process.returncode} (log {server.log})")
+    finally:
+        if repo is None:
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -200,7 +200,7 @@ def test_bad_policies_are_one_line_errors():
 
 def _quality(items, clip):
     from diffcut_edge.apps.propagation import MotionEstimator, warp_labels
-    from diffcut_edge.eval.metrics import carried_agreement, majority_class_iou
+    from diffcut_edge.metrics import carried_agreement, majority_class_iou
 
     mious = [majority_class_iou(i.result.labels, clip.classes[i.index], clip.n_classes) for i in items]
     fine = MotionEstimator(width=320)

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from diffcut_edge.apps import io
+from diffcut_edge.runtime import images as image_io
 from diffcut_edge.runtime.vocabulary import load_vocabulary
 from helpers.fake_segmenter import run_cli
 
@@ -33,7 +33,7 @@ def test_segment_writes_the_classes_of_every_segment(model, photo_dir, tmp_path,
     assert code == 0, err
     for png in sorted(photo_dir.glob("*.png")):
         doc = _segments(out, png.stem)
-        labels = io.read_labels_png(out / f"{png.stem}_labels.png")
+        labels = image_io.read_labels_png(out / f"{png.stem}_labels.png")
         assert doc["vocabulary"] == "voc" and doc["num_classes"] == 21
         assert [s["id"] for s in doc["segments"]] == sorted(int(i) for i in np.unique(labels))
         assert sum(s["area"] for s in doc["segments"]) == labels.size
@@ -57,8 +57,8 @@ def test_classes_at_run_time_and_names_on_the_overlay(model, photo_dir, tmp_path
 
     from diffcut_edge.apps.overlay import draw_overlay
 
-    frame = io.read_image(image)
-    labels = io.read_labels_png(typed / f"{image.stem}_labels.png")
+    frame = image_io.read_image(image)
+    labels = image_io.read_labels_png(typed / f"{image.stem}_labels.png")
     overlay = cv2.imread(str(typed / f"{image.stem}_overlay.png"))
     assert not np.array_equal(overlay, draw_overlay(frame, labels))  # the names are drawn on it
 
@@ -128,7 +128,7 @@ def test_ten_thousand_classes_typed_at_run_time(model, photo_dir):
     assert bank.embeddings.shape == (10_000, 32) and len(bank.class_names) == 10_000
     assert sum(sizes) == 140_000 and max(sizes) == labeling.SYNONYMS_PER_TEXT_CALL * 14
     labeler.bank = bank
-    frame = io.read_image(sorted(photo_dir.glob("*.png"))[0])
+    frame = image_io.read_image(sorted(photo_dir.glob("*.png"))[0])
     labels = np.zeros(frame.shape[:2], np.int32)
     labels[:, frame.shape[1] // 2:] = 1
     named = labeler.label(preprocess([frame], 256), labels)

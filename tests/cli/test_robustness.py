@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from diffcut_edge import cli
+from diffcut_edge.apps import pipeline
 from diffcut_edge.runtime.manifest import EngineRecord, Manifest, sha256_file, write_manifest
 from helpers.fake_segmenter import export_available, run_cli
 from helpers.video import run_fresh_process
@@ -197,7 +198,7 @@ def test_phone_photo_with_exif_rotation_is_segmented_upright(cli_fake_segmenter,
 
 def test_unwritable_out_is_refused_before_the_model_opens(monkeypatch, photo, tmp_path, capsys):
     opened = []
-    monkeypatch.setattr(cli, "_open_segmenter", lambda args: opened.append(args))
+    monkeypatch.setattr(pipeline, "open_segmenter", lambda spec, **kwargs: opened.append(spec))
     cv2.imwrite(str(tmp_path / "a.png"), photo)
     (tmp_path / "file").write_text("x")
     for out, message in [(tmp_path / "file" / "sub", "cannot be created: "), ("/sys/diffcut-out", "(permission denied)")]:
@@ -344,7 +345,8 @@ def test_sigterm_during_record_finishes_the_file_and_exits_143(tmp_path):
             "class Slow(FakeSegmenter):\n"
             "    def encode(self, frames):\n"
             "        time.sleep(0.02); return super().encode(frames)\n"
-            "from diffcut_edge import cli; cli._open_segmenter = lambda args: Slow()\n"
+            "from diffcut_edge import cli; from diffcut_edge.apps import pipeline\n"
+            "pipeline.open_segmenter = lambda spec, **kwargs: Slow()\n"
             "sys.exit(cli.main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tests), "webcam", "--model-dir", "m", "--source",
                              str(tmp_path / "clip.avi"), "--headless", "--record", str(record), "--codec", "MJPG"],
@@ -367,7 +369,7 @@ def test_a_permission_error_anywhere_is_one_line_and_exit_2(monkeypatch, tmp_pat
     def refused(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "model"))
 
-    monkeypatch.setattr(cli, "_open_segmenter", refused)
+    monkeypatch.setattr(pipeline, "open_segmenter", refused)
     (tmp_path / "a.png").write_bytes(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
     code, _, err = run_cli(["segment", str(tmp_path / "a.png"), "--model-dir", str(tmp_path / "model"),
                             "--out", str(tmp_path / "out")], capsys)

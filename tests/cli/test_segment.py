@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from diffcut_edge import cli
-from diffcut_edge.apps import io
+from diffcut_edge.apps import pipeline
 from diffcut_edge.apps.overlay import draw_overlay
+from diffcut_edge.cli.args import SegmenterArgs
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime import images as image_io
 from helpers.fake_segmenter import FakeSegmenter, export_available, run_cli
 
 
@@ -30,7 +32,7 @@ def test_writes_16bit_labels_overlays_and_npz(cli_fake_segmenter, images, tmp_pa
                               "--overlay-format", "png"], capsys)
     assert code == 0, err
     for stem in ("astronaut", "chelsea", "coffee"):
-        frame = io.read_image(images / f"{stem}.png")
+        frame = image_io.read_image(images / f"{stem}.png")
         expected = cli_fake_segmenter(frame)
         raw = cv2.imread(str(out / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
         assert raw.dtype == np.uint16 and np.array_equal(raw, expected.labels)
@@ -119,7 +121,8 @@ def test_cli_and_api_refuse_the_same_values_with_the_same_words(name, text, valu
 
 def test_tau_zero_is_accepted_and_means_no_split(monkeypatch, images, tmp_path, capsys):
     seen = {}
-    monkeypatch.setattr(cli, "_open_segmenter", lambda args: seen.setdefault("seg", FakeSegmenter(tau=args.tau)))
+    monkeypatch.setattr(pipeline, "open_segmenter",
+                        lambda spec, **kwargs: seen.setdefault("seg", FakeSegmenter(tau=spec.options.tau)))
     code, _, err = run_cli(["segment", str(images / "coffee.png"), "--model-dir", "m", "--out",
                             str(tmp_path / "o"), "--tau", "0", "-q"], capsys)
     assert code == 0, err
@@ -129,11 +132,11 @@ def test_tau_zero_is_accepted_and_means_no_split(monkeypatch, images, tmp_path, 
 def test_mask_size_accepts_hxw(monkeypatch, images, tmp_path, capsys):
     seen = {}
 
-    def open_segmenter(args):
-        seen["mask_size"] = args.mask_size
-        return FakeSegmenter(mask_size=args.mask_size)
+    def open_segmenter(spec, **kwargs):
+        seen["mask_size"] = spec.options.mask_size
+        return FakeSegmenter(mask_size=spec.options.mask_size)
 
-    monkeypatch.setattr(cli, "_open_segmenter", open_segmenter)
+    monkeypatch.setattr(pipeline, "open_segmenter", open_segmenter)
     assert run_cli(["segment", str(images / "coffee.png"), "--model-dir", "m", "--out", str(tmp_path / "o"),
                  "--mask-size", "24x32", "--save-npz", "-q"], capsys)[0] == 0
     with np.load(tmp_path / "o" / "coffee.npz") as d:
@@ -157,7 +160,7 @@ def test_end_to_end_on_a_tiny_exported_model(tiny_model_dir, images, tmp_path, c
     code, stdout, err = run_cli(["segment", str(images), "--model-dir", str(model), "--out", str(out),
                               "--backend", "ort-cpu", "--save-npz", "-q"], capsys)
     assert code == 0, err
-    labels = io.read_labels_png(out / "chelsea_labels.png")
+    labels = image_io.read_labels_png(out / "chelsea_labels.png")
     with np.load(out / "chelsea.npz") as d:
         assert labels.shape == (48, 48) and np.array_equal(labels, d["labels"])
         assert d["coarse_labels"].shape == (8, 8) and d["embeddings"].shape[0] == d["coarse_labels"].max() + 1
@@ -197,7 +200,7 @@ def test_options_that_would_be_ignored_or_misread_are_said(cli_fake_segmenter, t
     assert not (tmp_path / "result.png").exists()
     args = cli.build_parser().parse_args(["segment", str(image), "--model-dir", "m", "--classes", "cat sofa window",
                                           "--out", str(tmp_path / "o2")])
-    assert cli._segmenter_spec(args, "m").classes == "cat sofa window"   # what the user typed, said back
+    assert SegmenterArgs().build(args).classes == "cat sofa window"   # what the user typed, said back
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is ONE class" in err and '"cat, sofa, window"' in err
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from diffcut_edge import cli
+from diffcut_edge.apps import pipeline
 from helpers.fake_segmenter import FakeSegmenter, export_available, make_video, run_cli
 from helpers.video import corrupt_frame, run_fresh_process, video_geometry
 
@@ -85,7 +86,7 @@ def test_video_that_ends_early_keeps_what_was_read(cli_fake_segmenter, clip, tmp
 def test_failure_mid_run_keeps_the_previous_output_and_leaves_no_temporary(monkeypatch, clip, tmp_path, capsys):
     out = tmp_path / "out.mp4"
     out.write_bytes(b"previous good result")
-    monkeypatch.setattr(cli, "_open_segmenter", lambda args: FakeSegmenter(fail_on_frame=3))
+    monkeypatch.setattr(pipeline, "open_segmenter", lambda spec, **kwargs: FakeSegmenter(fail_on_frame=3))
     code, _, err = run_cli(["video", str(clip), str(out), "--model-dir", "m"], capsys)
     assert code != 0 and err.count("\n") == 1 and "encoder exploded" in err
     assert out.read_bytes() == b"previous good result"

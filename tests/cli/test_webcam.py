@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from diffcut_edge import cli
+from diffcut_edge.apps import hud, pipeline
 from diffcut_edge.errors import DiffCutError
 from helpers.fake_segmenter import FakeSegmenter, make_video, run_cli
 from helpers.video import run_fresh_process, video_geometry
@@ -38,12 +39,10 @@ def test_max_frames_stops_early(cli_fake_segmenter, clip, tmp_path, capsys):
 def test_window_keys_toggle_refine_freeze_and_quit(cli_fake_segmenter, clip, monkeypatch, capsys):
     shown: list[np.ndarray] = []
     keys = iter([ord("r"), ord("f"), -1, ord(" "), ord("q")])  # refine off; freeze; wait; unfreeze; quit
-    monkeypatch.setattr(cli, "_gui_problem", lambda: None)
+    monkeypatch.setattr(hud, "gui_problem", lambda: None)
     monkeypatch.setattr(cv2, "imshow", lambda name, image: shown.append(image.copy()))
     monkeypatch.setattr(cv2, "waitKey", lambda delay: next(keys))
     monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
-    from diffcut_edge.apps import hud
-
     huds: list[str] = []
     draw_hud = hud.draw_hud
     monkeypatch.setattr(hud, "draw_hud", lambda image, text: (huds.append(text), draw_hud(image, text)))
@@ -56,7 +55,7 @@ def test_window_keys_toggle_refine_freeze_and_quit(cli_fake_segmenter, clip, mon
 
 
 def test_without_a_display_tells_to_use_headless(cli_fake_segmenter, clip, capsys):
-    if cli._gui_problem() is None:
+    if hud.gui_problem() is None:
         pytest.skip("this machine has an OpenCV GUI and a display")
     code, _, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip)], capsys)
     assert code == 2 and err.count("\n") == 1 and "--headless" in err
@@ -88,7 +87,7 @@ def test_retries_option_is_validated(capsys):
 
 
 def test_recording_is_kept_when_the_run_fails(monkeypatch, clip, tmp_path, capsys):
-    monkeypatch.setattr(cli, "_open_segmenter", lambda args: FakeSegmenter(fail_on_frame=5))
+    monkeypatch.setattr(pipeline, "open_segmenter", lambda spec, **kwargs: FakeSegmenter(fail_on_frame=5))
     record = tmp_path / "rec.avi"
     code, _, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless", "--record",
                          str(record), "--codec", "MJPG", "--no-pipeline", "--keyframes", "every:1"], capsys)
@@ -96,7 +95,7 @@ def test_recording_is_kept_when_the_run_fails(monkeypatch, clip, tmp_path, capsy
     assert video_geometry(record)[0] == 5  # the frames before the failure
     # With the encoder in its worker (the default, auto), the failure surfaces a frame or two later,
     # and the recording made until then is kept too.
-    monkeypatch.setattr(cli, "_open_segmenter", lambda args: FakeSegmenter(fail_on_frame=1))
+    monkeypatch.setattr(pipeline, "open_segmenter", lambda spec, **kwargs: FakeSegmenter(fail_on_frame=1))
     code, _, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless", "--record",
                          str(record), "--codec", "MJPG"], capsys)
     assert code != 0 and err.count("\n") == 1 and "encoder exploded" in err

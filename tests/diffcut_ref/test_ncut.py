@@ -21,7 +21,7 @@ from diffcut_edge.diffcut_ref.ncut import (  # noqa: E402
     segment_features,
 )
 from diffcut_edge.errors import DiffCutError  # noqa: E402
-from diffcut_edge.eval.metrics import hungarian_miou  # noqa: E402
+from diffcut_edge.metrics import hungarian_miou  # noqa: E402
 from helpers.data import PLANTED  # noqa: E402
 
 

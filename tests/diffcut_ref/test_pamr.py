@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (
 
 from diffcut_edge.diffcut_ref.pamr import pamr_refine, pamr_soft  # noqa: E402
 from diffcut_edge.errors import DiffCutError  # noqa: E402
-from diffcut_edge.eval.metrics import hungarian_miou  # noqa: E402
+from diffcut_edge.metrics import hungarian_miou  # noqa: E402
 
 
 def conv_pamr_soft(image: np.ndarray, labels: np.ndarray, num_iter=10, dilations=(1, 2, 4, 8)) -> np.ndarray:

@@ -31,6 +31,7 @@ class ScriptedSegmenter:
 
     manifest = None
     device = "cpu"
+    backend_description = "ScriptedBackend"
 
     def __init__(self):
         self.calls = 0

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffcut_edge import defaults
+from diffcut_edge import defaults, metrics
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.eval import datasets, metrics, open_vocab
+from diffcut_edge.eval import datasets, open_vocab
+from diffcut_edge.runtime.spec import SegmenterSpec
 from diffcut_edge.runtime.vocabulary import load_vocabulary
 from helpers import tools
 from helpers.eval_fixtures import colour_segments, write_dataset
@@ -216,8 +217,8 @@ def test_engine_class_maps_match_the_reference(vocab_model_dir, tiny_pipeline_di
     ``associate_label``, through the whole protocol: the same class on (nearly) every pixel."""
     root = _photo_voc(photo_dir, tmp_path / "voc")
     vocabulary = load_vocabulary("voc")
-    engine = Recording(open_vocab.engine_open_vocab(vocab_model_dir, vocabulary, backend="ort-cpu",
-                                                    mask_size=(128, 128)))
+    spec = SegmenterSpec(vocab_model_dir, backend="ort-cpu").replace(mask_size=(128, 128))
+    engine = Recording(open_vocab.engine_open_vocab(spec, vocabulary))
     reference = Recording(open_vocab.reference_open_vocab(tiny_pipeline_dir("sdxl"), f"local-dir:{tiny_clip_dir}",
                                                           vocabulary, resolution=256, mask_size=(128, 128)))
     try:

@@ -98,7 +98,7 @@ def test_ignored_pixels_do_not_count(tmp_path):
     spec = datasets.get_spec("ade20k")
     item = evaluation.load_inputs(datasets.list_samples("ade20k", root)[0], spec, 128)
     assert (item.labels[:IGNORE_ROWS] == -1).all()
-    from diffcut_edge.eval.metrics import MiouAccumulator
+    from diffcut_edge.metrics import MiouAccumulator
 
     acc = MiouAccumulator(spec.num_classes)
     acc.update(OraclePredictor().segments(item.image_rgb), item.labels)

@@ -91,8 +91,8 @@ def test_int8_features_are_close_to_fp32(int8_dir, fp32_dir, photos_dir):
 
 
 def test_segmenter_runs_the_int8_folder(int8_dir, photos_dir):
-    from diffcut_edge.apps.io import read_image
     from diffcut_edge.runtime import Segmenter
+    from diffcut_edge.runtime.images import read_image
 
     frame = read_image(sorted(photos_dir.iterdir())[0])
     with Segmenter.from_model_dir(int8_dir, backend="ort-cpu") as seg:

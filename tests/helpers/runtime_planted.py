@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffcut_edge.eval.metrics import matched_agreement  # noqa: F401  (the tests' yardstick, the library's own)
+from diffcut_edge.metrics import matched_agreement  # noqa: F401  (the tests' yardstick, the library's own)
 
 
 @dataclass

@@ -34,7 +34,8 @@ def run_fresh_process(argv, cwd):
 
     tests = Path(__file__).parent.parent
     code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from helpers.fake_segmenter import FakeSegmenter; "
-            "from diffcut_edge import cli; cli._open_segmenter = lambda args: FakeSegmenter(); "
+            "from diffcut_edge import cli; from diffcut_edge.apps import pipeline; "
+            "pipeline.open_segmenter = lambda spec, **kwargs: FakeSegmenter(); "
             "sys.exit(cli.main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, str(tests), *argv], capture_output=True, text=True,
                           cwd=cwd, timeout=120)

@@ -17,6 +17,7 @@ import pytest
 
 from diffcut_edge import cli
 from diffcut_edge.apps.batch import OutputOptions, output_paths
+from diffcut_edge.runtime.spec import SegmenterSpec
 from diffcut_edge.serve import ray_batch as rb
 
 ray = pytest.importorskip("ray", reason="segment --engine ray needs the [ray] extra (ray[data])")
@@ -71,7 +72,7 @@ def test_a_folder_with_a_vocabulary_gets_its_segments_json(local_ray, photos, vo
     out.mkdir()
     items = rb.collect_items([str(photos)])
     output = OutputOptions(overlay_format="none", segments_json=True)
-    report = rb.run(items, vocab_model_dir, out, output=output, segmenter={"backend": "ort-cpu"})
+    report = rb.run(items, SegmenterSpec(vocab_model_dir, backend="ort-cpu"), out, output=output)
     assert (report.done, report.failed) == (4, [])
     for stem in ("p0", "p1", "p2", "p3"):
         doc = json.loads((out / f"{stem}_segments.json").read_text())
@@ -86,7 +87,7 @@ def test_a_stopped_job_resumes_without_redoing_or_corrupting(local_ray, photos, 
     out.mkdir()
     items = rb.collect_items([str(photos)])
     output = OutputOptions()
-    first = rb.run(items, model_dir, out, output=output, segmenter={"backend": "ort-cpu"})
+    first = rb.run(items, SegmenterSpec(model_dir, backend="ort-cpu"), out, output=output)
     assert (first.done, first.skipped) == (4, 0)
     # What a kill leaves: two images without outputs (never reached), the last line cut in half (an
     # image whose outputs were written but whose line was not: it is done again).
@@ -101,7 +102,7 @@ def test_a_stopped_job_resumes_without_redoing_or_corrupting(local_ray, photos, 
     kept = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.split("_")[0] not in redo
             and p.name != rb.RESULTS_NAME}
     plans = []
-    second = rb.run(items, model_dir, out, output=output, segmenter={"backend": "ort-cpu"},
+    second = rb.run(items, SegmenterSpec(model_dir, backend="ort-cpu"), out, output=output,
                     on_plan=lambda r: plans.append((r.images, r.skipped, r.done)))
     assert plans == [(4, 4 - len(redo), 0)]  # told before any work, once
     assert (second.done, second.skipped, second.failed) == (len(redo), 4 - len(redo), [])
@@ -159,7 +160,7 @@ def test_uri_inputs_are_read_through_pyarrow(local_ray, photos, model_dir, tmp_p
     uri = photos.resolve().as_uri()  # file:///...: the same code path as s3:// and gs://
     items = rb.collect_items([uri])
     assert [i.stem for i in items] == ["p0", "p1", "p2", "p3"] and all(i.source.startswith("file://") for i in items)
-    report = rb.run(items, model_dir, tmp_path / "out", segmenter={"backend": "ort-cpu"})
+    report = rb.run(items, SegmenterSpec(model_dir, backend="ort-cpu"), tmp_path / "out")
     assert report.done == 4 and (tmp_path / "out" / "p2_labels.png").is_file()
 
 

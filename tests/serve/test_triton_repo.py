@@ -16,6 +16,7 @@ from diffcut_edge import cli
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.manifest import EngineRecord, read_manifest, write_manifest
 from diffcut_edge.runtime.options import SegmenterOptions
+from diffcut_edge.runtime.spec import SegmenterSpec
 from diffcut_edge.serve import triton_repo as tr
 
 pytest.importorskip("tritonclient.grpc", reason="triton-repo needs the [triton] extra (tritonclient)")
@@ -31,9 +32,9 @@ def _configs(repo: Path) -> dict:
 
 
 def test_onnxruntime_repository_is_what_triton_loads(model_dir, tmp_path):
-    spec = tr.RepositorySpec(max_batch=8, instances=2, post_instances=3, queue_delay_us=500,
-                             options=SegmenterOptions(tau=0.4, refine=False))
-    repo = tr.write_repository(model_dir, tmp_path / "repo", spec)
+    spec = tr.RepositorySpec(max_batch=8, instances=2, post_instances=3, queue_delay_us=500)
+    segmenter = SegmenterSpec(model_dir, options=SegmenterOptions(tau=0.4, refine=False))
+    repo = tr.write_repository(segmenter, tmp_path / "repo", spec)
     manifest = read_manifest(model_dir)
     configs = _configs(repo)
     assert set(configs) == set(tr.MODELS)
@@ -46,8 +47,9 @@ def test_onnxruntime_repository_is_what_triton_loads(model_dir, tmp_path):
     assert (repo / tr.ENCODER / "1" / "model.onnx").read_bytes() == (model_dir / manifest.onnx_file).read_bytes()
     post = configs[tr.POSTPROCESS]
     assert post.backend == "python" and post.instance_group[0].count == 3
-    options = json.loads(post.parameters["options"].string_value)
-    assert options["tau"] == 0.4 and options["refine"] is False
+    served = json.loads(post.parameters["segmenter"].string_value)
+    assert "model_dir" not in served   # the model opens the files beside it, not this machine's folder
+    assert SegmenterSpec.from_dict({**served, "model_dir": "x"}).options == segmenter.options
     env = json.loads(post.parameters["environment"].string_value)
     assert env["site_dirs"] and all(os.path.isdir(d) for d in env["site_dirs"])
     # the contract clients see
@@ -101,7 +103,6 @@ def test_no_engine_says_what_to_do(model_dir, tmp_path):
     ({"max_batch": 0}, "max-batch must be an integer >= 1"),
     ({"post_instances": 0}, "post-instances must be an integer >= 1"),
     ({"queue_delay_us": -1}, "queue-delay-us"),
-    ({"device": "tpu"}, "device must be cpu or cuda"),
     ({"engine": "x.plan"}, "--engine picks a TensorRT plan"),
 ])
 def test_spec_refuses_bad_values(change, message):
@@ -152,7 +153,7 @@ def test_cli_writes_the_repository_and_refuses_bad_options(model_dir, tmp_path, 
     assert cli.main(["triton-repo", "--model-dir", str(model_dir), "--out", str(out), "--encoder", "python",
                      "--max-batch", "2", "--tau", "0.3", "--no-refine"]) == 0
     assert "wrote the Triton model repository" in capsys.readouterr().out
-    options = json.loads(_configs(out)[tr.POSTPROCESS].parameters["options"].string_value)
+    options = json.loads(_configs(out)[tr.POSTPROCESS].parameters["segmenter"].string_value)["options"]
     assert options["tau"] == 0.3 and options["refine"] is False
     assert cli.main(["triton-repo", "--model-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -168,13 +169,13 @@ def test_a_folder_with_a_vocabulary_serves_segments(vocab_model_dir, model_dir, 
     assert [(t.name, t.data_type) for t in ens.output][-1] == (tr.SEGMENTS, 2)   # TYPE_UINT8
     step = ens.ensemble_scheduling.step[2]
     assert step.input_map["pixels"] == "pixels" and step.output_map[tr.SEGMENTS] == tr.SEGMENTS
-    assert post.parameters["name_segments"].string_value == "1"
+    assert json.loads(post.parameters["segmenter"].string_value)["name_segments"] is None   # the folder's rule
     record = read_manifest(vocab_model_dir).vocabulary
     for name in record["files"]:
         assert (repo / tr.POSTPROCESS / "1" / name).read_bytes() == (vocab_model_dir / name).read_bytes()
     # Off on request; on request without a vocabulary, the error says what to run.
-    plain = tr.write_repository(vocab_model_dir, tmp_path / "plain", tr.RepositorySpec(name_segments=False))
+    plain = tr.write_repository(SegmenterSpec(vocab_model_dir, name_segments=False), tmp_path / "plain")
     assert [t.name for t in _configs(plain)[tr.ENSEMBLE].output] == ["labels", "num_segments"]
     with pytest.raises(DiffCutError, match="export-vocab"):
-        tr.write_repository(model_dir, tmp_path / "none", tr.RepositorySpec(name_segments=True))
+        tr.write_repository(SegmenterSpec(model_dir, name_segments=True), tmp_path / "none")
     assert not (tmp_path / "none").exists()

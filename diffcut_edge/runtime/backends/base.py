@@ -64,6 +64,11 @@ class Backend:
         self._closed = False
 
     @property
+    def description(self) -> str:
+        """What runs the encoder, for reports (the class; a provider-backed one adds its provider)."""
+        return type(self).__name__
+
+    @property
     def max_batch(self) -> int | None:
         return self.batch_range[1]
 

@@ -19,6 +19,7 @@ from diffcut_edge.lazy import onnxruntime as ort
 from diffcut_edge.paths import cache_root
 from diffcut_edge.runtime.backends.base import Backend
 from diffcut_edge.runtime.manifest import Manifest, folder_file, read_manifest
+from diffcut_edge.runtime.xp import to_host
 
 TRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
@@ -197,9 +198,12 @@ class OnnxRuntimeBackend(Backend):
             raise DiffCutError(f"{self.onnx_path} takes input {shape}, but the manifest says (B, 3, {r}, {r}); "
                                f"re-export the model folder")
 
+    @property
+    def description(self) -> str:
+        return f"{type(self).__name__}[{self.providers[0]}]"   # the provider that runs first
+
     def _infer_impl(self, images: Any) -> dict[str, Any]:
-        if not isinstance(images, np.ndarray):  # a cupy batch: onnxruntime reads host memory
-            images = images.get()
+        images = to_host(images)  # a cupy batch: onnxruntime reads host memory
         (features,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(images)})
         return {self.output_name: features}
 

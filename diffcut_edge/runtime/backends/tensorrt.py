@@ -19,6 +19,7 @@ from diffcut_edge.lazy import tensorrt as trt
 from diffcut_edge.runtime import trt_compat
 from diffcut_edge.runtime.backends.base import Backend
 from diffcut_edge.runtime.manifest import EngineRecord, Manifest, folder_file, read_manifest, sha256_file
+from diffcut_edge.runtime.xp import to_host
 
 
 def _describe(record: EngineRecord) -> str:
@@ -146,7 +147,7 @@ class TensorRTBackend(Backend):
             # Post-processing runs in float32 whatever the engine's output precision.
             features = out.astype(np.float32, copy=False)
         self._stream.synchronize()
-        return {self.output_name: features if self.outputs_on_device else cp.asnumpy(features)}
+        return {self.output_name: features if self.outputs_on_device else to_host(features)}
 
     def _close_impl(self) -> None:
         # Release in dependency order: context, engine, then the runtime that made it.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.eval.metrics import (
+from diffcut_edge.metrics import (
     MiouAccumulator,
     hungarian_match,
     hungarian_miou,
@@ -102,7 +102,7 @@ def test_bad_inputs_are_rejected():
 def test_metrics_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from diffcut_edge.eval.metrics import hungarian_miou\n"
+        "from diffcut_edge.metrics import hungarian_miou\n"
         "import numpy as np\n"
         "print(hungarian_miou([np.array([[0, 1]])], [np.array([[1, 0]])], 2))\n"
     )

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from diffcut_edge.apps import io
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime import images as image_io
 
 
 @pytest.fixture
@@ -24,18 +24,18 @@ def test_colour_gray_rgba_and_16bit_all_come_back_bgr_uint8(tmp_path, photo):
     deep = photo.astype(np.uint16) * 257  # 16-bit with the same 8 most significant bits
     for name, img in [("c.png", photo), ("g.png", gray), ("a.png", bgra), ("d.png", deep), ("c.bmp", photo)]:
         cv2.imwrite(str(tmp_path / name), img)
-    assert np.array_equal(io.read_image(tmp_path / "c.png"), photo)
-    assert np.array_equal(io.read_image(tmp_path / "c.bmp"), photo)
-    g = io.read_image(tmp_path / "g.png")
+    assert np.array_equal(image_io.read_image(tmp_path / "c.png"), photo)
+    assert np.array_equal(image_io.read_image(tmp_path / "c.bmp"), photo)
+    g = image_io.read_image(tmp_path / "g.png")
     assert g.shape == photo.shape and np.array_equal(g[..., 0], gray) and np.array_equal(g[..., 2], gray)
-    assert np.array_equal(io.read_image(tmp_path / "a.png"), photo)
-    d = io.read_image(tmp_path / "d.png")
+    assert np.array_equal(image_io.read_image(tmp_path / "a.png"), photo)
+    d = image_io.read_image(tmp_path / "d.png")
     assert d.dtype == np.uint8 and np.array_equal(d, photo)
 
 
 def test_one_pixel_image(tmp_path):
     cv2.imwrite(str(tmp_path / "one.png"), np.array([[[1, 2, 3]]], np.uint8))
-    assert io.read_image(tmp_path / "one.png").tolist() == [[[1, 2, 3]]]
+    assert image_io.read_image(tmp_path / "one.png").tolist() == [[[1, 2, 3]]]
 
 
 @pytest.mark.parametrize("case", ["empty", "truncated-jpg", "truncated-png", "garbage", "missing"])
@@ -54,7 +54,7 @@ def test_broken_files_raise_one_clear_error(tmp_path, photo, case):
     else:
         expected = "no such file"
     with pytest.raises(DiffCutError, match=expected) as err:
-        io.read_image(path)
+        image_io.read_image(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -63,33 +63,33 @@ def test_collect_skips_non_images_in_folders_and_expands_globs(tmp_path, photo):
         cv2.imwrite(str(tmp_path / name), photo)
     (tmp_path / "notes.txt").write_text("hi")
     (tmp_path / "sub").mkdir()
-    images, skipped = io.collect_image_paths([tmp_path])
+    images, skipped = image_io.collect_image_paths([tmp_path])
     assert [p.name for p in images] == ["a.jpg", "b.png"] and [p.name for p in skipped] == ["notes.txt"]
-    images, _ = io.collect_image_paths([str(tmp_path / "*.png"), tmp_path / "b.png"])
+    images, _ = image_io.collect_image_paths([str(tmp_path / "*.png"), tmp_path / "b.png"])
     assert [p.name for p in images] == ["b.png"]  # named twice, segmented once
-    explicit, _ = io.collect_image_paths([tmp_path / "notes.txt"])
+    explicit, _ = image_io.collect_image_paths([tmp_path / "notes.txt"])
     assert [p.name for p in explicit] == ["notes.txt"]  # named explicitly: the reader will say why it fails
     with pytest.raises(DiffCutError, match="does not exist"):
-        io.collect_image_paths([tmp_path / "nope.png"])
+        image_io.collect_image_paths([tmp_path / "nope.png"])
     with pytest.raises(DiffCutError, match="matches no file"):
-        io.collect_image_paths([str(tmp_path / "*.tif")])
+        image_io.collect_image_paths([str(tmp_path / "*.tif")])
 
 
 def test_labels_png_is_16_bit_and_round_trips(tmp_path):
     labels = np.arange(12, dtype=np.int64).reshape(3, 4) * 5000 % 65536
-    path = io.write_labels_png(tmp_path / "l.png", labels)
+    path = image_io.write_labels_png(tmp_path / "l.png", labels)
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     assert raw.dtype == np.uint16 and raw.ndim == 2
-    assert np.array_equal(io.read_labels_png(path), labels)
+    assert np.array_equal(image_io.read_labels_png(path), labels)
     for bad in (np.full((2, 2), -1), np.full((2, 2), 70000), np.zeros((2, 2), np.float32)):
         with pytest.raises(DiffCutError):
-            io.write_labels_png(tmp_path / "bad.png", bad)
+            image_io.write_labels_png(tmp_path / "bad.png", bad)
     assert not (tmp_path / "bad.png").exists()
 
 
 def test_npz_round_trip(tmp_path):
     arrays = {"labels": np.arange(6).reshape(2, 3), "embeddings": np.ones((2, 4), np.float32)}
-    path = io.save_npz(tmp_path / "r.npz", **arrays)
+    path = image_io.save_npz(tmp_path / "r.npz", **arrays)
     with np.load(path) as d:
         assert set(d.files) == set(arrays) and all(np.array_equal(d[k], v) for k, v in arrays.items())
 
@@ -105,7 +105,7 @@ def test_outputs_get_the_permissions_of_a_plain_write(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     written = atomic.write_text(tmp_path / "atomic.txt", "x")
-    labels = io.write_labels_png(tmp_path / "l.png", np.zeros((4, 4), np.int32))
+    labels = image_io.write_labels_png(tmp_path / "l.png", np.zeros((4, 4), np.int32))
     for path in (written, labels):
         assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
 
@@ -132,7 +132,7 @@ def test_a_decompression_bomb_is_refused_from_its_header_within_bounded_memory(t
     _png_bomb(bomb)
     assert bomb.stat().st_size < 100_000
     with pytest.raises(DiffCutError, match=r"30000x30000 pixels is over the limit .*DIFFCUT_MAX_IMAGE_PIXELS"):
-        io.read_image(bomb)
+        image_io.read_image(bomb)
     # The whole CLI under a 2 GB address-space limit (an 8 GB board has less free): one line, exit 2.
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
             "from diffcut_edge import cli; sys.exit(cli.main(sys.argv[1:]))")
@@ -149,14 +149,14 @@ def test_the_pixel_limit_can_be_raised(tmp_path, monkeypatch):
     cv2.imwrite(str(path), np.zeros((20, 60, 3), np.uint8))
     monkeypatch.setenv(MAX_PIXELS_ENV, "1000")   # one limit for files and frames (runtime.preprocess)
     with pytest.raises(DiffCutError, match="60x20 pixels is over the limit of 1000"):
-        io.read_image(path)
+        image_io.read_image(path)
     with pytest.raises(DiffCutError, match="60x20 pixels is over the limit of 1000"):
         check_frame(np.zeros((20, 60, 3), np.uint8))   # frames from the API, video, Triton requests
     monkeypatch.setenv(MAX_PIXELS_ENV, "1200")
-    assert io.read_image(path).shape == (20, 60, 3)
+    assert image_io.read_image(path).shape == (20, 60, 3)
     monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
     with pytest.raises(DiffCutError, match="whole number of pixels"):
-        io.read_image(path)
+        image_io.read_image(path)
 
 
 def test_a_file_name_that_is_not_utf8_is_read_not_crashed_on(tmp_path):
@@ -170,8 +170,8 @@ def test_a_file_name_that_is_not_utf8_is_read_not_crashed_on(tmp_path):
     with open(name, "wb") as f:
         f.write(buf.tobytes())
     # In a child: before the fix, cv2.imread on this name ended the process with SIGSEGV.
-    code = ("import os, sys; from diffcut_edge.apps import io; "
-            "img = io.read_image(os.fsdecode(sys.argv[1].encode('utf-8', 'surrogateescape'))); "
+    code = ("import os, sys; from diffcut_edge.runtime import images as image_io; "
+            "img = image_io.read_image(os.fsdecode(sys.argv[1].encode('utf-8', 'surrogateescape'))); "
             "print(img.shape, int(img[0, 0, 0]))")
     proc = subprocess.run([sys.executable, "-c", code, os.fsdecode(name)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "(8, 8, 3) 77", proc.stderr
@@ -187,9 +187,9 @@ def test_tiffs_with_every_orientation_are_read_upright(tmp_path, orientation):
     exif[0x0112] = orientation
     path = tmp_path / f"o{orientation}.tif"
     Image.fromarray(stored[..., ::-1]).save(path, exif=exif)
-    image = io.read_image(path)
-    np.testing.assert_array_equal(image, io._UPRIGHT[orientation](stored))
-    np.testing.assert_array_equal(io.read_image(path, apply_orientation=False), stored)
+    image = image_io.read_image(path)
+    np.testing.assert_array_equal(image, image_io._UPRIGHT[orientation](stored))
+    np.testing.assert_array_equal(image_io.read_image(path, apply_orientation=False), stored)
 
 
 def test_output_stems_never_collide():
