@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from diffcut_edge import atomic
-from diffcut_edge.apps.overlay import draw_overlay, draw_segment_names
+from diffcut_edge.apps.overlay import OverlayStyle, annotate, colorize_labels, result_names
 from diffcut_edge.apps.pipeline import Throughput
 from diffcut_edge.atomic import OutputError
 from diffcut_edge.errors import DiffCutError
@@ -28,7 +28,7 @@ from diffcut_edge.runtime import images as image_io
 
 OVERLAY_FORMATS = ("jpg", "png", "none")
 RESULTS_NAME = "results.jsonl"   # one JSON line per input: which outputs it became, segments, timings, or the error
-OUTPUT_SUFFIXES = ("_labels.png", "_overlay.jpg", "_overlay.png", ".npz", "_segments.json")
+OUTPUT_SUFFIXES = ("_labels.png", "_labels_color.png", "_overlay.jpg", "_overlay.png", ".npz", "_segments.json")
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,17 @@ class OutputOptions:
     """What to write per image."""
 
     overlay_format: str = "jpg"      # one of OVERLAY_FORMATS ("none": no overlay)
-    overlay_alpha: float = 0.5
+    style: OverlayStyle = field(default_factory=lambda: OverlayStyle(tint_largest=False))
     save_npz: bool = False
     segments_json: bool = True       # <stem>_segments.json: each segment's id, area, box and mask (+ class)
+    save_color: bool = False         # <stem>_labels_color.png: the label map in its overlay colours
 
     def __post_init__(self) -> None:
         if self.overlay_format not in OVERLAY_FORMATS:
             raise DiffCutError(f"overlay_format must be one of {OVERLAY_FORMATS}, got {self.overlay_format!r}")
-        if not 0.0 <= float(self.overlay_alpha) <= 1.0:
-            raise DiffCutError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha!r}")
+        if isinstance(self.style, dict):   # plain data again (a Ray actor's arguments)
+            style = {k: tuple(v) if isinstance(v, list) else v for k, v in self.style.items()}
+            object.__setattr__(self, "style", OverlayStyle(**style))
 
 
 @dataclass
@@ -103,6 +105,8 @@ def collect_inputs(inputs: Sequence[str], out: Path) -> tuple[list[Path], list[P
 def output_paths(out: Path, stem: str, options: OutputOptions) -> dict[str, Path]:
     """The files one image gets: "labels" always, "overlay" and "npz" when asked (one source of the names)."""
     paths = {"labels": out / f"{stem}_labels.png"}
+    if options.save_color:
+        paths["color"] = out / f"{stem}_labels_color.png"
     if options.overlay_format != "none":
         paths["overlay"] = out / f"{stem}_overlay.{options.overlay_format}"
     if options.save_npz:
@@ -147,10 +151,10 @@ def write_outputs(out: Path, stem: str, frame: Any, result: Any, options: Output
     """Write one image's outputs (:func:`output_paths`); returns the paths written."""
     paths = output_paths(out, stem, options)
     written = [image_io.write_labels_png(paths["labels"], result.labels)]
+    if "color" in paths:
+        written.append(image_io.write_image(paths["color"], colorize_labels(result.labels)))
     if "overlay" in paths:
-        overlay = draw_overlay(frame, result.labels, alpha=options.overlay_alpha)
-        if result.segments:
-            draw_segment_names(overlay, result.labels, result.segments, out=overlay)
+        overlay = annotate(frame, result.labels, result_names(result), options.style)
         written.append(image_io.write_image(paths["overlay"], overlay))
     if "segments" in paths:
         text = json.dumps(segments_document(result), indent=1, ensure_ascii=False) + "\n"

@@ -30,6 +30,7 @@ import secrets
 import threading
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -152,17 +153,22 @@ class LiveFrame:
                 "labels": self.status}
 
 
-def segment_list(labels: np.ndarray) -> list[dict[str, Any]]:
-    """[{id, color "#rrggbb", area (fraction)}] of the ids shown, largest first."""
+def segment_list(labels: np.ndarray, names: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """[{id, color "#rrggbb", area (fraction), name, score}] of the ids shown, largest first;
+    ``names``: the overlay's name chips (``SegmentName``; name and score are null without them)."""
     from diffcut_edge.apps.overlay import palette_color
 
     counts = np.bincount(labels.ravel())
     ids = np.flatnonzero(counts)
     total = float(labels.size)
+    named = {int(n.id): n for n in names}
     out = []
     for i in ids[np.argsort(-counts[ids], kind="stable")]:
         b, g, r = palette_color(int(i))
-        out.append({"id": int(i), "color": f"#{r:02x}{g:02x}{b:02x}", "area": round(counts[i] / total, 4)})
+        chip = named.get(int(i))
+        out.append({"id": int(i), "color": f"#{r:02x}{g:02x}{b:02x}", "area": round(counts[i] / total, 4),
+                    "name": None if chip is None else chip.name,
+                    "score": None if chip is None or chip.score is None else round(float(chip.score), 4)})
     return out
 
 
@@ -179,10 +185,11 @@ class LiveHub:
 
     # camera thread
     def publish(self, overlay: np.ndarray, labels: np.ndarray, timings: dict[str, float], *, fps: float,
-                options: dict[str, Any], frame: dict[str, Any] | None = None) -> None:
+                options: dict[str, Any], frame: dict[str, Any] | None = None, names: Sequence[Any] = ()) -> None:
         """Make a frame the latest one; O(listeners), never blocks on a client. ``frame``: what its
-        labels are (:func:`~diffcut_edge.apps.hud.frame_status`)."""
-        frame = LiveFrame(self.published, overlay, labels, segment_list(labels), dict(timings), fps, options,
+        labels are (:func:`~diffcut_edge.apps.hud.frame_status`); ``names``: its segments' classes and
+        scores (the overlay's ``SegmentName`` chips)."""
+        frame = LiveFrame(self.published, overlay, labels, segment_list(labels, names), dict(timings), fps, options,
                           status=dict(frame or {}))
         with self._lock:
             self._latest = frame

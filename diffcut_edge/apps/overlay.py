@@ -1,5 +1,11 @@
 """Drawing segmentations on frames (BGR uint8 in, BGR uint8 out), supervision-style.
 
+Small annotators compose into :func:`annotate`, whose look is data (:class:`OverlayStyle`):
+segment colours (:func:`draw_overlay`, optionally leaving the largest segment untinted),
+boundaries (:func:`draw_boundaries`) and one name chip per named segment, a swatch of its colour
+before its class (:func:`draw_name_chips`). :func:`colorize_labels` turns a label map into a
+picture for people (the 16-bit label PNG looks black in a viewer).
+
 Every function returns a new frame and leaves its input untouched, unless an ``out=``
 array is given, which is then written in place and returned (pass ``out=frame`` to
 draw on the frame itself, e.g. in a video loop). Label maps may be numpy or cupy;
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -101,7 +108,7 @@ def _color_table(labels: np.ndarray, colors: Any) -> np.ndarray:
 
 
 def draw_overlay(frame: np.ndarray, labels: Any, alpha: float = 0.5, colors: Any = None,
-                 out: np.ndarray | None = None) -> np.ndarray:
+                 out: np.ndarray | None = None, untinted: Sequence[int] = ()) -> np.ndarray:
     """Blend segment colours over ``frame``: ``(1 - alpha) * frame + alpha * colour[label]``.
 
     Args:
@@ -111,6 +118,7 @@ def draw_overlay(frame: np.ndarray, labels: Any, alpha: float = 0.5, colors: Any
         alpha: opacity of the colours, in [0, 1].
         colors: optional (K, 3) BGR table indexed by label id (default :func:`palette`).
         out: optional (H, W, 3) uint8 array to draw into, in place.
+        untinted: ids whose pixels keep the frame's colours (e.g. the background).
     Returns:
         The drawn frame (``out`` if given, else a new array).
     """
@@ -120,6 +128,9 @@ def draw_overlay(frame: np.ndarray, labels: Any, alpha: float = 0.5, colors: Any
     labels = labels_to_host(labels, frame.shape)
     colored = _color_table(labels, colors)[labels]
     target = _target(frame, out)
+    if len(untinted):
+        keep = np.isin(labels, np.asarray(untinted, dtype=np.int64))
+        colored[keep] = target[keep]   # blending a pixel with itself leaves it as it was
     cv2.addWeighted(target, 1.0 - float(alpha), colored, float(alpha), 0.0, dst=target)
     return target
 
@@ -194,19 +205,105 @@ def draw_outlined_text(image: np.ndarray, text: str, origin: tuple[int, int], sc
     return image
 
 
-def draw_segment_names(frame: np.ndarray, labels: Any, segments: Sequence[Any], *, scale: float | None = None,
-                       out: np.ndarray | None = None) -> np.ndarray:
-    """Write each segment's class name (``segments``: objects with ``id`` and ``class_name``, as
-    ``SegmentationResult.segments``) inside the segment, white on a dark outline."""
+# ----------------------------------------------------------------------------- annotators
+@dataclass(frozen=True)
+class OverlayStyle:
+    """How an overlay looks, as data (the CLI, batch outputs, video and the live view share it).
+
+    alpha: opacity of the segment colours. tint_largest: False leaves the largest segment (the
+    background, mostly) untinted. boundaries / boundary_color / boundary_thickness: lines between
+    segments (thickness None: 1 px per 500 px of the shorter side, at least 1). names: each named
+    segment's class inside it, on a chip of its colour (segments named by a vocabulary only).
+    """
+
+    alpha: float = 0.5
+    tint_largest: bool = True
+    boundaries: bool = True
+    boundary_color: tuple[int, int, int] = (255, 255, 255)
+    boundary_thickness: int | None = None
+    names: bool = True
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.alpha, (int, float)) and 0.0 <= float(self.alpha) <= 1.0):
+            raise DiffCutError(f"overlay alpha must be in [0, 1], got {self.alpha!r}")
+        if self.boundary_thickness is not None and int(self.boundary_thickness) < 1:
+            raise DiffCutError(f"boundary thickness must be >= 1, got {self.boundary_thickness}")
+
+    def thickness_for(self, shape: Sequence[int]) -> int:
+        if self.boundary_thickness is not None:
+            return int(self.boundary_thickness)
+        return max(1, int(round(min(shape[:2]) / 500)))
+
+
+@dataclass(frozen=True)
+class SegmentName:
+    """What a name chip shows: the segment's id in the drawn label map, its class and score."""
+
+    id: int
+    name: str
+    score: float | None = None
+
+
+def largest_segment(labels: np.ndarray) -> int:
+    """The id covering the most pixels (ties: the lowest id)."""
+    return int(np.argmax(np.bincount(labels.ravel()))) if labels.size else 0
+
+
+def draw_name_chips(frame: np.ndarray, labels: Any, names: Sequence[SegmentName], *, scale: float | None = None,
+                    colors: Any = None, untinted: Sequence[int] = (), out: np.ndarray | None = None) -> np.ndarray:
+    """Each name inside its segment, after a swatch of the segment's colour (which name is which
+    colour), white on a dark outline; one chip per segment. An ``untinted`` segment's swatch is a
+    frame of its colour."""
     frame = _check_bgr_frame(frame)
     labels = labels_to_host(labels, frame.shape)
     target = _target(frame, out)
+    table = _color_table(labels, colors) if len(names) else None
     scale = scale if scale is not None else max(0.4, min(frame.shape[:2]) / 800)
     thickness = max(1, int(round(scale * 2)))
-    for segment in segments:
+    for segment in names:
+        if not (0 <= int(segment.id) < len(table)) or not (labels == int(segment.id)).any():
+            continue
         x, y = label_anchor(labels, int(segment.id))
-        text = str(segment.class_name)
-        (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        origin = (int(np.clip(x - w // 2, 0, max(0, frame.shape[1] - w))), int(np.clip(y + h // 2, h, frame.shape[0] - 1)))
-        draw_outlined_text(target, text, origin, scale, thickness)
+        (w, h), _ = cv2.getTextSize(str(segment.name), cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        swatch = h + 2
+        total = swatch + 4 + w
+        x0 = int(np.clip(x - total // 2, 0, max(0, frame.shape[1] - total)))
+        baseline = int(np.clip(y + h // 2, h + 1, frame.shape[0] - 2))
+        top = baseline - h - 1
+        color = tuple(int(c) for c in table[int(segment.id)])
+        cv2.rectangle(target, (x0, top), (x0 + swatch, top + swatch), (0, 0, 0), thickness=-1)
+        filled = -1 if int(segment.id) not in untinted else max(1, swatch // 5)
+        cv2.rectangle(target, (x0 + 1, top + 1), (x0 + swatch - 1, top + swatch - 1), color, thickness=filled)
+        draw_outlined_text(target, str(segment.name), (x0 + swatch + 4, baseline), scale, thickness)
     return target
+
+
+def annotate(frame: np.ndarray, labels: Any, names: Sequence[SegmentName] = (), style: OverlayStyle = OverlayStyle(),
+             *, colors: Any = None, out: np.ndarray | None = None) -> np.ndarray:
+    """The overlay ``style`` describes: segment colours, boundaries, then name chips."""
+    frame = _check_bgr_frame(frame)
+    labels = labels_to_host(labels, frame.shape)
+    target = _target(frame, out)
+    untinted = () if style.tint_largest else (largest_segment(labels),)
+    draw_overlay(target, labels, alpha=style.alpha, colors=colors, out=target, untinted=untinted)
+    if style.boundaries:
+        draw_boundaries(target, labels, style.boundary_color, style.thickness_for(frame.shape), out=target)
+    if style.names and names:
+        draw_name_chips(target, labels, names, colors=colors, untinted=untinted, out=target)
+    return target
+
+
+def colorize_labels(labels: Any, colors: Any = None) -> np.ndarray:
+    """A label map as a BGR picture (each id its palette colour): the ``--save-color`` preview of a
+    16-bit label PNG that looks black in a viewer."""
+    labels = labels_to_host(labels)
+    return np.ascontiguousarray(_color_table(labels, colors)[labels])
+
+
+def result_names(result: Any, ids: Any = None) -> list[SegmentName]:
+    """The name chips of a result's named segments (none without a vocabulary); ``ids`` maps the
+    result's own ids to the drawn ones (a tracker's persistent ids)."""
+    if not result.segments:
+        return []
+    return [SegmentName(int(s.id if ids is None else ids[int(s.id)]), str(s.class_name), float(s.score))
+            for s in result.segments]

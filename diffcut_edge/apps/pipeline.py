@@ -689,13 +689,14 @@ def _adopt(carrier: LabelCarrier, done: tuple, history: collections.deque) -> No
 def write_overlay_video(frames, segmenter: FrameSegmenter, writer: Any, *,
                         keyframes: str | KeyframePolicy = "every:1", realtime: bool = False, pipelined: bool = True,
                         max_frames: int | None = None, pace_fps: float | None = None, track: bool = True,
-                        overlay_alpha: float = 0.5, on_frame: Callable[[SegmentedFrame], None] | None = None,
+                        style: Any = None, on_frame: Callable[[SegmentedFrame], None] | None = None,
                         ) -> Throughput:
     """Segment ``frames`` (see :func:`iter_segmented`) and write each overlay to ``writer`` (an
-    :class:`~diffcut_edge.apps.video.AtomicVideoWriter`); returns the run's throughput."""
+    :class:`~diffcut_edge.apps.video.AtomicVideoWriter`) as ``style`` says (an
+    :class:`~diffcut_edge.apps.overlay.OverlayStyle`, or an opacity); returns the run's throughput."""
     from diffcut_edge.apps.tracking import TrackedOverlay
 
-    draw, stats = TrackedOverlay(track, overlay_alpha), Throughput()
+    draw, stats = TrackedOverlay(track, style), Throughput()
     for item in iter_segmented(frames, segmenter, keyframes=keyframes, realtime=realtime, pipelined=pipelined,
                                max_frames=max_frames, pace_fps=pace_fps):
         writer.write(draw(item.frame, item.result))

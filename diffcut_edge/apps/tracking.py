@@ -11,7 +11,8 @@ frames gets its old id back. Host-side numpy + scipy: K is a handful, the cost i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -129,24 +130,37 @@ class TrackedOverlay:
     """Overlay drawer whose segment colours follow the segments across frames.
 
     ``draw(frame, result)`` relabels ``result.labels`` to persistent ids with a
-    :class:`SegmentTracker` (unless ``track`` is False) and blends the colours over a copy
-    of ``frame``; ``alpha`` may be changed between frames.
+    :class:`SegmentTracker` (unless ``track`` is False) and annotates a copy of ``frame`` as
+    ``style`` (an :class:`~diffcut_edge.apps.overlay.OverlayStyle`, or just its opacity) says;
+    ``alpha`` may be changed between frames. ``last_labels`` / ``last_names``: the ids and name
+    chips of the last overlay (persistent ids when tracking).
     """
 
-    def __init__(self, track: bool = True, alpha: float = 0.5) -> None:
+    def __init__(self, track: bool = True, style: Any = None) -> None:
+        from diffcut_edge.apps.overlay import OverlayStyle
+
         self.tracker = SegmentTracker() if track else None
-        self.alpha = alpha
-        self.last_labels: np.ndarray | None = None  # the ids of the last overlay (persistent when tracking)
+        self.style = style if isinstance(style, OverlayStyle) else OverlayStyle(
+            **({} if style is None else {"alpha": style}))
+        self.last_labels: np.ndarray | None = None
+        self.last_names: list = []
+
+    @property
+    def alpha(self) -> float:
+        return self.style.alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        self.style = replace(self.style, alpha=float(value))
 
     def __call__(self, frame: np.ndarray, result) -> np.ndarray:
-        from diffcut_edge.apps.overlay import draw_overlay, draw_segment_names
+        from diffcut_edge.apps.overlay import annotate, result_names
 
-        original = labels = to_host(result.labels)
+        labels = to_host(result.labels)
+        ids = None
         if self.tracker is not None:
-            labels = relabel(labels, self.tracker.update(result.embeddings))
+            ids = self.tracker.update(result.embeddings)
+            labels = relabel(labels, ids)
         self.last_labels = labels
-        drawn = draw_overlay(frame, labels, alpha=self.alpha)
-        segments = result.segments
-        if segments:  # a vocabulary: the names (their ids are the result's own, before relabelling)
-            draw_segment_names(drawn, original, segments, out=drawn)
-        return drawn
+        self.last_names = result_names(result, ids)   # the result's own ids, mapped to the drawn ones
+        return annotate(frame, labels, self.last_names, self.style)

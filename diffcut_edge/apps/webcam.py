@@ -91,20 +91,21 @@ def _publish(hub: Any, vis: np.ndarray, draw: TrackedOverlay, item: Any, segment
     hub.publish(vis, draw.last_labels, item.result.timings, fps=fps,
                 options={"tau": options.tau, "alpha": options.alpha, "refine": options.refine,
                          "opacity": draw.alpha},
-                frame=hud.frame_status(item))
+                frame=hud.frame_status(item), names=draw.last_names)
 
 
 def run_live(frames: Iterable[np.ndarray], segmenter: Any, outputs: LiveOutputs | None = None, *,
              keyframes: str | KeyframePolicy = "auto", realtime: bool = True, pipelined: bool = True,
              max_frames: int | None = None, pace_fps: float | None = None, track: bool = True,
-             overlay_alpha: float = 0.5) -> LiveSummary:
+             style: Any = None) -> LiveSummary:
     """Segment ``frames`` live (see :func:`~diffcut_edge.apps.pipeline.iter_segmented` for the
     keyframe arguments), draw overlay and HUD, and show them on ``outputs``. Returns when the
-    frames end, ``max_frames`` are shown or the user quits in the window."""
+    frames end, ``max_frames`` are shown or the user quits in the window. ``style``: an
+    :class:`~diffcut_edge.apps.overlay.OverlayStyle` (or an opacity)."""
     from diffcut_edge.apps.live import apply_changes
 
     outputs = outputs or LiveOutputs()
-    draw, stats, meter = TrackedOverlay(track, overlay_alpha), Throughput(), hud.FpsMeter()
+    draw, stats, meter = TrackedOverlay(track, style), Throughput(), hud.FpsMeter()
     try:
         for item in iter_segmented(frames, segmenter, keyframes=keyframes, realtime=realtime, pipelined=pipelined,
                                    max_frames=max_frames, pace_fps=pace_fps):

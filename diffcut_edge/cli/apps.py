@@ -11,6 +11,7 @@ from diffcut_edge.cli import console
 from diffcut_edge.cli.args import (
     KeyframeArgs,
     OutputArgs,
+    OverlayArgs,
     SegmenterArgs,
     backends,
     batch_sizes,
@@ -20,7 +21,7 @@ from diffcut_edge.cli.args import (
 )
 from diffcut_edge.errors import DiffCutError
 
-SEGMENT_MODEL, VIDEO_MODEL = SegmenterArgs(allow_model=True), SegmenterArgs()
+SEGMENT_MODEL, VIDEO_MODEL = SegmenterArgs(allow_model=True, tint_largest=False), SegmenterArgs()
 SEGMENT_OUTPUT = OutputArgs()
 VIDEO_KEYFRAMES, WEBCAM_KEYFRAMES = KeyframeArgs("every:1"), KeyframeArgs("auto")
 
@@ -161,7 +162,7 @@ def run_video(args: argparse.Namespace) -> int:
             stats = write_overlay_video(
                 reader, seg, writer, keyframes=VIDEO_KEYFRAMES.build(args), realtime=args.realtime,
                 pipelined=args.pipeline, max_frames=args.max_frames, track=args.track,
-                overlay_alpha=args.overlay_alpha, pace_fps=reader.info.fps if args.realtime else None,
+                style=OverlayArgs().build(args), pace_fps=reader.info.fps if args.realtime else None,
                 on_frame=lambda item: bar.update(1))
         if writer.frames == 0:
             raise DiffCutError(f"no frame could be read from {source}; nothing written")
@@ -246,7 +247,7 @@ def run_webcam(args: argparse.Namespace) -> int:
         frames = replayed(reader, lambda: FrameReader(source, retries=args.retries, warn=warn)) if args.loop else reader
         summary = run_live(frames, seg, outputs, keyframes=WEBCAM_KEYFRAMES.build(args), realtime=realtime,
                            pipelined=args.pipeline, max_frames=args.max_frames, track=args.track,
-                           overlay_alpha=args.overlay_alpha,
+                           style=OverlayArgs().build(args),
                            pace_fps=reader.info.fps if realtime and not source.live else None)
         if outputs.writer is not None and outputs.writer.frames == 0 and not summary.quit:
             raise DiffCutError(f"no frame could be read from {source}; nothing recorded")

@@ -108,9 +108,11 @@ class SegmenterArgs:
     """Which segmenter with which options (segment, video, webcam): builds one ``SegmenterSpec``.
 
     allow_model: also --model HUB_ID|DIR (exported on first use into the cache) beside --model-dir.
+    tint_largest: the verb's default for --tint-largest (:class:`OverlayArgs`).
     """
 
     allow_model: bool = False
+    tint_largest: bool = True
 
     def add(self, p: argparse.ArgumentParser) -> None:
         if self.allow_model:
@@ -133,7 +135,7 @@ class SegmenterArgs:
                        help="name the segments with these classes (comma-separated), embedded now with the "
                             "folder's CLIP text tower (needs export-vocab); default: the folder's vocabulary, "
                             "if it has one")
-        p.add_argument("--overlay-alpha", type=fraction, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
+        OverlayArgs(self.tint_largest).add(p)
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-item lines")
 
     def check(self, args: argparse.Namespace) -> None:
@@ -167,6 +169,33 @@ class SegmenterArgs:
         return SegmenterSpec(self.model_dir(args), backend=args.backend,
                              device=None if args.device == "auto" else args.device,
                              options=PostprocessArgs().build(args), classes=args.classes)
+
+
+@dataclass
+class OverlayArgs:
+    """How overlays look: builds an ``apps.overlay.OverlayStyle``. tint_largest: this verb's default
+    (segment leaves the largest segment untinted; video and webcam tint it, as it can change from
+    frame to frame)."""
+
+    tint_largest: bool = True
+
+    def add(self, p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("overlay")
+        g.add_argument("--overlay-alpha", type=fraction, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
+        g.add_argument("--boundaries", action=argparse.BooleanOptionalAction, default=True,
+                       help="draw the boundaries between segments (default: on)")
+        g.add_argument("--names", action=argparse.BooleanOptionalAction, default=True,
+                       help="write each named segment's class inside it, after a swatch of its colour "
+                            "(with a vocabulary; default: on)")
+        g.add_argument("--tint-largest", action=argparse.BooleanOptionalAction, default=self.tint_largest,
+                       help="tint the largest segment too (default: "
+                            f"{'on' if self.tint_largest else 'off, the background keeps its colours'})")
+
+    def build(self, args: argparse.Namespace) -> Any:
+        from diffcut_edge.apps.overlay import OverlayStyle
+
+        return OverlayStyle(alpha=args.overlay_alpha, tint_largest=args.tint_largest, boundaries=args.boundaries,
+                            names=args.names)
 
 
 @dataclass
@@ -213,11 +242,15 @@ class OutputArgs:
                        help="overlay image format, or none to skip overlays (default jpg)")
         p.add_argument("--save-npz", action="store_true",
                        help="also save labels, mask_labels, coarse_labels and embeddings to <stem>.npz")
+        p.add_argument("--save-color", action="store_true",
+                       help="also save <stem>_labels_color.png: the label map in the overlay's colours (the "
+                            "16-bit <stem>_labels.png looks black in an image viewer)")
 
     def build(self, args: argparse.Namespace) -> Any:
         from diffcut_edge.apps.batch import OutputOptions
 
-        return OutputOptions(args.overlay_format, args.overlay_alpha, args.save_npz, segments_json=True)
+        return OutputOptions(args.overlay_format, OverlayArgs().build(args), args.save_npz, segments_json=True,
+                             save_color=args.save_color)
 
 
 @dataclass

@@ -140,6 +140,23 @@ def test_segment_list_is_sorted_by_area_with_palette_colours():
     segments = live.segment_list(labels)
     assert [s["id"] for s in segments] == [0, 5] and segments[0]["area"] == pytest.approx(5 / 8)
     assert segments[0]["color"] == "#e6194b"  # palette_color(0), as drawn in the overlay
+    assert segments[0]["name"] is None and segments[0]["score"] is None   # no vocabulary
+
+
+def test_stats_carry_class_names_and_scores_and_the_page_never_parses_them_as_html():
+    from diffcut_edge.apps.overlay import SegmentName
+
+    hub = live.LiveHub()
+    labels = np.array([[0, 0, 0, 5], [0, 0, 5, 5]], np.int32)
+    hub.publish(np.zeros((2, 4, 3), np.uint8), labels, {}, fps=1.0, options={},
+                names=[SegmentName(5, "<img src=x onerror=alert(1)>", 0.87654)])
+    segments = hub.latest().summary()["segments"]
+    assert segments[1] == {"id": 5, "color": "#911eb4", "area": 0.375, "name": "<img src=x onerror=alert(1)>",
+                           "score": 0.8765}
+    from importlib import resources
+
+    page = resources.files("diffcut_edge.apps").joinpath("live_page.html").read_text(encoding="utf-8")
+    assert ".innerHTML" not in page and "textContent" in page
 
 
 # ------------------------------------------------------------------ the server

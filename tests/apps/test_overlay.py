@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 
 from diffcut_edge.apps.overlay import (
+    OverlayStyle,
+    SegmentName,
+    annotate,
+    colorize_labels,
     draw_boundaries,
+    draw_name_chips,
     draw_overlay,
     labels_to_host,
+    largest_segment,
     palette,
     palette_color,
     segment_boundaries,
@@ -159,3 +165,55 @@ def test_the_hud_is_drawn_with_the_same_outlined_text():
     image = np.full((30, 300, 3), 128, np.uint8)
     draw_hud(image, "12.3 fps  81 ms  6 seg  refine on")
     assert (image[..., 0] > 200).any() and (image[..., 0] < 60).any()
+
+
+# ------------------------------------------------------------------ annotators
+def test_the_largest_segment_can_stay_untinted():
+    frame, labels = _frame(), _labels()
+    largest = largest_segment(labels)
+    assert largest == 2   # the lower half
+    drawn = draw_overlay(frame, labels, alpha=0.6, untinted=(largest,))
+    keep = labels == largest
+    assert np.array_equal(drawn[keep], frame[keep]) and not np.array_equal(drawn[~keep], frame[~keep])
+    assert np.array_equal(drawn[~keep], draw_overlay(frame, labels, alpha=0.6)[~keep])
+
+
+def test_annotate_composes_colours_boundaries_and_name_chips():
+    frame, labels = np.full((120, 160, 3), 90, np.uint8), np.zeros((120, 160), np.int32)
+    labels[20:100, 30:130] = 3                      # one object on a background
+    plain = annotate(frame, labels, (), OverlayStyle(boundaries=False))
+    bounded = annotate(frame, labels, (), OverlayStyle(boundary_color=(0, 0, 255), boundary_thickness=1))
+    edges = segment_boundaries(labels)
+    assert (bounded[edges] == (0, 0, 255)).all() and np.array_equal(bounded[~edges], plain[~edges])
+    named = annotate(frame, labels, [SegmentName(3, "cat", 0.9)], OverlayStyle(boundaries=False))
+    changed = np.any(named != plain, axis=2)
+    ys, xs = np.nonzero(changed)
+    assert changed.any() and (labels[ys, xs] == 3).all()       # the chip sits inside its segment
+    # Its swatch is the segment's palette colour: which name is which colour.
+    assert (np.all(named == palette_color(3), axis=2) & changed).sum() >= 16
+    untinted = annotate(frame, labels, [SegmentName(0, "wall")], OverlayStyle(tint_largest=False, names=False))
+    assert np.array_equal(untinted[labels == 0][:5], frame[labels == 0][:5])
+
+
+def test_name_chips_skip_ids_the_map_does_not_show():
+    frame, labels = _frame(), _labels()
+    drawn = draw_name_chips(frame, labels, [SegmentName(9, "ghost")])
+    assert np.array_equal(drawn, frame)
+
+
+def test_colorized_labels_use_the_overlay_palette():
+    labels = _labels()
+    picture = colorize_labels(labels)
+    assert picture.shape == (*labels.shape, 3) and picture.dtype == np.uint8
+    for i in (0, 1, 2):
+        assert (picture[labels == i] == palette_color(i)).all()
+
+
+@pytest.mark.parametrize("change, message", [({"alpha": 1.5}, "alpha"), ({"boundary_thickness": 0}, "thickness")])
+def test_overlay_style_refuses_bad_values(change, message):
+    with pytest.raises(DiffCutError, match=message):
+        OverlayStyle(**change)
+
+
+def test_boundaries_thicken_with_the_frame():
+    assert OverlayStyle().thickness_for((480, 640)) == 1 and OverlayStyle().thickness_for((2000, 3000)) == 4

@@ -55,12 +55,13 @@ def test_classes_at_run_time_and_names_on_the_overlay(model, photo_dir, tmp_path
     assert any(name in stdout for name in ("(cat", "(sofa", "(window", ", sofa", ", window"))
     import cv2
 
-    from diffcut_edge.apps.overlay import draw_overlay
+    from diffcut_edge.apps.overlay import OverlayStyle, annotate
 
     frame = image_io.read_image(image)
     labels = image_io.read_labels_png(typed / f"{image.stem}_labels.png")
     overlay = cv2.imread(str(typed / f"{image.stem}_overlay.png"))
-    assert not np.array_equal(overlay, draw_overlay(frame, labels))  # the names are drawn on it
+    unnamed = annotate(frame, labels, (), OverlayStyle(tint_largest=False))
+    assert not np.array_equal(overlay, unnamed)  # the names are drawn on it
 
 
 @pytest.mark.parametrize("classes, message", [("", "empty name"), ("cat, Cat", "repeats class 1")])
@@ -137,7 +138,7 @@ def test_ten_thousand_classes_typed_at_run_time(model, photo_dir):
 
 def test_video_frames_are_named_and_the_overlay_shows_it(model, photos):
     """iter_segmented (video, webcam) names each frame's segments; the tracked overlay writes them."""
-    from diffcut_edge.apps.overlay import draw_overlay
+    from diffcut_edge.apps.overlay import annotate
     from diffcut_edge.apps.pipeline import iter_segmented
     from diffcut_edge.apps.tracking import TrackedOverlay
     from diffcut_edge.runtime.segmenter import Segmenter
@@ -152,7 +153,8 @@ def test_video_frames_are_named_and_the_overlay_shows_it(model, photos):
             assert [s.id for s in item.result.segments] == ids
             assert "label" in item.result.timings
             drawn = draw(item.frame, item.result)
-            assert not np.array_equal(drawn, draw_overlay(item.frame, draw.last_labels))
+            assert not np.array_equal(drawn, annotate(item.frame, draw.last_labels, (), draw.style))
+            assert {n.id for n in draw.last_names} <= set(np.unique(draw.last_labels).tolist())
 
 
 # ------------------------------------------------------------------ eval --open-vocab

@@ -8,7 +8,7 @@ import pytest
 
 from diffcut_edge import cli
 from diffcut_edge.apps import pipeline
-from diffcut_edge.apps.overlay import draw_overlay
+from diffcut_edge.apps.overlay import OverlayStyle, annotate
 from diffcut_edge.cli.args import SegmenterArgs
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime import images as image_io
@@ -37,7 +37,8 @@ def test_writes_16bit_labels_overlays_and_npz(cli_fake_segmenter, images, tmp_pa
         raw = cv2.imread(str(out / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
         assert raw.dtype == np.uint16 and np.array_equal(raw, expected.labels)
         overlay = cv2.imread(str(out / f"{stem}_overlay.png"))
-        assert np.array_equal(overlay, draw_overlay(frame, expected.labels))
+        # segment's default look: colours, boundaries, the largest segment (the background) untinted
+        assert np.array_equal(overlay, annotate(frame, expected.labels, (), OverlayStyle(tint_largest=False)))
         with np.load(out / f"{stem}.npz") as d:
             assert set(d.files) == {"labels", "mask_labels", "coarse_labels", "embeddings"}
             assert np.allclose(d["embeddings"], expected.embeddings)
@@ -231,3 +232,21 @@ def test_results_jsonl_says_which_input_became_which_outputs(cli_fake_segmenter,
     assert rows[1]["outputs"] == ["coffee_2_labels.png", "coffee_2_overlay.jpg", "coffee_2_segments.json"]
     assert rows[0]["num_segments"] >= 1 and "total" in rows[0]["timings"] and rows[0]["error"] is None
     assert rows[2]["outputs"] == [] and "broken.png" in rows[2]["error"]
+
+
+def test_save_color_and_the_overlay_flags(cli_fake_segmenter, images, tmp_path, capsys):
+    from diffcut_edge.apps.overlay import colorize_labels, draw_overlay
+
+    out = tmp_path / "out"
+    argv = ["segment", str(images / "coffee.png"), "--model-dir", "m", "--out", str(out), "--save-color",
+            "--overlay-format", "png", "--tint-largest", "--no-boundaries", "-q"]
+    assert run_cli(argv, capsys)[0] == 0
+    frame = image_io.read_image(images / "coffee.png")
+    expected = cli_fake_segmenter(frame)
+    color = cv2.imread(str(out / "coffee_labels_color.png"))
+    assert np.array_equal(color, colorize_labels(expected.labels))
+    overlay = cv2.imread(str(out / "coffee_overlay.png"))
+    assert np.array_equal(overlay, draw_overlay(frame, expected.labels))   # every segment tinted, no lines
+    # A re-run over the output folder does not take the colour preview for an input.
+    code, _, err = run_cli(["segment", str(out), "--model-dir", "m", "--out", str(out), "-q"], capsys)
+    assert code == 2 and "no images found" in err
