@@ -147,6 +147,47 @@ def segments_document(result: Any, *, masks: bool = True) -> dict[str, Any]:
     return {"vocabulary": result.vocabulary, "num_classes": len(result.class_names or ()), "segments": entries}
 
 
+def frame_document(labels: np.ndarray, names: Sequence[Any] = (), *, frame: int, status: dict | None = None,
+                   masks: bool = True) -> dict[str, Any]:
+    """One video frame's segments, as :func:`segments_document` writes an image's: ``id`` is the id in
+    the frame's label PNG (the track id when tracking), ``area``, ``bbox``, ``rle``; named segments also
+    ``class_name`` and ``score``. ``status``: what the labels are (keyframe or carried, their age)."""
+    from diffcut_edge.runtime.labeling import segment_stats
+
+    named = {int(n.id): n for n in names}
+    entries = []
+    for i, area, box in zip(*segment_stats(labels)):
+        entry = {"id": int(i), "area": int(area), "bbox": [int(v) for v in box]}
+        if int(i) in named:
+            entry.update(class_name=named[int(i)].name, score=named[int(i)].score)
+        if masks:
+            entry["rle"] = mask_rle(labels == i)
+        entries.append(entry)
+    return {"frame": int(frame), "labels": dict(status or {}), "segments": entries}
+
+
+@dataclass
+class FrameSaver:
+    """Per-frame outputs of ``video`` / ``webcam`` (``--save-frames DIR``): ``frame_000012_labels.png``
+    (16-bit, the ids of the overlay: track ids when tracking) and ``frame_000012_segments.json``
+    (:func:`frame_document`), written atomically as each frame is shown."""
+
+    folder: Path
+    saved: int = 0
+
+    def __post_init__(self) -> None:
+        self.folder = atomic.check_writable_dir(Path(self.folder), "--save-frames")
+
+    def save(self, index: int, labels: np.ndarray, names: Sequence[Any] = (), status: dict | None = None) -> None:
+        if self.saved == 0:
+            atomic.make_dirs(self.folder)
+        stem = self.folder / f"frame_{int(index):06d}"
+        image_io.write_labels_png(f"{stem}_labels.png", labels)
+        document = frame_document(labels, names, frame=index, status=status)
+        atomic.write_text(Path(f"{stem}_segments.json"), json.dumps(document, ensure_ascii=False) + "\n")
+        self.saved += 1
+
+
 def write_outputs(out: Path, stem: str, frame: Any, result: Any, options: OutputOptions) -> list[Path]:
     """Write one image's outputs (:func:`output_paths`); returns the paths written."""
     paths = output_paths(out, stem, options)

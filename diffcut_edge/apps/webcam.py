@@ -61,6 +61,7 @@ class LiveOutputs:
     window: Window | None = None
     hub: Any = None          # a LiveHub: publish frames, take the browser's control changes
     writer: Any = None       # an AtomicVideoWriter for the overlay video
+    frames: Any = None       # a FrameSaver: each frame's label map and segments JSON
 
 
 @dataclass
@@ -120,6 +121,8 @@ def run_live(frames: Iterable[np.ndarray], segmenter: Any, outputs: LiveOutputs 
                 _publish(outputs.hub, vis, draw, item, segmenter, fps)
             if outputs.writer is not None:
                 outputs.writer.write(vis)
+            if outputs.frames is not None:
+                outputs.frames.save(item.index, draw.last_labels, draw.last_names, hud.frame_status(item))
             if outputs.window is not None:
                 outputs.window.show(vis)
                 if _handle_keys(outputs.window, segmenter):

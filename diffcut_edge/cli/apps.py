@@ -9,10 +9,10 @@ from typing import Any
 
 from diffcut_edge.cli import console
 from diffcut_edge.cli.args import (
-    KeyframeArgs,
     OutputArgs,
     OverlayArgs,
     SegmenterArgs,
+    VideoArgs,
     backends,
     batch_sizes,
     non_negative_float,
@@ -23,7 +23,7 @@ from diffcut_edge.errors import DiffCutError
 
 SEGMENT_MODEL, VIDEO_MODEL = SegmenterArgs(allow_model=True, tint_largest=False), SegmenterArgs()
 SEGMENT_OUTPUT = OutputArgs()
-VIDEO_KEYFRAMES, WEBCAM_KEYFRAMES = KeyframeArgs("every:1"), KeyframeArgs("auto")
+VIDEO_OPTIONS, WEBCAM_OPTIONS = VideoArgs("every:1"), VideoArgs("auto")
 
 
 def open_segmenter(args: argparse.Namespace, spec: Any, *, in_worker: bool = False) -> Any:
@@ -34,7 +34,7 @@ def open_segmenter(args: argparse.Namespace, spec: Any, *, in_worker: bool = Fal
     return pipeline.open_segmenter(spec, in_worker=in_worker, warn=lambda note: console.warn(args.verb, note))
 
 
-def runs_in_worker(args: argparse.Namespace, keyframes: KeyframeArgs) -> bool:
+def runs_in_worker(args: argparse.Namespace, keyframes: VideoArgs) -> bool:
     """Whether video/webcam run DiffCut in the realtime keyframe worker: every policy but every:1;
     for video only with --realtime."""
     return not (args.verb == "video" and not args.realtime) and not keyframes.build(args).per_frame
@@ -142,7 +142,7 @@ def add_video(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--realtime", action="store_true",
                    help="play the file as a camera would deliver it: frames at the file's rate, the encoder in its "
                         "own worker, dropped frames left out of OUT (default: every frame waits for its result)")
-    VIDEO_KEYFRAMES.add(p)
+    VIDEO_OPTIONS.add(p)
     VIDEO_MODEL.add(p)
 
 
@@ -154,16 +154,17 @@ def run_video(args: argparse.Namespace) -> int:
     if not source.live and Path(args.output).resolve() == Path(args.input).resolve():
         raise DiffCutError("OUT is the input file; choose another output path")
     AtomicVideoWriter.check_target(args.output, args.codec)  # before the model opens
+    frames_out = VIDEO_OPTIONS.frame_saver(args)
     with (FrameReader(source, warn=lambda m: console.warn("video", m)) as reader,
-          open_segmenter(args, VIDEO_MODEL.build(args), in_worker=runs_in_worker(args, VIDEO_KEYFRAMES)) as seg,
+          open_segmenter(args, VIDEO_MODEL.build(args), in_worker=runs_in_worker(args, VIDEO_OPTIONS)) as seg,
           AtomicVideoWriter(args.output, reader.info.fps, None, codec=args.codec) as writer):
         total = min(reader.info.frame_count or 0, args.max_frames or 1 << 62) or args.max_frames
         with console.progress(total=total, quiet=args.quiet, unit="frame") as bar:
             stats = write_overlay_video(
-                reader, seg, writer, keyframes=VIDEO_KEYFRAMES.build(args), realtime=args.realtime,
+                reader, seg, writer, keyframes=VIDEO_OPTIONS.build(args), realtime=args.realtime,
                 pipelined=args.pipeline, max_frames=args.max_frames, track=args.track,
                 style=OverlayArgs().build(args), pace_fps=reader.info.fps if args.realtime else None,
-                on_frame=lambda item: bar.update(1))
+                on_frame=lambda item: bar.update(1), frames_out=frames_out)
         if writer.frames == 0:
             raise DiffCutError(f"no frame could be read from {source}; nothing written")
     print(f"wrote {args.output} ({reader.info.fps:.2f} fps, {writer.written_size[0]}x{writer.written_size[1]}): "
@@ -192,7 +193,7 @@ def add_webcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-clients", type=positive_int, default=8,
                    help="with --serve: browsers that may watch at once (default 8; more get 503)")
     p.add_argument("--loop", action="store_true", help="replay a video file source when it ends (demos, --serve)")
-    WEBCAM_KEYFRAMES.add(p)
+    WEBCAM_OPTIONS.add(p)
     VIDEO_MODEL.add(p)
 
 
@@ -235,9 +236,9 @@ def run_webcam(args: argparse.Namespace) -> int:
 
     source, serve = _check_webcam(args)
     warn = lambda message: console.warn("webcam", message)  # noqa: E731
-    realtime = runs_in_worker(args, WEBCAM_KEYFRAMES)  # every:1 waits for each result; others run a worker
+    realtime = runs_in_worker(args, WEBCAM_OPTIONS)  # every:1 waits for each result; others run a worker
     with contextlib.ExitStack() as stack:
-        outputs = LiveOutputs(window=None if args.headless or serve else Window(),
+        outputs = LiveOutputs(window=None if args.headless or serve else Window(), frames=WEBCAM_OPTIONS.frame_saver(args),
                               hub=_serve_live_view(args, stack, serve) if serve else None)
         reader = stack.enter_context(FrameReader(source, retries=args.retries, warn=warn))
         seg = stack.enter_context(open_segmenter(args, VIDEO_MODEL.build(args), in_worker=realtime))
@@ -245,7 +246,7 @@ def run_webcam(args: argparse.Namespace) -> int:
             outputs.writer = stack.enter_context(AtomicVideoWriter(args.record, reader.info.fps, None,
                                                                    codec=args.codec, keep_on_error=True))
         frames = replayed(reader, lambda: FrameReader(source, retries=args.retries, warn=warn)) if args.loop else reader
-        summary = run_live(frames, seg, outputs, keyframes=WEBCAM_KEYFRAMES.build(args), realtime=realtime,
+        summary = run_live(frames, seg, outputs, keyframes=WEBCAM_OPTIONS.build(args), realtime=realtime,
                            pipelined=args.pipeline, max_frames=args.max_frames, track=args.track,
                            style=OverlayArgs().build(args),
                            pace_fps=reader.info.fps if realtime and not source.live else None)

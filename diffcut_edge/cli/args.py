@@ -199,8 +199,9 @@ class OverlayArgs:
 
 
 @dataclass
-class KeyframeArgs:
-    """Which frames run DiffCut (video, webcam): builds a ``KeyframePolicy``."""
+class VideoArgs:
+    """The options of a frame loop (video, webcam): which frames run DiffCut (``build``: a
+    ``KeyframePolicy``), tracking, pipelining, and per-frame outputs (``frame_saver``)."""
 
     default: str
 
@@ -219,6 +220,18 @@ class KeyframeArgs:
                        help="do not keep segment ids/colours stable across frames")
         p.add_argument("--no-pipeline", dest="pipeline", action="store_false",
                        help="run encoder and post-processing in one thread (default: overlapped)")
+        p.add_argument("--save-frames", default=None, metavar="DIR",
+                       help="also write each frame's label map (frame_NNNNNN_labels.png, 16-bit, track ids) and "
+                            "segments (frame_NNNNNN_segments.json: id, area, bbox, RLE, class) into DIR")
+
+    @staticmethod
+    def frame_saver(args: argparse.Namespace) -> Any:
+        """The --save-frames writer (its folder checked now, before anything slow), or None."""
+        if args.save_frames is None:
+            return None
+        from diffcut_edge.apps.batch import FrameSaver
+
+        return FrameSaver(args.save_frames)
 
     def build(self, args: argparse.Namespace) -> Any:
         """--keyframes, or its alias --every, or the verb's default (one policy, however it was said)."""

@@ -118,3 +118,34 @@ def test_end_to_end_on_a_tiny_exported_model(tiny_model_dir, clip, tmp_path, cap
                               "--max-frames", "4", "--every", "2"], capsys)
     assert code == 0, err
     assert video_geometry(out)[:1] == (4,) and "4 frames" in stdout
+
+
+def test_save_frames_writes_each_frames_labels_and_segments_with_track_ids(cli_fake_segmenter, clip, tmp_path,
+                                                                          capsys):
+    import json
+
+    import numpy as np
+
+    from diffcut_edge.runtime.images import read_labels_png
+
+    frames = tmp_path / "frames"
+    code, _, err = run_cli(["video", str(clip), str(tmp_path / "out.avi"), "--codec", "MJPG", "--model-dir", "m",
+                            "--every", "2", "--save-frames", str(frames)], capsys)
+    assert code == 0, err
+    names = sorted(p.name for p in frames.iterdir())
+    assert len(names) == 20 and names[:2] == ["frame_000000_labels.png", "frame_000000_segments.json"]
+    for i in range(10):
+        labels = read_labels_png(frames / f"frame_{i:06d}_labels.png")
+        doc = json.loads((frames / f"frame_{i:06d}_segments.json").read_text())
+        assert doc["frame"] == i and doc["labels"]["keyframe"] == (i % 2 == 0)
+        assert [s["id"] for s in doc["segments"]] == np.unique(labels).tolist()
+        assert sum(s["area"] for s in doc["segments"]) == labels.size
+
+
+def test_save_frames_into_a_file_is_refused_before_the_model_opens(monkeypatch, clip, tmp_path, capsys):
+    opened = []
+    monkeypatch.setattr(pipeline, "open_segmenter", lambda spec, **kwargs: opened.append(spec))
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(["video", str(clip), str(tmp_path / "out.avi"), "--codec", "MJPG", "--model-dir", "m",
+                            "--save-frames", str(tmp_path / "file")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--save-frames" in err and opened == []

@@ -121,3 +121,12 @@ def test_record_onto_the_source_is_refused_before_anything_opens(cli_fake_segmen
                             "--record", str(clip)], capsys)
     assert code == 2 and err.count("\n") == 1 and "would overwrite it" in err
     assert clip.read_bytes() == before and cli_fake_segmenter.encode_calls == 0
+
+
+def test_save_frames_follows_the_live_loop(cli_fake_segmenter, clip, tmp_path, capsys):
+    frames = tmp_path / "frames"
+    code, _, err = run_cli(["webcam", "--model-dir", "m", "--source", str(clip), "--headless", "--max-frames", "4",
+                            "--keyframes", "every:1", "--save-frames", str(frames)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in frames.glob("*_labels.png")) == [f"frame_{i:06d}_labels.png" for i in range(4)]
+    assert len(list(frames.glob("*_segments.json"))) == 4
