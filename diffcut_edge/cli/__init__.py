@@ -37,6 +37,7 @@ VERBS: dict[str, tuple[Callable, Callable]] = {
     "build-engine": (export.add_build_engine, export.run_build_engine),
     "quantize": (export.add_quantize, export.run_quantize),
     "verify": (export.add_verify, export.run_verify),
+    "cache": (export.add_cache, export.run_cache),
     "segment": (apps.add_segment, apps.run_segment),
     "video": (apps.add_video, apps.run_video),
     "webcam": (apps.add_webcam, apps.run_webcam),

@@ -158,7 +158,7 @@ class SegmenterArgs:
         from diffcut_edge.export.cache import cached_export
 
         return str(cached_export(args.model, resolution=args.resolution, precision=args.precision,
-                                 progress=not args.quiet))
+                                 progress=not args.quiet, say=lambda message: console.info(args.verb, message)))
 
     def build(self, args: argparse.Namespace) -> Any:
         from diffcut_edge.runtime.spec import SegmenterSpec

@@ -19,6 +19,13 @@ def warn(verb: str, message: str) -> None:
     tqdm.write(f"diffcut-edge {verb}: warning: {message}", file=sys.stderr)
 
 
+def info(verb: str, message: str) -> None:
+    """A line about what the command is doing (stderr, so stdout keeps only results)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"diffcut-edge {verb}: {message}", file=sys.stderr)
+
+
 def note_verification(verb: str, manifest: Any, model_dir: str) -> None:
     """Say (once, on stderr) when a faster folder was never verified against full precision."""
     if note := manifest.verification_note(model_dir):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from diffcut_edge.cli import console
-from diffcut_edge.cli.args import positive_int
+from diffcut_edge.cli.args import non_negative_float, positive_int
 from diffcut_edge.cli.console import EXIT_ERROR
 from diffcut_edge.defaults import OPSET, PRECISIONS, VAES
 from diffcut_edge.errors import DiffCutError
@@ -218,3 +218,42 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"next: re-export the folder from the same pipeline (diffcut-edge export --model {args.model} --out "
               f"{args.model_dir} --force), and check that --model is the pipeline it was exported from")
     return 0 if report.passed else EXIT_ERROR
+
+
+def add_cache(sub: argparse._SubParsersAction) -> None:
+    from diffcut_edge.paths import CACHE_ENV
+
+    p = sub.add_parser("cache", help="list or clear what diffcut-edge keeps in its cache",
+                       description="The cache holds the exports made by --model HUB_ID|DIR and the TensorRT "
+                                   "engines of onnxruntime's TensorRT provider, in $DIFFCUT_EDGE_CACHE, else "
+                                   "~/.cache/diffcut-edge. Nothing there is removed unless you clear it.")
+    csub = p.add_subparsers(dest="cache_cmd", metavar="{list,clear}", required=True)
+    ls = csub.add_parser("list", help="each entry: size, days since last use, what it is, where")
+    ls.add_argument("--json", action="store_true", help="print one JSON document instead of the lines")
+    clear = csub.add_parser("clear", help=f"remove entries (all, or those unused for --older-than days); "
+                                          f"the cache folder is ${CACHE_ENV} or ~/.cache/diffcut-edge")
+    clear.add_argument("--older-than", type=non_negative_float, default=None, metavar="DAYS",
+                       help="only entries not used for this many days (default: every entry)")
+    clear.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    import json
+
+    from diffcut_edge.export.cache import clear_cache, list_cache
+    from diffcut_edge.paths import cache_root
+
+    if args.cache_cmd == "list":
+        entries = list_cache()
+        if args.json:
+            print(json.dumps([{**vars(e), "path": str(e.path)} for e in entries], indent=2))
+            return 0
+        print("\n".join([e.line() for e in entries] or [f"the cache {cache_root()} is empty"]))
+        return 0
+    removed = clear_cache(older_than_days=args.older_than, dry_run=args.dry_run)
+    if args.dry_run:
+        print("\n".join([f"would remove {e.line()}" for e in removed] or ["nothing to remove"]))
+        return 0
+    print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} "
+          f"({sum(e.size_bytes for e in removed) / 1e6:.1f} MB) from {cache_root()}")
+    return 0

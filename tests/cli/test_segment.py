@@ -178,16 +178,27 @@ def test_segment_with_model_exports_once_into_the_cache_and_reuses_it(tiny_pipel
     monkeypatch.setattr(onnx_export, "export_model", lambda *a, **k: exports.append(a) or real_export(*a, **k))
     argv = ["segment", str(images / "coffee.png"), "--model", str(tiny_pipeline_dir("sdxl")),
             "--resolution", "256", "--backend", "ort-cpu", "-q"]
+    said = []
     for run in ("first", "second"):
         code, _, err = run_cli([*argv, "--out", str(tmp_path / run)], capsys)
         assert code == 0, err
+        said.append(err)
     (folder,) = (tmp_path / "cache" / "exports").iterdir()
     assert len(exports) == 1 and folder.name.endswith("--r256-fp32") and (folder / "manifest.json").is_file()
+    assert f"exporting {tiny_pipeline_dir('sdxl')} at 256 px (fp32) into {folder}" in said[0]   # where it went
+    assert f"using the cached export of {tiny_pipeline_dir('sdxl')} in {folder}" in said[1]
     first = cv2.imread(str(tmp_path / "first" / "coffee_labels.png"), cv2.IMREAD_UNCHANGED)
     second = cv2.imread(str(tmp_path / "second" / "coffee_labels.png"), cv2.IMREAD_UNCHANGED)
     assert first is not None and np.array_equal(first, second)
     code, _, err = run_cli([*argv, "--model-dir", str(folder), "--out", str(tmp_path / "both")], capsys)
     assert code == 2 and "not both" in err
+    # cache list / clear: old entries go only when asked.
+    code, listed, _ = run_cli(["cache", "list"], capsys)
+    assert code == 0 and str(folder) in listed and "R=256 fp32" in listed
+    assert run_cli(["cache", "clear", "--older-than", "1"], capsys)[1].startswith("removed 0 entries")
+    assert str(folder) in run_cli(["cache", "clear", "--dry-run"], capsys)[1] and folder.is_dir()
+    code, cleared, _ = run_cli(["cache", "clear"], capsys)
+    assert code == 0 and cleared.startswith("removed 1 entry") and not folder.exists()
 
 
 def test_options_that_would_be_ignored_or_misread_are_said(cli_fake_segmenter, tmp_path, capsys):
