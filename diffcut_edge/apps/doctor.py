@@ -123,14 +123,50 @@ def _live(report: DoctorReport) -> None:
         report.add("live view", True, "aiohttp installed: webcam --serve works")
 
 
+# The optional stages: (finding, distributions that must all be there, what they enable, the extra).
+OPTIONAL_STAGES = (
+    ("export", ("torch", "diffusers", "transformers", "onnx"), "export, verify --model, eval --reference",
+     "pip install '.[export]' (README, Install: which torch build that brings)"),
+    ("clip", ("open_clip_torch", "timm", "ftfy", "wcwidth"), "export-vocab (CLIP names the segments)",
+     "pip install '.[clip]' and pip install --no-deps open_clip_torch timm (docs/open-vocabulary.md)"),
+    ("ray", ("ray",), "segment --engine ray", "pip install '.[ray]'"),
+    ("tritonclient", ("tritonclient",), "triton-repo and the TritonSegmenter client", "pip install '.[triton]'"),
+)
+
+
+def _optional_stages(report: DoctorReport) -> None:
+    """What the optional extras enable, read from the installed distributions (nothing is imported:
+    torch alone takes seconds)."""
+    import shutil
+
+    for name, dists, enables, how in OPTIONAL_STAGES:
+        found = {d: versions.dist_version(d) for d in dists}
+        missing = [d for d, v in found.items() if not v]
+        if missing:
+            report.add(name, False, f"{', '.join(missing)} not installed: {how}; needed for {enables}")
+        else:
+            report.add(name, True, ", ".join(f"{d} {v}" for d, v in found.items()) + f": {enables}")
+    # serve runs the first of: tritonserver on PATH, the nvidia-pytriton wheel's binary.
+    binary = shutil.which("tritonserver") or ("nvidia-pytriton" if versions.dist_version("nvidia-pytriton") else None)
+    report.add("tritonserver", binary is not None,
+               f"{binary}: serve can run" if binary else
+               "none on PATH and no nvidia-pytriton: pip install --no-deps nvidia-pytriton (Linux x86-64) or "
+               "NVIDIA's Triton container; needed for serve")
+
+
 def _model_folder(report: DoctorReport, model_dir: Path, providers: list[str], trt_ok: bool,
                   cupy_ok: bool) -> None:
     from diffcut_edge.runtime.backends import auto_backend, choose_providers, find_engine
     from diffcut_edge.runtime.manifest import read_manifest
 
     manifest = read_manifest(model_dir)
-    report.add("model", True, f"{manifest.model_id} R={manifest.resolution} {manifest.precision}, "
-                              f"{len(manifest.engines)} engine(s) recorded")
+    report.add("model", True, f"{model_dir}: exported from {manifest.model_id}, R={manifest.resolution} "
+                              f"{manifest.precision}, {len(manifest.engines)} engine(s) recorded")
+    vocabulary = manifest.vocabulary or {}
+    report.add("vocabulary", bool(vocabulary),
+               f"{vocabulary.get('vocabulary')} ({vocabulary.get('num_classes')} classes, CLIP {vocabulary.get('clip')})"
+               if vocabulary else "none: segments are not named (diffcut-edge export-vocab adds one; "
+                                  "--classes needs it too)")
     if manifest.needs_verification:
         note = manifest.verification_note(str(model_dir))
         report.add("verified", note is None, note or f"passed against {manifest.verification.get('against')}")
@@ -167,6 +203,7 @@ def diagnose(model_dir: str | Path | None = None) -> DoctorReport:
     cupy_ok = _cupy(report)
     trt_ok = _tensorrt(report)
     _live(report)
+    _optional_stages(report)
     if model_dir is not None:
         _model_folder(report, Path(model_dir), providers, trt_ok, cupy_ok)
     else:

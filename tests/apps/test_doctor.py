@@ -68,3 +68,23 @@ def test_a_faster_folder_says_whether_it_was_verified_and_the_live_extra_is_repo
     assert _finding(doctor.diagnose(model), "verified").ok
     live = _finding(doctor.diagnose(), "live view")
     assert live.ok == (importlib.util.find_spec("aiohttp") is not None)
+
+
+def test_the_optional_stages_and_the_folders_vocabulary_are_reported(tmp_path, monkeypatch, vocab_model_dir):
+    from diffcut_edge import versions
+
+    real = versions.dist_version
+    gone = {"timm", "ray", "nvidia-pytriton"}
+    monkeypatch.setattr(versions, "dist_version", lambda *names: None if set(names) & gone else real(*names))
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    report = doctor.diagnose(vocab_model_dir)
+    clip, ray, server = (_finding(report, n) for n in ("clip", "ray", "tritonserver"))
+    assert not clip.ok and "timm" in clip.detail and "export-vocab" in clip.detail
+    assert not ray.ok and "--engine ray" in ray.detail
+    assert not server.ok and "nvidia-pytriton" in server.detail
+    assert report.can_run   # optional stages never decide whether the runtime can run
+    model, vocabulary = _finding(report, "model"), _finding(report, "vocabulary")
+    assert model.detail.startswith(f"{vocab_model_dir}: exported from")   # the folder, then its source
+    assert vocabulary.ok and vocabulary.detail.startswith("voc (21 classes")
+    plain = doctor.diagnose(make_toy_model_dir(tmp_path / "toy", resolution=128, channels=16))
+    assert not _finding(plain, "vocabulary").ok and "export-vocab" in _finding(plain, "vocabulary").detail
