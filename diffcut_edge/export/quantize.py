@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -234,6 +235,14 @@ def _preprocessed(source: Path, dst: Path, big: bool) -> Path:
 
 def _quantize_static(quant: Any, src: Path, dst: Path, reader: _Reader, activations: str, kept: dict[str, str],
                      big: bool, method: str) -> None:
+    # onnxruntime's histogram calibrators print their steps to stdout: not the user's business, and
+    # stdout keeps only results.
+    with contextlib.redirect_stdout(io.StringIO()):
+        _run_quantize_static(quant, src, dst, reader, activations, kept, big, method)
+
+
+def _run_quantize_static(quant: Any, src: Path, dst: Path, reader: _Reader, activations: str, kept: dict[str, str],
+                         big: bool, method: str) -> None:
     quant.quantize_static(
         str(src), str(dst), reader, quant_format=quant.QuantFormat.QDQ,
         op_types_to_quantize=list(OP_TYPES), per_channel=True,

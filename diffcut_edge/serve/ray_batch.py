@@ -220,12 +220,19 @@ class SegmentActor:
 
 
 # ------------------------------------------------------------------ the job
-def quiet_ray_logs() -> None:
-    """Ray's INFO chatter off the terminal (the command prints its own progress and summary)."""
-    import logging
+# Ray's lines that are not the user's business: its INFO chatter, that token authentication is on
+# (good news) and that progress bars are off (ours are on). Not silenced: the core worker's
+# error-level note on Ray Data's own actors (ray-project/ray#53727), C++ output that only turning
+# off actor restarts would avoid.
+_QUIET_RAY_LOGGERS = {"ray": logging.WARNING, "ray.data": logging.WARNING,
+                      "ray._private.authentication.authentication_token_setup": logging.ERROR,
+                      "ray.data._internal.progress": logging.ERROR}
 
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+
+def quiet_ray_logs() -> None:
+    """Ray's lines that are not the user's off the terminal (the command prints its own progress and summary)."""
+    for name, level in _QUIET_RAY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 def run(items: Sequence[Item], segmenter: Any, out: str | os.PathLike, *, output: Any = None, workers: int = 2,
         gpus_per_worker: float = 0.0, batch_size: int = 4, address: str | None = None,

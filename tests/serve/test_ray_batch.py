@@ -134,6 +134,8 @@ def test_sigterm_mid_job_then_a_rerun_finishes_the_rest(photos, model_dir, tmp_p
     rerun = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "complete from an earlier run" in rerun.stdout
+    # Ray's own notes (token authentication on, progress bars off) stay off the user's terminal.
+    assert "Token authentication" not in rerun.stderr and "Progress bars disabled" not in rerun.stderr
     rows = _results(out)
     assert sorted({r["stem"] for r in rows}) == [f"img{i:02d}" for i in range(12)]
     assert all(r["error"] is None for r in rows)
