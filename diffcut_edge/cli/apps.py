@@ -49,7 +49,7 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|GLOB", help="images, folders or glob patterns")
     SEGMENT_OUTPUT.add(p)
     p.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="ray: a Ray Data job (actors each hold a Segmenter), resumable, with OUT/results.jsonl; "
+                   help="local: this process (default); ray: a Ray Data job (actors each hold a Segmenter), resumable, with OUT/results.jsonl; "
                         "inputs may also be URIs (s3://, gs://, file://); needs the [ray] extra")
     p.add_argument("--address", default=None, help="with --engine ray: the cluster (auto, ray://HOST:10001); "
                                                    "default: a local Ray started for the job")

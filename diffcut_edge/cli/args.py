@@ -123,18 +123,18 @@ class SegmenterArgs:
                                 "extra")
             p.add_argument("--resolution", type=positive_int, default=None,
                            help="with --model: export resolution (default: the recipe's, else 1024)")
-            p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="with --model: export precision")
+            p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="with --model: export precision (default fp32)")
         else:
             p.add_argument("--model-dir", required=True, help="exported model folder (diffcut-edge export)")
         p.add_argument("--backend", choices=backends(), default="auto",
                        help="encoder backend (default: auto = best available)")
         p.add_argument("--device", choices=("auto", *DEVICES), default="auto",
-                       help="where NCut/PAMR run: cpu (numpy) or cuda (cupy); auto follows the encoder")
+                       help="where NCut/PAMR run: cpu (numpy) or cuda (cupy) (default auto: where the encoder runs)")
         PostprocessArgs().add(p)
-        p.add_argument("--classes", default=None, metavar='"CAT, SOFA, ..."',
-                       help="name the segments with these classes (comma-separated), embedded now with the "
-                            "folder's CLIP text tower (needs export-vocab); default: the folder's vocabulary, "
-                            "if it has one")
+        p.add_argument("--classes", default=None, metavar='"CAT, SOFA|COUCH, ..."',
+                       help="name the segments with these classes (comma-separated; synonyms of one class "
+                            "joined by |), embedded now with the folder's CLIP text tower (needs export-vocab) "
+                            "(default: the folder's vocabulary, if it has one)")
         OverlayArgs(self.tint_largest).add(p)
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-item lines")
 

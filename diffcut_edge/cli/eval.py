@@ -16,7 +16,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
                                    "DiffCut protocol; dataset layouts in docs/eval.md.")
     from diffcut_edge.eval.datasets import DATASETS
 
-    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument("--dataset", choices=DATASETS, required=True,
+                   help="the benchmark, laid out under --root as docs/eval.md says (voc, context, coco-object: "
+                        "also --open-vocab)")
     p.add_argument("--root", required=True, help="dataset root folder (layouts: docs/eval.md)")
     p.add_argument("--model-dir", default=None, help="exported model folder (required unless --reference)")
     p.add_argument("--backend", choices=backends(), default="auto",

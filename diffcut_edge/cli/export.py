@@ -34,14 +34,20 @@ def run_doctor(args: argparse.Namespace) -> int:
 def add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="model recipes and tiny random-weight models")
     msub = p.add_subparsers(dest="models_cmd", metavar="{list,make-tiny,make-tiny-clip}", required=True)
-    msub.add_parser("list", help="list the known model recipes")
-    t = msub.add_parser("make-tiny", help="write a tiny random-weight pipeline (no download)")
-    t.add_argument("--family", choices=("sdxl", "sd1"), required=True)
+    msub.add_parser("list", help="list the known model recipes",
+                    description="The model recipes: name, hub id, family, resolution R, timestep and the hooked "
+                                "attention layer (the paper's settings per model); the default is marked.")
+    t = msub.add_parser("make-tiny", help="write a tiny random-weight pipeline (no download)",
+                        description="A tiny random-weight diffusers pipeline of the family's architecture, for "
+                                    "trying the commands without a download (its segments mean nothing).")
+    t.add_argument("--family", choices=("sdxl", "sd1"), required=True, help="the architecture to copy")
     t.add_argument("--out", required=True, help="folder to write the pipeline to")
-    t.add_argument("--seed", type=int, default=0)
-    c = msub.add_parser("make-tiny-clip", help="write a tiny random-weight ConvNeXt CLIP (open_clip local-dir layout)")
+    t.add_argument("--seed", type=int, default=0, help="random seed of the weights (default 0)")
+    c = msub.add_parser("make-tiny-clip", help="write a tiny random-weight ConvNeXt CLIP (open_clip local-dir layout)",
+                        description="A tiny random-weight ConvNeXt CLIP in open_clip's local-dir layout, for trying "
+                                    "export-vocab without a download (its class names mean nothing).")
     c.add_argument("--out", required=True, help="folder to write it to (load it with --clip local-dir:DIR)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0, help="random seed of the weights (default 0)")
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -96,17 +102,21 @@ def run_export_vocab(args: argparse.Namespace) -> int:
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export the truncated encoder to an ONNX model folder")
+    p = sub.add_parser("export", help="export the truncated encoder to an ONNX model folder",
+                       description="Loads a diffusers pipeline (hub id or folder), keeps the UNet up to the layer "
+                                   "DiffCut reads (with the VAE encoder, the empty-prompt conditioning and the "
+                                   "fixed noise as constants) and writes encoder.onnx and manifest.json: the model "
+                                   "folder every other command opens. Needs the [export] extra (torch).")
     p.add_argument("--model", required=True, help="hub id (e.g. segmind/SSD-1B) or a saved pipeline folder")
     p.add_argument("--out", required=True, help="model folder to write (encoder.onnx + manifest.json)")
-    p.add_argument("--resolution", type=positive_int, default=1024, help="input side R, multiple of 64")
+    p.add_argument("--resolution", type=positive_int, default=1024, help="input side R, a multiple of 64 (default 1024, the paper's; 512 for a 4x cheaper encoder)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="UNet part precision (the VAE encoder stays fp32)")
+                   help="UNet part precision, the VAE encoder stays fp32 (default fp32)")
     p.add_argument("--opset", type=positive_int, default=OPSET,
                    help=f"ONNX opset (default {OPSET}: the newest every supported TensorRT parses, 8.6 included)")
     p.add_argument("--vae", choices=VAES, default="full",
                    help="tiny: replace the VAE encoder by AutoencoderTiny (TAESD, ~10x fewer VAE FLOPs); "
-                        "verify the result with 'verify --against' a full-VAE export")
+                        "verify the result with 'verify --against' a full-VAE export (default full)")
     p.add_argument("--tiny-vae", default=None, metavar="HUB_ID|DIR",
                    help="AutoencoderTiny weights for --vae tiny (default: madebyollin/taesdxl for SDXL models, "
                         "madebyollin/taesd for SD1)")
@@ -136,10 +146,15 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def add_build_engine(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("build-engine", help="build a TensorRT engine in a model folder (on the target GPU)")
+    p = sub.add_parser("build-engine", help="build a TensorRT engine in a model folder (on the target GPU)",
+                       description="Parses the folder's encoder.onnx with TensorRT on this GPU and writes an engine "
+                                   "beside it, recorded in the manifest with the GPU and TensorRT version it "
+                                   "runs on (the runtime refuses it elsewhere). Needs the [trt] extra and an "
+                                   "NVIDIA GPU; a timing cache makes rebuilds fast. docs/jetson.md")
     p.add_argument("--model-dir", required=True, help="model folder written by 'diffcut-edge export'")
     p.add_argument("--workspace", type=float, default=None, metavar="GB",
-                   help="cap on TensorRT's scratch memory (GiB); lower it if the build runs out of memory")
+                   help="cap on TensorRT's scratch memory (GiB); lower it if the build runs out of memory "
+                        "(default: no cap, TensorRT's own)")
     p.add_argument("--batch", default="1:1:4", metavar="MIN:OPT:MAX",
                    help="batch sizes of the optimization profile (default 1:1:4)")
     p.add_argument("--no-timing-cache", action="store_true", help="do not read or write the timing cache (timing.<gpu>.trt<ver>.cache)")
@@ -159,16 +174,21 @@ def run_build_engine(args: argparse.Namespace) -> int:
 def add_quantize(sub: argparse._SubParsersAction) -> None:
     from diffcut_edge.export.quantize import ACTIVATIONS, DEFAULT_MAX_IMAGES, METHODS
 
-    p = sub.add_parser("quantize", help="INT8 model folder from an fp32 one, calibrated on your images")
+    p = sub.add_parser("quantize", help="INT8 model folder from an fp32 one, calibrated on your images",
+                       description="Writes a new model folder whose UNet part is INT8 (onnxruntime's static QDQ "
+                                   "quantization, activation ranges calibrated on --calibration images); the "
+                                   "layers that INT8 hurts stay in float. Check it with "
+                                   "'verify --model-dir INT8 --against FP32' on other images. docs/faster.md")
     p.add_argument("--model-dir", required=True, help="fp32 model folder written by 'diffcut-edge export'")
     p.add_argument("--calibration", required=True, nargs="+", metavar="IMAGES",
                    help="image files, folders or globs like the ones the model will see (16-64 is plenty)")
     p.add_argument("--out", required=True, help="new model folder to write")
-    p.add_argument("--method", choices=METHODS, default="minmax", help="activation range calibration")
+    p.add_argument("--method", choices=METHODS, default="minmax", help="activation range calibration (default minmax)")
     p.add_argument("--activations", choices=ACTIVATIONS, default="uint8",
                    help="uint8 for onnxruntime on the CPU (default); int8 (symmetric) for TensorRT engines")
     p.add_argument("--keep-fp32", nargs="+", default=[], metavar="PATTERN",
-                   help="also keep these node names (fnmatch patterns) in float")
+                   help="also keep these node names (fnmatch patterns) in float (default: none beyond the "
+                        "built-in list)")
     p.add_argument("--max-images", type=positive_int, default=DEFAULT_MAX_IMAGES,
                    help=f"calibrate on at most this many images (default {DEFAULT_MAX_IMAGES})")
     p.add_argument("--force", action="store_true", help="replace an existing model folder at --out")
@@ -186,7 +206,11 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def add_verify(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="compare a model folder with the PyTorch reference, or with another folder")
+    p = sub.add_parser("verify", help="compare a model folder with the PyTorch reference, or with another folder",
+                       description="Runs the folder and the PyTorch reference (--model, needs [export]) or another "
+                                   "folder (--against, e.g. the fp32 source of an INT8 one) on the same images: "
+                                   "feature cosine, relative error and NCut label agreement. Exit 0 when every "
+                                   "figure is within its threshold, 2 when not (with the next step).")
     p.add_argument("--model-dir", required=True, help="model folder to check")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="hub id or pipeline folder the folder was exported from (needs [export])")
@@ -228,10 +252,12 @@ def add_cache(sub: argparse._SubParsersAction) -> None:
                                    "engines of onnxruntime's TensorRT provider, in $DIFFCUT_EDGE_CACHE, else "
                                    "~/.cache/diffcut-edge. Nothing there is removed unless you clear it.")
     csub = p.add_subparsers(dest="cache_cmd", metavar="{list,clear}", required=True)
-    ls = csub.add_parser("list", help="each entry: size, days since last use, what it is, where")
+    ls = csub.add_parser("list", help="each entry: size, days since last use, what it is, where",
+                         description="One line per cache entry, the least recently used first.")
     ls.add_argument("--json", action="store_true", help="print one JSON document instead of the lines")
-    clear = csub.add_parser("clear", help=f"remove entries (all, or those unused for --older-than days); "
-                                          f"the cache folder is ${CACHE_ENV} or ~/.cache/diffcut-edge")
+    clear = csub.add_parser("clear", help="remove entries (all, or those unused for --older-than days)",
+                            description=f"Removes cache entries; the cache folder is ${CACHE_ENV}, else "
+                                        f"~/.cache/diffcut-edge. A removed export is made again on next use.")
     clear.add_argument("--older-than", type=non_negative_float, default=None, metavar="DAYS",
                        help="only entries not used for this many days (default: every entry)")
     clear.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")

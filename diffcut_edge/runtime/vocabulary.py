@@ -106,9 +106,10 @@ def parse_class_lines(text: str, source: str) -> Vocabulary:
 
 def vocabulary_from_names(names: Sequence[str | Sequence[str]], source: str = "run-time") -> Vocabulary:
     """Classes given at run time: ``["cat", "sofa"]``, or with synonyms ``["cat", ["sofa", "couch"]]``;
-    a single string is split on commas (``--classes "cat, sofa, window"``)."""
+    a single string is split on commas into classes and on ``|`` into synonyms
+    (``--classes "cat, sofa|couch, window"``: three classes, the second also called "couch")."""
     if isinstance(names, str):
-        names = names.split(",")
+        names = [tuple(part.split("|")) for part in names.split(",")]
     classes = []
     for item in names:
         synonyms = (item,) if isinstance(item, str) else tuple(item) if isinstance(item, (list, tuple)) else (item,)

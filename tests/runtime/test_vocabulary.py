@@ -50,6 +50,8 @@ def test_bad_vocabulary_files(tmp_path, content, message):
 
 def test_run_time_names():
     assert v.vocabulary_from_names("cat, sofa , window").class_names == ("cat", "sofa", "window")
+    typed = v.vocabulary_from_names("cat, sofa|couch , window")   # --classes: synonyms joined by |
+    assert typed.classes == (("cat",), ("sofa", "couch"), ("window",)) and typed.class_names[1] == "sofa"
     assert v.vocabulary_from_names(["cat", ["sofa", "couch"]]).classes == (("cat",), ("sofa", "couch"))
     for bad, message in (("", "empty name"), ("cat, cat", "repeats"), ([], "no class names"), ([3], "strings")):
         with pytest.raises(DiffCutError, match=message):
