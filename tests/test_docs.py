@@ -87,3 +87,30 @@ def test_the_application_docs_are_checked():
     assert {"cli.md", "python-api.md", "jetson.md"} <= names
     verbs = {c.split()[0] for d in DOCS for c in command_lines(d.read_text(encoding="utf-8"))}
     assert {"segment", "video", "webcam", "export", "build-engine"} <= verbs
+
+
+_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+# A path written in the text: from the repository root (docs/, tests/, ...), or inside the package
+# (runtime/ncut.py), or a sibling doc (cli.md). Outside the repository (../shared) is not a reference a
+# user can follow.
+_PATH = re.compile(r"(?<![\w/.:@-])((?:docs|benchmarks|examples|tests|shared|\.ci|diffcut_edge|runtime|apps|export|eval|"
+                   r"serve|models|cli|diffcut_ref)/[\w./*-]*[\w*/]|[\w-]+\.md\b)")
+
+
+def _exists(doc: Path, target: str) -> bool:
+    if "*" in target or "<" in target:
+        return True   # a pattern, not a file
+    module = target.rsplit(".", 1)[0] if "." in target.rsplit("/", 1)[-1] else target   # runtime/xp.Extras
+    names = {target, f"{target}.py", f"{module}.py"}
+    return any((base / name).exists() for base in (ROOT, doc.parent, ROOT / "diffcut_edge") for name in names)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_file_a_doc_points_to_exists(doc):
+    """Markdown links and paths in the text name files of this repository that exist."""
+    text = doc.read_text(encoding="utf-8")
+    targets = [t for t in _LINK.findall(text) if not re.match(r"[a-z]+:", t)]
+    prose = re.sub(r"https?://\S+", "", re.sub(r"```.*?```", "", text, flags=re.S))
+    targets += _PATH.findall(prose)
+    missing = sorted({t for t in targets if not _exists(doc, t)})
+    assert missing == [], f"{doc.relative_to(ROOT)} points to files that do not exist"
