@@ -69,10 +69,12 @@ def clip(tmp_path_factory) -> Path:
 
 
 class LiveProcess:
-    def __init__(self, model_dir: Path, clip: Path, host: str = "127.0.0.1", token: str = "t0ken-of-the-test"):
+    def __init__(self, model_dir: Path, clip: Path, host: str = "127.0.0.1", token: str = "t0ken-of-the-test",
+                 extra: tuple[str, ...] = ()):
         self.port, self.token = _free_port(), token
         argv = [sys.executable, "-m", "diffcut_edge.cli", "webcam", "--model-dir", str(model_dir), "--source",
-                str(clip), "--serve", f"{host}:{self.port}", "--loop", "--backend", "ort-cpu", "--token", token]
+                str(clip), "--serve", f"{host}:{self.port}", "--loop", "--backend", "ort-cpu", "--token", token,
+                *extra]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "OMP_NUM_THREADS": "1"})
         _wait(lambda: _stats(self.port).get("frame") is not None, what="the first served frame")
@@ -173,8 +175,6 @@ def test_the_page_shows_a_live_stream_and_tau_changes_the_segments(browser, mode
         _wait(lambda: len(browser.find_elements("css selector", "#segments tbody tr")) == 1, what="one table row")
         _set_range(browser, "tau", 0.5)
         _wait(lambda: _count(browser) >= 2, what="segments back after tau 0.5")
-        if os.environ.get("DIFFCUT_LIVE_SCREENSHOT"):  # docs/live-view.png is made this way
-            browser.save_screenshot(os.environ["DIFFCUT_LIVE_SCREENSHOT"])
     finally:
         live.terminate()
 
@@ -192,5 +192,31 @@ def test_beyond_localhost_the_page_needs_the_token_to_tune(browser, model_dir, c
         _wait(lambda: _count(browser) >= 2, what="the page with the token")
         _set_range(browser, "tau", 0)
         _wait(lambda: _count(browser) == 1, what="tau 0 applied with the token")
+    finally:
+        live.terminate()
+
+
+def test_class_names_show_in_the_table_as_text_never_as_markup(browser, vocab_model_dir, clip):
+    """--classes are user text: a name that is HTML is shown as those characters and never runs."""
+    evil = "<img src=x onerror=document.title='pwned'>"
+    live = LiveProcess(vocab_model_dir, clip, extra=("--classes", f"cat, sofa|couch, {evil}", "--keyframes", "every:1"))
+    try:
+        browser.get(f"http://127.0.0.1:{live.port}/?token={live.token}")
+        cells = lambda: [r.find_elements("css selector", "td")[2].text  # noqa: E731
+                         for r in browser.find_elements("css selector", "#segments tbody tr")]
+        names = _wait(lambda: (c := cells()) and all(c) and c, what="class names in the table")
+        assert set(names) <= {"cat", "sofa", evil}
+        assert all(s["name"] in {"cat", "sofa", evil} and 0 <= s["score"] <= 1 for s in _stats(live.port)["segments"])
+        time.sleep(1.0)
+        assert browser.title == "diffcut-edge live" and not browser.find_elements("css selector", "#segments img")
+        if os.environ.get("DIFFCUT_LIVE_SCREENSHOT"):  # docs/live-view.png is made this way
+            live_names = LiveProcess(vocab_model_dir, clip, extra=("--classes", "cat, sofa|couch, window, person"))
+            try:
+                browser.get(f"http://127.0.0.1:{live_names.port}/?token={live_names.token}")
+                _wait(lambda: (c := cells()) and all(c), what="class names")
+                time.sleep(1.5)
+                browser.save_screenshot(os.environ["DIFFCUT_LIVE_SCREENSHOT"])
+            finally:
+                live_names.terminate()
     finally:
         live.terminate()
