@@ -90,3 +90,4 @@ class LazyModule:
 onnxruntime = LazyModule("onnxruntime", extra="cpu", purpose="the ONNX Runtime backend")
 cupy = LazyModule("cupy", extra="gpu", purpose="GPU inference and post-processing")
 tensorrt = LazyModule("tensorrt", extra="trt", purpose="the native TensorRT backend")
+numba = LazyModule("numba", extra="cpu", purpose="the compiled PAMR kernel")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from diffcut_edge.cli import console
-from diffcut_edge.cli.args import non_negative_float, positive_int
+from diffcut_edge.cli.args import non_negative_float, non_negative_int, positive_int
 from diffcut_edge.cli.console import EXIT_ERROR
 from diffcut_edge.defaults import OPSET, PRECISIONS, VAES
 from diffcut_edge.errors import DiffCutError
@@ -191,6 +191,9 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
                         "built-in list)")
     p.add_argument("--max-images", type=positive_int, default=DEFAULT_MAX_IMAGES,
                    help=f"calibrate on at most this many images (default {DEFAULT_MAX_IMAGES})")
+    p.add_argument("--holdout", type=non_negative_int, default=None, metavar="N",
+                   help="images kept out of the calibration to verify the new folder on, before it appears "
+                        "(default: every fourth image, with 4 or more; 0: none)")
     p.add_argument("--force", action="store_true", help="replace an existing model folder at --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -200,9 +203,9 @@ def run_quantize(args: argparse.Namespace) -> int:
 
     report = quantize_model(args.model_dir, args.calibration, args.out, method=args.method,
                             activations=args.activations, keep_fp32=args.keep_fp32, max_images=args.max_images,
-                            force=args.force, progress=not args.no_progress)
+                            force=args.force, progress=not args.no_progress, holdout=args.holdout)
     print("\n".join(report.lines()))
-    return 0
+    return EXIT_ERROR if report.passed is False else 0
 
 
 def add_verify(sub: argparse._SubParsersAction) -> None:

@@ -10,9 +10,12 @@ Layers known to be sensitive stay in float: they are listed in :data:`SENSITIVE_
 table of (op type, which nodes, why), not code branches; ``keep_fp32`` adds node-name patterns.
 Everything else about the folder (resolution, grid, family, noise) is the source folder's.
 
-A quantized folder is faster, not equal: ``diffcut-edge verify --model-dir INT8 --against FP32
-[IMAGES]`` compares it with its source on the user's images, and ``segment``/``bench`` say
-when a folder was never verified (``Manifest.verification_note``).
+A quantized folder is faster, not equal. ``quantize`` holds out every fourth image (with four or
+more; ``holdout``) from the calibration and verifies the new folder against its source on those
+images it was not calibrated on, before the folder appears: the verdict is printed and recorded in
+the manifest. ``diffcut-edge verify --model-dir INT8 --against FP32 [IMAGES]`` checks it again on
+other images; ``segment``/``bench`` say when a folder was never verified
+(``Manifest.verification_note``).
 """
 
 from __future__ import annotations
@@ -61,14 +64,43 @@ class QuantizeReport:
     quantized_nodes: int = 0
     onnx_bytes: int = 0
     source_bytes: int = 0
+    held_out: Any = None          # the verify --against report on the held-out images (None: none held out)
+
+    @property
+    def passed(self) -> bool | None:
+        """The held-out verdict (None when no image was held out)."""
+        return None if self.held_out is None else self.held_out.passed
 
     def lines(self) -> list[str]:
         ratio = self.source_bytes / self.onnx_bytes if self.onnx_bytes else float("nan")
-        return [f"quantized {self.source_dir} -> {self.model_dir}: int8 ({self.method} on "
-                f"{self.calibration_images} image(s), {self.activations} activations), "
-                f"{self.quantized_nodes} nodes quantized, {len(self.kept_fp32)} kept in float, "
-                f"{self.onnx_bytes / 1e6:.1f} MB ({ratio:.1f}x smaller)",
-                f"next: diffcut-edge verify --model-dir {self.model_dir} --against {self.source_dir} [IMAGES]"]
+        out = [f"quantized {self.source_dir} -> {self.model_dir}: int8 ({self.method} on "
+               f"{self.calibration_images} image(s), {self.activations} activations), "
+               f"{self.quantized_nodes} nodes quantized, {len(self.kept_fp32)} kept in float, "
+               f"{self.onnx_bytes / 1e6:.1f} MB ({ratio:.1f}x smaller)"]
+        verify = f"diffcut-edge verify --model-dir {self.model_dir} --against {self.source_dir} IMAGES"
+        if self.held_out is None:
+            return [*out, "no image held out of the calibration (fewer than 4, or --holdout 0): the folder is not "
+                          f"verified yet; next: {verify}"]
+        out += [f"held out of the calibration: {len(self.held_out.images)} image(s); the new folder against its "
+                f"source on them:", *self.held_out.lines()[:-1]]
+        if self.held_out.passed:
+            return [*out, f"held-out check passed (recorded in the manifest); on more of your images: {verify}"]
+        return [*out, "held-out check FAILED (recorded in the manifest; the folder is written): calibrate on more "
+                      "and more typical images, try --method percentile, or keep the layers that hurt in float "
+                      "with --keep-fp32 (docs/faster.md)"]
+
+
+def split_holdout(paths: Sequence[Path], holdout: int | None = None) -> tuple[list[Path], list[Path]]:
+    """(calibration, held out): every fourth image held out, or the ``holdout`` images spread evenly
+    through the list (None: a quarter of them when there are 4 or more, else none)."""
+    n = len(paths)
+    count = (n // 4 if n >= 4 else 0) if holdout is None else int(holdout)
+    if count < 0 or (count and count >= n):
+        raise DiffCutError(f"--holdout {count}: keep at least one of the {n} image(s) for the calibration")
+    if count == 0:
+        return list(paths), []
+    held = {int(i * n / count) + (n // count) - 1 for i in range(count)}   # the last of each of `count` equal runs
+    return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
 
 
 # ------------------------------------------------------------------ checks
@@ -248,6 +280,10 @@ def _run_quantize_static(quant: Any, src: Path, dst: Path, reader: _Reader, acti
         op_types_to_quantize=list(OP_TYPES), per_channel=True,
         activation_type={"uint8": quant.QuantType.QUInt8, "int8": quant.QuantType.QInt8}[activations],
         weight_type=quant.QuantType.QInt8, nodes_to_exclude=sorted(kept), use_external_data_format=big,
+        # 7-bit weights for onnxruntime's CPU kernels: without AVX-512 VNNI (AVX2, AVX-512F) their
+        # u8 x s8 products are summed in pairs into int16, which saturates with full-range weights and
+        # puts systematic error in every token; measured here (VNNI) the 7 bits cost nothing (RESULTS.md).
+        reduce_range=activations == "uint8",
         calibrate_method={"minmax": quant.CalibrationMethod.MinMax,
                           "percentile": quant.CalibrationMethod.Percentile,
                           "entropy": quant.CalibrationMethod.Entropy}[method],
@@ -272,8 +308,9 @@ def _quiet_root_logger() -> Iterator[None]:
 def quantize_model(model_dir: str | os.PathLike, calibration: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                    *, method: str = "minmax", activations: str = "uint8", keep_fp32: Sequence[str] = (),
                    max_images: int | None = DEFAULT_MAX_IMAGES, force: bool = False,
-                   progress: bool = True) -> QuantizeReport:
-    """Write ``out_dir``: the INT8 QDQ version of the fp32 folder ``model_dir`` (see the module doc)."""
+                   progress: bool = True, holdout: int | None = None) -> QuantizeReport:
+    """Write ``out_dir``: the INT8 QDQ version of the fp32 folder ``model_dir``, verified on the images
+    held out of the calibration (:func:`split_holdout`; see the module doc)."""
     from diffcut_edge.export.onnx_export import (
         ONNX_NAME,
         check_graph,
@@ -290,7 +327,7 @@ def quantize_model(model_dir: str | os.PathLike, calibration: Sequence[str | os.
                            "that verify --against compares with")
     manifest = check_source(model_dir)
     check_out_dir(out_dir, force)
-    paths = calibration_paths(calibration, max_images)
+    paths, held_out = split_holdout(calibration_paths(calibration, max_images), holdout)
     quant = _import_quantization()
     import onnx
 
@@ -332,16 +369,24 @@ def quantize_model(model_dir: str | os.PathLike, calibration: Sequence[str | os.
             "method": method, "activations": activations, "weights": "int8 per-channel symmetric",
             "format": "QDQ", "op_types": list(OP_TYPES),
             "calibration_images": len(paths), "calibration_sha256": calibration_sha256(paths),
+            "held_out_images": len(held_out),
             "kept_fp32": [{"node": name, "why": why} for name, why in sorted(kept.items())],
             "source_dir": str(model_dir.resolve()),
             "source_sha256": manifest.files_sha256.get(manifest.onnx_file, ""),
         }
         write_manifest(staging, out)
+        check = None
+        if held_out:   # before the folder appears: the verdict is in its manifest from the start
+            from diffcut_edge.export.verify import verify_against
+
+            check = verify_against(staging, model_dir, held_out, labels=True, record=True)
+            check.model_dir = out_dir
         report = QuantizeReport(model_dir=out_dir, source_dir=model_dir, method=method, activations=activations,
                                 calibration_images=len(paths), kept_fp32=sorted(kept), quantized_nodes=quantized,
                                 onnx_bytes=sum((staging / f).stat().st_size for f in [ONNX_NAME, *data_files]),
                                 source_bytes=sum((model_dir / f).stat().st_size
-                                                 for f in [manifest.onnx_file, *manifest.onnx_data_files]))
+                                                 for f in [manifest.onnx_file, *manifest.onnx_data_files]),
+                                held_out=check)
         move_into_place(staging, out_dir)
         return report
     except BaseException:

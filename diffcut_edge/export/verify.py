@@ -107,13 +107,12 @@ def load_images(paths: Sequence[str | os.PathLike] | None, resolution: int) -> l
     """(name, (R, R, 3) RGB float32 [0, 1]) pairs; scikit-image samples when ``paths`` is empty."""
     import cv2
 
+    from diffcut_edge.runtime.images import read_image
+
     out = []
     if paths:
-        for p in paths:
-            bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise DiffCutError(f"cannot read image {p} (missing, or not an image OpenCV can decode)")
-            out.append((Path(p).name, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        for p in paths:   # read as segment reads (any name, EXIF orientation, pixel limit, one-line errors)
+            out.append((Path(p).name, cv2.cvtColor(read_image(p), cv2.COLOR_BGR2RGB)))
     else:
         try:
             from skimage import data

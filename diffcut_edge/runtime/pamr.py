@@ -5,6 +5,10 @@ materialises every shifted copy through a convolution. Here the image affinities
 turned into softmax weights once, (8·|dilations|, H, W), and each iteration is a sum of
 shifted multiply-adds over one edge-padded copy of the masks (views into it, no
 convolution buffers) -- elementwise work every array library runs the same way.
+
+On numpy arrays :func:`pamr_soft` runs the same arithmetic as compiled loops when numba is
+installed (:mod:`diffcut_edge.runtime.pamr_kernel`: several times faster, the masks bit-identical
+given the weights); the array functions here stay the reference and serve cupy and torch.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime import pamr_kernel
 from diffcut_edge.runtime.assign import resize_bilinear
 from diffcut_edge.runtime.xp import as_array, device_of, get_xp, is_numpy_namespace, median_filter3, pad_edge
 
@@ -205,11 +210,28 @@ def pamr_soft(image: Any, labels: Any, num_iter: int = defaults.PAMR_ITERATIONS,
     """
     img, lab = _check_inputs(image, labels, num_iter)
     xp = get_xp(img)
-    masks, _ = _one_hot(lab, xp)
     size = img.shape[:2]
+    if is_numpy_namespace(xp) and pamr_kernel.available():
+        return _pamr_soft_compiled(img, lab, _check_dilations(dilations), int(num_iter))
+    masks, _ = _one_hot(lab, xp)
     if masks.shape[1:] != size:
         masks = resize_bilinear(masks, size, align_corners=True)
     return propagate(masks, pamr_weights(img, dilations), dilations, num_iter)
+
+
+def _pamr_soft_compiled(img: Any, lab: Any, dil: tuple[int, ...], num_iter: int) -> Any:
+    """:func:`pamr_soft`'s masks, weights and rounds as compiled loops, row by row; (K, H, W) out."""
+    import numpy as np
+
+    weights = pamr_kernel.weights(img, dil, NEIGHBOURS, WINDOW, STD_EPS, STD_SCALE)          # (H, J, W)
+    offsets = [(dy * d, dx * d) for d in dil for dy, dx in NEIGHBOURS]
+    values, index = np.unique(lab, return_inverse=True)            # sorted ids: the official order
+    index = index.reshape(lab.shape)
+    if lab.shape == img.shape[:2]:
+        return pamr_kernel.propagate_one_hot(index, len(values), weights, offsets, num_iter)  # (K, H, W)
+    masks, _ = _one_hot(lab, np)
+    return pamr_kernel.propagate(resize_bilinear(masks, img.shape[:2], align_corners=True), weights, offsets,
+                                 num_iter)
 
 
 def pamr_refine(image: Any, labels: Any, num_iter: int = defaults.PAMR_ITERATIONS, dilations: Sequence[int] = defaults.PAMR_DILATIONS) -> Any:

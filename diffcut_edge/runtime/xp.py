@@ -422,10 +422,14 @@ def _blas_controller() -> Any:
 
 
 def warm_up_host() -> None:
-    """Import the host post-processing's libraries now (scipy's LAPACK, ARPACK, ndimage: ~1 s), so
-    the first frame's ncut figure is the NCut's, not the imports'."""
+    """Import the host post-processing's libraries now (scipy's LAPACK, ARPACK, ndimage: ~1 s) and
+    load the compiled PAMR loops, so the first frame's ncut and pamr figures are theirs, not the
+    imports' and the compiler's."""
     _numpy_extras()
     _blas_controller()
+    from diffcut_edge.runtime import pamr_kernel
+
+    pamr_kernel.warm_up()   # compiled (or loaded from numba's cache) before the first frame's pamr figure
 
 
 def median_filter3(labels: Any) -> Any:

@@ -202,13 +202,15 @@ def test_class_names_show_in_the_table_as_text_never_as_markup(browser, vocab_mo
     live = LiveProcess(vocab_model_dir, clip, extra=("--classes", f"cat, sofa|couch, {evil}", "--keyframes", "every:1"))
     try:
         browser.get(f"http://127.0.0.1:{live.port}/?token={live.token}")
-        cells = lambda: [r.find_elements("css selector", "td")[2].text  # noqa: E731
-                         for r in browser.find_elements("css selector", "#segments tbody tr")]
+        # One script reads the whole table: rows are replaced at every update (no stale element).
+        cells = lambda: browser.execute_script(  # noqa: E731
+            "return [...document.querySelectorAll('#segments tbody tr')].map(r => r.children[2].textContent)")
         names = _wait(lambda: (c := cells()) and all(c) and c, what="class names in the table")
         assert set(names) <= {"cat", "sofa", evil}
         assert all(s["name"] in {"cat", "sofa", evil} and 0 <= s["score"] <= 1 for s in _stats(live.port)["segments"])
         time.sleep(1.0)
-        assert browser.title == "diffcut-edge live" and not browser.find_elements("css selector", "#segments img")
+        assert browser.title == "diffcut-edge live"
+        assert browser.execute_script("return document.querySelectorAll('#segments img').length") == 0
         if os.environ.get("DIFFCUT_LIVE_SCREENSHOT"):  # docs/live-view.png is made this way
             live_names = LiveProcess(vocab_model_dir, clip, extra=("--classes", "cat, sofa|couch, window, person"))
             try:
