@@ -48,6 +48,12 @@ def _kernels() -> dict[str, Any]:
     numba = lazy.numba
     njit, prange = numba.njit, numba.prange
 
+    @njit(inline="always")
+    def shifted_row(rows, y, c, dy, dx, pad, w):  # pragma: no cover - compiled
+        """Row y + dy (clamped) of channel c, shifted by dx: a contiguous slice of the padded rows."""
+        yy = min(max(y + dy, 0), rows.shape[0] - 1)
+        return rows[yy, c, pad + dx:pad + dx + w]
+
     @njit(parallel=True, cache=True, fastmath=False, nogil=True)
     def weights_hjw(img, pad, dil, neighbours, window, std_eps, std_scale):  # pragma: no cover - compiled
         h, channels, padded_w = img.shape
@@ -63,18 +69,14 @@ def _kernels() -> dict[str, Any]:
                 m, v = mean[c], denom[c]
                 for a in range(nd):
                     for b in range(nw):
-                        yy = min(max(y + window[b, 0] * dil[a], 0), h - 1)
-                        start = pad + window[b, 1] * dil[a]
-                        row = img[yy, c, start:start + w]
+                        row = shifted_row(img, y, c, window[b, 0] * dil[a], window[b, 1] * dil[a], pad, w)
                         for x in range(w):
                             m[x] += row[x]
                 for x in range(w):
                     m[x] = m[x] / count
                 for a in range(nd):
                     for b in range(nw):
-                        yy = min(max(y + window[b, 0] * dil[a], 0), h - 1)
-                        start = pad + window[b, 1] * dil[a]
-                        row = img[yy, c, start:start + w]
+                        row = shifted_row(img, y, c, window[b, 0] * dil[a], window[b, 1] * dil[a], pad, w)
                         for x in range(w):
                             d = row[x] - m[x]
                             v[x] += d * d
@@ -84,10 +86,9 @@ def _kernels() -> dict[str, Any]:
                 for b in range(nn):
                     logit = out[y, a * nn + b]
                     logit[:] = 0.0
-                    yy = min(max(y + neighbours[b, 0] * dil[a], 0), h - 1)
-                    start = pad + neighbours[b, 1] * dil[a]
                     for c in range(channels):   # the channel mean in the array path's order: ((0 + c0) + c1) + c2
-                        centre, row, den = img[y, c, pad:pad + w], img[yy, c, start:start + w], denom[c]
+                        centre, den = img[y, c, pad:pad + w], denom[c]
+                        row = shifted_row(img, y, c, neighbours[b, 0] * dil[a], neighbours[b, 1] * dil[a], pad, w)
                         for x in range(w):
                             logit[x] += abs(centre[x] - row[x]) / den[x]
                     for x in range(w):
@@ -150,11 +151,10 @@ def _kernels() -> dict[str, Any]:
         for _ in range(iterations):
             for y in prange(h):
                 for j in range(nj):
-                    yy = min(max(y + oy[j], 0), h - 1)
                     wrow = weights[y, j]
                     for c in range(k):
                         out = dst[y, c, pad:pad + w]             # contiguous rows: the x loops vectorise
-                        row = src[yy, c, pad + ox[j]:pad + ox[j] + w]
+                        row = shifted_row(src, y, c, oy[j], ox[j], pad, w)
                         if j == 0:
                             for x in range(w):
                                 out[x] = wrow[x] * row[x]
