@@ -35,8 +35,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, required=True)
     p.add_argument("--work", type=Path, default=Path("/tmp/diffcut-clip-bench"))
-    p.add_argument("--typed", type=int, default=200,
-                   help="typed classes for the text-bank row (the 1000-class figure is this, scaled by prompts)")
+    p.add_argument(
+        "--typed",
+        type=int,
+        default=200,
+        help="typed classes for the text-bank row (the 1000-class figure is this, scaled by prompts)",
+    )
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: theirs)")
     p.add_argument("--json", type=Path, default=None)
@@ -76,7 +80,7 @@ def main() -> int:
 
     rng = np.random.default_rng(0)
     results = {}
-    for side in (() if args.text_only else (1024, 512)):
+    for side in () if args.text_only else (1024, 512):
         pixels = rng.uniform(0, 1, (1, 3, side, side)).astype(np.float32)
         labeler.dense(pixels)  # warm-up (session creation, first-run allocations)
         ours = _median_s(lambda: labeler.dense(pixels), args.repeat)
@@ -90,9 +94,9 @@ def main() -> int:
     dense_t = None if dense is None else torch.from_numpy(dense)[None]
     classifier = torch.from_numpy(labeler.bank.embeddings)
     counts = labeler.bank.vocabulary.synonym_counts
-    for segments in (() if args.text_only else (10, 100)):
+    for segments in () if args.text_only else (10, 100):
         side = int(np.ceil(np.sqrt(segments)))
-        labels = (np.arange(1024)[:, None] * side // 1024 * side + np.arange(1024)[None, :] * side // 1024)
+        labels = np.arange(1024)[:, None] * side // 1024 * side + np.arange(1024)[None, :] * side // 1024
         labels = (labels % segments).astype(np.int32)
 
         def ours_fn():
@@ -106,19 +110,23 @@ def main() -> int:
                 for i in torch.unique(t_labels):
                     mask = (t_labels == i).to(torch.float32)[None, None]
                     pooled = ref.mask_pool(dense_t, mask)[0].reshape(1, 1, -1)
-                    logits = ref.classification_logits(ref.visual_head(clip, pooled), classifier,
-                                                       clip.logit_scale, counts)[..., :-1]
+                    logits = ref.classification_logits(
+                        ref.visual_head(clip, pooled), classifier, clip.logit_scale, counts
+                    )[..., :-1]
                     torch.argmax(logits.softmax(-1))
 
-        results[f"pool + head + score, {segments} segments"] = (_median_s(ours_fn, args.repeat),
-                                                                _median_s(theirs_fn, args.repeat))
+        results[f"pool + head + score, {segments} segments"] = (
+            _median_s(ours_fn, args.repeat),
+            _median_s(theirs_fn, args.repeat),
+        )
         print(f"{segments} segments: {results[f'pool + head + score, {segments} segments']}", flush=True)
 
     voc = load_vocabulary("voc")
     start = time.perf_counter()
     labeler.text_bank(voc)
-    rows[f"text bank VOC-21 ({sum(voc.synonym_counts)} synonyms x 14 prompts), ONNX + numpy tokenizer"] = \
+    rows[f"text bank VOC-21 ({sum(voc.synonym_counts)} synonyms x 14 prompts), ONNX + numpy tokenizer"] = (
         time.perf_counter() - start
+    )
     print(f"VOC-21 bank: {list(rows.values())[-1]:.1f} s", flush=True)
     typed = [f"object class {i}" for i in range(args.typed)]
     start = time.perf_counter()
@@ -126,8 +134,7 @@ def main() -> int:
     seconds = time.perf_counter() - start
     rows[f"text bank {args.typed} typed classes ({args.typed * 14} prompts), ONNX + numpy tokenizer"] = seconds
     if args.typed != 1000:
-        rows["text bank 1000 typed classes (14000 prompts): the row above x 1000 / typed"] = \
-            seconds * 1000 / args.typed
+        rows["text bank 1000 typed classes (14000 prompts): the row above x 1000 / typed"] = seconds * 1000 / args.typed
     print(f"typed bank: {seconds:.1f} s", flush=True)
 
     image = rng.uniform(0, 1, (1024, 1024, 3)).astype(np.float32)
@@ -137,11 +144,14 @@ def main() -> int:
     pamr.pamr_refine(image[:64, :64], blocks[:64, :64], num_iter=2, dilations=(1, 2))
     if not args.text_only:
         rows["PAMR 1024^2, 15 iterations, dilations 1..64, 8 segments"] = _median_s(
-            lambda: pamr.pamr_refine(image, blocks, num_iter=15, dilations=(1, 2, 4, 8, 12, 24, 32, 64)), 1)
+            lambda: pamr.pamr_refine(image, blocks, num_iter=15, dilations=(1, 2, 4, 8, 12, 24, 32, 64)), 1
+        )
 
     trunk = results["dense trunk 1024^2"][0] if results else float("nan")
-    print(f"\nconvnext_large_d_320 architecture, random weights, {params / 1e6:.0f} M parameters; "
-          f"dense channels {labeler.record['dense_channels']}, embedding {labeler.record['embed_dim']}")
+    print(
+        f"\nconvnext_large_d_320 architecture, random weights, {params / 1e6:.0f} M parameters; "
+        f"dense channels {labeler.record['dense_channels']}, embedding {labeler.record['embed_dim']}"
+    )
     print(f"  {'stage':<52}{'runtime s':>11}{'reference s':>13}{'ref/runtime':>13}{'% of trunk':>12}")
     for name, (ours, theirs) in results.items():
         print(f"  {name:<52}{ours:>11.3f}{theirs:>13.3f}{theirs / ours:>12.2f}x{100 * ours / trunk:>11.1f}%")

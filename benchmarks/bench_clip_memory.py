@@ -48,11 +48,18 @@ def main() -> None:
     print(f"  {'side':>6}{'arena':>8}{'seconds':>10}{'peak RSS GB':>13}{'after load GB':>15}")
     for side in args.sides:
         for arena in (True, False):
-            out = subprocess.run([sys.executable, "-c", CHILD, str(dense), str(side), "1" if arena else "0"],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(dense), str(side), "1" if arena else "0"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             row = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"  {side:>6}{'on' if arena else 'off':>8}{row['seconds']:>10.1f}{row['peak_gb']:>13.2f}"
-                  f"{row['loaded_gb']:>15.2f}", flush=True)
+            print(
+                f"  {side:>6}{'on' if arena else 'off':>8}{row['seconds']:>10.1f}{row['peak_gb']:>13.2f}"
+                f"{row['loaded_gb']:>15.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

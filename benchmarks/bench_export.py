@@ -44,7 +44,7 @@ def log(msg: str) -> None:
 
 
 def rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def build_meta_models():
@@ -68,7 +68,7 @@ def random_fill_(module: torch.nn.Module, seed: int = 0) -> None:
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
             else:
                 fan_in = p[0].numel()
-                p.normal_(0.0, fan_in ** -0.5, generator=g)
+                p.normal_(0.0, fan_in**-0.5, generator=g)
 
 
 def truncated_encoder(unet, vae, resolution: int):
@@ -79,11 +79,26 @@ def truncated_encoder(unet, vae, resolution: int):
     emb = torch.randn(1, unet.config.block_out_channels[0] * 4, generator=g)
     ehs = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
     noise = torch.randn(1, 4, resolution // 8, resolution // 8, generator=g)
-    spec = EncoderSpec(family="sdxl", resolution=resolution, timestep=50, noise_seed=42, precision="fp32",
-                       channels=unet.config.block_out_channels[-1], hook=hook_path(unet, "sdxl"))
-    enc = TruncatedEncoder(vae, unet, "sdxl", emb=emb.to("meta"), encoder_hidden_states=ehs.to("meta"),
-                           noise=noise.to("meta"), sqrt_alpha_bar=0.97549, sqrt_one_minus_alpha_bar=0.22005,
-                           spec=spec)
+    spec = EncoderSpec(
+        family="sdxl",
+        resolution=resolution,
+        timestep=50,
+        noise_seed=42,
+        precision="fp32",
+        channels=unet.config.block_out_channels[-1],
+        hook=hook_path(unet, "sdxl"),
+    )
+    enc = TruncatedEncoder(
+        vae,
+        unet,
+        "sdxl",
+        emb=emb.to("meta"),
+        encoder_hidden_states=ehs.to("meta"),
+        noise=noise.to("meta"),
+        sqrt_alpha_bar=0.97549,
+        sqrt_one_minus_alpha_bar=0.22005,
+        spec=spec,
+    )
     return enc, (emb, ehs, noise)
 
 
@@ -101,9 +116,12 @@ def unet_inputs(unet, resolution: int, device="cpu"):
     g = torch.Generator().manual_seed(2)
     sample = torch.randn(1, 4, resolution // 8, resolution // 8, generator=g).to(device)
     ehs = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g).to(device)
-    added = {"text_embeds": torch.randn(1, 1280, generator=g).to(device),
-             "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]],
-                                      dtype=torch.float32).to(device)}
+    added = {
+        "text_embeds": torch.randn(1, 1280, generator=g).to(device),
+        "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32).to(
+            device
+        ),
+    }
     return sample, torch.tensor([50], device=device), ehs, added
 
 
@@ -159,9 +177,15 @@ def bench_export(resolution: int, out_root: Path) -> dict:
     import onnx
 
     return {
-        "resolution": resolution, "params_M": params / 1e6, "export_s": total,
-        "stage_s": report.seconds, "onnx_MB": report.onnx_bytes / 1e6, "data_MB": report.data_bytes / 1e6,
-        "nodes": report.nodes, "folder": str(folder), "peak_rss_GB": rss_gb(),
+        "resolution": resolution,
+        "params_M": params / 1e6,
+        "export_s": total,
+        "stage_s": report.seconds,
+        "onnx_MB": report.onnx_bytes / 1e6,
+        "data_MB": report.data_bytes / 1e6,
+        "nodes": report.nodes,
+        "folder": str(folder),
+        "peak_rss_GB": rss_gb(),
         "opset": onnx.load(str(folder / "encoder.onnx"), load_external_data=False).opset_import[0].version,
     }
 
@@ -200,8 +224,9 @@ def bench_latency(resolution: int, folder: Path | None, repeats: int, threads: i
     random_fill_(unet)
     unet.eval().requires_grad_(False)
     sample, t, ehs, added = unet_inputs(unet, resolution)
-    out["torch_full_unet_ms"] = timed(lambda: unet(sample, t, encoder_hidden_states=ehs,
-                                                   added_cond_kwargs=added), repeats)
+    out["torch_full_unet_ms"] = timed(
+        lambda: unet(sample, t, encoder_hidden_states=ehs, added_cond_kwargs=added), repeats
+    )
     out["torch_vae_plus_full_unet_ms"] = out["torch_vae_encoder_ms"] + out["torch_full_unet_ms"]
     out["peak_rss_GB"] = rss_gb()
     return out
@@ -221,11 +246,20 @@ def main(argv=None) -> int:
     import onnx
     import onnxruntime
 
-    results = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                           "python": sys.version.split()[0], "torch": torch.__version__,
-                           "diffusers": diffusers.__version__, "onnx": onnx.__version__,
-                           "onnxruntime": onnxruntime.__version__},
-               "flops": {}, "export": [], "latency": None}
+    results = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": args.threads,
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+        "flops": {},
+        "export": [],
+        "latency": None,
+    }
     for r in sorted(set(args.resolutions) | {args.latency_resolution}):
         log(f"GFLOPs at {r}")
         results["flops"][r] = count_flops(r)
@@ -239,8 +273,9 @@ def main(argv=None) -> int:
         log(json.dumps(rep))
         gc.collect()
     log(f"latency at {args.latency_resolution}")
-    results["latency"] = bench_latency(args.latency_resolution, folders.get(args.latency_resolution),
-                                       args.repeats, args.threads)
+    results["latency"] = bench_latency(
+        args.latency_resolution, folders.get(args.latency_resolution), args.repeats, args.threads
+    )
     log(json.dumps(results["latency"]))
     text = json.dumps(results, indent=2)
     print(text)

@@ -33,7 +33,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--clients", type=int, nargs="+", default=[0, 1, 8])
     p.add_argument("--backend", default="ort-cpu")
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--viewers", type=int, default=None, help=argparse.SUPPRESS)   # viewer-process mode
+    p.add_argument("--viewers", type=int, default=None, help=argparse.SUPPRESS)  # viewer-process mode
     p.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     return p.parse_args()
@@ -113,15 +113,30 @@ def _scenario(args: argparse.Namespace, clip: Path, clients: int) -> dict:
     import subprocess
 
     hub = LiveHub()
-    with Segmenter.from_model_dir(args.model_dir, backend=args.backend) as seg, \
-            LiveServer(hub, "127.0.0.1", _free_port(), max_clients=max(8, clients)) as server, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        Segmenter.from_model_dir(args.model_dir, backend=args.backend) as seg,
+        LiveServer(hub, "127.0.0.1", _free_port(), max_clients=max(8, clients)) as server,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         out = Path(tmp) / "received.json"
         viewers = None
         if clients:
-            viewers = subprocess.Popen([sys.executable, __file__, "--model-dir", str(args.model_dir), "--viewers",
-                                        str(clients), "--port", str(server.port), "--out", str(out)],
-                                       stdout=subprocess.PIPE, text=True)
+            viewers = subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--model-dir",
+                    str(args.model_dir),
+                    "--viewers",
+                    str(clients),
+                    "--port",
+                    str(server.port),
+                    "--out",
+                    str(out),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             viewers.stdout.readline()  # "ready"
         draw = TrackedOverlay()
         stream = iter_segmented(frames(), seg, max_frames=args.frames + 5)
@@ -138,10 +153,13 @@ def _scenario(args: argparse.Namespace, clip: Path, clients: int) -> dict:
             viewers.wait(30)
             received = {int(k): v for k, v in json.loads(out.read_text()).items()}
     latencies = [(received[i] - captured[i]) * 1e3 for i in received if i in captured and i >= 5]
-    return {"clients": clients, "fps": args.frames / elapsed,
-            "latency_ms_median": statistics.median(latencies) if latencies else None,
-            "latency_ms_p90": sorted(latencies)[int(0.9 * (len(latencies) - 1))] if latencies else None,
-            "frames_received": len([i for i in received if i >= 5])}
+    return {
+        "clients": clients,
+        "fps": args.frames / elapsed,
+        "latency_ms_median": statistics.median(latencies) if latencies else None,
+        "latency_ms_p90": sorted(latencies)[int(0.9 * (len(latencies) - 1))] if latencies else None,
+        "frames_received": len([i for i in received if i >= 5]),
+    }
 
 
 def main() -> int:

@@ -29,8 +29,13 @@ ITERATIONS = 15
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="square label-map sides")
-    p.add_argument("--ref-sizes", type=int, nargs="*", default=None,
-                   help="sides on which the reference runs too (default: all of --sizes; ~40 s at 1024)")
+    p.add_argument(
+        "--ref-sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="sides on which the reference runs too (default: all of --sizes; ~40 s at 1024)",
+    )
     p.add_argument("--segments", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3, help="runtime runs per size (median)")
     p.add_argument("--threads", type=int, default=None, help="threads for both sides (default: all CPUs)")
@@ -83,8 +88,10 @@ def main() -> None:
         ref = ref_refine
     threads = args.threads or os.cpu_count()
     print(f"PAMR {ITERATIONS} iterations, dilations {DILATIONS}, {args.segments} segments, {threads} threads")
-    print(f"  {'side':>6}{'compiled s':>12}{'array s':>10}{'array/comp':>12}{'agree':>8}"
-          f"{'reference s':>13}{'ref/comp':>10}{'agree':>8}")
+    print(
+        f"  {'side':>6}{'compiled s':>12}{'array s':>10}{'array/comp':>12}{'agree':>8}"
+        f"{'reference s':>13}{'ref/comp':>10}{'agree':>8}"
+    )
     for side in args.sizes:
         image, labels = _case(side, args.segments)
         pamr.pamr_refine(image[:64, :64], labels[:64, :64], num_iter=1, dilations=(1, 2))  # warm-up
@@ -96,8 +103,11 @@ def main() -> None:
             ref_s, theirs = _median_s(lambda: ref(image, labels, ITERATIONS, DILATIONS), 1)
             agree = float(np.mean(np.asarray(ours) == np.asarray(theirs)))
         ratio = ref_s / ours_s if np.isfinite(ref_s) else float("nan")
-        print(f"  {side:>6}{ours_s:>12.2f}{array_s:>10.2f}{array_s / ours_s:>11.1f}x{agree_array:>8.4f}"
-              f"{ref_s:>13.2f}{ratio:>9.1f}x{agree:>8.4f}", flush=True)
+        print(
+            f"  {side:>6}{ours_s:>12.2f}{array_s:>10.2f}{array_s / ours_s:>11.1f}x{agree_array:>8.4f}"
+            f"{ref_s:>13.2f}{ratio:>9.1f}x{agree:>8.4f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,13 @@ from pathlib import Path
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--grids", type=int, nargs="+", default=[16, 32, 64], help="square token grids")
-    p.add_argument("--ref-grids", type=int, nargs="*", default=[16, 32],
-                   help="grids on which the reference also runs (64x64 takes minutes per run)")
+    p.add_argument(
+        "--ref-grids",
+        type=int,
+        nargs="*",
+        default=[16, 32],
+        help="grids on which the reference also runs (64x64 takes minutes per run)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="runs per runtime stage (median)")
     p.add_argument("--ref-repeats", type=int, default=3, help="runs per reference stage (median)")
     p.add_argument("--threads", type=int, default=None, help="BLAS/torch threads (default: library default)")
@@ -41,8 +46,12 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--noise", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the measurements here")
-    p.add_argument("--baseline", metavar="GIT_REV", default=None,
-                   help="also time the runtime of this git revision, same run, same features")
+    p.add_argument(
+        "--baseline",
+        metavar="GIT_REV",
+        default=None,
+        help="also time the runtime of this git revision, same run, same features",
+    )
     p.add_argument("--labels-out", type=Path, default=None, help=argparse.SUPPRESS)  # baseline runs
     return p.parse_args()
 
@@ -57,16 +66,33 @@ def _run_baseline(args: argparse.Namespace) -> tuple[dict, dict]:
 
     repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="diffcut-baseline-") as tmp:
-        archive = subprocess.run(["git", "-C", str(repo), "archive", args.baseline, "diffcut_edge"],
-                                 check=True, capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(repo), "archive", args.baseline, "diffcut_edge"], check=True, capture_output=True
+        ).stdout
         tar_path = Path(tmp) / "src.tar"
         tar_path.write_bytes(archive)
         with tarfile.open(tar_path) as tar:
             tar.extractall(Path(tmp) / "src", filter="data")
         out, labels = Path(tmp) / "rows.json", Path(tmp) / "labels.npz"
-        cmd = [sys.executable, __file__, "--grids", *map(str, args.grids), "--ref-grids", "--repeats",
-               str(args.repeats), "--regions", str(args.regions), "--noise", str(args.noise), "--seed",
-               str(args.seed), "--json", str(out), "--labels-out", str(labels)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--grids",
+            *map(str, args.grids),
+            "--ref-grids",
+            "--repeats",
+            str(args.repeats),
+            "--regions",
+            str(args.regions),
+            "--noise",
+            str(args.noise),
+            "--seed",
+            str(args.seed),
+            "--json",
+            str(out),
+            "--labels-out",
+            str(labels),
+        ]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         env = dict(os.environ, PYTHONPATH=str(Path(tmp) / "src"))  # ahead of the editable install
@@ -77,17 +103,23 @@ def _run_baseline(args: argparse.Namespace) -> tuple[dict, dict]:
             return rows, {k: z[k] for k in z.files}
 
 
-def _print_baseline(rev: str, rows: list[dict], base_rows: dict, base_labels: dict, labels: dict,
-                    by_cpu: bool) -> None:
+def _print_baseline(rev: str, rows: list[dict], base_rows: dict, base_labels: dict, labels: dict, by_cpu: bool) -> None:
     col, basis = (1, "CPU") if by_cpu else (0, "wall")
     print(f"\nthis tree vs {rev} (same run; ms {basis}; ratio = old / new)")
     for row in rows:
         old = base_rows[row["grid"]]
-        same = {k: bool((labels[f"{row['grid']}-{k}"] == base_labels[f"{row['grid']}-{k}"]).all())
-                for k in ("coarse", "assign")}
+        same = {
+            k: bool((labels[f"{row['grid']}-{k}"] == base_labels[f"{row['grid']}-{k}"]).all())
+            for k in ("coarse", "assign")
+        }
         print(f"  {row['grid']}: labels identical to the baseline: NCut {same['coarse']}, assignment {same['assign']}")
-        for stage, key in (("NCut", "ncut"), ("assignment 128", "assign"), ("PAMR 128x128", "pamr128"),
-                           ("PAMR 512x512", "pamr512"), ("total (PAMR 128)", "total")):
+        for stage, key in (
+            ("NCut", "ncut"),
+            ("assignment 128", "assign"),
+            ("PAMR 128x128", "pamr128"),
+            ("PAMR 512x512", "pamr512"),
+            ("total (PAMR 128)", "total"),
+        ):
             new_ms, old_ms = row[f"{key}_ms"][col], old[f"{key}_ms"][col]
             print(f"    {stage:<20}{old_ms:>9.1f} -> {new_ms:>7.1f}  {old_ms / new_ms:>5.2f}x")
 
@@ -152,13 +184,15 @@ def main() -> None:
         row["total_ms"] = _add(row["ncut_ms"], row["assign_ms"], row["pamr128_ms"])
 
         if ref is not None and g in args.ref_grids:
+
             def ref_ncut():
                 return ref.assemble_labels(ref.recursive_ncut(case.features, grid), grid)
 
             row["ref_ncut_ms"], ref_coarse = _median_ms(ref_ncut, args.ref_repeats)
             row["agreement_ncut"] = matched_agreement(coarse, ref_coarse)
             row["ref_assign_ms"], ref_labels = _median_ms(
-                lambda: ref.assign_concepts(case.features, grid, coarse.astype(np.int64)), args.ref_repeats)
+                lambda: ref.assign_concepts(case.features, grid, coarse.astype(np.int64)), args.ref_repeats
+            )
             row["agreement_assign"] = float((ref_labels == labels).mean())
             row["ref_pamr128_ms"], _ = _median_ms(lambda: ref.pamr_refine(image128, labels), args.ref_repeats)
             row["ref_pamr512_ms"], _ = _median_ms(lambda: ref.pamr_refine(case.image, labels), 1)
@@ -181,11 +215,19 @@ def _add(*pairs: tuple[float, float]) -> tuple[float, float]:
 def _print_row(row: dict, by_cpu: bool) -> None:
     """One grid's table; the speed-up uses CPU time with one thread, wall time otherwise."""
     basis = "CPU" if by_cpu else "wall"
-    print(f"\n{row['grid']} tokens x {row['channels']} channels, {row['segments']} segments "
-          f"(ms: wall / process CPU; speed-up from {basis} time)")
+    print(
+        f"\n{row['grid']} tokens x {row['channels']} channels, {row['segments']} segments "
+        f"(ms: wall / process CPU; speed-up from {basis} time)"
+    )
     print(f"  {'stage':<20}{'runtime':>18}{'reference':>20}{'speed-up':>10}")
-    for stage, key in (("NCut", "ncut"), ("assignment 128", "assign"), ("NCut + assignment", None),
-                       ("PAMR 128x128", "pamr128"), ("PAMR 512x512", "pamr512"), ("total (PAMR 128)", "total")):
+    for stage, key in (
+        ("NCut", "ncut"),
+        ("assignment 128", "assign"),
+        ("NCut + assignment", None),
+        ("PAMR 128x128", "pamr128"),
+        ("PAMR 512x512", "pamr512"),
+        ("total (PAMR 128)", "total"),
+    ):
         if key is None:
             ours = _add(row["ncut_ms"], row["assign_ms"])
             theirs = _add(row["ref_ncut_ms"], row["ref_assign_ms"]) if "ref_ncut_ms" in row else None
@@ -196,8 +238,7 @@ def _print_row(row: dict, by_cpu: bool) -> None:
         ratio = f"{theirs[col] / ours[col]:>9.1f}x" if theirs else f"{'-':>10}"
         print(f"  {stage:<20}{ours[0]:>8.1f} / {ours[1]:>7.1f}{ref_txt}{ratio}")
     if "agreement_ncut" in row:
-        print(f"  agreement with reference: NCut {row['agreement_ncut']:.4f}, "
-              f"assignment {row['agreement_assign']:.4f}")
+        print(f"  agreement with reference: NCut {row['agreement_ncut']:.4f}, assignment {row['agreement_assign']:.4f}")
     sys.stdout.flush()
 
 

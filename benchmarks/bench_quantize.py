@@ -81,7 +81,7 @@ def _calibration(spec: str, resolution: int, tmp: Path) -> list[Path]:
 
     folder = tmp / "photos"
     folder.mkdir()
-    for name in ("astronaut", "chelsea", "coffee", "rocket")[:int(spec)]:
+    for name in ("astronaut", "chelsea", "coffee", "rocket")[: int(spec)]:
         rgb = getattr(data, name)()[..., :3]
         cv2.imwrite(str(folder / f"{name}.png"), np.ascontiguousarray(rgb[..., ::-1]))
     return sorted(folder.iterdir())
@@ -116,25 +116,47 @@ def main() -> int:
             quantize_s = time.perf_counter() - t0
         rows = {}
         for name, folder in (("fp32", fp32), ("int8", int8)):
-            cmd = [sys.executable, __file__, "--model-dir", str(fp32), "--measure", str(folder),
-                   "--repeats", str(args.repeats)] + (["--threads", str(args.threads)] if args.threads else [])
+            cmd = [
+                sys.executable,
+                __file__,
+                "--model-dir",
+                str(fp32),
+                "--measure",
+                str(folder),
+                "--repeats",
+                str(args.repeats),
+            ] + (["--threads", str(args.threads)] if args.threads else [])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ)).stdout
             rows[name] = {**json.loads(out.strip().splitlines()[-1]), "size_mb": _size_mb(folder)}
         fidelity = verify_against(int8, fp32, photos if photos and photos[0].is_file() else None, record=False)
-    report = {"model_dir": str(fp32), "resolution": resolution, "threads": args.threads, "method": args.method,
-              "activations": args.activations, "calibration_images": len(photos), "quantize_s": quantize_s,
-              "rows": rows, "speedup": rows["fp32"]["median_s"] / rows["int8"]["median_s"],
-              "min_cosine": fidelity.min_cosine, "mean_label_agreement": fidelity.mean_label_agreement,
-              "per_image": [{"image": i.name, "min_cosine": i.min_cosine, "label_agreement": i.label_agreement}
-                            for i in fidelity.images]}
-    print(f"\n{fp32} at {resolution} px, onnxruntime CPU, threads={args.threads or 'default'}; "
-          f"INT8 {args.method}/{args.activations} on {len(photos)} photo(s)"
-          + (f", quantized in {quantize_s:.0f} s" if quantize_s else ""))
+    report = {
+        "model_dir": str(fp32),
+        "resolution": resolution,
+        "threads": args.threads,
+        "method": args.method,
+        "activations": args.activations,
+        "calibration_images": len(photos),
+        "quantize_s": quantize_s,
+        "rows": rows,
+        "speedup": rows["fp32"]["median_s"] / rows["int8"]["median_s"],
+        "min_cosine": fidelity.min_cosine,
+        "mean_label_agreement": fidelity.mean_label_agreement,
+        "per_image": [
+            {"image": i.name, "min_cosine": i.min_cosine, "label_agreement": i.label_agreement} for i in fidelity.images
+        ],
+    }
+    print(
+        f"\n{fp32} at {resolution} px, onnxruntime CPU, threads={args.threads or 'default'}; "
+        f"INT8 {args.method}/{args.activations} on {len(photos)} photo(s)"
+        + (f", quantized in {quantize_s:.0f} s" if quantize_s else "")
+    )
     print(f"  {'folder':<6}{'size MB':>10}{'encoder s':>11}{'first s':>9}{'peak RSS MB':>13}")
     for name, r in rows.items():
         print(f"  {name:<6}{r['size_mb']:>10.1f}{r['median_s']:>11.3f}{r['first_s']:>9.3f}{r['peak_rss_mb']:>13.0f}")
-    print(f"  INT8 speed-up {report['speedup']:.2f}x; vs fp32: min token cosine {fidelity.min_cosine:.5f}, "
-          f"mean label agreement {100 * (fidelity.mean_label_agreement or 0):.1f}%")
+    print(
+        f"  INT8 speed-up {report['speedup']:.2f}x; vs fp32: min token cosine {fidelity.min_cosine:.5f}, "
+        f"mean label agreement {100 * (fidelity.mean_label_agreement or 0):.1f}%"
+    )
     for i in fidelity.images:
         print(f"    {i.name:<12} cosine {i.min_cosine:.5f}  labels {100 * (i.label_agreement or 0):.1f}%")
     if args.json:

@@ -85,8 +85,9 @@ def main() -> int:
         spec = tr.RepositorySpec(encoder="python", max_batch=args.max_batch, post_instances=args.post_instances)
         repo = tr.write_repository(args.model_dir, Path(tmp) / "repo", spec)
         ports = free_ports(3)
-        with TritonServer(binary, repo, Path(tmp), http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
-                          host="127.0.0.1") as server:
+        with TritonServer(
+            binary, repo, Path(tmp), http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2], host="127.0.0.1"
+        ) as server:
             stats = http.InferenceServerClient(server.url)
             for clients in args.clients:
                 segs = [TritonSegmenter(server.url) for _ in range(clients)]
@@ -98,20 +99,27 @@ def main() -> int:
 
                 rate, latencies = _run_clients(clients, args.requests, served)
                 after = stats.get_inference_statistics(tr.ENCODER)["model_stats"][0]
-                batch = ((after["inference_count"] - before["inference_count"])
-                         / max(1, after["execution_count"] - before["execution_count"]))
+                batch = (after["inference_count"] - before["inference_count"]) / max(
+                    1, after["execution_count"] - before["execution_count"]
+                )
                 rows.append(("triton", clients, rate, latencies, batch))
                 for s in segs:
                     s.close()
 
     local_rate = {c: r for name, c, r, _, _ in rows if name == "local"}
-    print(f"\n{args.model_dir}: {args.requests} requests per row, frames {frames[0].shape[1]}x{frames[0].shape[0]}; "
-          f"Triton: python encoder, max batch {args.max_batch}, {args.post_instances} post-processing instance(s)")
-    print(f"  {'engine':<8}{'clients':>8}{'images/s':>10}{'vs local':>10}{'p50 ms':>9}{'p99 ms':>9}{'mean encoder batch':>20}")
+    print(
+        f"\n{args.model_dir}: {args.requests} requests per row, frames {frames[0].shape[1]}x{frames[0].shape[0]}; "
+        f"Triton: python encoder, max batch {args.max_batch}, {args.post_instances} post-processing instance(s)"
+    )
+    print(
+        f"  {'engine':<8}{'clients':>8}{'images/s':>10}{'vs local':>10}{'p50 ms':>9}{'p99 ms':>9}{'mean encoder batch':>20}"
+    )
     for name, clients, rate, latencies, batch in rows:
-        print(f"  {name:<8}{clients:>8}{rate:>10.2f}{rate / local_rate[clients]:>9.2f}x"
-              f"{_percentile(latencies, 50):>9.0f}{_percentile(latencies, 99):>9.0f}"
-              f"{'' if batch is None else f'{batch:.2f}':>20}")
+        print(
+            f"  {name:<8}{clients:>8}{rate:>10.2f}{rate / local_rate[clients]:>9.2f}x"
+            f"{_percentile(latencies, 50):>9.0f}{_percentile(latencies, 99):>9.0f}"
+            f"{'' if batch is None else f'{batch:.2f}':>20}"
+        )
     return 0
 
 

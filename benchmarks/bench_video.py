@@ -40,8 +40,12 @@ POLICIES = ("every:1", "every:4", "every:8", "auto", "async")
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=None, help="model folder (default: the planted colour encoder)")
-    p.add_argument("--clips", nargs="+", default=["pan", "zoom", "cross", "cut"],
-                   help="pan zoom cross cut (coloured shapes, ground truth) photo-pan photo-zoom (real photos)")
+    p.add_argument(
+        "--clips",
+        nargs="+",
+        default=["pan", "zoom", "cross", "cut"],
+        help="pan zoom cross cut (coloured shapes, ground truth) photo-pan photo-zoom (real photos)",
+    )
     p.add_argument("--policies", nargs="+", default=list(POLICIES))
     p.add_argument("--seeds", nargs="+", type=int, default=[11, 12], help="clip seeds (the tests use 7)")
     p.add_argument("--frames", type=int, default=48)
@@ -85,14 +89,25 @@ def _consistency(items) -> float:
 def _row(policy, clip, items, seconds, encoder_fps, keys, reference):
     from diffcut_edge.metrics import majority_class_iou, matched_agreement
 
-    mious = ([majority_class_iou(i.result.labels, clip.classes[i.index], clip.n_classes) for i in items]
-             if clip.classes is not None else [float("nan")])
+    mious = (
+        [majority_class_iou(i.result.labels, clip.classes[i.index], clip.n_classes) for i in items]
+        if clip.classes is not None
+        else [float("nan")]
+    )
     by_index = {i.index: i.result.labels for i in reference} if reference else {}
     agree = [matched_agreement(i.result.labels, by_index[i.index]) for i in items if i.index in by_index]
-    return {"policy": policy, "clip": clip.kind, "frames_out": len(items), "keyframes": keys,
-            "miou_mean": float(np.mean(mious)), "miou_worst": float(np.min(mious)),   # nan: no ground truth
-            "consistency": _consistency(items), "agreement_per_frame": float(np.mean(agree)) if agree else None,
-            "output_fps": len(items) / seconds, "encoder_fps": encoder_fps}
+    return {
+        "policy": policy,
+        "clip": clip.kind,
+        "frames_out": len(items),
+        "keyframes": keys,
+        "miou_mean": float(np.mean(mious)),
+        "miou_worst": float(np.min(mious)),  # nan: no ground truth
+        "consistency": _consistency(items),
+        "agreement_per_frame": float(np.mean(agree)) if agree else None,
+        "output_fps": len(items) / seconds,
+        "encoder_fps": encoder_fps,
+    }
 
 
 def _cost(repeats: int = 30) -> dict:
@@ -122,8 +137,11 @@ def _cost(repeats: int = 30) -> dict:
         t = time.perf_counter()
         carrier.carry(frame, [motion])
         carry_ms.append((time.perf_counter() - t) * 1e3)
-    return {"flow_ms": float(np.median(flow_ms)), "carry_ms": float(np.median(carry_ms)),
-            "total_ms": float(np.median(np.add(flow_ms, carry_ms)))}
+    return {
+        "flow_ms": float(np.median(flow_ms)),
+        "carry_ms": float(np.median(carry_ms)),
+        "total_ms": float(np.median(np.add(flow_ms, carry_ms))),
+    }
 
 
 def main() -> int:
@@ -137,7 +155,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.model_dir or make_colour_model_dir(Path(tmp) / "colour", resolution=256)
         with Segmenter.from_model_dir(folder, backend="ort-cpu", threads=args.threads) as seg:
-            seg(make_clip("pan", 1, (width, height)).frames[0])   # warm-up: sessions, lazy imports
+            seg(make_clip("pan", 1, (width, height)).frames[0])  # warm-up: sessions, lazy imports
             for kind in args.clips:
                 for seed in args.seeds:
                     clip = make_clip(kind, args.frames, (width, height), seed=seed)
@@ -146,35 +164,49 @@ def main() -> int:
                         items, seconds, encoder_fps, keys = _run(policy, clip.frames, seg, args.fps)
                         if policy == "every:1":
                             reference = items
-                        rows.append({**_row(policy, clip, items, seconds, encoder_fps, keys, reference),
-                                     "seed": seed})
+                        rows.append({**_row(policy, clip, items, seconds, encoder_fps, keys, reference), "seed": seed})
                         r = rows[-1]
-                        print(f"{kind:<5} seed {seed} {policy:<8} mIoU {r['miou_mean']:.3f} (worst {r['miou_worst']:.3f})"
-                              f"  consistency {r['consistency']:.3f}  vs per-frame "
-                              f"{(r['agreement_per_frame'] or float('nan')):.3f}  {r['output_fps']:.1f} fps out"
-                              + (f"  encoder {r['encoder_fps']:.2f} fps" if r["encoder_fps"] else "")
-                              + (f"  {r['keyframes']} keyframes" if r["keyframes"] is not None else ""),
-                              flush=True)
+                        print(
+                            f"{kind:<5} seed {seed} {policy:<8} mIoU {r['miou_mean']:.3f} (worst {r['miou_worst']:.3f})"
+                            f"  consistency {r['consistency']:.3f}  vs per-frame "
+                            f"{(r['agreement_per_frame'] or float('nan')):.3f}  {r['output_fps']:.1f} fps out"
+                            + (f"  encoder {r['encoder_fps']:.2f} fps" if r["encoder_fps"] else "")
+                            + (f"  {r['keyframes']} keyframes" if r["keyframes"] is not None else ""),
+                            flush=True,
+                        )
     summary = {}
     for policy in args.policies:
         mine = [r for r in rows if r["policy"] == policy]
-        summary[policy] = {k: float(np.nanmean([r[k] for r in mine if r[k] is not None] or [np.nan]))
-                           for k in ("miou_mean", "miou_worst", "consistency", "agreement_per_frame", "output_fps")}
+        summary[policy] = {
+            k: float(np.nanmean([r[k] for r in mine if r[k] is not None] or [np.nan]))
+            for k in ("miou_mean", "miou_worst", "consistency", "agreement_per_frame", "output_fps")
+        }
     base = summary.get("every:1")
-    print(f"\nmean over {len(args.clips)} clip kind(s) x {len(args.seeds)} seed(s), {args.frames} frames "
-          f"{width}x{height}:")
+    print(
+        f"\nmean over {len(args.clips)} clip kind(s) x {len(args.seeds)} seed(s), {args.frames} frames "
+        f"{width}x{height}:"
+    )
     print(f"  {'policy':<9}{'mIoU':>7}{'worst':>7}{'consist.':>10}{'vs per-frame':>14}{'fps out':>9}{'x every:1':>11}")
     for policy, s in summary.items():
         ratio = s["output_fps"] / base["output_fps"] if base else float("nan")
-        print(f"  {policy:<9}{s['miou_mean']:>7.3f}{s['miou_worst']:>7.3f}{s['consistency']:>10.3f}"
-              f"{s['agreement_per_frame']:>14.3f}{s['output_fps']:>9.1f}{ratio:>10.1f}x")
-    report = {"machine": platform.machine(), "python": platform.python_version(), "rows": rows, "summary": summary,
-              "model_dir": str(args.model_dir) if args.model_dir else "planted colour encoder",
-              "seconds": time.perf_counter() - started}
+        print(
+            f"  {policy:<9}{s['miou_mean']:>7.3f}{s['miou_worst']:>7.3f}{s['consistency']:>10.3f}"
+            f"{s['agreement_per_frame']:>14.3f}{s['output_fps']:>9.1f}{ratio:>10.1f}x"
+        )
+    report = {
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "rows": rows,
+        "summary": summary,
+        "model_dir": str(args.model_dir) if args.model_dir else "planted colour encoder",
+        "seconds": time.perf_counter() - started,
+    }
     if args.cost:
         report["cost_640x480"] = cost = _cost()
-        print(f"\npropagation of one 640x480 frame (median of 30): flow {cost['flow_ms']:.1f} ms + carry "
-              f"{cost['carry_ms']:.1f} ms = {cost['total_ms']:.1f} ms")
+        print(
+            f"\npropagation of one 640x480 frame (median of 30): flow {cost['flow_ms']:.1f} ms + carry "
+            f"{cost['carry_ms']:.1f} ms = {cost['total_ms']:.1f} ms"
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

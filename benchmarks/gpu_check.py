@@ -72,8 +72,11 @@ class Checks:
     def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
         try:
             self.results[name] = {"status": "ok", **fn()}
-            line = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in self.results[name].items() if k != "status")
+            line = ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in self.results[name].items()
+                if k != "status"
+            )
         except Skip as e:
             self.results[name] = {"status": "skipped", "reason": str(e)}
             line = f"skipped: {e}"
@@ -140,8 +143,13 @@ def ncut_check(kind: str, grid: int, repeats: int, dry_run: bool) -> dict[str, A
     cpu_ms, cpu = _numpy_side(("ncut", grid), lambda: segment(feats), repeats)
     device_feats = to_device(feats)
     dev_ms, dev = _timed(lambda: segment(device_feats), repeats, sync)
-    return {"agreement": _agreement(cpu, to_host(dev)), "numpy_ms": cpu_ms, "device_ms": dev_ms,
-            "speedup": cpu_ms / dev_ms, "device": where}
+    return {
+        "agreement": _agreement(cpu, to_host(dev)),
+        "numpy_ms": cpu_ms,
+        "device_ms": dev_ms,
+        "speedup": cpu_ms / dev_ms,
+        "device": where,
+    }
 
 
 def pamr_check(kind: str, size: int, repeats: int, dry_run: bool) -> dict[str, Any]:
@@ -155,8 +163,13 @@ def pamr_check(kind: str, size: int, repeats: int, dry_run: bool) -> dict[str, A
     cpu_ms, cpu = _numpy_side(("pamr", size), lambda: pamr_soft(image, labels), repeats)
     d_image, d_labels = to_device(image), to_device(labels)
     dev_ms, dev = _timed(lambda: pamr_soft(d_image, d_labels), repeats, sync)
-    return {"max_abs_diff": float(np.abs(cpu - to_host(dev)).max()), "numpy_ms": cpu_ms, "device_ms": dev_ms,
-            "speedup": cpu_ms / dev_ms, "device": where}
+    return {
+        "max_abs_diff": float(np.abs(cpu - to_host(dev)).max()),
+        "numpy_ms": cpu_ms,
+        "device_ms": dev_ms,
+        "speedup": cpu_ms / dev_ms,
+        "device": where,
+    }
 
 
 def _torch_cuda(dry_run: bool):
@@ -181,8 +194,11 @@ def reference_ncut_check(grid: int, dry_run: bool) -> dict[str, Any]:
     ours = segment_features(case.features, (grid, grid))
     t0 = time.perf_counter()
     ref = reference(torch.as_tensor(case.features, device=device), (grid, grid))
-    return {"agreement": _agreement(np.asarray(ours), np.asarray(ref)), "reference_ms": (time.perf_counter() - t0) * 1e3,
-            "device": device}
+    return {
+        "agreement": _agreement(np.asarray(ours), np.asarray(ref)),
+        "reference_ms": (time.perf_counter() - t0) * 1e3,
+        "device": device,
+    }
 
 
 def encoder_check(dry_run: bool) -> dict[str, Any]:
@@ -211,8 +227,12 @@ def encoder_check(dry_run: bool) -> dict[str, Any]:
         ms = (time.perf_counter() - t0) * 1e3
     a, b = cpu.reshape(-1, cpu.shape[-1]), dev.reshape(-1, dev.shape[-1]).astype(np.float32)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    return {"min_token_cosine": float(cos.min()), "mean_token_cosine": float(cos.mean()),
-            "precision": "fp32 (dry run)" if dry_run else "fp16", "device_ms": ms}
+    return {
+        "min_token_cosine": float(cos.min()),
+        "mean_token_cosine": float(cos.mean()),
+        "precision": "fp32 (dry run)" if dry_run else "fp16",
+        "device_ms": ms,
+    }
 
 
 def main() -> int:
@@ -224,15 +244,24 @@ def main() -> int:
     for kind in ("cupy", "torch"):
         pair = f"{kind} vs numpy" + (", dry run" if args.dry_run else "")
         for grid in grids:
-            checks.run(f"ncut+assign {grid}x{grid} ({pair})",
-                       lambda g=grid, k=kind: ncut_check(k, g, args.repeats, args.dry_run))
+            checks.run(
+                f"ncut+assign {grid}x{grid} ({pair})",
+                lambda g=grid, k=kind: ncut_check(k, g, args.repeats, args.dry_run),
+            )
         for size in sizes:
             checks.run(f"pamr {size}^2 ({pair})", lambda s=size, k=kind: pamr_check(k, s, args.repeats, args.dry_run))
-    checks.run(f"reference ncut {grids[0]}x{grids[0]} (torch vs numpy runtime)",
-               lambda: reference_ncut_check(grids[0], args.dry_run))
+    checks.run(
+        f"reference ncut {grids[0]}x{grids[0]} (torch vs numpy runtime)",
+        lambda: reference_ncut_check(grids[0], args.dry_run),
+    )
     checks.run("truncated encoder (torch fp16 GPU vs fp32 CPU)", lambda: encoder_check(args.dry_run))
-    report = {"dry_run": args.dry_run, "python": platform.python_version(), "machine": platform.machine(),
-              "seconds": time.perf_counter() - started, "checks": checks.results}
+    report = {
+        "dry_run": args.dry_run,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "seconds": time.perf_counter() - started,
+        "checks": checks.results,
+    }
     try:
         from diffcut_edge.runtime.gpu import probe_gpu
 

@@ -30,11 +30,19 @@ def _text_encoder(vocab: dict[str, int], hidden: int, with_projection: bool, max
 
     from diffcut_edge.models.tiny import BOS, EOS
 
-    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=256,
-                            num_hidden_layers=2,  # SDXL reads the penultimate hidden state
-                            num_attention_heads=8, max_position_embeddings=max_tokens,
-                            projection_dim=hidden, hidden_act="quick_gelu",
-                            bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[EOS])
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=256,
+        num_hidden_layers=2,  # SDXL reads the penultimate hidden state
+        num_attention_heads=8,
+        max_position_embeddings=max_tokens,
+        projection_dim=hidden,
+        hidden_act="quick_gelu",
+        bos_token_id=vocab[BOS],
+        eos_token_id=vocab[EOS],
+        pad_token_id=vocab[EOS],
+    )
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
 
 
@@ -55,7 +63,8 @@ def build_pipeline_folder(out: Path, seed: int = 0) -> Path:
         vae=AutoencoderKL.from_config(config("vae.json")),
         text_encoder=_text_encoder(vocab, 768, False, MAX_TOKENS),
         text_encoder_2=_text_encoder(vocab, 1280, True, MAX_TOKENS),
-        tokenizer=tokenizer, tokenizer_2=tokenizer,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
         unet=UNet2DConditionModel.from_config(config("unet.json")),
         scheduler=EulerDiscreteScheduler.from_config(config("scheduler.json")),
         force_zeros_for_empty_prompt=True,
@@ -96,8 +105,15 @@ def main() -> None:
             torch.manual_seed(args.seed)
             AutoencoderTiny().save_pretrained(str(tiny_vae), safe_serialization=True)  # TAESDXL's layout
     name = "model" if args.vae == "full" else "model-tiny-vae"
-    model_dir = export_model(folder, args.out / name, resolution=args.resolution, precision=args.precision,
-                             progress=True, vae=args.vae, tiny_vae=tiny_vae)
+    model_dir = export_model(
+        folder,
+        args.out / name,
+        resolution=args.resolution,
+        precision=args.precision,
+        progress=True,
+        vae=args.vae,
+        tiny_vae=tiny_vae,
+    )
     print(f"exported {model_dir} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 

@@ -46,7 +46,7 @@ class OutputError(DiffCutError):
 
 
 def _read_umask() -> int:
-    mask = os.umask(0)   # reading the umask means setting it; put it back at once
+    mask = os.umask(0)  # reading the umask means setting it; put it back at once
     os.umask(mask)
     return mask
 
@@ -77,8 +77,9 @@ class AtomicFile:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}{TEMP_MARK}", suffix=self.path.suffix,
-                                       dir=self.path.parent)
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.path.stem}{TEMP_MARK}", suffix=self.path.suffix, dir=self.path.parent
+            )
         except OSError as e:
             raise output_error(self.path, e) from e
         os.close(fd)
@@ -99,7 +100,7 @@ class AtomicFile:
         except OSError as e:
             self.discard()
             raise output_error(self.path, e) from e
-        except BaseException:   # Ctrl-C or SIGTERM inside the fsync: no temporary file stays behind
+        except BaseException:  # Ctrl-C or SIGTERM inside the fsync: no temporary file stays behind
             self.discard()
             raise
         self._remove_strays()
@@ -108,7 +109,9 @@ class AtomicFile:
     def _remove_strays(self) -> None:
         """Temporaries of this same target that an earlier run left (killed with SIGKILL, power cut):
         the target is good now, they can only mislead."""
-        for stray in self.path.parent.glob(f".{glob_escape(self.path.stem)}{TEMP_MARK}*{glob_escape(self.path.suffix)}"):
+        for stray in self.path.parent.glob(
+            f".{glob_escape(self.path.stem)}{TEMP_MARK}*{glob_escape(self.path.suffix)}"
+        ):
             with contextlib.suppress(OSError):
                 stray.unlink()
 

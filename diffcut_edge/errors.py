@@ -16,8 +16,10 @@ class DiffCutError(Exception):
 def missing_extra(module: str, extra: str, purpose: str) -> DiffCutError:
     """Error for an optional dependency that is not installed."""
     if module == "onnxruntime":  # one of three extras installs it, never two
-        how = ("pip install 'diffcut-edge[cpu]' (CPU) or 'diffcut-edge[gpu]' (NVIDIA GPU); on Jetson "
-               "NVIDIA's onnxruntime-gpu wheel (docs/jetson.md)")
+        how = (
+            "pip install 'diffcut-edge[cpu]' (CPU) or 'diffcut-edge[gpu]' (NVIDIA GPU); on Jetson "
+            "NVIDIA's onnxruntime-gpu wheel (docs/jetson.md)"
+        )
     else:
         how = f"pip install 'diffcut-edge[{extra}]' (in a clone: pip install '.[{extra}]')"
     return DiffCutError(f"{purpose} needs the '{module}' package, which is not installed: {how}")

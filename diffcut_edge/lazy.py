@@ -54,11 +54,16 @@ class LazyModule:
             error = self._missing_error()
             # A present but broken install (e.g. cupy without a CUDA driver) says why.
             # (ModuleNotFoundError names the first missing package: "tritonclient" for "tritonclient.http".)
-            missing = isinstance(e, ModuleNotFoundError) and e.name is not None and (
-                self._name == e.name or self._name.startswith(e.name + "."))
+            missing = (
+                isinstance(e, ModuleNotFoundError)
+                and e.name is not None
+                and (self._name == e.name or self._name.startswith(e.name + "."))
+            )
             if not missing:
-                error = DiffCutError(f"{self._purpose} needs '{self._name}', which is installed but "
-                                     f"failed to import ({e}); reinstall or repair it")
+                error = DiffCutError(
+                    f"{self._purpose} needs '{self._name}', which is installed but "
+                    f"failed to import ({e}); reinstall or repair it"
+                )
             self.__dict__["_error"] = error
             raise error from e
         return self._module
@@ -67,8 +72,10 @@ class LazyModule:
         if self._extra:
             return missing_extra(self._name, self._extra, self._purpose)
         # A base dependency: the install itself is incomplete.
-        return DiffCutError(f"{self._purpose} needs the '{self._name}' package, which is not "
-                            f"installed: pip install {self._name} (or reinstall diffcut-edge)")
+        return DiffCutError(
+            f"{self._purpose} needs the '{self._name}' package, which is not "
+            f"installed: pip install {self._name} (or reinstall diffcut-edge)"
+        )
 
     def available(self) -> bool:
         """Whether the module imports, without raising."""

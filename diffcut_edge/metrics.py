@@ -82,8 +82,14 @@ def hungarian_match(pred, label, n_classes: int) -> Match:
     fn = hist.sum(1) - tp
     matched = hist[:, cols]
     fp = matched.sum(0) - np.diag(matched)
-    return Match(hist=hist, segment_of_class=cols, tp=tp, fp=fp.astype(np.float64),
-                 fn=fn.astype(np.float64), total=int(hist.sum()))
+    return Match(
+        hist=hist,
+        segment_of_class=cols,
+        tp=tp,
+        fp=fp.astype(np.float64),
+        fn=fn.astype(np.float64),
+        total=int(hist.sum()),
+    )
 
 
 def merge_background(pred, label, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -35,12 +35,13 @@ def main(argv: list[str]) -> int:
     draw, meter = TrackedOverlay(), FpsMeter()  # same segment, same colour, frame after frame
     try:
         with FrameReader(args[1] if len(args) > 1 else "0") as reader, Segmenter.from_model_dir(args[0]) as seg:
-            realtime = keyframes != "every:1"   # every:1: each frame waits for its own DiffCut
+            realtime = keyframes != "every:1"  # every:1: each frame waits for its own DiffCut
             pace = reader.info.fps if realtime and not reader.spec.live else None
             for item in iter_segmented(reader, seg, keyframes=keyframes, realtime=realtime, pace_fps=pace):
                 vis = draw(item.frame, item.result)
-                text = hud_text(meter.tick(), item.result.timings, item.result.num_segments, seg.options.refine,
-                                frame=item)
+                text = hud_text(
+                    meter.tick(), item.result.timings, item.result.num_segments, seg.options.refine, frame=item
+                )
                 draw_hud(vis, text)
                 if headless:
                     print(text)

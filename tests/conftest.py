@@ -73,8 +73,9 @@ def tiny_model_dir(tmp_path_factory, tiny_pipeline_dir):
             from diffcut_edge.export import export_model
 
             out = tmp_path_factory.mktemp(f"export-{family}-{resolution}-{precision}")
-            cache[key] = Path(export_model(tiny_pipeline_dir(family), out, resolution=resolution,
-                                           precision=precision, progress=False))
+            cache[key] = Path(
+                export_model(tiny_pipeline_dir(family), out, resolution=resolution, precision=precision, progress=False)
+            )
         return cache[key]
 
     return get

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SNIPPETS = [(path.relative_to(ROOT).as_posix(), i, code)
-            for path in sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
-            for i, code in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S))]
+SNIPPETS = [
+    (path.relative_to(ROOT).as_posix(), i, code)
+    for path in sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+    for i, code in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S))
+]
 
 
 def test_there_are_snippets_to_run():

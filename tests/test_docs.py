@@ -69,8 +69,10 @@ def test_the_checker_catches_unknown_verbs_and_flags():
     assert check_command(parser, "video a b --model-dir M [--refine/--no-refine]") == []
     assert check_command(parser, "segment a.jpg --model-dir M --frobnicate 3")[0].endswith("--frobnicate")
     assert "unknown command 'segmant'" in check_command(parser, "segmant x")[0]
-    text = "```bash\n$ diffcut-edge video in.mp4 out.mp4 \\\n    --model-dir M --every 2  # note --fake\n```\n" \
-           "pip install diffcut-edge and `diffcut-edge webcam --headless`"
+    text = (
+        "```bash\n$ diffcut-edge video in.mp4 out.mp4 \\\n    --model-dir M --every 2  # note --fake\n```\n"
+        "pip install diffcut-edge and `diffcut-edge webcam --headless`"
+    )
     assert command_lines(text) == ["video in.mp4 out.mp4 --model-dir M --every 2", "webcam --headless"]
 
 
@@ -93,14 +95,16 @@ _LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 # A path written in the text: from the repository root (docs/, tests/, ...), or inside the package
 # (runtime/ncut.py), or a sibling doc (cli.md). Outside the repository (../shared) is not a reference a
 # user can follow.
-_PATH = re.compile(r"(?<![\w/.:@-])((?:docs|benchmarks|examples|tests|shared|\.ci|diffcut_edge|runtime|apps|export|eval|"
-                   r"serve|models|cli|diffcut_ref)/[\w./*-]*[\w*/]|[\w-]+\.md\b)")
+_PATH = re.compile(
+    r"(?<![\w/.:@-])((?:docs|benchmarks|examples|tests|shared|\.ci|diffcut_edge|runtime|apps|export|eval|"
+    r"serve|models|cli|diffcut_ref)/[\w./*-]*[\w*/]|[\w-]+\.md\b)"
+)
 
 
 def _exists(doc: Path, target: str) -> bool:
     if "*" in target or "<" in target:
-        return True   # a pattern, not a file
-    module = target.rsplit(".", 1)[0] if "." in target.rsplit("/", 1)[-1] else target   # runtime/xp.Extras
+        return True  # a pattern, not a file
+    module = target.rsplit(".", 1)[0] if "." in target.rsplit("/", 1)[-1] else target  # runtime/xp.Extras
     names = {target, f"{target}.py", f"{module}.py"}
     return any((base / name).exists() for base in (ROOT, doc.parent, ROOT / "diffcut_edge") for name in names)
 

@@ -36,7 +36,7 @@ def test_example_runs_headless_with_a_fake_segmenter(monkeypatch, clip, capsys):
     assert _load_example().main(["model", str(clip), "--headless"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5 and all(" fps " in line and "seg  refine on" in line for line in lines)
-    assert " key" in lines[0] and all(" age " in line for line in lines[1:])   # carried by flow after frame 0
+    assert " key" in lines[0] and all(" age " in line for line in lines[1:])  # carried by flow after frame 0
 
 
 def test_example_every_1_segments_every_frame(monkeypatch, clip, capsys):

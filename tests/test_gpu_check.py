@@ -17,8 +17,12 @@ def test_dry_run_checks_every_piece_and_writes_one_json(tmp_path):
     for module in ("torch", "diffusers"):  # the reference and encoder checks run them on the CPU
         pytest.importorskip(module, reason="the dry run's torch checks need the [export] extra")
     out = tmp_path / "dry.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--repeats", "1", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dry-run", "--repeats", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     checks = report["checks"]
@@ -33,7 +37,9 @@ def test_dry_run_checks_every_piece_and_writes_one_json(tmp_path):
     assert all(c["agreement"] == 1.0 for name, c in ncut.items() if "cupy" in name)
     assert all(c["agreement"] >= 0.99 for name, c in ncut.items() if "torch" in name)
     assert {c["device"] for name, c in checks.items() if name.startswith(("ncut", "pamr"))} == {
-        "array_api_strict device1", "torch cpu"}
+        "array_api_strict device1",
+        "torch cpu",
+    }
     assert all(c["max_abs_diff"] < 1e-5 for name, c in checks.items() if name.startswith("pamr"))
     assert checks["truncated encoder (torch fp16 GPU vs fp32 CPU)"]["min_token_cosine"] > 0.9999
     assert len(proc.stdout.strip().splitlines()) == 11  # one line per check, then where the JSON went

@@ -67,8 +67,12 @@ def test_the_table_lists_every_package_and_the_folder_table_too():
 
 def test_imports_between_packages_are_exactly_the_documented_ones():
     documented, actual = _documented_imports(), _actual_imports()
-    undocumented = {f"{p} -> {q} ({', '.join(files)})" for p, edges in actual.items() for q, files in edges.items()
-                    if q not in documented[p]}
+    undocumented = {
+        f"{p} -> {q} ({', '.join(files)})"
+        for p, edges in actual.items()
+        for q, files in edges.items()
+        if q not in documented[p]
+    }
     unused = {f"{p} -> {q}" for p, allowed in documented.items() for q in allowed if q not in actual.get(p, {})}
     assert undocumented == set(), "imports docs/design.md does not allow"
     assert unused == set(), "docs/design.md lists imports the code does not have"
@@ -76,8 +80,11 @@ def test_imports_between_packages_are_exactly_the_documented_ones():
 
 def test_the_ground_floor_imports_only_itself():
     ground = _ground_floor()
-    bad = {f"{path.name} imports {name}" for path in PACKAGE.glob("*.py")
-           for name in _imported(path) - ground - {"__version__"}}
+    bad = {
+        f"{path.name} imports {name}"
+        for path in PACKAGE.glob("*.py")
+        for name in _imported(path) - ground - {"__version__"}
+    }
     assert bad == set()
 
 

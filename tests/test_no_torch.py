@@ -37,8 +37,14 @@ BLOCKER = textwrap.dedent(f"""
 
 def _run_blocked(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env_code = BLOCKER + textwrap.dedent(code)
-    return subprocess.run([sys.executable, "-c", env_code], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-c", env_code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_blocker_really_blocks():
@@ -133,8 +139,8 @@ def test_cli_segment_runs_without_torch(tmp_path):
     proc = _run_blocked(f"""
         import sys
         from diffcut_edge.cli import main
-        sys.exit(main(["segment", {str(tmp_path / 'img.png')!r}, "--model-dir", {str(model_dir)!r},
-                       "--out", {str(tmp_path / 'out')!r}, "--backend", "ort-cpu", "--quiet"]))
+        sys.exit(main(["segment", {str(tmp_path / "img.png")!r}, "--model-dir", {str(model_dir)!r},
+                       "--out", {str(tmp_path / "out")!r}, "--backend", "ort-cpu", "--quiet"]))
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert any((tmp_path / "out").iterdir())
@@ -152,7 +158,7 @@ def test_segments_are_named_without_torch(vocab_model_dir, tmp_path):
         proc = _run_blocked(f"""
             import sys
             from diffcut_edge.cli import main
-            code = main(["segment", {str(tmp_path / 'img.png')!r}, "--model-dir", {str(vocab_model_dir)!r},
+            code = main(["segment", {str(tmp_path / "img.png")!r}, "--model-dir", {str(vocab_model_dir)!r},
                          "--out", {str(out)!r}, "--backend", "ort-cpu", "--quiet", *{extra!r}])
             heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
             print(heavy)
@@ -171,15 +177,20 @@ def test_open_vocabulary_eval_runs_without_torch(vocab_model_dir, tmp_path):
 
     root = write_dataset("context", tmp_path / "ctx", n_images=1)
     out = tmp_path / "results.json"
-    proc = _run_blocked(f"""
+    proc = _run_blocked(
+        f"""
         import sys
         from diffcut_edge.cli import main
         code = main(["eval", "--dataset", "context", "--root", {str(root)!r}, "--open-vocab", "--mask-size", "64",
                      "--model-dir", {str(vocab_model_dir)!r}, "--backend", "ort-cpu", "--out", {str(out)!r}, "-q"])
         print(sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
         sys.exit(code)
-    """, timeout=300)
+    """,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
     doc = json.loads(out.read_text())
-    assert doc["settings"]["text_bank"] == "embedded now with the folder's text tower" and len(doc["per_class_iou"]) == 60
+    assert (
+        doc["settings"]["text_bank"] == "embedded now with the folder's text tower" and len(doc["per_class_iou"]) == 60
+    )

@@ -38,9 +38,10 @@ def test_the_base_install_has_no_onnxruntime_of_either_kind():
     assert not ORT & {_name(r) for r in PROJECT["dependencies"]}
 
 
-@pytest.mark.parametrize("extras", [(e,) for e in PROJECT["optional-dependencies"]] + [("export", "dev"),
-                                                                                      ("export", "gpu"),
-                                                                                      ("jetson", "trt")])
+@pytest.mark.parametrize(
+    "extras",
+    [(e,) for e in PROJECT["optional-dependencies"]] + [("export", "dev"), ("export", "gpu"), ("jetson", "trt")],
+)
 def test_no_install_the_docs_name_gets_both_onnxruntimes(extras):
     names = {_name(r) for r in _resolve(extras)}
     assert len(names & ORT) <= 1, f"{extras} installs {sorted(names & ORT)}"
@@ -65,22 +66,48 @@ def test_a_built_wheel_carries_the_data_files_and_installs(tmp_path):
     import zipfile
 
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                           str(tmp_path / "dist"), str(root)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("diffcut_edge-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("diffcut_edge/apps/live_page.html", "diffcut_edge/runtime/vocabularies/voc.txt",
-                   "diffcut_edge/runtime/vocabularies/coco-object.txt", "diffcut_edge/eval/data/coco_val2017_curated.txt"):
+    for needed in (
+        "diffcut_edge/apps/live_page.html",
+        "diffcut_edge/runtime/vocabularies/voc.txt",
+        "diffcut_edge/runtime/vocabularies/coco-object.txt",
+        "diffcut_edge/eval/data/coco_val2017_curated.txt",
+    ):
         assert needed in names, needed
     target = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                           str(wheel)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import diffcut_edge, importlib.resources as r; "
-            "assert diffcut_edge.__file__.startswith(sys.argv[1]), diffcut_edge.__file__; "
-            "print(len(r.files('diffcut_edge.apps').joinpath('live_page.html').read_text()) > 100, "
-            "'aeroplane' in r.files('diffcut_edge.runtime').joinpath('vocabularies/voc.txt').read_text())")
-    proc = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import diffcut_edge, importlib.resources as r; "
+        "assert diffcut_edge.__file__.startswith(sys.argv[1]), diffcut_edge.__file__; "
+        "print(len(r.files('diffcut_edge.apps').joinpath('live_page.html').read_text()) > 100, "
+        "'aeroplane' in r.files('diffcut_edge.runtime').joinpath('vocabularies/voc.txt').read_text())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert proc.stdout.split() == ["True", "True"], proc.stderr[-2000:]

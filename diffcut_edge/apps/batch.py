@@ -27,7 +27,7 @@ from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime import images as image_io
 
 OVERLAY_FORMATS = ("jpg", "png", "none")
-RESULTS_NAME = "results.jsonl"   # one JSON line per input: which outputs it became, segments, timings, or the error
+RESULTS_NAME = "results.jsonl"  # one JSON line per input: which outputs it became, segments, timings, or the error
 OUTPUT_SUFFIXES = ("_labels.png", "_labels_color.png", "_overlay.jpg", "_overlay.png", ".npz", "_segments.json")
 
 
@@ -35,16 +35,16 @@ OUTPUT_SUFFIXES = ("_labels.png", "_labels_color.png", "_overlay.jpg", "_overlay
 class OutputOptions:
     """What to write per image."""
 
-    overlay_format: str = "jpg"      # one of OVERLAY_FORMATS ("none": no overlay)
+    overlay_format: str = "jpg"  # one of OVERLAY_FORMATS ("none": no overlay)
     style: OverlayStyle = field(default_factory=lambda: OverlayStyle(tint_largest=False))
     save_npz: bool = False
-    segments_json: bool = True       # <stem>_segments.json: each segment's id, area, box and mask (+ class)
-    save_color: bool = False         # <stem>_labels_color.png: the label map in its overlay colours
+    segments_json: bool = True  # <stem>_segments.json: each segment's id, area, box and mask (+ class)
+    save_color: bool = False  # <stem>_labels_color.png: the label map in its overlay colours
 
     def __post_init__(self) -> None:
         if self.overlay_format not in OVERLAY_FORMATS:
             raise DiffCutError(f"overlay_format must be one of {OVERLAY_FORMATS}, got {self.overlay_format!r}")
-        if isinstance(self.style, dict):   # plain data again (a Ray actor's arguments)
+        if isinstance(self.style, dict):  # plain data again (a Ray actor's arguments)
             style = {k: tuple(v) if isinstance(v, list) else v for k, v in self.style.items()}
             object.__setattr__(self, "style", OverlayStyle(**style))
 
@@ -147,8 +147,9 @@ def segments_document(result: Any, *, masks: bool = True) -> dict[str, Any]:
     return {"vocabulary": result.vocabulary, "num_classes": len(result.class_names or ()), "segments": entries}
 
 
-def frame_document(labels: np.ndarray, names: Sequence[Any] = (), *, frame: int, status: dict | None = None,
-                   masks: bool = True) -> dict[str, Any]:
+def frame_document(
+    labels: np.ndarray, names: Sequence[Any] = (), *, frame: int, status: dict | None = None, masks: bool = True
+) -> dict[str, Any]:
     """One video frame's segments, as :func:`segments_document` writes an image's: ``id`` is the id in
     the frame's label PNG (the track id when tracking), ``area``, ``bbox``, ``rle``; named segments also
     ``class_name`` and ``score``. ``status``: what the labels are (keyframe or carried, their age)."""
@@ -201,15 +202,28 @@ def write_outputs(out: Path, stem: str, frame: Any, result: Any, options: Output
         text = json.dumps(segments_document(result), indent=1, ensure_ascii=False) + "\n"
         written.append(atomic.write_text(paths["segments"], text))
     if "npz" in paths:
-        written.append(image_io.save_npz(paths["npz"], labels=result.labels, mask_labels=result.mask_labels,
-                                   coarse_labels=result.coarse_labels, embeddings=result.embeddings))
+        written.append(
+            image_io.save_npz(
+                paths["npz"],
+                labels=result.labels,
+                mask_labels=result.mask_labels,
+                coarse_labels=result.coarse_labels,
+                embeddings=result.embeddings,
+            )
+        )
     return written
 
 
-def segment_images(segmenter: Any, images: Sequence[Path], out: Path, options: OutputOptions = OutputOptions(), *,
-                   on_result: Callable[[Path, Any], None] | None = None,
-                   on_failure: Callable[[Path, str], None] | None = None,
-                   raise_unexpected: bool = False) -> BatchReport:
+def segment_images(
+    segmenter: Any,
+    images: Sequence[Path],
+    out: Path,
+    options: OutputOptions = OutputOptions(),
+    *,
+    on_result: Callable[[Path, Any], None] | None = None,
+    on_failure: Callable[[Path, str], None] | None = None,
+    raise_unexpected: bool = False,
+) -> BatchReport:
     """Segment ``images`` (paths) with ``segmenter`` and write their outputs into ``out``.
 
     Args:
@@ -238,13 +252,20 @@ def segment_images(segmenter: Any, images: Sequence[Path], out: Path, options: O
                 if on_failure is not None:
                     on_failure(path, message)
                 continue
-            records.append({"image": str(path), "stem": stem, "outputs": [p.name for p in written],
-                            "num_segments": int(result.num_segments),
-                            "timings": {k: round(float(v), 2) for k, v in result.timings.items()}, "error": None})
+            records.append(
+                {
+                    "image": str(path),
+                    "stem": stem,
+                    "outputs": [p.name for p in written],
+                    "num_segments": int(result.num_segments),
+                    "timings": {k: round(float(v), 2) for k, v in result.timings.items()},
+                    "error": None,
+                }
+            )
             report.stats.add(result.timings)
             if on_result is not None:
                 on_result(path, result)
-    finally:   # also when interrupted: which input became which outputs, for what was done
+    finally:  # also when interrupted: which input became which outputs, for what was done
         if records:
             atomic.write_text(out / RESULTS_NAME, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     report.seconds = time.perf_counter() - started

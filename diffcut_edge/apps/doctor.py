@@ -32,8 +32,8 @@ class Finding:
 class DoctorReport:
     findings: list[Finding] = field(default_factory=list)
     gpu: dict[str, str] | None = None
-    backend: str | None = None       # what auto picks for --model-dir (None without one)
-    can_run: bool = False            # the chosen (or any, without a folder) backend can run here
+    backend: str | None = None  # what auto picks for --model-dir (None without one)
+    can_run: bool = False  # the chosen (or any, without a folder) backend can run here
 
     def add(self, name: str, ok: bool, detail: str) -> None:
         self.findings.append(Finding(name, ok, detail))
@@ -50,8 +50,11 @@ class DoctorReport:
 
 def _python(report: DoctorReport) -> None:
     ok = sys.version_info[:2] >= MIN_PYTHON
-    report.add("python", ok, platform.python_version() + ("" if ok else f": diffcut-edge needs >= "
-                                                           f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]}"))
+    report.add(
+        "python",
+        ok,
+        platform.python_version() + ("" if ok else f": diffcut-edge needs >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]}"),
+    )
     import numpy
 
     report.add("numpy", True, numpy.__version__)
@@ -61,12 +64,20 @@ def _onnxruntime(report: DoctorReport) -> list[str]:
     """Adds the onnxruntime finding; returns its available providers ([] when missing)."""
     wheels = [d for d in ("onnxruntime", "onnxruntime-gpu") if versions.dist_version(d)]
     if len(wheels) > 1:
-        report.add("onnxruntime", False, "both onnxruntime and onnxruntime-gpu are installed: they overwrite "
-                                         "each other's files; pip uninstall both, then install one extra "
-                                         "([cpu] or [gpu])")
+        report.add(
+            "onnxruntime",
+            False,
+            "both onnxruntime and onnxruntime-gpu are installed: they overwrite "
+            "each other's files; pip uninstall both, then install one extra "
+            "([cpu] or [gpu])",
+        )
     if not onnxruntime.available():
-        report.add("onnxruntime", False, "not installed: pip install 'diffcut-edge[cpu]' (CPU) or "
-                                         "'diffcut-edge[gpu]'; on Jetson NVIDIA's wheel (docs/jetson.md)")
+        report.add(
+            "onnxruntime",
+            False,
+            "not installed: pip install 'diffcut-edge[cpu]' (CPU) or "
+            "'diffcut-edge[gpu]'; on Jetson NVIDIA's wheel (docs/jetson.md)",
+        )
         return []
     providers = list(onnxruntime.get_available_providers())
     if len(wheels) <= 1:
@@ -98,8 +109,11 @@ def _cupy(report: DoctorReport) -> bool:
         except Exception as e:  # cupy without a driver raises its own CUDA errors
             problem = f"cupy {cupy.__version__} sees no CUDA device ({type(e).__name__}: {str(e)[:120]})"
         else:
-            report.add("cupy", True, f"{cupy.__version__}, cupyx.scipy imports, {devices} device(s): "
-                                     f"NCut/PAMR can run on the GPU")
+            report.add(
+                "cupy",
+                True,
+                f"{cupy.__version__}, cupyx.scipy imports, {devices} device(s): NCut/PAMR can run on the GPU",
+            )
             return True
     report.add("cupy", False, f"{problem} (post-processing runs on the CPU with numpy)")
     return False
@@ -107,8 +121,12 @@ def _cupy(report: DoctorReport) -> bool:
 
 def _tensorrt(report: DoctorReport) -> bool:
     if not tensorrt.available():
-        report.add("tensorrt", False, "not installed: pip install 'diffcut-edge[trt]' (Jetson: JetPack's "
-                                      "system TensorRT); only needed for build-engine and --backend tensorrt")
+        report.add(
+            "tensorrt",
+            False,
+            "not installed: pip install 'diffcut-edge[trt]' (Jetson: JetPack's "
+            "system TensorRT); only needed for build-engine and --backend tensorrt",
+        )
         return False
     report.add("tensorrt", True, str(tensorrt.__version__))
     return True
@@ -125,10 +143,18 @@ def _live(report: DoctorReport) -> None:
 
 # The optional stages: (finding, distributions that must all be there, what they enable, the extra).
 OPTIONAL_STAGES = (
-    ("export", ("torch", "diffusers", "transformers", "onnx"), "export, verify --model, eval --reference",
-     "pip install '.[export]' (README, Install: which torch build that brings)"),
-    ("clip", ("open_clip_torch", "timm", "ftfy", "wcwidth"), "export-vocab (CLIP names the segments)",
-     "pip install '.[clip]' and pip install --no-deps open_clip_torch timm (docs/open-vocabulary.md)"),
+    (
+        "export",
+        ("torch", "diffusers", "transformers", "onnx"),
+        "export, verify --model, eval --reference",
+        "pip install '.[export]' (README, Install: which torch build that brings)",
+    ),
+    (
+        "clip",
+        ("open_clip_torch", "timm", "ftfy", "wcwidth"),
+        "export-vocab (CLIP names the segments)",
+        "pip install '.[clip]' and pip install --no-deps open_clip_torch timm (docs/open-vocabulary.md)",
+    ),
     ("ray", ("ray",), "segment --engine ray", "pip install '.[ray]'"),
     ("tritonclient", ("tritonclient",), "triton-repo and the TritonSegmenter client", "pip install '.[triton]'"),
 )
@@ -148,25 +174,35 @@ def _optional_stages(report: DoctorReport) -> None:
             report.add(name, True, ", ".join(f"{d} {v}" for d, v in found.items()) + f": {enables}")
     # serve runs the first of: tritonserver on PATH, the nvidia-pytriton wheel's binary.
     binary = shutil.which("tritonserver") or ("nvidia-pytriton" if versions.dist_version("nvidia-pytriton") else None)
-    report.add("tritonserver", binary is not None,
-               f"{binary}: serve can run" if binary else
-               "none on PATH and no nvidia-pytriton: pip install --no-deps nvidia-pytriton (Linux x86-64) or "
-               "NVIDIA's Triton container; needed for serve")
+    report.add(
+        "tritonserver",
+        binary is not None,
+        f"{binary}: serve can run"
+        if binary
+        else "none on PATH and no nvidia-pytriton: pip install --no-deps nvidia-pytriton (Linux x86-64) or "
+        "NVIDIA's Triton container; needed for serve",
+    )
 
 
-def _model_folder(report: DoctorReport, model_dir: Path, providers: list[str], trt_ok: bool,
-                  cupy_ok: bool) -> None:
+def _model_folder(report: DoctorReport, model_dir: Path, providers: list[str], trt_ok: bool, cupy_ok: bool) -> None:
     from diffcut_edge.runtime.backends import auto_backend, choose_providers, find_engine
     from diffcut_edge.runtime.manifest import read_manifest
 
     manifest = read_manifest(model_dir)
-    report.add("model", True, f"{model_dir}: exported from {manifest.model_id}, R={manifest.resolution} "
-                              f"{manifest.precision}, {len(manifest.engines)} engine(s) recorded")
+    report.add(
+        "model",
+        True,
+        f"{model_dir}: exported from {manifest.model_id}, R={manifest.resolution} "
+        f"{manifest.precision}, {len(manifest.engines)} engine(s) recorded",
+    )
     vocabulary = manifest.vocabulary or {}
-    report.add("vocabulary", bool(vocabulary),
-               f"{vocabulary.get('vocabulary')} ({vocabulary.get('num_classes')} classes, CLIP {vocabulary.get('clip')})"
-               if vocabulary else "none: segments are not named (diffcut-edge export-vocab adds one; "
-                                  "--classes needs it too)")
+    report.add(
+        "vocabulary",
+        bool(vocabulary),
+        f"{vocabulary.get('vocabulary')} ({vocabulary.get('num_classes')} classes, CLIP {vocabulary.get('clip')})"
+        if vocabulary
+        else "none: segments are not named (diffcut-edge export-vocab adds one; --classes needs it too)",
+    )
     if manifest.needs_verification:
         note = manifest.verification_note(str(model_dir))
         report.add("verified", note is None, note or f"passed against {manifest.verification.get('against')}")
@@ -181,8 +217,9 @@ def _model_folder(report: DoctorReport, model_dir: Path, providers: list[str], t
         if record is not None:
             report.add("engine", True, f"{record.file} matches this GPU and TensorRT")
         else:
-            report.add("engine", False, f"none built for {report.gpu['name']} / TensorRT {tensorrt.__version__}: "
-                                        f"run '{build}'")
+            report.add(
+                "engine", False, f"none built for {report.gpu['name']} / TensorRT {tensorrt.__version__}: run '{build}'"
+            )
     backend = auto_backend(manifest)
     if backend == "tensorrt":
         report.backend, report.can_run = "tensorrt (native, GPU)", cupy_ok
@@ -211,4 +248,3 @@ def diagnose(model_dir: str | Path | None = None) -> DoctorReport:
     if sys.version_info[:2] < MIN_PYTHON:
         report.can_run = False
     return report
-

@@ -40,14 +40,14 @@ import numpy as np
 from diffcut_edge.errors import DiffCutError, missing_extra
 
 DEFAULT_MAX_CLIENTS = 8
-MAX_BODY_BYTES = 16 * 1024          # a control request is a few numbers
-MAX_JSON_DEPTH = 4                  # ... in a flat object
-MAX_CONNECTIONS = 64                # open connections at once, watchers and requests together
-REQUEST_TIMEOUT_S = 10.0            # a connection must have sent a whole request head by then
-EVENT_LIFETIME_S = 30.0             # an /events connection is closed then (EventSource reconnects by itself)
-EVENT_SNDBUF = 16 * 1024            # ... and buffers little, so a client that reads nothing is noticed
-WRITE_TIMEOUT_S = 10.0              # a client that reads nothing for this long is dropped
-EVENT_HZ = 5.0                      # /events updates per second at most
+MAX_BODY_BYTES = 16 * 1024  # a control request is a few numbers
+MAX_JSON_DEPTH = 4  # ... in a flat object
+MAX_CONNECTIONS = 64  # open connections at once, watchers and requests together
+REQUEST_TIMEOUT_S = 10.0  # a connection must have sent a whole request head by then
+EVENT_LIFETIME_S = 30.0  # an /events connection is closed then (EventSource reconnects by itself)
+EVENT_SNDBUF = 16 * 1024  # ... and buffers little, so a client that reads nothing is noticed
+WRITE_TIMEOUT_S = 10.0  # a client that reads nothing for this long is dropped
+EVENT_HZ = 5.0  # /events updates per second at most
 JPEG_QUALITY = 80
 BOUNDARY = "diffcutframe"
 TOKEN_HEADER = "X-DiffCut-Token"
@@ -95,7 +95,7 @@ def check_controls(body: Any) -> dict[str, Any]:
         else:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise DiffCutError(f"{name} must be a number, got {str(value)[:40]!r}")
-            changes[name] = check_option(name, value)   # bounds included: a huge integer is refused there
+            changes[name] = check_option(name, value)  # bounds included: a huge integer is refused there
     return changes
 
 
@@ -108,7 +108,7 @@ def parse_json_body(data: bytes) -> Any:
         raise DiffCutError("the body is not UTF-8 JSON") from None
     depth = deepest = 0
     in_string = escaped = False
-    for ch in text:   # brackets outside strings
+    for ch in text:  # brackets outside strings
         if in_string:
             if escaped:
                 escaped = False
@@ -137,20 +137,26 @@ class LiveFrame:
     """What the server shows of one frame (host arrays; never modified after publishing)."""
 
     index: int
-    overlay: np.ndarray                 # BGR uint8, what the viewer sees
-    labels: np.ndarray                  # (H, W) int32 displayed ids (persistent when tracking)
+    overlay: np.ndarray  # BGR uint8, what the viewer sees
+    labels: np.ndarray  # (H, W) int32 displayed ids (persistent when tracking)
     segments: list[dict[str, Any]]
     timings: dict[str, float]
     fps: float
     options: dict[str, Any]
     time: float = field(default_factory=time.time)
-    status: dict[str, Any] = field(default_factory=dict)   # keyframe or carried, label age, encoder fps
+    status: dict[str, Any] = field(default_factory=dict)  # keyframe or carried, label age, encoder fps
 
     def summary(self) -> dict[str, Any]:
-        return {"frame": self.index, "fps": round(self.fps, 2), "num_segments": len(self.segments),
-                "segments": self.segments, "timings": {k: round(v, 2) for k, v in self.timings.items()},
-                "options": self.options, "size": [int(self.overlay.shape[1]), int(self.overlay.shape[0])],
-                "labels": self.status}
+        return {
+            "frame": self.index,
+            "fps": round(self.fps, 2),
+            "num_segments": len(self.segments),
+            "segments": self.segments,
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+            "options": self.options,
+            "size": [int(self.overlay.shape[1]), int(self.overlay.shape[0])],
+            "labels": self.status,
+        }
 
 
 def segment_list(labels: np.ndarray, names: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -166,9 +172,15 @@ def segment_list(labels: np.ndarray, names: Sequence[Any] = ()) -> list[dict[str
     for i in ids[np.argsort(-counts[ids], kind="stable")]:
         b, g, r = palette_color(int(i))
         chip = named.get(int(i))
-        out.append({"id": int(i), "color": f"#{r:02x}{g:02x}{b:02x}", "area": round(counts[i] / total, 4),
-                    "name": None if chip is None else chip.name,
-                    "score": None if chip is None or chip.score is None else round(float(chip.score), 4)})
+        out.append(
+            {
+                "id": int(i),
+                "color": f"#{r:02x}{g:02x}{b:02x}",
+                "area": round(counts[i] / total, 4),
+                "name": None if chip is None else chip.name,
+                "score": None if chip is None or chip.score is None else round(float(chip.score), 4),
+            }
+        )
     return out
 
 
@@ -184,13 +196,30 @@ class LiveHub:
         self.published = 0
 
     # camera thread
-    def publish(self, overlay: np.ndarray, labels: np.ndarray, timings: dict[str, float], *, fps: float,
-                options: dict[str, Any], frame: dict[str, Any] | None = None, names: Sequence[Any] = ()) -> None:
+    def publish(
+        self,
+        overlay: np.ndarray,
+        labels: np.ndarray,
+        timings: dict[str, float],
+        *,
+        fps: float,
+        options: dict[str, Any],
+        frame: dict[str, Any] | None = None,
+        names: Sequence[Any] = (),
+    ) -> None:
         """Make a frame the latest one; O(listeners), never blocks on a client. ``frame``: what its
         labels are (:func:`~diffcut_edge.apps.hud.frame_status`); ``names``: its segments' classes and
         scores (the overlay's ``SegmentName`` chips)."""
-        frame = LiveFrame(self.published, overlay, labels, segment_list(labels, names), dict(timings), fps, options,
-                          status=dict(frame or {}))
+        frame = LiveFrame(
+            self.published,
+            overlay,
+            labels,
+            segment_list(labels, names),
+            dict(timings),
+            fps,
+            options,
+            status=dict(frame or {}),
+        )
         with self._lock:
             self._latest = frame
             self.published += 1
@@ -267,8 +296,15 @@ class LiveServer:
     exit: open streams end, the thread is joined.
     """
 
-    def __init__(self, hub: LiveHub, host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None,
-                 max_clients: int = DEFAULT_MAX_CLIENTS) -> None:
+    def __init__(
+        self,
+        hub: LiveHub,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        token: str | None = None,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+    ) -> None:
         if int(max_clients) < 1:
             raise DiffCutError(f"max_clients must be >= 1, got {max_clients}")
         self.hub, self.host, self.port = hub, host, int(port)
@@ -321,24 +357,35 @@ class LiveServer:
     async def _serve(self) -> None:
         web = self._web
         self._stopping = asyncio.Event()
+
         @web.middleware
         async def guard(request: Any, handler: Any) -> Any:
             return await self._guard(request, handler)
 
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[guard])
-        app.add_routes([web.get("/", self._page), web.get("/stream", self._stream), web.get("/stats", self._stats),
-                        web.get("/events", self._events), web.post("/control", self._control),
-                        web.get("/snapshot", self._snapshot)])
+        app.add_routes(
+            [
+                web.get("/", self._page),
+                web.get("/stream", self._stream),
+                web.get("/stats", self._stats),
+                web.get("/events", self._events),
+                web.post("/control", self._control),
+                web.get("/snapshot", self._snapshot),
+            ]
+        )
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0, keepalive_timeout=5.0)
         await runner.setup()
         loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(lambda: _Connection(runner.server(), self), self.host, self.port,
-                                              reuse_address=True)
+            server = await loop.create_server(
+                lambda: _Connection(runner.server(), self), self.host, self.port, reuse_address=True
+            )
         except OSError as e:
             await runner.cleanup()
-            self._error = DiffCutError(f"cannot serve on {self.host}:{self.port}: {e.strerror or e} (port in use? "
-                                       f"pick another with --serve HOST:PORT)")
+            self._error = DiffCutError(
+                f"cannot serve on {self.host}:{self.port}: {e.strerror or e} (port in use? "
+                f"pick another with --serve HOST:PORT)"
+            )
             return
         self._ready.set()
         await self._stopping.wait()
@@ -374,7 +421,7 @@ class LiveServer:
             raise
         except (ConnectionError, asyncio.CancelledError):
             raise
-        except Exception as e:   # never a traceback on the console, never the camera loop's problem
+        except Exception as e:  # never a traceback on the console, never the camera loop's problem
             return self._refuse(500, f"internal error: {type(e).__name__}")
 
     def _refuse(self, status: int, message: str) -> Any:
@@ -393,8 +440,9 @@ class LiveServer:
         frame = self.hub.latest()
         return frame if frame is not None and frame.index != last else None
 
-    async def _feed(self, request: Any, content_type: str, part: Any, min_interval: float = 0.0,
-                    lifetime_s: float | None = None) -> Any:
+    async def _feed(
+        self, request: Any, content_type: str, part: Any, min_interval: float = 0.0, lifetime_s: float | None = None
+    ) -> Any:
         """A long response that writes ``part(frame)`` for each new frame: /stream and /events
         (closed after ``lifetime_s`` when given)."""
         web = self._web
@@ -404,8 +452,9 @@ class LiveServer:
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
         self.hub.listen(loop, event)
-        response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-store",
-                                               "X-Accel-Buffering": "no"})
+        response = web.StreamResponse(
+            headers={"Content-Type": content_type, "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
         ends = None if lifetime_s is None else time.monotonic() + lifetime_s
         try:
             await response.prepare(request)
@@ -437,8 +486,10 @@ class LiveServer:
 
         async def part(frame: LiveFrame) -> bytes:
             jpeg = await loop.run_in_executor(None, self.hub.jpeg, frame)
-            head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
-                    f"X-Frame: {frame.index}\r\n\r\n").encode()
+            head = (
+                f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
+                f"X-Frame: {frame.index}\r\n\r\n"
+            ).encode()
             return head + jpeg + b"\r\n"
 
         return await self._feed(request, f"multipart/x-mixed-replace; boundary={BOUNDARY}", part)
@@ -458,13 +509,17 @@ class LiveServer:
             head, first = ("retry: 1000\n" if first else ""), False
             return f"{head}data: {json.dumps(frame.summary())}\n\n".encode()
 
-        return await self._feed(request, "text/event-stream", part, min_interval=1.0 / EVENT_HZ,
-                                lifetime_s=EVENT_LIFETIME_S)
+        return await self._feed(
+            request, "text/event-stream", part, min_interval=1.0 / EVENT_HZ, lifetime_s=EVENT_LIFETIME_S
+        )
 
     async def _stats(self, request: Any) -> Any:
         frame = self.hub.latest()
-        body = {"clients": self.clients, "token_required": self.token is not None,
-                **(frame.summary() if frame else {"frame": None})}
+        body = {
+            "clients": self.clients,
+            "token_required": self.token is not None,
+            **(frame.summary() if frame else {"frame": None}),
+        }
         return self._web.json_response(body, headers={"Cache-Control": "no-store"})
 
     async def _control(self, request: Any) -> Any:
@@ -497,8 +552,11 @@ class LiveServer:
         if frame is None:
             return self._refuse(503, "no frame yet")
         data = await asyncio.get_running_loop().run_in_executor(None, snapshot_zip, frame)
-        return self._web.Response(body=data, content_type="application/zip", headers={
-            "Content-Disposition": f'attachment; filename="diffcut-frame-{frame.index}.zip"'})
+        return self._web.Response(
+            body=data,
+            content_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="diffcut-frame-{frame.index}.zip"'},
+        )
 
 
 class _Connection(asyncio.Protocol):

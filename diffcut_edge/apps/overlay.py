@@ -29,10 +29,26 @@ from diffcut_edge.runtime.xp import to_host
 
 # First colours: a readable qualitative palette (BGR); later ids get golden-ratio hues.
 _BASE_PALETTE_RGB = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-    (0, 0, 128), (128, 128, 128),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+    (128, 128, 128),
 )
 _GOLDEN = 0.618033988749895
 
@@ -70,9 +86,11 @@ def labels_to_host(labels: Any, frame_shape: Sequence[int] | None = None) -> np.
     if labels.dtype.kind not in "iu":
         raise DiffCutError(f"expected integer labels, got dtype {labels.dtype}")
     if frame_shape is not None and tuple(labels.shape) != tuple(frame_shape[:2]):
-        raise DiffCutError(f"label map is {labels.shape[0]}x{labels.shape[1]} but the frame is "
-                           f"{frame_shape[0]}x{frame_shape[1]}: use result.labels (frame size), "
-                           f"not mask_labels")
+        raise DiffCutError(
+            f"label map is {labels.shape[0]}x{labels.shape[1]} but the frame is "
+            f"{frame_shape[0]}x{frame_shape[1]}: use result.labels (frame size), "
+            f"not mask_labels"
+        )
     if labels.size and labels.min() < 0:
         raise DiffCutError(f"label ids must be non-negative, got {int(labels.min())}")
     return labels.astype(np.int32, copy=False)
@@ -107,8 +125,14 @@ def _color_table(labels: np.ndarray, colors: Any) -> np.ndarray:
     return table
 
 
-def draw_overlay(frame: np.ndarray, labels: Any, alpha: float = 0.5, colors: Any = None,
-                 out: np.ndarray | None = None, untinted: Sequence[int] = ()) -> np.ndarray:
+def draw_overlay(
+    frame: np.ndarray,
+    labels: Any,
+    alpha: float = 0.5,
+    colors: Any = None,
+    out: np.ndarray | None = None,
+    untinted: Sequence[int] = (),
+) -> np.ndarray:
     """Blend segment colours over ``frame``: ``(1 - alpha) * frame + alpha * colour[label]``.
 
     Args:
@@ -130,7 +154,7 @@ def draw_overlay(frame: np.ndarray, labels: Any, alpha: float = 0.5, colors: Any
     target = _target(frame, out)
     if len(untinted):
         keep = np.isin(labels, np.asarray(untinted, dtype=np.int64))
-        colored[keep] = target[keep]   # blending a pixel with itself leaves it as it was
+        colored[keep] = target[keep]  # blending a pixel with itself leaves it as it was
     cv2.addWeighted(target, 1.0 - float(alpha), colored, float(alpha), 0.0, dst=target)
     return target
 
@@ -146,8 +170,13 @@ def segment_boundaries(labels: Any, thickness: int = 1) -> np.ndarray:
     return edges.astype(bool)
 
 
-def draw_boundaries(frame: np.ndarray, labels: Any, color: tuple[int, int, int] = (255, 255, 255),
-                    thickness: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+def draw_boundaries(
+    frame: np.ndarray,
+    labels: Any,
+    color: tuple[int, int, int] = (255, 255, 255),
+    thickness: int = 1,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Paint the boundaries between segments in ``color`` (BGR); same in-place contract as
     :func:`draw_overlay`."""
     frame = _check_bgr_frame(frame)
@@ -174,9 +203,17 @@ def label_anchor(labels: np.ndarray, segment_id: int, max_side: int = 256) -> tu
     return int(x * step), int(y * step)
 
 
-def draw_outlined_text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float, thickness: int = 1,
-                       *, outline: int = 1, colour: tuple[int, int, int] = (255, 255, 255),
-                       outline_colour: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+def draw_outlined_text(
+    image: np.ndarray,
+    text: str,
+    origin: tuple[int, int],
+    scale: float,
+    thickness: int = 1,
+    *,
+    outline: int = 1,
+    colour: tuple[int, int, int] = (255, 255, 255),
+    outline_colour: tuple[int, int, int] = (0, 0, 0),
+) -> np.ndarray:
     """Draw ``text`` in ``colour`` with an ``outline``-pixel border, in place; returns ``image``.
 
     The glyphs are drawn once (a mask) and the border is that mask dilated, so fill and outline line
@@ -249,8 +286,16 @@ def largest_segment(labels: np.ndarray) -> int:
     return int(np.argmax(np.bincount(labels.ravel()))) if labels.size else 0
 
 
-def draw_name_chips(frame: np.ndarray, labels: Any, names: Sequence[SegmentName], *, scale: float | None = None,
-                    colors: Any = None, untinted: Sequence[int] = (), out: np.ndarray | None = None) -> np.ndarray:
+def draw_name_chips(
+    frame: np.ndarray,
+    labels: Any,
+    names: Sequence[SegmentName],
+    *,
+    scale: float | None = None,
+    colors: Any = None,
+    untinted: Sequence[int] = (),
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Each name inside its segment, after a swatch of the segment's colour (which name is which
     colour), white on a dark outline; one chip per segment. An ``untinted`` segment's swatch is a
     frame of its colour."""
@@ -278,8 +323,15 @@ def draw_name_chips(frame: np.ndarray, labels: Any, names: Sequence[SegmentName]
     return target
 
 
-def annotate(frame: np.ndarray, labels: Any, names: Sequence[SegmentName] = (), style: OverlayStyle = OverlayStyle(),
-             *, colors: Any = None, out: np.ndarray | None = None) -> np.ndarray:
+def annotate(
+    frame: np.ndarray,
+    labels: Any,
+    names: Sequence[SegmentName] = (),
+    style: OverlayStyle = OverlayStyle(),
+    *,
+    colors: Any = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """The overlay ``style`` describes: segment colours, boundaries, then name chips."""
     frame = _check_bgr_frame(frame)
     labels = labels_to_host(labels, frame.shape)
@@ -305,5 +357,7 @@ def result_names(result: Any, ids: Any = None) -> list[SegmentName]:
     result's own ids to the drawn ones (a tracker's persistent ids)."""
     if not result.segments:
         return []
-    return [SegmentName(int(s.id if ids is None else ids[int(s.id)]), str(s.class_name), float(s.score))
-            for s in result.segments]
+    return [
+        SegmentName(int(s.id if ids is None else ids[int(s.id)]), str(s.class_name), float(s.score))
+        for s in result.segments
+    ]

@@ -47,10 +47,10 @@ from diffcut_edge.defaults import TIMING_KEYS
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.segmenter import FrameSegmenter
 
-HISTORY_FRAMES = 512   # flows kept for latency compensation (an encoder slower than this many frames is not compensated)
-PROPAGATION_KEYS = ("flow", "propagate")   # the timings of a carried frame
-NICE = 2               # the keyframe worker process's niceness (best effort)
-LATE_S = 0.25          # a paced file drops the frames the loop is later than this for (a hiccup is not a drop)
+HISTORY_FRAMES = 512  # flows kept for latency compensation (an encoder slower than this many frames is not compensated)
+PROPAGATION_KEYS = ("flow", "propagate")  # the timings of a carried frame
+NICE = 2  # the keyframe worker process's niceness (best effort)
+LATE_S = 0.25  # a paced file drops the frames the loop is later than this for (a hiccup is not a drop)
 
 
 @dataclass
@@ -65,14 +65,14 @@ class SegmentedFrame:
     """
 
     index: int
-    frame: np.ndarray                # BGR uint8, as read
-    result: Any                      # SegmentationResult
+    frame: np.ndarray  # BGR uint8, as read
+    result: Any  # SegmentationResult
     keyframe: bool = True
     key_index: int = 0
     age_frames: int = 0
     age_ms: float = 0.0
     confidence: float | None = None
-    encoder_fps: float | None = None   # (realtime) keyframes per second the encoder sustains
+    encoder_fps: float | None = None  # (realtime) keyframes per second the encoder sustains
 
     @property
     def reused_features(self) -> bool:
@@ -84,7 +84,7 @@ class SegmentedFrame:
 class _Encoded:
     index: int
     frame: np.ndarray
-    encoded: Any = None              # EncodedFrame (stage 1 done), None: not a keyframe
+    encoded: Any = None  # EncodedFrame (stage 1 done), None: not a keyframe
 
 
 class _Failed:
@@ -104,12 +104,14 @@ def _frames_of(source) -> Iterable[np.ndarray]:
     if isinstance(source, FrameReader) or (hasattr(source, "__iter__") and not isinstance(source, (str, bytes))):
         return source
     if hasattr(source, "read") and hasattr(source, "isOpened"):
+
         def read_all() -> Iterator[np.ndarray]:
             while True:
                 ok, frame = source.read()
                 if not ok:
                     return
                 yield frame
+
         return read_all()
     return FrameReader(source)
 
@@ -135,7 +137,7 @@ class LabelCarrier:
     key_index: int = -1
     key_time: float = 0.0
     mask_labels: np.ndarray | None = None
-    novelty: float = 0.0     # the share of the frame that could not be carried, summed since the key
+    novelty: float = 0.0  # the share of the frame that could not be carried, summed since the key
 
     def start(self, result, index: int, captured: float, mask_labels: np.ndarray | None = None) -> None:
         """Make ``result`` (of frame ``index``, captured at ``captured``) the key; ``mask_labels`` when
@@ -160,14 +162,19 @@ class LabelCarrier:
         propagate_ms = _ms(start)
         full = resize_nearest(labels, frame.shape[:2]).astype(np.int32)
         result = SegmentationResult(
-            labels=full, mask_labels=labels,
-            coarse_labels=np.asarray(self.key.coarse_labels), num_segments=int(self.key.num_segments),
-            embeddings=np.asarray(self.key.embeddings), timings={k: 0.0 for k in TIMING_KEYS},
-            segments=_carried_segments(self.key.segments, full), vocabulary=self.key.vocabulary,
-            class_names=self.key.class_names)
+            labels=full,
+            mask_labels=labels,
+            coarse_labels=np.asarray(self.key.coarse_labels),
+            num_segments=int(self.key.num_segments),
+            embeddings=np.asarray(self.key.embeddings),
+            timings={k: 0.0 for k in TIMING_KEYS},
+            segments=_carried_segments(self.key.segments, full),
+            vocabulary=self.key.vocabulary,
+            class_names=self.key.class_names,
+        )
         result.timings["propagate"] = propagate_ms
         if result.segments is not None:
-            result.timings["label"] = 0.0   # names follow their segments: CLIP did not run on this frame
+            result.timings["label"] = 0.0  # names follow their segments: CLIP did not run on this frame
         return result
 
 
@@ -186,6 +193,7 @@ def _carried_segments(segments: list | None, labels: np.ndarray) -> list | None:
 # ------------------------------------------------------------------ the encoder in a worker
 def _encode_worker(stream: Iterator[_Encoded], out: queue.Queue, stop: threading.Event) -> None:
     """Thread body: push encoded frames into ``out`` until the stream ends, fails or ``stop`` is set."""
+
     def put(item) -> bool:
         while not stop.is_set():
             try:
@@ -369,9 +377,9 @@ def _keyframe_process(conn: Any) -> None:
     """The worker process: receive the spec, open the segmenter, then DiffCut one frame per job."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent's Ctrl-C stops the parent, which stops us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's Ctrl-C stops the parent, which stops us
     with contextlib.suppress(OSError, AttributeError):
-        os.nice(NICE)   # the frame loop comes first: on few cores the encoder takes what is left
+        os.nice(NICE)  # the frame loop comes first: on few cores the encoder takes what is left
     from diffcut_edge.runtime.spec import SegmenterSpec
 
     try:
@@ -384,7 +392,7 @@ def _keyframe_process(conn: Any) -> None:
         while True:
             try:
                 job = conn.recv()
-            except (EOFError, OSError):   # the parent is gone
+            except (EOFError, OSError):  # the parent is gone
                 return
             if job is None:
                 return
@@ -419,8 +427,11 @@ class ProcessKeyframeWorker:
         from multiprocessing.connection import Connection
 
         ours, theirs = socket.socketpair()
-        self._process = subprocess.Popen([sys.executable, "-m", "diffcut_edge.apps.pipeline", str(theirs.fileno())],
-                                         pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "diffcut_edge.apps.pipeline", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
         theirs.close()
         self._conn = Connection(ours.detach())
         self._options = options or (lambda: spec.options)
@@ -441,8 +452,10 @@ class ProcessKeyframeWorker:
                 except EOFError:
                     pass
             if self._process.poll() is not None:
-                raise DiffCutError(f"the keyframe worker process ended (exit status {self._process.returncode}) "
-                                   f"before it could {what}; run with --keyframes every:1 to see the error here")
+                raise DiffCutError(
+                    f"the keyframe worker process ended (exit status {self._process.returncode}) "
+                    f"before it could {what}; run with --keyframes every:1 to see the error here"
+                )
             if time.monotonic() >= deadline:
                 raise DiffCutError(f"the keyframe worker process did not {what} within {timeout_s:.0f} s")
 
@@ -500,16 +513,26 @@ def _keyframe_worker(segmenter: Any) -> Any:
 
     if isinstance(segmenter, (RemoteSegmenter, Segmenter)) and segmenter.spec is not None:
         spec = segmenter.spec
-        if spec.threads is None:   # one core stays with the frame loop (capture, flow, overlay, display)
+        if spec.threads is None:  # one core stays with the frame loop (capture, flow, overlay, display)
             spec = spec.replace(threads=max(1, (os.cpu_count() or 2) - 1))
         return ProcessKeyframeWorker(spec, lambda: segmenter.options)
     return KeyframeWorker(segmenter)
 
 
 # ------------------------------------------------------------------ the loop
-def iter_segmented(source, segmenter, *, keyframes: str | KeyframePolicy = "every:1", realtime: bool = False,
-                   pipelined: bool = True, every: int | None = None, max_frames: int | None = None, depth: int = 2,
-                   pace_fps: float | None = None, flow_width: int | None = None) -> Iterator[SegmentedFrame]:
+def iter_segmented(
+    source,
+    segmenter,
+    *,
+    keyframes: str | KeyframePolicy = "every:1",
+    realtime: bool = False,
+    pipelined: bool = True,
+    every: int | None = None,
+    max_frames: int | None = None,
+    depth: int = 2,
+    pace_fps: float | None = None,
+    flow_width: int | None = None,
+) -> Iterator[SegmentedFrame]:
     """Segment a stream of frames, yielding :class:`SegmentedFrame` in order.
 
     Args:
@@ -542,7 +565,7 @@ def iter_segmented(source, segmenter, *, keyframes: str | KeyframePolicy = "ever
         frames = itertools.islice(frames, max_frames)
     motion = MotionEstimator(**({} if flow_width is None else {"width": flow_width}))
     local = None
-    if not realtime and isinstance(segmenter, RemoteSegmenter):   # no worker process: open it here
+    if not realtime and isinstance(segmenter, RemoteSegmenter):  # no worker process: open it here
         segmenter = local = segmenter.spec.replace(options=segmenter.options).open()
     try:
         if realtime:
@@ -556,24 +579,36 @@ def iter_segmented(source, segmenter, *, keyframes: str | KeyframePolicy = "ever
             owned.close()
 
 
-def _carried(item_index: int, frame: np.ndarray, carrier: LabelCarrier, motions: list[Motion], flow_ms: float,
-             captured: float) -> SegmentedFrame:
+def _carried(
+    item_index: int, frame: np.ndarray, carrier: LabelCarrier, motions: list[Motion], flow_ms: float, captured: float
+) -> SegmentedFrame:
     result = carrier.carry(frame, motions)
     result.timings["flow"] = flow_ms
     result.timings["total"] = flow_ms + result.timings["propagate"]
     confidence = motions[-1].confidence if motions else None
-    return SegmentedFrame(item_index, frame, result, keyframe=False, key_index=carrier.key_index,
-                          age_frames=item_index - carrier.key_index, age_ms=(captured - carrier.key_time) * 1e3,
-                          confidence=confidence)
+    return SegmentedFrame(
+        item_index,
+        frame,
+        result,
+        keyframe=False,
+        key_index=carrier.key_index,
+        age_frames=item_index - carrier.key_index,
+        age_ms=(captured - carrier.key_time) * 1e3,
+        confidence=confidence,
+    )
 
 
-def _in_order(frames, segmenter, policy: KeyframePolicy, motion: MotionEstimator, pipelined: bool,
-              depth: int) -> Iterator[SegmentedFrame]:
+def _in_order(
+    frames, segmenter, policy: KeyframePolicy, motion: MotionEstimator, pipelined: bool, depth: int
+) -> Iterator[SegmentedFrame]:
     """Every frame waits for its own result: files, where there is no deadline."""
     carrier = LabelCarrier()
     fixed = policy.mode == "every"
-    stream: Iterator[_Encoded] = _encode_stream(frames, segmenter, lambda i: i % policy.interval == 0) if fixed \
+    stream: Iterator[_Encoded] = (
+        _encode_stream(frames, segmenter, lambda i: i % policy.interval == 0)
+        if fixed
         else (_Encoded(i, f, None) for i, f in enumerate(frames))
+    )
     if pipelined and fixed:
         stream = _pipelined(stream, depth)
     try:
@@ -585,15 +620,22 @@ def _in_order(frames, segmenter, policy: KeyframePolicy, motion: MotionEstimator
             if fixed:
                 is_key = item.encoded is not None
             else:
-                is_key = carrier.key is None or policy.due(item.index, item.index - carrier.key_index, step,
-                                                           carrier.novelty)
+                is_key = carrier.key is None or policy.due(
+                    item.index, item.index - carrier.key_index, step, carrier.novelty
+                )
                 if is_key:
                     item = replace(item, encoded=segmenter.encode_frame(item.frame))
             if is_key:
                 result = segmenter.finish(item.encoded)
                 carrier.start(result, item.index, captured)
-                yield SegmentedFrame(item.index, item.frame, result, keyframe=True, key_index=item.index,
-                                     confidence=None if step is None else step.confidence)
+                yield SegmentedFrame(
+                    item.index,
+                    item.frame,
+                    result,
+                    keyframe=True,
+                    key_index=item.index,
+                    confidence=None if step is None else step.confidence,
+                )
             else:
                 yield _carried(item.index, item.frame, carrier, [step] if step is not None else [], flow_ms, captured)
     finally:
@@ -628,12 +670,13 @@ class _Pacer:
             yield index, frame, time.perf_counter()
 
 
-def _realtime(frames, segmenter, policy: KeyframePolicy, motion: MotionEstimator,
-              pace_fps: float | None) -> Iterator[SegmentedFrame]:
+def _realtime(
+    frames, segmenter, policy: KeyframePolicy, motion: MotionEstimator, pace_fps: float | None
+) -> Iterator[SegmentedFrame]:
     """The encoder in its own worker; every frame carried along the flow and released at once."""
     carrier = LabelCarrier()
     worker = _keyframe_worker(segmenter)
-    history: collections.deque = collections.deque(maxlen=HISTORY_FRAMES)   # (index, Motion) since the last submit
+    history: collections.deque = collections.deque(maxlen=HISTORY_FRAMES)  # (index, Motion) since the last submit
     submitted = -1
     try:
         pacer = _Pacer(frames, pace_fps)
@@ -641,9 +684,9 @@ def _realtime(frames, segmenter, policy: KeyframePolicy, motion: MotionEstimator
             start = time.perf_counter()
             step = motion(frame)
             flow_ms = _ms(start)
-            if step is None:   # the first frame, or the size changed: no flow to carry along
+            if step is None:  # the first frame, or the size changed: no flow to carry along
                 history.clear()
-            if carrier.key is None:   # nothing to show yet: the first keyframe is waited for
+            if carrier.key is None:  # nothing to show yet: the first keyframe is waited for
                 if worker.submit(index, frame, captured):
                     submitted = index
                 done = worker.poll(wait_s=3600.0)
@@ -653,14 +696,14 @@ def _realtime(frames, segmenter, policy: KeyframePolicy, motion: MotionEstimator
                 yield SegmentedFrame(index, frame, done[2], keyframe=True, key_index=index, encoder_fps=worker.fps)
                 continue
             if (done := worker.poll()) is not None:
-                _adopt(carrier, done, history)   # carried up to the previous frame; this one follows below
+                _adopt(carrier, done, history)  # carried up to the previous frame; this one follows below
             item = _carried(index, frame, carrier, [step] if step is not None else [], flow_ms, captured)
             item.encoder_fps = worker.fps
             if step is not None:
                 history.append((index, step))
             if _wants_keyframe(policy, index, submitted) and worker.submit(index, frame, captured):
                 submitted = index
-                history.clear()   # the flows before this frame will never be needed again
+                history.clear()  # the flows before this frame will never be needed again
             yield item
     finally:
         worker.close()
@@ -686,11 +729,21 @@ def _adopt(carrier: LabelCarrier, done: tuple, history: collections.deque) -> No
     carrier.start(result, index, captured, labels)
 
 
-def write_overlay_video(frames, segmenter: FrameSegmenter, writer: Any, *,
-                        keyframes: str | KeyframePolicy = "every:1", realtime: bool = False, pipelined: bool = True,
-                        max_frames: int | None = None, pace_fps: float | None = None, track: bool = True,
-                        style: Any = None, on_frame: Callable[[SegmentedFrame], None] | None = None,
-                        frames_out: Any = None) -> Throughput:
+def write_overlay_video(
+    frames,
+    segmenter: FrameSegmenter,
+    writer: Any,
+    *,
+    keyframes: str | KeyframePolicy = "every:1",
+    realtime: bool = False,
+    pipelined: bool = True,
+    max_frames: int | None = None,
+    pace_fps: float | None = None,
+    track: bool = True,
+    style: Any = None,
+    on_frame: Callable[[SegmentedFrame], None] | None = None,
+    frames_out: Any = None,
+) -> Throughput:
     """Segment ``frames`` (see :func:`iter_segmented`) and write each overlay to ``writer`` (an
     :class:`~diffcut_edge.apps.video.AtomicVideoWriter`) as ``style`` says (an
     :class:`~diffcut_edge.apps.overlay.OverlayStyle`, or an opacity); returns the run's throughput.
@@ -698,8 +751,15 @@ def write_overlay_video(frames, segmenter: FrameSegmenter, writer: Any, *,
     from diffcut_edge.apps.tracking import TrackedOverlay
 
     draw, stats = TrackedOverlay(track, style), Throughput()
-    for item in iter_segmented(frames, segmenter, keyframes=keyframes, realtime=realtime, pipelined=pipelined,
-                               max_frames=max_frames, pace_fps=pace_fps):
+    for item in iter_segmented(
+        frames,
+        segmenter,
+        keyframes=keyframes,
+        realtime=realtime,
+        pipelined=pipelined,
+        max_frames=max_frames,
+        pace_fps=pace_fps,
+    ):
         writer.write(draw(item.frame, item.result))
         if frames_out is not None:
             from diffcut_edge.apps.hud import frame_status
@@ -750,11 +810,11 @@ class Throughput:
         order = (*TIMING_KEYS[:-1], "label", *PROPAGATION_KEYS, TIMING_KEYS[-1])
         means = {k: v / max(self.frames, 1) for k, v in self.stage_ms.items()}
         stages = " ".join(f"{k}={means[k]:.1f}" for k in order if k in means)
-        keys = f" ({self.keyframes} keyframes)" if self.keyframes != self.frames else ""   # DiffCut ran on these
+        keys = f" ({self.keyframes} keyframes)" if self.keyframes != self.frames else ""  # DiffCut ran on these
         return f"{self.frames} frames{keys}, {self.fps:.2f} fps; ms/frame: {stages}"
 
 
-if __name__ == "__main__":   # the realtime keyframe worker process (ProcessKeyframeWorker)
+if __name__ == "__main__":  # the realtime keyframe worker process (ProcessKeyframeWorker)
     import sys
     from multiprocessing.connection import Connection
 

@@ -28,12 +28,12 @@ import numpy as np
 
 from diffcut_edge.errors import DiffCutError
 
-FLOW_WIDTH = 160                  # the flow's frame width in pixels (DIS at 160x120: ~1 ms both ways)
-CONSISTENCY_PX = 1.0              # forward-backward disagreement (flow pixels) beyond which a pixel is occluded
-REFINE_ITERATIONS = 3             # PAMR rounds on a propagated frame (a keyframe: 10)
-REFINE_DILATIONS = (1,)           # PAMR dilation on a propagated frame (a keyframe: 1, 2, 4, 8)
-SCENE_CUT_RESIDUAL = 0.12         # mean |frame - warped previous frame| (0..1) above which the scene changed
-SCENE_CUT_CONFIDENCE = 0.25       # share of consistent pixels below which the scene changed
+FLOW_WIDTH = 160  # the flow's frame width in pixels (DIS at 160x120: ~1 ms both ways)
+CONSISTENCY_PX = 1.0  # forward-backward disagreement (flow pixels) beyond which a pixel is occluded
+REFINE_ITERATIONS = 3  # PAMR rounds on a propagated frame (a keyframe: 10)
+REFINE_DILATIONS = (1,)  # PAMR dilation on a propagated frame (a keyframe: 1, 2, 4, 8)
+SCENE_CUT_RESIDUAL = 0.12  # mean |frame - warped previous frame| (0..1) above which the scene changed
+SCENE_CUT_CONFIDENCE = 0.25  # share of consistent pixels below which the scene changed
 
 
 # ------------------------------------------------------------------------- policy
@@ -94,8 +94,12 @@ class KeyframePolicy:
             return True
         if self.mode == "every":
             return index % self.interval == 0
-        return (motion.scene_cut or motion.confidence < self.min_confidence or age >= self.max_age
-                or novelty >= self.max_novelty)
+        return (
+            motion.scene_cut
+            or motion.confidence < self.min_confidence
+            or age >= self.max_age
+            or novelty >= self.max_novelty
+        )
 
     def __str__(self) -> str:
         return "auto" if self.mode == "auto" else f"every:{self.interval}"
@@ -130,8 +134,9 @@ def small_grey(frame: np.ndarray, width: int = FLOW_WIDTH) -> np.ndarray:
     return cv2.resize(grey, (int(width), int(height)), interpolation=cv2.INTER_AREA)
 
 
-def _sample(field_: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, nearest: bool = False,
-            border: float = 0.0) -> np.ndarray:
+def _sample(
+    field_: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, nearest: bool = False, border: float = 0.0
+) -> np.ndarray:
     import cv2
 
     mode = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
@@ -216,8 +221,12 @@ def warp_labels(labels: np.ndarray, motion: Motion) -> np.ndarray:
     return out
 
 
-def refine_labels(image: np.ndarray, labels: np.ndarray, iterations: int = REFINE_ITERATIONS,
-                  dilations: Sequence[int] = REFINE_DILATIONS) -> np.ndarray:
+def refine_labels(
+    image: np.ndarray,
+    labels: np.ndarray,
+    iterations: int = REFINE_ITERATIONS,
+    dilations: Sequence[int] = REFINE_DILATIONS,
+) -> np.ndarray:
     """Carried ``labels`` (mh, mw; -1 = none) snapped to ``image`` (mh, mw, 3 RGB float in [0, 1]).
 
     PAMR's neighbour affinities (the keyframe's, :func:`~diffcut_edge.runtime.pamr.pamr_weights`), used
@@ -233,16 +242,16 @@ def refine_labels(image: np.ndarray, labels: np.ndarray, iterations: int = REFIN
     h, w = labels.shape
     dil = tuple(int(d) for d in dilations)
     # One strip on the calling thread: at mask size (128²) a thread pool costs more than it saves.
-    weights = pamr.pamr_weights(image, dil, rows=h, workers=1)                   # (n, h, w)
+    weights = pamr.pamr_weights(image, dil, rows=h, workers=1)  # (n, h, w)
     offsets = [(dy * d, dx * d) for d in dil for dy, dx in pamr.NEIGHBOURS]
     pad = max(dil)
     current = labels
     for _ in range(int(iterations)):
         padded = np.pad(current, pad, mode="edge")
-        neighbours = np.stack([padded[pad + oy:pad + oy + h, pad + ox:pad + ox + w] for oy, ox in offsets])
+        neighbours = np.stack([padded[pad + oy : pad + oy + h, pad + ox : pad + ox + w] for oy, ox in offsets])
         votes = np.where(neighbours >= 0, weights, 0.0).astype(np.float32)
         score = np.zeros_like(votes)
-        for j in range(len(offsets)):   # the affinity behind each neighbour's label
+        for j in range(len(offsets)):  # the affinity behind each neighbour's label
             score += votes[j] * (neighbours == neighbours[j])
         best = score.argmax(axis=0)
         chosen = np.take_along_axis(neighbours, best[None], axis=0)[0]
@@ -259,8 +268,9 @@ def fill_unlabelled(labels: np.ndarray) -> np.ndarray:
         return labels
     if missing.all():
         return np.zeros_like(labels)
-    _, nearest = cv2.distanceTransformWithLabels(missing.astype(np.uint8), cv2.DIST_L2, 3,
-                                                 labelType=cv2.DIST_LABEL_PIXEL)
+    _, nearest = cv2.distanceTransformWithLabels(
+        missing.astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
+    )
     # distanceTransformWithLabels numbers the zero (labelled) pixels; map each number to its label.
     index = np.zeros(int(nearest.max()) + 1, np.int32)
     index[nearest[~missing]] = labels[~missing]

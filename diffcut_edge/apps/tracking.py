@@ -30,8 +30,7 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _unit_rows(a) @ _unit_rows(b).T
 
 
-def match_embeddings(previous: np.ndarray, current: np.ndarray, min_similarity: float
-                     ) -> list[tuple[int, int]]:
+def match_embeddings(previous: np.ndarray, current: np.ndarray, min_similarity: float) -> list[tuple[int, int]]:
     """Pairs ``(i_previous, j_current)`` maximising total cosine similarity, each >= ``min_similarity``."""
     from scipy.optimize import linear_sum_assignment
 
@@ -48,8 +47,8 @@ class Track:
     """One persistent segment: its id, a running embedding, when it was last seen."""
 
     id: int
-    embedding: np.ndarray          # (C,) float32, unit norm
-    last_seen: int                 # frame index
+    embedding: np.ndarray  # (C,) float32, unit norm
+    last_seen: int  # frame index
 
 
 @dataclass
@@ -97,8 +96,10 @@ class SegmentTracker:
         self.frame_index += 1
         alive = [t for t in self.tracks if self.frame_index - t.last_seen <= self.max_age]
         if alive and current.shape[0] and alive[0].embedding.shape[0] != current.shape[1]:
-            raise DiffCutError(f"embeddings have {current.shape[1]} channels but the tracks have "
-                               f"{alive[0].embedding.shape[0]}; use a new tracker when the model changes")
+            raise DiffCutError(
+                f"embeddings have {current.shape[1]} channels but the tracks have "
+                f"{alive[0].embedding.shape[0]}; use a new tracker when the model changes"
+            )
         previous = np.stack([t.embedding for t in alive]) if alive else np.zeros((0, current.shape[1]), np.float32)
         ids = np.full(current.shape[0], -1, dtype=np.int32)
         for i, j in match_embeddings(previous, current, self.min_similarity):
@@ -140,8 +141,9 @@ class TrackedOverlay:
         from diffcut_edge.apps.overlay import OverlayStyle
 
         self.tracker = SegmentTracker() if track else None
-        self.style = style if isinstance(style, OverlayStyle) else OverlayStyle(
-            **({} if style is None else {"alpha": style}))
+        self.style = (
+            style if isinstance(style, OverlayStyle) else OverlayStyle(**({} if style is None else {"alpha": style}))
+        )
         self.last_labels: np.ndarray | None = None
         self.last_names: list = []
 
@@ -162,5 +164,5 @@ class TrackedOverlay:
             ids = self.tracker.update(result.embeddings)
             labels = relabel(labels, ids)
         self.last_labels = labels
-        self.last_names = result_names(result, ids)   # the result's own ids, mapped to the drawn ones
+        self.last_names = result_names(result, ids)  # the result's own ids, mapped to the drawn ones
         return annotate(frame, labels, self.last_names, self.style)

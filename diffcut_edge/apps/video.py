@@ -30,8 +30,8 @@ from diffcut_edge.errors import DiffCutError
 log = logging.getLogger("diffcut_edge.video")
 
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
-DEFAULT_FPS = 30.0           # used when a container reports no frame rate (webcams, some streams)
-STREAM_TIMEOUT_MS = 5000     # open/read timeout for network streams, so a dead URL fails fast
+DEFAULT_FPS = 30.0  # used when a container reports no frame rate (webcams, some streams)
+STREAM_TIMEOUT_MS = 5000  # open/read timeout for network streams, so a dead URL fails fast
 
 
 def quiet_opencv_logs() -> None:
@@ -41,7 +41,7 @@ def quiet_opencv_logs() -> None:
     """
     import cv2
 
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")   # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
     os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     try:
         # SILENT, not ERROR: imgcodecs reports a truncated BMP/TIFF as "[ERROR:0@...]" lines
@@ -58,8 +58,8 @@ class SourceSpec:
     GStreamer pipeline (``api``: which OpenCV capture backend opens it)."""
 
     target: int | str
-    live: bool               # camera or network stream: reconnect on drop; a file just ends
-    api: str = "any"         # "any" (OpenCV picks; FFmpeg for URLs) | "v4l2" | "gstreamer"
+    live: bool  # camera or network stream: reconnect on drop; a file just ends
+    api: str = "any"  # "any" (OpenCV picks; FFmpeg for URLs) | "v4l2" | "gstreamer"
 
     def __str__(self) -> str:
         if isinstance(self.target, int):
@@ -73,9 +73,11 @@ CSI_DEFAULTS = {"width": 1280, "height": 720, "fps": 30, "flip": 0}
 def csi_pipeline(sensor: int = 0, width: int = 1280, height: int = 720, fps: int = 30, flip: int = 0) -> str:
     """The GStreamer pipeline a Jetson board reads a CSI camera with (``nvarguscamerasrc``, NVMM
     buffers converted by ``nvvidconv``), ending in an appsink that keeps only the newest frame."""
-    return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM), width={width}, height={height}, "
-            f"framerate={fps}/1, format=NV12 ! nvvidconv flip-method={flip} ! video/x-raw, format=BGRx ! "
-            f"videoconvert ! video/x-raw, format=BGR ! appsink drop=true max-buffers=1")
+    return (
+        f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM), width={width}, height={height}, "
+        f"framerate={fps}/1, format=NV12 ! nvvidconv flip-method={flip} ! video/x-raw, format=BGRx ! "
+        f"videoconvert ! video/x-raw, format=BGR ! appsink drop=true max-buffers=1"
+    )
 
 
 def _parse_csi(text: str) -> SourceSpec:
@@ -105,9 +107,11 @@ def gstreamer_problem() -> str | None:
             if "YES" in line:
                 return None
             break
-    return (f"this OpenCV ({cv2.__version__}, the PyPI wheel) was built without GStreamer, which csi:// cameras "
-            f"and pipeline sources need: on a Jetson use JetPack's OpenCV (`sudo apt install python3-opencv`, "
-            f"then `pip uninstall opencv-python-headless`); docs/jetson.md")
+    return (
+        f"this OpenCV ({cv2.__version__}, the PyPI wheel) was built without GStreamer, which csi:// cameras "
+        f"and pipeline sources need: on a Jetson use JetPack's OpenCV (`sudo apt install python3-opencv`, "
+        f"then `pip uninstall opencv-python-headless`); docs/jetson.md"
+    )
 
 
 def parse_source(source: int | str | os.PathLike) -> SourceSpec:
@@ -125,21 +129,23 @@ def parse_source(source: int | str | os.PathLike) -> SourceSpec:
     if lowered.startswith("csi://"):
         return _parse_csi(text)
     if lowered.startswith("v4l2://"):
-        device = text[len("v4l2://"):]
+        device = text[len("v4l2://") :]
         if not device.startswith("/dev/"):
             raise DiffCutError(f"{text}: expected v4l2:///dev/videoN (a device path)")
         return SourceSpec(device, live=True, api="v4l2")
     if " ! " in text and "appsink" in lowered:
         return SourceSpec(text, live=True, api="gstreamer")
     if not Path(text).is_file():
-        raise DiffCutError(f"video source {text} does not exist (expected a file, a camera index "
-                           f"such as 0, an rtsp:// / http:// URL, csi://0, v4l2:///dev/video0 or a GStreamer "
-                           f"pipeline ending in appsink)")
+        raise DiffCutError(
+            f"video source {text} does not exist (expected a file, a camera index "
+            f"such as 0, an rtsp:// / http:// URL, csi://0, v4l2:///dev/video0 or a GStreamer "
+            f"pipeline ending in appsink)"
+        )
     return SourceSpec(text, live=False)
 
 
 def _refused(url: str) -> str | None:
-    """"connection refused" / "unknown host" when a TCP stream's server plainly is not there, else None.
+    """ "connection refused" / "unknown host" when a TCP stream's server plainly is not there, else None.
 
     OpenCV only says that opening failed; one short TCP connect tells an instant refusal from
     a slow network (UDP sources are not probed: they have no connection).
@@ -179,8 +185,10 @@ def open_capture(source: SourceSpec | int | str | os.PathLike):
         if cap.isOpened():
             return cap
         cap.release()
-        raise DiffCutError(f"cannot open the {spec}: GStreamer refused it (run it with gst-launch-1.0, "
-                           f"replacing appsink by fakesink, to see why)")
+        raise DiffCutError(
+            f"cannot open the {spec}: GStreamer refused it (run it with gst-launch-1.0, "
+            f"replacing appsink by fakesink, to see why)"
+        )
     if spec.api == "v4l2":
         cap = cv2.VideoCapture(spec.target, cv2.CAP_V4L2)
         if cap.isOpened():
@@ -189,9 +197,11 @@ def open_capture(source: SourceSpec | int | str | os.PathLike):
         cap.release()
         raise DiffCutError(f"cannot open {spec.target} with V4L2: no such device, or it is busy (check ls /dev/video*)")
     if isinstance(spec.target, str) and spec.live:
-        cap = cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG,
-                               [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
-                                cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+        cap = cv2.VideoCapture(
+            spec.target,
+            cv2.CAP_FFMPEG,
+            [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS],
+        )
     else:
         cap = cv2.VideoCapture(spec.target)
     if cap.isOpened():
@@ -202,16 +212,21 @@ def open_capture(source: SourceSpec | int | str | os.PathLike):
         return cap
     cap.release()
     if isinstance(spec.target, int):
-        raise DiffCutError(f"cannot open camera {spec.target}: no such device, or it is busy "
-                           f"(check ls /dev/video*; use --source PATH|URL for a file or stream)")
+        raise DiffCutError(
+            f"cannot open camera {spec.target}: no such device, or it is busy "
+            f"(check ls /dev/video*; use --source PATH|URL for a file or stream)"
+        )
     if spec.live:
         reason = _refused(str(spec.target))
         if reason:
             raise DiffCutError(f"cannot connect to {spec.target}: {reason}")
-        raise DiffCutError(f"cannot open the stream {spec.target} within {STREAM_TIMEOUT_MS / 1000:.0f} s "
-                           f"(check the URL, credentials and network)")
-    raise DiffCutError(f"cannot open video {spec.target}: OpenCV cannot decode it "
-                       f"(corrupt file or unsupported container/codec)")
+        raise DiffCutError(
+            f"cannot open the stream {spec.target} within {STREAM_TIMEOUT_MS / 1000:.0f} s "
+            f"(check the URL, credentials and network)"
+        )
+    raise DiffCutError(
+        f"cannot open video {spec.target}: OpenCV cannot decode it (corrupt file or unsupported container/codec)"
+    )
 
 
 @dataclass(frozen=True)
@@ -230,17 +245,20 @@ def probe(cap) -> VideoInfo:
     # Webcams report 0 and some containers nonsense (1000 fps): fall back to a sane default.
     fps = fps if 0.5 <= fps <= 240.0 else DEFAULT_FPS
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    return VideoInfo(fps=fps, width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                     height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-                     frame_count=count if count > 0 else None)
+    return VideoInfo(
+        fps=fps,
+        width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        frame_count=count if count > 0 else None,
+    )
 
 
 @dataclass
 class ReadStats:
     """What a :class:`FrameReader` went through, for the final summary."""
 
-    frames: int = 0            # frames delivered
-    broken: int = 0            # unreadable frames skipped
+    frames: int = 0  # frames delivered
+    broken: int = 0  # unreadable frames skipped
     reconnects: int = 0
     ended_early: bool = False  # a file stopped before its header's frame count
 
@@ -282,7 +300,7 @@ class FrameReader:
             self.spec = SourceSpec(self.spec.target, live=False)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        attempted = 0   # frame slots consumed, good or not (files)
+        attempted = 0  # frame slots consumed, good or not (files)
         failed_run = 0  # consecutive failed reads: broken frames if a good one follows, else the end
         while self._cap is not None:
             ok, frame = self._cap.read()
@@ -304,8 +322,10 @@ class FrameReader:
                 continue  # maybe a broken frame: look further
             if expected is not None and self.stats.frames + self.stats.broken < expected:
                 self.stats.ended_early = True
-                self.warn(f"{self.spec}: the video ends after {self.stats.frames} readable frames "
-                          f"although its header says {expected}; keeping what was read")
+                self.warn(
+                    f"{self.spec}: the video ends after {self.stats.frames} readable frames "
+                    f"although its header says {expected}; keeping what was read"
+                )
             return
 
     def _skipped(self, first: int, count: int) -> None:
@@ -321,14 +341,18 @@ class FrameReader:
         except DiffCutError as e:
             # Cameras are there or not; a stream server may be starting up (or restarting).
             # (A CSI camera, a V4L2 device or a pipeline is local hardware: it fails at once too.)
-            if not (self.spec.live and isinstance(self.spec.target, str) and self.spec.api == "any") \
-                    or self.retries == 0:
+            if (
+                not (self.spec.live and isinstance(self.spec.target, str) and self.spec.api == "any")
+                or self.retries == 0
+            ):
                 raise
             self.warn(f"{e}; retrying")
         cap = self._with_backoff("not reachable; connecting")
         if cap is None:
-            raise DiffCutError(f"{self.spec}: could not connect in {self.retries + 1} attempts "
-                               f"({self._last_error}); check the source (or raise --retries)")
+            raise DiffCutError(
+                f"{self.spec}: could not connect in {self.retries + 1} attempts "
+                f"({self._last_error}); check the source (or raise --retries)"
+            )
         return cap
 
     def _with_backoff(self, what: str) -> Any:
@@ -350,8 +374,10 @@ class FrameReader:
         self._release()
         cap = self._with_backoff("stream dropped; reconnecting")
         if cap is None:
-            raise DiffCutError(f"{self.spec}: the stream dropped and {self.retries} reconnection attempts "
-                               f"failed; check the source (or raise --retries)")
+            raise DiffCutError(
+                f"{self.spec}: the stream dropped and {self.retries} reconnection attempts "
+                f"failed; check the source (or raise --retries)"
+            )
         self._cap = cap
         self.stats.reconnects += 1
 
@@ -382,8 +408,14 @@ class AtomicVideoWriter:
     :meth:`size_note` says so when it differs from the frames.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int] | None = None,
-                 codec: str = "mp4v", keep_on_error: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float,
+        size: tuple[int, int] | None = None,
+        codec: str = "mp4v",
+        keep_on_error: bool = False,
+    ) -> None:
         self.path = self.check_target(path, codec)
         self.fps, self.size, self.codec = float(fps), size, codec
         self.keep_on_error = keep_on_error
@@ -414,9 +446,11 @@ class AtomicVideoWriter:
         writer = cv2.VideoWriter(str(self._file.tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, size)
         if not writer.isOpened():
             self._discard()
-            raise DiffCutError(f"cannot write {self.path} with codec {self.codec!r}: this OpenCV build "
-                               f"has no such encoder for {self.path.suffix} (try --codec mp4v with .mp4 "
-                               f"or --codec MJPG with .avi)")
+            raise DiffCutError(
+                f"cannot write {self.path} with codec {self.codec!r}: this OpenCV build "
+                f"has no such encoder for {self.path.suffix} (try --codec mp4v with .mp4 "
+                f"or --codec MJPG with .avi)"
+            )
         self._writer, self.size = writer, size
 
     def write(self, frame: np.ndarray) -> None:

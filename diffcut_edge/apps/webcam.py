@@ -59,9 +59,9 @@ class LiveOutputs:
     """Where the live loop shows its frames; each is optional (none: headless, stats only)."""
 
     window: Window | None = None
-    hub: Any = None          # a LiveHub: publish frames, take the browser's control changes
-    writer: Any = None       # an AtomicVideoWriter for the overlay video
-    frames: Any = None       # a FrameSaver: each frame's label map and segments JSON
+    hub: Any = None  # a LiveHub: publish frames, take the browser's control changes
+    writer: Any = None  # an AtomicVideoWriter for the overlay video
+    frames: Any = None  # a FrameSaver: each frame's label map and segments JSON
 
 
 @dataclass
@@ -89,16 +89,30 @@ def _handle_keys(window: Window, segmenter: Any) -> bool:
 
 def _publish(hub: Any, vis: np.ndarray, draw: TrackedOverlay, item: Any, segmenter: Any, fps: float) -> None:
     options = segmenter.options
-    hub.publish(vis, draw.last_labels, item.result.timings, fps=fps,
-                options={"tau": options.tau, "alpha": options.alpha, "refine": options.refine,
-                         "opacity": draw.alpha},
-                frame=hud.frame_status(item), names=draw.last_names)
+    hub.publish(
+        vis,
+        draw.last_labels,
+        item.result.timings,
+        fps=fps,
+        options={"tau": options.tau, "alpha": options.alpha, "refine": options.refine, "opacity": draw.alpha},
+        frame=hud.frame_status(item),
+        names=draw.last_names,
+    )
 
 
-def run_live(frames: Iterable[np.ndarray], segmenter: Any, outputs: LiveOutputs | None = None, *,
-             keyframes: str | KeyframePolicy = "auto", realtime: bool = True, pipelined: bool = True,
-             max_frames: int | None = None, pace_fps: float | None = None, track: bool = True,
-             style: Any = None) -> LiveSummary:
+def run_live(
+    frames: Iterable[np.ndarray],
+    segmenter: Any,
+    outputs: LiveOutputs | None = None,
+    *,
+    keyframes: str | KeyframePolicy = "auto",
+    realtime: bool = True,
+    pipelined: bool = True,
+    max_frames: int | None = None,
+    pace_fps: float | None = None,
+    track: bool = True,
+    style: Any = None,
+) -> LiveSummary:
     """Segment ``frames`` live (see :func:`~diffcut_edge.apps.pipeline.iter_segmented` for the
     keyframe arguments), draw overlay and HUD, and show them on ``outputs``. Returns when the
     frames end, ``max_frames`` are shown or the user quits in the window. ``style``: an
@@ -108,15 +122,24 @@ def run_live(frames: Iterable[np.ndarray], segmenter: Any, outputs: LiveOutputs 
     outputs = outputs or LiveOutputs()
     draw, stats, meter = TrackedOverlay(track, style), Throughput(), hud.FpsMeter()
     try:
-        for item in iter_segmented(frames, segmenter, keyframes=keyframes, realtime=realtime, pipelined=pipelined,
-                                   max_frames=max_frames, pace_fps=pace_fps):
+        for item in iter_segmented(
+            frames,
+            segmenter,
+            keyframes=keyframes,
+            realtime=realtime,
+            pipelined=pipelined,
+            max_frames=max_frames,
+            pace_fps=pace_fps,
+        ):
             if outputs.hub is not None:
                 apply_changes(outputs.hub.take_changes(), segmenter, draw)
             vis = draw(item.frame, item.result)
             stats.add(item.result.timings, item.key_index)
             fps = meter.tick()
-            hud.draw_hud(vis, hud.hud_text(fps, item.result.timings, item.result.num_segments,
-                                           segmenter.options.refine, frame=item))
+            hud.draw_hud(
+                vis,
+                hud.hud_text(fps, item.result.timings, item.result.num_segments, segmenter.options.refine, frame=item),
+            )
             if outputs.hub is not None:
                 _publish(outputs.hub, vis, draw, item, segmenter, fps)
             if outputs.writer is not None:

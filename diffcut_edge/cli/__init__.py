@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_libraries()
         from diffcut_edge.apps.video import quiet_opencv_logs
 
-        quiet_opencv_logs()   # OpenCV's own [ERROR ...] lines stay off stderr: our messages say it in one line
+        quiet_opencv_logs()  # OpenCV's own [ERROR ...] lines stay off stderr: our messages say it in one line
         return int(VERBS[verb][1](args) or 0)
     except DiffCutError as e:
         return _say(verb, f"error: {e}", EXIT_ERROR)
@@ -116,25 +116,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _say(verb, "terminated", EXIT_TERMINATED)
     except KeyboardInterrupt:
         return _say(verb, "interrupted", EXIT_INTERRUPTED)
-    except ModuleNotFoundError as e:   # a verb of the export stage in a runtime-only install
+    except ModuleNotFoundError as e:  # a verb of the export stage in a runtime-only install
         extra = _EXTRA_OF.get((e.name or "").split(".")[0])
         if extra is None:
-            return _say(verb, f"unexpected error: {type(e).__name__}: {e} (re-run with --debug for the traceback)",
-                        EXIT_INTERNAL)
-        return _say(verb, f"error: this needs '{e.name}', which is not installed: pip install "
-                          f"'diffcut-edge[{extra}]' (in a clone: pip install '.[{extra}]'); docs/open-vocabulary.md "
-                          f"for open_clip", EXIT_ERROR)
-    except PermissionError as e:   # an input folder, the model folder or --out that this user may not read or write
+            return _say(
+                verb,
+                f"unexpected error: {type(e).__name__}: {e} (re-run with --debug for the traceback)",
+                EXIT_INTERNAL,
+            )
+        return _say(
+            verb,
+            f"error: this needs '{e.name}', which is not installed: pip install "
+            f"'diffcut-edge[{extra}]' (in a clone: pip install '.[{extra}]'); docs/open-vocabulary.md "
+            f"for open_clip",
+            EXIT_ERROR,
+        )
+    except PermissionError as e:  # an input folder, the model folder or --out that this user may not read or write
         where = e.filename or "a file"
         return _say(verb, f"error: permission denied: {where} (check its permissions and its folder's)", EXIT_ERROR)
     except MemoryError:
-        return _say(verb, "error: out of memory (lower --mask-size, --batch or the resolution; docs/security.md "
-                          "lists the limits)", EXIT_ERROR)
+        return _say(
+            verb,
+            "error: out of memory (lower --mask-size, --batch or the resolution; docs/security.md lists the limits)",
+            EXIT_ERROR,
+        )
     except Exception as e:  # a bug or an unforeseen failure: still one line unless --debug
         if args is not None and args.debug:
             raise
-        return _say(verb, f"unexpected error: {type(e).__name__}: {e} (re-run with --debug for the traceback)",
-                    EXIT_INTERNAL)
+        return _say(
+            verb, f"unexpected error: {type(e).__name__}: {e} (re-run with --debug for the traceback)", EXIT_INTERNAL
+        )
     finally:
         if previous is not None:  # in-process callers (tests, embedding apps) get theirs back
             import signal
@@ -143,9 +154,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # The extra that brings a package a verb may import (export stage, CLIP, serving).
-_EXTRA_OF = {"torch": "export", "diffusers": "export", "transformers": "export", "onnx": "export",
-             "onnxscript": "export", "safetensors": "export", "accelerate": "export", "open_clip": "clip",
-             "timm": "clip", "ftfy": "clip", "tritonclient": "triton", "ray": "ray", "aiohttp": "live"}
+_EXTRA_OF = {
+    "torch": "export",
+    "diffusers": "export",
+    "transformers": "export",
+    "onnx": "export",
+    "onnxscript": "export",
+    "safetensors": "export",
+    "accelerate": "export",
+    "open_clip": "clip",
+    "timm": "clip",
+    "ftfy": "clip",
+    "tritonclient": "triton",
+    "ray": "ray",
+    "aiohttp": "live",
+}
 
 
 def _say(verb: str, message: str, code: int) -> int:

@@ -7,10 +7,10 @@ from typing import Any
 
 from diffcut_edge.defaults import STAGES
 
-EXIT_ERROR = 2        # a DiffCutError: bad input, wrong folder, missing extra; a check that failed
-EXIT_INTERNAL = 1     # an unexpected exception (a bug): one line, --debug for the traceback
+EXIT_ERROR = 2  # a DiffCutError: bad input, wrong folder, missing extra; a check that failed
+EXIT_INTERNAL = 1  # an unexpected exception (a bug): one line, --debug for the traceback
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), as shells report it
-EXIT_TERMINATED = 143   # SIGTERM
+EXIT_TERMINATED = 143  # SIGTERM
 
 
 def warn(verb: str, message: str) -> None:
@@ -42,8 +42,15 @@ def progress(iterable=None, *, total=None, quiet: bool, unit: str):
     from tqdm import tqdm
 
     # On stderr, so stdout keeps only results; off with --quiet or when stderr is not a terminal.
-    return tqdm(iterable, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                disable=quiet or not sys.stderr.isatty(), leave=False)
+    return tqdm(
+        iterable,
+        total=total,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=quiet or not sys.stderr.isatty(),
+        leave=False,
+    )
 
 
 def say_progress(verb: str, quiet: bool):
@@ -67,8 +74,10 @@ class ImageLines:
             return
         k = result.num_segments
         named = f" ({', '.join(sorted({s.class_name for s in result.segments}))})" if result.segments else ""
-        self.bar.write(f"{path}: {k} segment{'s' if k != 1 else ''}{named}, {result.labels.shape[1]}x"
-                       f"{result.labels.shape[0]}, {stage_line(result.timings)}")
+        self.bar.write(
+            f"{path}: {k} segment{'s' if k != 1 else ''}{named}, {result.labels.shape[1]}x"
+            f"{result.labels.shape[0]}, {stage_line(result.timings)}"
+        )
 
     def failure(self, path: Any, message: str) -> None:
         self.bar.update(1)

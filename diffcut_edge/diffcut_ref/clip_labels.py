@@ -72,21 +72,24 @@ def encode_text(clip: Any, tokens: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ clip.text_projection
 
 
-def text_classifier(clip: Any, tokenizer: Any, vocabulary: Vocabulary,
-                    templates: Sequence[str] = VILD_TEMPLATES) -> torch.Tensor:
+def text_classifier(
+    clip: Any, tokenizer: Any, vocabulary: Vocabulary, templates: Sequence[str] = VILD_TEMPLATES
+) -> torch.Tensor:
     """``get_text_classifier``: (S, D), one normalised embedding per synonym (template average)."""
     prompts = vocabulary.prompts(templates)
     with torch.no_grad():
-        parts = [encode_text(clip, tokenizer(prompts[i:i + PROMPT_BATCH]))
-                 for i in range(0, len(prompts), PROMPT_BATCH)]
+        parts = [
+            encode_text(clip, tokenizer(prompts[i : i + PROMPT_BATCH])) for i in range(0, len(prompts), PROMPT_BATCH)
+        ]
     x = torch.cat(parts, dim=0)
     x = x / x.norm(dim=-1, keepdim=True)
     x = x.reshape(x.shape[0] // len(templates), len(templates), x.shape[-1]).mean(1)
     return x / x.norm(dim=-1, keepdim=True)
 
 
-def classification_logits(x: torch.Tensor, classifier: torch.Tensor, logit_scale: torch.Tensor,
-                          synonym_counts: Sequence[int]) -> torch.Tensor:
+def classification_logits(
+    x: torch.Tensor, classifier: torch.Tensor, logit_scale: torch.Tensor, synonym_counts: Sequence[int]
+) -> torch.Tensor:
     """``get_classification_logits``: (B, Q, K + 1), per class the max over its synonyms, then the
     trailing "void" column (the last synonym's logit)."""
     x = F.normalize(x, dim=-1)
@@ -94,14 +97,15 @@ def classification_logits(x: torch.Tensor, classifier: torch.Tensor, logit_scale
     logits = scale * x @ classifier.T
     out, start = [], 0
     for count in synonym_counts:
-        out.append(logits[:, :, start:start + count].max(-1).values)
+        out.append(logits[:, :, start : start + count].max(-1).values)
         start += count
     out.append(logits[:, :, -1])
     return torch.stack(out, dim=-1)
 
 
-def associate_labels(clip: Any, image: torch.Tensor, label_map: torch.Tensor, classifier: torch.Tensor,
-                     synonym_counts: Sequence[int]) -> list[dict]:
+def associate_labels(
+    clip: Any, image: torch.Tensor, label_map: torch.Tensor, classifier: torch.Tensor, synonym_counts: Sequence[int]
+) -> list[dict]:
     """``associate_label``, one segment at a time as the official: per id of ``label_map`` (H, W),
     {"id", "class_index", "score", "logits"} with logits the K class logits (void dropped)."""
     with torch.no_grad():
@@ -114,6 +118,12 @@ def associate_labels(clip: Any, image: torch.Tensor, label_map: torch.Tensor, cl
             logits = classification_logits(embedded, classifier, clip.logit_scale, synonym_counts)[..., :-1]
             probs = logits.softmax(-1)
             index = int(torch.argmax(probs).item())
-            out.append({"id": int(i.item()), "class_index": index, "score": float(probs.flatten()[index]),
-                        "logits": logits.flatten().clone()})
+            out.append(
+                {
+                    "id": int(i.item()),
+                    "class_index": index,
+                    "score": float(probs.flatten()[index]),
+                    "logits": logits.flatten().clone(),
+                }
+            )
     return out

@@ -32,14 +32,16 @@ import numpy as np
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 
-RANGE_TOLERANCE = 1e-4   # images may overshoot [0, 1] by rounding (e.g. after a resize)
-HOOK_STRIDE = 32         # VAE /8 x two UNet downsamples /4
+RANGE_TOLERANCE = 1e-4  # images may overshoot [0, 1] by rounding (e.g. after a resize)
+HOOK_STRIDE = 32  # VAE /8 x two UNet downsamples /4
 
 
 def _check_resolution(resolution: int) -> int:
     if int(resolution) != resolution or resolution < HOOK_STRIDE or resolution % HOOK_STRIDE:
-        raise DiffCutError(f"resolution must be a positive multiple of {HOOK_STRIDE} (the hook grid is "
-                           f"R/{HOOK_STRIDE}), got {resolution}; DiffCut uses 1024")
+        raise DiffCutError(
+            f"resolution must be a positive multiple of {HOOK_STRIDE} (the hook grid is "
+            f"R/{HOOK_STRIDE}), got {resolution}; DiffCut uses 1024"
+        )
     return int(resolution)
 
 
@@ -67,8 +69,10 @@ def _as_image_batch(images: Any):
         raise DiffCutError("images contain NaN or infinite values")
     lo, hi = float(batch.min()), float(batch.max())
     if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-        raise DiffCutError(f"images must be RGB in [0, 1], got values in [{lo:.3g}, {hi:.3g}]"
-                           + ("; divide 0-255 images by 255" if hi > 1.5 else ""))
+        raise DiffCutError(
+            f"images must be RGB in [0, 1], got values in [{lo:.3g}, {hi:.3g}]"
+            + ("; divide 0-255 images by 255" if hi > 1.5 else "")
+        )
     return batch
 
 
@@ -92,8 +96,9 @@ def encode_latents(pipeline: Any, images, resolution: int):
     import torch.nn.functional as F
 
     device = pipeline.device
-    x = F.interpolate(images.to(device), size=(resolution, resolution), mode="bilinear",
-                      align_corners=False, antialias=False)
+    x = F.interpolate(
+        images.to(device), size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=False
+    )
     with _float32_module(pipeline.vae) as vae:
         posterior = vae.encode(2.0 * x - 1.0).latent_dist
         return posterior.mean.float() * vae.config.scaling_factor
@@ -110,8 +115,13 @@ def _capture_output(module):
         handle.remove()
 
 
-def extract_features(pipeline: Any, images, resolution: int = defaults.RESOLUTION, timestep: int = defaults.TIMESTEP,
-                     noise_seed: int = defaults.NOISE_SEED) -> np.ndarray:
+def extract_features(
+    pipeline: Any,
+    images,
+    resolution: int = defaults.RESOLUTION,
+    timestep: int = defaults.TIMESTEP,
+    noise_seed: int = defaults.NOISE_SEED,
+) -> np.ndarray:
     """DiffCut features of ``images`` from a loaded diffusers pipeline.
 
     Parameters
@@ -149,11 +159,17 @@ def extract_features(pipeline: Any, images, resolution: int = defaults.RESOLUTIO
         scheduler = ddim_scheduler(pipeline)
         noisy = scheduler.scale_model_input(scheduler.add_noise(latents, noise, t), t)  # identity for DDIM
         with _capture_output(hooked_module(unet, family)) as captured:
-            unet(noisy.to(unet.dtype), t, encoder_hidden_states=cond.prompt_embeds.expand(b, -1, -1),
-                 added_cond_kwargs=cond.added_cond_kwargs(b))
+            unet(
+                noisy.to(unet.dtype),
+                t,
+                encoder_hidden_states=cond.prompt_embeds.expand(b, -1, -1),
+                added_cond_kwargs=cond.added_cond_kwargs(b),
+            )
     if len(captured) != 1:
-        raise DiffCutError(f"the hooked module ran {len(captured)} times in one UNet pass (expected once); "
-                           f"is this a standard diffusers UNet2DConditionModel?")
+        raise DiffCutError(
+            f"the hooked module ran {len(captured)} times in one UNet pass (expected once); "
+            f"is this a standard diffusers UNet2DConditionModel?"
+        )
     features = captured[0].float().cpu().numpy()
     grid = resolution // HOOK_STRIDE
     if features.shape[:2] != (b, grid * grid):

@@ -265,7 +265,9 @@ def _recursive_ncut_map(feats_norm, tau: float, alpha: float) -> NCutTrace:
     return state
 
 
-def recursive_ncut_trace(features, grid: Sequence[int], tau: float = defaults.TAU, alpha: float = defaults.ALPHA) -> NCutTrace:
+def recursive_ncut_trace(
+    features, grid: Sequence[int], tau: float = defaults.TAU, alpha: float = defaults.ALPHA
+) -> NCutTrace:
     """:func:`recursive_ncut` with the recursion's counts (see :class:`NCutTrace`)."""
     g = _check_grid(grid)
     return _recursive_ncut_map(_feature_map(_as_feature_tensor(features, g), g), tau, alpha)
@@ -396,7 +398,9 @@ def segment_embeddings(features, grid: Sequence[int], coarse_labels) -> np.ndarr
     return emb.cpu().numpy().astype(np.float32)
 
 
-def assign_concepts(features, grid: Sequence[int], coarse_labels, mask_size: Sequence[int] = defaults.MASK_SIZE) -> np.ndarray:
+def assign_concepts(
+    features, grid: Sequence[int], coarse_labels, mask_size: Sequence[int] = defaults.MASK_SIZE
+) -> np.ndarray:
     """High-resolution concept assignment of coarse segments.
 
     e_k = mean of the normalised features over segment k (not re-normalised); the
@@ -415,7 +419,11 @@ def assign_concepts(features, grid: Sequence[int], coarse_labels, mask_size: Seq
 
 
 def segment_features(
-    features, grid: Sequence[int], tau: float = defaults.TAU, alpha: float = defaults.ALPHA, mask_size: Sequence[int] = defaults.MASK_SIZE
+    features,
+    grid: Sequence[int],
+    tau: float = defaults.TAU,
+    alpha: float = defaults.ALPHA,
+    mask_size: Sequence[int] = defaults.MASK_SIZE,
 ) -> np.ndarray:
     """The official ``generate_masks``: recursive NCut, assembly, concept assignment.
 

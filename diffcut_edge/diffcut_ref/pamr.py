@@ -130,7 +130,9 @@ def _pamr_tensor(image, labels, num_iter: int, dilations: Sequence[int]):
     return mask
 
 
-def pamr_soft(image, labels, num_iter: int = defaults.PAMR_ITERATIONS, dilations: Sequence[int] = defaults.PAMR_DILATIONS) -> np.ndarray:
+def pamr_soft(
+    image, labels, num_iter: int = defaults.PAMR_ITERATIONS, dilations: Sequence[int] = defaults.PAMR_DILATIONS
+) -> np.ndarray:
     """PAMR soft masks before the argmax.
 
     Args:
@@ -148,7 +150,9 @@ def pamr_soft(image, labels, num_iter: int = defaults.PAMR_ITERATIONS, dilations
     return _pamr_tensor(image, labels, num_iter, dilations)[0].cpu().numpy().astype(np.float32)
 
 
-def pamr_refine(image, labels, num_iter: int = defaults.PAMR_ITERATIONS, dilations: Sequence[int] = defaults.PAMR_DILATIONS) -> np.ndarray:
+def pamr_refine(
+    image, labels, num_iter: int = defaults.PAMR_ITERATIONS, dilations: Sequence[int] = defaults.PAMR_DILATIONS
+) -> np.ndarray:
     """PAMR + argmax + 3x3 median filter, as DiffCut's evaluation.
 
     Returns:

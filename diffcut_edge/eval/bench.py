@@ -51,10 +51,10 @@ class BatchResult:
 
     batch: int
     iters: int
-    stages: dict[str, StageStats]       # per frame, as the Segmenter reports them
-    batch_ms: StageStats                # wall time of one segment_batch call
-    fps: float                          # frames per second from the median batch time
-    num_segments: int                   # of the first frame, a sanity figure
+    stages: dict[str, StageStats]  # per frame, as the Segmenter reports them
+    batch_ms: StageStats  # wall time of one segment_batch call
+    fps: float  # frames per second from the median batch time
+    num_segments: int  # of the first frame, a sanity figure
 
 
 @dataclass
@@ -68,7 +68,7 @@ class BenchReport:
     warmup: int
     batches: list[BatchResult] = field(default_factory=list)
     memory: dict[str, float | None] = field(default_factory=dict)
-    load_average: tuple[float, float, float] | None = None   # 1/5/15 min, after the runs: other load skews timings
+    load_average: tuple[float, float, float] | None = None  # 1/5/15 min, after the runs: other load skews timings
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; the stages of the first batch size are also top-level keys."""
@@ -97,13 +97,14 @@ def synthetic_image(height: int = 480, width: int = 640) -> np.ndarray:
     import cv2
 
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    frame = np.stack([255 * x / max(width - 1, 1), 255 * y / max(height - 1, 1),
-                      127 + 60 * np.sin(x / 40.0) * np.cos(y / 55.0)], axis=-1)
+    frame = np.stack(
+        [255 * x / max(width - 1, 1), 255 * y / max(height - 1, 1), 127 + 60 * np.sin(x / 40.0) * np.cos(y / 55.0)],
+        axis=-1,
+    )
     frame = np.clip(frame, 0, 255).astype(np.uint8)
     cv2.circle(frame, (width // 3, height // 2), min(height, width) // 5, (30, 200, 40), -1)
     cv2.rectangle(frame, (width // 2, height // 6), (width - width // 8, height // 2), (200, 40, 160), -1)
-    cv2.ellipse(frame, (2 * width // 3, 3 * height // 4), (width // 6, height // 10), 20, 0, 360,
-                (20, 60, 220), -1)
+    cv2.ellipse(frame, (2 * width // 3, 3 * height // 4), (width // 6, height // 10), 20, 0, 360, (20, 60, 220), -1)
     return frame
 
 
@@ -166,8 +167,12 @@ def gpu_memory_mb() -> dict[str, float] | None:
     try:
         pool = cupy.get_default_memory_pool()
         free, total = cupy.cuda.runtime.memGetInfo()
-        return {"cupy_pool_used_mb": pool.used_bytes() / 2**20, "cupy_pool_total_mb": pool.total_bytes() / 2**20,
-                "device_used_mb": (total - free) / 2**20, "device_total_mb": total / 2**20}
+        return {
+            "cupy_pool_used_mb": pool.used_bytes() / 2**20,
+            "cupy_pool_total_mb": pool.total_bytes() / 2**20,
+            "device_used_mb": (total - free) / 2**20,
+            "device_total_mb": total / 2**20,
+        }
     except Exception:
         return None
 
@@ -186,7 +191,7 @@ def bench_batch(segmenter, frame: np.ndarray, batch: int, *, iters: int, warmup:
     # Each frame's result, and (a model folder's) encoder input and features, held at once for the batch.
     per_frame = 8 * frame.shape[0] * frame.shape[1]
     if (m := segmenter.manifest) is not None:
-        per_frame += 4 * (3 * m.resolution ** 2 + m.num_tokens * m.channels)
+        per_frame += 4 * (3 * m.resolution**2 + m.num_tokens * m.channels)
     check_fits(batch * per_frame, f"a batch of {batch} frames", "lower --batch")
     frames = [frame] * batch
     for _ in range(warmup):
@@ -203,15 +208,21 @@ def bench_batch(segmenter, frame: np.ndarray, batch: int, *, iters: int, warmup:
                 if stage in result.timings:
                     per_stage[stage].append(float(result.timings[stage]))
     stats = StageStats.of(batch_ms)
-    return BatchResult(batch=batch, iters=iters, stages={s: StageStats.of(v) for s, v in per_stage.items()},
-                       batch_ms=stats, fps=batch * 1e3 / stats.median_ms, num_segments=num_segments)
+    return BatchResult(
+        batch=batch,
+        iters=iters,
+        stages={s: StageStats.of(v) for s, v in per_stage.items()},
+        batch_ms=stats,
+        fps=batch * 1e3 / stats.median_ms,
+        num_segments=num_segments,
+    )
 
 
 class Benchable(Protocol):
     """What bench times and reports: a Segmenter, or a test's scripted stand-in."""
 
-    manifest: Any            # the model folder's Manifest (None: no folder)
-    device: str              # where post-processing runs
+    manifest: Any  # the model folder's Manifest (None: no folder)
+    device: str  # where post-processing runs
     backend_description: str
 
     def segment_batch(self, frames: Sequence[np.ndarray]) -> list[Any]: ...
@@ -226,22 +237,51 @@ def _manifest_fields(segmenter: Benchable) -> dict[str, Any]:
     manifest = segmenter.manifest
     if manifest is None:
         return {}
-    keep = ("model_id", "family", "resolution", "grid", "channels", "precision", "timestep", "noise_seed",
-            "opset", "hook", "model_revision", "quantization", "verification")
+    keep = (
+        "model_id",
+        "family",
+        "resolution",
+        "grid",
+        "channels",
+        "precision",
+        "timestep",
+        "noise_seed",
+        "opset",
+        "hook",
+        "model_revision",
+        "quantization",
+        "verification",
+    )
     return {k: getattr(manifest, k) for k in keep if hasattr(manifest, k)}
 
 
-def run_bench(segmenter, frame: np.ndarray, *, batches: Sequence[int] = (1,), iters: int = 10,
-              warmup: int = 2, image: str = "synthetic", refine: bool = True,
-              progress: Callable[[str], None] | None = None) -> BenchReport:
+def run_bench(
+    segmenter,
+    frame: np.ndarray,
+    *,
+    batches: Sequence[int] = (1,),
+    iters: int = 10,
+    warmup: int = 2,
+    image: str = "synthetic",
+    refine: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> BenchReport:
     """Time a segmenter at each batch size and collect the environment it ran in."""
     if iters < 1 or warmup < 0 or not batches or min(batches) < 1:
-        raise DiffCutError(f"bench needs iters >= 1, warmup >= 0 and batch sizes >= 1 "
-                           f"(got iters={iters}, warmup={warmup}, batches={list(batches)})")
+        raise DiffCutError(
+            f"bench needs iters >= 1, warmup >= 0 and batch sizes >= 1 "
+            f"(got iters={iters}, warmup={warmup}, batches={list(batches)})"
+        )
     backend, device = describe_backend(segmenter)
-    report = BenchReport(device=device_description(device), backend=f"{backend} ({device})",
-                         versions=library_versions(), model=_manifest_fields(segmenter), image=image,
-                         refine=refine, warmup=warmup)
+    report = BenchReport(
+        device=device_description(device),
+        backend=f"{backend} ({device})",
+        versions=library_versions(),
+        model=_manifest_fields(segmenter),
+        image=image,
+        refine=refine,
+        warmup=warmup,
+    )
     for batch in batches:
         if progress:
             progress(f"batch {batch}: {warmup} warm-up + {iters} timed runs")
@@ -265,23 +305,36 @@ def _load_average() -> tuple[float, float, float] | None:
 
 def format_report(report: BenchReport) -> str:
     """The terminal table: one block per batch size, median and p90 per stage."""
-    lines = [f"device   {report.device}", f"backend  {report.backend}",
-             "versions " + ", ".join(f"{k} {v}" for k, v in report.versions.items())]
+    lines = [
+        f"device   {report.device}",
+        f"backend  {report.backend}",
+        "versions " + ", ".join(f"{k} {v}" for k, v in report.versions.items()),
+    ]
     if report.model:
         m = report.model
-        lines.append(f"model    {m.get('model_id')} family={m.get('family')} R={m.get('resolution')} "
-                     f"grid={m.get('grid')} C={m.get('channels')} {m.get('precision')}")
+        lines.append(
+            f"model    {m.get('model_id')} family={m.get('family')} R={m.get('resolution')} "
+            f"grid={m.get('grid')} C={m.get('channels')} {m.get('precision')}"
+        )
         if m.get("quantization"):
             v = m.get("verification")
-            lines.append("verified " + ("never (diffcut-edge verify --model-dir ... --against FP32_DIR)" if not v else
-                                        f"{'passed' if v.get('passed') else 'FAILED'} against {v.get('against')}: "
-                                        f"min cosine {v.get('min_cosine', float('nan')):.4f} on {v.get('images')} image(s)"))
+            lines.append(
+                "verified "
+                + (
+                    "never (diffcut-edge verify --model-dir ... --against FP32_DIR)"
+                    if not v
+                    else f"{'passed' if v.get('passed') else 'FAILED'} against {v.get('against')}: "
+                    f"min cosine {v.get('min_cosine', float('nan')):.4f} on {v.get('images')} image(s)"
+                )
+            )
     lines.append(f"image    {report.image}; refine={report.refine}; warm-up {report.warmup}")
     for b in report.batches:
         lines.append("")
-        lines.append(f"batch {b.batch} ({b.iters} runs): {b.fps:.2f} frames/s, "
-                     f"batch call median {b.batch_ms.median_ms:.1f} ms, p90 {b.batch_ms.p90_ms:.1f} ms, "
-                     f"{b.num_segments} segments")
+        lines.append(
+            f"batch {b.batch} ({b.iters} runs): {b.fps:.2f} frames/s, "
+            f"batch call median {b.batch_ms.median_ms:.1f} ms, p90 {b.batch_ms.p90_ms:.1f} ms, "
+            f"{b.num_segments} segments"
+        )
         lines.append(f"  {'stage':<11}{'median ms':>11}{'p90 ms':>10}")
         for stage in STAGES:
             s = b.stages[stage]

@@ -37,8 +37,9 @@ from diffcut_edge.runtime.xp import nearest_taps
 DATASETS = ("voc", "context", "coco-object", "coco-stuff", "cityscapes", "ade20k")
 # ``--file-list curated``: the image lists the official evaluation loads (eval/data/README.md).
 CURATED = "curated"
-CURATED_LISTS = {name: Path(__file__).parent / "data" / "coco_val2017_curated.txt"
-                 for name in ("coco-object", "coco-stuff")}
+CURATED_LISTS = {
+    name: Path(__file__).parent / "data" / "coco_val2017_curated.txt" for name in ("coco-object", "coco-stuff")
+}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IGNORE = -1  # a pixel that no class scores
 
@@ -56,10 +57,10 @@ class DatasetSpec:
 
     name: str
     num_classes: int
-    lut: np.ndarray = field(repr=False)      # (65536,) int32, raw value -> class or -1
+    lut: np.ndarray = field(repr=False)  # (65536,) int32, raw value -> class or -1
     background: int | None = None
     class_names: tuple[str, ...] = ()
-    note: str = ""                           # what is verified / where it departs from the official
+    note: str = ""  # what is verified / where it departs from the official
 
     def map_labels(self, raw: np.ndarray) -> np.ndarray:
         """Raw label values (any int array) -> class indices int32, -1 = ignored."""
@@ -67,8 +68,9 @@ class DatasetSpec:
         if raw.dtype.kind not in "iu":
             raise DiffCutError(f"{self.name}: label maps must hold integers, got dtype {raw.dtype}")
         if raw.size and (raw.min() < 0 or raw.max() >= self.lut.size):
-            raise DiffCutError(f"{self.name}: label values must lie in [0, {self.lut.size}), "
-                               f"got [{raw.min()}, {raw.max()}]")
+            raise DiffCutError(
+                f"{self.name}: label values must lie in [0, {self.lut.size}), got [{raw.min()}, {raw.max()}]"
+            )
         return self.lut[raw]
 
 
@@ -79,9 +81,28 @@ def _lut(mapping: dict[int, int], size: int = 1 << 16) -> np.ndarray:
     return lut
 
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-               "train", "tvmonitor")
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 # COCO ids 1..90 of the 80 annotated thing classes (11 ids have no segmentation), in order.
 COCO_THING_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
@@ -116,10 +137,35 @@ COCO_STUFF_COARSE: dict[str, tuple[int, ...]] = {
     "structural": (99, 113, 138, 146, 164),
     "water": (120, 148, 155, 178, 179),
 }
-CITYSCAPES_27 = ("road", "sidewalk", "parking", "rail track", "building", "wall", "fence", "guard rail",
-                 "bridge", "tunnel", "pole", "polegroup", "traffic light", "traffic sign", "vegetation",
-                 "terrain", "sky", "person", "rider", "car", "truck", "bus", "caravan", "trailer", "train",
-                 "motorcycle", "bicycle")
+CITYSCAPES_27 = (
+    "road",
+    "sidewalk",
+    "parking",
+    "rail track",
+    "building",
+    "wall",
+    "fence",
+    "guard rail",
+    "bridge",
+    "tunnel",
+    "pole",
+    "polegroup",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "caravan",
+    "trailer",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
 
 
 def _voc_spec(ignore_void: bool) -> DatasetSpec:
@@ -128,23 +174,39 @@ def _voc_spec(ignore_void: bool) -> DatasetSpec:
     # maps 255 -> -1 -> background: void borders are scored as background. Same here by default.
     bg = 20
     mapping = {k: k - 1 for k in range(1, 21)} | {0: bg, 255: IGNORE if ignore_void else bg}
-    return DatasetSpec("voc", 21, _lut(mapping), background=bg, class_names=VOC_CLASSES + ("background",),
-                       note="void (255) scored as background like the official run"
-                       + ("; here ignored (ignore_void=True)" if ignore_void else ""))
+    return DatasetSpec(
+        "voc",
+        21,
+        _lut(mapping),
+        background=bg,
+        class_names=VOC_CLASSES + ("background",),
+        note="void (255) scored as background like the official run"
+        + ("; here ignored (ignore_void=True)" if ignore_void else ""),
+    )
 
 
 def _voc_d2_spec() -> DatasetSpec:
     # detectron2-prepared annotations_pascal20: 0..19 classes, 255 background *and* void
     # (they cannot be told apart, so ignore_void has no effect on this layout).
-    return DatasetSpec("voc", 21, _lut({k: k for k in range(20)} | {255: 20}), background=20,
-                       class_names=VOC_CLASSES + ("background",),
-                       note="pascal_voc_d2 layout: background and void share 255 (scored as background)")
+    return DatasetSpec(
+        "voc",
+        21,
+        _lut({k: k for k in range(20)} | {255: 20}),
+        background=20,
+        class_names=VOC_CLASSES + ("background",),
+        note="pascal_voc_d2 layout: background and void share 255 (scored as background)",
+    )
 
 
 def _context_spec() -> DatasetSpec:
     # pascal_ctx_d2/annotations_ctx59: 0..58 the 59 classes, 255 background -> class 59.
-    return DatasetSpec("context", 60, _lut({k: k for k in range(59)} | {255: 59}), background=59,
-                       class_names=tuple(f"ctx{k}" for k in range(59)) + ("background",))
+    return DatasetSpec(
+        "context",
+        60,
+        _lut({k: k for k in range(59)} | {255: 59}),
+        background=59,
+        class_names=tuple(f"ctx{k}" for k in range(59)) + ("background",),
+    )
 
 
 def _coco_object_spec() -> DatasetSpec:
@@ -152,18 +214,28 @@ def _coco_object_spec() -> DatasetSpec:
     # unlabeled (255) -> background 80, as the official (keys >= 91 -> -1 -> background).
     mapping = {v: 80 for v in range(256)}
     mapping.update({cid - 1: k for k, cid in enumerate(COCO_THING_IDS)})
-    return DatasetSpec("coco-object", 81, _lut(mapping), background=80,
-                       class_names=tuple(f"coco{cid}" for cid in COCO_THING_IDS) + ("background",),
-                       note="mapping derived from the public COCO ids; equal to the official pickle on all its keys "
-                            "(compared once, docs/eval.md)")
+    return DatasetSpec(
+        "coco-object",
+        81,
+        _lut(mapping),
+        background=80,
+        class_names=tuple(f"coco{cid}" for cid in COCO_THING_IDS) + ("background",),
+        note="mapping derived from the public COCO ids; equal to the official pickle on all its keys "
+        "(compared once, docs/eval.md)",
+    )
 
 
 def _coco_stuff_spec() -> DatasetSpec:
     mapping = {cid - 1: k for k, ids in enumerate(COCO_STUFF_COARSE.values()) for cid in ids}
-    return DatasetSpec("coco-stuff", 27, _lut(mapping), class_names=tuple(COCO_STUFF_COARSE),
-                       note="27 coarse classes derived from the public COCO-Stuff hierarchy, not read "
-                            "from the official pickle; equal to it on every value a stuffthingmap holds (compared "
-                            "once, docs/eval.md)")
+    return DatasetSpec(
+        "coco-stuff",
+        27,
+        _lut(mapping),
+        class_names=tuple(COCO_STUFF_COARSE),
+        note="27 coarse classes derived from the public COCO-Stuff hierarchy, not read "
+        "from the official pickle; equal to it on every value a stuffthingmap holds (compared "
+        "once, docs/eval.md)",
+    )
 
 
 def _cityscapes_spec() -> DatasetSpec:
@@ -173,18 +245,26 @@ def _cityscapes_spec() -> DatasetSpec:
 
 def _ade20k_spec() -> DatasetSpec:
     # ADEChallengeData2016: 0 = "other" (ignored), 1..150 -> 0..149.
-    return DatasetSpec("ade20k", 150, _lut({i: i - 1 for i in range(1, 151)}),
-                       class_names=tuple(f"ade{k}" for k in range(1, 151)),
-                       note="0 ignored and 150 classes scored; the official code scores raw 0..149 "
-                            "(0 as a class, 150 dropped)")
+    return DatasetSpec(
+        "ade20k",
+        150,
+        _lut({i: i - 1 for i in range(1, 151)}),
+        class_names=tuple(f"ade{k}" for k in range(1, 151)),
+        note="0 ignored and 150 classes scored; the official code scores raw 0..149 (0 as a class, 150 dropped)",
+    )
 
 
 def get_spec(name: str, *, ignore_void: bool = False, layout: str | None = None) -> DatasetSpec:
     """The :class:`DatasetSpec` of a dataset by name (see :data:`DATASETS`)."""
     if name == "voc":
         return _voc_d2_spec() if layout == "pascal_voc_d2" else _voc_spec(ignore_void)
-    builders = {"context": _context_spec, "coco-object": _coco_object_spec, "coco-stuff": _coco_stuff_spec,
-                "cityscapes": _cityscapes_spec, "ade20k": _ade20k_spec}
+    builders = {
+        "context": _context_spec,
+        "coco-object": _coco_object_spec,
+        "coco-stuff": _coco_stuff_spec,
+        "cityscapes": _cityscapes_spec,
+        "ade20k": _ade20k_spec,
+    }
     if name not in builders:
         raise DiffCutError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return builders[name]()
@@ -199,15 +279,20 @@ def spec_from_file(path: str | os.PathLike, name: str = "custom") -> DatasetSpec
         num_classes = int(data["num_classes"])
         background = data.get("background")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise DiffCutError(f"label map {path}: expected JSON {{'num_classes': N, 'background': k or null, "
-                           f"'map': {{'raw': class}}}} ({e})") from e
+        raise DiffCutError(
+            f"label map {path}: expected JSON {{'num_classes': N, 'background': k or null, "
+            f"'map': {{'raw': class}}}} ({e})"
+        ) from e
     bad = [v for v in mapping.values() if not -1 <= v < num_classes]
     if bad or (background is not None and not 0 <= int(background) < num_classes):
-        raise DiffCutError(f"label map {path}: classes must lie in [-1, {num_classes}), "
-                           f"got {bad or background}")
-    return DatasetSpec(name, num_classes, _lut(mapping),
-                       background=None if background is None else int(background),
-                       note=f"user label map {path}")
+        raise DiffCutError(f"label map {path}: classes must lie in [-1, {num_classes}), got {bad or background}")
+    return DatasetSpec(
+        name,
+        num_classes,
+        _lut(mapping),
+        background=None if background is None else int(background),
+        note=f"user label map {path}",
+    )
 
 
 # --------------------------------------------------------------------------- samples
@@ -224,8 +309,9 @@ def _images_by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
-def _pair_by_stem(image_dir: Path, label_dir: Path, names: list[str] | None = None,
-                  label_suffix: str = ".png") -> list[Sample]:
+def _pair_by_stem(
+    image_dir: Path, label_dir: Path, names: list[str] | None = None, label_suffix: str = ".png"
+) -> list[Sample]:
     """Pairs ``image_dir/NAME.*`` with ``label_dir/NAME<label_suffix>`` (by name, not by sort order)."""
     for folder in (image_dir, label_dir):
         if not folder.is_dir():
@@ -254,8 +340,11 @@ def _first_dir(*candidates: Path) -> Path:
     for c in candidates:
         if c.is_dir():
             return c
-    raise DiffCutError("none of the folders " + ", ".join(str(c) for c in candidates)
-                       + " exists; see docs/eval.md for the dataset layouts")
+    raise DiffCutError(
+        "none of the folders "
+        + ", ".join(str(c) for c in candidates)
+        + " exists; see docs/eval.md for the dataset layouts"
+    )
 
 
 def detect_layout(name: str, root: Path) -> str:
@@ -265,8 +354,9 @@ def detect_layout(name: str, root: Path) -> str:
     return name
 
 
-def list_samples(name: str, root: str | os.PathLike, *, file_list: str | os.PathLike | None = None,
-                 limit: int | None = None) -> list[Sample]:
+def list_samples(
+    name: str, root: str | os.PathLike, *, file_list: str | os.PathLike | None = None, limit: int | None = None
+) -> list[Sample]:
     """The evaluation pairs of a dataset under ``root``, in a deterministic order.
 
     ``file_list``: a text file of image names (one per line, no suffix) restricting the
@@ -278,14 +368,14 @@ def list_samples(name: str, root: str | os.PathLike, *, file_list: str | os.Path
         raise DiffCutError(f"dataset root {root} does not exist")
     if file_list is not None and str(file_list) == CURATED:
         if name not in CURATED_LISTS:
-            raise DiffCutError(f"--file-list curated is the paper's COCO subset ({', '.join(CURATED_LISTS)}); "
-                               f"{name} has none")
+            raise DiffCutError(
+                f"--file-list curated is the paper's COCO subset ({', '.join(CURATED_LISTS)}); {name} has none"
+            )
         file_list = CURATED_LISTS[name]
     names = _read_names(Path(file_list)) if file_list is not None else None
     layout = detect_layout(name, root)
     if layout == "pascal_voc_d2":
-        samples = _pair_by_stem(root / "images" / "validation", root / "annotations_pascal20" / "validation",
-                                names)
+        samples = _pair_by_stem(root / "images" / "validation", root / "annotations_pascal20" / "validation", names)
     elif name == "voc":
         if names is None:
             names = _read_names(root / "ImageSets" / "Segmentation" / "val.txt")
@@ -348,8 +438,9 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise DiffCutError(f"cannot read the label map {path} ({e})") from e
     if mode not in _LABEL_MODES or raw.ndim != 2:
-        raise DiffCutError(f"label map {path} is a {mode} image; expected one channel of class indices "
-                           f"(or an indexed PNG)")
+        raise DiffCutError(
+            f"label map {path} is a {mode} image; expected one channel of class indices (or an indexed PNG)"
+        )
     if raw.dtype.kind not in "iu":
         raise DiffCutError(f"label map {path} holds {raw.dtype} values; expected integer class indices")
     return raw
@@ -370,7 +461,7 @@ def center_crop_box(height: int, width: int) -> tuple[int, int, int]:
 
 def center_crop(array: np.ndarray) -> np.ndarray:
     top, left, side = center_crop_box(array.shape[0], array.shape[1])
-    return array[top:top + side, left:left + side]
+    return array[top : top + side, left : left + side]
 
 
 def protocol_image(image_bgr: np.ndarray, resolution: int) -> np.ndarray:
@@ -385,8 +476,9 @@ def protocol_image(image_bgr: np.ndarray, resolution: int) -> np.ndarray:
     return resize_bilinear(rgb, (resolution, resolution))
 
 
-def protocol_labels(raw: np.ndarray, resolution: int, mask_size: tuple[int, int] = defaults.MASK_SIZE, *,
-                    exact_mask: bool = False) -> np.ndarray:
+def protocol_labels(
+    raw: np.ndarray, resolution: int, mask_size: tuple[int, int] = defaults.MASK_SIZE, *, exact_mask: bool = False
+) -> np.ndarray:
     """Cropped labels at the mask size, as the official two steps: nearest-exact to R
     (torchvision Resize), then F.interpolate's default nearest to ``mask_size``
     (``exact_mask``: nearest-exact, as the open-vocabulary evaluation)."""

@@ -55,8 +55,9 @@ class EvalRequest:
 
             check_dataset(self.dataset)
             if self.label_map:
-                raise DiffCutError("--label-map is not used with --open-vocab: the vocabulary's class order is "
-                                   "the mapping")
+                raise DiffCutError(
+                    "--label-map is not used with --open-vocab: the vocabulary's class order is the mapping"
+                )
         else:
             for name in ("vocab", "mask_size", "clip_resolution", "clip"):
                 if getattr(self, name) is not None:
@@ -76,11 +77,14 @@ class EvalRequest:
         from diffcut_edge.runtime.spec import SegmenterSpec
 
         if not self.model_dir:
-            raise DiffCutError("eval --open-vocab needs --model-dir MODEL_DIR (with export-vocab), or --reference "
-                               "--model" if self.open_vocab else
-                               "eval needs --model-dir MODEL_DIR (or --reference --model PIPELINE)")
+            raise DiffCutError(
+                "eval --open-vocab needs --model-dir MODEL_DIR (with export-vocab), or --reference --model"
+                if self.open_vocab
+                else "eval needs --model-dir MODEL_DIR (or --reference --model PIPELINE)"
+            )
         return SegmenterSpec(self.model_dir, backend=self.backend, options=self.options).replace(
-            mask_size=self.label_size)
+            mask_size=self.label_size
+        )
 
     def reference_resolution(self) -> int | None:
         if self.resolution is None and self.model_dir:
@@ -115,22 +119,43 @@ def open_predictor(request: EvalRequest, vocabulary: Any = None) -> Any:
     tau, alpha, resolution = request.options.tau, request.options.alpha, request.reference_resolution()
     if vocabulary is None:
         return protocol.reference_predictor(request.reference, resolution=resolution, tau=tau, alpha=alpha)
-    return open_vocab.reference_open_vocab(request.reference, request.reference_clip(), vocabulary,
-                                           resolution=resolution, tau=tau, alpha=alpha, mask_size=request.label_size)
+    return open_vocab.reference_open_vocab(
+        request.reference,
+        request.reference_clip(),
+        vocabulary,
+        resolution=resolution,
+        tau=tau,
+        alpha=alpha,
+        mask_size=request.label_size,
+    )
 
 
 def evaluate(request: EvalRequest) -> Any:
     """Run ``request``'s protocol; returns its :class:`~diffcut_edge.eval.protocol.EvalResult`."""
     from diffcut_edge.eval import datasets, open_vocab, protocol
 
-    common = {"limit": request.limit, "refine": request.refine, "batch": request.batch, "tau": request.options.tau,
-              "alpha": request.options.alpha, "file_list": request.file_list, "progress": request.progress}
+    common = {
+        "limit": request.limit,
+        "refine": request.refine,
+        "batch": request.batch,
+        "tau": request.options.tau,
+        "alpha": request.options.alpha,
+        "file_list": request.file_list,
+        "progress": request.progress,
+    }
     if not request.open_vocab:
         with contextlib.closing(open_predictor(request)) as predictor:
             return protocol.run_eval(request.dataset, request.root, predictor, label_map=request.label_map, **common)
     layout = datasets.detect_layout(request.dataset, Path(request.root))
-    vocabulary = open_vocab.dataset_vocabulary(request.dataset, datasets.get_spec(request.dataset, layout=layout),
-                                               request.vocab)
+    vocabulary = open_vocab.dataset_vocabulary(
+        request.dataset, datasets.get_spec(request.dataset, layout=layout), request.vocab
+    )
     with contextlib.closing(open_predictor(request, vocabulary)) as predictor:
-        return open_vocab.run_open_vocab_eval(request.dataset, request.root, predictor, mask_size=request.label_size,
-                                              clip_resolution=request.clip_resolution, **common)
+        return open_vocab.run_open_vocab_eval(
+            request.dataset,
+            request.root,
+            predictor,
+            mask_size=request.label_size,
+            clip_resolution=request.clip_resolution,
+            **common,
+        )

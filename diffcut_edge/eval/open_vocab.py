@@ -58,14 +58,16 @@ def vocabulary_targets(labels: np.ndarray, spec: DatasetSpec) -> np.ndarray:
     """Protocol classes (background = ``spec.background``) -> vocabulary indices (background 0,
     class c -> c + 1); ignored pixels stay -1."""
     if spec.background is None:
-        raise DiffCutError(f"{spec.name} has no background class; the open-vocabulary protocol covers "
-                           f"{', '.join(OPEN_VOCAB_DATASETS)}")
+        raise DiffCutError(
+            f"{spec.name} has no background class; the open-vocabulary protocol covers {', '.join(OPEN_VOCAB_DATASETS)}"
+        )
     labels = np.asarray(labels)
     return np.where(labels < 0, -1, np.where(labels == spec.background, 0, labels + 1)).astype(np.int32)
 
 
-def load_open_vocab_input(sample: Sample, spec: DatasetSpec, resolution: int,
-                          mask_size: tuple[int, int]) -> ProtocolInput:
+def load_open_vocab_input(
+    sample: Sample, spec: DatasetSpec, resolution: int, mask_size: tuple[int, int]
+) -> ProtocolInput:
     """One pair through the protocol's transforms (labels nearest-exact to R, then to the mask
     size), its labels as vocabulary indices (:func:`vocabulary_targets`)."""
     item = load_inputs(sample, spec, resolution, mask_size, exact_mask=True)
@@ -111,8 +113,10 @@ class EngineOpenVocab(EnginePredictor):
         _open_vocab_pamr(self)
         labeler = segmenter.labeler
         if labeler is None:
-            raise DiffCutError("the open-vocabulary evaluation needs the model folder's CLIP: run "
-                               "diffcut-edge export-vocab --model-dir ... first")
+            raise DiffCutError(
+                "the open-vocabulary evaluation needs the model folder's CLIP: run "
+                "diffcut-edge export-vocab --model-dir ... first"
+            )
         source = "exported text bank"
         if labeler.bank.vocabulary.classes != vocabulary.classes:
             labeler.bank = labeler.text_bank(vocabulary)  # the folder's text tower, no torch
@@ -130,9 +134,20 @@ class EngineOpenVocab(EnginePredictor):
 class ReferenceOpenVocab(ReferencePredictor):
     """The PyTorch reference: diffusers features, reference NCut/PAMR, open_clip ``associate_label``."""
 
-    def __init__(self, pipeline: Any, model: str, resolution: int, *, clip: Any, classifier: Any,
-                 vocabulary: Vocabulary, clip_spec: str, tau: float = defaults.TAU, alpha: float = defaults.ALPHA,
-                 mask_size: tuple[int, int] = defaults.OPEN_VOCAB_MASK_SIZE) -> None:
+    def __init__(
+        self,
+        pipeline: Any,
+        model: str,
+        resolution: int,
+        *,
+        clip: Any,
+        classifier: Any,
+        vocabulary: Vocabulary,
+        clip_spec: str,
+        tau: float = defaults.TAU,
+        alpha: float = defaults.ALPHA,
+        mask_size: tuple[int, int] = defaults.OPEN_VOCAB_MASK_SIZE,
+    ) -> None:
         super().__init__(pipeline, model, resolution, tau=tau, alpha=alpha, mask_size=mask_size)
         _open_vocab_pamr(self)
         self.clip, self.classifier, self.vocabulary = clip, classifier, vocabulary
@@ -144,8 +159,13 @@ class ReferenceOpenVocab(ReferencePredictor):
 
         from diffcut_edge.diffcut_ref.clip_labels import associate_labels
 
-        named = associate_labels(self.clip, torch.from_numpy(pixels), torch.from_numpy(np.asarray(labels)),
-                                 self.classifier, self.vocabulary.synonym_counts)
+        named = associate_labels(
+            self.clip,
+            torch.from_numpy(pixels),
+            torch.from_numpy(np.asarray(labels)),
+            self.classifier,
+            self.vocabulary.synonym_counts,
+        )
         return paint_classes(labels, {d["id"]: d["class_index"] for d in named})
 
 
@@ -154,8 +174,11 @@ def engine_open_vocab(segmenter: Any, vocabulary: Vocabulary) -> EngineOpenVocab
     at the protocol's mask size) with ``export-vocab``'s CLIP (else the error says to run it)."""
     from diffcut_edge.runtime.spec import SegmenterSpec
 
-    spec = segmenter if isinstance(segmenter, SegmenterSpec) else SegmenterSpec(
-        segmenter).replace(mask_size=defaults.OPEN_VOCAB_MASK_SIZE)
+    spec = (
+        segmenter
+        if isinstance(segmenter, SegmenterSpec)
+        else SegmenterSpec(segmenter).replace(mask_size=defaults.OPEN_VOCAB_MASK_SIZE)
+    )
     base = engine_predictor(spec, name_segments=True)
     try:
         return EngineOpenVocab(base.segmenter, vocabulary, spec.backend)
@@ -164,9 +187,16 @@ def engine_open_vocab(segmenter: Any, vocabulary: Vocabulary) -> EngineOpenVocab
         raise
 
 
-def reference_open_vocab(model: str | Path, clip_spec: str, vocabulary: Vocabulary, *,
-                         resolution: int | None = None, tau: float = defaults.TAU, alpha: float = defaults.ALPHA,
-                         mask_size: tuple[int, int] = defaults.OPEN_VOCAB_MASK_SIZE) -> ReferenceOpenVocab:
+def reference_open_vocab(
+    model: str | Path,
+    clip_spec: str,
+    vocabulary: Vocabulary,
+    *,
+    resolution: int | None = None,
+    tau: float = defaults.TAU,
+    alpha: float = defaults.ALPHA,
+    mask_size: tuple[int, int] = defaults.OPEN_VOCAB_MASK_SIZE,
+) -> ReferenceOpenVocab:
     """The reference on a pipeline and an open_clip CLIP (``MODEL:TAG`` or ``local-dir:DIR``)."""
     base = reference_predictor(model, resolution=resolution, tau=tau, alpha=alpha, mask_size=mask_size)
     from diffcut_edge.diffcut_ref.clip_labels import text_classifier
@@ -174,17 +204,27 @@ def reference_open_vocab(model: str | Path, clip_spec: str, vocabulary: Vocabula
 
     clip = load_clip(clip_spec)
     tokenizer = import_open_clip().get_tokenizer(parse_clip_spec(clip_spec)[0])
-    return ReferenceOpenVocab(base.pipeline, str(model), base.resolution, clip=clip,
-                              classifier=text_classifier(clip, tokenizer, vocabulary), vocabulary=vocabulary,
-                              clip_spec=clip_spec, tau=tau, alpha=alpha, mask_size=mask_size)
+    return ReferenceOpenVocab(
+        base.pipeline,
+        str(model),
+        base.resolution,
+        clip=clip,
+        classifier=text_classifier(clip, tokenizer, vocabulary),
+        vocabulary=vocabulary,
+        clip_spec=clip_spec,
+        tau=tau,
+        alpha=alpha,
+        mask_size=mask_size,
+    )
 
 
 # ------------------------------------------------------------------------- protocol
 def check_dataset(dataset: str) -> None:
     """The open-vocabulary protocol covers the three datasets of the official script."""
     if dataset not in OPEN_VOCAB_DATASETS:
-        raise DiffCutError(f"--open-vocab covers {', '.join(OPEN_VOCAB_DATASETS)} (the official protocol), "
-                           f"not {dataset}")
+        raise DiffCutError(
+            f"--open-vocab covers {', '.join(OPEN_VOCAB_DATASETS)} (the official protocol), not {dataset}"
+        )
 
 
 def dataset_vocabulary(dataset: str, spec: DatasetSpec, vocab: str | None = None) -> Vocabulary:
@@ -192,15 +232,25 @@ def dataset_vocabulary(dataset: str, spec: DatasetSpec, vocab: str | None = None
     file); it must have one class per protocol class, background first."""
     vocabulary = load_vocabulary(vocab or dataset)
     if len(vocabulary) != spec.num_classes:
-        raise DiffCutError(f"vocabulary {vocabulary.name!r} has {len(vocabulary)} classes; {dataset} scores "
-                           f"{spec.num_classes} (background first, then the dataset's classes in order)")
+        raise DiffCutError(
+            f"vocabulary {vocabulary.name!r} has {len(vocabulary)} classes; {dataset} scores "
+            f"{spec.num_classes} (background first, then the dataset's classes in order)"
+        )
     return vocabulary
 
 
-def evaluate_open_vocab(predictor: OpenVocabPredictor, spec: DatasetSpec, samples: Sequence[Sample], *,
-                        mask_size: tuple[int, int] = defaults.OPEN_VOCAB_MASK_SIZE, refine: bool = True,
-                        clip_resolution: int | None = None, batch: int = 1,
-                        settings: dict[str, Any] | None = None, progress: bool = True) -> EvalResult:
+def evaluate_open_vocab(
+    predictor: OpenVocabPredictor,
+    spec: DatasetSpec,
+    samples: Sequence[Sample],
+    *,
+    mask_size: tuple[int, int] = defaults.OPEN_VOCAB_MASK_SIZE,
+    refine: bool = True,
+    clip_resolution: int | None = None,
+    batch: int = 1,
+    settings: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> EvalResult:
     """Run the open-vocabulary protocol over ``samples``."""
     from tqdm import tqdm
 
@@ -216,8 +266,9 @@ def evaluate_open_vocab(predictor: OpenVocabPredictor, spec: DatasetSpec, sample
     start = time.perf_counter()
     bar = tqdm(total=len(samples), desc=f"eval {spec.name} (open vocabulary)", unit="img", disable=not progress)
     for first in range(0, len(samples), batch):
-        inputs = [load_open_vocab_input(s, spec, predictor.resolution, mask_size)
-                  for s in samples[first:first + batch]]
+        inputs = [
+            load_open_vocab_input(s, spec, predictor.resolution, mask_size) for s in samples[first : first + batch]
+        ]
         for item, segments in zip(inputs, predictor.predict(inputs)):
             if refine:
                 segments = predictor.refine(small_image(item.image_rgb, mask_size), segments)
@@ -227,17 +278,32 @@ def evaluate_open_vocab(predictor: OpenVocabPredictor, spec: DatasetSpec, sample
         bar.set_postfix(miou=f"{accumulator.miou:.4f}")
     bar.close()
     return EvalResult(
-        miou=float(accumulator.miou), pixel_accuracy=float(accumulator.pixel_accuracy),
+        miou=float(accumulator.miou),
+        pixel_accuracy=float(accumulator.pixel_accuracy),
         per_class_iou={n: _finite_or_none(v) for n, v in zip(names, accumulator.per_class_iou)},
-        num_images=len(samples), settings=dict(settings or {}), seconds=time.perf_counter() - start,
-        dataset_miou=_finite_or_none(accumulator.dataset_miou), per_image=per_image)
+        num_images=len(samples),
+        settings=dict(settings or {}),
+        seconds=time.perf_counter() - start,
+        dataset_miou=_finite_or_none(accumulator.dataset_miou),
+        per_image=per_image,
+    )
 
 
-def run_open_vocab_eval(dataset: str, root: str | Path, predictor: OpenVocabPredictor, *,
-                        mask_size: tuple[int, int] = defaults.OPEN_VOCAB_MASK_SIZE, refine: bool = True,
-                        clip_resolution: int | None = None, limit: int | None = None, batch: int = 1,
-                        tau: float = defaults.TAU, alpha: float = defaults.ALPHA,
-                        file_list: str | Path | None = None, progress: bool = True) -> EvalResult:
+def run_open_vocab_eval(
+    dataset: str,
+    root: str | Path,
+    predictor: OpenVocabPredictor,
+    *,
+    mask_size: tuple[int, int] = defaults.OPEN_VOCAB_MASK_SIZE,
+    refine: bool = True,
+    clip_resolution: int | None = None,
+    limit: int | None = None,
+    batch: int = 1,
+    tau: float = defaults.TAU,
+    alpha: float = defaults.ALPHA,
+    file_list: str | Path | None = None,
+    progress: bool = True,
+) -> EvalResult:
     """List the dataset, evaluate with the open-vocabulary protocol, record the settings."""
     check_dataset(dataset)
     root = Path(root)
@@ -246,14 +312,40 @@ def run_open_vocab_eval(dataset: str, root: str | Path, predictor: OpenVocabPred
     samples = datasets.list_samples(dataset, root, file_list=file_list, limit=limit)
     if clip_resolution is None:
         clip_resolution = CLIP_RESOLUTION.get(dataset, predictor.resolution)
-    settings = {"dataset": dataset, "layout": layout, "root": str(root), "limit": limit, "protocol": "open-vocabulary",
-                "metric": "per-image macro Jaccard over the classes present (torchmetrics 1.x JaccardIndex), "
-                          "averaged over images",
-                "tau": tau, "alpha": alpha, "refine": refine,
-                "pamr": {"iterations": defaults.OPEN_VOCAB_PAMR_ITERATIONS,
-                         "dilations": list(defaults.OPEN_VOCAB_PAMR_DILATIONS)} if refine else None,
-                "batch": batch, "num_classes": spec.num_classes, "mask_size": list(mask_size),
-                "resolution": predictor.resolution, "clip_resolution": clip_resolution, "label_note": spec.note,
-                "file_list": None if file_list is None else str(file_list), **predictor.description}
-    return evaluate_open_vocab(predictor, spec, samples, mask_size=mask_size, refine=refine,
-                               clip_resolution=clip_resolution, batch=batch, settings=settings, progress=progress)
+    settings = {
+        "dataset": dataset,
+        "layout": layout,
+        "root": str(root),
+        "limit": limit,
+        "protocol": "open-vocabulary",
+        "metric": "per-image macro Jaccard over the classes present (torchmetrics 1.x JaccardIndex), "
+        "averaged over images",
+        "tau": tau,
+        "alpha": alpha,
+        "refine": refine,
+        "pamr": {
+            "iterations": defaults.OPEN_VOCAB_PAMR_ITERATIONS,
+            "dilations": list(defaults.OPEN_VOCAB_PAMR_DILATIONS),
+        }
+        if refine
+        else None,
+        "batch": batch,
+        "num_classes": spec.num_classes,
+        "mask_size": list(mask_size),
+        "resolution": predictor.resolution,
+        "clip_resolution": clip_resolution,
+        "label_note": spec.note,
+        "file_list": None if file_list is None else str(file_list),
+        **predictor.description,
+    }
+    return evaluate_open_vocab(
+        predictor,
+        spec,
+        samples,
+        mask_size=mask_size,
+        refine=refine,
+        clip_resolution=clip_resolution,
+        batch=batch,
+        settings=settings,
+        progress=progress,
+    )

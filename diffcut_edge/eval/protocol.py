@@ -44,9 +44,9 @@ class ProtocolInput:
     """One image as the protocol feeds it."""
 
     name: str
-    crop_bgr: np.ndarray          # the centre crop, BGR uint8 (what the engine's preprocess takes)
-    image_rgb: np.ndarray         # (R, R, 3) float32 in [0, 1], the official network input
-    labels: np.ndarray            # (M, M) int32 classes (open vocabulary: vocabulary indices), -1 = ignored
+    crop_bgr: np.ndarray  # the centre crop, BGR uint8 (what the engine's preprocess takes)
+    image_rgb: np.ndarray  # (R, R, 3) float32 in [0, 1], the official network input
+    labels: np.ndarray  # (M, M) int32 classes (open vocabulary: vocabulary indices), -1 = ignored
 
 
 class Predictor(Protocol):
@@ -78,8 +78,11 @@ class EnginePredictor:
         manifest.pop("files_sha256", None)
         name, device = describe_backend(segmenter)
         self.device = device
-        self.description = {"predictor": "engine", "backend": f"{name} ({device}; requested {backend_name})",
-                            "model": manifest}
+        self.description = {
+            "predictor": "engine",
+            "backend": f"{name} ({device}; requested {backend_name})",
+            "model": manifest,
+        }
 
     def predict(self, batch: Sequence[ProtocolInput]) -> list[np.ndarray]:
         crops = [item.crop_bgr for item in batch]
@@ -109,24 +112,45 @@ class ReferencePredictor:
     pamr_iterations: int = defaults.PAMR_ITERATIONS
     pamr_dilations: tuple[int, ...] = defaults.PAMR_DILATIONS
 
-    def __init__(self, pipeline, model: str, resolution: int, *, tau: float, alpha: float,
-                 timestep: int = defaults.TIMESTEP, noise_seed: int = defaults.NOISE_SEED, mask_size: tuple[int, int] = defaults.MASK_SIZE) -> None:
+    def __init__(
+        self,
+        pipeline,
+        model: str,
+        resolution: int,
+        *,
+        tau: float,
+        alpha: float,
+        timestep: int = defaults.TIMESTEP,
+        noise_seed: int = defaults.NOISE_SEED,
+        mask_size: tuple[int, int] = defaults.MASK_SIZE,
+    ) -> None:
         self.pipeline = pipeline
         self.resolution = int(resolution)
         self.tau, self.alpha, self.timestep, self.noise_seed = tau, alpha, timestep, noise_seed
         self.mask_size = mask_size
-        self.description = {"predictor": "reference", "backend": "reference", "model": {
-            "model_id": str(model), "resolution": self.resolution, "timestep": timestep, "noise_seed": noise_seed}}
+        self.description = {
+            "predictor": "reference",
+            "backend": "reference",
+            "model": {
+                "model_id": str(model),
+                "resolution": self.resolution,
+                "timestep": timestep,
+                "noise_seed": noise_seed,
+            },
+        }
 
     def predict(self, batch: Sequence[ProtocolInput]) -> list[np.ndarray]:
         from diffcut_edge.diffcut_ref import extract_features, segment_features
 
         images = np.stack([item.image_rgb for item in batch])  # (B, R, R, 3): its resize to R is the identity
-        features = extract_features(self.pipeline, images, resolution=self.resolution,
-                                    timestep=self.timestep, noise_seed=self.noise_seed)
+        features = extract_features(
+            self.pipeline, images, resolution=self.resolution, timestep=self.timestep, noise_seed=self.noise_seed
+        )
         grid = (self.resolution // 32, self.resolution // 32)
-        return [_host_int(segment_features(f, grid, tau=self.tau, alpha=self.alpha, mask_size=self.mask_size))
-                for f in features]
+        return [
+            _host_int(segment_features(f, grid, tau=self.tau, alpha=self.alpha, mask_size=self.mask_size))
+            for f in features
+        ]
 
     def refine(self, image_small: np.ndarray, labels: np.ndarray) -> np.ndarray:
         from diffcut_edge.diffcut_ref import pamr_refine
@@ -138,7 +162,7 @@ class ReferencePredictor:
 
 
 def _host_int(labels: Any) -> np.ndarray:
-    labels = to_host(labels).astype(np.int64)   # numpy, cupy, or a torch tensor from the reference
+    labels = to_host(labels).astype(np.int64)  # numpy, cupy, or a torch tensor from the reference
     return labels.reshape(labels.shape[-2:])  # drop leading batch/channel axes of size 1
 
 
@@ -150,9 +174,14 @@ def small_image(image_rgb: np.ndarray, mask_size: tuple[int, int] = defaults.MAS
     return resize_bilinear(image_rgb, mask_size)
 
 
-def protocol_prediction(pred: np.ndarray, labels: np.ndarray, spec: DatasetSpec, *,
-                        refine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                        image_small: np.ndarray | None = None) -> np.ndarray:
+def protocol_prediction(
+    pred: np.ndarray,
+    labels: np.ndarray,
+    spec: DatasetSpec,
+    *,
+    refine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    image_small: np.ndarray | None = None,
+) -> np.ndarray:
     """The prediction that gets scored: background merge (if the dataset has one), then PAMR."""
     pred = np.asarray(pred, dtype=np.int64)
     if spec.background is not None:
@@ -176,8 +205,8 @@ class EvalResult:
     num_images: int
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
-    dataset_miou: float | None = None   # open vocabulary: mIoU of the accumulated confusion
-    per_image: dict[str, float | None] | None = None   # open vocabulary: each image's Jaccard index
+    dataset_miou: float | None = None  # open vocabulary: mIoU of the accumulated confusion
+    per_image: dict[str, float | None] | None = None  # open vocabulary: each image's Jaccard index
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,8 +214,9 @@ class EvalResult:
     def write_json(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic.write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False,
-                                                  default=_json_default) + "\n")
+        return atomic.write_text(
+            path, json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_json_default) + "\n"
+        )
 
 
 def _json_default(value: Any) -> Any:
@@ -201,23 +231,40 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def load_inputs(sample: Sample, spec: DatasetSpec, resolution: int,
-                mask_size: tuple[int, int] = defaults.MASK_SIZE, *, exact_mask: bool = False) -> ProtocolInput:
+def load_inputs(
+    sample: Sample,
+    spec: DatasetSpec,
+    resolution: int,
+    mask_size: tuple[int, int] = defaults.MASK_SIZE,
+    *,
+    exact_mask: bool = False,
+) -> ProtocolInput:
     """Read one pair and apply the protocol transforms (``exact_mask``: the labels' second resize
     nearest-exact, as the open-vocabulary protocol)."""
     image = datasets.read_sample_image(sample.image)
     raw = datasets.read_label(sample.label)
     if raw.shape[:2] != image.shape[:2]:
-        raise DiffCutError(f"{sample.label} is {raw.shape[1]}x{raw.shape[0]} but its image {sample.image} "
-                           f"is {image.shape[1]}x{image.shape[0]}; they must match")
+        raise DiffCutError(
+            f"{sample.label} is {raw.shape[1]}x{raw.shape[0]} but its image {sample.image} "
+            f"is {image.shape[1]}x{image.shape[0]}; they must match"
+        )
     labels = spec.map_labels(datasets.protocol_labels(raw, resolution, mask_size, exact_mask=exact_mask))
-    return ProtocolInput(sample.name, datasets.center_crop(image), datasets.protocol_image(image, resolution),
-                         labels.astype(np.int32))
+    return ProtocolInput(
+        sample.name, datasets.center_crop(image), datasets.protocol_image(image, resolution), labels.astype(np.int32)
+    )
 
 
-def evaluate(predictor: Predictor, spec: DatasetSpec, samples: Sequence[Sample], *, refine: bool = False,
-             batch: int = 1, mask_size: tuple[int, int] = defaults.MASK_SIZE, settings: dict[str, Any] | None = None,
-             progress: bool = True) -> EvalResult:
+def evaluate(
+    predictor: Predictor,
+    spec: DatasetSpec,
+    samples: Sequence[Sample],
+    *,
+    refine: bool = False,
+    batch: int = 1,
+    mask_size: tuple[int, int] = defaults.MASK_SIZE,
+    settings: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> EvalResult:
     """Run the protocol over ``samples`` and return the accumulated scores."""
     from tqdm import tqdm
 
@@ -229,11 +276,15 @@ def evaluate(predictor: Predictor, spec: DatasetSpec, samples: Sequence[Sample],
     start = time.perf_counter()
     bar = tqdm(total=len(samples), desc=f"eval {spec.name}", unit="img", disable=not progress)
     for first in range(0, len(samples), batch):
-        inputs = [load_inputs(s, spec, predictor.resolution, mask_size) for s in samples[first:first + batch]]
+        inputs = [load_inputs(s, spec, predictor.resolution, mask_size) for s in samples[first : first + batch]]
         for item, pred in zip(inputs, predictor.predict(inputs)):
             scored = protocol_prediction(
-                pred, item.labels, spec, refine=predictor.refine if refine else None,
-                image_small=small_image(item.image_rgb, mask_size) if refine else None)
+                pred,
+                item.labels,
+                spec,
+                refine=predictor.refine if refine else None,
+                image_small=small_image(item.image_rgb, mask_size) if refine else None,
+            )
             accumulator.update(scored, item.labels)
         bar.update(len(inputs))
         bar.set_postfix(miou=f"{accumulator.miou:.4f}")
@@ -241,9 +292,13 @@ def evaluate(predictor: Predictor, spec: DatasetSpec, samples: Sequence[Sample],
     iou = np.asarray(accumulator.per_class_iou, dtype=np.float64)
     names = spec.class_names or tuple(str(k) for k in range(spec.num_classes))
     return EvalResult(
-        miou=float(accumulator.miou), pixel_accuracy=float(accumulator.pixel_accuracy),
+        miou=float(accumulator.miou),
+        pixel_accuracy=float(accumulator.pixel_accuracy),
         per_class_iou={name: _finite_or_none(v) for name, v in zip(names, iou)},
-        num_images=len(samples), settings=dict(settings or {}), seconds=time.perf_counter() - start)
+        num_images=len(samples),
+        settings=dict(settings or {}),
+        seconds=time.perf_counter() - start,
+    )
 
 
 # ------------------------------------------------------------------ entry points
@@ -259,15 +314,22 @@ def engine_predictor(segmenter: Any, *, name_segments: bool | None = None) -> En
     return EnginePredictor(spec.open(), backend_name=spec.backend)
 
 
-def reference_predictor(model: str | os.PathLike, *, resolution: int | None = None, tau: float = defaults.TAU,
-                        alpha: float = defaults.ALPHA, device: str | None = None,
-                        mask_size: tuple[int, int] = defaults.MASK_SIZE) -> ReferencePredictor:
+def reference_predictor(
+    model: str | os.PathLike,
+    *,
+    resolution: int | None = None,
+    tau: float = defaults.TAU,
+    alpha: float = defaults.ALPHA,
+    device: str | None = None,
+    mask_size: tuple[int, int] = defaults.MASK_SIZE,
+) -> ReferencePredictor:
     """The PyTorch reference on a pipeline (hub id or folder); imports torch/diffusers here only."""
     try:
         import torch  # noqa: F401
     except ImportError as e:
-        raise DiffCutError("--reference runs the PyTorch reference and needs the export extra: "
-                           "pip install 'diffcut-edge[export]'") from e
+        raise DiffCutError(
+            "--reference runs the PyTorch reference and needs the export extra: pip install 'diffcut-edge[export]'"
+        ) from e
     from diffcut_edge import models
 
     pipeline = models.load_pipeline(model, device=device)
@@ -277,19 +339,44 @@ def reference_predictor(model: str | os.PathLike, *, resolution: int | None = No
     return ReferencePredictor(pipeline, str(model), resolution, tau=tau, alpha=alpha, mask_size=mask_size)
 
 
-def run_eval(dataset: str, root: str | os.PathLike, predictor: Predictor, *, limit: int | None = None,
-             refine: bool = False, batch: int = 1, tau: float = 0.5, alpha: float = 10.0,
-             file_list: str | os.PathLike | None = None, label_map: str | os.PathLike | None = None,
-             progress: bool = True) -> EvalResult:
+def run_eval(
+    dataset: str,
+    root: str | os.PathLike,
+    predictor: Predictor,
+    *,
+    limit: int | None = None,
+    refine: bool = False,
+    batch: int = 1,
+    tau: float = 0.5,
+    alpha: float = 10.0,
+    file_list: str | os.PathLike | None = None,
+    label_map: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> EvalResult:
     """List the dataset, evaluate, and record the settings the numbers depend on."""
     root = Path(root)
     layout = datasets.detect_layout(dataset, root)
-    spec = (datasets.spec_from_file(label_map, dataset) if label_map is not None
-            else datasets.get_spec(dataset, layout=layout))
+    spec = (
+        datasets.spec_from_file(label_map, dataset)
+        if label_map is not None
+        else datasets.get_spec(dataset, layout=layout)
+    )
     samples = datasets.list_samples(dataset, root, file_list=file_list, limit=limit)
-    settings = {"dataset": dataset, "layout": layout, "root": str(root), "limit": limit, "tau": tau,
-                "alpha": alpha, "refine": refine, "batch": batch, "num_classes": spec.num_classes,
-                "background_merge": spec.background is not None, "mask_size": list(defaults.MASK_SIZE),
-                "resolution": predictor.resolution, "label_note": spec.note,
-                "file_list": None if file_list is None else str(file_list), **predictor.description}
+    settings = {
+        "dataset": dataset,
+        "layout": layout,
+        "root": str(root),
+        "limit": limit,
+        "tau": tau,
+        "alpha": alpha,
+        "refine": refine,
+        "batch": batch,
+        "num_classes": spec.num_classes,
+        "background_merge": spec.background is not None,
+        "mask_size": list(defaults.MASK_SIZE),
+        "resolution": predictor.resolution,
+        "label_note": spec.note,
+        "file_list": None if file_list is None else str(file_list),
+        **predictor.description,
+    }
     return evaluate(predictor, spec, samples, refine=refine, batch=batch, settings=settings, progress=progress)

@@ -65,9 +65,15 @@ def default_resolution(model: str) -> int:
     return recipe.resolution if recipe else defaults.RESOLUTION
 
 
-def cached_export(model: str, *, resolution: int | None = None, precision: str = "fp32",
-                  progress: bool = True, root: str | os.PathLike | None = None,
-                  say: Callable[[str], None] | None = None) -> Path:
+def cached_export(
+    model: str,
+    *,
+    resolution: int | None = None,
+    precision: str = "fp32",
+    progress: bool = True,
+    root: str | os.PathLike | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Path:
     """The model folder of ``model`` at ``resolution`` / ``precision``, exported on first use;
     ``say`` is told which folder it is (and that it is being exported)."""
     from diffcut_edge.runtime.manifest import read_manifest
@@ -90,11 +96,14 @@ def cached_export(model: str, *, resolution: int | None = None, precision: str =
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DiffCutError(f"cannot create the export cache {folder.parent} ({e.strerror or e}); "
-                           f"set {CACHE_ENV} to a writable folder") from e
+        raise DiffCutError(
+            f"cannot create the export cache {folder.parent} ({e.strerror or e}); set {CACHE_ENV} to a writable folder"
+        ) from e
     if say is not None:
-        say(f"exporting {model} at {resolution} px ({precision}) into {folder} (first use; reused next time, "
-            f"'diffcut-edge cache list' shows it)")
+        say(
+            f"exporting {model} at {resolution} px ({precision}) into {folder} (first use; reused next time, "
+            f"'diffcut-edge cache list' shows it)"
+        )
     return export_model(model, folder, resolution=resolution, precision=precision, progress=progress, force=True)
 
 
@@ -109,17 +118,20 @@ class CacheEntry:
     another kind of cache (``kind``)."""
 
     path: Path
-    kind: str                 # "export", or a key of OTHER_KINDS
+    kind: str  # "export", or a key of OTHER_KINDS
     size_bytes: int
-    last_used: float          # seconds since the epoch
+    last_used: float  # seconds since the epoch
     model: str | None = None
     resolution: int | None = None
     precision: str | None = None
 
     def line(self) -> str:
         age = max(0.0, time.time() - self.last_used) / 86400
-        what = (f"{self.model} R={self.resolution} {self.precision}" if self.kind == "export"
-                else OTHER_KINDS.get(self.kind, self.kind))
+        what = (
+            f"{self.model} R={self.resolution} {self.precision}"
+            if self.kind == "export"
+            else OTHER_KINDS.get(self.kind, self.kind)
+        )
         return f"{self.size_bytes / 1e6:9.1f} MB  {age:6.1f} days  {what}  {self.path}"
 
 
@@ -127,7 +139,7 @@ def _mark_used(folder: Path) -> None:
     try:
         os.utime(folder)
     except OSError:
-        pass   # a read-only cache still serves
+        pass  # a read-only cache still serves
 
 
 def _size(folder: Path) -> int:
@@ -159,13 +171,23 @@ def list_cache(root: str | os.PathLike | None = None) -> list[CacheEntry]:
                     model, resolution, precision = manifest.model_id, manifest.resolution, manifest.precision
                 except DiffCutError:
                     model = "(unfinished or unreadable export)"
-            entries.append(CacheEntry(path, "export" if kind == EXPORTS else kind, _size(path),
-                                      path.stat().st_mtime, model, resolution, precision))
+            entries.append(
+                CacheEntry(
+                    path,
+                    "export" if kind == EXPORTS else kind,
+                    _size(path),
+                    path.stat().st_mtime,
+                    model,
+                    resolution,
+                    precision,
+                )
+            )
     return sorted(entries, key=lambda e: e.last_used)
 
 
-def clear_cache(root: str | os.PathLike | None = None, *, older_than_days: float | None = None,
-                dry_run: bool = False) -> list[CacheEntry]:
+def clear_cache(
+    root: str | os.PathLike | None = None, *, older_than_days: float | None = None, dry_run: bool = False
+) -> list[CacheEntry]:
     """Remove the cache's entries (those unused for ``older_than_days``, else all); returns them
     (``dry_run``: only returns them)."""
     cutoff = None if older_than_days is None else time.time() - float(older_than_days) * 86400
@@ -179,7 +201,9 @@ def clear_cache(root: str | os.PathLike | None = None, *, older_than_days: float
         try:
             shutil.rmtree(entry.path)
         except OSError as e:
-            raise DiffCutError(f"cannot remove {entry.path} ({e.strerror or e}); "
-                               f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} removed before it") from e
+            raise DiffCutError(
+                f"cannot remove {entry.path} ({e.strerror or e}); "
+                f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} removed before it"
+            ) from e
         removed.append(entry)
     return removed

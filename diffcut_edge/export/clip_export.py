@@ -37,7 +37,7 @@ from diffcut_edge.runtime.manifest import read_manifest, sha256_file, write_mani
 from diffcut_edge.runtime.vocabulary import LOGIT_SCALE_MAX, TEXT_TEMPLATES_NAME, TextBank, Vocabulary
 
 OPSET = 17
-OPSET_DYNAMO = 18   # the dynamo exporter's lowest well-supported opset
+OPSET_DYNAMO = 18  # the dynamo exporter's lowest well-supported opset
 
 
 def clip_identity(clip: Any) -> str:
@@ -58,7 +58,7 @@ def _modules(clip: Any) -> dict[str, tuple[Any, tuple, dict]]:
 
     from diffcut_edge.diffcut_ref import clip_labels as ref
 
-    class Wrapper(torch.nn.Module):   # the CLIP as a submodule: its weights become initializers
+    class Wrapper(torch.nn.Module):  # the CLIP as a submodule: its weights become initializers
         def __init__(self, fn):
             super().__init__()
             self.clip, self.fn = clip, fn
@@ -67,26 +67,49 @@ def _modules(clip: Any) -> dict[str, tuple[Any, tuple, dict]]:
             return self.fn(self.clip, x)
 
     clip.requires_grad_(False)
-    Dense = lambda: Wrapper(ref.dense_features)                            # noqa: E731
+    Dense = lambda: Wrapper(ref.dense_features)  # noqa: E731
     Head = lambda: Wrapper(lambda c, pooled: ref.visual_head(c, pooled[None])[0])  # noqa: E731
-    Text = lambda: Wrapper(ref.encode_text)                                # noqa: E731
+    Text = lambda: Wrapper(ref.encode_text)  # noqa: E731
 
     channels = int(clip.visual.trunk.num_features)
     context = int(clip.positional_embedding.shape[0])
     g = torch.Generator().manual_seed(0)
     return {
-        DENSE_NAME: (Dense(), (torch.rand(1, 3, 96, 128, generator=g),),
-                     {"input_names": ["image"], "output_names": ["dense"],
-                      "dynamic_axes": {"image": {2: "height", 3: "width"}, "dense": {2: "grid_h", 3: "grid_w"}}}),
-        HEAD_NAME: (Head(), (torch.rand(3, channels, generator=g),),
-                    {"input_names": ["pooled"], "output_names": ["embeddings"],
-                     "dynamic_axes": {"pooled": {0: "segments"}, "embeddings": {0: "segments"}}}),
+        DENSE_NAME: (
+            Dense(),
+            (torch.rand(1, 3, 96, 128, generator=g),),
+            {
+                "input_names": ["image"],
+                "output_names": ["dense"],
+                "dynamic_axes": {"image": {2: "height", 3: "width"}, "dense": {2: "grid_h", 3: "grid_w"}},
+            },
+        ),
+        HEAD_NAME: (
+            Head(),
+            (torch.rand(3, channels, generator=g),),
+            {
+                "input_names": ["pooled"],
+                "output_names": ["embeddings"],
+                "dynamic_axes": {"pooled": {0: "segments"}, "embeddings": {0: "segments"}},
+            },
+        ),
         # The dynamo exporter: the TorchScript tracer bakes the sequence length into the attention's
         # reshapes, and this graph takes any length up to the context (clip_labels.encode_text).
-        TEXT_NAME: (Text(), (torch.randint(1, 400, (2, min(20, context - 1)), generator=g),),
-                    {"input_names": ["tokens"], "output_names": ["embeddings"], "dynamo": True,
-                     "dynamic_shapes": {"x": {0: torch.export.Dim("prompts", min=1, max=1 << 20),
-                                              1: torch.export.Dim("length", min=2, max=context)}}}),
+        TEXT_NAME: (
+            Text(),
+            (torch.randint(1, 400, (2, min(20, context - 1)), generator=g),),
+            {
+                "input_names": ["tokens"],
+                "output_names": ["embeddings"],
+                "dynamo": True,
+                "dynamic_shapes": {
+                    "x": {
+                        0: torch.export.Dim("prompts", min=1, max=1 << 20),
+                        1: torch.export.Dim("length", min=2, max=context),
+                    }
+                },
+            },
+        ),
     }
 
 
@@ -109,10 +132,19 @@ def _export_graph(module: Any, example: tuple, path: Path, kwargs: dict) -> None
                 program = torch.onnx.export(module.eval(), example, opset_version=OPSET_DYNAMO, dynamo=True, **kwargs)
                 program.save(str(raw))
             else:
-                torch.onnx.export(module.eval(), example, str(raw), opset_version=OPSET, dynamo=False,
-                                  do_constant_folding=True, **kwargs)
+                torch.onnx.export(
+                    module.eval(),
+                    example,
+                    str(raw),
+                    opset_version=OPSET,
+                    dynamo=False,
+                    do_constant_folding=True,
+                    **kwargs,
+                )
         except Exception as e:
-            raise DiffCutError(f"exporting {path.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+            raise DiffCutError(
+                f"exporting {path.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            ) from e
         finally:
             quiet.setLevel(level)
     data = optimize_and_layout(raw, path)
@@ -132,8 +164,9 @@ def build_text_bank(clip: Any, tokenizer: Any, vocabulary: Vocabulary, clip_id: 
     return TextBank(vocabulary, embeddings, scale, TEXT_TEMPLATES_NAME, clip_id)
 
 
-def export_vocabulary(model_dir: str | os.PathLike, clip_spec: str, vocabulary: Vocabulary,
-                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def export_vocabulary(
+    model_dir: str | os.PathLike, clip_spec: str, vocabulary: Vocabulary, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Export ``clip_spec`` and ``vocabulary`` into ``model_dir``; returns the manifest record.
 
     All or nothing: files are written to a staging folder, moved in, then the manifest is rewritten
@@ -161,10 +194,16 @@ def export_vocabulary(model_dir: str | os.PathLike, clip_spec: str, vocabulary: 
         (staging / BANK_NAME).write_bytes(bank.to_bytes())
         names = [DENSE_NAME, HEAD_NAME, TEXT_NAME, BPE_FILE, BANK_NAME]
         record = {
-            "format": VOCABULARY_FORMAT, "clip": clip_spec, "clip_id": clip_id,
-            "dense_channels": int(clip.visual.trunk.num_features), "embed_dim": int(bank.embeddings.shape[1]),
-            "context_length": int(clip.positional_embedding.shape[0]), "logit_scale": bank.logit_scale,
-            "templates": TEXT_TEMPLATES_NAME, "vocabulary": vocabulary.name, "num_classes": len(vocabulary),
+            "format": VOCABULARY_FORMAT,
+            "clip": clip_spec,
+            "clip_id": clip_id,
+            "dense_channels": int(clip.visual.trunk.num_features),
+            "embed_dim": int(bank.embeddings.shape[1]),
+            "context_length": int(clip.positional_embedding.shape[0]),
+            "logit_scale": bank.logit_scale,
+            "templates": TEXT_TEMPLATES_NAME,
+            "vocabulary": vocabulary.name,
+            "num_classes": len(vocabulary),
             "files": {n: sha256_file(staging / n) for n in names},
         }
         for n in names:

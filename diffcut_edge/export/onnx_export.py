@@ -51,11 +51,11 @@ ONNX_NAME = "encoder.onnx"
 DATA_NAME = ONNX_NAME + ".data"
 INPUT_NAME = "image"
 OUTPUT_NAME = "features"
-EXAMPLE_BATCH = 2                  # trace with B > 1 so no batch-1 broadcast gets baked in
-PROTOBUF_LIMIT = 2 * 1024 ** 3     # a ModelProto cannot be serialised past 2 GiB
+EXAMPLE_BATCH = 2  # trace with B > 1 so no batch-1 broadcast gets baked in
+PROTOBUF_LIMIT = 2 * 1024**3  # a ModelProto cannot be serialised past 2 GiB
 # Kept under the hard limit: the proto carries names and the graph besides the raw data.
 EMBED_MARGIN = 64 << 20
-MIN_OPSET, MAX_OPSET = 17, 23      # LayerNormalization needs 17; the exporter goes up to 23
+MIN_OPSET, MAX_OPSET = 17, 23  # LayerNormalization needs 17; the exporter goes up to 23
 EXPORTER = "torch.onnx (torchscript, dynamo=False)"
 
 
@@ -73,9 +73,11 @@ class ExportReport:
 # ----------------------------------------------------------------------- checks
 def check_opset(opset: int) -> int:
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise DiffCutError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}] (LayerNormalization "
-                           f"needs 17, which is also the newest opset TensorRT 8.6 documents), got {opset!r}; "
-                           f"{defaults.OPSET} is the default")
+        raise DiffCutError(
+            f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}] (LayerNormalization "
+            f"needs 17, which is also the newest opset TensorRT 8.6 documents), got {opset!r}; "
+            f"{defaults.OPSET} is the default"
+        )
     return opset
 
 
@@ -102,11 +104,15 @@ def use_tiny_vae(pipeline: Any, tiny: Any) -> None:
     latent = int(tiny.config.latent_channels)
     expected = int(pipeline.unet.config.in_channels)
     if latent != expected:
-        raise DiffCutError(f"the tiny VAE has {latent} latent channels but the UNet takes {expected}: use the "
-                           f"TAESD of this model's family (madebyollin/taesdxl for SDXL, madebyollin/taesd for SD1)")
+        raise DiffCutError(
+            f"the tiny VAE has {latent} latent channels but the UNet takes {expected}: use the "
+            f"TAESD of this model's family (madebyollin/taesdxl for SDXL, madebyollin/taesd for SD1)"
+        )
     if float(tiny.config.scaling_factor) != 1.0:
-        raise DiffCutError(f"the tiny VAE's scaling_factor is {tiny.config.scaling_factor}, not 1.0: TAESD latents "
-                           f"are already scaled; this is not a TAESD checkpoint")
+        raise DiffCutError(
+            f"the tiny VAE's scaling_factor is {tiny.config.scaling_factor}, not 1.0: TAESD latents "
+            f"are already scaled; this is not a TAESD checkpoint"
+        )
     pipeline.vae = tiny
 
 
@@ -120,8 +126,10 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
         raise DiffCutError(f"{out_dir} is not empty; pass --force to replace it or choose another --out")
     if not _is_model_folder(out_dir):
         # --force replaces model folders only: a typo must not wipe an unrelated directory.
-        raise DiffCutError(f"{out_dir} is not empty and is not a model folder (no {MANIFEST_NAME} or "
-                           f"{ONNX_NAME}); --force only replaces model folders, choose another --out")
+        raise DiffCutError(
+            f"{out_dir} is not empty and is not a model folder (no {MANIFEST_NAME} or "
+            f"{ONNX_NAME}); --force only replaces model folders, choose another --out"
+        )
 
 
 # ------------------------------------------------------------------ progress
@@ -133,8 +141,12 @@ class _Stages:
         if progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=len(names), desc="export", unit="stage",
-                             bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar:20}| {elapsed}")
+            self._bar = tqdm(
+                total=len(names),
+                desc="export",
+                unit="stage",
+                bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar:20}| {elapsed}",
+            )
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -175,8 +187,14 @@ def torch_to_onnx(encoder: Any, path: Path, *, opset: int) -> None:
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                encoder, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                opset_version=opset, dynamo=False, do_constant_folding=True,
+                encoder,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=False,
+                do_constant_folding=True,
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
         except Exception as e:  # the exporter raises many types; keep its message
@@ -221,8 +239,10 @@ def declare_io_shapes(path: Path, *, resolution: int, channels: int) -> None:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    shapes = {INPUT_NAME: ("batch", 3, resolution, resolution),
-              OUTPUT_NAME: ("batch", (resolution // 32) ** 2, channels)}
+    shapes = {
+        INPUT_NAME: ("batch", 3, resolution, resolution),
+        OUTPUT_NAME: ("batch", (resolution // 32) ** 2, channels),
+    }
     for value in [*model.graph.input, *model.graph.output]:
         if value.name not in shapes:
             continue
@@ -259,17 +279,20 @@ def check_graph(path: Path, *, resolution: int, channels: int) -> int:
     graph = model.graph
     inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
     if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in graph.output] != [OUTPUT_NAME]:
-        raise DiffCutError(f"exported graph has inputs {[i.name for i in inputs]} and outputs "
-                           f"{[o.name for o in graph.output]}, expected [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]")
+        raise DiffCutError(
+            f"exported graph has inputs {[i.name for i in inputs]} and outputs "
+            f"{[o.name for o in graph.output]}, expected [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]"
+        )
     expect_in = (None, 3, resolution, resolution)
     expect_out = (None, (resolution // 32) ** 2, channels)
     for value, expected in ((inputs[0], expect_in), (graph.output[0], expect_out)):
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None
-                     for d in value.type.tensor_type.shape.dim)
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim)
         if dims != expected or value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise DiffCutError(f"exported {value.name!r} has shape {dims} and ONNX type "
-                               f"{value.type.tensor_type.elem_type}, expected {expected} float32 "
-                               f"(None = dynamic batch)")
+            raise DiffCutError(
+                f"exported {value.name!r} has shape {dims} and ONNX type "
+                f"{value.type.tensor_type.elem_type}, expected {expected} float32 "
+                f"(None = dynamic batch)"
+            )
     return len(graph.node)
 
 
@@ -304,17 +327,39 @@ def pipeline_revision(pipeline: Any, model_id: str | None = None) -> str | None:
     return None
 
 
-def build_manifest(encoder: Any, model_id: str, revision: str | None, folder: Path, *, opset: int,
-                   data_files: list[str], vae: str = "full", vae_source: str | None = None) -> Manifest:
+def build_manifest(
+    encoder: Any,
+    model_id: str,
+    revision: str | None,
+    folder: Path,
+    *,
+    opset: int,
+    data_files: list[str],
+    vae: str = "full",
+    vae_source: str | None = None,
+) -> Manifest:
     spec = encoder.spec
     files = [ONNX_NAME, *data_files]
-    return Manifest(vae=vae, vae_source=vae_source,
-        model_id=model_id, family=spec.family, resolution=spec.resolution, grid=spec.grid,
-        channels=spec.channels, precision=spec.precision, timestep=spec.timestep,
-        noise_seed=spec.noise_seed, opset=opset, onnx_file=ONNX_NAME, onnx_data_files=list(data_files),
-        input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+    return Manifest(
+        vae=vae,
+        vae_source=vae_source,
+        model_id=model_id,
+        family=spec.family,
+        resolution=spec.resolution,
+        grid=spec.grid,
+        channels=spec.channels,
+        precision=spec.precision,
+        timestep=spec.timestep,
+        noise_seed=spec.noise_seed,
+        opset=opset,
+        onnx_file=ONNX_NAME,
+        onnx_data_files=list(data_files),
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
         files_sha256={f: sha256_file(folder / f) for f in files},
-        model_revision=revision, hook=spec.hook, exporter=library_versions(),
+        model_revision=revision,
+        hook=spec.hook,
+        exporter=library_versions(),
     )
 
 
@@ -340,11 +385,22 @@ def export_model(model_or_pipeline_dir: str | os.PathLike, out_dir: str | os.Pat
     return export_model_report(model_or_pipeline_dir, out_dir, **settings).model_dir
 
 
-def export_model_report(model_or_pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                        resolution: int = defaults.RESOLUTION, precision: str = "fp32", opset: int = defaults.OPSET,
-                        progress: bool = True, force: bool = False, timestep: int = defaults.TIMESTEP,
-                        noise_seed: int = defaults.NOISE_SEED, optimize: bool = True, pipeline: Any = None,
-                        vae: str = "full", tiny_vae: str | os.PathLike | None = None) -> ExportReport:
+def export_model_report(
+    model_or_pipeline_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    resolution: int = defaults.RESOLUTION,
+    precision: str = "fp32",
+    opset: int = defaults.OPSET,
+    progress: bool = True,
+    force: bool = False,
+    timestep: int = defaults.TIMESTEP,
+    noise_seed: int = defaults.NOISE_SEED,
+    optimize: bool = True,
+    pipeline: Any = None,
+    vae: str = "full",
+    tiny_vae: str | os.PathLike | None = None,
+) -> ExportReport:
     """:func:`export_model` returning an :class:`ExportReport` (sizes, nodes, stage times).
 
     ``vae="tiny"`` replaces the VAE encoder by diffusers' ``AutoencoderTiny`` (``tiny_vae``: hub id
@@ -369,20 +425,29 @@ def export_model_report(model_or_pipeline_dir: str | os.PathLike, out_dir: str |
     try:
         with stages.stage("load pipeline"):
             if pipeline is None:
-                pipeline = models.load_pipeline(str(model_or_pipeline_dir), torch_dtype=torch.float32,
-                                                device="cpu")
+                pipeline = models.load_pipeline(str(model_or_pipeline_dir), torch_dtype=torch.float32, device="cpu")
             revision = pipeline_revision(pipeline, str(model_or_pipeline_dir))
             vae_source = None
             if vae == "tiny":
                 vae_source = str(tiny_vae or models.family_spec(models.pipeline_family(pipeline)).tiny_vae)
                 use_tiny_vae(pipeline, models.load_tiny_vae(vae_source))
         with stages.stage("truncate"):
-            encoder = build_truncated_encoder(pipeline, resolution=resolution, timestep=timestep,
-                                              noise_seed=noise_seed, precision=precision)
+            encoder = build_truncated_encoder(
+                pipeline, resolution=resolution, timestep=timestep, noise_seed=noise_seed, precision=precision
+            )
             del pipeline  # text encoders, VAE decoder, mid/up blocks can go now
-        return export_encoder(encoder, out_dir, model_id=_model_id(model_or_pipeline_dir), revision=revision,
-                              opset=opset, optimize=optimize, force=force, stages=stages, vae=vae,
-                              vae_source=vae_source)
+        return export_encoder(
+            encoder,
+            out_dir,
+            model_id=_model_id(model_or_pipeline_dir),
+            revision=revision,
+            opset=opset,
+            optimize=optimize,
+            force=force,
+            stages=stages,
+            vae=vae,
+            vae_source=vae_source,
+        )
     finally:
         stages.close()
 
@@ -390,9 +455,20 @@ def export_model_report(model_or_pipeline_dir: str | os.PathLike, out_dir: str |
 EXPORT_STAGES = ["export ONNX", "fold constants", "check graph", "manifest"]
 
 
-def export_encoder(encoder: Any, out_dir: str | os.PathLike, *, model_id: str, revision: str | None = None,
-                   opset: int = defaults.OPSET, optimize: bool = True, force: bool = False, progress: bool = False,
-                   stages: _Stages | None = None, vae: str = "full", vae_source: str | None = None) -> ExportReport:
+def export_encoder(
+    encoder: Any,
+    out_dir: str | os.PathLike,
+    *,
+    model_id: str,
+    revision: str | None = None,
+    opset: int = defaults.OPSET,
+    optimize: bool = True,
+    force: bool = False,
+    progress: bool = False,
+    stages: _Stages | None = None,
+    vae: str = "full",
+    vae_source: str | None = None,
+) -> ExportReport:
     """Write a model folder for an already built :class:`TruncatedEncoder` (staged, then moved).
 
     The benchmarks use it directly with random-weight encoders; :func:`export_model` with a
@@ -421,8 +497,9 @@ def export_encoder(encoder: Any, out_dir: str | os.PathLike, *, model_id: str, r
         with stages.stage("check graph"):
             report.nodes = check_graph(onnx_path, resolution=spec.resolution, channels=spec.channels)
         with stages.stage("manifest"):
-            manifest = build_manifest(encoder, model_id, revision, staging, opset=opset, data_files=data_files,
-                                      vae=vae, vae_source=vae_source)
+            manifest = build_manifest(
+                encoder, model_id, revision, staging, opset=opset, data_files=data_files, vae=vae, vae_source=vae_source
+            )
             write_manifest(staging, manifest)
         report.onnx_bytes = onnx_path.stat().st_size
         report.data_bytes = sum((staging / f).stat().st_size for f in data_files)

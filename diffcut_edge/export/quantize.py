@@ -39,15 +39,18 @@ from diffcut_edge import versions
 from diffcut_edge.errors import DiffCutError, missing_extra
 from diffcut_edge.runtime.manifest import Manifest, read_manifest, sha256_file, verify_files, write_manifest
 
-METHODS = ("minmax", "percentile", "entropy")   # onnxruntime CalibrationMethod MinMax/Percentile/Entropy
-ACTIVATIONS = ("uint8", "int8")                 # uint8: onnxruntime CPU; int8 (symmetric): TensorRT
-OP_TYPES = ("Conv", "MatMul", "Gemm")           # the only op types quantized: norms, softmax, SiLU stay float
-DEFAULT_MAX_IMAGES = 64                          # calibration images used at most (ranges settle well before)
+METHODS = ("minmax", "percentile", "entropy")  # onnxruntime CalibrationMethod MinMax/Percentile/Entropy
+ACTIVATIONS = ("uint8", "int8")  # uint8: onnxruntime CPU; int8 (symmetric): TensorRT
+OP_TYPES = ("Conv", "MatMul", "Gemm")  # the only op types quantized: norms, softmax, SiLU stay float
+DEFAULT_MAX_IMAGES = 64  # calibration images used at most (ranges settle well before)
 
 # Layers that stay in float: (op type, selector, why). Selectors are named in _SELECTORS.
 SENSITIVE_LAYERS: tuple[tuple[str, str, str], ...] = (
-    ("MatMul", "activation-by-activation",
-     "attention products Q·Kᵀ and softmax·V: two activations, and SD attention has outlier activations"),
+    (
+        "MatMul",
+        "activation-by-activation",
+        "attention products Q·Kᵀ and softmax·V: two activations, and SD attention has outlier activations",
+    ),
     ("Conv", "first", "the first convolution (the VAE encoder's conv_in) reads the image itself"),
     ("Conv", "last", "the last convolution before the features: its error reaches the tokens unfiltered"),
 )
@@ -64,7 +67,7 @@ class QuantizeReport:
     quantized_nodes: int = 0
     onnx_bytes: int = 0
     source_bytes: int = 0
-    held_out: Any = None          # the verify --against report on the held-out images (None: none held out)
+    held_out: Any = None  # the verify --against report on the held-out images (None: none held out)
 
     @property
     def passed(self) -> bool | None:
@@ -73,21 +76,32 @@ class QuantizeReport:
 
     def lines(self) -> list[str]:
         ratio = self.source_bytes / self.onnx_bytes if self.onnx_bytes else float("nan")
-        out = [f"quantized {self.source_dir} -> {self.model_dir}: int8 ({self.method} on "
-               f"{self.calibration_images} image(s), {self.activations} activations), "
-               f"{self.quantized_nodes} nodes quantized, {len(self.kept_fp32)} kept in float, "
-               f"{self.onnx_bytes / 1e6:.1f} MB ({ratio:.1f}x smaller)"]
+        out = [
+            f"quantized {self.source_dir} -> {self.model_dir}: int8 ({self.method} on "
+            f"{self.calibration_images} image(s), {self.activations} activations), "
+            f"{self.quantized_nodes} nodes quantized, {len(self.kept_fp32)} kept in float, "
+            f"{self.onnx_bytes / 1e6:.1f} MB ({ratio:.1f}x smaller)"
+        ]
         verify = f"diffcut-edge verify --model-dir {self.model_dir} --against {self.source_dir} IMAGES"
         if self.held_out is None:
-            return [*out, "no image held out of the calibration (fewer than 4, or --holdout 0): the folder is not "
-                          f"verified yet; next: {verify}"]
-        out += [f"held out of the calibration: {len(self.held_out.images)} image(s); the new folder against its "
-                f"source on them:", *self.held_out.lines()[:-1]]
+            return [
+                *out,
+                "no image held out of the calibration (fewer than 4, or --holdout 0): the folder is not "
+                f"verified yet; next: {verify}",
+            ]
+        out += [
+            f"held out of the calibration: {len(self.held_out.images)} image(s); the new folder against its "
+            f"source on them:",
+            *self.held_out.lines()[:-1],
+        ]
         if self.held_out.passed:
             return [*out, f"held-out check passed (recorded in the manifest); on more of your images: {verify}"]
-        return [*out, "held-out check FAILED (recorded in the manifest; the folder is written): calibrate on more "
-                      "and more typical images, try --method percentile, or keep the layers that hurt in float "
-                      "with --keep-fp32 (docs/faster.md)"]
+        return [
+            *out,
+            "held-out check FAILED (recorded in the manifest; the folder is written): calibrate on more "
+            "and more typical images, try --method percentile, or keep the layers that hurt in float "
+            "with --keep-fp32 (docs/faster.md)",
+        ]
 
 
 def split_holdout(paths: Sequence[Path], holdout: int | None = None) -> tuple[list[Path], list[Path]]:
@@ -99,7 +113,7 @@ def split_holdout(paths: Sequence[Path], holdout: int | None = None) -> tuple[li
         raise DiffCutError(f"--holdout {count}: keep at least one of the {n} image(s) for the calibration")
     if count == 0:
         return list(paths), []
-    held = {int(i * n / count) + (n // count) - 1 for i in range(count)}   # the last of each of `count` equal runs
+    held = {int(i * n / count) + (n // count) - 1 for i in range(count)}  # the last of each of `count` equal runs
     return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
 
 
@@ -112,8 +126,9 @@ def check_method(method: str) -> str:
 
 def check_activations(activations: str) -> str:
     if activations not in ACTIVATIONS:
-        raise DiffCutError(f"unknown activation type {activations!r}: choose uint8 (onnxruntime CPU) or "
-                           f"int8 (TensorRT)")
+        raise DiffCutError(
+            f"unknown activation type {activations!r}: choose uint8 (onnxruntime CPU) or int8 (TensorRT)"
+        )
     return activations
 
 
@@ -121,10 +136,15 @@ def check_source(model_dir: Path) -> Manifest:
     manifest = read_manifest(model_dir)
     verify_files(model_dir, manifest)
     if manifest.precision != "fp32":
-        why = ("it is quantized already" if manifest.quantization else
-               "quantizing rounded fp16 weights compounds two errors")
-        raise DiffCutError(f"{model_dir} is {manifest.precision}: quantize an fp32 export instead (diffcut-edge "
-                           f"export --precision fp32 ...); {why}")
+        why = (
+            "it is quantized already"
+            if manifest.quantization
+            else "quantizing rounded fp16 weights compounds two errors"
+        )
+        raise DiffCutError(
+            f"{model_dir} is {manifest.precision}: quantize an fp32 export instead (diffcut-edge "
+            f"export --precision fp32 ...); {why}"
+        )
     return manifest
 
 
@@ -144,15 +164,17 @@ def calibration_paths(inputs: Sequence[str | os.PathLike], max_images: int | Non
     from diffcut_edge.runtime.images import collect_image_paths
 
     if not inputs:
-        raise DiffCutError("no calibration images: pass --calibration with image files or a folder of "
-                           "photos like the ones the model will see (16-64 is plenty)")
+        raise DiffCutError(
+            "no calibration images: pass --calibration with image files or a folder of "
+            "photos like the ones the model will see (16-64 is plenty)"
+        )
     paths, _ = collect_image_paths(inputs)
     if not paths:
         raise DiffCutError(f"no images found in {', '.join(map(str, inputs))}")
     if max_images is not None:
         if int(max_images) < 1:
             raise DiffCutError(f"--max-images must be >= 1, got {max_images}")
-        paths = paths[:int(max_images)]
+        paths = paths[: int(max_images)]
     return paths
 
 
@@ -228,8 +250,9 @@ def float_nodes(model: Any, keep_fp32: Sequence[str] = ()) -> dict[str, str]:
         matched = [n.name for n in graph.node if n.op_type in OP_TYPES and fnmatch.fnmatchcase(n.name, pattern)]
         if not matched:
             examples = ", ".join([n.name for n in graph.node if n.op_type in OP_TYPES][:3])
-            raise DiffCutError(f"--keep-fp32 {pattern!r} matches no Conv/MatMul/Gemm node name; node names "
-                               f"look like {examples}")
+            raise DiffCutError(
+                f"--keep-fp32 {pattern!r} matches no Conv/MatMul/Gemm node name; node names look like {examples}"
+            )
         for name in matched:
             kept.setdefault(name, f"--keep-fp32 {pattern}")
     return kept
@@ -254,39 +277,57 @@ def _preprocessed(source: Path, dst: Path, big: bool) -> Path:
 
     try:
         with _quiet_root_logger():
-            quant_pre_process(str(source), str(dst), save_as_external_data=big, all_tensors_to_one_file=True,
-                              external_data_location=dst.name + ".data")
+            quant_pre_process(
+                str(source),
+                str(dst),
+                save_as_external_data=big,
+                all_tensors_to_one_file=True,
+                external_data_location=dst.name + ".data",
+            )
         return dst
     except Exception as e:  # shape inference refuses some graphs: not fatal
         for p in dst.parent.glob(dst.name + "*"):
             p.unlink()
-        warnings.warn(f"onnxruntime's pre-processing failed ({type(e).__name__}: {str(e)[:200]}); "
-                      f"quantizing the graph as exported", stacklevel=2)
+        warnings.warn(
+            f"onnxruntime's pre-processing failed ({type(e).__name__}: {str(e)[:200]}); "
+            f"quantizing the graph as exported",
+            stacklevel=2,
+        )
         return source
 
 
-def _quantize_static(quant: Any, src: Path, dst: Path, reader: _Reader, activations: str, kept: dict[str, str],
-                     big: bool, method: str) -> None:
+def _quantize_static(
+    quant: Any, src: Path, dst: Path, reader: _Reader, activations: str, kept: dict[str, str], big: bool, method: str
+) -> None:
     # onnxruntime's histogram calibrators print their steps to stdout: not the user's business, and
     # stdout keeps only results.
     with contextlib.redirect_stdout(io.StringIO()):
         _run_quantize_static(quant, src, dst, reader, activations, kept, big, method)
 
 
-def _run_quantize_static(quant: Any, src: Path, dst: Path, reader: _Reader, activations: str, kept: dict[str, str],
-                         big: bool, method: str) -> None:
+def _run_quantize_static(
+    quant: Any, src: Path, dst: Path, reader: _Reader, activations: str, kept: dict[str, str], big: bool, method: str
+) -> None:
     quant.quantize_static(
-        str(src), str(dst), reader, quant_format=quant.QuantFormat.QDQ,
-        op_types_to_quantize=list(OP_TYPES), per_channel=True,
+        str(src),
+        str(dst),
+        reader,
+        quant_format=quant.QuantFormat.QDQ,
+        op_types_to_quantize=list(OP_TYPES),
+        per_channel=True,
         activation_type={"uint8": quant.QuantType.QUInt8, "int8": quant.QuantType.QInt8}[activations],
-        weight_type=quant.QuantType.QInt8, nodes_to_exclude=sorted(kept), use_external_data_format=big,
+        weight_type=quant.QuantType.QInt8,
+        nodes_to_exclude=sorted(kept),
+        use_external_data_format=big,
         # 7-bit weights for onnxruntime's CPU kernels: without AVX-512 VNNI (AVX2, AVX-512F) their
         # u8 x s8 products are summed in pairs into int16, which saturates with full-range weights and
         # puts systematic error in every token; measured here (VNNI) the 7 bits cost nothing (RESULTS.md).
         reduce_range=activations == "uint8",
-        calibrate_method={"minmax": quant.CalibrationMethod.MinMax,
-                          "percentile": quant.CalibrationMethod.Percentile,
-                          "entropy": quant.CalibrationMethod.Entropy}[method],
+        calibrate_method={
+            "minmax": quant.CalibrationMethod.MinMax,
+            "percentile": quant.CalibrationMethod.Percentile,
+            "entropy": quant.CalibrationMethod.Entropy,
+        }[method],
         calibration_providers=["CPUExecutionProvider"],
         # TensorRT takes only symmetric int8 Q/DQ (zero point 0); weights are symmetric either way.
         extra_options={"ActivationSymmetric": activations == "int8", "WeightSymmetric": True},
@@ -305,10 +346,19 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ orchestrator
-def quantize_model(model_dir: str | os.PathLike, calibration: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                   *, method: str = "minmax", activations: str = "uint8", keep_fp32: Sequence[str] = (),
-                   max_images: int | None = DEFAULT_MAX_IMAGES, force: bool = False,
-                   progress: bool = True, holdout: int | None = None) -> QuantizeReport:
+def quantize_model(
+    model_dir: str | os.PathLike,
+    calibration: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    method: str = "minmax",
+    activations: str = "uint8",
+    keep_fp32: Sequence[str] = (),
+    max_images: int | None = DEFAULT_MAX_IMAGES,
+    force: bool = False,
+    progress: bool = True,
+    holdout: int | None = None,
+) -> QuantizeReport:
     """Write ``out_dir``: the INT8 QDQ version of the fp32 folder ``model_dir``, verified on the images
     held out of the calibration (:func:`split_holdout`; see the module doc)."""
     from diffcut_edge.export.onnx_export import (
@@ -323,8 +373,10 @@ def quantize_model(model_dir: str | os.PathLike, calibration: Sequence[str | os.
     check_method(method)
     check_activations(activations)
     if out_dir.resolve() == model_dir.resolve():
-        raise DiffCutError("--out must be a new folder: quantizing in place would destroy the fp32 source "
-                           "that verify --against compares with")
+        raise DiffCutError(
+            "--out must be a new folder: quantizing in place would destroy the fp32 source "
+            "that verify --against compares with"
+        )
     manifest = check_source(model_dir)
     check_out_dir(out_dir, force)
     paths, held_out = split_holdout(calibration_paths(calibration, max_images), holdout)
@@ -366,9 +418,13 @@ def quantize_model(model_dir: str | os.PathLike, calibration: Sequence[str | os.
         out.verification = None
         out.exporter = {**manifest.exporter, **versions.library_versions(versions.QUANTIZE_LIBRARIES)}
         out.quantization = {
-            "method": method, "activations": activations, "weights": "int8 per-channel symmetric",
-            "format": "QDQ", "op_types": list(OP_TYPES),
-            "calibration_images": len(paths), "calibration_sha256": calibration_sha256(paths),
+            "method": method,
+            "activations": activations,
+            "weights": "int8 per-channel symmetric",
+            "format": "QDQ",
+            "op_types": list(OP_TYPES),
+            "calibration_images": len(paths),
+            "calibration_sha256": calibration_sha256(paths),
             "held_out_images": len(held_out),
             "kept_fp32": [{"node": name, "why": why} for name, why in sorted(kept.items())],
             "source_dir": str(model_dir.resolve()),
@@ -376,17 +432,23 @@ def quantize_model(model_dir: str | os.PathLike, calibration: Sequence[str | os.
         }
         write_manifest(staging, out)
         check = None
-        if held_out:   # before the folder appears: the verdict is in its manifest from the start
+        if held_out:  # before the folder appears: the verdict is in its manifest from the start
             from diffcut_edge.export.verify import verify_against
 
             check = verify_against(staging, model_dir, held_out, labels=True, record=True)
             check.model_dir = out_dir
-        report = QuantizeReport(model_dir=out_dir, source_dir=model_dir, method=method, activations=activations,
-                                calibration_images=len(paths), kept_fp32=sorted(kept), quantized_nodes=quantized,
-                                onnx_bytes=sum((staging / f).stat().st_size for f in [ONNX_NAME, *data_files]),
-                                source_bytes=sum((model_dir / f).stat().st_size
-                                                 for f in [manifest.onnx_file, *manifest.onnx_data_files]),
-                                held_out=check)
+        report = QuantizeReport(
+            model_dir=out_dir,
+            source_dir=model_dir,
+            method=method,
+            activations=activations,
+            calibration_images=len(paths),
+            kept_fp32=sorted(kept),
+            quantized_nodes=quantized,
+            onnx_bytes=sum((staging / f).stat().st_size for f in [ONNX_NAME, *data_files]),
+            source_bytes=sum((model_dir / f).stat().st_size for f in [manifest.onnx_file, *manifest.onnx_data_files]),
+            held_out=check,
+        )
         move_into_place(staging, out_dir)
         return report
     except BaseException:

@@ -32,7 +32,7 @@ from diffcut_edge.runtime.manifest import (
     write_manifest,
 )
 
-MAX_BATCH = 64   # matches nothing in the graph; a sanity bound for typos like 1:1:400
+MAX_BATCH = 64  # matches nothing in the graph; a sanity bound for typos like 1:1:400
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -59,8 +59,9 @@ def parse_batch_spec(spec: str | tuple[int, int, int] | list[int]) -> tuple[int,
     if not 1 <= lo <= opt <= hi:
         raise DiffCutError(f"batch profile must satisfy 1 <= min <= opt <= max, got {lo}:{opt}:{hi}")
     if hi > MAX_BATCH:
-        raise DiffCutError(f"batch max {hi} is above {MAX_BATCH}; each extra image costs activation "
-                           f"memory, pick a smaller max")
+        raise DiffCutError(
+            f"batch max {hi} is above {MAX_BATCH}; each extra image costs activation memory, pick a smaller max"
+        )
     return lo, opt, hi
 
 
@@ -84,8 +85,15 @@ def workspace_bytes(workspace_gb: float | None) -> int | None:
     return int(workspace_gb * (1 << 30))
 
 
-def record_engine(model_dir: str | os.PathLike, manifest: Manifest, engine: bytes | memoryview, *,
-                  gpu: GpuInfo, trt_version: str, batch: tuple[int, int, int]) -> Path:
+def record_engine(
+    model_dir: str | os.PathLike,
+    manifest: Manifest,
+    engine: bytes | memoryview,
+    *,
+    gpu: GpuInfo,
+    trt_version: str,
+    batch: tuple[int, int, int],
+) -> Path:
     """Save ``engine`` atomically in ``model_dir`` and record it in the manifest.
 
     A record for the same file (same GPU model and TensorRT version) is replaced.
@@ -94,8 +102,14 @@ def record_engine(model_dir: str | os.PathLike, manifest: Manifest, engine: byte
     path = model_dir / engine_file_name(gpu.name, trt_version)
     atomic.write_bytes(path, engine)
     version = ".".join(str(v) for v in trt_compat.parse_version(trt_version))
-    record = EngineRecord(file=path.name, gpu_name=gpu.name, compute_capability=gpu.compute_capability,
-                          tensorrt_version=version, batch_profile=tuple(batch), sha256=sha256_file(path))
+    record = EngineRecord(
+        file=path.name,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        tensorrt_version=version,
+        batch_profile=tuple(batch),
+        sha256=sha256_file(path),
+    )
     manifest.engines = [e for e in manifest.engines if e.file != record.file] + [record]
     write_manifest(model_dir, manifest)
     return path
@@ -113,22 +127,26 @@ def import_tensorrt() -> Any:
 def require_gpu() -> GpuInfo:
     gpu = probe_gpu()
     if gpu is None:
-        raise DiffCutError("no CUDA GPU found (no NVIDIA driver or no device): a TensorRT engine must be "
-                           "built on the GPU that will run it; run 'diffcut-edge build-engine' on the "
-                           "target machine, or use the ONNX model with onnxruntime meanwhile")
+        raise DiffCutError(
+            "no CUDA GPU found (no NVIDIA driver or no device): a TensorRT engine must be "
+            "built on the GPU that will run it; run 'diffcut-edge build-engine' on the "
+            "target machine, or use the ONNX model with onnxruntime meanwhile"
+        )
     return gpu
 
 
 # ------------------------------------------------------------------ the build (GPU only)
-def _parse_onnx(trt: Any, network: Any, logger: Any, settings: trt_compat.BuilderSettings,
-                onnx_path: Path) -> Any:
+def _parse_onnx(trt: Any, network: Any, logger: Any, settings: trt_compat.BuilderSettings, onnx_path: Path) -> Any:
     parser = trt_compat.create_parser(trt, network, logger, settings)
     # parse_from_file resolves encoder.onnx.data relative to the file, unlike parse(bytes).
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise DiffCutError(f"TensorRT could not parse {onnx_path}: " + "; ".join(errors[:10])
-                           + (f" (+{len(errors) - 10} more)" if len(errors) > 10 else "")
-                           + "; re-export with a supported --opset or a newer TensorRT")
+        raise DiffCutError(
+            f"TensorRT could not parse {onnx_path}: "
+            + "; ".join(errors[:10])
+            + (f" (+{len(errors) - 10} more)" if len(errors) > 10 else "")
+            + "; re-export with a supported --opset or a newer TensorRT"
+        )
     return parser
 
 
@@ -159,9 +177,16 @@ def _load_timing_cache(config: Any, path: Path) -> Any:
     return cache
 
 
-def _build_serialized(trt: Any, settings: trt_compat.BuilderSettings, onnx_path: Path, manifest: Manifest,
-                      batch: tuple[int, int, int], workspace: int | None, cache_path: Path | None,
-                      verbose: bool) -> tuple[Any, Any]:
+def _build_serialized(
+    trt: Any,
+    settings: trt_compat.BuilderSettings,
+    onnx_path: Path,
+    manifest: Manifest,
+    batch: tuple[int, int, int],
+    workspace: int | None,
+    cache_path: Path | None,
+    verbose: bool,
+) -> tuple[Any, Any]:
     """(serialized engine, timing cache or None). Builder, network, parser and config are local,
     so they are freed when this returns, before the plan is written: on an 8 GB board the
     builder's memory and the plan must not be held together."""
@@ -180,9 +205,14 @@ def _build_serialized(trt: Any, settings: trt_compat.BuilderSettings, onnx_path:
     return serialized, cache
 
 
-def build_engine(model_dir: str | os.PathLike, *, workspace_gb: float | None = None,
-                 batch: tuple[int, int, int] | str = (1, 1, 4), timing_cache: bool = True,
-                 verbose: bool = False) -> Path:
+def build_engine(
+    model_dir: str | os.PathLike,
+    *,
+    workspace_gb: float | None = None,
+    batch: tuple[int, int, int] | str = (1, 1, 4),
+    timing_cache: bool = True,
+    verbose: bool = False,
+) -> Path:
     """Build ``encoder.<gpu>.trt<ver>.plan`` from ``model_dir/encoder.onnx`` and record it.
 
     ``batch`` is the one optimization profile (min, opt, max) over the batch axis;
@@ -200,8 +230,9 @@ def build_engine(model_dir: str | os.PathLike, *, workspace_gb: float | None = N
     gpu = require_gpu()
     settings = trt_compat.builder_settings(trt.__version__, manifest.precision)
     cache_path = model_dir / timing_cache_name(gpu.name, trt.__version__) if timing_cache else None
-    serialized, cache = _build_serialized(trt, settings, model_dir / manifest.onnx_file, manifest, batch,
-                                          workspace, cache_path, verbose)
+    serialized, cache = _build_serialized(
+        trt, settings, model_dir / manifest.onnx_file, manifest, batch, workspace, cache_path, verbose
+    )
     if serialized is None:
         raise DiffCutError(
             "TensorRT returned no engine (see its log above); this is usually out of memory: lower "

@@ -32,13 +32,13 @@ from diffcut_edge.models.recipes import family_of_unet, family_spec
 class EncoderSpec:
     """What the truncated encoder computes, for the manifest and for checks."""
 
-    family: str          # "sdxl" | "sd1"
-    resolution: int      # R: input (B, 3, R, R)
+    family: str  # "sdxl" | "sd1"
+    resolution: int  # R: input (B, 3, R, R)
     timestep: int
     noise_seed: int
-    precision: str       # "fp32" | "fp16" (UNet part; the VAE encoder stays fp32)
-    channels: int        # C of the features
-    hook: str            # diffusers path of the hooked module
+    precision: str  # "fp32" | "fp16" (UNet part; the VAE encoder stays fp32)
+    channels: int  # C of the features
+    hook: str  # diffusers path of the hooked module
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -90,9 +90,19 @@ def _truncated_encoder_class():
         (what strongly typed TensorRT needs); the output is cast back to float32.
         """
 
-        def __init__(self, vae: Any, unet: Any, family: str, *, emb: torch.Tensor,
-                     encoder_hidden_states: torch.Tensor, noise: torch.Tensor,
-                     sqrt_alpha_bar: float, sqrt_one_minus_alpha_bar: float, spec: EncoderSpec):
+        def __init__(
+            self,
+            vae: Any,
+            unet: Any,
+            family: str,
+            *,
+            emb: torch.Tensor,
+            encoder_hidden_states: torch.Tensor,
+            noise: torch.Tensor,
+            sqrt_alpha_bar: float,
+            sqrt_one_minus_alpha_bar: float,
+            spec: EncoderSpec,
+        ):
             super().__init__()
             self.spec = spec
             # VAE encoder part (posterior mean only: the first latent_channels of the moments).
@@ -122,9 +132,17 @@ def _truncated_encoder_class():
             self.register_buffer("noise", noise.detach().to(torch.float32).clone())
             self.register_buffer("emb", emb.detach().to(unet_dtype).clone())
             self.register_buffer("encoder_hidden_states", encoder_hidden_states.detach().to(unet_dtype).clone())
-            for part in (self.conv_in, self.early_blocks, self.hooked_resnets, self.full_attentions,
-                         self.last_norm, self.last_proj_in, self.last_full_blocks, self.hook_norm1,
-                         self.hook_attn1):
+            for part in (
+                self.conv_in,
+                self.early_blocks,
+                self.hooked_resnets,
+                self.full_attentions,
+                self.last_norm,
+                self.last_proj_in,
+                self.last_full_blocks,
+                self.hook_norm1,
+                self.hook_attn1,
+            ):
                 part.to(unet_dtype)
             self.vae_encoder.to(torch.float32)
             if self.quant_conv is not None:
@@ -202,10 +220,10 @@ def constant_embedding(unet: Any, timestep: int, conditioning: Any, dtype: Any) 
         emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=t), None)
         added = None
         if family_of_unet(unet) == "sdxl":
-            added = {"text_embeds": conditioning.pooled_embeds.to(dtype),
-                     "time_ids": conditioning.time_ids.to(dtype)}
-        aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=conditioning.prompt_embeds.to(dtype),
-                                 added_cond_kwargs=added)
+            added = {"text_embeds": conditioning.pooled_embeds.to(dtype), "time_ids": conditioning.time_ids.to(dtype)}
+        aug = unet.get_aug_embed(
+            emb=emb, encoder_hidden_states=conditioning.prompt_embeds.to(dtype), added_cond_kwargs=added
+        )
         if aug is not None:
             emb = emb + aug
         if unet.time_embed_act is not None:
@@ -213,9 +231,15 @@ def constant_embedding(unet: Any, timestep: int, conditioning: Any, dtype: Any) 
     return emb
 
 
-def build_truncated_encoder(pipeline: Any, *, resolution: int = defaults.RESOLUTION, timestep: int = defaults.TIMESTEP,
-                            noise_seed: int = defaults.NOISE_SEED, precision: str = "fp32",
-                            family: str | None = None):
+def build_truncated_encoder(
+    pipeline: Any,
+    *,
+    resolution: int = defaults.RESOLUTION,
+    timestep: int = defaults.TIMESTEP,
+    noise_seed: int = defaults.NOISE_SEED,
+    precision: str = "fp32",
+    family: str | None = None,
+):
     """A :class:`TruncatedEncoder` from a loaded diffusers pipeline (fp32 weights on the CPU).
 
     Constants come from ``diffcut_edge.models`` (the same helpers the reference uses), so the
@@ -238,8 +262,10 @@ def build_truncated_encoder(pipeline: Any, *, resolution: int = defaults.RESOLUT
     # The reference hooks models.hooked_module: make sure we cut at the very same module.
     ours = unet.get_submodule(path)
     if models.hooked_module(unet, family) is not ours:
-        raise DiffCutError(f"internal mismatch: the truncated encoder stops at {path}, which is not "
-                           f"the module the reference hooks for family {family!r}")
+        raise DiffCutError(
+            f"internal mismatch: the truncated encoder stops at {path}, which is not "
+            f"the module the reference hooks for family {family!r}"
+        )
     with torch.no_grad():
         cond = models.empty_prompt_conditioning(pipeline, resolution, device="cpu")
         cond_f32 = cond.to(device="cpu", dtype=torch.float32)
@@ -249,11 +275,27 @@ def build_truncated_encoder(pipeline: Any, *, resolution: int = defaults.RESOLUT
         noise = models.fixed_noise(resolution, seed=noise_seed, device="cpu")
         sqrt_ab, sqrt_1mab = models.noise_coefficients(pipeline, timestep=timestep)
     hidden = int(ours.to_out[0].out_features)
-    spec = EncoderSpec(family=family, resolution=resolution, timestep=timestep, noise_seed=noise_seed,
-                       precision=precision, channels=hidden, hook=path)
+    spec = EncoderSpec(
+        family=family,
+        resolution=resolution,
+        timestep=timestep,
+        noise_seed=noise_seed,
+        precision=precision,
+        channels=hidden,
+        hook=path,
+    )
     cls = _truncated_encoder_class()
-    encoder = cls(vae, unet, family, emb=emb, encoder_hidden_states=cond_f32.prompt_embeds, noise=noise,
-                  sqrt_alpha_bar=sqrt_ab, sqrt_one_minus_alpha_bar=sqrt_1mab, spec=spec)
+    encoder = cls(
+        vae,
+        unet,
+        family,
+        emb=emb,
+        encoder_hidden_states=cond_f32.prompt_embeds,
+        noise=noise,
+        sqrt_alpha_bar=sqrt_ab,
+        sqrt_one_minus_alpha_bar=sqrt_1mab,
+        spec=spec,
+    )
     encoder.eval()
     encoder.requires_grad_(False)
     return encoder

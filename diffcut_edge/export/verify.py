@@ -27,14 +27,21 @@ from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.manifest import Manifest, read_manifest, verify_files, write_manifest
 
 # precision -> (max relative error or None, min token cosine)
-THRESHOLDS: dict[str, tuple[float | None, float]] = {"fp32": (1e-4, 0.9999), "fp16": (None, 0.999),
-                                                     "int8": (None, 0.99)}
+THRESHOLDS: dict[str, tuple[float | None, float]] = {
+    "fp32": (1e-4, 0.9999),
+    "fp16": (None, 0.999),
+    "int8": (None, 0.99),
+}
 # verify --against, by the faster folder's precision: (min token cosine, min mean label agreement).
 # INT8 with random weights measured 0.9998 cosine on the SSD-1B architecture; trained UNets have
 # activation outliers, so the gate is looser. Labels: mean over the images, because one image whose
 # NCut flips a near-tie cut is not a verdict on the encoder.
-AGAINST_THRESHOLDS: dict[str, tuple[float, float]] = {"fp32": (0.9999, 0.99), "fp16": (0.999, 0.97),
-                                                      "int8": (0.99, 0.95), "tiny-vae": (0.98, 0.90)}
+AGAINST_THRESHOLDS: dict[str, tuple[float, float]] = {
+    "fp32": (0.9999, 0.99),
+    "fp16": (0.999, 0.97),
+    "int8": (0.99, 0.95),
+    "tiny-vae": (0.98, 0.90),
+}
 
 
 def against_thresholds(manifest: Manifest) -> tuple[float, float]:
@@ -48,6 +55,8 @@ def against_thresholds(manifest: Manifest) -> tuple[float, float]:
     if manifest.vae == "tiny":
         gates.append(AGAINST_THRESHOLDS["tiny-vae"])
     return min(g[0] for g in gates), min(g[1] for g in gates)
+
+
 SAMPLE_NAMES = ("astronaut", "chelsea", "coffee", "rocket")
 
 
@@ -73,13 +82,16 @@ class VerifyReport:
 
     def lines(self) -> list[str]:
         rel_max, cos_min = self.thresholds
-        head = (f"{self.model_dir} ({self.precision}): pass if min cosine >= {cos_min}"
-                + (f" and rel error <= {rel_max:g}" if rel_max is not None else ""))
+        head = f"{self.model_dir} ({self.precision}): pass if min cosine >= {cos_min}" + (
+            f" and rel error <= {rel_max:g}" if rel_max is not None else ""
+        )
         rows = [f"{'image':<24} {'min cos':>10} {'rel err':>10} {'labels':>8}  result"]
         for i in self.images:
             labels = "-" if i.label_agreement is None else f"{100 * i.label_agreement:.1f}%"
-            rows.append(f"{i.name[:24]:<24} {i.min_cosine:>10.6f} {i.rel_error:>10.2e} {labels:>8}  "
-                        f"{'ok' if i.passed else 'FAIL'}")
+            rows.append(
+                f"{i.name[:24]:<24} {i.min_cosine:>10.6f} {i.rel_error:>10.2e} {labels:>8}  "
+                f"{'ok' if i.passed else 'FAIL'}"
+            )
         return [head, *rows, "verify: " + ("passed" if self.passed else "FAILED")]
 
 
@@ -111,14 +123,16 @@ def load_images(paths: Sequence[str | os.PathLike] | None, resolution: int) -> l
 
     out = []
     if paths:
-        for p in paths:   # read as segment reads (any name, EXIF orientation, pixel limit, one-line errors)
+        for p in paths:  # read as segment reads (any name, EXIF orientation, pixel limit, one-line errors)
             out.append((Path(p).name, cv2.cvtColor(read_image(p), cv2.COLOR_BGR2RGB)))
     else:
         try:
             from skimage import data
         except ImportError as e:
-            raise DiffCutError("no images given and scikit-image (for its sample photos) is not installed; "
-                               "pass image files: diffcut-edge verify ... IMG [IMG ...]") from e
+            raise DiffCutError(
+                "no images given and scikit-image (for its sample photos) is not installed; "
+                "pass image files: diffcut-edge verify ... IMG [IMG ...]"
+            ) from e
         out = [(name, getattr(data, name)()[..., :3]) for name in SAMPLE_NAMES]
     resized = []
     for name, rgb in out:
@@ -154,8 +168,14 @@ def label_agreement(ours: np.ndarray, ref: np.ndarray, grid: tuple[int, int]) ->
 
 
 # ------------------------------------------------------------------ orchestrator
-def verify_model(model: Any, model_dir: str | os.PathLike, images: Sequence[str | os.PathLike] | None = None,
-                 *, labels: bool = True, record: bool = True) -> VerifyReport:
+def verify_model(
+    model: Any,
+    model_dir: str | os.PathLike,
+    images: Sequence[str | os.PathLike] | None = None,
+    *,
+    labels: bool = True,
+    record: bool = True,
+) -> VerifyReport:
     """Run the reference (``model``: a hub id, a pipeline folder, or a loaded pipeline) and the
     exported folder on the same images; see the module docstring for what is compared.
 
@@ -169,22 +189,31 @@ def verify_model(model: Any, model_dir: str | os.PathLike, images: Sequence[str 
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     verify_files(model_dir, manifest)
-    pipeline = model if hasattr(model, "unet") else models.load_pipeline(str(model), torch_dtype=torch.float32,
-                                                                           device="cpu")
+    pipeline = (
+        model if hasattr(model, "unet") else models.load_pipeline(str(model), torch_dtype=torch.float32, device="cpu")
+    )
     family = models.pipeline_family(pipeline)
     if family != manifest.family:
-        raise DiffCutError(f"{model} is an {family} pipeline but {model_dir} was exported from an "
-                           f"{manifest.family} one ({manifest.model_id}); pass the model it was exported from")
-    report = VerifyReport(model_dir=model_dir, precision=manifest.precision,
-                          thresholds=THRESHOLDS[manifest.precision])
+        raise DiffCutError(
+            f"{model} is an {family} pipeline but {model_dir} was exported from an "
+            f"{manifest.family} one ({manifest.model_id}); pass the model it was exported from"
+        )
+    report = VerifyReport(model_dir=model_dir, precision=manifest.precision, thresholds=THRESHOLDS[manifest.precision])
     session = open_session(model_dir, manifest)
     for name, img in load_images(images, manifest.resolution):
-        ref = extract_features(pipeline, img[None], resolution=manifest.resolution, timestep=manifest.timestep,
-                               noise_seed=manifest.noise_seed)[0]
+        ref = extract_features(
+            pipeline,
+            img[None],
+            resolution=manifest.resolution,
+            timestep=manifest.timestep,
+            noise_seed=manifest.noise_seed,
+        )[0]
         ours = onnx_features(session, manifest, img[None])[0]
         if ours.shape != ref.shape:
-            raise DiffCutError(f"{model_dir} gives features {ours.shape} but the reference gives {ref.shape}; "
-                               f"was the folder exported from {model}?")
+            raise DiffCutError(
+                f"{model_dir} gives features {ours.shape} but the reference gives {ref.shape}; "
+                f"was the folder exported from {model}?"
+            )
         cos = float(token_cosines(ours, ref).min())
         rel = relative_error(ours, ref)
         agree = label_agreement(ours, ref, manifest.grid) if labels else None
@@ -192,24 +221,31 @@ def verify_model(model: Any, model_dir: str | os.PathLike, images: Sequence[str 
     if record and manifest.needs_verification:
         against = f"PyTorch reference {model if isinstance(model, (str, os.PathLike)) else 'pipeline'}"
         manifest.verification = verification_record(
-            against, report.passed, report.images,
-            {"min_cosine": report.thresholds[1], "max_rel_error": report.thresholds[0]})
+            against,
+            report.passed,
+            report.images,
+            {"min_cosine": report.thresholds[1], "max_rel_error": report.thresholds[0]},
+        )
         write_manifest(model_dir, manifest)
     return report
 
 
-def verification_record(against: str, passed: bool, images: Sequence[ImageCheck], thresholds: dict[str, Any],
-                        **figures: Any) -> dict[str, Any]:
+def verification_record(
+    against: str, passed: bool, images: Sequence[ImageCheck], thresholds: dict[str, Any], **figures: Any
+) -> dict[str, Any]:
     """The ``verification`` entry of a manifest: the verdict, its figures, when and by which version."""
     import datetime
 
     from diffcut_edge import versions
 
     return {
-        "against": against, "passed": bool(passed), "images": len(images),
+        "against": against,
+        "passed": bool(passed),
+        "images": len(images),
         "min_cosine": min((i.min_cosine for i in images), default=float("nan")),
         "max_rel_error": max((i.rel_error for i in images), default=float("nan")),
-        **figures, "thresholds": thresholds,
+        **figures,
+        "thresholds": thresholds,
         "verified_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "diffcut_edge": versions.dist_version("diffcut-edge") or "unknown",
     }
@@ -243,21 +279,29 @@ class AgainstReport:
     def record(self) -> dict[str, Any]:
         """What goes into the faster folder's manifest (``verification``)."""
         cos_min, labels_min = self.thresholds
-        return verification_record(str(self.against.resolve()), self.passed, self.images,
-                                   {"min_cosine": cos_min, "min_mean_label_agreement": labels_min},
-                                   images_sha256=self.images_sha256, mean_label_agreement=self.mean_label_agreement)
+        return verification_record(
+            str(self.against.resolve()),
+            self.passed,
+            self.images,
+            {"min_cosine": cos_min, "min_mean_label_agreement": labels_min},
+            images_sha256=self.images_sha256,
+            mean_label_agreement=self.mean_label_agreement,
+        )
 
     def lines(self) -> list[str]:
         cos_min, labels_min = self.thresholds
-        head = (f"{self.model_dir} ({self.precision}) against {self.against}: pass if min token cosine >= {cos_min} "
-                f"and mean label agreement >= {100 * labels_min:.0f}%")
+        head = (
+            f"{self.model_dir} ({self.precision}) against {self.against}: pass if min token cosine >= {cos_min} "
+            f"and mean label agreement >= {100 * labels_min:.0f}%"
+        )
         rows = [f"{'image':<24} {'min cos':>10} {'rel err':>10} {'labels':>8}"]
         for i in self.images:
             labels = "-" if i.label_agreement is None else f"{100 * i.label_agreement:.1f}%"
             rows.append(f"{i.name[:24]:<24} {i.min_cosine:>10.6f} {i.rel_error:>10.2e} {labels:>8}")
         mean = self.mean_label_agreement
-        summary = (f"min cosine {self.min_cosine:.6f}, mean label agreement "
-                   + ("-" if mean is None else f"{100 * mean:.1f}%"))
+        summary = f"min cosine {self.min_cosine:.6f}, mean label agreement " + (
+            "-" if mean is None else f"{100 * mean:.1f}%"
+        )
         return [head, *rows, summary, "verify: " + ("passed" if self.passed else "FAILED")]
 
 
@@ -270,8 +314,10 @@ def _check_comparable(fast: Manifest, full: Manifest, fast_dir: Path, full_dir: 
     for name in ("family", "resolution", "grid", "channels", "timestep", "noise_seed"):
         a, b = getattr(fast, name), getattr(full, name)
         if norm(a) != norm(b):
-            raise DiffCutError(f"{fast_dir} and {full_dir} differ in {name} ({a} vs {b}): compare a folder "
-                               f"with the one it was made from{hint}")
+            raise DiffCutError(
+                f"{fast_dir} and {full_dir} differ in {name} ({a} vs {b}): compare a folder "
+                f"with the one it was made from{hint}"
+            )
 
 
 def _images_sha256(images: Sequence[tuple[str, np.ndarray]]) -> str:
@@ -284,9 +330,14 @@ def _images_sha256(images: Sequence[tuple[str, np.ndarray]]) -> str:
     return digest.hexdigest()
 
 
-def verify_against(model_dir: str | os.PathLike, against: str | os.PathLike,
-                   images: Sequence[str | os.PathLike] | None = None, *, labels: bool = True,
-                   record: bool = True) -> AgainstReport:
+def verify_against(
+    model_dir: str | os.PathLike,
+    against: str | os.PathLike,
+    images: Sequence[str | os.PathLike] | None = None,
+    *,
+    labels: bool = True,
+    record: bool = True,
+) -> AgainstReport:
     """Compare the folder ``model_dir`` (e.g. INT8) with ``against`` (its fp32 source) on the same images.
 
     Both run through onnxruntime on the CPU; labels come from the runtime's NCut + assignment
@@ -304,8 +355,13 @@ def verify_against(model_dir: str | os.PathLike, against: str | os.PathLike,
     verify_files(against, full)
     _check_comparable(fast, full, model_dir, against)
     loaded = load_images(images, fast.resolution)
-    report = AgainstReport(model_dir=model_dir, against=against, precision=fast.precision,
-                           thresholds=against_thresholds(fast), images_sha256=_images_sha256(loaded))
+    report = AgainstReport(
+        model_dir=model_dir,
+        against=against,
+        precision=fast.precision,
+        thresholds=against_thresholds(fast),
+        images_sha256=_images_sha256(loaded),
+    )
     fast_session, full_session = open_session(model_dir, fast), open_session(against, full)
     grid = tuple(fast.grid)
     for name, img in loaded:

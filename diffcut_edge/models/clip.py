@@ -35,13 +35,15 @@ DEFAULT_CLIP = "convnext_large_d_320:laion2b_s29b_b131k_ft_soup"
 LOCAL_DIR = "local-dir:"
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
-BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"   # CLIP's BPE merges, shipped inside open_clip
+BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"  # CLIP's BPE merges, shipped inside open_clip
 
 
 # ----------------------------------------------------------------------------- torchvision stand-in
 def _refuse(*args: Any, **kwargs: Any) -> None:
-    raise DiffCutError("this part of torchvision is a stand-in (torchvision does not import with this torch "
-                       "build); diffcut-edge uses no torchvision code")
+    raise DiffCutError(
+        "this part of torchvision is a stand-in (torchvision does not import with this torch "
+        "build); diffcut-edge uses no torchvision code"
+    )
 
 
 class _StandInMeta(type):
@@ -93,7 +95,7 @@ def _drop_modules(prefix: str) -> None:
 def torchvision_stand_in() -> Iterator[None]:
     """While active, ``import torchvision[.x]`` gives stand-in modules; afterwards none is left."""
     finder = _StandInFinder()
-    _drop_modules("torchvision")   # a half-imported broken torchvision
+    _drop_modules("torchvision")  # a half-imported broken torchvision
     sys.meta_path.insert(0, finder)
     try:
         yield
@@ -117,9 +119,11 @@ def import_open_clip() -> types.ModuleType:
         return sys.modules["open_clip"]
     missing = [m for m in ("open_clip", "timm") if importlib.util.find_spec(m) is None]
     if missing:
-        raise DiffCutError(f"{' and '.join(missing)} not installed: install the [clip] extra, then "
-                           f"`pip install --no-deps open_clip_torch timm` (--no-deps keeps your torch; "
-                           f"docs/open-vocabulary.md)")
+        raise DiffCutError(
+            f"{' and '.join(missing)} not installed: install the [clip] extra, then "
+            f"`pip install --no-deps open_clip_torch timm` (--no-deps keeps your torch; "
+            f"docs/open-vocabulary.md)"
+        )
     if _torchvision_works():
         return importlib.import_module("open_clip")
     # open_clip imports transformers (its HF text towers) when installed: import it first, so it
@@ -143,10 +147,12 @@ def import_open_clip() -> types.ModuleType:
 def parse_clip_spec(spec: str) -> tuple[str, str | None]:
     """``MODEL:TAG`` -> (model, tag); ``local-dir:DIR`` -> ("local-dir:DIR", None)."""
     if spec.startswith(LOCAL_DIR):
-        folder = Path(spec[len(LOCAL_DIR):]).expanduser()
+        folder = Path(spec[len(LOCAL_DIR) :]).expanduser()
         if not (folder / CONFIG_NAME).is_file():
-            raise DiffCutError(f"--clip {spec}: {folder} has no {CONFIG_NAME} (open_clip's local-dir layout; "
-                               f"`diffcut-edge models make-tiny-clip --out DIR` writes one)")
+            raise DiffCutError(
+                f"--clip {spec}: {folder} has no {CONFIG_NAME} (open_clip's local-dir layout; "
+                f"`diffcut-edge models make-tiny-clip --out DIR` writes one)"
+            )
         return f"{LOCAL_DIR}{folder}", None
     if spec.count(":") != 1 or not all(spec.split(":")):
         raise DiffCutError(f"--clip {spec!r}: expected MODEL:TAG (e.g. {DEFAULT_CLIP}) or local-dir:DIR")
@@ -166,8 +172,10 @@ def load_clip(spec: str = DEFAULT_CLIP) -> Any:
     except (RuntimeError, ValueError, OSError) as e:
         raise DiffCutError(f"cannot load CLIP {spec}: {' '.join(str(e).split())[:300]}") from e
     if not hasattr(getattr(model, "visual", None), "trunk") or not hasattr(model.visual.trunk, "stem"):
-        raise DiffCutError(f"CLIP {spec} is not a ConvNeXt (timm) CLIP: the dense path needs visual.trunk.stem, "
-                           f"stages and norm_pre (as convnext_large_d_320)")
+        raise DiffCutError(
+            f"CLIP {spec} is not a ConvNeXt (timm) CLIP: the dense path needs visual.trunk.stem, "
+            f"stages and norm_pre (as convnext_large_d_320)"
+        )
     return model.eval()
 
 
@@ -183,14 +191,22 @@ def bpe_vocabulary_path() -> Path:
 # ----------------------------------------------------------------------------- tiny CLIP
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,
-    "vision_cfg": {"timm_model_name": "convnext_atto", "timm_model_pretrained": False, "timm_pool": "",
-                   "timm_proj": "mlp", "timm_drop": 0.0, "timm_drop_path": 0.0, "image_size": 64},
+    "vision_cfg": {
+        "timm_model_name": "convnext_atto",
+        "timm_model_pretrained": False,
+        "timm_pool": "",
+        "timm_proj": "mlp",
+        "timm_drop": 0.0,
+        "timm_drop_path": 0.0,
+        "image_size": 64,
+    },
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
 
 
-def save_local_dir(model: Any, model_cfg: dict[str, Any], out: str | os.PathLike,
-                   preprocess_cfg: dict[str, Any] | None = None) -> Path:
+def save_local_dir(
+    model: Any, model_cfg: dict[str, Any], out: str | os.PathLike, preprocess_cfg: dict[str, Any] | None = None
+) -> Path:
     """Write ``model`` in open_clip's local-dir layout (``open_clip_config.json`` + safetensors weights),
     each file atomically, so ``create_model("local-dir:OUT")`` loads it."""
     from safetensors.torch import save
@@ -215,5 +231,9 @@ def make_tiny_clip(out: str | os.PathLike, seed: int = 0) -> Path:
     model = open_clip.CLIP(**json.loads(json.dumps(TINY_CLIP_CONFIG)))
     with torch.no_grad():  # a non-trivial logit scale, below the clamp of 100
         model.logit_scale.fill_(float(torch.log(torch.tensor(50.0))))
-    return save_local_dir(model, TINY_CLIP_CONFIG, out,
-                          {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]})
+    return save_local_dir(
+        model,
+        TINY_CLIP_CONFIG,
+        out,
+        {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+    )

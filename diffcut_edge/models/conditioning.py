@@ -78,11 +78,11 @@ class Conditioning:
         """``added_cond_kwargs`` for a UNet call on ``batch`` images (None for SD1)."""
         if self.pooled_embeds is None:
             return None
-        return {"text_embeds": self.pooled_embeds.expand(batch, -1),
-                "time_ids": self.time_ids.expand(batch, -1)}
+        return {"text_embeds": self.pooled_embeds.expand(batch, -1), "time_ids": self.time_ids.expand(batch, -1)}
 
     def to(self, device=None, dtype=None) -> Conditioning:
         """A copy on ``device`` / in ``dtype`` (absent SD1 fields stay None)."""
+
         def move(t):
             return None if t is None else t.to(device=device, dtype=dtype)
 
@@ -99,14 +99,18 @@ def empty_prompt_conditioning(pipeline: Any, resolution: int, device=None) -> Co
 
     family = pipeline_family(pipeline)
     with torch.no_grad():  # encode where the text encoders live, then move the result
-        encoded = pipeline.encode_prompt("", device=pipeline.device, num_images_per_prompt=1,
-                                         do_classifier_free_guidance=False)
+        encoded = pipeline.encode_prompt(
+            "", device=pipeline.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
     if family != SDXL:
         cond = Conditioning(prompt_embeds=encoded[0])
     else:
         prompt_embeds, _, pooled, _ = encoded
         time_ids = pipeline._get_add_time_ids(
-            (resolution, resolution), (0, 0), (resolution, resolution), dtype=prompt_embeds.dtype,
+            (resolution, resolution),
+            (0, 0),
+            (resolution, resolution),
+            dtype=prompt_embeds.dtype,
             text_encoder_projection_dim=pipeline.text_encoder_2.config.projection_dim,
         )
         cond = Conditioning(prompt_embeds=prompt_embeds, pooled_embeds=pooled, time_ids=time_ids)
@@ -146,4 +150,4 @@ def noise_coefficients(pipeline: Any, timestep: int = defaults.TIMESTEP) -> tupl
     if not 0 <= int(timestep) < n:
         raise DiffCutError(f"timestep must be in [0, {n - 1}], got {timestep}")
     alpha_bar = scheduler.alphas_cumprod[int(timestep)]
-    return float(alpha_bar ** 0.5), float((1 - alpha_bar) ** 0.5)
+    return float(alpha_bar**0.5), float((1 - alpha_bar) ** 0.5)

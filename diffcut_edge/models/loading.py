@@ -62,21 +62,28 @@ def check_pipeline_folder(folder: str | Path) -> str:
     """Validate a saved diffusers pipeline folder and return its family ("sdxl" or "sd1")."""
     folder = Path(folder)
     if not folder.exists():
-        raise DiffCutError(f"model folder {folder} does not exist; pass a hub id (e.g. segmind/SSD-1B) "
-                           f"or a folder written by save_pretrained / 'diffcut-edge models make-tiny'")
+        raise DiffCutError(
+            f"model folder {folder} does not exist; pass a hub id (e.g. segmind/SSD-1B) "
+            f"or a folder written by save_pretrained / 'diffcut-edge models make-tiny'"
+        )
     if not folder.is_dir():
         raise DiffCutError(f"{folder} is a file, not a diffusers pipeline folder")
     if not (folder / "model_index.json").is_file():
-        if (folder / "manifest.json").is_file():   # an exported model folder given where a pipeline goes
-            raise DiffCutError(f"{folder} is an exported model folder, not a diffusers pipeline: pass it as "
-                               f"--model-dir {folder}")
-        raise DiffCutError(f"{folder} is not a diffusers pipeline: it has no model_index.json "
-                           f"(save the pipeline with pipeline.save_pretrained(folder))")
+        if (folder / "manifest.json").is_file():  # an exported model folder given where a pipeline goes
+            raise DiffCutError(
+                f"{folder} is an exported model folder, not a diffusers pipeline: pass it as --model-dir {folder}"
+            )
+        raise DiffCutError(
+            f"{folder} is not a diffusers pipeline: it has no model_index.json "
+            f"(save the pipeline with pipeline.save_pretrained(folder))"
+        )
     index = _read_json(folder / "model_index.json")
     missing = [p for p in REQUIRED_PARTS if not (folder / p).is_dir() or p not in index]
     if missing:
-        raise DiffCutError(f"pipeline folder {folder} lacks {', '.join(missing)}; DiffCut needs the "
-                           f"unet, the vae, the text encoder(s), tokenizer(s) and the scheduler")
+        raise DiffCutError(
+            f"pipeline folder {folder} lacks {', '.join(missing)}; DiffCut needs the "
+            f"unet, the vae, the text encoder(s), tokenizer(s) and the scheduler"
+        )
     family = family_of_unet(_read_json(folder / "unet" / "config.json"))
     if family_spec(family).text_encoders == 2:
         missing = [p for p in ("text_encoder_2", "tokenizer_2") if not (folder / p).is_dir()]
@@ -123,8 +130,11 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     try:
         from huggingface_hub import errors as hf_errors
 
-        errors += [getattr(hf_errors, n) for n in ("HfHubHTTPError", "OfflineModeIsEnabled",
-                                                   "LocalEntryNotFoundError") if hasattr(hf_errors, n)]
+        errors += [
+            getattr(hf_errors, n)
+            for n in ("HfHubHTTPError", "OfflineModeIsEnabled", "LocalEntryNotFoundError")
+            if hasattr(hf_errors, n)
+        ]
     except ImportError:  # pragma: no cover
         pass
     for module, name in (("requests", "RequestException"), ("httpx", "HTTPError")):
@@ -159,8 +169,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 def _is_local(model_id_or_folder: str | Path) -> bool:
     """A Path, an existing path, or anything that is neither a recipe name nor 'owner/name'."""
     text = str(model_id_or_folder)
-    return (isinstance(model_id_or_folder, Path) or Path(text).expanduser().exists()
-            or (get_recipe(text) is None and not _HUB_ID.match(text)))
+    return (
+        isinstance(model_id_or_folder, Path)
+        or Path(text).expanduser().exists()
+        or (get_recipe(text) is None and not _HUB_ID.match(text))
+    )
 
 
 def load_pipeline(model_id_or_folder: str | Path, *, torch_dtype=None, device=None) -> Any:
@@ -195,8 +208,10 @@ def load_tiny_vae(id_or_folder: str | Path) -> Any:
     folder = Path(text).expanduser()
     if folder.exists() or not _HUB_ID.match(text):
         if not (folder / "config.json").is_file():
-            raise DiffCutError(f"{folder} is not an AutoencoderTiny folder (no config.json); pass a TAESD folder "
-                               f"saved with save_pretrained, or a hub id such as madebyollin/taesdxl")
+            raise DiffCutError(
+                f"{folder} is not an AutoencoderTiny folder (no config.json); pass a TAESD folder "
+                f"saved with save_pretrained, or a hub id such as madebyollin/taesdxl"
+            )
         return AutoencoderTiny.from_pretrained(str(folder), local_files_only=True)
     snapshot = _cached_snapshot(text)
     if snapshot is not None and (snapshot / "config.json").is_file():

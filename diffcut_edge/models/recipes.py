@@ -29,10 +29,10 @@ class FamilySpec:
 
     family: str
     hook_block: int
-    pipeline_class: str          # diffusers class that loads a folder of this family
-    text_encoders: int           # 2 for SDXL (CLIP-L + OpenCLIP-bigG), 1 for SD1.x
-    vae_scaling_factor: float    # informative; the loaded VAE config is what is used
-    tiny_vae: str = ""           # default `export --vae tiny` weights: madebyollin's TAESD for this family
+    pipeline_class: str  # diffusers class that loads a folder of this family
+    text_encoders: int  # 2 for SDXL (CLIP-L + OpenCLIP-bigG), 1 for SD1.x
+    vae_scaling_factor: float  # informative; the loaded VAE config is what is used
+    tiny_vae: str = ""  # default `export --vae tiny` weights: madebyollin's TAESD for this family
 
     @property
     def hook_path(self) -> str:
@@ -40,10 +40,22 @@ class FamilySpec:
 
 
 FAMILIES: Mapping[str, FamilySpec] = {
-    SDXL: FamilySpec(SDXL, hook_block=-1, pipeline_class="StableDiffusionXLPipeline",
-                     text_encoders=2, vae_scaling_factor=0.13025, tiny_vae="madebyollin/taesdxl"),
-    SD1: FamilySpec(SD1, hook_block=-2, pipeline_class="StableDiffusionPipeline",
-                    text_encoders=1, vae_scaling_factor=0.18215, tiny_vae="madebyollin/taesd"),
+    SDXL: FamilySpec(
+        SDXL,
+        hook_block=-1,
+        pipeline_class="StableDiffusionXLPipeline",
+        text_encoders=2,
+        vae_scaling_factor=0.13025,
+        tiny_vae="madebyollin/taesdxl",
+    ),
+    SD1: FamilySpec(
+        SD1,
+        hook_block=-2,
+        pipeline_class="StableDiffusionPipeline",
+        text_encoders=1,
+        vae_scaling_factor=0.18215,
+        tiny_vae="madebyollin/taesd",
+    ),
 }
 
 

@@ -24,9 +24,9 @@ from typing import Any
 from diffcut_edge.errors import DiffCutError, missing_extra
 from diffcut_edge.models.recipes import SD1, SDXL, family_spec
 
-TINY_CHANNELS = 64           # feature channels C at the hook (1280 in the real models)
-TEXT_HIDDEN = 32             # each tiny text encoder's width
-MAX_TOKENS = 77              # CLIP context length, as the real models (prompt_embeds (1, 77, D))
+TINY_CHANNELS = 64  # feature channels C at the hook (1280 in the real models)
+TEXT_HIDDEN = 32  # each tiny text encoder's width
+MAX_TOKENS = 77  # CLIP context length, as the real models (prompt_embeds (1, 77, D))
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 # A few words fully merged so ordinary prompts tokenize to whole words; anything else
@@ -34,8 +34,12 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 _WORDS = ("a", "photo", "of", "the", "cat", "dog", "person", "sky", "tree", "road", "car")
 
 _SCHEDULER = {  # the real schedulers' betas: scaled_linear 0.00085-0.012, 1000 steps
-    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000, "steps_offset": 1, "set_alpha_to_one": False,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "set_alpha_to_one": False,
     "prediction_type": "epsilon",
 }
 
@@ -43,8 +47,9 @@ _SCHEDULER = {  # the real schedulers' betas: scaled_linear 0.00085-0.012, 1000 
 # ---------------------------------------------------------------------- tokenizer
 def _byte_alphabet() -> list[str]:
     """GPT-2/CLIP's printable stand-in for each of the 256 bytes, in byte order."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -91,8 +96,9 @@ def write_tiny_tokenizer(folder: Path) -> Any:
     vocab, merges = tiny_vocab_and_merges()
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
-                              model_max_length=MAX_TOKENS)
+    tokenizer = CLIPTokenizer(
+        vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=MAX_TOKENS
+    )
     tokenizer.save_pretrained(str(folder))
     return tokenizer
 
@@ -103,37 +109,52 @@ def _unet_config(family: str, text_dim: int, pooled_dim: int) -> dict:
     if family == SDXL:
         time_dim = 8  # addition_time_embed_dim: 6 ids x 8 + pooled -> add_embedding input
         return dict(
-            sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
             block_out_channels=(32, c, c),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            mid_block_type="UNetMidBlock2D",              # SSD-1B: one ResNet, no attention
-            transformer_layers_per_block=(1, 1, 2),       # depth > 1 at the hooked block
+            mid_block_type="UNetMidBlock2D",  # SSD-1B: one ResNet, no attention
+            transformer_layers_per_block=(1, 1, 2),  # depth > 1 at the hooked block
             reverse_transformer_layers_per_block=((2, 2, 1), (1, 1, 1), 1),  # asymmetric, as SSD-1B
-            attention_head_dim=(2, 4, 4),                 # diffusers' name for the head count
-            cross_attention_dim=text_dim, use_linear_projection=True,
-            addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+            attention_head_dim=(2, 4, 4),  # diffusers' name for the head count
+            cross_attention_dim=text_dim,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_dim,
             projection_class_embeddings_input_dim=pooled_dim + 6 * time_dim,
             norm_num_groups=32,
         )
     return dict(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
         block_out_channels=(32, 32, c, c),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        attention_head_dim=4, cross_attention_dim=text_dim, use_linear_projection=False,
+        attention_head_dim=4,
+        cross_attention_dim=text_dim,
+        use_linear_projection=False,
         norm_num_groups=32,
     )
 
 
 def _vae_config(family: str) -> dict:
     return dict(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
         # Four blocks (downsample by 8, as the real VAE); the full-resolution block is the
         # cost at 256 px, so it is the narrowest (16 channels, hence 16 norm groups).
         block_out_channels=(16, 32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=16, sample_size=256,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=16,
+        sample_size=256,
         scaling_factor=family_spec(family).vae_scaling_factor,
         force_upcast=(family == SDXL),
     )
@@ -143,11 +164,17 @@ def _text_config(vocab: dict[str, int], projection_dim: int | None = None) -> An
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=TEXT_HIDDEN, intermediate_size=64,
+        vocab_size=len(vocab),
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=64,
         num_hidden_layers=2,  # SDXL reads the penultimate hidden state
-        num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
-        projection_dim=projection_dim or TEXT_HIDDEN, hidden_act="quick_gelu",
-        bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[EOS],
+        num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS,
+        projection_dim=projection_dim or TEXT_HIDDEN,
+        hidden_act="quick_gelu",
+        bos_token_id=vocab[BOS],
+        eos_token_id=vocab[EOS],
+        pad_token_id=vocab[EOS],
     )
 
 
@@ -165,9 +192,17 @@ def _build_components(family: str, tokenizer: Any) -> dict:
         unet = UNet2DConditionModel(**_unet_config(SDXL, text_dim=2 * TEXT_HIDDEN, pooled_dim=projection))
         # from_config, like a real scheduler_config.json: keys a class does not use are ignored
         scheduler = EulerDiscreteScheduler.from_config(
-            {**_SCHEDULER, "timestep_spacing": "leading", "interpolation_type": "linear"})
-        return dict(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                    tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+            {**_SCHEDULER, "timestep_spacing": "leading", "interpolation_type": "linear"}
+        )
+        return dict(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+        )
     text_encoder = CLIPTextModel(_text_config(vocab))
     unet = UNet2DConditionModel(**_unet_config(SD1, text_dim=TEXT_HIDDEN, pooled_dim=0))
     scheduler = PNDMScheduler.from_config({**_SCHEDULER, "skip_prk_steps": True})
@@ -179,8 +214,9 @@ def _assemble_pipeline(family: str, components: dict) -> Any:
 
     if family == SDXL:
         return StableDiffusionXLPipeline(**components, force_zeros_for_empty_prompt=True)
-    return StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    return StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
 
 
 def build_tiny_pipeline(family: str, seed: int = 0) -> Any:
@@ -227,8 +263,13 @@ def make_tiny_vae(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        vae = AutoencoderTiny(encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16),
-                              num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4)
+        vae = AutoencoderTiny(
+            encoder_block_out_channels=(16, 16, 16, 16),
+            decoder_block_out_channels=(16, 16, 16, 16),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+            latent_channels=4,
+        )
     out.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(str(out), safe_serialization=True)
     return out

@@ -46,8 +46,10 @@ def _check_coarse(coarse_labels: Any, grid: tuple[int, int], like: Any) -> Any:
     labels = as_array(coarse_labels, like)
     size = int(np.prod(labels.shape))
     if size != grid[0] * grid[1]:
-        raise DiffCutError(f"coarse labels have {size} entries, expected {grid[0]}*{grid[1]} "
-                           "for the feature grid: pass the labels of recursive_ncut on the same grid")
+        raise DiffCutError(
+            f"coarse labels have {size} entries, expected {grid[0]}*{grid[1]} "
+            "for the feature grid: pass the labels of recursive_ncut on the same grid"
+        )
     return xp.reshape(labels, (-1,))
 
 
@@ -62,8 +64,10 @@ def segment_embeddings(features: Any, coarse_labels: Any) -> Any:
     fn = normalize_tokens(xp.astype(x, xp.float32, copy=False))
     labels = xp.reshape(as_array(coarse_labels, fn), (-1,))
     if labels.shape[0] != fn.shape[0]:
-        raise DiffCutError(f"coarse labels have {labels.shape[0]} entries but there are "
-                           f"{fn.shape[0]} tokens: both must come from the same grid")
+        raise DiffCutError(
+            f"coarse labels have {labels.shape[0]} entries but there are "
+            f"{fn.shape[0]} tokens: both must come from the same grid"
+        )
     return _segment_means(fn, labels)
 
 
@@ -76,8 +80,9 @@ def _segment_means(features_norm: Any, labels: Any) -> Any:
     return (onehot @ features_norm) / xp.sum(onehot, axis=1, keepdims=True)
 
 
-def assign_concepts(features: Any, grid: tuple[int, int], coarse_labels: Any,
-                    mask_size: tuple[int, int] = defaults.MASK_SIZE) -> Any:
+def assign_concepts(
+    features: Any, grid: tuple[int, int], coarse_labels: Any, mask_size: tuple[int, int] = defaults.MASK_SIZE
+) -> Any:
     """(H, W) int32 labels at ``mask_size``: argmax_k of the upsampled similarity maps.
 
     Args:
@@ -97,9 +102,15 @@ def assign_concepts(features: Any, grid: tuple[int, int], coarse_labels: Any,
     return xp.astype(xp.argmax(up, axis=0), xp.int32)
 
 
-def segment_features(features: Any, grid: tuple[int, int], tau: float = defaults.TAU, alpha: float = defaults.ALPHA,
-                     mask_size: tuple[int, int] = defaults.MASK_SIZE, max_segments: int | None = None,
-                     min_segment_size: int | None = None) -> Any:
+def segment_features(
+    features: Any,
+    grid: tuple[int, int],
+    tau: float = defaults.TAU,
+    alpha: float = defaults.ALPHA,
+    mask_size: tuple[int, int] = defaults.MASK_SIZE,
+    max_segments: int | None = None,
+    min_segment_size: int | None = None,
+) -> Any:
     """DiffCut segmentation of one image's tokens: recursive NCut, then concept assignment.
 
     Returns (H, W) int32 labels at ``mask_size`` in the input's namespace, on its device;
@@ -109,6 +120,7 @@ def segment_features(features: Any, grid: tuple[int, int], tau: float = defaults
 
     x, grid = check_features(features, grid)
     fn = normalize_tokens(x)
-    coarse = recursive_ncut(fn, grid, tau=tau, alpha=alpha, max_segments=max_segments,
-                            min_segment_size=min_segment_size)
+    coarse = recursive_ncut(
+        fn, grid, tau=tau, alpha=alpha, max_segments=max_segments, min_segment_size=min_segment_size
+    )
     return assign_concepts(fn, grid, coarse.labels, mask_size)

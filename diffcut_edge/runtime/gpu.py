@@ -11,15 +11,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # L4T release (from /etc/nv_tegra_release) -> JetPack, for the ones docs/jetson.md covers.
-JETPACK_OF_L4T = {(36, 4): "6.1 / 6.2", (36, 3): "6.0", (36, 2): "6.0 (developer preview)",
-                  (35, 6): "5.1.4", (35, 5): "5.1.3", (35, 4): "5.1.2", (35, 3): "5.1.1"}
+JETPACK_OF_L4T = {
+    (36, 4): "6.1 / 6.2",
+    (36, 3): "6.0",
+    (36, 2): "6.0 (developer preview)",
+    (35, 6): "5.1.4",
+    (35, 5): "5.1.3",
+    (35, 4): "5.1.2",
+    (35, 3): "5.1.1",
+}
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 
 
 @dataclass(frozen=True)
 class GpuInfo:
     name: str
-    compute_capability: str    # "9.0", "8.7"
+    compute_capability: str  # "9.0", "8.7"
 
 
 def probe_gpu() -> GpuInfo | None:
@@ -57,7 +64,7 @@ def probe_gpu() -> GpuInfo | None:
 
 
 def jetson_release(path: Path = TEGRA_RELEASE) -> str | None:
-    """"L4T R36.4.0 (JetPack 6.1 / 6.2)" on a Jetson, None elsewhere."""
+    """ "L4T R36.4.0 (JetPack 6.1 / 6.2)" on a Jetson, None elsewhere."""
     try:
         text = path.read_text(errors="replace")
     except OSError:

@@ -119,8 +119,9 @@ def to_bgr_uint8(image: np.ndarray, source: str = "image") -> np.ndarray:
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise DiffCutError(f"{source}: unsupported image shape {image.shape} "
-                           f"(expected H×W gray, H×W×3 BGR or H×W×4 BGRA)")
+        raise DiffCutError(
+            f"{source}: unsupported image shape {image.shape} (expected H×W gray, H×W×3 BGR or H×W×4 BGRA)"
+        )
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)  # keep the 8 most significant bits
     elif image.dtype in (np.float32, np.float64):
@@ -137,15 +138,15 @@ def to_bgr_uint8(image: np.ndarray, source: str = "image") -> np.ndarray:
 # EXIF orientation -> numpy operations that make the picture upright (EXIF 2.3, tag 0x0112).
 _EXIF_ORIENTATION = 0x0112
 _UPRIGHT = {
-    2: lambda a: a[:, ::-1],                      # mirrored left-right
-    3: lambda a: a[::-1, ::-1],                   # rotated 180
-    4: lambda a: a[::-1],                         # mirrored top-bottom
-    5: lambda a: a.swapaxes(0, 1),                # transposed
-    6: lambda a: a.swapaxes(0, 1)[:, ::-1],       # rotated 90 (shown after turning clockwise)
-    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],    # transversed
-    8: lambda a: a.swapaxes(0, 1)[::-1],          # rotated 270
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # rotated 180
+    4: lambda a: a[::-1],  # mirrored top-bottom
+    5: lambda a: a.swapaxes(0, 1),  # transposed
+    6: lambda a: a.swapaxes(0, 1)[:, ::-1],  # rotated 90 (shown after turning clockwise)
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],  # transversed
+    8: lambda a: a.swapaxes(0, 1)[::-1],  # rotated 270
 }
-_RAW = {**_UPRIGHT, 6: _UPRIGHT[8], 8: _UPRIGHT[6]}   # the inverses (the others undo themselves)
+_RAW = {**_UPRIGHT, 6: _UPRIGHT[8], 8: _UPRIGHT[6]}  # the inverses (the others undo themselves)
 
 
 # What Pillow raises for a file it cannot read (UnidentifiedImageError is an OSError).
@@ -332,4 +333,3 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a str name
             np.savez_compressed(f, **host)
     return path
-

@@ -44,7 +44,7 @@ TEXT_NAME = "clip_text.onnx"
 BPE_FILE = "clip_bpe.txt.gz"
 BANK_NAME = "text_bank.npz"
 VOCABULARY_FORMAT = 1
-SYNONYMS_PER_TEXT_CALL = 32   # synonyms (x templates prompts) per clip_text.onnx call: bounded memory
+SYNONYMS_PER_TEXT_CALL = 32  # synonyms (x templates prompts) per clip_text.onnx call: bounded memory
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,17 @@ def segment_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
     labels = np.asarray(labels)
     low = int(labels.min())
-    shifted = (labels - (low - 1)).astype(np.int32, copy=False)   # ids from 1: find_objects skips 0
+    shifted = (labels - (low - 1)).astype(np.int32, copy=False)  # ids from 1: find_objects skips 0
     counts = np.bincount(shifted.ravel())
     present = np.flatnonzero(counts)
     slices = ndimage.find_objects(shifted)
-    boxes = np.array([[slices[i - 1][1].start, slices[i - 1][0].start, slices[i - 1][1].stop, slices[i - 1][0].stop]
-                      for i in present], dtype=np.int64).reshape(-1, 4)
+    boxes = np.array(
+        [
+            [slices[i - 1][1].start, slices[i - 1][0].start, slices[i - 1][1].stop, slices[i - 1][0].stop]
+            for i in present
+        ],
+        dtype=np.int64,
+    ).reshape(-1, 4)
     return (present + low - 1).astype(np.int64), counts[present].astype(np.int64), boxes
 
 
@@ -100,18 +105,23 @@ def pool_segments(dense: Any, labels: Any, ids: np.ndarray) -> tuple[Any, list[s
     cols = from_host(nearest_taps(width, w, exact=True), labels)
     grid = xp.reshape(xp.take(xp.take(labels, rows, axis=0), cols, axis=1), (h * w,))
     wanted = from_host(ids.astype(np.int64), labels)
-    onehot = xp.astype(xp.astype(grid, xp.int64)[None, :] == wanted[:, None], dense.dtype)   # (S, h*w)
+    onehot = xp.astype(xp.astype(grid, xp.int64)[None, :] == wanted[:, None], dense.dtype)  # (S, h*w)
     cells = xp.reshape(dense, (channels, h * w))
     counts = xp.sum(onehot, axis=1)
     pooled = (onehot @ xp.matrix_transpose(cells)) / (counts[:, None] + 1e-8)
     pooling = ["mask"] * len(ids)
     empty = np.flatnonzero(to_host(counts) == 0)
     if empty.size:
-        weights = _area_weights(to_host(labels), ids[empty], (h, w))          # (E, h*w) on the host
+        weights = _area_weights(to_host(labels), ids[empty], (h, w))  # (E, h*w) on the host
         by_area = from_host(weights.astype(np.float32), dense) @ xp.matrix_transpose(cells)
         position = {int(k): i for i, k in enumerate(empty)}
-        pooled = xp.concat([by_area[position[k]:position[k] + 1, :] if k in position else pooled[k:k + 1, :]
-                            for k in range(len(ids))], axis=0)
+        pooled = xp.concat(
+            [
+                by_area[position[k] : position[k] + 1, :] if k in position else pooled[k : k + 1, :]
+                for k in range(len(ids))
+            ],
+            axis=0,
+        )
         for k in position:
             pooling[k] = "area"
     return pooled, pooling
@@ -157,9 +167,17 @@ class SegmentLabeler:
     None uses CUDA where onnxruntime has it.
     """
 
-    def __init__(self, model_dir: str | os.PathLike, manifest: Manifest | None = None, *,
-                 bank: TextBank | None = None, verify: bool = True, threads: int | None = None,
-                 device: str | None = None, load_bank: bool = True) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        manifest: Manifest | None = None,
+        *,
+        bank: TextBank | None = None,
+        verify: bool = True,
+        threads: int | None = None,
+        device: str | None = None,
+        load_bank: bool = True,
+    ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = manifest or read_manifest(self.model_dir)
         self.record = self.manifest.vocabulary
@@ -173,10 +191,17 @@ class SegmentLabeler:
             _ = self.bank  # a bank from another CLIP is refused now, not at the first frame
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | os.PathLike, classes: Any = None, *, manifest: Manifest | None = None,
-                       verify: bool = True, threads: int | None = None, device: str | None = None) -> SegmentLabeler:
-        labeler = cls(model_dir, manifest, verify=verify, threads=threads, device=device,
-                      load_bank=classes is None)
+    def from_model_dir(
+        cls,
+        model_dir: str | os.PathLike,
+        classes: Any = None,
+        *,
+        manifest: Manifest | None = None,
+        verify: bool = True,
+        threads: int | None = None,
+        device: str | None = None,
+    ) -> SegmentLabeler:
+        labeler = cls(model_dir, manifest, verify=verify, threads=threads, device=device, load_bank=classes is None)
         if classes is not None:
             labeler.bank = labeler.text_bank(classes)  # the folder's bank is then never read
         return labeler
@@ -194,12 +219,16 @@ class SegmentLabeler:
 
     def _check_bank(self, bank: TextBank) -> TextBank:
         if bank.clip_id != self.record["clip_id"]:
-            raise DiffCutError(f"the text bank was embedded with another CLIP (id {bank.clip_id[:12]}…) than this "
-                               f"folder's graphs ({self.record['clip_id'][:12]}…, {self.record['clip']}): re-run "
-                               f"export-vocab, or type the classes (--classes) to embed them with this CLIP")
+            raise DiffCutError(
+                f"the text bank was embedded with another CLIP (id {bank.clip_id[:12]}…) than this "
+                f"folder's graphs ({self.record['clip_id'][:12]}…, {self.record['clip']}): re-run "
+                f"export-vocab, or type the classes (--classes) to embed them with this CLIP"
+            )
         if bank.embeddings.shape[1] != int(self.record["embed_dim"]):
-            raise DiffCutError(f"the text bank has {bank.embeddings.shape[1]}-d embeddings, the CLIP "
-                               f"{self.record['embed_dim']}-d: re-run export-vocab")
+            raise DiffCutError(
+                f"the text bank has {bank.embeddings.shape[1]}-d embeddings, the CLIP "
+                f"{self.record['embed_dim']}-d: re-run export-vocab"
+            )
         return bank
 
     def _session(self, name: str) -> Any:
@@ -210,8 +239,9 @@ class SegmentLabeler:
             path = self.model_dir / name
             try:
                 self._sessions[name] = ort.InferenceSession(
-                    str(path), options, providers=_providers(ort.get_available_providers(), self.device))
-            except Exception as e:   # onnxruntime's own exception types: a garbage or truncated graph
+                    str(path), options, providers=_providers(ort.get_available_providers(), self.device)
+                )
+            except Exception as e:  # onnxruntime's own exception types: a garbage or truncated graph
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 raise DiffCutError(f"{path}: onnxruntime cannot load it ({first}); re-run export-vocab") from e
         return self._sessions[name]
@@ -233,16 +263,21 @@ class SegmentLabeler:
         synonyms = [s for c in vocabulary.classes for s in c]
         parts = []
         for i in range(0, len(synonyms), SYNONYMS_PER_TEXT_CALL):
-            prompts = [t.format(s) for s in synonyms[i:i + SYNONYMS_PER_TEXT_CALL] for t in templates]
+            prompts = [t.format(s) for s in synonyms[i : i + SYNONYMS_PER_TEXT_CALL] for t in templates]
             tokens = tokenizer(prompts)
             # The tower is causal and reads the end token: the padding after the longest prompt's
             # end changes nothing, so it is not computed (diffcut_ref.clip_labels.encode_text).
-            tokens = np.ascontiguousarray(tokens[:, :int(tokens.argmax(axis=1).max()) + 1])
+            tokens = np.ascontiguousarray(tokens[:, : int(tokens.argmax(axis=1).max()) + 1])
             embedded = session.run(None, {"tokens": tokens})[0]
             parts.append(average_over_templates(embedded.astype(np.float32), len(templates)))
         embeddings = np.concatenate(parts, axis=0).astype(np.float32)
-        return TextBank(vocabulary, embeddings, float(self.record["logit_scale"]),
-                        self.record.get("templates", TEXT_TEMPLATES_NAME), self.record["clip_id"])
+        return TextBank(
+            vocabulary,
+            embeddings,
+            float(self.record["logit_scale"]),
+            self.record.get("templates", TEXT_TEMPLATES_NAME),
+            self.record["clip_id"],
+        )
 
     # ------------------------------------------------------------------ image
     def dense(self, pixels: Any) -> np.ndarray:
@@ -274,8 +309,10 @@ class SegmentLabeler:
         pooled, pooling = pool_segments(dense, host_labels, ids)
         index, score, _ = self.classify(self.embed(pooled))
         names = self.bank.class_names
-        return [SegmentLabel(int(i), int(c), names[int(c)], float(s), int(a), tuple(int(v) for v in b), p)
-                for i, c, s, a, b, p in zip(ids, index, score, areas, boxes, pooling)]
+        return [
+            SegmentLabel(int(i), int(c), names[int(c)], float(s), int(a), tuple(int(v) for v in b), p)
+            for i, c, s, a, b, p in zip(ids, index, score, areas, boxes, pooling)
+        ]
 
     def name_result(self, result: Any, pixels: Any) -> Any:
         """Fill a :class:`~diffcut_edge.runtime.postprocess.SegmentationResult`'s ``segments``,

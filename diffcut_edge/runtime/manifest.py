@@ -36,29 +36,29 @@ FORMAT_VERSION = 1
 class EngineRecord:
     """One TensorRT engine built from ``encoder.onnx`` on a given GPU."""
 
-    file: str                      # file name inside the model folder
-    gpu_name: str                  # e.g. "NVIDIA H100 80GB HBM3" or "Orin"
-    compute_capability: str        # e.g. "9.0", "8.7"
-    tensorrt_version: str          # e.g. "10.3.0"
+    file: str  # file name inside the model folder
+    gpu_name: str  # e.g. "NVIDIA H100 80GB HBM3" or "Orin"
+    compute_capability: str  # e.g. "9.0", "8.7"
+    tensorrt_version: str  # e.g. "10.3.0"
     batch_profile: tuple[int, int, int]  # (min, opt, max) batch of the one profile
     sha256: str = ""
 
 
-MAX_MANIFEST_BYTES = 1 << 20      # a manifest is a few kB; a larger file is not one
-MAX_RESOLUTION = 4096             # the paper uses 1024; 4096 px is already 4x its cost
-MAX_CHANNELS = 16384              # SDXL's attention has 1280
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few kB; a larger file is not one
+MAX_RESOLUTION = 4096  # the paper uses 1024; 4096 px is already 4x its cost
+MAX_CHANNELS = 16384  # SDXL's attention has 1280
 
 
 @dataclass
 class Manifest:
     """What the runtime needs to know about an exported encoder."""
 
-    model_id: str                  # hub id or folder the pipeline came from
-    family: str                    # "sdxl" | "sd1"
-    resolution: int                # R: the graph takes (B, 3, R, R)
-    grid: tuple[int, int]          # feature grid (R/32, R/32)
-    channels: int                  # C of the features
-    precision: str                 # "fp32" | "fp16" (UNet part; the VAE stays fp32) | "int8" (quantize)
+    model_id: str  # hub id or folder the pipeline came from
+    family: str  # "sdxl" | "sd1"
+    resolution: int  # R: the graph takes (B, 3, R, R)
+    grid: tuple[int, int]  # feature grid (R/32, R/32)
+    channels: int  # C of the features
+    precision: str  # "fp32" | "fp16" (UNet part; the VAE stays fp32) | "int8" (quantize)
     timestep: int
     noise_seed: int
     opset: int
@@ -68,10 +68,10 @@ class Manifest:
     output_name: str = "features"
     files_sha256: dict[str, str] = field(default_factory=dict)  # onnx + data files
     model_revision: str | None = None
-    hook: str = ""                 # hooked module path, for the record
-    exporter: dict[str, str] = field(default_factory=dict)      # library versions
+    hook: str = ""  # hooked module path, for the record
+    exporter: dict[str, str] = field(default_factory=dict)  # library versions
     engines: list[EngineRecord] = field(default_factory=list)
-    vae: str = "full"              # "full" (the model's VAE encoder) | "tiny" (AutoencoderTiny, `export --vae tiny`)
+    vae: str = "full"  # "full" (the model's VAE encoder) | "tiny" (AutoencoderTiny, `export --vae tiny`)
     vae_source: str | None = None  # hub id or folder of the tiny VAE
     # Set by `diffcut-edge quantize`: method, activation type, calibration set hash, kept layers,
     # the source folder. None for a plain export.
@@ -99,9 +99,11 @@ class Manifest:
         if not self.verification:
             return f"{model_dir} ({what}) was never verified against full precision: run {how}"
         if not self.verification.get("passed"):
-            return (f"{model_dir} ({what}) FAILED verification against {self.verification.get('against')} "
-                    f"(min cosine {self.verification.get('min_cosine', float('nan')):.4f}); its labels may "
-                    f"differ from full precision: re-quantize (more calibration images, --keep-fp32) and {how}")
+            return (
+                f"{model_dir} ({what}) FAILED verification against {self.verification.get('against')} "
+                f"(min cosine {self.verification.get('min_cosine', float('nan')):.4f}); its labels may "
+                f"differ from full precision: re-quantize (more calibration images, --keep-fp32) and {how}"
+            )
         return None
 
     @property
@@ -124,16 +126,28 @@ class Manifest:
                 f"({FORMAT_VERSION}); upgrade diffcut-edge or re-export with this version"
             )
         known = set(cls.__dataclass_fields__)
-        missing = [k for k in ("model_id", "family", "resolution", "grid", "channels", "precision",
-                               "timestep", "noise_seed", "opset") if k not in data]
+        missing = [
+            k
+            for k in (
+                "model_id",
+                "family",
+                "resolution",
+                "grid",
+                "channels",
+                "precision",
+                "timestep",
+                "noise_seed",
+                "opset",
+            )
+            if k not in data
+        ]
         if missing:
             raise DiffCutError(f"{source}: missing field(s) {', '.join(missing)}; re-export the model folder")
         kwargs = {k: v for k, v in data.items() if k in known}
         try:
             kwargs["grid"] = tuple(int(v) for v in kwargs["grid"])
             kwargs["engines"] = [
-                EngineRecord(**{**e, "batch_profile": tuple(e["batch_profile"])})
-                for e in kwargs.get("engines", [])
+                EngineRecord(**{**e, "batch_profile": tuple(e["batch_profile"])}) for e in kwargs.get("engines", [])
             ]
             manifest = cls(**kwargs)
         except (TypeError, ValueError, KeyError, AttributeError) as e:
@@ -148,15 +162,19 @@ class Manifest:
         for name, kind in _FIELD_TYPES.items():
             value = getattr(self, name)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise DiffCutError(f"{source}: {name} must be {_KIND_WORDS[kind]}, got {type(value).__name__}; "
-                                   f"re-export the model folder")
+                raise DiffCutError(
+                    f"{source}: {name} must be {_KIND_WORDS[kind]}, got {type(value).__name__}; "
+                    f"re-export the model folder"
+                )
         names = [self.onnx_file, *self.onnx_data_files, *self.files_sha256, *(e.file for e in self.engines)]
         if isinstance(self.vocabulary, dict):
             names += list(self.vocabulary.get("files") or {})
         for name in names:
             if not _plain_name(name):
-                raise DiffCutError(f"{source}: the file name {str(name)[:80]!r} is not a plain file name of the "
-                                   f"folder (no '/', '..' or absolute paths); re-export the model folder")
+                raise DiffCutError(
+                    f"{source}: the file name {str(name)[:80]!r} is not a plain file name of the "
+                    f"folder (no '/', '..' or absolute paths); re-export the model folder"
+                )
         if not 0 < self.resolution <= MAX_RESOLUTION:
             raise DiffCutError(f"{source}: resolution {self.resolution} is outside 64..{MAX_RESOLUTION}")
         if not 0 < self.channels <= MAX_CHANNELS:
@@ -169,18 +187,34 @@ class Manifest:
             raise DiffCutError(f"{source}: resolution {self.resolution} is not a positive multiple of 64")
         expected_grid = (self.resolution // 32, self.resolution // 32)
         if tuple(self.grid) != expected_grid:
-            raise DiffCutError(f"{source}: grid {self.grid} does not match resolution "
-                               f"{self.resolution} (expected {expected_grid})")
+            raise DiffCutError(
+                f"{source}: grid {self.grid} does not match resolution {self.resolution} (expected {expected_grid})"
+            )
         if self.channels <= 0:
             raise DiffCutError(f"{source}: channels must be positive, got {self.channels}")
         if self.vae not in VAES:
             raise DiffCutError(f"{source}: vae {self.vae!r} is not one of {VAES}")
 
 
-_FIELD_TYPES = {"model_id": str, "family": str, "resolution": int, "channels": int, "precision": str,
-                "timestep": int, "noise_seed": int, "opset": int, "onnx_file": str, "onnx_data_files": list,
-                "input_name": str, "output_name": str, "files_sha256": dict, "engines": list, "vae": str,
-                "exporter": dict, "hook": str}
+_FIELD_TYPES = {
+    "model_id": str,
+    "family": str,
+    "resolution": int,
+    "channels": int,
+    "precision": str,
+    "timestep": int,
+    "noise_seed": int,
+    "opset": int,
+    "onnx_file": str,
+    "onnx_data_files": list,
+    "input_name": str,
+    "output_name": str,
+    "files_sha256": dict,
+    "engines": list,
+    "vae": str,
+    "exporter": dict,
+    "hook": str,
+}
 _KIND_WORDS = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
 
 
@@ -188,8 +222,10 @@ def verify_vocabulary_files(model_dir: str | os.PathLike, manifest: Manifest) ->
     """The folder's vocabulary record, its files checked against their SHA-256 (as the encoder's)."""
     record = manifest.vocabulary
     if not record:
-        raise DiffCutError(f"{model_dir} has no vocabulary: add one with `diffcut-edge export-vocab --model-dir "
-                           f"{model_dir} --vocab voc|context|coco-object|FILE.txt`")
+        raise DiffCutError(
+            f"{model_dir} has no vocabulary: add one with `diffcut-edge export-vocab --model-dir "
+            f"{model_dir} --vocab voc|context|coco-object|FILE.txt`"
+        )
     model_dir = Path(model_dir)
     for name, expected in record.get("files", {}).items():
         path = folder_file(model_dir, name, "vocabulary file")
@@ -197,15 +233,23 @@ def verify_vocabulary_files(model_dir: str | os.PathLike, manifest: Manifest) ->
             raise DiffCutError(f"{path} is missing; the vocabulary is incomplete, re-run export-vocab")
         got = sha256_file(path)
         if got != expected:
-            raise DiffCutError(f"{path} does not match its manifest (sha256 {got[:12]}… != {expected[:12]}…): "
-                               f"the file was modified or replaced; re-run export-vocab")
+            raise DiffCutError(
+                f"{path} does not match its manifest (sha256 {got[:12]}… != {expected[:12]}…): "
+                f"the file was modified or replaced; re-run export-vocab"
+            )
     return record
 
 
 def _plain_name(name: Any) -> bool:
     """A file name of the folder itself: no separator, no parent, not absolute, not empty."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            and "\x00" not in name and not os.path.isabs(name))
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\x00" not in name
+        and not os.path.isabs(name)
+    )
 
 
 def folder_file(model_dir: str | os.PathLike, name: Any, what: str = "file") -> Path:
@@ -214,15 +258,18 @@ def folder_file(model_dir: str | os.PathLike, name: Any, what: str = "file") -> 
     would hang the hashing). A missing file is returned as is (the caller says what is missing)."""
     model_dir = Path(model_dir)
     if not _plain_name(name):
-        raise DiffCutError(f"{model_dir}/{MANIFEST_NAME}: the {what} name {str(name)[:80]!r} is not a plain file "
-                           f"name of the folder (no '/', '..' or absolute paths); re-export the model folder")
+        raise DiffCutError(
+            f"{model_dir}/{MANIFEST_NAME}: the {what} name {str(name)[:80]!r} is not a plain file "
+            f"name of the folder (no '/', '..' or absolute paths); re-export the model folder"
+        )
     path = model_dir / name
     if not os.path.lexists(path):
         return path
     real = path.resolve()
     if real.parent != model_dir.resolve():
-        raise DiffCutError(f"{path} is a link that leads outside the model folder (to {real}); copy the file "
-                           f"into the folder instead")
+        raise DiffCutError(
+            f"{path} is a link that leads outside the model folder (to {real}); copy the file into the folder instead"
+        )
     try:
         mode = real.stat().st_mode
     except OSError as e:
@@ -244,23 +291,33 @@ def read_manifest(model_dir: str | os.PathLike) -> Manifest:
     """Read and validate ``MODEL_DIR/manifest.json`` (does not hash the files)."""
     model_dir = Path(model_dir)
     if model_dir.is_file():
-        raise DiffCutError(f"{model_dir} is a file, not a model folder: pass the folder written by "
-                           f"'diffcut-edge export' (the one holding manifest.json and encoder.onnx)")
+        raise DiffCutError(
+            f"{model_dir} is a file, not a model folder: pass the folder written by "
+            f"'diffcut-edge export' (the one holding manifest.json and encoder.onnx)"
+        )
     if not model_dir.is_dir():
-        raise DiffCutError(f"model folder {model_dir} does not exist; create it with "
-                           f"'diffcut-edge export --model HUB_ID|DIR --out {model_dir}'")
+        raise DiffCutError(
+            f"model folder {model_dir} does not exist; create it with "
+            f"'diffcut-edge export --model HUB_ID|DIR --out {model_dir}'"
+        )
     path = model_dir / MANIFEST_NAME
     if not path.is_file():
-        if (model_dir / "model_index.json").is_file():   # a diffusers pipeline given where a model folder goes
-            raise DiffCutError(f"{model_dir} is a diffusers pipeline folder, not an exported model folder: pass it "
-                               f"as --model {model_dir} (exported on first use), or export it once with "
-                               f"'diffcut-edge export --model {model_dir} --out MODEL_DIR'")
-        raise DiffCutError(f"{model_dir} has no {MANIFEST_NAME}: it is not an exported model folder "
-                           f"(run 'diffcut-edge export ... --out {model_dir}')")
+        if (model_dir / "model_index.json").is_file():  # a diffusers pipeline given where a model folder goes
+            raise DiffCutError(
+                f"{model_dir} is a diffusers pipeline folder, not an exported model folder: pass it "
+                f"as --model {model_dir} (exported on first use), or export it once with "
+                f"'diffcut-edge export --model {model_dir} --out MODEL_DIR'"
+            )
+        raise DiffCutError(
+            f"{model_dir} has no {MANIFEST_NAME}: it is not an exported model folder "
+            f"(run 'diffcut-edge export ... --out {model_dir}')"
+        )
     try:
         if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise DiffCutError(f"{path} is {path.stat().st_size} bytes, not a manifest (at most "
-                               f"{MAX_MANIFEST_BYTES}); re-export the model folder")
+            raise DiffCutError(
+                f"{path} is {path.stat().st_size} bytes, not a manifest (at most "
+                f"{MAX_MANIFEST_BYTES}); re-export the model folder"
+            )
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DiffCutError(f"{path} is not valid JSON ({e}); re-export the model folder") from e
@@ -289,5 +346,7 @@ def verify_files(model_dir: str | os.PathLike, manifest: Manifest) -> None:
             raise DiffCutError(f"manifest records no SHA-256 for {name}; re-export the model folder")
         got = sha256_file(path)
         if got != expected:
-            raise DiffCutError(f"{path} does not match its manifest (sha256 {got[:12]}… != "
-                               f"{expected[:12]}…): the file was modified or truncated; re-export")
+            raise DiffCutError(
+                f"{path} does not match its manifest (sha256 {got[:12]}… != "
+                f"{expected[:12]}…): the file was modified or truncated; re-export"
+            )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from diffcut_edge.errors import DiffCutError
 
-SHARE = 0.8   # of the available memory a single step may plan to use
+SHARE = 0.8  # of the available memory a single step may plan to use
 
 
 def available_bytes() -> int | None:
@@ -28,5 +28,6 @@ def check_fits(needed: int, what: str, lower: str) -> None:
     """Raise a DiffCutError when ``needed`` bytes exceed :data:`SHARE` of the available memory."""
     free = available_bytes()
     if free is not None and needed > SHARE * free:
-        raise DiffCutError(f"{what} needs about {needed / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB is available: "
-                           f"{lower}")
+        raise DiffCutError(
+            f"{what} needs about {needed / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB is available: {lower}"
+        )

@@ -107,8 +107,9 @@ class _Node:
     level: int
 
 
-def _check_options(tau: float, alpha: float, max_segments: int | None, min_segment_size: int | None,
-                   solver: str) -> None:
+def _check_options(
+    tau: float, alpha: float, max_segments: int | None, min_segment_size: int | None, solver: str
+) -> None:
     if solver not in SOLVERS:
         raise DiffCutError(f"unknown NCut solver {solver!r}: choose one of {', '.join(SOLVERS)}")
     from diffcut_edge.runtime.options import SegmenterOptions
@@ -130,13 +131,16 @@ def check_features(features: Any, grid: tuple[int, int]) -> tuple[Any, tuple[int
     if x.ndim != 2 or x.shape[0] != h * w or h < 1 or w < 1:
         raise DiffCutError(
             f"features must be (N, C) tokens with N = h*w = {h}*{w} = {h * w} for grid {(h, w)}, "
-            f"got shape {tuple(x.shape)}; pass the grid of the exported model (manifest 'grid')")
+            f"got shape {tuple(x.shape)}; pass the grid of the exported model (manifest 'grid')"
+        )
     if not xp.isdtype(x.dtype, "real floating"):
         raise DiffCutError(f"features must be floating point, got dtype {x.dtype}")
     x = xp.astype(x, xp.float32, copy=False)
     if not bool(xp.all(xp.isfinite(x))):
-        raise DiffCutError("features contain NaN or inf: check the encoder output (precision fp16 "
-                           "overflow?) before segmenting; one non-finite token poisons the affinity")
+        raise DiffCutError(
+            "features contain NaN or inf: check the encoder output (precision fp16 "
+            "overflow?) before segmenting; one non-finite token poisons the affinity"
+        )
     return x, (h, w)
 
 
@@ -246,8 +250,7 @@ def _lanczos_fiedler(a: Any, s: Any, d: Any) -> Any | None:
 def _thresholds(y: Any) -> Any:
     xp = get_xp(y)
     lo, hi = float(xp.min(y)), float(xp.max(y))  # host scalars: one sync on a GPU
-    return xp.linspace(THRESHOLD_SPAN * lo, THRESHOLD_SPAN * hi, NUM_THRESHOLDS, dtype=y.dtype,
-                       device=device_of(y))
+    return xp.linspace(THRESHOLD_SPAN * lo, THRESHOLD_SPAN * hi, NUM_THRESHOLDS, dtype=y.dtype, device=device_of(y))
 
 
 def _suffix_sum(x: Any, axis: int) -> Any:
@@ -306,8 +309,9 @@ def _assemble(masks: list[Any], n: int, xp: types.ModuleType, device: Any) -> tu
     return labels, int(xp.max(labels)) + 1
 
 
-def _split_node(a_full: Any, keep_deep: Any, node: _Node, solver: str, min_size: int, tau: float,
-                counts: _Counters) -> tuple[Any, Any] | None:
+def _split_node(
+    a_full: Any, keep_deep: Any, node: _Node, solver: str, min_size: int, tau: float, counts: _Counters
+) -> tuple[Any, Any] | None:
     """Bipartition one node: (ids above the threshold, ids below), or None to stop here."""
     xp = get_xp(a_full)
     counts.visited += 1
@@ -329,9 +333,16 @@ def _split_node(a_full: Any, keep_deep: Any, node: _Node, solver: str, min_size:
     return ids[side], ids[~side]
 
 
-def recursive_ncut(features: Any, grid: tuple[int, int], *, tau: float = defaults.TAU, alpha: float = defaults.ALPHA,
-                   max_segments: int | None = None, min_segment_size: int | None = None,
-                   solver: str = "auto") -> NCutResult:
+def recursive_ncut(
+    features: Any,
+    grid: tuple[int, int],
+    *,
+    tau: float = defaults.TAU,
+    alpha: float = defaults.ALPHA,
+    max_segments: int | None = None,
+    min_segment_size: int | None = None,
+    solver: str = "auto",
+) -> NCutResult:
     """Recursive Normalized Cut of one image's tokens.
 
     Args:
@@ -367,8 +378,9 @@ def recursive_ncut(features: Any, grid: tuple[int, int], *, tau: float = default
         return _ncut_tree(a_full, grid, tau, budget, int(min_segment_size or 1), solver)
 
 
-def _ncut_tree(a_full: Any, grid: tuple[int, int], tau: float, budget: int | None,
-               min_size: int, solver: str) -> NCutResult:
+def _ncut_tree(
+    a_full: Any, grid: tuple[int, int], tau: float, budget: int | None, min_size: int, solver: str
+) -> NCutResult:
     """The recursion on the (N, N) affinity, as an explicit work list."""
     h, w = grid
     n = h * w

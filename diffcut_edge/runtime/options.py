@@ -63,11 +63,15 @@ class SegmenterOptions:
 
     def __post_init__(self) -> None:
         if not (_is_number(self.tau) and _finite(self.tau) and 0 <= self.tau <= defaults.MAX_TAU):
-            raise DiffCutError(f"tau must be a number from 0 (no split) to {defaults.MAX_TAU:g} (an NCut value is at "
-                               f"most 2: every cut), got {_short(self.tau)}")
+            raise DiffCutError(
+                f"tau must be a number from 0 (no split) to {defaults.MAX_TAU:g} (an NCut value is at "
+                f"most 2: every cut), got {_short(self.tau)}"
+            )
         if not (_is_number(self.alpha) and _finite(self.alpha) and 0 < self.alpha <= defaults.MAX_ALPHA):
-            raise DiffCutError(f"alpha must be a number > 0 and at most {defaults.MAX_ALPHA:g} (the paper: 10), "
-                               f"got {_short(self.alpha)}")
+            raise DiffCutError(
+                f"alpha must be a number > 0 and at most {defaults.MAX_ALPHA:g} (the paper: 10), "
+                f"got {_short(self.alpha)}"
+            )
         object.__setattr__(self, "tau", float(self.tau))
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "mask_size", _check_mask_size(self.mask_size))
@@ -77,8 +81,11 @@ class SegmenterOptions:
                 raise DiffCutError(f"{name} must be None or a positive integer, got {value!r}")
         if not isinstance(self.refine, (bool, np.bool_)):
             raise DiffCutError(f"refine must be True or False, got {self.refine!r}")
-        if not (isinstance(self.pamr_iterations, (int, np.integer)) and not isinstance(self.pamr_iterations, bool)
-                and self.pamr_iterations >= 0):
+        if not (
+            isinstance(self.pamr_iterations, (int, np.integer))
+            and not isinstance(self.pamr_iterations, bool)
+            and self.pamr_iterations >= 0
+        ):
             raise DiffCutError(f"pamr_iterations must be an integer >= 0, got {self.pamr_iterations!r}")
         dilations = tuple(self.pamr_dilations) if isinstance(self.pamr_dilations, (tuple, list)) else ()
         if not dilations or not all(_is_positive_int(d) for d in dilations):
@@ -92,8 +99,10 @@ def _check_mask_size(size: Any) -> tuple[int, int]:
     if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_positive_int(s) for s in size)):
         raise DiffCutError(f"mask_size must be (height, width) of positive integers, got {size!r}")
     if max(size) > defaults.MAX_MASK_SIDE:
-        raise DiffCutError(f"mask_size {size[0]}x{size[1]} is too large: at most {defaults.MAX_MASK_SIDE} "
-                           f"a side (the paper uses 128; labels are resized to the frame afterwards)")
+        raise DiffCutError(
+            f"mask_size {size[0]}x{size[1]} is too large: at most {defaults.MAX_MASK_SIDE} "
+            f"a side (the paper uses 128; labels are resized to the frame afterwards)"
+        )
     return int(size[0]), int(size[1])
 
 

@@ -41,7 +41,7 @@ def _shifted(padded: Any, pad: int, oy: int, ox: int, rows: tuple[int, int], w: 
     """View of ``padded`` (.., H+2pad, w+2pad) holding x(p + (oy, ox)) for the rows [r0, r1) of p,
     edge-replicated."""
     r0, r1 = rows
-    return padded[..., pad + oy + r0: pad + oy + r1, pad + ox: pad + ox + w]
+    return padded[..., pad + oy + r0 : pad + oy + r1, pad + ox : pad + ox + w]
 
 
 def _pad(x: Any, d: int) -> Any:
@@ -93,16 +93,22 @@ def _weight_rows(padded: dict, dil: tuple[int, ...], r0: int, r1: int, w: int) -
     var = _accumulate(windows, lambda v: (v - mean) ** 2) / (n - 1)
     denom = STD_EPS + STD_SCALE * xp.sqrt(var)
     centre = view(dil[0], 0, 0)
-    logits = xp.stack([-xp.mean(xp.abs(centre - view(d, dy, dx)) / denom, axis=0)
-                       for d in dil for dy, dx in NEIGHBOURS], axis=0)
+    logits = xp.stack(
+        [-xp.mean(xp.abs(centre - view(d, dy, dx)) / denom, axis=0) for d in dil for dy, dx in NEIGHBOURS], axis=0
+    )
     logits -= xp.max(logits, axis=0, keepdims=True)
     weights = xp.exp(logits)
     weights /= xp.sum(weights, axis=0, keepdims=True)
     return weights
 
 
-def pamr_weights(image: Any, dilations: Sequence[int] = defaults.PAMR_DILATIONS, *,
-                 rows: int | None = None, workers: int | None = None) -> Any:
+def pamr_weights(
+    image: Any,
+    dilations: Sequence[int] = defaults.PAMR_DILATIONS,
+    *,
+    rows: int | None = None,
+    workers: int | None = None,
+) -> Any:
     """(8·|dilations|, H, W) float32 softmax weights of each pixel's dilated neighbours.
 
     image: (H, W, 3) RGB float in [0, 1] (any Array API namespace). σ is the unbiased std, per colour
@@ -133,8 +139,9 @@ def _accumulate(views: list, fn) -> Any:
     return total
 
 
-def _propagate_rows(padded: Any, weights: Any, offsets: list[tuple[int, int]], pad: int, r0: int, r1: int,
-                    w: int) -> Any:
+def _propagate_rows(
+    padded: Any, weights: Any, offsets: list[tuple[int, int]], pad: int, r0: int, r1: int, w: int
+) -> Any:
     """One round of m(p) <- Σ_o w_p(o) m(p+o) for rows [r0, r1) of the (K, H, W) masks, read from
     their edge-padded copy (views into it, no convolution buffers)."""
     acc = None
@@ -147,8 +154,15 @@ def _propagate_rows(padded: Any, weights: Any, offsets: list[tuple[int, int]], p
     return acc
 
 
-def propagate(masks: Any, weights: Any, dilations: Sequence[int] = defaults.PAMR_DILATIONS,
-              num_iter: int = defaults.PAMR_ITERATIONS, *, rows: int | None = None, workers: int | None = None) -> Any:
+def propagate(
+    masks: Any,
+    weights: Any,
+    dilations: Sequence[int] = defaults.PAMR_DILATIONS,
+    num_iter: int = defaults.PAMR_ITERATIONS,
+    *,
+    rows: int | None = None,
+    workers: int | None = None,
+) -> Any:
     """``num_iter`` rounds of m(p) <- Σ_o w_p(o) m(p+o) on (K, H, W) float32 masks.
 
     One edge-padded copy per round (by the largest dilation) serves every neighbour view. Each
@@ -202,7 +216,12 @@ def _check_inputs(image: Any, labels: Any, num_iter: int) -> tuple[Any, Any]:
     return img, lab
 
 
-def pamr_soft(image: Any, labels: Any, num_iter: int = defaults.PAMR_ITERATIONS, dilations: Sequence[int] = defaults.PAMR_DILATIONS) -> Any:
+def pamr_soft(
+    image: Any,
+    labels: Any,
+    num_iter: int = defaults.PAMR_ITERATIONS,
+    dilations: Sequence[int] = defaults.PAMR_DILATIONS,
+) -> Any:
     """(K, H, W) float32 refined soft masks, K = sorted unique labels, at the image size.
 
     Labels at another size than the image are first resized bilinearly with
@@ -223,18 +242,22 @@ def _pamr_soft_compiled(img: Any, lab: Any, dil: tuple[int, ...], num_iter: int)
     """:func:`pamr_soft`'s masks, weights and rounds as compiled loops, row by row; (K, H, W) out."""
     import numpy as np
 
-    weights = pamr_kernel.weights(img, dil, NEIGHBOURS, WINDOW, STD_EPS, STD_SCALE)          # (H, J, W)
+    weights = pamr_kernel.weights(img, dil, NEIGHBOURS, WINDOW, STD_EPS, STD_SCALE)  # (H, J, W)
     offsets = [(dy * d, dx * d) for d in dil for dy, dx in NEIGHBOURS]
-    values, index = np.unique(lab, return_inverse=True)            # sorted ids: the official order
+    values, index = np.unique(lab, return_inverse=True)  # sorted ids: the official order
     index = index.reshape(lab.shape)
     if lab.shape == img.shape[:2]:
         return pamr_kernel.propagate_one_hot(index, len(values), weights, offsets, num_iter)  # (K, H, W)
     masks, _ = _one_hot(lab, np)
-    return pamr_kernel.propagate(resize_bilinear(masks, img.shape[:2], align_corners=True), weights, offsets,
-                                 num_iter)
+    return pamr_kernel.propagate(resize_bilinear(masks, img.shape[:2], align_corners=True), weights, offsets, num_iter)
 
 
-def pamr_refine(image: Any, labels: Any, num_iter: int = defaults.PAMR_ITERATIONS, dilations: Sequence[int] = defaults.PAMR_DILATIONS) -> Any:
+def pamr_refine(
+    image: Any,
+    labels: Any,
+    num_iter: int = defaults.PAMR_ITERATIONS,
+    dilations: Sequence[int] = defaults.PAMR_DILATIONS,
+) -> Any:
     """(H, W) int32 refined labels: argmax of :func:`pamr_soft`, then a 3x3 median filter.
 
     Output ids index the sorted unique input labels (the official order; the median filter

@@ -24,7 +24,7 @@ import numpy as np
 
 from diffcut_edge import lazy
 
-ENV = "DIFFCUT_PAMR_KERNEL"   # "numpy": always the array path (comparisons, debugging)
+ENV = "DIFFCUT_PAMR_KERNEL"  # "numpy": always the array path (comparisons, debugging)
 
 
 def available() -> bool:
@@ -52,7 +52,7 @@ def _kernels() -> dict[str, Any]:
     def shifted_row(rows, y, c, dy, dx, pad, w):  # pragma: no cover - compiled
         """Row y + dy (clamped) of channel c, shifted by dx: a contiguous slice of the padded rows."""
         yy = min(max(y + dy, 0), rows.shape[0] - 1)
-        return rows[yy, c, pad + dx:pad + dx + w]
+        return rows[yy, c, pad + dx : pad + dx + w]
 
     @njit(parallel=True, cache=True, fastmath=False, nogil=True)
     def weights_hjw(img, pad, dil, neighbours, window, std_eps, std_scale):  # pragma: no cover - compiled
@@ -65,7 +65,7 @@ def _kernels() -> dict[str, Any]:
         for y in prange(h):
             mean = np.zeros((channels, w), dtype=np.float32)
             denom = np.zeros((channels, w), dtype=np.float32)
-            for c in range(channels):   # two-pass unbiased std over the dilated 3x3 windows, centre included
+            for c in range(channels):  # two-pass unbiased std over the dilated 3x3 windows, centre included
                 m, v = mean[c], denom[c]
                 for a in range(nd):
                     for b in range(nw):
@@ -86,8 +86,8 @@ def _kernels() -> dict[str, Any]:
                 for b in range(nn):
                     logit = out[y, a * nn + b]
                     logit[:] = 0.0
-                    for c in range(channels):   # the channel mean in the array path's order: ((0 + c0) + c1) + c2
-                        centre, den = img[y, c, pad:pad + w], denom[c]
+                    for c in range(channels):  # the channel mean in the array path's order: ((0 + c0) + c1) + c2
+                        centre, den = img[y, c, pad : pad + w], denom[c]
                         row = shifted_row(img, y, c, neighbours[b, 0] * dil[a], neighbours[b, 1] * dil[a], pad, w)
                         for x in range(w):
                             logit[x] += abs(centre[x] - row[x]) / den[x]
@@ -153,7 +153,7 @@ def _kernels() -> dict[str, Any]:
                 for j in range(nj):
                     wrow = weights[y, j]
                     for c in range(k):
-                        out = dst[y, c, pad:pad + w]             # contiguous rows: the x loops vectorise
+                        out = dst[y, c, pad : pad + w]  # contiguous rows: the x loops vectorise
                         row = shifted_row(src, y, c, oy[j], ox[j], pad, w)
                         if j == 0:
                             for x in range(w):
@@ -174,14 +174,27 @@ def _padded_rows(array_chw: np.ndarray, pad: int) -> np.ndarray:
     return _kernels()["rows"](np.ascontiguousarray(array_chw, dtype=np.float32), int(pad))
 
 
-def weights(image: np.ndarray, dilations: Sequence[int], neighbours: Sequence[tuple[int, int]],
-            window: Sequence[tuple[int, int]], std_eps: float, std_scale: float) -> np.ndarray:
+def weights(
+    image: np.ndarray,
+    dilations: Sequence[int],
+    neighbours: Sequence[tuple[int, int]],
+    window: Sequence[tuple[int, int]],
+    std_eps: float,
+    std_scale: float,
+) -> np.ndarray:
     """(H, 8·|dilations|, W) float32 softmax weights of an (H, W, 3) float image, neighbour order as
     :func:`diffcut_edge.runtime.pamr.pamr_weights` (dilation-major)."""
     pad = max(int(d) for d in dilations)
     img = _padded_rows(np.moveaxis(np.asarray(image, np.float32), -1, 0), pad)
-    return _kernels()["weights"](img, pad, np.asarray(dilations, np.int64), np.asarray(neighbours, np.int64),
-                                 np.asarray(window, np.int64), float(std_eps), float(std_scale))
+    return _kernels()["weights"](
+        img,
+        pad,
+        np.asarray(dilations, np.int64),
+        np.asarray(neighbours, np.int64),
+        np.asarray(window, np.int64),
+        float(std_eps),
+        float(std_scale),
+    )
 
 
 def _pad_of(offsets: Sequence[tuple[int, int]]) -> tuple[np.ndarray, int]:
@@ -189,23 +202,32 @@ def _pad_of(offsets: Sequence[tuple[int, int]]) -> tuple[np.ndarray, int]:
     return off, max(1, int(np.abs(off[:, 1]).max()))
 
 
-def _propagate_rows(rows: np.ndarray, weights_hjw: np.ndarray, off: np.ndarray, pad: int,
-                    iterations: int) -> np.ndarray:
-    out = _kernels()["propagate"](rows, np.ascontiguousarray(weights_hjw, dtype=np.float32), pad,
-                                  np.ascontiguousarray(off[:, 0]), np.ascontiguousarray(off[:, 1]), int(iterations))
-    return np.moveaxis(out[:, :, pad:out.shape[2] - pad], 1, 0)
+def _propagate_rows(
+    rows: np.ndarray, weights_hjw: np.ndarray, off: np.ndarray, pad: int, iterations: int
+) -> np.ndarray:
+    out = _kernels()["propagate"](
+        rows,
+        np.ascontiguousarray(weights_hjw, dtype=np.float32),
+        pad,
+        np.ascontiguousarray(off[:, 0]),
+        np.ascontiguousarray(off[:, 1]),
+        int(iterations),
+    )
+    return np.moveaxis(out[:, :, pad : out.shape[2] - pad], 1, 0)
 
 
-def propagate(masks: np.ndarray, weights_hjw: np.ndarray, offsets: Sequence[tuple[int, int]],
-              iterations: int) -> np.ndarray:
+def propagate(
+    masks: np.ndarray, weights_hjw: np.ndarray, offsets: Sequence[tuple[int, int]], iterations: int
+) -> np.ndarray:
     """``iterations`` rounds of m(p) <- Σ_j w_p(j) m(p + offset_j) on (K, H, W) float32 masks,
     edge-replicated; returns (K, H, W) (a view of the rows the kernel wrote)."""
     off, pad = _pad_of(offsets)
     return _propagate_rows(_padded_rows(masks, pad), weights_hjw, off, pad, iterations)
 
 
-def propagate_one_hot(index: np.ndarray, k: int, weights_hjw: np.ndarray, offsets: Sequence[tuple[int, int]],
-                      iterations: int) -> np.ndarray:
+def propagate_one_hot(
+    index: np.ndarray, k: int, weights_hjw: np.ndarray, offsets: Sequence[tuple[int, int]], iterations: int
+) -> np.ndarray:
     """:func:`propagate` of the one-hot masks of an (H, W) map of ids 0..k-1, built in place (no
     (K, H, W) float copy first)."""
     off, pad = _pad_of(offsets)

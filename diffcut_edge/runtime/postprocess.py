@@ -82,8 +82,9 @@ class Postprocessor:
     device: str = "cpu"
 
     @classmethod
-    def for_manifest(cls, manifest: Manifest, options: SegmenterOptions | None = None,
-                     device: str = "cpu") -> Postprocessor:
+    def for_manifest(
+        cls, manifest: Manifest, options: SegmenterOptions | None = None, device: str = "cpu"
+    ) -> Postprocessor:
         return cls(tuple(manifest.grid), int(manifest.channels), options or SegmenterOptions(), device)
 
     @property
@@ -113,8 +114,11 @@ class Postprocessor:
 
         h, w = self.options.mask_size
         maps = 3 * segments + (8 * len(self.options.pamr_dilations) + 6 if self.options.refine else 0)
-        check_fits(4 * h * w * maps, f"post-processing at mask size {h}x{w} with {segments} segments",
-                   "lower --mask-size or cap the segments with --max-segments")
+        check_fits(
+            4 * h * w * maps,
+            f"post-processing at mask size {h}x{w} with {segments} segments",
+            "lower --mask-size or cap the segments with --max-segments",
+        )
 
     def __call__(self, frame: Any, features: Any, timings: dict[str, float] | None = None) -> SegmentationResult:
         """``frame`` (BGR, as the encoder saw it) and its ``features`` (N, C) -> the segmentation.
@@ -125,14 +129,22 @@ class Postprocessor:
         opts, grid = self.options, tuple(self.grid)
         expected = (self.num_tokens, self.channels)
         if tuple(getattr(features, "shape", ())) != expected:
-            raise DiffCutError(f"postprocess: expected features of shape {expected} for one frame "
-                               f"(grid {grid}), got {tuple(getattr(features, 'shape', ()))}")
+            raise DiffCutError(
+                f"postprocess: expected features of shape {expected} for one frame "
+                f"(grid {grid}), got {tuple(getattr(features, 'shape', ()))}"
+            )
         check_frame(frame)
         features = self.to_device(features)
 
         start = time.perf_counter()
-        cut = ncut.recursive_ncut(features, grid, tau=opts.tau, alpha=opts.alpha,
-                                  max_segments=opts.max_segments, min_segment_size=opts.min_segment_size)
+        cut = ncut.recursive_ncut(
+            features,
+            grid,
+            tau=opts.tau,
+            alpha=opts.alpha,
+            max_segments=opts.max_segments,
+            min_segment_size=opts.min_segment_size,
+        )
         coarse = cut.labels
         self._sync()
         timings["ncut"] = _ms(start)
@@ -148,8 +160,7 @@ class Postprocessor:
         if opts.refine:
             # As the paper: PAMR sees the frame resized (bilinear) to the mask size.
             image = image_to_rgb_float(self.to_device(frame), size=opts.mask_size)
-            refined = pamr.pamr_refine(image, mask_labels, num_iter=opts.pamr_iterations,
-                                       dilations=opts.pamr_dilations)
+            refined = pamr.pamr_refine(image, mask_labels, num_iter=opts.pamr_iterations, dilations=opts.pamr_dilations)
             # PAMR numbers its output by the sorted ids present; map back to segment ids so
             # labels keep indexing the embeddings when assignment left an id out.
             mask_labels = self.xp.unique(mask_labels)[refined]
@@ -159,7 +170,10 @@ class Postprocessor:
         labels = resize_nearest(mask_labels, frame.shape[:2])
         timings["total"] = sum(timings[k] for k in STAGES)
         return SegmentationResult(
-            labels=_host_int32(labels), mask_labels=_host_int32(mask_labels), coarse_labels=_host_int32(coarse),
-            num_segments=int(cut.num_segments), embeddings=to_host(embeddings).astype(np.float32, copy=False),
+            labels=_host_int32(labels),
+            mask_labels=_host_int32(mask_labels),
+            coarse_labels=_host_int32(coarse),
+            num_segments=int(cut.num_segments),
+            embeddings=to_host(embeddings).astype(np.float32, copy=False),
             timings=timings,
         )

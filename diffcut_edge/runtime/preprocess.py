@@ -39,8 +39,7 @@ def _lerp_take(x: Any, axis: int, i0: Any, i1: Any, w1: Any, xp: Any) -> Any:
     return low
 
 
-def _resize_hwc(image: Any, size: tuple[int, int], channels: Sequence[int] | None = None,
-                scale: float = 1.0) -> Any:
+def _resize_hwc(image: Any, size: tuple[int, int], channels: Sequence[int] | None = None, scale: float = 1.0) -> Any:
     """Bilinear (torch semantics) resize of (H, W, C) to (h, w, len(channels)), picking channels.
 
     The image is handled as a 2-D (H, W*C) array: the column pass gathers whole pixels
@@ -128,8 +127,10 @@ def check_frame_size(width: int, height: int, what: str = "the image") -> None:
     """Refuse a frame over :func:`max_frame_pixels` (before anything allocates its pixels)."""
     limit = max_frame_pixels()
     if int(width) * int(height) > limit:
-        raise DiffCutError(f"{what}: {width}x{height} pixels is over the limit of {limit} ({limit / 1e6:.0f} MP); "
-                           f"set ${MAX_PIXELS_ENV} to take larger images")
+        raise DiffCutError(
+            f"{what}: {width}x{height} pixels is over the limit of {limit} ({limit / 1e6:.0f} MP); "
+            f"set ${MAX_PIXELS_ENV} to take larger images"
+        )
 
 
 def check_frame(image: Any) -> None:
@@ -139,8 +140,9 @@ def check_frame(image: Any) -> None:
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
         raise DiffCutError(f"expected an image array (H, W[, C]), got {type(image).__name__}")
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-        raise DiffCutError(f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
-                           f"got {tuple(image.shape)}")
+        raise DiffCutError(
+            f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {tuple(image.shape)}"
+        )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise DiffCutError(f"got an empty image of shape {tuple(image.shape)}")
     check_frame_size(image.shape[1], image.shape[0], "the frame")
@@ -159,8 +161,10 @@ def _value_scale(image: Any) -> float:
         if not (np.isfinite(low) and np.isfinite(high)):
             raise DiffCutError("the float image contains NaN or infinite values")
         if low < -_FLOAT_RANGE_SLACK or high > 1.0 + _FLOAT_RANGE_SLACK:
-            raise DiffCutError(f"float images must be in [0, 1], got values in [{low:.3g}, {high:.3g}] "
-                               f"(divide 0..255 images by 255, or pass uint8)")
+            raise DiffCutError(
+                f"float images must be in [0, 1], got values in [{low:.3g}, {high:.3g}] "
+                f"(divide 0..255 images by 255, or pass uint8)"
+            )
         return 1.0
     raise DiffCutError(f"unsupported image dtype {dtype}: use uint8, uint16 or float in [0, 1]")
 
@@ -175,8 +179,7 @@ def _channel_index(image: Any, channel_order: str) -> list[int]:
     return [2, 1, 0] if channel_order == "bgr" else [0, 1, 2]
 
 
-def image_to_rgb_float(image: Any, channel_order: str = "bgr",
-                       size: tuple[int, int] | None = None) -> Any:
+def image_to_rgb_float(image: Any, channel_order: str = "bgr", size: tuple[int, int] | None = None) -> Any:
     """Any supported frame -> (H, W, 3) RGB float32 in [0, 1], optionally resized (torch bilinear).
 
     Accepts (H, W) gray, (H, W, 1), (H, W, 3) BGR (OpenCV's order; ``channel_order="rgb"``
@@ -210,8 +213,10 @@ def frame_list(frames: Any, *, allow_single: bool = True) -> list[Any]:
             return [frames[i, ...] for i in range(frames.shape[0])]
         if allow_single:
             return [frames]
-        raise DiffCutError(f"expected a list of frames or a (B, H, W, C) array, got shape {frames.shape}; "
-                           f"for one frame call the segmenter directly")
+        raise DiffCutError(
+            f"expected a list of frames or a (B, H, W, C) array, got shape {frames.shape}; "
+            f"for one frame call the segmenter directly"
+        )
     if isinstance(frames, Sequence) and not isinstance(frames, (str, bytes)):
         if len(frames) == 0:
             raise DiffCutError("got an empty list of frames")

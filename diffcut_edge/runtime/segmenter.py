@@ -83,7 +83,7 @@ def _pad_batch(batch: Any, min_batch: int) -> Any:
 def _chunks(items: Sequence[Any], size: int | None) -> Iterator[Sequence[Any]]:
     step = len(items) if size is None else max(1, int(size))
     for i in range(0, len(items), step):
-        yield items[i:i + step]
+        yield items[i : i + step]
 
 
 class Segmenter:
@@ -106,8 +106,15 @@ class Segmenter:
             (``from_model_dir`` opens one when the folder has a vocabulary or ``classes`` are given).
     """
 
-    def __init__(self, backend: Backend, options: SegmenterOptions | None = None, device: str | None = None,
-                 owns_backend: bool = True, labeler: Any = None, spec: SegmenterSpec | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        options: SegmenterOptions | None = None,
+        device: str | None = None,
+        owns_backend: bool = True,
+        labeler: Any = None,
+        spec: SegmenterSpec | None = None,
+    ) -> None:
         self.backend = backend
         self.labeler = labeler
         self.device = self._resolve_device(device, backend)
@@ -116,14 +123,23 @@ class Segmenter:
         if self.device == "cpu":
             from diffcut_edge.runtime.xp import warm_up_host
 
-            warm_up_host()   # at open, not inside the first frame's timings
-        self._spec = spec   # how it was opened (None when built around a backend by hand)
+            warm_up_host()  # at open, not inside the first frame's timings
+        self._spec = spec  # how it was opened (None when built around a backend by hand)
 
     @classmethod
-    def from_model_dir(cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None, *,
-                       options: SegmenterOptions | None = None, classes: Any = None,
-                       name_segments: bool | None = None, threads: int | None = None, verify: bool = True,
-                       **option_values: Any) -> Segmenter:
+    def from_model_dir(
+        cls,
+        path: str | os.PathLike,
+        backend: str = "auto",
+        device: str | None = None,
+        *,
+        options: SegmenterOptions | None = None,
+        classes: Any = None,
+        name_segments: bool | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+        **option_values: Any,
+    ) -> Segmenter:
         """Open a model folder: the keyword spelling of ``SegmenterSpec(...).open()`` (the arguments
         are the spec's fields; see :class:`~diffcut_edge.runtime.spec.SegmenterSpec`).
 
@@ -132,8 +148,9 @@ class Segmenter:
             lists), embedded now with the folder's CLIP text tower (needs ``export-vocab``).
         name_segments: None = when the folder has a vocabulary or ``classes`` are given.
         """
-        spec = SegmenterSpec(path, backend, device, options or SegmenterOptions(), classes, name_segments, threads,
-                             verify)
+        spec = SegmenterSpec(
+            path, backend, device, options or SegmenterOptions(), classes, name_segments, threads, verify
+        )
         return cls.open_spec(spec.replace(**option_values) if option_values else spec)
 
     @classmethod
@@ -147,11 +164,22 @@ class Segmenter:
             from diffcut_edge.runtime.labeling import SegmentLabeler
 
             # CLIP follows the encoder: --backend ort-cpu keeps it off the GPU too.
-            labeler = SegmentLabeler.from_model_dir(spec.model_dir, spec.classes, manifest=manifest,
-                                                    verify=spec.verify, threads=spec.threads,
-                                                    device="cpu" if spec.backend == "ort-cpu" else None)
-        opened = open_backend(spec.model_dir, spec.backend, manifest, verify=spec.verify,
-                              keep_on_device=spec.device != "cpu", threads=spec.threads)
+            labeler = SegmentLabeler.from_model_dir(
+                spec.model_dir,
+                spec.classes,
+                manifest=manifest,
+                verify=spec.verify,
+                threads=spec.threads,
+                device="cpu" if spec.backend == "ort-cpu" else None,
+            )
+        opened = open_backend(
+            spec.model_dir,
+            spec.backend,
+            manifest,
+            verify=spec.verify,
+            keep_on_device=spec.device != "cpu",
+            threads=spec.threads,
+        )
         try:
             return cls(opened, spec.options, device=spec.device, labeler=labeler, spec=spec)
         except BaseException:
@@ -233,7 +261,7 @@ class Segmenter:
         t_pre = _ms(start)
         start = time.perf_counter()
         features = self.backend.infer({self.backend.input_name: batch})[self.backend.output_name]
-        features = features[:len(frames)]  # drop the padding
+        features = features[: len(frames)]  # drop the padding
         self._check_features(features, len(frames))
         t_enc = _ms(start)
         return batch, features, t_pre, t_enc
@@ -241,8 +269,10 @@ class Segmenter:
     def _check_features(self, features: Any, batch: int) -> None:
         expected = (batch, self.manifest.num_tokens, self.manifest.channels)
         if tuple(features.shape) != expected:
-            raise DiffCutError(f"the encoder returned features of shape {tuple(features.shape)}, the manifest "
-                               f"promises {expected}; the model folder is inconsistent, re-export it")
+            raise DiffCutError(
+                f"the encoder returned features of shape {tuple(features.shape)}, the manifest "
+                f"promises {expected}; the model folder is inconsistent, re-export it"
+            )
 
     def encode(self, frames: Any) -> Any:
         """Frames -> features (B, N, C) float32 (cupy when the backend keeps them on the GPU).
@@ -275,7 +305,7 @@ class Segmenter:
             for i, (frame, feats) in enumerate(zip(chunk, features)):
                 result = self.post(frame, feats, share)
                 if self.labeler is not None:
-                    self.name_segments(result, batch[i:i + 1])
+                    self.name_segments(result, batch[i : i + 1])
                 results.append(result)
         return results
 

@@ -25,8 +25,9 @@ def _classes_value(classes: Any) -> Any:
         return classes
     if isinstance(classes, (list, tuple)):
         return tuple(_classes_value(c) if isinstance(c, (list, tuple)) else c for c in classes)
-    raise DiffCutError(f"classes must be a string or a list of names (synonyms as inner lists), "
-                       f"got {type(classes).__name__}")
+    raise DiffCutError(
+        f"classes must be a string or a list of names (synonyms as inner lists), got {type(classes).__name__}"
+    )
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,9 @@ class SegmenterSpec:
         if not isinstance(self.options, SegmenterOptions):
             raise DiffCutError(f"options must be SegmenterOptions, got {type(self.options).__name__}")
         object.__setattr__(self, "classes", _classes_value(self.classes))
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
             raise DiffCutError(f"threads must be None or a whole number >= 1, got {self.threads!r}")
 
     @classmethod
@@ -84,8 +86,10 @@ class SegmenterSpec:
         option_names = {f.name for f in dataclasses.fields(SegmenterOptions)}
         unknown = set(changes) - option_names - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise DiffCutError(f"unknown segmenter setting(s): {', '.join(sorted(unknown))} (options: "
-                               f"{', '.join(sorted(option_names))})")
+            raise DiffCutError(
+                f"unknown segmenter setting(s): {', '.join(sorted(unknown))} (options: "
+                f"{', '.join(sorted(option_names))})"
+            )
         options = {k: changes.pop(k) for k in list(changes) if k in option_names}
         if options:
             changes["options"] = dataclasses.replace(changes.get("options", self.options), **options)

@@ -26,7 +26,7 @@ from diffcut_edge.errors import DiffCutError
 
 SOT, EOT = "<start_of_text>", "<end_of_text>"
 NUM_MERGES = 49152 - 256 - 2
-MAX_BPE_BYTES = 8 << 20      # the real file inflates to 1.3 MiB
+MAX_BPE_BYTES = 8 << 20  # the real file inflates to 1.3 MiB
 CONTEXT_LENGTH = 77
 
 
@@ -45,6 +45,7 @@ def byte_to_char() -> dict[int, str]:
 def _clean(text: str) -> str:
     try:
         import ftfy  # optional: open_clip's own cleaning step
+
         text = ftfy.fix_text(text)
     except ImportError:
         pass
@@ -57,8 +58,9 @@ def _word_pattern():
         import regex
     except ImportError as e:  # a base dependency; say so if an environment lacks it
         raise DiffCutError("the CLIP tokenizer needs the `regex` package (pip install regex)") from e
-    return regex.compile(rf"{SOT}|{EOT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+",
-                         regex.IGNORECASE)
+    return regex.compile(
+        rf"{SOT}|{EOT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+", regex.IGNORECASE
+    )
 
 
 class ClipTokenizer:
@@ -68,14 +70,16 @@ class ClipTokenizer:
         path = Path(bpe_path)
         try:
             with gzip.open(path, "rb") as f:
-                data = f.read(MAX_BPE_BYTES + 1)   # bounded: a small gzip may inflate to gigabytes
+                data = f.read(MAX_BPE_BYTES + 1)  # bounded: a small gzip may inflate to gigabytes
             if len(data) > MAX_BPE_BYTES:
-                raise DiffCutError(f"{path}: inflates past {MAX_BPE_BYTES >> 20} MiB, CLIP's BPE vocabulary is "
-                                   f"1.3 MiB; re-run export-vocab")
+                raise DiffCutError(
+                    f"{path}: inflates past {MAX_BPE_BYTES >> 20} MiB, CLIP's BPE vocabulary is "
+                    f"1.3 MiB; re-run export-vocab"
+                )
             lines = data.decode("utf-8").split("\n")
         except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
             raise DiffCutError(f"{path}: not CLIP's BPE vocabulary ({e})") from e
-        merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]
+        merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
         if len(merges) != NUM_MERGES or any(len(m) != 2 for m in merges):
             raise DiffCutError(f"{path}: expected {NUM_MERGES} BPE merges, found a different file")
         chars = list(byte_to_char().values())
@@ -123,7 +127,7 @@ class ClipTokenizer:
         for row, text in enumerate(texts):
             ids = [self.sot, *self.encode(text), self.eot]
             if len(ids) > self.context_length:
-                ids = ids[:self.context_length]
+                ids = ids[: self.context_length]
                 ids[-1] = self.eot
-            out[row, :len(ids)] = ids
+            out[row, : len(ids)] = ids
         return out

@@ -68,8 +68,10 @@ def numpy_dtype(trt_dtype: Any) -> np.dtype:
     """numpy dtype of a ``tensorrt.DataType`` (read by member name)."""
     name = getattr(trt_dtype, "name", None) or str(trt_dtype).rsplit(".", 1)[-1]
     if name not in _TRT_DTYPES:
-        raise DiffCutError(f"TensorRT tensor type {name} has no numpy equivalent; rebuild the engine "
-                           f"with float32 or float16 I/O ('diffcut-edge build-engine')")
+        raise DiffCutError(
+            f"TensorRT tensor type {name} has no numpy equivalent; rebuild the engine "
+            f"with float32 or float16 I/O ('diffcut-edge build-engine')"
+        )
     return np.dtype(_TRT_DTYPES[name])
 
 
@@ -85,9 +87,9 @@ def io_tensors(trt: Any, engine: Any) -> list[tuple[str, bool, np.dtype]]:
 
 def profile_shapes(engine: Any, name: str, profile: int = 0) -> tuple[tuple[int, ...], ...]:
     """(min, opt, max) shapes of input ``name`` in optimisation profile ``profile``."""
-    if hasattr(engine, "get_tensor_profile_shape"):           # 8.5+, the only one in 10/11
+    if hasattr(engine, "get_tensor_profile_shape"):  # 8.5+, the only one in 10/11
         shapes = engine.get_tensor_profile_shape(name, profile)
-    else:                                                      # 8.4 and older
+    else:  # 8.4 and older
         shapes = engine.get_profile_shape(profile, name)
     return tuple(tuple(int(d) for d in s) for s in shapes)
 
@@ -99,9 +101,11 @@ def deserialize_engine(trt: Any, data: bytes, source: str, logger: Any = None) -
     engine = runtime.deserialize_cuda_engine(data) if data else None
     if engine is None:
         version = getattr(trt, "__version__", "?")
-        raise DiffCutError(f"{source} is not a TensorRT engine or was built by another TensorRT version "
-                           f"(this is TensorRT {version}); rebuild it on this machine with "
-                           f"'diffcut-edge build-engine --model-dir <model folder>'")
+        raise DiffCutError(
+            f"{source} is not a TensorRT engine or was built by another TensorRT version "
+            f"(this is TensorRT {version}); rebuild it on this machine with "
+            f"'diffcut-edge build-engine --model-dir <model folder>'"
+        )
     # The runtime must outlive the engine on some versions (8.x): keep a reference.
     return engine, runtime
 
@@ -110,14 +114,18 @@ def set_input_shape(context: Any, name: str, shape: tuple[int, ...]) -> None:
     ok = context.set_input_shape(name, tuple(int(d) for d in shape))
     # 8.6+ returns a bool; older bindings return None on success.
     if ok is False:
-        raise DiffCutError(f"TensorRT refused input shape {tuple(shape)} for '{name}': it is outside the "
-                           f"engine's optimisation profile; rebuild with a larger batch profile")
+        raise DiffCutError(
+            f"TensorRT refused input shape {tuple(shape)} for '{name}': it is outside the "
+            f"engine's optimisation profile; rebuild with a larger batch profile"
+        )
 
 
 def execute(context: Any, stream_ptr: int) -> None:
     if not context.execute_async_v3(stream_ptr):
-        raise DiffCutError("TensorRT execution failed (execute_async_v3 returned False); "
-                           "see the TensorRT log above, or rebuild the engine on this machine")
+        raise DiffCutError(
+            "TensorRT execution failed (execute_async_v3 returned False); "
+            "see the TensorRT log above, or rebuild the engine on this machine"
+        )
 
 
 def gpu_identity(cupy: Any, device_id: int = 0) -> tuple[str, str]:
@@ -137,12 +145,12 @@ class BuilderSettings:
     """What to ask of TensorRT for one (version, precision) pair."""
 
     version: tuple[int, int, int]
-    explicit_batch_flag: bool      # NetworkDefinitionCreationFlag.EXPLICIT_BATCH (8.x only)
-    strongly_typed: bool           # NetworkDefinitionCreationFlag.STRONGLY_TYPED (>= 10)
-    fp16_flag: bool                # BuilderFlag.FP16 (weak typing, < 10, fp16 models only)
-    int8_flag: bool                # BuilderFlag.INT8 (weak typing, < 10, int8 Q/DQ models only)
-    pin_fp32_layers: bool          # fp32 layers of the mixed graph pinned + OBEY_PRECISION_CONSTRAINTS (< 10, fp16)
-    native_instancenorm: bool      # OnnxParserFlag.NATIVE_INSTANCENORM must be set (< 10)
+    explicit_batch_flag: bool  # NetworkDefinitionCreationFlag.EXPLICIT_BATCH (8.x only)
+    strongly_typed: bool  # NetworkDefinitionCreationFlag.STRONGLY_TYPED (>= 10)
+    fp16_flag: bool  # BuilderFlag.FP16 (weak typing, < 10, fp16 models only)
+    int8_flag: bool  # BuilderFlag.INT8 (weak typing, < 10, int8 Q/DQ models only)
+    pin_fp32_layers: bool  # fp32 layers of the mixed graph pinned + OBEY_PRECISION_CONSTRAINTS (< 10, fp16)
+    native_instancenorm: bool  # OnnxParserFlag.NATIVE_INSTANCENORM must be set (< 10)
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -157,9 +165,11 @@ def builder_settings(trt_version: str | tuple[int, ...], precision: str) -> Buil
     version = parse_version(trt_version) if isinstance(trt_version, str) else tuple(trt_version)[:3]
     version = tuple(int(v) for v in (*version, 0, 0)[:3])
     if version[:2] < MIN_SUPPORTED:
-        raise DiffCutError(f"TensorRT {'.'.join(map(str, version))} is too old: the encoder needs >= "
-                           f"{MIN_SUPPORTED[0]}.{MIN_SUPPORTED[1]} (LayerNormalization, native InstanceNorm, "
-                           f"attention fusion); on Jetson use JetPack 6.0 or newer")
+        raise DiffCutError(
+            f"TensorRT {'.'.join(map(str, version))} is too old: the encoder needs >= "
+            f"{MIN_SUPPORTED[0]}.{MIN_SUPPORTED[1]} (LayerNormalization, native InstanceNorm, "
+            f"attention fusion); on Jetson use JetPack 6.0 or newer"
+        )
     if precision not in ("fp32", "fp16", "int8"):
         raise DiffCutError(f"precision must be 'fp32', 'fp16' or 'int8', got {precision!r}")
     typed = version[0] >= 10
@@ -230,7 +240,6 @@ def pin_fp32_layers(trt: Any, network: Any) -> int:
     return pinned
 
 
-
 def check_quantization_for_tensorrt(quantization: dict[str, Any] | None, model_dir: str) -> None:
     """Refuse an INT8 folder TensorRT cannot build: its Q/DQ must be symmetric INT8."""
     if quantization is None:
@@ -240,4 +249,5 @@ def check_quantization_for_tensorrt(quantization: dict[str, Any] | None, model_d
             f"{model_dir} was quantized with {quantization.get('activations')} activations (for onnxruntime "
             f"on the CPU); TensorRT builds only symmetric int8 Q/DQ graphs: run diffcut-edge quantize "
             f"--model-dir {quantization.get('source_dir', 'FP32_DIR')} --activations int8 --calibration IMAGES "
-            f"--out {model_dir}-trt, then build-engine on that folder")
+            f"--out {model_dir}-trt, then build-engine on that folder"
+        )

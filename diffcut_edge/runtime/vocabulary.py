@@ -43,10 +43,10 @@ VILD_TEMPLATES = (
 )
 TEXT_TEMPLATES_NAME = "vild"
 TEMPLATE_SETS = {TEXT_TEMPLATES_NAME: VILD_TEMPLATES}
-BUILTIN_VOCABULARIES = ("voc", "context", "coco-object")   # files in runtime/vocabularies/
+BUILTIN_VOCABULARIES = ("voc", "context", "coco-object")  # files in runtime/vocabularies/
 LOGIT_SCALE_MAX = 100.0
-MAX_NAME_LENGTH = 200     # characters of one synonym (CLIP reads 77 tokens anyway)
-MAX_BANK_BYTES = 512 << 20   # a text bank of 100k synonyms x 1024 float32 is 400 MiB
+MAX_NAME_LENGTH = 200  # characters of one synonym (CLIP reads 77 tokens anyway)
+MAX_BANK_BYTES = 512 << 20  # a text bank of 100k synonyms x 1024 float32 is 400 MiB
 _DATA = Path(__file__).parent / "vocabularies"
 
 
@@ -79,16 +79,20 @@ def _check_classes(classes: list[tuple[str, ...]], source: str) -> tuple[tuple[s
     seen: dict[str, int] = {}
     for index, synonyms in enumerate(classes):
         if not synonyms or any(not s for s in synonyms):
-            raise DiffCutError(f"{source}: class {index + 1} has an empty name (one class a line, synonyms "
-                               f"comma-separated)")
+            raise DiffCutError(
+                f"{source}: class {index + 1} has an empty name (one class a line, synonyms comma-separated)"
+            )
         for s in synonyms:
             if len(s) > MAX_NAME_LENGTH or any(ch in s for ch in "\x00\r\n"):
-                raise DiffCutError(f"{source}: class {index + 1}: a name over {MAX_NAME_LENGTH} characters or with "
-                                   f"control characters")
+                raise DiffCutError(
+                    f"{source}: class {index + 1}: a name over {MAX_NAME_LENGTH} characters or with control characters"
+                )
         key = synonyms[0].casefold()
         if key in seen:
-            raise DiffCutError(f"{source}: class {index + 1} ({synonyms[0]!r}) repeats class {seen[key] + 1}; "
-                               f"give each class once (synonyms go on its line, comma-separated)")
+            raise DiffCutError(
+                f"{source}: class {index + 1} ({synonyms[0]!r}) repeats class {seen[key] + 1}; "
+                f"give each class once (synonyms go on its line, comma-separated)"
+            )
         seen[key] = index
     return tuple(classes)
 
@@ -129,7 +133,9 @@ def load_vocabulary(spec: str | os.PathLike) -> Vocabulary:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DiffCutError(f"--vocab {spec}: not UTF-8 text (byte {e.start}); save it as UTF-8, one class a line") from e
+        raise DiffCutError(
+            f"--vocab {spec}: not UTF-8 text (byte {e.start}); save it as UTF-8, one class a line"
+        ) from e
     except OSError as e:
         raise DiffCutError(f"--vocab {spec}: cannot read it ({e.strerror})") from e
     if "\x00" in text:
@@ -163,8 +169,13 @@ class TextBank:
             raise DiffCutError(f"text bank: {self.embeddings.shape[0]} embeddings for {sum(counts)} synonyms")
 
     def to_bytes(self) -> bytes:
-        meta = {"vocabulary": self.vocabulary.name, "classes": [list(c) for c in self.vocabulary.classes],
-                "logit_scale": self.logit_scale, "templates": self.templates, "clip_id": self.clip_id}
+        meta = {
+            "vocabulary": self.vocabulary.name,
+            "classes": [list(c) for c in self.vocabulary.classes],
+            "logit_scale": self.logit_scale,
+            "templates": self.templates,
+            "clip_id": self.clip_id,
+        }
         buffer = io.BytesIO()
         np.savez(buffer, embeddings=self.embeddings.astype(np.float32), meta=np.array(json.dumps(meta)))
         return buffer.getvalue()
@@ -177,8 +188,10 @@ class TextBank:
                 # array of gigabytes (np.load allocates the header's shape first).
                 for member in data.zip.infolist():
                     if member.file_size > MAX_BANK_BYTES:
-                        raise DiffCutError(f"{path}: {member.filename} holds {member.file_size >> 20} MiB, more "
-                                           f"than a text bank can ({MAX_BANK_BYTES >> 20} MiB); re-run export-vocab")
+                        raise DiffCutError(
+                            f"{path}: {member.filename} holds {member.file_size >> 20} MiB, more "
+                            f"than a text bank can ({MAX_BANK_BYTES >> 20} MiB); re-run export-vocab"
+                        )
                 meta = json.loads(str(data["meta"]))
                 embeddings = np.asarray(data["embeddings"], dtype=np.float32)
             vocab = Vocabulary(meta["vocabulary"], tuple(tuple(c) for c in meta["classes"]))
@@ -209,7 +222,7 @@ def class_logits(embeddings: Any, bank_embeddings: Any, synonym_counts: Sequence
 
     xp = get_xp(embeddings)
     x = embeddings / xp.linalg.vector_norm(embeddings, axis=-1, keepdims=True)
-    logits = float(logit_scale) * (x @ xp.matrix_transpose(bank_embeddings))   # (N, S)
+    logits = float(logit_scale) * (x @ xp.matrix_transpose(bank_embeddings))  # (N, S)
     counts = np.asarray(synonym_counts, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     best = xp.take(logits, from_host(starts, embeddings), axis=1)

@@ -45,8 +45,10 @@ def gpu_postprocessing_problem() -> str | None:
         try:
             importlib.import_module(name)
         except Exception as e:  # ImportError, or a CUDA library that fails to load
-            return (f"cupy imports but {name} does not ({type(e).__name__}: {str(e)[:160]}): install cupy "
-                    f"with its CUDA libraries, pip install 'cupy-cuda12x[ctk]' (in diffcut-edge[gpu])")
+            return (
+                f"cupy imports but {name} does not ({type(e).__name__}: {str(e)[:160]}): install cupy "
+                f"with its CUDA libraries, pip install 'cupy-cuda12x[ctk]' (in diffcut-edge[gpu])"
+            )
     return None
 
 
@@ -91,8 +93,9 @@ def get_xp(*arrays_or_device: Any) -> types.ModuleType:
     try:
         return array_api_compat.array_namespace(*arrays)
     except TypeError as e:
-        raise DiffCutError(f"arrays of different libraries mixed in one call ({e}); "
-                           "move them to one library and device first") from e
+        raise DiffCutError(
+            f"arrays of different libraries mixed in one call ({e}); move them to one library and device first"
+        ) from e
 
 
 def device_of(a: Any) -> Any:
@@ -296,8 +299,9 @@ def _numpy_extras() -> Extras:
         w, v = eigsh(op, k=1, which="LA", v0=v0, tol=tol, maxiter=EIGSH_MAXITER_PER_NODE * n)
         return float(w[0]), v[:, 0]
 
-    return Extras("numpy", eigh_pair, lanczos_largest,
-                  lambda labels: scipy.ndimage.median_filter(labels, size=3), host_blas=True)
+    return Extras(
+        "numpy", eigh_pair, lanczos_largest, lambda labels: scipy.ndimage.median_filter(labels, size=3), host_blas=True
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -341,7 +345,7 @@ def _median_filter3_sorting(labels: Any) -> Any:
     xp = get_xp(labels)
     h, w = labels.shape
     padded = pad_edge(labels, 1)
-    stack = xp.stack([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=-1)
+    stack = xp.stack([padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], axis=-1)
     return xp.sort(stack, axis=-1)[..., 4]
 
 
@@ -429,7 +433,7 @@ def warm_up_host() -> None:
     _blas_controller()
     from diffcut_edge.runtime import pamr_kernel
 
-    pamr_kernel.warm_up()   # compiled (or loaded from numba's cache) before the first frame's pamr figure
+    pamr_kernel.warm_up()  # compiled (or loaded from numba's cache) before the first frame's pamr figure
 
 
 def median_filter3(labels: Any) -> Any:

@@ -47,8 +47,8 @@ class Item:
 
 @dataclass
 class RayReport:
-    images: int                       # all inputs
-    skipped: int                      # complete from an earlier run
+    images: int  # all inputs
+    skipped: int  # complete from an earlier run
     done: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -84,8 +84,11 @@ def list_uri(uri: str) -> list[str]:
         if info.type == fs.FileType.File:
             found = [path]
         elif info.type == fs.FileType.Directory:
-            found = sorted(i.path for i in filesystem.get_file_info(fs.FileSelector(path, recursive=True))
-                           if i.type == fs.FileType.File and is_image_path(i.path))
+            found = sorted(
+                i.path
+                for i in filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+                if i.type == fs.FileType.File and is_image_path(i.path)
+            )
         else:
             raise DiffCutError(f"{uri} does not exist")
     except (OSError, ValueError) as e:
@@ -124,8 +127,11 @@ def pending(items: Sequence[Item], out: Path, output: Any, done_stems: set[str] 
         done_stems = {r.get("stem") for r in read_results(out / RESULTS_NAME) if not r.get("error")}
     from diffcut_edge.apps.batch import output_paths
 
-    return [i for i in items if i.stem not in done_stems
-            or not all(p.is_file() for p in output_paths(out, i.stem, output).values())]
+    return [
+        i
+        for i in items
+        if i.stem not in done_stems or not all(p.is_file() for p in output_paths(out, i.stem, output).values())
+    ]
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -195,7 +201,7 @@ class SegmentActor:
         from diffcut_edge.apps.batch import OutputOptions
         from diffcut_edge.runtime.spec import SegmenterSpec
 
-        self.segmenter = SegmenterSpec.from_dict(spec).open()   # the driver's spec, as plain data
+        self.segmenter = SegmenterSpec.from_dict(spec).open()  # the driver's spec, as plain data
         self.out = Path(out)
         self.output = OutputOptions(**output)
 
@@ -213,8 +219,13 @@ class SegmentActor:
             except Exception as e:  # one bad image fails its row, never the job
                 message = str(e) if isinstance(e, DiffCutError) else f"{source}: {type(e).__name__}: {e}"
                 k, timings, error = -1, "{}", message
-            for key, value in (("source", source), ("stem", stem), ("num_segments", k), ("timings", timings),
-                               ("error", error)):
+            for key, value in (
+                ("source", source),
+                ("stem", stem),
+                ("num_segments", k),
+                ("timings", timings),
+                ("error", error),
+            ):
                 rows[key].append(value)
         return rows
 
@@ -224,9 +235,12 @@ class SegmentActor:
 # (good news) and that progress bars are off (ours are on). Not silenced: the core worker's
 # error-level note on Ray Data's own actors (ray-project/ray#53727), C++ output that only turning
 # off actor restarts would avoid.
-_QUIET_RAY_LOGGERS = {"ray": logging.WARNING, "ray.data": logging.WARNING,
-                      "ray._private.authentication.authentication_token_setup": logging.ERROR,
-                      "ray.data._internal.progress": logging.ERROR}
+_QUIET_RAY_LOGGERS = {
+    "ray": logging.WARNING,
+    "ray.data": logging.WARNING,
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,
+    "ray.data._internal.progress": logging.ERROR,
+}
 
 
 def quiet_ray_logs() -> None:
@@ -234,10 +248,20 @@ def quiet_ray_logs() -> None:
     for name, level in _QUIET_RAY_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
 
-def run(items: Sequence[Item], segmenter: Any, out: str | os.PathLike, *, output: Any = None, workers: int = 2,
-        gpus_per_worker: float = 0.0, batch_size: int = 4, address: str | None = None,
-        on_row: Callable[[dict[str, Any]], None] | None = None,
-        on_plan: Callable[[RayReport], None] | None = None) -> RayReport:
+
+def run(
+    items: Sequence[Item],
+    segmenter: Any,
+    out: str | os.PathLike,
+    *,
+    output: Any = None,
+    workers: int = 2,
+    gpus_per_worker: float = 0.0,
+    batch_size: int = 4,
+    address: str | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    on_plan: Callable[[RayReport], None] | None = None,
+) -> RayReport:
     """Segment ``items`` into ``out`` on Ray (a local instance unless ``address``); see the module doc.
 
     ``segmenter``: the :class:`~diffcut_edge.runtime.spec.SegmenterSpec` every actor opens (a model
@@ -252,7 +276,7 @@ def run(items: Sequence[Item], segmenter: Any, out: str | os.PathLike, *, output
     output = output or OutputOptions()
     spec = SegmenterSpec.of(segmenter)
     if spec.threads is None and not gpus_per_worker:
-        spec = spec.replace(threads=1)   # one CPU per actor (num_cpus=1 below)
+        spec = spec.replace(threads=1)  # one CPU per actor (num_cpus=1 below)
     out = Path(out)
     for name, value, low in (("workers", workers, 1), ("batch_size", batch_size, 1)):
         if int(value) < low:
@@ -275,21 +299,35 @@ def run(items: Sequence[Item], segmenter: Any, out: str | os.PathLike, *, output
     started_here = not ray.is_initialized()
     quiet_ray_logs()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 **({} if address else {"num_cpus": max(int(workers), os.cpu_count() or 1)}))
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            **({} if address else {"num_cpus": max(int(workers), os.cpu_count() or 1)}),
+        )
     start = time.perf_counter()
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ds = ray.data.from_items([{"source": i.source, "stem": i.stem} for i in todo])
-        ds = ds.map_batches(SegmentActor, batch_size=int(batch_size),
-                            compute=ray.data.ActorPoolStrategy(size=int(workers)),
-                            num_gpus=float(gpus_per_worker) or None, num_cpus=1,
-                            fn_constructor_kwargs={"spec": spec.to_dict(), "out": str(out), "output": asdict(output)})
+        ds = ds.map_batches(
+            SegmentActor,
+            batch_size=int(batch_size),
+            compute=ray.data.ActorPoolStrategy(size=int(workers)),
+            num_gpus=float(gpus_per_worker) or None,
+            num_cpus=1,
+            fn_constructor_kwargs={"spec": spec.to_dict(), "out": str(out), "output": asdict(output)},
+        )
         with open(results_path, "a", encoding="utf-8") as results:
             for row in ds.iter_rows():
-                record = {"image": row["source"], "stem": row["stem"], "num_segments": row["num_segments"],
-                          "timings": json.loads(row["timings"]), "error": row["error"] or None}
+                record = {
+                    "image": row["source"],
+                    "stem": row["stem"],
+                    "num_segments": row["num_segments"],
+                    "timings": json.loads(row["timings"]),
+                    "error": row["error"] or None,
+                }
                 results.write(json.dumps(record) + "\n")
                 results.flush()
                 if record["error"]:

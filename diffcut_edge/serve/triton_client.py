@@ -67,8 +67,10 @@ def to_rgb_uint8(frame: Any) -> np.ndarray:
     check_frame(frame)
     frame = np.asarray(frame)
     if frame.dtype != np.uint8:
-        raise DiffCutError(f"TritonSegmenter sends uint8 frames, got {frame.dtype}; convert it first "
-                           f"(e.g. cv2.convertScaleAbs, or (frame * 255).astype(np.uint8) for [0, 1] floats)")
+        raise DiffCutError(
+            f"TritonSegmenter sends uint8 frames, got {frame.dtype}; convert it first "
+            f"(e.g. cv2.convertScaleAbs, or (frame * 255).astype(np.uint8) for [0, 1] floats)"
+        )
     if frame.ndim == 2 or frame.shape[2] == 1:
         return np.ascontiguousarray(np.repeat(frame.reshape(frame.shape[0], frame.shape[1], 1), 3, axis=2))
     return np.ascontiguousarray(frame[:, :, 2::-1])  # BGR(A) -> RGB
@@ -77,7 +79,7 @@ def to_rgb_uint8(frame: Any) -> np.ndarray:
 def _split_url(url: str) -> tuple[str, str]:
     for scheme in ("grpc", "http"):
         if url.startswith(f"{scheme}://"):
-            return scheme, url[len(scheme) + 3:].rstrip("/")
+            return scheme, url[len(scheme) + 3 :].rstrip("/")
     if "://" in url:
         raise DiffCutError(f"Triton URL {url!r}: use host:port (HTTP), http://host:port or grpc://host:port")
     return "http", url.rstrip("/")
@@ -95,8 +97,9 @@ class TritonSegmenter:
     One instance may be shared by threads (each gets its own connection).
     """
 
-    def __init__(self, url: str = "localhost:8000", model: str = "diffcut", *, timeout_s: float = 120.0,
-                 concurrency: int = 8) -> None:
+    def __init__(
+        self, url: str = "localhost:8000", model: str = "diffcut", *, timeout_s: float = 120.0, concurrency: int = 8
+    ) -> None:
         self.url, self.model = url, model
         self.protocol, address = _split_url(url)
         self.timeout_s, self.concurrency = float(timeout_s), max(1, int(concurrency))
@@ -125,8 +128,11 @@ class TritonSegmenter:
                 client = self._module.InferenceServerClient(url=self._address)
             else:
                 client = self._module.InferenceServerClient(
-                    url=self._address, concurrency=self.concurrency, connection_timeout=self.timeout_s,
-                    network_timeout=self.timeout_s)
+                    url=self._address,
+                    concurrency=self.concurrency,
+                    connection_timeout=self.timeout_s,
+                    network_timeout=self.timeout_s,
+                )
             self._local.client = client
             with self._clients_lock:
                 self._clients.append((threading.get_ident(), client))
@@ -141,7 +147,7 @@ class TritonSegmenter:
     def _request(self, frame: Any) -> tuple[list[Any], list[Any]]:
         from diffcut_edge.runtime.preprocess import check_frame
 
-        check_frame(frame)   # within the pixel limit the server holds too: refused here, not after the upload
+        check_frame(frame)  # within the pixel limit the server holds too: refused here, not after the upload
         rgb = to_rgb_uint8(frame)
         tensor = self._module.InferInput("image", list(rgb.shape), "UINT8")
         tensor.set_data_from_numpy(rgb)
@@ -151,7 +157,8 @@ class TritonSegmenter:
         result = ServedSegmentation(
             labels=response.as_numpy("labels").astype(np.int32, copy=False),
             num_segments=int(response.as_numpy("num_segments")[0]),
-            timings={"request": (time.perf_counter() - start) * 1e3})
+            timings={"request": (time.perf_counter() - start) * 1e3},
+        )
         if "segments" in self._output_names:
             result.segments, result.vocabulary, result.num_classes = parse_segments(response.as_numpy("segments"))
         return result
@@ -177,7 +184,7 @@ class TritonSegmenter:
         results: list[ServedSegmentation] = []
         for i in range(0, len(frames), self.concurrency):
             pending = []
-            for frame in frames[i:i + self.concurrency]:
+            for frame in frames[i : i + self.concurrency]:
                 inputs, outputs = self._request(frame)
                 pending.append((time.perf_counter(), self._client.async_infer(self.model, inputs, outputs=outputs)))
             for start, handle in pending:
@@ -197,8 +204,13 @@ class TritonSegmenter:
             for index in chunk:
                 inputs, outputs = self._request(frames[index])
                 start = time.perf_counter()
-                self._client.async_infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s,
-                                         callback=lambda result, error, k=index, s=start: done.put((k, s, result, error)))
+                self._client.async_infer(
+                    self.model,
+                    inputs,
+                    outputs=outputs,
+                    client_timeout=self.timeout_s,
+                    callback=lambda result, error, k=index, s=start: done.put((k, s, result, error)),
+                )
             for _ in chunk:
                 try:
                     index, start, response, error = done.get(timeout=self.timeout_s + 5)

@@ -40,6 +40,7 @@ def numpy_to_tensor(name: str, array: np.ndarray) -> Any:
 def _quiet_capsule_noise(previous: Callable[[Any], None]) -> Callable[[Any], None]:
     """An unraisable-exception hook that drops the one harmless error the 2.51 stub's DLPack
     capsule destructor raises for every output (it checks a name numpy has already renamed)."""
+
     def hook(unraisable: Any) -> None:
         if unraisable.exc_type is ValueError and "PyCapsule_GetPointer" in str(unraisable.exc_value):
             return
@@ -146,7 +147,7 @@ class PostprocessModel(_Model):
             from diffcut_edge.apps.batch import segments_document
 
             self.labeler.name_result(result, arrays["pixels"])
-            text = json.dumps(segments_document(result, masks=False), ensure_ascii=False)   # the labels carry the masks
+            text = json.dumps(segments_document(result, masks=False), ensure_ascii=False)  # the labels carry the masks
             outputs["segments"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
         return outputs
 
@@ -174,8 +175,10 @@ class EncoderModel(_Model):
             batches = [self._inputs(r)[self.backend.input_name] for r in requests]
             images = np.concatenate(batches, axis=0)
             step = self.backend.max_batch or len(images)
-            parts = [to_host(self.backend.infer({self.backend.input_name: images[i:i + step]})[self.backend.output_name])
-                     for i in range(0, len(images), step)]
+            parts = [
+                to_host(self.backend.infer({self.backend.input_name: images[i : i + step]})[self.backend.output_name])
+                for i in range(0, len(images), step)
+            ]
             features = np.concatenate(parts, axis=0)
         except (DiffCutError, ValueError) as e:
             return [self._error(e) for _ in requests]

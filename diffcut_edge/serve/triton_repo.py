@@ -37,14 +37,13 @@ from diffcut_edge.lazy import LazyModule
 from diffcut_edge.runtime.manifest import EngineRecord, Manifest, read_manifest, verify_files, verify_vocabulary_files
 from diffcut_edge.runtime.spec import SegmenterSpec
 
-model_config = LazyModule("tritonclient.grpc.model_config_pb2", extra="triton",
-                          purpose="Triton model configurations")
+model_config = LazyModule("tritonclient.grpc.model_config_pb2", extra="triton", purpose="Triton model configurations")
 
 ENSEMBLE = "diffcut"
 PREPROCESS = "diffcut_preprocess"
 ENCODER = "diffcut_encoder"
 POSTPROCESS = "diffcut_postprocess"
-SEGMENTS = "segments"   # UINT8 [n]: UTF-8 JSON, the <stem>_segments.json document (BYTES is broken in 2.51)
+SEGMENTS = "segments"  # UINT8 [n]: UTF-8 JSON, the <stem>_segments.json document (BYTES is broken in 2.51)
 MODELS = (ENSEMBLE, PREPROCESS, ENCODER, POSTPROCESS)
 ENCODERS = ("onnxruntime", "tensorrt", "python")
 VERSION = "1"
@@ -136,8 +135,10 @@ def python_environment() -> dict[str, Any]:
     user = site.getusersitepackages()
     if isinstance(user, str):
         folders.append(user)
-    return {"python": f"{sys.version_info.major}.{sys.version_info.minor}",
-            "site_dirs": [f for f in dict.fromkeys(folders) if os.path.isdir(f)]}
+    return {
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "site_dirs": [f for f in dict.fromkeys(folders) if os.path.isdir(f)],
+    }
 
 
 def libpython_dir() -> str | None:
@@ -307,8 +308,10 @@ def validate_repository(repo: str | os.PathLike) -> dict[str, Any]:
             if target is None:
                 raise DiffCutError(f"ensemble {name}: step model {step.model_name!r} is not in {repo}")
             if missing := set(step.input_map.values()) - produced:
-                raise DiffCutError(f"ensemble {name}: {step.model_name} reads {sorted(missing)}, which no "
-                                   f"earlier step or ensemble input provides")
+                raise DiffCutError(
+                    f"ensemble {name}: {step.model_name} reads {sorted(missing)}, which no "
+                    f"earlier step or ensemble input provides"
+                )
             inputs, outputs = {t.name for t in target.input}, {t.name for t in target.output}
             if missing := set(step.input_map) - inputs:
                 raise DiffCutError(f"ensemble {name}: {step.model_name} has no input(s) {sorted(missing)}")
@@ -335,16 +338,20 @@ def choose_engine(manifest: Manifest, wanted: str | None) -> EngineRecord:
     """The TensorRT engine the repository serves (the one the folder has, or ``wanted``)."""
     engines = manifest.engines
     if not engines:
-        raise DiffCutError("the model folder has no TensorRT engine: run `diffcut-edge build-engine` on a GPU "
-                           "like the server's, or use --encoder onnxruntime")
+        raise DiffCutError(
+            "the model folder has no TensorRT engine: run `diffcut-edge build-engine` on a GPU "
+            "like the server's, or use --encoder onnxruntime"
+        )
     if wanted is not None:
         for engine in engines:
             if wanted in (engine.file, Path(engine.file).name):
                 return engine
         raise DiffCutError(f"--engine {wanted}: not an engine of this folder ({', '.join(e.file for e in engines)})")
     if len(engines) > 1:
-        raise DiffCutError(f"the folder has {len(engines)} engines ({', '.join(e.file for e in engines)}); "
-                           f"pick the one built for the server's GPU with --engine")
+        raise DiffCutError(
+            f"the folder has {len(engines)} engines ({', '.join(e.file for e in engines)}); "
+            f"pick the one built for the server's GPU with --engine"
+        )
     return engines[0]
 
 
@@ -353,8 +360,10 @@ def _encoder_max_batch(manifest: Manifest, spec: RepositorySpec) -> int:
         return spec.max_batch
     low, _, high = choose_engine(manifest, spec.engine).batch_profile
     if low > 1:
-        raise DiffCutError(f"the engine's batch profile starts at {low}: the dynamic batcher sends batches from 1; "
-                           f"rebuild it with --batch 1:1:{high}")
+        raise DiffCutError(
+            f"the engine's batch profile starts at {low}: the dynamic batcher sends batches from 1; "
+            f"rebuild it with --batch 1:1:{high}"
+        )
     return min(spec.max_batch, high)
 
 
@@ -397,8 +406,9 @@ def _is_repository(path: Path) -> bool:
     return (path / ENSEMBLE / CONFIG).is_file()
 
 
-def write_repository(segmenter: SegmenterSpec | str | os.PathLike, out: str | os.PathLike,
-                     spec: RepositorySpec | None = None) -> Path:
+def write_repository(
+    segmenter: SegmenterSpec | str | os.PathLike, out: str | os.PathLike, spec: RepositorySpec | None = None
+) -> Path:
     """Write the model repository of ``segmenter`` (a :class:`~diffcut_edge.runtime.spec.SegmenterSpec`,
     or a model folder's path with the default options) at ``out``; returns ``out``.
 
@@ -418,8 +428,9 @@ def write_repository(segmenter: SegmenterSpec | str | os.PathLike, out: str | os
     if names:
         verify_vocabulary_files(model_dir, manifest)  # says to run export-vocab when there is none
     if out.exists() and not (out.is_dir() and (_is_repository(out) or not any(out.iterdir()))):
-        raise DiffCutError(f"--out {out} exists and is not a diffcut-edge Triton repository; "
-                           f"give a new folder (nothing was written)")
+        raise DiffCutError(
+            f"--out {out} exists and is not a diffcut-edge Triton repository; give a new folder (nothing was written)"
+        )
     make_dirs(out.parent)
     try:
         build = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -429,8 +440,7 @@ def write_repository(segmenter: SegmenterSpec | str | os.PathLike, out: str | os
         _write_python_model(build / PREPROCESS, preprocess_config(manifest), model_dir)
         _write_encoder(build / ENCODER, manifest, model_dir, spec)
         clip_files = tuple(manifest.vocabulary.get("files", {})) if names else ()
-        _write_python_model(build / POSTPROCESS, postprocess_config(manifest, segmenter, spec), model_dir,
-                            clip_files)
+        _write_python_model(build / POSTPROCESS, postprocess_config(manifest, segmenter, spec), model_dir, clip_files)
         _write_config(build / ENSEMBLE, ensemble_config(manifest, names))
         validate_repository(build)
         replace_dir(build, out)

@@ -79,9 +79,11 @@ def find_tritonserver(explicit: str | os.PathLike | None = None) -> TritonBinary
         path = Path(dist.locate_file("pytriton/tritonserver/bin/tritonserver"))
         if path.is_file():
             return _binary_at(path, PYTRITON)
-    raise DiffCutError("no tritonserver found: install the CPU-capable binary with `pip install --no-deps "
-                       "nvidia-pytriton` (Linux x86-64, glibc >= 2.35), give --tritonserver PATH, or run in "
-                       "NVIDIA's Triton container (docs/serving.md)")
+    raise DiffCutError(
+        "no tritonserver found: install the CPU-capable binary with `pip install --no-deps "
+        "nvidia-pytriton` (Linux x86-64, glibc >= 2.35), give --tritonserver PATH, or run in "
+        "NVIDIA's Triton container (docs/serving.md)"
+    )
 
 
 def prepare_backends(binary: TritonBinary, folder: Path) -> Path:
@@ -94,9 +96,11 @@ def prepare_backends(binary: TritonBinary, folder: Path) -> Path:
     stub = binary.stubs / version / STUB
     if not stub.is_file():
         have = sorted(p.name for p in binary.stubs.iterdir()) if binary.stubs.is_dir() else []
-        raise DiffCutError(f"{binary.executable}: its python backend has no stub for Python {version}"
-                           + (f" (it has {', '.join(have)})" if have else "")
-                           + "; run diffcut-edge under one of those Pythons, or use NVIDIA's Triton container")
+        raise DiffCutError(
+            f"{binary.executable}: its python backend has no stub for Python {version}"
+            + (f" (it has {', '.join(have)})" if have else "")
+            + "; run diffcut-edge under one of those Pythons, or use NVIDIA's Triton container"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     for backend in binary.backends.iterdir():
         if backend.name != "python":
@@ -121,7 +125,7 @@ def check_port_free(port: int, host: str, what: str) -> None:
             raise DiffCutError(f"{what} port {port} on {host} {reason}; pick another with --{what}-port") from e
 
 
-RESTRICTED_APIS = "model-repository,shared-memory,trace,logging"   # what a client of `serve` never needs
+RESTRICTED_APIS = "model-repository,shared-memory,trace,logging"  # what a client of `serve` never needs
 ADMIN_HEADER = "diffcut-admin"
 
 
@@ -149,9 +153,17 @@ class TritonServer:
         host: the address the HTTP and gRPC services listen on.
     """
 
-    def __init__(self, binary: TritonBinary, repository: Path, workdir: Path, *, http_port: int = DEFAULT_PORTS["http"],
-                 grpc_port: int = DEFAULT_PORTS["grpc"], metrics_port: int = DEFAULT_PORTS["metrics"],
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        binary: TritonBinary,
+        repository: Path,
+        workdir: Path,
+        *,
+        http_port: int = DEFAULT_PORTS["http"],
+        grpc_port: int = DEFAULT_PORTS["grpc"],
+        metrics_port: int = DEFAULT_PORTS["metrics"],
+        host: str = "127.0.0.1",
+    ) -> None:
         self.binary, self.repository, self.workdir = binary, Path(repository), Path(workdir)
         # Model loading, shared memory, trace and logging need a header nobody is told: closed to clients.
         self.admin_key = secrets.token_urlsafe(16)
@@ -168,12 +180,20 @@ class TritonServer:
 
     def _command(self, backends: Path) -> list[str]:
         p = self.ports
-        return [str(self.binary.executable), f"--model-repository={self.repository}",
-                f"--backend-directory={backends}", f"--http-port={p['http']}", f"--grpc-port={p['grpc']}",
-                f"--metrics-port={p['metrics']}", f"--http-address={self.host}", f"--grpc-address={self.host}",
-                f"--http-restricted-api={RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_key}",
-                f"--grpc-restricted-protocol={RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_key}",
-                "--exit-timeout-secs=10", "--log-verbose=0"]
+        return [
+            str(self.binary.executable),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            f"--http-port={p['http']}",
+            f"--grpc-port={p['grpc']}",
+            f"--metrics-port={p['metrics']}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--http-restricted-api={RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_key}",
+            f"--grpc-restricted-protocol={RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_key}",
+            "--exit-timeout-secs=10",
+            "--log-verbose=0",
+        ]
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -190,9 +210,14 @@ class TritonServer:
         backends = prepare_backends(self.binary, self.workdir / "backends")
         with open(self.log, "wb") as log:
             # Its own session: a Ctrl-C meant for us is forwarded as one clean SIGTERM.
-            self.process = subprocess.Popen(self._command(backends), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=self._environment(),
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self._command(backends),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._environment(),
+                start_new_session=True,
+            )
         self.wait_ready(timeout_s)
         return self
 
@@ -208,8 +233,11 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 problem = _log_problem(self.log)
-                raise DiffCutError(f"tritonserver exited with status {self.process.returncode}"
-                                   + (f": {problem}" if problem else "") + f" (log: {self.log})")
+                raise DiffCutError(
+                    f"tritonserver exited with status {self.process.returncode}"
+                    + (f": {problem}" if problem else "")
+                    + f" (log: {self.log})"
+                )
             if self.ready():
                 return
             time.sleep(0.25)
@@ -246,15 +274,25 @@ def choose_encoder(binary: TritonBinary, encoder: str) -> str:
     if encoder == "auto":
         return "onnxruntime" if binary.has_backend("onnxruntime") else "python"
     if encoder in ("onnxruntime", "tensorrt") and not binary.has_backend(encoder):
-        raise DiffCutError(f"{binary.executable} has no {encoder} backend (nvidia-pytriton's has only python): "
-                           f"use --encoder python, or NVIDIA's Triton container")
+        raise DiffCutError(
+            f"{binary.executable} has no {encoder} backend (nvidia-pytriton's has only python): "
+            f"use --encoder python, or NVIDIA's Triton container"
+        )
     return encoder
 
 
-def serve_model(segmenter: Any, spec: Any, binary: TritonBinary, *, host: str = "127.0.0.1",
-                ports: dict[str, int] | None = None, repo: str | os.PathLike | None = None,
-                ready_timeout_s: float = 300.0, on_starting: Callable[[Path], None] | None = None,
-                on_ready: Callable[[TritonServer], None] | None = None) -> int | None:
+def serve_model(
+    segmenter: Any,
+    spec: Any,
+    binary: TritonBinary,
+    *,
+    host: str = "127.0.0.1",
+    ports: dict[str, int] | None = None,
+    repo: str | os.PathLike | None = None,
+    ready_timeout_s: float = 300.0,
+    on_starting: Callable[[Path], None] | None = None,
+    on_ready: Callable[[TritonServer], None] | None = None,
+) -> int | None:
     """Write the repository of ``segmenter`` (a SegmenterSpec) and ``spec`` (a RepositorySpec) — at
     ``repo`` and kept, else in a temporary folder — run tritonserver on it until Ctrl-C or SIGTERM
     (a KeyboardInterrupt), and return its exit status. A server that stops by itself is a DiffCutError."""
@@ -263,7 +301,9 @@ def serve_model(segmenter: Any, spec: Any, binary: TritonBinary, *, host: str = 
     workdir = Path(tempfile.mkdtemp(prefix="diffcut-serve-"))
     try:
         repository = write_repository(segmenter, Path(repo) if repo else workdir / "repository", spec)
-        server = TritonServer(binary, repository, workdir, host=host, **{f"{k}_port": v for k, v in (ports or {}).items()})
+        server = TritonServer(
+            binary, repository, workdir, host=host, **{f"{k}_port": v for k, v in (ports or {}).items()}
+        )
         if on_starting is not None:
             on_starting(repository)
         try:

@@ -82,9 +82,9 @@ def test_the_optional_stages_and_the_folders_vocabulary_are_reported(tmp_path, m
     assert not clip.ok and "timm" in clip.detail and "export-vocab" in clip.detail
     assert not ray.ok and "--engine ray" in ray.detail
     assert not server.ok and "nvidia-pytriton" in server.detail
-    assert report.can_run   # optional stages never decide whether the runtime can run
+    assert report.can_run  # optional stages never decide whether the runtime can run
     model, vocabulary = _finding(report, "model"), _finding(report, "vocabulary")
-    assert model.detail.startswith(f"{vocab_model_dir}: exported from")   # the folder, then its source
+    assert model.detail.startswith(f"{vocab_model_dir}: exported from")  # the folder, then its source
     assert vocabulary.ok and vocabulary.detail.startswith("voc (21 classes")
     plain = doctor.diagnose(make_toy_model_dir(tmp_path / "toy", resolution=128, channels=16))
     assert not _finding(plain, "vocabulary").ok and "export-vocab" in _finding(plain, "vocabulary").detail

@@ -49,8 +49,13 @@ class Publisher:
         while not self.stop.is_set():
             overlay, labels = _frame(i)
             t0 = time.perf_counter()
-            self.hub.publish(overlay, labels, {"encoder": 1.0, "total": 2.0}, fps=50.0,
-                             options={"tau": 0.5, "alpha": 10.0, "refine": True, "opacity": 0.5})
+            self.hub.publish(
+                overlay,
+                labels,
+                {"encoder": 1.0, "total": 2.0},
+                fps=50.0,
+                options={"tau": 0.5, "alpha": 10.0, "refine": True, "opacity": 0.5},
+            )
             self.durations.append(time.perf_counter() - t0)
             i += 1
             time.sleep(self.period)
@@ -113,8 +118,15 @@ def _read_part(resp: http.client.HTTPResponse) -> tuple[dict, bytes]:
 
 
 # ------------------------------------------------------------------ pure parts
-@pytest.mark.parametrize("text, expected", [("8080", ("127.0.0.1", 8080)), ("0.0.0.0:9000", ("0.0.0.0", 9000)),
-                                            ("[::1]:8081", ("::1", 8081)), ("localhost:1", ("localhost", 1))])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("8080", ("127.0.0.1", 8080)),
+        ("0.0.0.0:9000", ("0.0.0.0", 9000)),
+        ("[::1]:8081", ("::1", 8081)),
+        ("localhost:1", ("localhost", 1)),
+    ],
+)
 def test_parse_serve(text, expected):
     assert live.parse_serve(text) == expected
 
@@ -126,11 +138,22 @@ def test_parse_serve_refuses_nonsense(text):
 
 
 def test_controls_are_validated_like_the_segmenter_options():
-    assert live.check_controls({"tau": 0.3, "refine": False, "opacity": 1}) == {"tau": 0.3, "refine": False,
-                                                                               "opacity": 1.0}
-    for body, message in [({"tau": -1}, "tau"), ({"alpha": 0}, "alpha"), ({"opacity": 2}, "opacity"),
-                          ({"refine": "yes"}, "refine"), ({"tau": "0.5"}, "number"), ({"mask": 3}, "unknown"),
-                          ([], "JSON object"), ({}, "JSON object"), ({"tau": True}, "number")]:
+    assert live.check_controls({"tau": 0.3, "refine": False, "opacity": 1}) == {
+        "tau": 0.3,
+        "refine": False,
+        "opacity": 1.0,
+    }
+    for body, message in [
+        ({"tau": -1}, "tau"),
+        ({"alpha": 0}, "alpha"),
+        ({"opacity": 2}, "opacity"),
+        ({"refine": "yes"}, "refine"),
+        ({"tau": "0.5"}, "number"),
+        ({"mask": 3}, "unknown"),
+        ([], "JSON object"),
+        ({}, "JSON object"),
+        ({"tau": True}, "number"),
+    ]:
         with pytest.raises(DiffCutError, match=message):
             live.check_controls(body)
 
@@ -140,7 +163,7 @@ def test_segment_list_is_sorted_by_area_with_palette_colours():
     segments = live.segment_list(labels)
     assert [s["id"] for s in segments] == [0, 5] and segments[0]["area"] == pytest.approx(5 / 8)
     assert segments[0]["color"] == "#e6194b"  # palette_color(0), as drawn in the overlay
-    assert segments[0]["name"] is None and segments[0]["score"] is None   # no vocabulary
+    assert segments[0]["name"] is None and segments[0]["score"] is None  # no vocabulary
 
 
 def test_stats_carry_class_names_and_scores_and_the_page_never_parses_them_as_html():
@@ -148,11 +171,22 @@ def test_stats_carry_class_names_and_scores_and_the_page_never_parses_them_as_ht
 
     hub = live.LiveHub()
     labels = np.array([[0, 0, 0, 5], [0, 0, 5, 5]], np.int32)
-    hub.publish(np.zeros((2, 4, 3), np.uint8), labels, {}, fps=1.0, options={},
-                names=[SegmentName(5, "<img src=x onerror=alert(1)>", 0.87654)])
+    hub.publish(
+        np.zeros((2, 4, 3), np.uint8),
+        labels,
+        {},
+        fps=1.0,
+        options={},
+        names=[SegmentName(5, "<img src=x onerror=alert(1)>", 0.87654)],
+    )
     segments = hub.latest().summary()["segments"]
-    assert segments[1] == {"id": 5, "color": "#911eb4", "area": 0.375, "name": "<img src=x onerror=alert(1)>",
-                           "score": 0.8765}
+    assert segments[1] == {
+        "id": 5,
+        "color": "#911eb4",
+        "area": 0.375,
+        "name": "<img src=x onerror=alert(1)>",
+        "score": 0.8765,
+    }
     from importlib import resources
 
     page = resources.files("diffcut_edge.apps").joinpath("live_page.html").read_text(encoding="utf-8")
@@ -305,14 +339,35 @@ def test_stats_say_what_the_labels_are():
     from diffcut_edge.apps.pipeline import SegmentedFrame
 
     hub = live.LiveHub()
-    item = SegmentedFrame(12, np.zeros((8, 8, 3), np.uint8), None, keyframe=False, key_index=9, age_frames=3,
-                          age_ms=99.94, confidence=0.8712, encoder_fps=1.25)
-    hub.publish(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.int32), {"flow": 1.0}, fps=30.0, options={},
-                frame=frame_status(item))
+    item = SegmentedFrame(
+        12,
+        np.zeros((8, 8, 3), np.uint8),
+        None,
+        keyframe=False,
+        key_index=9,
+        age_frames=3,
+        age_ms=99.94,
+        confidence=0.8712,
+        encoder_fps=1.25,
+    )
+    hub.publish(
+        np.zeros((8, 8, 3), np.uint8),
+        np.zeros((8, 8), np.int32),
+        {"flow": 1.0},
+        fps=30.0,
+        options={},
+        frame=frame_status(item),
+    )
     labels = hub.latest().summary()["labels"]
-    assert labels == {"keyframe": False, "key_index": 9, "age_frames": 3, "age_ms": 99.9, "confidence": 0.871,
-                      "encoder_fps": 1.25}
-    json.dumps(labels)   # plain data for /stats and /events
+    assert labels == {
+        "keyframe": False,
+        "key_index": 9,
+        "age_frames": 3,
+        "age_ms": 99.9,
+        "confidence": 0.871,
+        "encoder_fps": 1.25,
+    }
+    json.dumps(labels)  # plain data for /stats and /events
 
 
 # ------------------------------------------------------------------ attacks (real HTTP on 127.0.0.1)
@@ -335,12 +390,16 @@ def test_a_web_page_cannot_drive_or_read_the_live_view(served):
     auth = {live.TOKEN_HEADER: server.token}
     # A cross-site form or text/plain POST needs no preflight: refused, even with the token in the URL.
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("POST", f"/control?token={server.token}", body=b'{"tau": 0.1}',
-                 headers={"Content-Type": "text/plain", "Origin": "https://evil.example"})
+    conn.request(
+        "POST",
+        f"/control?token={server.token}",
+        body=b'{"tau": 0.1}',
+        headers={"Content-Type": "text/plain", "Origin": "https://evil.example"},
+    )
     assert conn.getresponse().status in (403, 415)
     conn.close()
     assert _post(port, "/control", b'{"tau": 0.1}', {**auth, "Origin": "https://evil.example"})[0] == 403
-    assert _post(port, "/control", b'{"tau": 0.1}')[0] == 403                      # no token, also on localhost
+    assert _post(port, "/control", b'{"tau": 0.1}')[0] == 403  # no token, also on localhost
     assert _post(port, "/control", b'{"tau": 0.1}', {**auth, "Origin": f"http://127.0.0.1:{port}"})[0] == 200
     assert _get(port, "/snapshot")[0] == 403
     # DNS rebinding: the page's own name arrives as Host.
@@ -353,8 +412,14 @@ def test_a_web_page_cannot_drive_or_read_the_live_view(served):
 def test_every_accepted_value_is_computable_and_odd_bodies_are_400(served):
     server, hub, port = served
     auth = {live.TOKEN_HEADER: server.token}
-    for body in (b'{"alpha": 1e308}', b'{"tau": 1e308}', b'{"alpha": ' + b"9" * 400 + b"}",
-                 b"[" * 5000 + b"]" * 5000, b'{"tau": "0.3"}', b'\xff\xfe'):
+    for body in (
+        b'{"alpha": 1e308}',
+        b'{"tau": 1e308}',
+        b'{"alpha": ' + b"9" * 400 + b"}",
+        b"[" * 5000 + b"]" * 5000,
+        b'{"tau": "0.3"}',
+        b"\xff\xfe",
+    ):
         status, reply = _post(port, "/control", body, auth)
         assert status == 400 and len(reply["error"]) < 200, (body[:20], status, reply)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -372,8 +437,10 @@ def test_every_accepted_value_is_computable_and_odd_bodies_are_400(served):
 def test_a_huge_declared_body_is_413_at_once(served):
     server, hub, port = served
     start = time.time()
-    head = (f"POST /control HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"{live.TOKEN_HEADER}: {server.token}\r\nContent-Length: {10 ** 12}\r\n\r\n").encode()
+    head = (
+        f"POST /control HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"{live.TOKEN_HEADER}: {server.token}\r\nContent-Length: {10**12}\r\n\r\n"
+    ).encode()
     reply = _raw(port, head)
     assert reply.startswith(b"HTTP/1.1 413") and time.time() - start < 3
 
@@ -382,12 +449,12 @@ def test_half_sent_requests_cannot_exhaust_the_server(served, monkeypatch):
     server, hub, port = served
     monkeypatch.setattr(live, "REQUEST_TIMEOUT_S", 1.0)
     hung = []
-    for _ in range(live.MAX_CONNECTIONS + 40):   # more than the server keeps open
+    for _ in range(live.MAX_CONNECTIONS + 40):  # more than the server keeps open
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
         s.sendall(b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
         hung.append(s)
     try:
-        time.sleep(2.0)   # past the request deadline: every half-sent connection is closed
+        time.sleep(2.0)  # past the request deadline: every half-sent connection is closed
         assert server.connections <= 2, server.connections
         assert _get(port, "/stats")[0] == 200
         closed = 0
@@ -411,7 +478,7 @@ def test_an_events_client_that_never_reads_gives_its_slot_back(monkeypatch):
     with live.LiveServer(hub, "127.0.0.1", port, max_clients=2) as server, Publisher(hub):
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
         for s in idle:
-            s.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())   # and never read
+            s.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())  # and never read
         time.sleep(0.5)
         assert server.clients == 2 and _get(port, "/events")[0] == 503
         deadline = time.time() + 5

@@ -69,14 +69,36 @@ def clip(tmp_path_factory) -> Path:
 
 
 class LiveProcess:
-    def __init__(self, model_dir: Path, clip: Path, host: str = "127.0.0.1", token: str = "t0ken-of-the-test",
-                 extra: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        model_dir: Path,
+        clip: Path,
+        host: str = "127.0.0.1",
+        token: str = "t0ken-of-the-test",
+        extra: tuple[str, ...] = (),
+    ):
         self.port, self.token = _free_port(), token
-        argv = [sys.executable, "-m", "diffcut_edge.cli", "webcam", "--model-dir", str(model_dir), "--source",
-                str(clip), "--serve", f"{host}:{self.port}", "--loop", "--backend", "ort-cpu", "--token", token,
-                *extra]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+        argv = [
+            sys.executable,
+            "-m",
+            "diffcut_edge.cli",
+            "webcam",
+            "--model-dir",
+            str(model_dir),
+            "--source",
+            str(clip),
+            "--serve",
+            f"{host}:{self.port}",
+            "--loop",
+            "--backend",
+            "ort-cpu",
+            "--token",
+            token,
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
         _wait(lambda: _stats(self.port).get("frame") is not None, what="the first served frame")
 
     def terminate(self) -> tuple[int, str, str]:
@@ -95,13 +117,17 @@ def test_served_segmentation_is_tuned_live_and_stops_cleanly_on_sigterm(model_di
     try:
         first = _stats(live.port)
         assert first["num_segments"] >= 2 and first["size"] == [256, 192]
-        assert _post(live.port, {"tau": 0.0}) == 403   # the token is needed on localhost too
+        assert _post(live.port, {"tau": 0.0}) == 403  # the token is needed on localhost too
         assert _post(live.port, {"tau": 0.0}, live.token) == 200  # tau 0 keeps no cut: one segment, applied live
-        _wait(lambda: _stats(live.port)["options"]["tau"] == 0.0 and _stats(live.port)["num_segments"] == 1,
-              what="tau 0 to reach the pipeline")
+        _wait(
+            lambda: _stats(live.port)["options"]["tau"] == 0.0 and _stats(live.port)["num_segments"] == 1,
+            what="tau 0 to reach the pipeline",
+        )
         assert _post(live.port, {"tau": 0.5, "refine": False}, live.token) == 200
-        back = _wait(lambda: (s := _stats(live.port))["num_segments"] >= 2 and not s["options"]["refine"] and s,
-                     what="tau 0.5 and refine off")
+        back = _wait(
+            lambda: (s := _stats(live.port))["num_segments"] >= 2 and not s["options"]["refine"] and s,
+            what="tau 0.5 and refine off",
+        )
         assert back["timings"]["pamr"] == 0
         _wait(lambda: _stats(live.port)["frame"] > 35, timeout=120, what="--loop replaying the 30-frame clip")
     finally:
@@ -122,9 +148,18 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1100,700", f"--user-data-dir={tmp_path / 'chrome'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1100,700",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -146,23 +181,29 @@ def _image_png(driver) -> np.ndarray:
     url = driver.execute_script(
         "const img = document.getElementById('view'); const c = document.createElement('canvas');"
         "c.width = img.naturalWidth; c.height = img.naturalHeight; c.getContext('2d').drawImage(img, 0, 0);"
-        "return c.toDataURL('image/png');")
+        "return c.toDataURL('image/png');"
+    )
     png = base64.b64decode(url.split(",", 1)[1])
     return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
 
 
 def _set_range(driver, name: str, value: float) -> None:
-    driver.execute_script("const e = document.getElementById(arguments[0]); e.value = arguments[1];"
-                          "e.dispatchEvent(new Event('input'));", name, value)
+    driver.execute_script(
+        "const e = document.getElementById(arguments[0]); e.value = arguments[1];e.dispatchEvent(new Event('input'));",
+        name,
+        value,
+    )
 
 
 def test_the_page_shows_a_live_stream_and_tau_changes_the_segments(browser, model_dir, clip):
     live = LiveProcess(model_dir, clip)
     try:
-        browser.get(f"http://127.0.0.1:{live.port}/?token={live.token}")   # the URL the command prints
+        browser.get(f"http://127.0.0.1:{live.port}/?token={live.token}")  # the URL the command prints
         _wait(lambda: _count(browser) >= 2, what="the segment count on the page")
-        _wait(lambda: browser.execute_script("return document.getElementById('view').naturalWidth") == 256,
-              what="the MJPEG stream in the <img>")
+        _wait(
+            lambda: browser.execute_script("return document.getElementById('view').naturalWidth") == 256,
+            what="the MJPEG stream in the <img>",
+        )
         a = _image_png(browser)
         time.sleep(1.5)
         b = _image_png(browser)
@@ -204,7 +245,8 @@ def test_class_names_show_in_the_table_as_text_never_as_markup(browser, vocab_mo
         browser.get(f"http://127.0.0.1:{live.port}/?token={live.token}")
         # One script reads the whole table: rows are replaced at every update (no stale element).
         cells = lambda: browser.execute_script(  # noqa: E731
-            "return [...document.querySelectorAll('#segments tbody tr')].map(r => r.children[2].textContent)")
+            "return [...document.querySelectorAll('#segments tbody tr')].map(r => r.children[2].textContent)"
+        )
         names = _wait(lambda: (c := cells()) and all(c) and c, what="class names in the table")
         assert set(names) <= {"cat", "sofa", evil}
         assert all(s["name"] in {"cat", "sofa", evil} and 0 <= s["score"] <= 1 for s in _stats(live.port)["segments"])

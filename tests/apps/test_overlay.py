@@ -28,8 +28,8 @@ def _frame(h=24, w=32, seed=0) -> np.ndarray:
 
 def _labels(h=24, w=32) -> np.ndarray:
     labels = np.zeros((h, w), np.int32)
-    labels[:, w // 2:] = 1
-    labels[h // 2:, :] = 2
+    labels[:, w // 2 :] = 1
+    labels[h // 2 :, :] = 2
     return labels
 
 
@@ -77,13 +77,16 @@ def test_custom_colors():
         draw_overlay(frame, labels, colors=colors[:2])
 
 
-@pytest.mark.parametrize("labels, message", [
-    (np.zeros((12, 32), np.int32), "mask_labels"),
-    (np.zeros((24, 32), np.float32), "integer"),
-    (np.zeros((24, 32, 1), np.int32), r"\(H, W\)"),
-    (np.full((24, 32), -1, np.int32), "non-negative"),
-    (None, "None"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.zeros((12, 32), np.int32), "mask_labels"),
+        (np.zeros((24, 32), np.float32), "integer"),
+        (np.zeros((24, 32, 1), np.int32), r"\(H, W\)"),
+        (np.full((24, 32), -1, np.int32), "non-negative"),
+        (None, "None"),
+    ],
+)
 def test_bad_labels_are_refused(labels, message):
     with pytest.raises(DiffCutError, match=message):
         draw_overlay(_frame(), labels)
@@ -96,15 +99,19 @@ def test_every_frame_type_the_segmenter_accepts_gets_an_overlay():
     bgr = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
     gray = bgr[..., 1].copy()
     bgra = np.dstack([bgr, np.full((24, 32), 7, np.uint8)])
-    cases = [(gray, np.repeat(gray[..., None], 3, axis=2)), (bgra, bgr),
-             (bgr.astype(np.uint16) << 8, bgr), (bgr.astype(np.float32) / 255, bgr)]
+    cases = [
+        (gray, np.repeat(gray[..., None], 3, axis=2)),
+        (bgra, bgr),
+        (bgr.astype(np.uint16) << 8, bgr),
+        (bgr.astype(np.float32) / 255, bgr),
+    ]
     for frame, as_bgr in cases:
-        np.testing.assert_array_equal(draw_overlay(frame, _labels(), alpha=0.4),
-                                      draw_overlay(as_bgr, _labels(), alpha=0.4))
+        np.testing.assert_array_equal(
+            draw_overlay(frame, _labels(), alpha=0.4), draw_overlay(as_bgr, _labels(), alpha=0.4)
+        )
 
 
-@pytest.mark.parametrize("frame", [np.zeros((24, 32, 2), np.uint8), np.zeros((24, 32, 3), np.int64),
-                                   [[0, 1], [2, 3]]])
+@pytest.mark.parametrize("frame", [np.zeros((24, 32, 2), np.uint8), np.zeros((24, 32, 3), np.int64), [[0, 1], [2, 3]]])
 def test_bad_frames_are_refused(frame):
     with pytest.raises(DiffCutError):
         draw_overlay(frame, _labels())
@@ -123,8 +130,8 @@ def test_boundaries():
     edges = segment_boundaries(labels)
     # Exactly the pixels whose right or lower neighbour differs.
     expected = np.zeros((8, 8), bool)
-    expected[:4, 3] = True          # 0 | 1 in the top half
-    expected[3, :] = True           # top half above label 2
+    expected[:4, 3] = True  # 0 | 1 in the top half
+    expected[3, :] = True  # top half above label 2
     assert edges.dtype == bool
     np.testing.assert_array_equal(edges, expected)
     assert segment_boundaries(labels, thickness=3).sum() > edges.sum()
@@ -151,7 +158,7 @@ def test_text_fill_and_outline_line_up_on_this_opencv(scale, thickness):
     (fy0, fx0), (fy1, fx1) = fill.min(0), fill.max(0)
     (oy0, ox0), (oy1, ox1) = outline.min(0), outline.max(0)
     assert ox0 <= fx0 and fx1 <= ox1 and oy0 <= fy0 and fy1 <= oy1
-    assert (fx0 - ox0) <= 3 and (ox1 - fx1) <= 3          # the outline hugs the fill at both ends
+    assert (fx0 - ox0) <= 3 and (ox1 - fx1) <= 3  # the outline hugs the fill at both ends
     # Every fill pixel has outline within a stroke's width (no glyph left bare).
     from scipy.ndimage import distance_transform_edt
 
@@ -171,7 +178,7 @@ def test_the_hud_is_drawn_with_the_same_outlined_text():
 def test_the_largest_segment_can_stay_untinted():
     frame, labels = _frame(), _labels()
     largest = largest_segment(labels)
-    assert largest == 2   # the lower half
+    assert largest == 2  # the lower half
     drawn = draw_overlay(frame, labels, alpha=0.6, untinted=(largest,))
     keep = labels == largest
     assert np.array_equal(drawn[keep], frame[keep]) and not np.array_equal(drawn[~keep], frame[~keep])
@@ -180,7 +187,7 @@ def test_the_largest_segment_can_stay_untinted():
 
 def test_annotate_composes_colours_boundaries_and_name_chips():
     frame, labels = np.full((120, 160, 3), 90, np.uint8), np.zeros((120, 160), np.int32)
-    labels[20:100, 30:130] = 3                      # one object on a background
+    labels[20:100, 30:130] = 3  # one object on a background
     plain = annotate(frame, labels, (), OverlayStyle(boundaries=False))
     bounded = annotate(frame, labels, (), OverlayStyle(boundary_color=(0, 0, 255), boundary_thickness=1))
     edges = segment_boundaries(labels)
@@ -188,7 +195,7 @@ def test_annotate_composes_colours_boundaries_and_name_chips():
     named = annotate(frame, labels, [SegmentName(3, "cat", 0.9)], OverlayStyle(boundaries=False))
     changed = np.any(named != plain, axis=2)
     ys, xs = np.nonzero(changed)
-    assert changed.any() and (labels[ys, xs] == 3).all()       # the chip sits inside its segment
+    assert changed.any() and (labels[ys, xs] == 3).all()  # the chip sits inside its segment
     # Its swatch is the segment's palette colour: which name is which colour.
     assert (np.all(named == palette_color(3), axis=2) & changed).sum() >= 16
     untinted = annotate(frame, labels, [SegmentName(0, "wall")], OverlayStyle(tint_largest=False, names=False))

@@ -126,8 +126,8 @@ def test_auto_takes_a_keyframe_on_a_scene_cut_and_when_labels_grow_old():
     seg = FakeSegmenter()
     items = list(iter_segmented(cut.frames, seg, keyframes="auto"))
     keys = [i.index for i in items if i.keyframe]
-    assert keys[0] == 0 and 8 in keys, keys   # the cut is at frame 8
-    assert len(keys) <= 4, keys               # a slow pan within a scene needs few keyframes
+    assert keys[0] == 0 and 8 in keys, keys  # the cut is at frame 8
+    assert len(keys) <= 4, keys  # a slow pan within a scene needs few keyframes
     from diffcut_edge.apps.propagation import KeyframePolicy
 
     pan = make_clip("pan", 12, (160, 120), seed=2).frames
@@ -151,13 +151,13 @@ def test_realtime_never_waits_for_the_encoder_after_the_first_keyframe():
     for item in iter_segmented(frames, seg, keyframes="auto", realtime=True, pace_fps=40.0):
         stamps.append(time.perf_counter())
         items.append(item)
-    assert [i.index for i in items] == list(range(40))   # every frame, none queued or lost
+    assert [i.index for i in items] == list(range(40))  # every frame, none queued or lost
     gaps = np.diff(stamps)
-    assert gaps.max() < 0.2, gaps.max()                  # never a 0.25 s encoder call inside the loop
+    assert gaps.max() < 0.2, gaps.max()  # never a 0.25 s encoder call inside the loop
     assert 2 <= seg.encode_calls < 10
     assert items[0].keyframe and not any(i.keyframe for i in items[1:])
     ages = [i.age_frames for i in items[1:]]
-    assert max(ages) >= 2 and ages[-1] < max(ages)         # labels age, then a newer keyframe arrives
+    assert max(ages) >= 2 and ages[-1] < max(ages)  # labels age, then a newer keyframe arrives
     assert all(i.encoder_fps is not None for i in items)
 
 
@@ -165,10 +165,10 @@ def test_realtime_paces_a_file_and_drops_what_it_is_too_late_for():
     frames = make_clip("pan", 30, (160, 120), seed=4).frames
     start = time.perf_counter()
     items = list(iter_segmented(frames, FakeSegmenter(), keyframes="every:5", realtime=True, pace_fps=100.0))
-    assert time.perf_counter() - start >= 0.25           # 30 frames at 100 fps: released at their times
+    assert time.perf_counter() - start >= 0.25  # 30 frames at 100 fps: released at their times
     assert [i.index for i in items] == sorted({i.index for i in items})
 
-    def slow_frames():   # a source that stalls once for longer than LATE_S: the frames it is late for are dropped
+    def slow_frames():  # a source that stalls once for longer than LATE_S: the frames it is late for are dropped
         for i, f in enumerate(frames):
             if i == 5:
                 time.sleep(LATE_S + 0.15)
@@ -223,7 +223,7 @@ def test_propagation_keeps_the_planted_segmentation_and_is_steadier(colour_dir):
     with Segmenter.from_model_dir(colour_dir, backend="ort-cpu") as seg:
         per_frame = _quality(list(iter_segmented(pan.frames, seg, keyframes="every:1")), pan)
         carried = _quality(list(iter_segmented(pan.frames, seg, keyframes="every:4")), pan)
-    assert per_frame[0] > 0.8, per_frame     # the planted encoder does segment the shapes
+    assert per_frame[0] > 0.8, per_frame  # the planted encoder does segment the shapes
     assert carried[0] > per_frame[0] - 0.03, (carried, per_frame)
     assert carried[1] > per_frame[1], (carried, per_frame)
 
@@ -246,13 +246,16 @@ def test_realtime_runs_diffcut_in_a_worker_process_with_the_same_answer(colour_d
         first = seg(frames[0])
         items = list(iter_segmented(frames, seg, keyframes="auto", realtime=True, pace_fps=24.0))
     assert [i.index for i in items] == list(range(24))
-    np.testing.assert_array_equal(items[0].result.labels, first.labels)   # the worker's DiffCut is ours
+    np.testing.assert_array_equal(items[0].result.labels, first.labels)  # the worker's DiffCut is ours
     assert items[-1].encoder_fps > 0
     # The realtime loop's own process need not load the model: a RemoteSegmenter carries the spec only.
     remote = RemoteSegmenter(SegmenterSpec(colour_dir, backend="ort-cpu"))
-    remote.update_options(tau=0.0)   # options travel with each frame: tau 0 keeps no cut
+    remote.update_options(tau=0.0)  # options travel with each frame: tau 0 keeps no cut
     items = list(iter_segmented(frames[:6], remote, keyframes="auto", realtime=True))
     assert items[0].result.num_segments == 1
-    with pytest.raises(DiffCutError, match="does not exist"):   # the worker's error, in the caller's thread
-        list(iter_segmented(frames[:2], RemoteSegmenter(SegmenterSpec(tmp_path / "nowhere")), keyframes="auto",
-                            realtime=True))
+    with pytest.raises(DiffCutError, match="does not exist"):  # the worker's error, in the caller's thread
+        list(
+            iter_segmented(
+                frames[:2], RemoteSegmenter(SegmenterSpec(tmp_path / "nowhere")), keyframes="auto", realtime=True
+            )
+        )

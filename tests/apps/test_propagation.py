@@ -41,9 +41,9 @@ def _textured(seed: int, shape=(120, 160)) -> np.ndarray:
 
 def test_flow_follows_a_shift_and_flags_what_came_from_outside():
     frame = _textured(0)
-    shifted = np.roll(frame, 4, axis=1)   # content moves 4 px right
+    shifted = np.roll(frame, 4, axis=1)  # content moves 4 px right
     est = MotionEstimator(width=160)
-    assert est(frame) is None             # nothing to compare the first frame with
+    assert est(frame) is None  # nothing to compare the first frame with
     motion = est(shifted)
     inner = motion.backward[10:-10, 20:-20]
     assert np.median(inner[..., 0]) == pytest.approx(-4.0, abs=0.5)
@@ -60,20 +60,20 @@ def test_labels_move_with_the_flow_and_unknown_pixels_are_marked():
     est(frame)
     motion = est(shifted)
     labels = np.zeros((60, 80), np.int32)
-    labels[:, 40:] = 1                     # the boundary at column 40 of 80
+    labels[:, 40:] = 1  # the boundary at column 40 of 80
     warped = warp_labels(labels, motion)
     moved = (warped[20:40] == 1).argmax(axis=1)
-    assert np.median(moved) == pytest.approx(44, abs=1)   # 8 px of 160 = 4 px of 80
-    assert (warped == -1).any()            # the wrapped-around strip has no consistent flow
+    assert np.median(moved) == pytest.approx(44, abs=1)  # 8 px of 160 = 4 px of 80
+    assert (warped == -1).any()  # the wrapped-around strip has no consistent flow
 
 
 def test_refine_fills_holes_along_colour_and_fill_reaches_the_rest():
     image = np.zeros((32, 32, 3), np.float32)
-    image[:, 16:] = 1.0                    # two colours, the edge at column 16
+    image[:, 16:] = 1.0  # two colours, the edge at column 16
     labels = np.zeros((32, 32), np.int32)
     labels[:, 16:] = 1
     holed = labels.copy()
-    holed[:, 12:20] = -1                   # nothing carried around the edge
+    holed[:, 12:20] = -1  # nothing carried around the edge
     refined = refine_labels(image, holed, iterations=10, dilations=(1, 2, 4))
     assert (refined[:, 2:14] == 0).all() and (refined[:, 18:30] == 1).all()
     assert (fill_unlabelled(refined) >= 0).all()

@@ -20,10 +20,10 @@ def test_ids_follow_segments_through_reordering_noise_and_absence():
     dirs = _directions(6, 64, rng)
     tracker = SegmentTracker(min_similarity=0.8, max_age=3)
     first = tracker.update(dirs[:4])
-    identity = dict(zip(range(4), first.tolist()))          # segment (true object) -> id
+    identity = dict(zip(range(4), first.tolist()))  # segment (true object) -> id
     for frame in range(8):
-        present = [0, 1, 3] if frame in (2, 3) else [0, 1, 2, 3]   # object 2 hidden for two frames
-        order = rng.permutation(present)                           # NCut numbers segments afresh
+        present = [0, 1, 3] if frame in (2, 3) else [0, 1, 2, 3]  # object 2 hidden for two frames
+        order = rng.permutation(present)  # NCut numbers segments afresh
         noisy = dirs[order] + 0.05 * rng.standard_normal((len(order), 64)).astype(np.float32)
         ids = tracker.update(noisy)
         assert [identity[o] for o in order] == ids.tolist(), f"frame {frame}"
@@ -35,10 +35,10 @@ def test_new_segments_get_new_ids_and_lost_tracks_expire():
     dirs = _directions(5, 32, rng)
     tracker = SegmentTracker(min_similarity=0.8, max_age=1)
     a = tracker.update(dirs[:2])
-    b = tracker.update(dirs[[0, 1, 4]])          # object 4 appears
+    b = tracker.update(dirs[[0, 1, 4]])  # object 4 appears
     assert b[:2].tolist() == a.tolist() and b[2] not in a
     tracker.update(dirs[[4]])
-    tracker.update(dirs[[4]])                    # objects 0, 1 unseen for 2 frames > max_age
+    tracker.update(dirs[[4]])  # objects 0, 1 unseen for 2 frames > max_age
     c = tracker.update(dirs[[0]])
     assert c[0] not in a and c[0] not in b
 
@@ -73,6 +73,7 @@ def _shift(features: np.ndarray, grid: tuple[int, int], dy: int, dx: int) -> np.
 @pytest.mark.parametrize("name", ["blobs-k5-s1", "img-chelsea-k4"])
 def test_planted_regions_moving_keep_their_ids_through_runtime_ncut(name):
     from diffcut_edge.runtime import assign, ncut
+
     case = load_planted(name)
     grid = case["grid"]
     rng = np.random.default_rng(3)

@@ -114,8 +114,14 @@ def test_live_source_reconnects_with_exponential_backoff_then_gives_up():
         return item
 
     sleeps: list[float] = []
-    reader = FrameReader(SourceSpec("rtsp://cam", live=True), retries=3, backoff_s=0.5, opener=opener,
-                         sleep=sleeps.append, warn=lambda m: None)
+    reader = FrameReader(
+        SourceSpec("rtsp://cam", live=True),
+        retries=3,
+        backoff_s=0.5,
+        opener=opener,
+        sleep=sleeps.append,
+        warn=lambda m: None,
+    )
     frames = []
     with pytest.raises(DiffCutError, match="3 reconnection attempts failed"):
         for frame in reader:
@@ -184,8 +190,7 @@ def test_first_connection_to_a_stream_backs_off_like_a_reconnection():
         raise DiffCutError("connection refused")
 
     with pytest.raises(DiffCutError, match="could not connect in 3 attempts"):
-        FrameReader("rtsp://cam:554/live", retries=2, opener=always_refused, sleep=sleeps.append,
-                    warn=warnings.append)
+        FrameReader("rtsp://cam:554/live", retries=2, opener=always_refused, sleep=sleeps.append, warn=warnings.append)
 
 
 def test_jetson_sources_become_the_pipelines_jetson_boards_use():
@@ -194,16 +199,21 @@ def test_jetson_sources_become_the_pipelines_jetson_boards_use():
     csi = parse_source("csi://1?width=1920&height=1080&fps=60&flip=2")
     assert csi.live and csi.api == "gstreamer"
     assert csi.target == csi_pipeline(1, 1920, 1080, 60, 2)
-    assert csi.target.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM), width=1920, height=1080, "
-                                 "framerate=60/1")
+    assert csi.target.startswith(
+        "nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM), width=1920, height=1080, framerate=60/1"
+    )
     assert "nvvidconv flip-method=2" in csi.target and csi.target.endswith("appsink drop=true max-buffers=1")
     assert parse_source("csi://0").target == csi_pipeline(0, 1280, 720, 30, 0)
     assert parse_source("v4l2:///dev/video2") == SourceSpec("/dev/video2", live=True, api="v4l2")
     raw = "videotestsrc ! videoconvert ! appsink"
     assert parse_source(raw) == SourceSpec(raw, live=True, api="gstreamer")
-    for bad, message in [("csi://0?exposure=3", "unknown CSI camera setting"), ("csi://0?fps=0", "fps must be"),
-                         ("csi://0?flip=9", "from 0 to 7"), ("csi://left", "sensor number"),
-                         ("v4l2://video0", "v4l2:///dev/videoN")]:
+    for bad, message in [
+        ("csi://0?exposure=3", "unknown CSI camera setting"),
+        ("csi://0?fps=0", "fps must be"),
+        ("csi://0?flip=9", "from 0 to 7"),
+        ("csi://left", "sensor number"),
+        ("v4l2://video0", "v4l2:///dev/videoN"),
+    ]:
         with pytest.raises(DiffCutError, match=message):
             parse_source(bad)
 

@@ -61,8 +61,7 @@ def test_bench_table_names_device_backend_and_stages(capsys, toy_dir, tmp_path):
 
     image = tmp_path / "frame.png"
     cv2.imwrite(str(image), bench.synthetic_image(96, 128))
-    assert cli.main(["bench", "--model-dir", str(toy_dir), "--iters", "1", "--warmup", "0",
-                     "--image", str(image)]) == 0
+    assert cli.main(["bench", "--model-dir", str(toy_dir), "--iters", "1", "--warmup", "0", "--image", str(image)]) == 0
     out = capsys.readouterr().out
     assert "device" in out and "backend" in out and "frames/s" in out and str(image) in out
     assert all(stage in out for stage in bench.STAGES)
@@ -70,8 +69,24 @@ def test_bench_table_names_device_backend_and_stages(capsys, toy_dir, tmp_path):
 
 def test_eval_on_the_toy_model_writes_results(capsys, toy_dir, voc_root, tmp_path):
     out = tmp_path / "results.json"
-    assert cli.main(["eval", "--dataset", "voc", "--root", str(voc_root), "--model-dir", str(toy_dir),
-                     "--out", str(out), "--refine", "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--dataset",
+                "voc",
+                "--root",
+                str(voc_root),
+                "--model-dir",
+                str(toy_dir),
+                "--out",
+                str(out),
+                "--refine",
+                "-q",
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     from diffcut_edge.eval import protocol
 
@@ -88,8 +103,10 @@ def test_eval_errors_are_one_line_and_actionable(capsys, voc_root, tmp_path):
     assert "--model-dir" in capsys.readouterr().err
     assert cli.main(["eval", "--dataset", "voc", "--root", str(voc_root), "--reference"]) == cli.EXIT_ERROR
     assert "--model" in capsys.readouterr().err
-    assert cli.main(["eval", "--dataset", "ade20k", "--root", str(tmp_path), "--model-dir", str(tmp_path)]) \
+    assert (
+        cli.main(["eval", "--dataset", "ade20k", "--root", str(tmp_path), "--model-dir", str(tmp_path)])
         == cli.EXIT_ERROR
+    )
 
 
 def test_cli_dataset_choices_are_the_library_table():
@@ -106,8 +123,23 @@ def test_bench_and_eval_on_the_tiny_export(capsys, tiny_model_dir, voc_root, tmp
     data = _bench_json(capsys, model_dir)
     assert data["model"]["family"] == "sdxl" and data["total"]["median_ms"] > 0
     out = tmp_path / "results.json"
-    assert cli.main(["eval", "--dataset", "voc", "--root", str(voc_root), "--model-dir", str(model_dir),
-                     "--out", str(out), "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--dataset",
+                "voc",
+                "--root",
+                str(voc_root),
+                "--model-dir",
+                str(model_dir),
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert data["num_images"] == 2 and data["miou"] == pytest.approx(_mean_iou(data))
     assert data["settings"]["model"]["family"] == "sdxl"
@@ -122,8 +154,27 @@ def test_eval_reference_agrees_with_the_engine(capsys, tiny_pipeline_dir, tiny_m
     scores = {}
     for name, extra in {"engine": [], "reference": ["--reference", "--model", str(tiny_pipeline_dir("sdxl"))]}.items():
         out = tmp_path / f"{name}.json"
-        assert cli.main(["eval", "--dataset", "voc", "--root", str(voc_root), "--model-dir", str(model_dir),
-                         "--limit", "2", "--refine", "--out", str(out), "-q", *extra]) == 0
+        assert (
+            cli.main(
+                [
+                    "eval",
+                    "--dataset",
+                    "voc",
+                    "--root",
+                    str(voc_root),
+                    "--model-dir",
+                    str(model_dir),
+                    "--limit",
+                    "2",
+                    "--refine",
+                    "--out",
+                    str(out),
+                    "-q",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         scores[name] = json.loads(out.read_text())
     ref = scores["reference"]
     assert ref["settings"]["backend"] == "reference" and ref["settings"]["resolution"] == 256

@@ -16,8 +16,20 @@ pytest.importorskip("onnx")
 
 def test_cli_export_writes_a_verified_model_folder(tiny_pipeline_dir, tmp_path, capsys):
     out = tmp_path / "model"
-    code = cli.main(["export", "--model", str(tiny_pipeline_dir("sd1")), "--out", str(out),
-                     "--resolution", "128", "--precision", "fp32", "--no-progress"])
+    code = cli.main(
+        [
+            "export",
+            "--model",
+            str(tiny_pipeline_dir("sd1")),
+            "--out",
+            str(out),
+            "--resolution",
+            "128",
+            "--precision",
+            "fp32",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     from diffcut_edge.lazy import tensorrt
@@ -29,8 +41,21 @@ def test_cli_export_writes_a_verified_model_folder(tiny_pipeline_dir, tmp_path, 
     assert (manifest.family, manifest.resolution, manifest.grid) == ("sd1", 128, (4, 4))
     verify_files(out, manifest)
     # Exporting again into the same folder needs --force.
-    assert cli.main(["export", "--model", str(tiny_pipeline_dir("sd1")), "--out", str(out),
-                     "--resolution", "128", "--no-progress"]) == cli.EXIT_ERROR
+    assert (
+        cli.main(
+            [
+                "export",
+                "--model",
+                str(tiny_pipeline_dir("sd1")),
+                "--out",
+                str(out),
+                "--resolution",
+                "128",
+                "--no-progress",
+            ]
+        )
+        == cli.EXIT_ERROR
+    )
     assert "--force" in capsys.readouterr().err
 
 
@@ -43,8 +68,9 @@ def test_cli_export_rejects_a_bad_resolution(tmp_path, capsys):
 
 
 def test_cli_verify_passes_on_sample_photos(tiny_pipeline_dir, tiny_model_dir, capsys):
-    code = cli.main(["verify", "--model", str(tiny_pipeline_dir("sdxl")),
-                     "--model-dir", str(tiny_model_dir("sdxl", 256, "fp32"))])
+    code = cli.main(
+        ["verify", "--model", str(tiny_pipeline_dir("sdxl")), "--model-dir", str(tiny_model_dir("sdxl", 256, "fp32"))]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     rows = [line for line in out.splitlines() if line.endswith(" ok")]
@@ -60,15 +86,25 @@ def test_cli_verify_fails_below_the_thresholds(tiny_pipeline_dir, tiny_model_dir
     cv2.imwrite(str(image), cv2.cvtColor((photo_batch(200, 1)[0] * 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
     # Demand a relative error no float32 graph reaches: the verb must then exit non-zero.
     monkeypatch.setitem(verify.THRESHOLDS, "fp32", (1e-12, 0.9999))
-    code = cli.main(["verify", "--model", str(tiny_pipeline_dir("sd1")), "--no-labels",
-                     "--model-dir", str(tiny_model_dir("sd1", 256, "fp32")), str(image)])
+    code = cli.main(
+        [
+            "verify",
+            "--model",
+            str(tiny_pipeline_dir("sd1")),
+            "--no-labels",
+            "--model-dir",
+            str(tiny_model_dir("sd1", 256, "fp32")),
+            str(image),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == cli.EXIT_ERROR
     assert "photo.png" in out and "FAIL" in out and "verify: FAILED\nnext: re-export the folder" in out
 
 
 def test_cli_verify_refuses_a_folder_from_another_family(tiny_pipeline_dir, tiny_model_dir, capsys):
-    code = cli.main(["verify", "--model", str(tiny_pipeline_dir("sd1")),
-                     "--model-dir", str(tiny_model_dir("sdxl", 256, "fp32"))])
+    code = cli.main(
+        ["verify", "--model", str(tiny_pipeline_dir("sd1")), "--model-dir", str(tiny_model_dir("sdxl", 256, "fp32"))]
+    )
     assert code == cli.EXIT_ERROR
     assert "exported from" in capsys.readouterr().err

@@ -16,8 +16,11 @@ def _commands(parser: argparse.ArgumentParser, path: str = "diffcut-edge"):
 
 
 def _leaves():
-    return [(path, p) for path, p in _commands(build_parser())
-            if not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)]
+    return [
+        (path, p)
+        for path, p in _commands(build_parser())
+        if not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)
+    ]
 
 
 def test_every_command_has_a_description():
@@ -26,12 +29,15 @@ def test_every_command_has_a_description():
 
 
 def test_every_option_with_a_default_names_it_in_its_help():
-    flags_only = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction,
-                  argparse._VersionAction)
+    flags_only = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction, argparse._VersionAction)
     missing = []
     for path, parser in _leaves():
         for action in parser._actions:
-            if isinstance(action, flags_only) or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            if (
+                isinstance(action, flags_only)
+                or action.default in (None, argparse.SUPPRESS)
+                or not action.option_strings
+            ):
                 continue
             if "default" not in (action.help or "").lower():
                 missing.append(f"{path} {action.option_strings[-1]} (default {action.default!r})")
@@ -39,6 +45,10 @@ def test_every_option_with_a_default_names_it_in_its_help():
 
 
 def test_every_option_and_argument_has_help():
-    missing = [f"{path} {a.option_strings[-1] if a.option_strings else a.dest}" for path, parser in _leaves()
-               for a in parser._actions if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    missing = [
+        f"{path} {a.option_strings[-1] if a.option_strings else a.dest}"
+        for path, parser in _leaves()
+        for a in parser._actions
+        if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()
+    ]
     assert missing == []

@@ -28,8 +28,9 @@ def _segments(out, stem):
 
 def test_segment_writes_the_classes_of_every_segment(model, photo_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    code, stdout, err = run_cli(["segment", str(photo_dir), "--model-dir", str(model), "--out", str(out),
-                                 "--backend", "ort-cpu"], capsys)
+    code, stdout, err = run_cli(
+        ["segment", str(photo_dir), "--model-dir", str(model), "--out", str(out), "--backend", "ort-cpu"], capsys
+    )
     assert code == 0, err
     for png in sorted(photo_dir.glob("*.png")):
         doc = _segments(out, png.stem)
@@ -45,9 +46,23 @@ def test_segment_writes_the_classes_of_every_segment(model, photo_dir, tmp_path,
 def test_classes_at_run_time_and_names_on_the_overlay(model, photo_dir, tmp_path, capsys):
     image = sorted(photo_dir.glob("*.png"))[0]
     typed = tmp_path / "typed"
-    code, stdout, err = run_cli(["segment", str(image), "--model-dir", str(model), "--out", str(typed),
-                                 "--backend", "ort-cpu", "--classes", "cat, sofa, window",
-                                 "--overlay-format", "png"], capsys)
+    code, stdout, err = run_cli(
+        [
+            "segment",
+            str(image),
+            "--model-dir",
+            str(model),
+            "--out",
+            str(typed),
+            "--backend",
+            "ort-cpu",
+            "--classes",
+            "cat, sofa, window",
+            "--overlay-format",
+            "png",
+        ],
+        capsys,
+    )
     assert code == 0, err
     doc = _segments(typed, image.stem)
     assert doc["vocabulary"] == "run-time" and doc["num_classes"] == 3
@@ -67,15 +82,27 @@ def test_classes_at_run_time_and_names_on_the_overlay(model, photo_dir, tmp_path
 @pytest.mark.parametrize("classes, message", [("", "empty name"), ("cat, Cat", "repeats class 1")])
 def test_bad_classes_are_one_line(model, photo_dir, tmp_path, capsys, classes, message):
     out = tmp_path / "out"
-    code, _, err = run_cli(["segment", str(photo_dir), "--model-dir", str(model), "--out", str(out),
-                            "--classes", classes], capsys)
+    code, _, err = run_cli(
+        ["segment", str(photo_dir), "--model-dir", str(model), "--out", str(out), "--classes", classes], capsys
+    )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 
 def test_classes_without_a_vocabulary_say_what_to_do(tiny_model_dir, photo_dir, tmp_path, capsys):
-    code, _, err = run_cli(["segment", str(photo_dir), "--model-dir", str(tiny_model_dir("sdxl", 256, "fp32")),
-                            "--out", str(tmp_path / "o"), "--classes", "cat"], capsys)
+    code, _, err = run_cli(
+        [
+            "segment",
+            str(photo_dir),
+            "--model-dir",
+            str(tiny_model_dir("sdxl", 256, "fp32")),
+            "--out",
+            str(tmp_path / "o"),
+            "--classes",
+            "cat",
+        ],
+        capsys,
+    )
     assert code == 2 and "export-vocab" in err and len(err.strip().splitlines()) == 1
 
 
@@ -85,14 +112,27 @@ def test_export_vocab_cli_and_a_bad_file_writes_nothing(model, tiny_clip_dir, tm
     before = (folder / "manifest.json").read_bytes()
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("chat\nfen\xeatre\n".encode("latin-1"))
-    code, _, err = run_cli(["export-vocab", "--model-dir", str(folder), "--clip", f"local-dir:{tiny_clip_dir}",
-                            "--vocab", str(bad)], capsys)
+    code, _, err = run_cli(
+        ["export-vocab", "--model-dir", str(folder), "--clip", f"local-dir:{tiny_clip_dir}", "--vocab", str(bad)],
+        capsys,
+    )
     assert code == 2 and "not UTF-8 text" in err and len(err.strip().splitlines()) == 1
     assert (folder / "manifest.json").read_bytes() == before
     good = tmp_path / "mine.txt"
     good.write_text("chat, cat\nfenêtre, window\n", encoding="utf-8")
-    code, stdout, err = run_cli(["export-vocab", "--model-dir", str(folder), "--clip", f"local-dir:{tiny_clip_dir}",
-                                 "--vocab", str(good), "-q"], capsys)
+    code, stdout, err = run_cli(
+        [
+            "export-vocab",
+            "--model-dir",
+            str(folder),
+            "--clip",
+            f"local-dir:{tiny_clip_dir}",
+            "--vocab",
+            str(good),
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "added the vocabulary mine.txt (2 classes" in stdout
     code, _, err = run_cli(["export-vocab", "--model-dir", str(folder), "--clip", "local-dir:/no/such/clip"], capsys)
@@ -131,7 +171,7 @@ def test_ten_thousand_classes_typed_at_run_time(model, photo_dir):
     labeler.bank = bank
     frame = image_io.read_image(sorted(photo_dir.glob("*.png"))[0])
     labels = np.zeros(frame.shape[:2], np.int32)
-    labels[:, frame.shape[1] // 2:] = 1
+    labels[:, frame.shape[1] // 2 :] = 1
     named = labeler.label(preprocess([frame], 256), labels)
     assert [s.id for s in named] == [0, 1] and all(s.class_name.startswith("object number") for s in named)
 
@@ -159,8 +199,23 @@ def test_video_frames_are_named_and_the_overlay_shows_it(model, photos):
 
 # ------------------------------------------------------------------ eval --open-vocab
 def _eval_open_vocab(capsys, root, dataset, out, *extra):
-    code, stdout, err = run_cli(["eval", "--dataset", dataset, "--root", str(root), "--open-vocab",
-                                 "--mask-size", "128", "--out", str(out), "-q", *extra], capsys)
+    code, stdout, err = run_cli(
+        [
+            "eval",
+            "--dataset",
+            dataset,
+            "--root",
+            str(root),
+            "--open-vocab",
+            "--mask-size",
+            "128",
+            "--out",
+            str(out),
+            "-q",
+            *extra,
+        ],
+        capsys,
+    )
     assert code == 0, err
     return json.loads(out.read_text()), stdout
 
@@ -172,8 +227,9 @@ def test_eval_open_vocab_engine_agrees_with_the_reference(model, tiny_pipeline_d
     from helpers.eval_fixtures import write_dataset
 
     root = write_dataset("voc", tmp_path / "voc", n_images=2)
-    engine, stdout = _eval_open_vocab(capsys, root, "voc", tmp_path / "engine.json", "--model-dir", str(model),
-                                      "--backend", "ort-cpu")
+    engine, stdout = _eval_open_vocab(
+        capsys, root, "voc", tmp_path / "engine.json", "--model-dir", str(model), "--backend", "ort-cpu"
+    )
     assert "voc: mIoU" in stdout and "dataset mIoU" in stdout
     settings = engine["settings"]
     assert settings["protocol"] == "open-vocabulary" and settings["refine"] is True
@@ -181,8 +237,17 @@ def test_eval_open_vocab_engine_agrees_with_the_reference(model, tiny_pipeline_d
     assert settings["mask_size"] == [128, 128] and settings["resolution"] == 256
     assert set(engine["per_class_iou"]) == set(load_vocabulary("voc").class_names)
     assert 0.0 <= engine["miou"] <= 1.0 and engine["dataset_miou"] is not None
-    reference, _ = _eval_open_vocab(capsys, root, "voc", tmp_path / "reference.json", "--model-dir", str(model),
-                                    "--reference", "--model", str(tiny_pipeline_dir("sdxl")))
+    reference, _ = _eval_open_vocab(
+        capsys,
+        root,
+        "voc",
+        tmp_path / "reference.json",
+        "--model-dir",
+        str(model),
+        "--reference",
+        "--model",
+        str(tiny_pipeline_dir("sdxl")),
+    )
     assert reference["settings"]["backend"] == "reference" and reference["settings"]["clip"] == settings["clip"]
     # The random tiny CLIP names few segments right, so the class maps themselves are compared in
     # tests/eval/test_open_vocab.py; here the two command paths must report alike.
@@ -195,8 +260,19 @@ def test_eval_open_vocab_embeds_another_dataset_vocabulary_without_torch(model, 
     from helpers.eval_fixtures import write_dataset
 
     root = write_dataset("context", tmp_path / "ctx", n_images=3)
-    data, _ = _eval_open_vocab(capsys, root, "context", tmp_path / "ctx.json", "--model-dir", str(model),
-                               "--backend", "ort-cpu", "--no-refine", "--batch", "2")
+    data, _ = _eval_open_vocab(
+        capsys,
+        root,
+        "context",
+        tmp_path / "ctx.json",
+        "--model-dir",
+        str(model),
+        "--backend",
+        "ort-cpu",
+        "--no-refine",
+        "--batch",
+        "2",
+    )
     assert data["settings"]["text_bank"] == "embedded now with the folder's text tower"
     assert data["settings"]["refine"] is False and data["settings"]["pamr"] is None
     assert len(data["per_class_iou"]) == 60 and data["num_images"] == 3
@@ -211,14 +287,45 @@ def test_eval_open_vocab_bad_input_is_one_line(model, vocab_model_dir, tiny_mode
     small = tmp_path / "small.txt"
     small.write_text("background\ncat\n", encoding="utf-8")
     cases = {
-        "covers voc, context, coco-object": ["--dataset", "ade20k", "--root", str(root), "--open-vocab",
-                                             "--model-dir", str(model)],
-        "has 2 classes; voc scores 21": ["--dataset", "voc", "--root", str(root), "--open-vocab",
-                                         "--model-dir", str(model), "--vocab", str(small)],
-        "export-vocab": ["--dataset", "voc", "--root", str(root), "--open-vocab",
-                         "--model-dir", str(tiny_model_dir("sdxl"))],
-        "--mask-size goes with --open-vocab": ["--dataset", "voc", "--root", str(root), "--model-dir", str(model),
-                                               "--mask-size", "64"],
+        "covers voc, context, coco-object": [
+            "--dataset",
+            "ade20k",
+            "--root",
+            str(root),
+            "--open-vocab",
+            "--model-dir",
+            str(model),
+        ],
+        "has 2 classes; voc scores 21": [
+            "--dataset",
+            "voc",
+            "--root",
+            str(root),
+            "--open-vocab",
+            "--model-dir",
+            str(model),
+            "--vocab",
+            str(small),
+        ],
+        "export-vocab": [
+            "--dataset",
+            "voc",
+            "--root",
+            str(root),
+            "--open-vocab",
+            "--model-dir",
+            str(tiny_model_dir("sdxl")),
+        ],
+        "--mask-size goes with --open-vocab": [
+            "--dataset",
+            "voc",
+            "--root",
+            str(root),
+            "--model-dir",
+            str(model),
+            "--mask-size",
+            "64",
+        ],
     }
     for needle, argv in cases.items():
         code, _, err = run_cli(["eval", *argv, "--out", str(tmp_path / "r.json")], capsys)

@@ -52,8 +52,9 @@ def test_folder_with_broken_and_non_images_warns_and_processes_the_rest(cli_fake
     stdout, err = capsys.readouterr()
     lines = err.splitlines()
     assert code == 2
-    assert lines[0] == ("diffcut-edge segment: warning: skipped 1 file(s) that are not images or are outputs: "
-                        "README.txt")
+    assert lines[0] == (
+        "diffcut-edge segment: warning: skipped 1 file(s) that are not images or are outputs: README.txt"
+    )
     assert sum(line.startswith("diffcut-edge segment: warning:") for line in lines) == 4  # 1 non-image + 3 broken
     assert any("zero.png: the file is empty" in line for line in lines)
     assert any("cut.jpg: the file is truncated" in line for line in lines)
@@ -84,8 +85,10 @@ def test_a_10000_pixel_square_image_does_not_blow_memory(tmp_path):
     image[:, :3000, 1] = 200
     assert cv2.imwrite(str(big), image)
     del image
-    proc = run_fresh_process(["segment", str(big), "--model-dir", "m", "--out", str(tmp_path / "o"),
-                              "--overlay-format", "none", "-q"], tmp_path)
+    proc = run_fresh_process(
+        ["segment", str(big), "--model-dir", "m", "--out", str(tmp_path / "o"), "--overlay-format", "none", "-q"],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6  # kB on Linux
     # Frame 0.3 GB + int32 labels 0.4 GB + their uint16 copy 0.2 GB: about 1 GB with no stray copies.
@@ -101,9 +104,21 @@ def model_dir(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "encoder.onnx").write_bytes(b"\x08\x07" + bytes(200))
-    write_manifest(folder, Manifest(model_id="tiny", family="sdxl", resolution=256, grid=(8, 8), channels=64,
-                                    precision="fp32", timestep=50, noise_seed=42, opset=18,
-                                    files_sha256={"encoder.onnx": sha256_file(folder / "encoder.onnx")}))
+    write_manifest(
+        folder,
+        Manifest(
+            model_id="tiny",
+            family="sdxl",
+            resolution=256,
+            grid=(8, 8),
+            channels=64,
+            precision="fp32",
+            timestep=50,
+            noise_seed=42,
+            opset=18,
+            files_sha256={"encoder.onnx": sha256_file(folder / "encoder.onnx")},
+        ),
+    )
     return folder
 
 
@@ -114,14 +129,17 @@ def _segment_with_model(folder, tmp_path, capsys, *extra):
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no-folder", "does not exist"),
-    ("no-manifest", "has no manifest.json"),
-    ("missing-onnx", "is missing"),
-    ("tampered-onnx", "does not match its manifest"),
-    ("newer-format", "newer than this diffcut-edge understands"),
-    ("not-onnx", "could not load"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no-folder", "does not exist"),
+        ("no-manifest", "has no manifest.json"),
+        ("missing-onnx", "is missing"),
+        ("tampered-onnx", "does not match its manifest"),
+        ("newer-format", "newer than this diffcut-edge understands"),
+        ("not-onnx", "could not load"),
+    ],
+)
 def test_broken_model_folders_are_one_line_errors(model_dir, tmp_path, capsys, case, message):
     import json
 
@@ -152,9 +170,15 @@ def test_engine_that_is_not_an_engine_without_tensorrt(model_dir, tmp_path, caps
     from diffcut_edge.runtime.manifest import read_manifest
 
     manifest = read_manifest(model_dir)
-    manifest.engines.append(EngineRecord(file="encoder.h100.trt10.plan", gpu_name="NVIDIA H100 80GB HBM3",
-                                         compute_capability="9.0", tensorrt_version="10.3.0",
-                                         batch_profile=(1, 1, 4)))
+    manifest.engines.append(
+        EngineRecord(
+            file="encoder.h100.trt10.plan",
+            gpu_name="NVIDIA H100 80GB HBM3",
+            compute_capability="9.0",
+            tensorrt_version="10.3.0",
+            batch_profile=(1, 1, 4),
+        )
+    )
     write_manifest(model_dir, manifest)
     code, err = _segment_with_model(model_dir, tmp_path, capsys, "--backend", "tensorrt")
     assert code == 2 and err.count("\n") == 1 and "pip install 'diffcut-edge[trt]'" in err, err
@@ -166,8 +190,19 @@ def test_real_segmenter_on_gray_rgba_16bit_and_one_pixel_images(tiny_model_dir, 
     src, out = tmp_path / "in", tmp_path / "out"
     _write_cases(src, photo)
     files = [str(src / n) for n in ("gray.png", "rgba.png", "deep.png", "one.png")]
-    code = cli.main(["segment", *files, "--model-dir", str(tiny_model_dir("sdxl", 256)), "--out", str(out),
-                     "--backend", "ort-cpu", "-q"])
+    code = cli.main(
+        [
+            "segment",
+            *files,
+            "--model-dir",
+            str(tiny_model_dir("sdxl", 256)),
+            "--out",
+            str(out),
+            "--backend",
+            "ort-cpu",
+            "-q",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert cv2.imread(str(out / "one_labels.png"), cv2.IMREAD_UNCHANGED).shape == (1, 1)
     assert cv2.imread(str(out / "deep_labels.png"), cv2.IMREAD_UNCHANGED).shape == (32, 40)
@@ -189,8 +224,9 @@ def _exif_photo(path, photo: np.ndarray, orientation: int) -> None:
 
 def test_phone_photo_with_exif_rotation_is_segmented_upright(cli_fake_segmenter, photo, tmp_path, capsys):
     _exif_photo(tmp_path / "phone.jpg", photo, 6)  # stored landscape, shown portrait
-    code, _, err = run_cli(["segment", str(tmp_path / "phone.jpg"), "--model-dir", "m",
-                            "--out", str(tmp_path / "out"), "-q"], capsys)
+    code, _, err = run_cli(
+        ["segment", str(tmp_path / "phone.jpg"), "--model-dir", "m", "--out", str(tmp_path / "out"), "-q"], capsys
+    )
     assert code == 0, err
     labels = cv2.imread(str(tmp_path / "out" / "phone_labels.png"), cv2.IMREAD_UNCHANGED)
     assert labels.shape == photo.shape[1::-1] == cv2.imread(str(tmp_path / "phone.jpg")).shape[:2]
@@ -201,7 +237,10 @@ def test_unwritable_out_is_refused_before_the_model_opens(monkeypatch, photo, tm
     monkeypatch.setattr(pipeline, "open_segmenter", lambda spec, **kwargs: opened.append(spec))
     cv2.imwrite(str(tmp_path / "a.png"), photo)
     (tmp_path / "file").write_text("x")
-    for out, message in [(tmp_path / "file" / "sub", "cannot be created: "), ("/sys/diffcut-out", "(permission denied)")]:
+    for out, message in [
+        (tmp_path / "file" / "sub", "cannot be created: "),
+        ("/sys/diffcut-out", "(permission denied)"),
+    ]:
         code, _, err = run_cli(["segment", str(tmp_path / "a.png"), "--model-dir", "m", "--out", str(out)], capsys)
         assert code == 2 and err.count("\n") == 1 and message in err, err
     assert opened == []
@@ -209,13 +248,16 @@ def test_unwritable_out_is_refused_before_the_model_opens(monkeypatch, photo, tm
 
 def test_out_is_created_only_once_the_model_opened(monkeypatch, photo, tmp_path, capsys):
     cv2.imwrite(str(tmp_path / "a.png"), photo)
-    code, _, err = run_cli(["segment", str(tmp_path / "a.png"), "--model-dir", str(tmp_path / "nope"),
-                            "--out", str(tmp_path / "out")], capsys)
+    code, _, err = run_cli(
+        ["segment", str(tmp_path / "a.png"), "--model-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out")],
+        capsys,
+    )
     assert code == 2 and "does not exist" in err and not (tmp_path / "out").exists()
 
 
-def test_full_disk_stops_the_batch_with_one_line_and_nothing_partial(cli_fake_segmenter, monkeypatch, photo,
-                                                                    tmp_path, capsys):
+def test_full_disk_stops_the_batch_with_one_line_and_nothing_partial(
+    cli_fake_segmenter, monkeypatch, photo, tmp_path, capsys
+):
     import errno
     import os
 
@@ -241,7 +283,7 @@ def test_stale_temporaries_hidden_files_and_broken_links_are_handled(cli_fake_se
     out.mkdir()
     cv2.imwrite(str(inputs / "a.png"), photo)
     cv2.imwrite(str(inputs / ".hidden.png"), photo)
-    (inputs / ".a.diffcut-tmp-x1y2.png").write_bytes(b"half")    # left by a crash
+    (inputs / ".a.diffcut-tmp-x1y2.png").write_bytes(b"half")  # left by a crash
     (out / ".a_labels.diffcut-tmp-x1y2.png").write_bytes(b"half")
     (inputs / "gone.png").symlink_to(inputs / "missing.png")
     (inputs / "loop.png").symlink_to(inputs / "loop.png")
@@ -255,8 +297,19 @@ def test_truncated_bmp_and_tiff_give_our_line_only(photo, tmp_path):
     for suffix in (".bmp", ".tiff"):
         data = cv2.imencode(suffix, photo)[1].tobytes()
         (tmp_path / f"cut{suffix}").write_bytes(data[: len(data) // 2])
-    proc = run_fresh_process(["segment", str(tmp_path / "cut.bmp"), str(tmp_path / "cut.tiff"), "--model-dir", "m",
-                              "--out", str(tmp_path / "out"), "-q"], tmp_path)
+    proc = run_fresh_process(
+        [
+            "segment",
+            str(tmp_path / "cut.bmp"),
+            str(tmp_path / "cut.tiff"),
+            "--model-dir",
+            "m",
+            "--out",
+            str(tmp_path / "out"),
+            "-q",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("diffcut-edge segment: ") for line in lines), proc.stderr
@@ -277,8 +330,10 @@ def test_record_into_a_read_only_folder_blames_the_folder(cli_fake_segmenter, tm
     from helpers.fake_segmenter import make_video
 
     make_video(tmp_path / "clip.avi", n=3)
-    for verb in (["video", str(tmp_path / "clip.avi"), "/sys/out.mp4"],
-                 ["webcam", "--source", str(tmp_path / "clip.avi"), "--headless", "--record", "/sys/out.mp4"]):
+    for verb in (
+        ["video", str(tmp_path / "clip.avi"), "/sys/out.mp4"],
+        ["webcam", "--source", str(tmp_path / "clip.avi"), "--headless", "--record", "/sys/out.mp4"],
+    ):
         code, _, err = run_cli([*verb, "--model-dir", "m"], capsys)
         assert code == 2 and "not writable" in err and "codec" not in err, err
     assert cli_fake_segmenter.encode_calls == 0
@@ -307,7 +362,10 @@ def test_video_writer_says_when_the_encoder_changed_the_size(tmp_path):
     stored = video_geometry(tmp_path / "odd.mp4")[2]
     assert writer.written_size == stored
     if stored != (127, 95):  # mp4v rounds down to even sizes (seen: 126x94)
-        assert writer.size_note() == f"frames of 127x95 stored as {stored[0]}x{stored[1]} (the mp4v encoder needs even sizes)"
+        assert (
+            writer.size_note()
+            == f"frames of 127x95 stored as {stored[0]}x{stored[1]} (the mp4v encoder needs even sizes)"
+        )
     else:
         assert writer.size_note() == ""
 
@@ -319,8 +377,10 @@ def test_webcam_record_from_a_source_without_frames_is_an_error(cli_fake_segment
     make_video(tmp_path / "clip.avi", n=3)
     monkeypatch.setattr(FrameReader, "__iter__", lambda self: iter(()))
     record = tmp_path / "rec.mp4"
-    code, stdout, err = run_cli(["webcam", "--source", str(tmp_path / "clip.avi"), "--headless", "--record",
-                                 str(record), "--model-dir", "m"], capsys)
+    code, stdout, err = run_cli(
+        ["webcam", "--source", str(tmp_path / "clip.avi"), "--headless", "--record", str(record), "--model-dir", "m"],
+        capsys,
+    )
     assert code == 2 and "nothing recorded" in err and "recorded" not in stdout
     assert _tree(tmp_path) == ["clip.avi"]
 
@@ -341,16 +401,36 @@ def test_sigterm_during_record_finishes_the_file_and_exits_143(tmp_path):
     writer.release()
     record = tmp_path / "rec.avi"
     tests = Path(__file__).parents[1]
-    code = ("import sys, time; sys.path.insert(0, sys.argv.pop(1)); from helpers.fake_segmenter import FakeSegmenter\n"
-            "class Slow(FakeSegmenter):\n"
-            "    def encode(self, frames):\n"
-            "        time.sleep(0.02); return super().encode(frames)\n"
-            "from diffcut_edge import cli; from diffcut_edge.apps import pipeline\n"
-            "pipeline.open_segmenter = lambda spec, **kwargs: Slow()\n"
-            "sys.exit(cli.main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tests), "webcam", "--model-dir", "m", "--source",
-                             str(tmp_path / "clip.avi"), "--headless", "--record", str(record), "--codec", "MJPG"],
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv.pop(1)); from helpers.fake_segmenter import FakeSegmenter\n"
+        "class Slow(FakeSegmenter):\n"
+        "    def encode(self, frames):\n"
+        "        time.sleep(0.02); return super().encode(frames)\n"
+        "from diffcut_edge import cli; from diffcut_edge.apps import pipeline\n"
+        "pipeline.open_segmenter = lambda spec, **kwargs: Slow()\n"
+        "sys.exit(cli.main(sys.argv[1:]))"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(tests),
+            "webcam",
+            "--model-dir",
+            "m",
+            "--source",
+            str(tmp_path / "clip.avi"),
+            "--headless",
+            "--record",
+            str(record),
+            "--codec",
+            "MJPG",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(".diffcut-tmp-" in p.name for p in tmp_path.iterdir()):
         time.sleep(0.05)
@@ -371,8 +451,10 @@ def test_a_permission_error_anywhere_is_one_line_and_exit_2(monkeypatch, tmp_pat
 
     monkeypatch.setattr(pipeline, "open_segmenter", refused)
     (tmp_path / "a.png").write_bytes(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
-    code, _, err = run_cli(["segment", str(tmp_path / "a.png"), "--model-dir", str(tmp_path / "model"),
-                            "--out", str(tmp_path / "out")], capsys)
+    code, _, err = run_cli(
+        ["segment", str(tmp_path / "a.png"), "--model-dir", str(tmp_path / "model"), "--out", str(tmp_path / "out")],
+        capsys,
+    )
     assert code == 2 and err.count("\n") == 1 and f"permission denied: {tmp_path / 'model'}" in err
 
 
@@ -396,10 +478,27 @@ def test_third_party_warnings_that_are_not_the_users_stay_off_the_terminal(tmp_p
     import sys
 
     pytest.importorskip("diffusers", reason="make-tiny needs the [export] extra")
-    proc = subprocess.run([sys.executable, "-m", "diffcut_edge.cli", "models", "make-tiny", "--family", "sd1", "--out",
-                           str(tmp_path / "tiny")], capture_output=True, text=True, timeout=300,
-                          env={k: v for k, v in __import__("os").environ.items()
-                               if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "diffcut_edge.cli",
+            "models",
+            "make-tiny",
+            "--family",
+            "sd1",
+            "--out",
+            str(tmp_path / "tiny"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            k: v
+            for k, v in __import__("os").environ.items()
+            if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")
+        },
+    )
     assert proc.returncode == 0, proc.stderr
     assert "[transformers]" not in proc.stderr and "torchvision" not in proc.stderr, proc.stderr
 
@@ -407,7 +506,7 @@ def test_third_party_warnings_that_are_not_the_users_stay_off_the_terminal(tmp_p
 def test_a_verb_of_the_export_stage_without_torch_names_the_extra(monkeypatch, tmp_path, capsys):
     import sys
 
-    monkeypatch.setitem(sys.modules, "torch", None)   # a runtime-only install
+    monkeypatch.setitem(sys.modules, "torch", None)  # a runtime-only install
     from diffcut_edge.export import verify
 
     def needs_torch(*args, **kwargs):

@@ -29,21 +29,39 @@ def test_writes_the_overlay_video_at_input_fps_and_size(cli_fake_segmenter, clip
 
 def test_every_and_max_frames(cli_fake_segmenter, clip, tmp_path, capsys):
     out = tmp_path / "out.avi"
-    code, _, err = run_cli(["video", str(clip), str(out), "--model-dir", "m", "--every", "3", "--max-frames", "7",
-                         "--codec", "MJPG", "--no-track", "--no-pipeline"], capsys)
+    code, _, err = run_cli(
+        [
+            "video",
+            str(clip),
+            str(out),
+            "--model-dir",
+            "m",
+            "--every",
+            "3",
+            "--max-frames",
+            "7",
+            "--codec",
+            "MJPG",
+            "--no-track",
+            "--no-pipeline",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert video_geometry(out)[0] == 7 and cli_fake_segmenter.encode_calls == 3
 
 
 def test_keyframes_option_its_alias_and_their_errors(cli_fake_segmenter, clip, tmp_path, capsys):
     out = tmp_path / "out.avi"
-    code, stdout, err = run_cli(["video", str(clip), str(out), "--model-dir", "m", "--keyframes", "every:4",
-                                 "--codec", "MJPG"], capsys)
+    code, stdout, err = run_cli(
+        ["video", str(clip), str(out), "--model-dir", "m", "--keyframes", "every:4", "--codec", "MJPG"], capsys
+    )
     assert code == 0, err
-    assert video_geometry(out)[0] == 10 and cli_fake_segmenter.encode_calls == 3   # frames 0, 4, 8
+    assert video_geometry(out)[0] == 10 and cli_fake_segmenter.encode_calls == 3  # frames 0, 4, 8
     assert "10 frames (3 keyframes)" in stdout and "flow=" in stdout and "propagate=" in stdout
-    code, _, err = run_cli(["video", str(clip), str(out), "--model-dir", "m", "--keyframes", "auto", "--every", "2"],
-                           capsys)
+    code, _, err = run_cli(
+        ["video", str(clip), str(out), "--model-dir", "m", "--keyframes", "auto", "--every", "2"], capsys
+    )
     assert code == 2 and err.count("\n") == 1 and "give one of them" in err
     with pytest.raises(SystemExit) as exit_:
         cli.main(["video", str(clip), str(out), "--model-dir", "m", "--keyframes", "often"])
@@ -55,10 +73,12 @@ def test_realtime_plays_the_file_at_its_rate(cli_fake_segmenter, clip, tmp_path,
 
     out = tmp_path / "out.avi"
     start = time.perf_counter()
-    code, stdout, err = run_cli(["video", str(clip), str(out), "--model-dir", "m", "--realtime", "--keyframes",
-                                 "every:5", "--codec", "MJPG"], capsys)
+    code, stdout, err = run_cli(
+        ["video", str(clip), str(out), "--model-dir", "m", "--realtime", "--keyframes", "every:5", "--codec", "MJPG"],
+        capsys,
+    )
     assert code == 0, err
-    assert time.perf_counter() - start >= 0.8           # 10 frames at 10 fps
+    assert time.perf_counter() - start >= 0.8  # 10 frames at 10 fps
     assert video_geometry(out)[0] == 10 and "10 frames" in stdout
 
 
@@ -114,14 +134,27 @@ def test_bad_paths_are_one_line_errors(cli_fake_segmenter, clip, tmp_path, capsy
 def test_end_to_end_on_a_tiny_exported_model(tiny_model_dir, clip, tmp_path, capsys):
     model = tiny_model_dir("sdxl", 256)
     out = tmp_path / "out.mp4"
-    code, stdout, err = run_cli(["video", str(clip), str(out), "--model-dir", str(model), "--backend", "ort-cpu",
-                              "--max-frames", "4", "--every", "2"], capsys)
+    code, stdout, err = run_cli(
+        [
+            "video",
+            str(clip),
+            str(out),
+            "--model-dir",
+            str(model),
+            "--backend",
+            "ort-cpu",
+            "--max-frames",
+            "4",
+            "--every",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert video_geometry(out)[:1] == (4,) and "4 frames" in stdout
 
 
-def test_save_frames_writes_each_frames_labels_and_segments_with_track_ids(cli_fake_segmenter, clip, tmp_path,
-                                                                          capsys):
+def test_save_frames_writes_each_frames_labels_and_segments_with_track_ids(cli_fake_segmenter, clip, tmp_path, capsys):
     import json
 
     import numpy as np
@@ -129,8 +162,22 @@ def test_save_frames_writes_each_frames_labels_and_segments_with_track_ids(cli_f
     from diffcut_edge.runtime.images import read_labels_png
 
     frames = tmp_path / "frames"
-    code, _, err = run_cli(["video", str(clip), str(tmp_path / "out.avi"), "--codec", "MJPG", "--model-dir", "m",
-                            "--every", "2", "--save-frames", str(frames)], capsys)
+    code, _, err = run_cli(
+        [
+            "video",
+            str(clip),
+            str(tmp_path / "out.avi"),
+            "--codec",
+            "MJPG",
+            "--model-dir",
+            "m",
+            "--every",
+            "2",
+            "--save-frames",
+            str(frames),
+        ],
+        capsys,
+    )
     assert code == 0, err
     names = sorted(p.name for p in frames.iterdir())
     assert len(names) == 20 and names[:2] == ["frame_000000_labels.png", "frame_000000_segments.json"]
@@ -146,6 +193,18 @@ def test_save_frames_into_a_file_is_refused_before_the_model_opens(monkeypatch, 
     opened = []
     monkeypatch.setattr(pipeline, "open_segmenter", lambda spec, **kwargs: opened.append(spec))
     (tmp_path / "file").write_text("x")
-    code, _, err = run_cli(["video", str(clip), str(tmp_path / "out.avi"), "--codec", "MJPG", "--model-dir", "m",
-                            "--save-frames", str(tmp_path / "file")], capsys)
+    code, _, err = run_cli(
+        [
+            "video",
+            str(clip),
+            str(tmp_path / "out.avi"),
+            "--codec",
+            "MJPG",
+            "--model-dir",
+            "m",
+            "--save-frames",
+            str(tmp_path / "file"),
+        ],
+        capsys,
+    )
     assert code == 2 and err.count("\n") == 1 and "--save-frames" in err and opened == []

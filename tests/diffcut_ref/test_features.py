@@ -42,19 +42,26 @@ def official_features(pipe, images_bchw, img_size, step=50):
     x = torch.nn.functional.interpolate(images_bchw, size=(img_size, img_size), mode="bilinear")
     rng = torch.Generator(device=device).manual_seed(42)
     with torch.no_grad():
-        out = pipe.encode_prompt([""] * b, device=device, num_images_per_prompt=1,
-                                 do_classifier_free_guidance=False)
+        out = pipe.encode_prompt([""] * b, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
         added = None
         if len(out) == 4:
-            added = {"text_embeds": out[2], "time_ids": pipe._get_add_time_ids(
-                (img_size, img_size), (0, 0), (img_size, img_size), dtype=out[0].dtype,
-                text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim).repeat(b, 1)}
+            added = {
+                "text_embeds": out[2],
+                "time_ids": pipe._get_add_time_ids(
+                    (img_size, img_size),
+                    (0, 0),
+                    (img_size, img_size),
+                    dtype=out[0].dtype,
+                    text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+                ).repeat(b, 1),
+            }
         latent = pipe.vae.encode(2 * x - 1).latent_dist.mean * pipe.vae.config.scaling_factor
         noise = torch.randn(1, 4, img_size // 8, img_size // 8, generator=rng, device=device).expand_as(latent)
         t = torch.tensor([step]).expand(b)
         noisy = scheduler.scale_model_input(scheduler.add_noise(latent, noise, t), t)
-        attn = pipe.unet.down_blocks[HOOK["sd1" if added is None else "sdxl"]].attentions[-1] \
-            .transformer_blocks[-1].attn1
+        attn = (
+            pipe.unet.down_blocks[HOOK["sd1" if added is None else "sdxl"]].attentions[-1].transformer_blocks[-1].attn1
+        )
         kept = []
         handle = attn.register_forward_hook(lambda m, i, o: kept.append(o.detach()))
         try:
@@ -92,7 +99,7 @@ def test_deterministic_bit_for_bit(pipelines, images, family):
 def test_batch_consistency(pipelines, images, family):
     batch = extract_features(pipelines[family], images, resolution=128)
     for i in range(len(images)):
-        alone = extract_features(pipelines[family], images[i:i + 1], resolution=128)
+        alone = extract_features(pipelines[family], images[i : i + 1], resolution=128)
         np.testing.assert_allclose(batch[i], alone[0], rtol=0, atol=1e-5)
 
 
@@ -117,16 +124,19 @@ def test_resolution_multiple_of_32_is_accepted(pipelines, images):
     assert features.shape == (1, 9, TINY_CHANNELS)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((64, 64, 3), np.float32), r"\(B, H, W, 3\).*images\[None\]"),
-    (np.zeros((1, 64, 64, 4), np.float32), r"\(B, H, W, 3\)"),
-    (np.zeros((1, 64, 64, 3), np.uint8), "divide uint8 by 255"),
-    (np.full((1, 64, 64, 3), 255.0, np.float32), r"\[0, 1\].*divide 0-255"),
-    (np.full((1, 64, 64, 3), -0.5, np.float32), r"\[0, 1\]"),
-    (np.full((1, 64, 64, 3), np.nan, np.float32), "NaN"),
-    (np.zeros((0, 64, 64, 3), np.float32), "empty"),
-    (torch.zeros(1, 64, 64, 3), r"\(B, 3, H, W\)"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((64, 64, 3), np.float32), r"\(B, H, W, 3\).*images\[None\]"),
+        (np.zeros((1, 64, 64, 4), np.float32), r"\(B, H, W, 3\)"),
+        (np.zeros((1, 64, 64, 3), np.uint8), "divide uint8 by 255"),
+        (np.full((1, 64, 64, 3), 255.0, np.float32), r"\[0, 1\].*divide 0-255"),
+        (np.full((1, 64, 64, 3), -0.5, np.float32), r"\[0, 1\]"),
+        (np.full((1, 64, 64, 3), np.nan, np.float32), "NaN"),
+        (np.zeros((0, 64, 64, 3), np.float32), "empty"),
+        (torch.zeros(1, 64, 64, 3), r"\(B, 3, H, W\)"),
+    ],
+)
 def test_bad_images_are_rejected(pipelines, bad, match):
     with pytest.raises(DiffCutError, match=match):
         extract_features(pipelines["sd1"], bad, resolution=128)

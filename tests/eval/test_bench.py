@@ -14,7 +14,7 @@ from diffcut_edge.eval import bench
 
 def test_stage_stats_are_median_and_p90():
     s = bench.StageStats.of([5.0, 1.0, 4.0, 2.0, 3.0, 10.0, 6.0, 7.0, 8.0, 9.0])
-    assert s.median_ms == 5.5            # mean of 5 and 6
+    assert s.median_ms == 5.5  # mean of 5 and 6
     assert s.p90_ms == pytest.approx(9.1)  # linear interpolation between 9 and 10 at rank 8.1
     assert s.min_ms == 1.0 and s.mean_ms == 5.5
     assert np.isnan(bench.StageStats.of([]).median_ms)

@@ -26,7 +26,7 @@ def test_each_layout_lists_pairs_and_maps_labels(tmp_path, name):
         found = set(np.unique(raw).tolist())
         assert found == {r0, r1} | ({ignore} if ignore is not None else set())
         classes = spec.map_labels(raw)
-        assert classes[-1, 0] != classes[-1, -1]          # the two regions are two classes
+        assert classes[-1, 0] != classes[-1, -1]  # the two regions are two classes
         assert classes[-1, 0] >= 0 and classes[-1, -1] >= 0
         if ignore is not None:
             assert (classes[0] == datasets.IGNORE).all()
@@ -43,8 +43,10 @@ def test_pascal_voc_d2_layout_is_detected(tmp_path):
     (tmp_path / "images" / "validation").mkdir(parents=True)
     (tmp_path / "annotations_pascal20" / "validation").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "images" / "validation" / "a.jpg"), bgr)
-    cv2.imwrite(str(tmp_path / "annotations_pascal20" / "validation" / "a.png"),
-                np.where(regions == 0, 14, 255).astype(np.uint8))  # person, background
+    cv2.imwrite(
+        str(tmp_path / "annotations_pascal20" / "validation" / "a.png"),
+        np.where(regions == 0, 14, 255).astype(np.uint8),
+    )  # person, background
     assert datasets.detect_layout("voc", tmp_path) == "pascal_voc_d2"
     (sample,) = datasets.list_samples("voc", tmp_path)
     spec = datasets.get_spec("voc", layout="pascal_voc_d2")
@@ -73,7 +75,7 @@ def test_file_list_restricts_and_orders(tmp_path):
 
 def test_label_mappings_follow_the_documented_rules():
     voc = datasets.get_spec("voc")
-    assert voc.map_labels(np.array([0, 1, 20, 255])).tolist() == [20, 0, 19, 20]   # void -> background
+    assert voc.map_labels(np.array([0, 1, 20, 255])).tolist() == [20, 0, 19, 20]  # void -> background
     assert datasets.get_spec("voc", ignore_void=True).map_labels(np.array([255])).tolist() == [-1]
     ctx = datasets.get_spec("context")
     assert ctx.map_labels(np.array([0, 58, 255])).tolist() == [0, 58, 59]
@@ -144,12 +146,15 @@ def test_colour_label_png_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------- protocol
-@pytest.mark.parametrize("shape, expected", [
-    ((375, 500), (0, 63, 374)),      # (500 - 374) / 2 = 63
-    ((100, 160), (0, 30, 99)),       # 30.5 rounds half to even -> 30; short side 0.5 -> 0
-    ((100, 162), (0, 32, 99)),       # 31.5 -> 32
-    ((163, 100), (32, 0, 99)),       # 32 exactly
-])
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        ((375, 500), (0, 63, 374)),  # (500 - 374) / 2 = 63
+        ((100, 160), (0, 30, 99)),  # 30.5 rounds half to even -> 30; short side 0.5 -> 0
+        ((100, 162), (0, 32, 99)),  # 31.5 -> 32
+        ((163, 100), (32, 0, 99)),  # 32 exactly
+    ],
+)
 def test_center_crop_box_matches_torchvision_rounding(shape, expected):
     assert datasets.center_crop_box(*shape) == expected
 
@@ -163,18 +168,19 @@ def test_protocol_transforms_match_torch():
     top, left, side = datasets.center_crop_box(141, 203)
     for resolution in (256, 96):
         # Labels: torchvision Resize(nearest-exact) to R, then F.interpolate's default nearest to 128.
-        t = torch.from_numpy(raw[top:top + side, left:left + side].copy())[None, None].float()
+        t = torch.from_numpy(raw[top : top + side, left : left + side].copy())[None, None].float()
         t = F.interpolate(t, size=(resolution, resolution), mode="nearest-exact")
         t = F.interpolate(t, size=(128, 128))
         np.testing.assert_array_equal(datasets.protocol_labels(raw, resolution), t[0, 0].numpy().astype(np.uint8))
         # Open vocabulary: nearest-exact to R, then nearest-exact to the mask size (official 1024).
-        t = torch.from_numpy(raw[top:top + side, left:left + side].copy())[None, None].float()
+        t = torch.from_numpy(raw[top : top + side, left : left + side].copy())[None, None].float()
         t = F.interpolate(t, size=(resolution, resolution), mode="nearest-exact")
         t = F.interpolate(t, size=(300, 300), mode="nearest-exact")
-        np.testing.assert_array_equal(datasets.protocol_labels(raw, resolution, (300, 300), exact_mask=True),
-                                      t[0, 0].numpy().astype(np.uint8))
+        np.testing.assert_array_equal(
+            datasets.protocol_labels(raw, resolution, (300, 300), exact_mask=True), t[0, 0].numpy().astype(np.uint8)
+        )
         # Image: RGB / 255, then bilinear (align_corners=False, no antialias).
-        rgb = torch.from_numpy(image[top:top + side, left:left + side, ::-1].copy()).permute(2, 0, 1)[None] / 255.0
+        rgb = torch.from_numpy(image[top : top + side, left : left + side, ::-1].copy()).permute(2, 0, 1)[None] / 255.0
         ref = F.interpolate(rgb, size=(resolution, resolution), mode="bilinear", align_corners=False)
         got = datasets.protocol_image(image, resolution)
         np.testing.assert_allclose(got, ref[0].permute(1, 2, 0).numpy(), atol=2e-6)
@@ -186,13 +192,15 @@ def test_eval_loop_runs_without_torch(tmp_path):
     import sys
     from pathlib import Path
 
-    code = ("import sys; sys.modules['torch'] = None\n"
-            f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
-            "from pathlib import Path\n"
-            "from diffcut_edge.eval import bench, protocol\n"
-            "from helpers.eval_fixtures import OraclePredictor, write_dataset\n"
-            f"root = write_dataset('ade20k', Path({str(tmp_path)!r}), n_images=1)\n"
-            "print(protocol.run_eval('ade20k', root, OraclePredictor(), progress=False).miou)")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+        "from pathlib import Path\n"
+        "from diffcut_edge.eval import bench, protocol\n"
+        "from helpers.eval_fixtures import OraclePredictor, write_dataset\n"
+        f"root = write_dataset('ade20k', Path({str(tmp_path)!r}), n_images=1)\n"
+        "print(protocol.run_eval('ade20k', root, OraclePredictor(), progress=False).miou)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip()) == 1.0
@@ -204,12 +212,14 @@ def test_curated_coco_list_is_the_official_subset(tmp_path):
 
     path = datasets.CURATED_LISTS["coco-object"]
     # The official file byte for byte (sha256 of PaulCouairon/DiffCut aa16df4's copy).
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == \
-        "90cdc2116a1c2bef94bc1cefeb98a672444fddaa44b8370127016d98b16108a4"
+    assert (
+        hashlib.sha256(path.read_bytes()).hexdigest()
+        == "90cdc2116a1c2bef94bc1cefeb98a672444fddaa44b8370127016d98b16108a4"
+    )
     names = path.read_text(encoding="utf-8").split()
     assert len(names) == len(set(names)) == 2175 and all(len(n) == 12 and n.isdigit() for n in names)
     root = write_dataset("coco-object", tmp_path / "coco", n_images=1)
-    with pytest.raises(DiffCutError, match="000000000139"):   # its first image is not in this folder
+    with pytest.raises(DiffCutError, match="000000000139"):  # its first image is not in this folder
         datasets.list_samples("coco-object", root, file_list="curated")
     with pytest.raises(DiffCutError, match="COCO subset"):
         datasets.list_samples("voc", write_dataset("voc", tmp_path / "voc", n_images=1), file_list="curated")

@@ -54,11 +54,14 @@ def test_ignored_pixels_and_out_of_range_predictions():
 
 
 # ---------------------------------------------------------------------- mapping
-@pytest.mark.parametrize("dataset, raw, expected", [
-    ("voc", [0, 1, 20, 255], [0, 1, 20, 0]),            # background, aeroplane, tvmonitor, void -> background
-    ("context", [255, 0, 3, 58], [0, 1, 4, 59]),
-    ("coco-object", [0, 89, 148, 255], [1, 80, 0, 0]),  # person, toothbrush (id 90), road, unlabeled
-])
+@pytest.mark.parametrize(
+    "dataset, raw, expected",
+    [
+        ("voc", [0, 1, 20, 255], [0, 1, 20, 0]),  # background, aeroplane, tvmonitor, void -> background
+        ("context", [255, 0, 3, 58], [0, 1, 4, 59]),
+        ("coco-object", [0, 89, 148, 255], [1, 80, 0, 0]),  # person, toothbrush (id 90), road, unlabeled
+    ],
+)
 def test_dataset_classes_map_to_the_vocabulary_indices(dataset, raw, expected):
     spec = datasets.get_spec(dataset)
     targets = open_vocab.vocabulary_targets(spec.map_labels(np.array(raw)), spec)
@@ -109,7 +112,7 @@ class NamingOracle:
 
 def test_perfect_names_score_one(tmp_path):
     root = write_dataset("voc", tmp_path / "voc", n_images=2)
-    oracle = NamingOracle({5: 1, 6: 0, 7: 0})   # red = aeroplane (raw 1), green = background
+    oracle = NamingOracle({5: 1, 6: 0, 7: 0})  # red = aeroplane (raw 1), green = background
     result = open_vocab.run_open_vocab_eval("voc", root, oracle, mask_size=(128, 128), progress=False)
     assert result.miou == pytest.approx(1.0) and result.dataset_miou == pytest.approx(1.0)
     assert result.pixel_accuracy == pytest.approx(1.0)
@@ -121,9 +124,8 @@ def test_perfect_names_score_one(tmp_path):
 
 def test_a_wrong_name_gives_the_hand_computed_scores(tmp_path):
     root = write_dataset("voc", tmp_path / "voc", n_images=2)  # red columns < 64, then < 48
-    oracle = NamingOracle({5: 2, 6: 0, 7: 0})   # red named bicycle instead of aeroplane
-    result = open_vocab.run_open_vocab_eval("voc", root, oracle, mask_size=(128, 128), refine=False,
-                                            progress=False)
+    oracle = NamingOracle({5: 2, 6: 0, 7: 0})  # red named bicycle instead of aeroplane
+    result = open_vocab.run_open_vocab_eval("voc", root, oracle, mask_size=(128, 128), refine=False, progress=False)
     # Per image: background IoU 1, aeroplane 0 (labelled only), bicycle 0 (predicted only) -> 1/3.
     assert oracle.refined == [] and result.miou == pytest.approx(1 / 3)
     assert result.per_image == {"img000": pytest.approx(1 / 3), "img001": pytest.approx(1 / 3)}
@@ -132,10 +134,11 @@ def test_a_wrong_name_gives_the_hand_computed_scores(tmp_path):
 
 
 def test_mask_size_and_coco_clip_resolution(tmp_path):
-    root = write_dataset("coco-object", tmp_path / "coco", n_images=1)   # red = person, green = road
+    root = write_dataset("coco-object", tmp_path / "coco", n_images=1)  # red = person, green = road
     oracle = NamingOracle({5: 1, 6: 0, 7: 0}, num_classes=81)
-    result = open_vocab.run_open_vocab_eval("coco-object", root, OracleAtMask(oracle, 64), mask_size=(64, 64),
-                                            progress=False)
+    result = open_vocab.run_open_vocab_eval(
+        "coco-object", root, OracleAtMask(oracle, 64), mask_size=(64, 64), progress=False
+    )
     assert result.miou == pytest.approx(1.0)
     assert oracle.pixels == [(1, 3, 2048, 2048)] and result.settings["clip_resolution"] == 2048
 
@@ -211,27 +214,31 @@ def _photo_voc(photo_dir, root):
     return root
 
 
-def test_engine_class_maps_match_the_reference(vocab_model_dir, tiny_pipeline_dir, tiny_clip_dir, photo_dir,
-                                               tmp_path):
+def test_engine_class_maps_match_the_reference(vocab_model_dir, tiny_pipeline_dir, tiny_clip_dir, photo_dir, tmp_path):
     """Exported encoder + runtime NCut/PAMR + ONNX CLIP vs diffusers + torch NCut/PAMR + open_clip
     ``associate_label``, through the whole protocol: the same class on (nearly) every pixel."""
     root = _photo_voc(photo_dir, tmp_path / "voc")
     vocabulary = load_vocabulary("voc")
     spec = SegmenterSpec(vocab_model_dir, backend="ort-cpu").replace(mask_size=(128, 128))
     engine = Recording(open_vocab.engine_open_vocab(spec, vocabulary))
-    reference = Recording(open_vocab.reference_open_vocab(tiny_pipeline_dir("sdxl"), f"local-dir:{tiny_clip_dir}",
-                                                          vocabulary, resolution=256, mask_size=(128, 128)))
+    reference = Recording(
+        open_vocab.reference_open_vocab(
+            tiny_pipeline_dir("sdxl"), f"local-dir:{tiny_clip_dir}", vocabulary, resolution=256, mask_size=(128, 128)
+        )
+    )
     try:
-        scores = [open_vocab.run_open_vocab_eval("voc", root, p, mask_size=(128, 128), progress=False)
-                  for p in (engine, reference)]
+        scores = [
+            open_vocab.run_open_vocab_eval("voc", root, p, mask_size=(128, 128), progress=False)
+            for p in (engine, reference)
+        ]
     finally:
         engine.predictor.segmenter.close()
     from diffcut_edge.runtime.xp import nearest_taps
 
     assert len(engine.maps) == len(reference.maps) == 2
-    grid = 256 // 32   # CLIP's dense grid at R = 256
+    grid = 256 // 32  # CLIP's dense grid at R = 256
     for k in range(2):
-        ours, theirs = engine.segments[k], reference.segments[k]     # what CLIP was asked to name
+        ours, theirs = engine.segments[k], reference.segments[k]  # what CLIP was asked to name
         assert metrics.matched_agreement(ours, theirs) > 0.98
         # A segment that covers no cell of the grid pools to zeros officially, by area here (the
         # documented departure): compare the classes where the segment is seen on the grid.

@@ -39,8 +39,9 @@ def _reference_labels(reference, vocab, pixels, labels):
 
     clip, tokenizer = reference
     classifier = ref.text_classifier(clip, tokenizer, vocab)
-    return ref.associate_labels(clip, torch.from_numpy(pixels), torch.from_numpy(labels), classifier,
-                                vocab.synonym_counts)
+    return ref.associate_labels(
+        clip, torch.from_numpy(pixels), torch.from_numpy(labels), classifier, vocab.synonym_counts
+    )
 
 
 def _our_logits(labeler, pixels, labels):
@@ -51,8 +52,7 @@ def _our_logits(labeler, pixels, labels):
 
 def test_manifest_records_every_file_with_its_hash(vocab_model_dir):
     record = read_manifest(vocab_model_dir).vocabulary
-    assert set(record["files"]) == {"clip_dense.onnx", "clip_head.onnx", "clip_text.onnx", "clip_bpe.txt.gz",
-                                    BANK_NAME}
+    assert set(record["files"]) == {"clip_dense.onnx", "clip_head.onnx", "clip_text.onnx", "clip_bpe.txt.gz", BANK_NAME}
     assert record["vocabulary"] == "voc" and record["num_classes"] == 21 and record["templates"] == "vild"
     assert record["logit_scale"] == pytest.approx(50.0, rel=1e-5)
     assert not list(vocab_model_dir.glob(".vocab.partial-*"))
@@ -147,7 +147,7 @@ def test_classes_need_an_exported_text_tower(tiny_model_dir):
 def test_every_id_of_the_label_map_is_named(vocab_model_dir, frames):
     labels = np.zeros(frames[1].shape[:2], np.int32)
     labels[10:50, 20:90] = 7
-    labels[100:101, 5:6] = 3            # one pixel: vanishes on the grid, still named (area pooling)
+    labels[100:101, 5:6] = 3  # one pixel: vanishes on the grid, still named (area pooling)
     labeler = SegmentLabeler.from_model_dir(vocab_model_dir, classes=vocabulary_from_names("cat, sofa"))
     named = labeler.label(preprocess([frames[1]], 256), labels)
     assert [s.id for s in named] == [0, 3, 7]

@@ -108,9 +108,11 @@ def test_constant_folding_folds_constant_subgraphs(tmp_path):
     a, b = rng.standard_normal((4, 6), dtype=np.float32), rng.standard_normal((6, 5), dtype=np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["A", "B"], ["AB"]), helper.make_node("Add", ["x", "AB"], ["y"])],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 5])],
-        [numpy_helper.from_array(a, "A"), numpy_helper.from_array(b, "B")])
+        [numpy_helper.from_array(a, "A"), numpy_helper.from_array(b, "B")],
+    )
     raw = tmp_path / "raw.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(raw))
     assert optimize_and_layout(raw, tmp_path / "out.onnx") == []
@@ -124,8 +126,15 @@ def test_constant_folding_folds_constant_subgraphs(tmp_path):
 def test_manifest_describes_the_files(tiny_pipeline_dir, tiny_model_dir):
     model_dir = tiny_model_dir("sd1", R, "fp32")
     m = read_manifest(model_dir)
-    assert (m.family, m.resolution, m.grid, m.precision, m.timestep, m.noise_seed, m.opset) == \
-        ("sd1", R, (R // 32, R // 32), "fp32", 50, 42, 17)
+    assert (m.family, m.resolution, m.grid, m.precision, m.timestep, m.noise_seed, m.opset) == (
+        "sd1",
+        R,
+        (R // 32, R // 32),
+        "fp32",
+        50,
+        42,
+        17,
+    )
     # The default opset is one TensorRT 8.6 (JetPack 6.0) documents: 17 (it was 18).
     import onnx
 
@@ -186,7 +195,7 @@ def test_force_replaces_a_model_folder_atomically(tmp_path):
 
     out = tmp_path / "m"
     out.mkdir()
-    (out / "manifest.json").write_text("{}")   # an old, broken model folder
+    (out / "manifest.json").write_text("{}")  # an old, broken model folder
     (out / "stale.plan").write_bytes(b"old")
     with pytest.raises(DiffCutError, match="--force"):
         check_out_dir(out, force=False)
@@ -217,8 +226,9 @@ def test_large_models_get_one_external_data_file(tiny_model_dir, tmp_path, monke
     assert onnx_export.check_graph(out / "encoder.onnx", resolution=R, channels=m.channels) > 0
     images = photo_batch(R, 1)
     np.testing.assert_array_equal(run_onnx(out, images), run_onnx(source, images))
-    m = dataclasses.replace(m, onnx_data_files=files,
-                            files_sha256={f: sha256_file(out / f) for f in ["encoder.onnx", *files]})
+    m = dataclasses.replace(
+        m, onnx_data_files=files, files_sha256={f: sha256_file(out / f) for f in ["encoder.onnx", *files]}
+    )
     verify_files(out, m)
     with open(out / "encoder.onnx.data", "r+b") as f:
         f.seek(100)

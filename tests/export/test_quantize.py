@@ -54,7 +54,7 @@ def test_quantized_folder_is_int8_qdq_with_its_calibration_recorded(int8_dir, fp
     assert m.precision == "int8" and m.engines == []
     rec = m.quantization
     paths, held = q.split_holdout(sorted(photos_dir.iterdir()))
-    assert len(held) == 1 and held[0] not in paths   # 4 photos: one held out of the calibration
+    assert len(held) == 1 and held[0] not in paths  # 4 photos: one held out of the calibration
     assert rec["method"] == "minmax" and rec["activations"] == "uint8" and rec["calibration_images"] == len(paths)
     assert rec["calibration_sha256"] == q.calibration_sha256(paths) and rec["held_out_images"] == 1
     # Verified on the held-out photo before the folder appeared: no "never verified" note.
@@ -66,8 +66,13 @@ def test_quantized_folder_is_int8_qdq_with_its_calibration_recorded(int8_dir, fp
     assert (int8_dir / "encoder.onnx").stat().st_size < 0.5 * (fp32_dir / "encoder.onnx").stat().st_size
     # Everything else about the folder is the source's.
     src = read_manifest(fp32_dir)
-    assert (m.resolution, m.grid, m.channels, m.family, m.noise_seed) == \
-        (src.resolution, src.grid, src.channels, src.family, src.noise_seed)
+    assert (m.resolution, m.grid, m.channels, m.family, m.noise_seed) == (
+        src.resolution,
+        src.grid,
+        src.channels,
+        src.family,
+        src.noise_seed,
+    )
 
 
 def test_sensitive_layers_stay_in_float(int8_dir):
@@ -108,15 +113,26 @@ def test_symmetric_int8_activations_for_tensorrt(fp32_dir, photos_dir, tmp_path)
     from onnx import numpy_helper
 
     out = tmp_path / "int8-trt"
-    q.quantize_model(fp32_dir, [photos_dir], out, activations="int8", method="percentile", max_images=2,
-                     keep_fp32=["*down_blocks.1*"], progress=False)
+    q.quantize_model(
+        fp32_dir,
+        [photos_dir],
+        out,
+        activations="int8",
+        method="percentile",
+        max_images=2,
+        keep_fp32=["*down_blocks.1*"],
+        progress=False,
+    )
     m = read_manifest(out)
     assert m.quantization["activations"] == "int8" and m.quantization["calibration_images"] == 2
     assert any(k["why"] == "--keep-fp32 *down_blocks.1*" for k in m.quantization["kept_fp32"])
     graph = onnx.load(str(out / "encoder.onnx")).graph
     inits = {t.name: t for t in graph.initializer}
-    zero_points = [numpy_helper.to_array(inits[n.input[2]]) for n in graph.node
-                   if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
+    zero_points = [
+        numpy_helper.to_array(inits[n.input[2]])
+        for n in graph.node
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits
+    ]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # what TensorRT takes
 
 
@@ -141,8 +157,9 @@ def test_refusals_leave_nothing_behind(fp32_dir, int8_dir, photos_dir, tmp_path,
     assert list(tmp_path.iterdir()) == []  # no partial folder, no staging left
 
 
-def test_verify_against_records_the_verdict_and_segment_stops_warning(int8_dir, fp32_dir, photos_dir, tmp_path,
-                                                                      capsys, monkeypatch):
+def test_verify_against_records_the_verdict_and_segment_stops_warning(
+    int8_dir, fp32_dir, photos_dir, tmp_path, capsys, monkeypatch
+):
     from diffcut_edge.export import verify
 
     # What is tested is the recording, not INT8's quality: random-weight NCut splits near ties, so one
@@ -151,10 +168,12 @@ def test_verify_against_records_the_verdict_and_segment_stops_warning(int8_dir, 
     thresholds = verify.against_thresholds
     monkeypatch.setattr(verify, "against_thresholds", lambda manifest: (thresholds(manifest)[0], 0.90))
     folder = tmp_path / "int8"
-    q.quantize_model(fp32_dir, [photos_dir], folder, progress=False, holdout=0)   # nothing held out: unverified
+    q.quantize_model(fp32_dir, [photos_dir], folder, progress=False, holdout=0)  # nothing held out: unverified
     photo = str(sorted(photos_dir.iterdir())[0])
-    assert cli.main(["segment", photo, "--model-dir", str(folder), "--out", str(tmp_path / "a"),
-                     "--backend", "ort-cpu"]) == 0
+    assert (
+        cli.main(["segment", photo, "--model-dir", str(folder), "--out", str(tmp_path / "a"), "--backend", "ort-cpu"])
+        == 0
+    )
     assert "was never verified against full precision" in capsys.readouterr().err
 
     assert cli.main(["verify", "--model-dir", str(folder), "--against", str(fp32_dir), photo]) == 0
@@ -165,8 +184,10 @@ def test_verify_against_records_the_verdict_and_segment_stops_warning(int8_dir, 
     assert record["min_cosine"] > 0.99 and record["thresholds"]["min_cosine"] == 0.99
     verify_files(folder, read_manifest(folder))  # recording touched the manifest only
 
-    assert cli.main(["segment", photo, "--model-dir", str(folder), "--out", str(tmp_path / "b"),
-                     "--backend", "ort-cpu"]) == 0
+    assert (
+        cli.main(["segment", photo, "--model-dir", str(folder), "--out", str(tmp_path / "b"), "--backend", "ort-cpu"])
+        == 0
+    )
     assert "never verified" not in capsys.readouterr().err
 
 
@@ -175,14 +196,15 @@ def test_verify_against_a_different_model_fails_and_says_so(int8_dir, photos_dir
     from diffcut_edge.export import export_model
     from diffcut_edge.models import make_tiny_pipeline
 
-    other = export_model(make_tiny_pipeline("sdxl", tmp_path / "pipe", seed=7), tmp_path / "other",
-                         resolution=R, progress=False)
+    other = export_model(
+        make_tiny_pipeline("sdxl", tmp_path / "pipe", seed=7), tmp_path / "other", resolution=R, progress=False
+    )
     folder = tmp_path / "int8"
     shutil.copytree(int8_dir, folder)
     photo = str(sorted(photos_dir.iterdir())[0])
     assert cli.main(["verify", "--model-dir", str(folder), "--against", str(other), photo]) == 2
     printed = capsys.readouterr().out
-    assert "verify: FAILED" in printed and "next: calibrate on more" in printed   # the way out, printed
+    assert "verify: FAILED" in printed and "next: calibrate on more" in printed  # the way out, printed
     m = read_manifest(folder)
     assert m.verification["passed"] is False
     assert "FAILED verification" in m.verification_note(str(folder))
@@ -197,20 +219,49 @@ def test_verify_against_refuses_folders_that_cannot_be_compared(int8_dir, tiny_m
 
 def test_cli_quantize_prints_the_next_step_and_errors_in_one_line(fp32_dir, photos_dir, tmp_path, capsys):
     out = tmp_path / "cli-int8"
-    assert cli.main(["quantize", "--model-dir", str(fp32_dir), "--calibration", str(photos_dir), "--out", str(out),
-                     "--max-images", "1", "--no-progress", "--method", "entropy"]) == 0
+    assert (
+        cli.main(
+            [
+                "quantize",
+                "--model-dir",
+                str(fp32_dir),
+                "--calibration",
+                str(photos_dir),
+                "--out",
+                str(out),
+                "--max-images",
+                "1",
+                "--no-progress",
+                "--method",
+                "entropy",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"next: diffcut-edge verify --model-dir {out} --against {fp32_dir}" in printed
     # Only our lines: onnxruntime's histogram calibrator prints its steps, which stay off stdout.
     assert printed.startswith("quantized ") and "histogram" not in printed and len(printed.splitlines()) == 2
-    assert cli.main(["quantize", "--model-dir", str(fp32_dir), "--calibration", str(photos_dir), "--out", str(out),
-                     "--no-progress"]) == 2  # not empty, no --force
+    assert (
+        cli.main(
+            [
+                "quantize",
+                "--model-dir",
+                str(fp32_dir),
+                "--calibration",
+                str(photos_dir),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )  # not empty, no --force
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--force" in err[0]
 
 
-def test_verify_with_the_pytorch_reference_records_the_verdict_too(int8_dir, tiny_pipeline_dir, photos_dir,
-                                                                   tmp_path):
+def test_verify_with_the_pytorch_reference_records_the_verdict_too(int8_dir, tiny_pipeline_dir, photos_dir, tmp_path):
     from diffcut_edge.export.verify import verify_model
 
     folder = tmp_path / "int8"
@@ -226,7 +277,7 @@ def test_holdout_split_spreads_through_the_list_and_keeps_a_calibration():
     paths = [Path(f"{i}.png") for i in range(9)]
     calib, held = q.split_holdout(paths)
     assert [p.name for p in held] == ["3.png", "7.png"] and len(calib) == 7
-    assert q.split_holdout(paths[:3]) == (paths[:3], [])           # too few to hold any out
+    assert q.split_holdout(paths[:3]) == (paths[:3], [])  # too few to hold any out
     assert q.split_holdout(paths, 0) == (paths, [])
     with pytest.raises(DiffCutError, match="keep at least one"):
         q.split_holdout(paths[:2], 2)
@@ -235,14 +286,30 @@ def test_holdout_split_spreads_through_the_list_and_keeps_a_calibration():
 def test_a_failed_held_out_check_is_said_at_once_and_recorded(fp32_dir, photos_dir, tmp_path, capsys, monkeypatch):
     from diffcut_edge.export import verify
 
-    monkeypatch.setattr(verify, "against_thresholds", lambda manifest: (1.01, 1.0))   # nothing can pass
+    monkeypatch.setattr(verify, "against_thresholds", lambda manifest: (1.01, 1.0))  # nothing can pass
     out = tmp_path / "int8"
-    code = cli.main(["quantize", "--model-dir", str(fp32_dir), "--calibration", str(photos_dir), "--out", str(out),
-                     "--no-progress"])
+    code = cli.main(
+        ["quantize", "--model-dir", str(fp32_dir), "--calibration", str(photos_dir), "--out", str(out), "--no-progress"]
+    )
     printed = capsys.readouterr().out
     assert code == 2 and "held-out check FAILED" in printed and "--keep-fp32" in printed
-    m = read_manifest(out)   # the folder is written, its verdict with it
-    assert m.verification["passed"] is False and m.verification_note(str(out))   # segment will say so
-    assert cli.main(["quantize", "--model-dir", str(fp32_dir), "--calibration", str(photos_dir), "--out",
-                     str(tmp_path / "none"), "--no-progress", "--holdout", "0"]) == 0
+    m = read_manifest(out)  # the folder is written, its verdict with it
+    assert m.verification["passed"] is False and m.verification_note(str(out))  # segment will say so
+    assert (
+        cli.main(
+            [
+                "quantize",
+                "--model-dir",
+                str(fp32_dir),
+                "--calibration",
+                str(photos_dir),
+                "--out",
+                str(tmp_path / "none"),
+                "--no-progress",
+                "--holdout",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "not verified yet" in capsys.readouterr().out

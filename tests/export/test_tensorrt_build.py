@@ -25,8 +25,10 @@ GPU = tb.GpuInfo(name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
 
 
 # ------------------------------------------------------------------ pure functions
-@pytest.mark.parametrize("spec, expected", [("1:1:4", (1, 1, 4)), ("2", (2, 2, 2)), (" 1:2:8 ", (1, 2, 8)),
-                                            ((1, 1, 1), (1, 1, 1)), ([1, 3, 64], (1, 3, 64))])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [("1:1:4", (1, 1, 4)), ("2", (2, 2, 2)), (" 1:2:8 ", (1, 2, 8)), ((1, 1, 1), (1, 1, 1)), ([1, 3, 64], (1, 3, 64))],
+)
 def test_batch_spec_parsing(spec, expected):
     assert tb.parse_batch_spec(spec) == expected
 
@@ -43,19 +45,26 @@ def test_engine_file_names_carry_gpu_and_tensorrt_version():
     assert tb.engine_file_name("NVIDIA GeForce RTX 4090", "11.0") == "encoder.nvidia-geforce-rtx-4090.trt11.0.0.plan"
 
 
-@pytest.mark.parametrize("version, precision, typed, fp16_flag, explicit, native_in", [
-    ("8.6.2.3", "fp16", False, True, True, True),    # JetPack 6.0: weak typing, FP16 flag
-    ("8.6.1", "fp32", False, False, True, True),
-    ("10.3.0.30", "fp16", True, False, False, False),  # strongly typed: types come from the ONNX
-    ("10.3.0", "fp32", True, False, False, False),
-    ("11.0.0", "fp16", True, False, False, False),
-    ("8.6.2.3", "int8", False, False, True, True),   # INT8 flag below (explicit Q/DQ quantization)
-    ("10.16.0", "int8", True, False, False, False),  # strongly typed: the Q/DQ types decide
-])
+@pytest.mark.parametrize(
+    "version, precision, typed, fp16_flag, explicit, native_in",
+    [
+        ("8.6.2.3", "fp16", False, True, True, True),  # JetPack 6.0: weak typing, FP16 flag
+        ("8.6.1", "fp32", False, False, True, True),
+        ("10.3.0.30", "fp16", True, False, False, False),  # strongly typed: types come from the ONNX
+        ("10.3.0", "fp32", True, False, False, False),
+        ("11.0.0", "fp16", True, False, False, False),
+        ("8.6.2.3", "int8", False, False, True, True),  # INT8 flag below (explicit Q/DQ quantization)
+        ("10.16.0", "int8", True, False, False, False),  # strongly typed: the Q/DQ types decide
+    ],
+)
 def test_builder_settings_per_tensorrt_version(version, precision, typed, fp16_flag, explicit, native_in):
     s = builder_settings(version, precision)
-    assert (s.strongly_typed, s.fp16_flag, s.explicit_batch_flag, s.native_instancenorm) == \
-        (typed, fp16_flag, explicit, native_in)
+    assert (s.strongly_typed, s.fp16_flag, s.explicit_batch_flag, s.native_instancenorm) == (
+        typed,
+        fp16_flag,
+        explicit,
+        native_in,
+    )
     assert s.version == parse_version(version)
 
 
@@ -90,14 +99,26 @@ def test_record_engine_writes_the_plan_and_updates_the_manifest(model_copy):
     path = tb.record_engine(model_copy, manifest, b"fake-engine-1", gpu=GPU, trt_version="10.3.0.26", batch=(1, 1, 4))
     assert path.name == "encoder.nvidia-h100-80gb-hbm3.trt10.3.0.plan" and path.read_bytes() == b"fake-engine-1"
     (record,) = read_manifest(model_copy).engines
-    assert (record.file, record.gpu_name, record.compute_capability, record.tensorrt_version,
-            record.batch_profile, record.sha256) == (path.name, GPU.name, "9.0", "10.3.0", (1, 1, 4),
-                                                     sha256_file(path))
+    assert (
+        record.file,
+        record.gpu_name,
+        record.compute_capability,
+        record.tensorrt_version,
+        record.batch_profile,
+        record.sha256,
+    ) == (path.name, GPU.name, "9.0", "10.3.0", (1, 1, 4), sha256_file(path))
     # Rebuilding for the same GPU and version replaces the record; another GPU adds one.
-    tb.record_engine(model_copy, read_manifest(model_copy), b"fake-engine-2", gpu=GPU, trt_version="10.3.0.26",
-                     batch=(1, 2, 8))
-    tb.record_engine(model_copy, read_manifest(model_copy), b"orin", gpu=tb.GpuInfo("Orin", "8.7"),
-                     trt_version="8.6.2", batch=(1, 1, 1))
+    tb.record_engine(
+        model_copy, read_manifest(model_copy), b"fake-engine-2", gpu=GPU, trt_version="10.3.0.26", batch=(1, 2, 8)
+    )
+    tb.record_engine(
+        model_copy,
+        read_manifest(model_copy),
+        b"orin",
+        gpu=tb.GpuInfo("Orin", "8.7"),
+        trt_version="8.6.2",
+        batch=(1, 1, 1),
+    )
     engines = read_manifest(model_copy).engines
     assert [(e.gpu_name, e.batch_profile) for e in engines] == [(GPU.name, (1, 2, 8)), ("Orin", (1, 1, 1))]
     verify_files(model_copy, read_manifest(model_copy))  # the ONNX record is untouched
@@ -139,11 +160,20 @@ class FakeTensorRT(types.SimpleNamespace):
     a name the project uses that a supported TensorRT does not have fails here.
     """
 
-    def __init__(self, version: str, *, build_returns=b"serialized-engine", parse_ok=True,
-                 layer_types=(), accept_cache=True):
+    def __init__(
+        self, version: str, *, build_returns=b"serialized-engine", parse_ok=True, layer_types=(), accept_cache=True
+    ):
         enums = real_enums(version)
-        super().__init__(__version__=version, builders=[], parse_ok=parse_ok, build_returns=build_returns,
-                         accept_cache=accept_cache, alive=[], layer_types=list(layer_types), **enums)
+        super().__init__(
+            __version__=version,
+            builders=[],
+            parse_ok=parse_ok,
+            build_returns=build_returns,
+            accept_cache=accept_cache,
+            alive=[],
+            layer_types=list(layer_types),
+            **enums,
+        )
         trt = self
 
         @strict("Logger", version)
@@ -339,10 +369,12 @@ def test_engine_building_code_never_imports_torch():
     # Building needs the memory torch would take (Jetson); the module chain must stay torch-free.
     import subprocess
 
-    code = ("import sys, diffcut_edge.export, diffcut_edge.export.tensorrt_build as tb; "
-            "tb.parse_batch_spec('1:1:4'); tb.probe_gpu(); "
-            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'onnx') if m in sys.modules]; "
-            "sys.exit(f'imported {bad}' if bad else 0)")
+    code = (
+        "import sys, diffcut_edge.export, diffcut_edge.export.tensorrt_build as tb; "
+        "tb.parse_batch_spec('1:1:4'); tb.probe_gpu(); "
+        "bad = [m for m in ('torch', 'diffusers', 'transformers', 'onnx') if m in sys.modules]; "
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
@@ -355,8 +387,12 @@ def test_fp16_on_tensorrt_8_6_pins_the_fp32_layers(tiny_model_dir, tmp_path, mon
     shutil.copytree(tiny_model_dir("sdxl", 256, "fp16"), copy)
     fake = FakeTensorRT("8.6.2.3")
     F, H = fake.DataType.FLOAT, fake.DataType.HALF
-    fake.layer_types = [(fake.LayerType.CONVOLUTION, [F]), (fake.LayerType.CONSTANT, [F]),
-                        (fake.LayerType.CAST, [H]), (fake.LayerType.CONVOLUTION, [H])]
+    fake.layer_types = [
+        (fake.LayerType.CONVOLUTION, [F]),
+        (fake.LayerType.CONSTANT, [F]),
+        (fake.LayerType.CAST, [H]),
+        (fake.LayerType.CONVOLUTION, [H]),
+    ]
     _use_fake(monkeypatch, fake)
     tb.build_engine(copy, timing_cache=False)
     vae_conv, constant, cast, unet_conv = fake.builders[0]["layers"]
@@ -415,8 +451,10 @@ def test_build_uses_only_names_each_real_tensorrt_has(version, precision, tiny_m
     copy = tmp_path / "m"
     shutil.copytree(tiny_model_dir("sdxl", 256, precision), copy)
     fake = FakeTensorRT(version)
-    fake.layer_types = [(fake.LayerType.CONVOLUTION, [fake.DataType.FLOAT]),
-                        (fake.LayerType.CONVOLUTION, [fake.DataType.HALF])]
+    fake.layer_types = [
+        (fake.LayerType.CONVOLUTION, [fake.DataType.FLOAT]),
+        (fake.LayerType.CONVOLUTION, [fake.DataType.HALF]),
+    ]
     _use_fake(monkeypatch, fake)
     tb.build_engine(copy)
     (rec,) = fake.builders
@@ -450,8 +488,12 @@ def int8_folders(tiny_model_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("int8")
     photos = write_sample_photos(root / "photos", 256, count=2)
-    return {act: quantize_model(tiny_model_dir("sdxl", 256, "fp32"), [photos], root / act, activations=act,
-                                progress=False).model_dir for act in ("uint8", "int8")}
+    return {
+        act: quantize_model(
+            tiny_model_dir("sdxl", 256, "fp32"), [photos], root / act, activations=act, progress=False
+        ).model_dir
+        for act in ("uint8", "int8")
+    }
 
 
 @pytest.mark.parametrize("version", sorted(VERSIONS.values()))

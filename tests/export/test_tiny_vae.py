@@ -23,8 +23,25 @@ def tiny_vae_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_export(tiny_pipeline_dir, tiny_vae_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-vae") / "model"
-    assert cli.main(["export", "--model", str(tiny_pipeline_dir("sdxl")), "--out", str(out), "--resolution", str(R),
-                     "--vae", "tiny", "--tiny-vae", str(tiny_vae_dir), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "export",
+                "--model",
+                str(tiny_pipeline_dir("sdxl")),
+                "--out",
+                str(out),
+                "--resolution",
+                str(R),
+                "--vae",
+                "tiny",
+                "--tiny-vae",
+                str(tiny_vae_dir),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -70,8 +87,9 @@ def test_tiny_vae_export_matches_its_torch_module_and_is_recorded(tiny_export, t
     np.testing.assert_allclose(session.run(None, {"image": x})[0], ref, atol=1e-4, rtol=1e-4)
 
 
-def test_segment_warns_until_verify_against_the_full_vae_records_a_verdict(tiny_export, tiny_model_dir, tmp_path,
-                                                                           capsys):
+def test_segment_warns_until_verify_against_the_full_vae_records_a_verdict(
+    tiny_export, tiny_model_dir, tmp_path, capsys
+):
     import shutil
 
     import cv2
@@ -80,13 +98,27 @@ def test_segment_warns_until_verify_against_the_full_vae_records_a_verdict(tiny_
 
     photo = tmp_path / "p.png"
     cv2.imwrite(str(photo), np.ascontiguousarray(sample_photos(R)[0][..., ::-1]))
-    assert cli.main(["segment", str(photo), "--model-dir", str(tiny_export), "--out", str(tmp_path / "o"),
-                     "--backend", "ort-cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "segment",
+                str(photo),
+                "--model-dir",
+                str(tiny_export),
+                "--out",
+                str(tmp_path / "o"),
+                "--backend",
+                "ort-cpu",
+            ]
+        )
+        == 0
+    )
     assert "fp32, tiny VAE) was never verified" in capsys.readouterr().err
     folder = tmp_path / "copy"
     shutil.copytree(tiny_export, folder)
-    code = cli.main(["verify", "--model-dir", str(folder), "--against", str(tiny_model_dir("sdxl", R, "fp32")),
-                     str(photo)])
+    code = cli.main(
+        ["verify", "--model-dir", str(folder), "--against", str(tiny_model_dir("sdxl", R, "fp32")), str(photo)]
+    )
     out = capsys.readouterr().out
     # The tiny-VAE gate, not fp32's: TAESD approximates the VAE.
     assert "pass if min token cosine >= 0.98 and mean label agreement >= 90%" in out
@@ -109,16 +141,48 @@ def test_tiny_vae_refusals(tiny_pipeline_dir, tmp_path, capsys):
 
     pipe = load_pipeline(str(tiny_pipeline_dir("sd1")))
     with torch.random.fork_rng(devices=[]):
-        wrong = AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
-                                num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4, latent_channels=16)
+        wrong = AutoencoderTiny(
+            encoder_block_out_channels=(8,) * 4,
+            decoder_block_out_channels=(8,) * 4,
+            num_encoder_blocks=(1,) * 4,
+            num_decoder_blocks=(1,) * 4,
+            latent_channels=16,
+        )
     with pytest.raises(DiffCutError, match="16 latent channels but the UNet takes 4"):
         use_tiny_vae(pipe, wrong)
     with pytest.raises(DiffCutError, match="AutoencoderTiny"):
         use_tiny_vae(pipe, pipe.vae)
-    assert cli.main(["export", "--model", str(tiny_pipeline_dir("sd1")), "--out", str(tmp_path / "x"),
-                     "--tiny-vae", "some/taesd"]) == 2
+    assert (
+        cli.main(
+            [
+                "export",
+                "--model",
+                str(tiny_pipeline_dir("sd1")),
+                "--out",
+                str(tmp_path / "x"),
+                "--tiny-vae",
+                "some/taesd",
+            ]
+        )
+        == 2
+    )
     assert "--tiny-vae needs --vae tiny" in capsys.readouterr().err
-    assert cli.main(["export", "--model", str(tiny_pipeline_dir("sd1")), "--out", str(tmp_path / "x"),
-                     "--vae", "tiny", "--tiny-vae", str(tmp_path / "no-such-taesd"), "--no-progress"]) == 2
+    assert (
+        cli.main(
+            [
+                "export",
+                "--model",
+                str(tiny_pipeline_dir("sd1")),
+                "--out",
+                str(tmp_path / "x"),
+                "--vae",
+                "tiny",
+                "--tiny-vae",
+                str(tmp_path / "no-such-taesd"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "not an AutoencoderTiny folder" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -45,8 +45,14 @@ def test_truncated_encoder_drops_everything_after_the_hook(family, tiny_pipeline
     assert unet.get_submodule(encoder.spec.hook) is hooked
     assert all(id(p) in kept for p in hooked.parameters())
     last_block = unet.down_blocks[-1 if family == "sdxl" else -2].attentions[-1].transformer_blocks[-1]
-    dropped = [unet.mid_block, unet.up_blocks, unet.conv_out, last_block.attn2, last_block.ff,
-               unet.time_embedding]  # the timestep embedding is baked in as a constant
+    dropped = [
+        unet.mid_block,
+        unet.up_blocks,
+        unet.conv_out,
+        last_block.attn2,
+        last_block.ff,
+        unet.time_embedding,
+    ]  # the timestep embedding is baked in as a constant
     if family == "sd1":
         dropped.append(unet.down_blocks[-1])
     for module in dropped:

@@ -30,8 +30,8 @@ SHAPES = 4
 @dataclass
 class Clip:
     kind: str
-    frames: list[np.ndarray]        # BGR uint8
-    classes: list[np.ndarray] | None   # (H, W) int32 ground truth (None for photos)
+    frames: list[np.ndarray]  # BGR uint8
+    classes: list[np.ndarray] | None  # (H, W) int32 ground truth (None for photos)
     n_classes: int
 
 
@@ -73,8 +73,9 @@ def _view(canvas: np.ndarray, classes: np.ndarray, matrix: np.ndarray, size: tup
     return np.clip(frame, 0, 255).astype(np.uint8), truth.astype(np.int32)
 
 
-def make_clip(kind: str, frames: int = 24, size: tuple[int, int] = (320, 240), seed: int = 0,
-              speed: float = 3.0) -> Clip:
+def make_clip(
+    kind: str, frames: int = 24, size: tuple[int, int] = (320, 240), seed: int = 0, speed: float = 3.0
+) -> Clip:
     """A clip of ``frames`` frames of ``size`` (width, height); ``speed`` pixels a frame for pan and cross."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -89,8 +90,11 @@ def make_clip(kind: str, frames: int = 24, size: tuple[int, int] = (320, 240), s
         canvas = cv2.resize(photo, (wide, h), interpolation=cv2.INTER_AREA)
         classes = np.zeros((h, wide), np.int32)
         for t in range(frames):
-            m = (np.float32([[1, 0, -speed * t], [0, 1, 0]]) if kind == "photo-pan"
-                 else cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, 1.0 + 0.01 * t).astype(np.float32))
+            m = (
+                np.float32([[1, 0, -speed * t], [0, 1, 0]])
+                if kind == "photo-pan"
+                else cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, 1.0 + 0.01 * t).astype(np.float32)
+            )
             out_frames.append(_view(canvas, classes, m, size)[0])
         return Clip(kind, out_frames, None, 0)
     if kind == "pan":

@@ -15,19 +15,19 @@ import cv2
 import numpy as np
 
 SIZE = 129
-SPLITS = (64, 48, 80)                       # split column of image i
+SPLITS = (64, 48, 80)  # split column of image i
 COLORS_RGB = np.array([(220, 40, 40), (40, 200, 60), (40, 60, 220)], dtype=np.float32) / 255.0
 
 # dataset -> (raw value of region 0, raw value of region 1, raw "ignore" value or None)
 RAW_VALUES = {
-    "voc": (1, 0, None),            # aeroplane, background (void 255 is background officially)
-    "context": (3, 255, None),      # a ctx59 class, background
+    "voc": (1, 0, None),  # aeroplane, background (void 255 is background officially)
+    "context": (3, 255, None),  # a ctx59 class, background
     "coco-object": (0, 148, None),  # person, road (stuff -> background)
-    "coco-stuff": (0, 148, 255),    # person -> "person", road -> "ground", 255 unlabeled
-    "cityscapes": (26, 7, 0),       # car, road, unlabeled
-    "ade20k": (5, 1, 0),            # two classes, 0 = other (ignored)
+    "coco-stuff": (0, 148, 255),  # person -> "person", road -> "ground", 255 unlabeled
+    "cityscapes": (26, 7, 0),  # car, road, unlabeled
+    "ade20k": (5, 1, 0),  # two classes, 0 = other (ignored)
 }
-IGNORE_ROWS = 16                    # rows of the ignore value at the top, where the dataset has one
+IGNORE_ROWS = 16  # rows of the ignore value at the top, where the dataset has one
 
 
 def voc_colormap(n: int = 256) -> np.ndarray:
@@ -58,7 +58,7 @@ def raw_labels(name: str, regions: np.ndarray, *, void_cols: int = 0, split: int
     if ignore is not None:
         raw[:IGNORE_ROWS] = ignore
     if void_cols:
-        raw[:, split - void_cols:split] = 255
+        raw[:, split - void_cols : split] = 255
     return raw
 
 

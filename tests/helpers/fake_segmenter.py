@@ -26,14 +26,15 @@ class FakeResult:
     num_segments: int
     embeddings: np.ndarray
     timings: dict = field(default_factory=dict)
-    segments: list | None = None          # the fields of SegmentationResult, as the loop reads them
+    segments: list | None = None  # the fields of SegmentationResult, as the loop reads them
     vocabulary: str | None = None
     class_names: tuple | None = None
 
 
 class FakeSegmenter:
-    def __init__(self, mask_size=(16, 16), refine: bool = True, fail_on_frame: int | None = None,
-                 tau: float = 0.5) -> None:
+    def __init__(
+        self, mask_size=(16, 16), refine: bool = True, fail_on_frame: int | None = None, tau: float = 0.5
+    ) -> None:
         from diffcut_edge.runtime.options import SegmenterOptions
 
         self.options = SegmenterOptions(tau=tau, mask_size=mask_size, refine=refine)  # the real validation
@@ -75,9 +76,21 @@ class FakeSegmenter:
         emb = np.stack([unit[coarse.ravel() == i].mean(axis=0) for i in range(k)]).astype(np.float32)
         mask = cv2.resize(coarse, self.mask_size[::-1], interpolation=cv2.INTER_NEAREST)
         labels = cv2.resize(mask, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
-        return FakeResult(labels.astype(np.int32), mask.astype(np.int32), coarse, k, emb,
-                          {"preprocess": 0.1, "encoder": 1.0, "ncut": 0.2, "assign": 0.1,
-                           "pamr": 0.3 if self.refine else 0.0, "total": 1.7})
+        return FakeResult(
+            labels.astype(np.int32),
+            mask.astype(np.int32),
+            coarse,
+            k,
+            emb,
+            {
+                "preprocess": 0.1,
+                "encoder": 1.0,
+                "ncut": 0.2,
+                "assign": 0.1,
+                "pamr": 0.3 if self.refine else 0.0,
+                "total": 1.7,
+            },
+        )
 
     def encode_frame(self, frame: np.ndarray):
         """Stage 1 (runtime.segmenter.FrameSegmenter): this fake's features of one frame."""
@@ -108,7 +121,7 @@ def make_video(path, n: int = 10, size=(96, 128), fps: float = 10.0, codec: str 
 
     h, w = size
     photo = cv2.resize(data.astronaut()[..., ::-1], (2 * w, h), interpolation=cv2.INTER_AREA)
-    frames = [np.ascontiguousarray(photo[:, 6 * i: 6 * i + w]) for i in range(n)]
+    frames = [np.ascontiguousarray(photo[:, 6 * i : 6 * i + w]) for i in range(n)]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (w, h))
     assert writer.isOpened(), f"cannot write {path} with {codec}"
     for f in frames:

@@ -52,8 +52,12 @@ def make(name: str) -> NS:
         import array_api_strict
 
         device = array_api_strict.Device("device1")
-        return NS("strict", lambda a: array_api_strict.asarray(np.asarray(a), device=device),
-                  get_xp(array_api_strict.asarray(0, device=device)), device)
+        return NS(
+            "strict",
+            lambda a: array_api_strict.asarray(np.asarray(a), device=device),
+            get_xp(array_api_strict.asarray(0, device=device)),
+            device,
+        )
     if name == "torch":
         import torch
 

@@ -40,8 +40,17 @@ def resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return labels[rows][:, cols]
 
 
-def planted_case(grid: tuple[int, int], k: int, noise: float, seed: int, *, channels: int = 1280,
-                 rho: float = 0.5, sub: int = 4, image_size: tuple[int, int] = (128, 128)) -> PlantedCase:
+def planted_case(
+    grid: tuple[int, int],
+    k: int,
+    noise: float,
+    seed: int,
+    *,
+    channels: int = 1280,
+    rho: float = 0.5,
+    sub: int = 4,
+    image_size: tuple[int, int] = (128, 128),
+) -> PlantedCase:
     rng = np.random.default_rng(seed)
     h, w = grid
     regions = voronoi((h * sub, w * sub), k, rng)
@@ -54,7 +63,4 @@ def planted_case(grid: tuple[int, int], k: int, noise: float, seed: int, *, chan
     feats += noise * rng.standard_normal(feats.shape) / np.sqrt(channels)
     colours = rng.uniform(0.1, 0.9, (k, 3))
     image = colours[resize_nearest(regions, image_size)] + 0.03 * rng.standard_normal((*image_size, 3))
-    return PlantedCase(feats.astype(np.float32), (h, w), regions,
-                       np.clip(image, 0, 1).astype(np.float32))
-
-
+    return PlantedCase(feats.astype(np.float32), (h, w), regions, np.clip(image, 0, 1).astype(np.float32))

@@ -25,8 +25,12 @@ def ensure_packages(modules: tuple[str, ...], packages: tuple[str, ...], folder:
         return None
     target = CACHE / folder
     if not (target / marker).is_file():
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                               *packages], capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), *packages],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             pytest.skip(f"cannot install {' '.join(packages)} (pip install --no-deps): {last}")
@@ -39,6 +43,10 @@ def ensure_packages(modules: tuple[str, ...], packages: tuple[str, ...], folder:
 def torchmetrics():
     """torchmetrics 1.4 (the official open-vocabulary evaluation's JaccardIndex), needs torch."""
     pytest.importorskip("torch", reason="torchmetrics needs torch (the [export] extra)")
-    ensure_packages(("torchmetrics", "lightning_utilities"), ("torchmetrics==1.4.0", "lightning-utilities==0.11.9"), "torchmetrics-1.4.0",
-                    "torchmetrics/__init__.py")
+    ensure_packages(
+        ("torchmetrics", "lightning_utilities"),
+        ("torchmetrics==1.4.0", "lightning-utilities==0.11.9"),
+        "torchmetrics-1.4.0",
+        "torchmetrics/__init__.py",
+    )
     return importlib.import_module("torchmetrics")

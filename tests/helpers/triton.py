@@ -19,7 +19,7 @@ import pytest
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.serve.triton_server import TritonBinary, find_tritonserver
 
-PYTRITON = "nvidia-pytriton==0.7.0"   # tritonserver 2.51 with the python backend
+PYTRITON = "nvidia-pytriton==0.7.0"  # tritonserver 2.51 with the python backend
 CACHE = Path(os.environ.get("DIFFCUT_TEST_TOOLS", Path.home() / ".cache" / "diffcut-edge" / "test-tools"))
 
 
@@ -41,8 +41,12 @@ def tritonserver_binary() -> TritonBinary:
     if not binary.is_file():
         if platform.machine() != "x86_64" or not _glibc_ok():
             pytest.skip("the nvidia-pytriton tritonserver needs Linux x86-64 with glibc >= 2.35")
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                               PYTRITON], capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), PYTRITON],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if proc.returncode != 0 or not binary.is_file():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             pytest.skip(f"cannot install {PYTRITON} (pip install --no-deps) for a real tritonserver: {last}")

@@ -67,6 +67,8 @@ class Strict:
 
 def strict(real: str, version: str):
     """Class decorator: the fake stands for real class ``real`` of TensorRT ``version``."""
+
     def wrap(cls):
         return type(cls.__name__, (Strict, cls), {"_real": real, "_version": version})
+
     return wrap

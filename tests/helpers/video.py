@@ -11,8 +11,11 @@ def video_geometry(path):
         frames = 0
         while cap.read()[0]:
             frames += 1
-        return frames, cap.get(cv2.CAP_PROP_FPS), (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                                                   int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        return (
+            frames,
+            cap.get(cv2.CAP_PROP_FPS),
+            (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))),
+        )
     finally:
         cap.release()
 
@@ -21,7 +24,7 @@ def corrupt_frame(src, dst, index: int) -> None:
     """Zero the start of the index-th JPEG inside an MJPG AVI (a broken frame mid-file)."""
     data = bytearray(src.read_bytes())
     starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
-    data[starts[index]: starts[index] + 600] = bytes(600)
+    data[starts[index] : starts[index] + 600] = bytes(600)
     dst.write_bytes(bytes(data))
 
 
@@ -33,9 +36,12 @@ def run_fresh_process(argv, cwd):
     from pathlib import Path
 
     tests = Path(__file__).parent.parent
-    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from helpers.fake_segmenter import FakeSegmenter; "
-            "from diffcut_edge import cli; from diffcut_edge.apps import pipeline; "
-            "pipeline.open_segmenter = lambda spec, **kwargs: FakeSegmenter(); "
-            "sys.exit(cli.main(sys.argv[1:]))")
-    return subprocess.run([sys.executable, "-c", code, str(tests), *argv], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv.pop(1)); from helpers.fake_segmenter import FakeSegmenter; "
+        "from diffcut_edge import cli; from diffcut_edge.apps import pipeline; "
+        "pipeline.open_segmenter = lambda spec, **kwargs: FakeSegmenter(); "
+        "sys.exit(cli.main(sys.argv[1:]))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(tests), *argv], capture_output=True, text=True, cwd=cwd, timeout=120
+    )

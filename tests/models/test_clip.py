@@ -29,8 +29,11 @@ def test_tiny_clip_loads_through_open_clip_with_its_weights(tiny_clip_dir):
 def test_open_clip_imports_and_no_stand_in_stays(tiny_clip_dir):
     open_clip = mclip.import_open_clip()
     assert hasattr(open_clip, "create_model")
-    stand_in = [m for m in sys.modules if m.split(".")[0] == "torchvision"
-                and getattr(sys.modules[m], "__version__", "").endswith("stand-in")]
+    stand_in = [
+        m
+        for m in sys.modules
+        if m.split(".")[0] == "torchvision" and getattr(sys.modules[m], "__version__", "").endswith("stand-in")
+    ]
     assert stand_in == []  # transformers and diffusers in this process see no fake torchvision
 
 
@@ -45,11 +48,14 @@ def test_stand_in_satisfies_imports_and_refuses_use():
     assert "torchvision.transforms" not in sys.modules
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("convnext_large_d_320", "expected MODEL:TAG"),
-    ("a:b:c", "expected MODEL:TAG"),
-    ("local-dir:/nonexistent/clip", "has no open_clip_config.json"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("convnext_large_d_320", "expected MODEL:TAG"),
+        ("a:b:c", "expected MODEL:TAG"),
+        ("local-dir:/nonexistent/clip", "has no open_clip_config.json"),
+    ],
+)
 def test_clip_spec_errors(spec, message):
     with pytest.raises(DiffCutError, match=message):
         mclip.parse_clip_spec(spec)

@@ -22,8 +22,9 @@ def pipelines(tiny_pipeline_dir):
 
 
 def _tokens(tokenizer):
-    return tokenizer("", padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids
+    return tokenizer(
+        "", padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def test_sd1_conditioning_is_the_text_encoder_last_state(pipelines):

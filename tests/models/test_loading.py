@@ -14,8 +14,9 @@ from diffcut_edge.models import TINY_CHANNELS, family_of_unet, load_pipeline, ma
 pytest.importorskip("diffusers")
 
 
-@pytest.mark.parametrize("family, cls, n_down", [("sdxl", "StableDiffusionXLPipeline", 3),
-                                                  ("sd1", "StableDiffusionPipeline", 4)])
+@pytest.mark.parametrize(
+    "family, cls, n_down", [("sdxl", "StableDiffusionXLPipeline", 3), ("sd1", "StableDiffusionPipeline", 4)]
+)
 def test_tiny_pipeline_round_trips_through_load_pipeline(tiny_pipeline_dir, family, cls, n_down):
     folder = tiny_pipeline_dir(family)
     assert (folder / "model_index.json").is_file()
@@ -28,8 +29,12 @@ def test_tiny_pipeline_round_trips_through_load_pipeline(tiny_pipeline_dir, fami
     assert unet.config.block_out_channels[hook_block] == TINY_CHANNELS
     assert len(pipeline.vae.config.block_out_channels) == 4  # VAE downsamples by 8
     scheduler = pipeline.scheduler.config
-    assert (scheduler.beta_schedule, scheduler.beta_start, scheduler.beta_end,
-            scheduler.num_train_timesteps) == ("scaled_linear", 0.00085, 0.012, 1000)
+    assert (scheduler.beta_schedule, scheduler.beta_start, scheduler.beta_end, scheduler.num_train_timesteps) == (
+        "scaled_linear",
+        0.00085,
+        0.012,
+        1000,
+    )
     assert type(pipeline.scheduler).__name__ == ("EulerDiscreteScheduler" if family == "sdxl" else "PNDMScheduler")
 
 

@@ -21,8 +21,12 @@ from diffcut_edge.models import (
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "model_configs"
 # Which family each full-size config folder belongs to (docs/design.md, model-costs.md).
-CONFIG_FAMILY = {"SSD-1B": "sdxl", "Segmind-Vega": "sdxl", "stable-diffusion-xl-base-1.0": "sdxl",
-                 "stable-diffusion-v1-4": "sd1"}
+CONFIG_FAMILY = {
+    "SSD-1B": "sdxl",
+    "Segmind-Vega": "sdxl",
+    "stable-diffusion-xl-base-1.0": "sdxl",
+    "stable-diffusion-v1-4": "sd1",
+}
 
 
 def test_recipes_are_unique_and_cover_the_paper_models():
@@ -95,8 +99,8 @@ def test_full_size_unet_builds_on_meta_and_hook_has_1280_channels(folder):
     assert attn1.to_q.in_features == 1280 and attn1.to_out[0].out_features == 1280
     # The hook sits after two downsamples of the latent (R/8 -> R/32).
     downsamplers_before = sum(
-        1 for block in unet.down_blocks[: FAMILIES[CONFIG_FAMILY[folder]].hook_block]
-        if block.downsamplers is not None)
+        1 for block in unet.down_blocks[: FAMILIES[CONFIG_FAMILY[folder]].hook_block] if block.downsamplers is not None
+    )
     assert downsamplers_before == 2
 
 

@@ -21,13 +21,16 @@ def torch():
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("src,dst", [((16, 16), (128, 128)), ((24, 40), (96, 160)), ((5, 7), (13, 3)),
-                                     ((128, 128), (32, 32)), ((1, 4), (3, 9))])
+@pytest.mark.parametrize(
+    "src,dst",
+    [((16, 16), (128, 128)), ((24, 40), (96, 160)), ((5, 7), (13, 3)), ((128, 128), (32, 32)), ((1, 4), (3, 9))],
+)
 def test_resize_matches_torch_interpolate(torch, src, dst, align_corners, ns):
     maps = np.random.default_rng(0).standard_normal((3, *src)).astype(np.float32)
     ours = ns.get(resize_bilinear(ns.put(maps), dst, align_corners=align_corners))
-    theirs = torch.nn.functional.interpolate(torch.from_numpy(maps)[None], size=dst, mode="bilinear",
-                                             align_corners=align_corners)[0].numpy()
+    theirs = torch.nn.functional.interpolate(
+        torch.from_numpy(maps)[None], size=dst, mode="bilinear", align_corners=align_corners
+    )[0].numpy()
     assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours, theirs, atol=2e-6)
 

@@ -45,8 +45,13 @@ def _batch(b: int, r: int = R, seed: int = 0) -> np.ndarray:
 
 
 def _engine(gpu="NVIDIA H100 80GB HBM3", cc="9.0", trt="10.3.0", batch=(1, 1, 4)) -> EngineRecord:
-    return EngineRecord(file=f"encoder.{cc}.trt{trt}.plan", gpu_name=gpu, compute_capability=cc,
-                        tensorrt_version=trt, batch_profile=batch)
+    return EngineRecord(
+        file=f"encoder.{cc}.trt{trt}.plan",
+        gpu_name=gpu,
+        compute_capability=cc,
+        tensorrt_version=trt,
+        batch_profile=batch,
+    )
 
 
 # --------------------------------------------------------------------------- provider choice
@@ -83,8 +88,7 @@ def test_int8_folders_on_the_trt_ep(manifest):
         choose_providers(ALL_EPS, manifest, backend="ort-trt")
 
 
-def test_trt_ep_cache_moves_to_the_user_cache_when_the_model_folder_cannot_hold_it(manifest, tmp_path,
-                                                                                   monkeypatch):
+def test_trt_ep_cache_moves_to_the_user_cache_when_the_model_folder_cannot_hold_it(manifest, tmp_path, monkeypatch):
     from diffcut_edge.runtime.backends.onnxrt import trt_ep_cache_dir
 
     monkeypatch.setenv("DIFFCUT_EDGE_CACHE", str(tmp_path / "user-cache"))
@@ -98,15 +102,18 @@ def test_trt_ep_cache_moves_to_the_user_cache_when_the_model_folder_cannot_hold_
     assert cache.parent == tmp_path / "user-cache" / "ort-trt" and cache.is_dir()
 
 
-@pytest.mark.parametrize("available, backend, expected", [
-    ([CPU_EP], "ort", [CPU_EP]),
-    ([CUDA_EP, CPU_EP], "ort", [CUDA_EP, CPU_EP]),
-    (["AzureExecutionProvider", CPU_EP], "ort", [CPU_EP]),
-    (ALL_EPS, "ort-cpu", [CPU_EP]),
-    (ALL_EPS, "ort-cuda", [CUDA_EP, CPU_EP]),
-    (ALL_EPS, "ort-trt", ALL_EPS),
-    ([TRT_EP, CPU_EP], "ort-trt", [TRT_EP, CPU_EP]),
-])
+@pytest.mark.parametrize(
+    "available, backend, expected",
+    [
+        ([CPU_EP], "ort", [CPU_EP]),
+        ([CUDA_EP, CPU_EP], "ort", [CUDA_EP, CPU_EP]),
+        (["AzureExecutionProvider", CPU_EP], "ort", [CPU_EP]),
+        (ALL_EPS, "ort-cpu", [CPU_EP]),
+        (ALL_EPS, "ort-cuda", [CUDA_EP, CPU_EP]),
+        (ALL_EPS, "ort-trt", ALL_EPS),
+        ([TRT_EP, CPU_EP], "ort-trt", [TRT_EP, CPU_EP]),
+    ],
+)
 def test_provider_order(manifest, available, backend, expected):
     assert [name for name, _ in choose_providers(available, manifest, backend=backend)] == expected
 
@@ -204,14 +211,17 @@ def test_manifest_names_must_match_graph(toy_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------- input validation
-@pytest.mark.parametrize("array, message", [
-    (_batch(1).astype(np.float64), "dtype float64"),
-    (_batch(1).astype(np.float16), "dtype float16"),
-    (_batch(1, r=R + 32), rf"\(1, 3, {R + 32}, {R + 32}\)"),
-    (_batch(1)[0], rf"\(3, {R}, {R}\)"),
-    (np.zeros((1, 4, R, R), np.float32), "expected shape"),
-    ([[1.0]], "dtype None"),
-])
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (_batch(1).astype(np.float64), "dtype float64"),
+        (_batch(1).astype(np.float16), "dtype float16"),
+        (_batch(1, r=R + 32), rf"\(1, 3, {R + 32}, {R + 32}\)"),
+        (_batch(1)[0], rf"\(3, {R}, {R}\)"),
+        (np.zeros((1, 4, R, R), np.float32), "expected shape"),
+        ([[1.0]], "dtype None"),
+    ],
+)
 def test_input_validation_says_expected_vs_got(manifest, array, message):
     with pytest.raises(DiffCutError, match=message) as info:
         check_image_batch(array, manifest)
@@ -235,8 +245,8 @@ def test_engine_selection(manifest, toy_dir):
     manifest.engines = [orin, h100]
     assert find_engine(manifest, "NVIDIA H100 80GB HBM3", "9.0", "10.3.0.30") is h100  # build no. ignored
     assert find_engine(manifest, "Orin", "8.7", "8.6.2.3") is orin
-    assert find_engine(manifest, "NVIDIA H100 80GB HBM3", "9.0", "10.4.0") is None   # other TRT
-    assert find_engine(manifest, "NVIDIA H100 PCIe", "9.0", "10.3.0") is None        # other GPU
+    assert find_engine(manifest, "NVIDIA H100 80GB HBM3", "9.0", "10.4.0") is None  # other TRT
+    assert find_engine(manifest, "NVIDIA H100 PCIe", "9.0", "10.3.0") is None  # other GPU
     with pytest.raises(DiffCutError) as info:
         select_engine(manifest, "NVIDIA A100-SXM4-40GB", "8.0", "10.3.0", toy_dir)
     text = str(info.value)
@@ -424,7 +434,8 @@ def test_tensorrt_backend_orders_its_stream_after_the_input_and_names_its_device
         asarray=lambda a, dtype=None: np.asarray(a, dtype=dtype).view(Buffer),
         ascontiguousarray=lambda a: np.ascontiguousarray(a).view(Buffer),
         empty=lambda shape, dtype: np.zeros(shape, dtype).view(Buffer),
-        asnumpy=lambda a: np.asarray(a))
+        asnumpy=lambda a: np.asarray(a),
+    )
     monkeypatch.setattr(trt_backend, "cp", fake_cp)
 
     class Context:
@@ -458,15 +469,26 @@ def test_every_supported_tensorrt_has_the_names_the_native_backend_calls(version
     from helpers.trt_surface import surface
 
     real = surface(version)
-    used = {"ICudaEngine": ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_dtype",
-                            "get_tensor_profile_shape", "create_execution_context"),
-            "IExecutionContext": ("set_input_shape", "get_tensor_shape", "set_tensor_address", "execute_async_v3"),
-            "Runtime": ("deserialize_cuda_engine",), "Logger": ("ERROR", "WARNING", "VERBOSE")}
+    used = {
+        "ICudaEngine": (
+            "num_io_tensors",
+            "get_tensor_name",
+            "get_tensor_mode",
+            "get_tensor_dtype",
+            "get_tensor_profile_shape",
+            "create_execution_context",
+        ),
+        "IExecutionContext": ("set_input_shape", "get_tensor_shape", "set_tensor_address", "execute_async_v3"),
+        "Runtime": ("deserialize_cuda_engine",),
+        "Logger": ("ERROR", "WARNING", "VERBOSE"),
+    }
     missing = {cls: [n for n in names if n not in real["classes"][cls]] for cls, names in used.items()}
     assert missing == {cls: [] for cls in used}
     assert set(real["enums"]["TensorIOMode"]) >= {"INPUT", "OUTPUT"}
     assert {trt_compat.numpy_dtype(types.SimpleNamespace(name=n)) for n in ("FLOAT", "HALF")} == {
-        np.dtype(np.float32), np.dtype(np.float16)} and {"FLOAT", "HALF"} <= set(real["enums"]["DataType"])
+        np.dtype(np.float32),
+        np.dtype(np.float16),
+    } and {"FLOAT", "HALF"} <= set(real["enums"]["DataType"])
 
 
 def test_a_missing_subpackage_names_the_extra_not_a_broken_install():

@@ -120,8 +120,12 @@ def _png_bomb(path, side: int = 30000) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     rows = zlib.compress(b"\x00" * (side + 1) * 16, 9)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_a_decompression_bomb_is_refused_from_its_header_within_bounded_memory(tmp_path):
@@ -134,10 +138,26 @@ def test_a_decompression_bomb_is_refused_from_its_header_within_bounded_memory(t
     with pytest.raises(DiffCutError, match=r"30000x30000 pixels is over the limit .*DIFFCUT_MAX_IMAGE_PIXELS"):
         image_io.read_image(bomb)
     # The whole CLI under a 2 GB address-space limit (an 8 GB board has less free): one line, exit 2.
-    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
-            "from diffcut_edge import cli; sys.exit(cli.main(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", code, "segment", str(bomb), "--model-dir", str(tmp_path / "m"),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+        "from diffcut_edge import cli; sys.exit(cli.main(sys.argv[1:]))"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "segment",
+            str(bomb),
+            "--model-dir",
+            str(tmp_path / "m"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "DecompressionBomb" not in proc.stderr
 
@@ -147,11 +167,11 @@ def test_the_pixel_limit_can_be_raised(tmp_path, monkeypatch):
 
     path = tmp_path / "wide.png"
     cv2.imwrite(str(path), np.zeros((20, 60, 3), np.uint8))
-    monkeypatch.setenv(MAX_PIXELS_ENV, "1000")   # one limit for files and frames (runtime.preprocess)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1000")  # one limit for files and frames (runtime.preprocess)
     with pytest.raises(DiffCutError, match="60x20 pixels is over the limit of 1000"):
         image_io.read_image(path)
     with pytest.raises(DiffCutError, match="60x20 pixels is over the limit of 1000"):
-        check_frame(np.zeros((20, 60, 3), np.uint8))   # frames from the API, video, Triton requests
+        check_frame(np.zeros((20, 60, 3), np.uint8))  # frames from the API, video, Triton requests
     monkeypatch.setenv(MAX_PIXELS_ENV, "1200")
     assert image_io.read_image(path).shape == (20, 60, 3)
     monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
@@ -165,14 +185,16 @@ def test_a_file_name_that_is_not_utf8_is_read_not_crashed_on(tmp_path):
     import sys
 
     folder = os.fsencode(tmp_path)
-    name = folder + b"/caf\xe9.png"   # Latin-1 bytes: not UTF-8
+    name = folder + b"/caf\xe9.png"  # Latin-1 bytes: not UTF-8
     ok, buf = cv2.imencode(".png", np.full((8, 8, 3), 77, np.uint8))
     with open(name, "wb") as f:
         f.write(buf.tobytes())
     # In a child: before the fix, cv2.imread on this name ended the process with SIGSEGV.
-    code = ("import os, sys; from diffcut_edge.runtime import images as image_io; "
-            "img = image_io.read_image(os.fsdecode(sys.argv[1].encode('utf-8', 'surrogateescape'))); "
-            "print(img.shape, int(img[0, 0, 0]))")
+    code = (
+        "import os, sys; from diffcut_edge.runtime import images as image_io; "
+        "img = image_io.read_image(os.fsdecode(sys.argv[1].encode('utf-8', 'surrogateescape'))); "
+        "print(img.shape, int(img[0, 0, 0]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code, os.fsdecode(name)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "(8, 8, 3) 77", proc.stderr
 
@@ -182,7 +204,7 @@ def test_tiffs_with_every_orientation_are_read_upright(tmp_path, orientation):
     from PIL import Image
 
     rng = np.random.default_rng(orientation)
-    stored = rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)   # as on disk (BGR here)
+    stored = rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)  # as on disk (BGR here)
     exif = Image.Exif()
     exif[0x0112] = orientation
     path = tmp_path / f"o{orientation}.tif"
@@ -200,14 +222,14 @@ def test_output_stems_never_collide():
     paths = [Path("a/x.jpg"), Path("b/x.png"), Path("c/x_2.png"), Path("d/X.png"), Path("e/x_3.tif")]
     stems = output_stems(paths)
     assert len({s.casefold() for s in stems}) == len(paths), stems
-    assert stems[0] == "x" and stems[2] == "x_2" and stems[4] == "x_3"   # a file's own stem is kept when free
+    assert stems[0] == "x" and stems[2] == "x_2" and stems[4] == "x_3"  # a file's own stem is kept when free
 
 
 def test_an_interrupt_inside_fsync_leaves_no_temporary_and_strays_are_cleared(tmp_path, monkeypatch):
     from diffcut_edge import atomic
 
     target = tmp_path / "out.png"
-    stray = tmp_path / f".out{atomic.TEMP_MARK}killed.png"   # what a SIGKILL mid-write leaves
+    stray = tmp_path / f".out{atomic.TEMP_MARK}killed.png"  # what a SIGKILL mid-write leaves
     stray.write_bytes(b"half")
 
     def interrupted(fd):
@@ -216,7 +238,7 @@ def test_an_interrupt_inside_fsync_leaves_no_temporary_and_strays_are_cleared(tm
     monkeypatch.setattr(atomic.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         atomic.write_bytes(target, b"data")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [stray.name]   # only the old stray, no new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stray.name]  # only the old stray, no new one
     monkeypatch.undo()
     atomic.write_bytes(target, b"data")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]    # the next success clears it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]  # the next success clears it

@@ -14,10 +14,10 @@ def _label_map(seed: int, shape=(75, 101), k=5) -> np.ndarray:
     """Blobs: nearest of k random centres, plus a 2-pixel speck that covers no cell of a 3x4 grid."""
     rng = np.random.default_rng(seed)
     centres = rng.uniform(0, 1, (k, 2)) * np.array(shape)
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    d = ((yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    d = (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2
     labels = np.argmin(d, axis=-1).astype(np.int32)
-    labels[1, 1:3] = k + 3          # an id that vanishes on the grid; ids need not be contiguous
+    labels[1, 1:3] = k + 3  # an id that vanishes on the grid; ids need not be contiguous
     return labels
 
 
@@ -44,7 +44,7 @@ def test_pooling_matches_the_reference_mask_pooling(ns):
 
 def test_area_weights_are_shares_of_cells():
     labels = np.zeros((4, 6), np.int32)
-    labels[0, 0:3] = 1       # half of cell (0, 0) of a 2x2 grid (cells of 2x3 pixels), 3 of 6 pixels
+    labels[0, 0:3] = 1  # half of cell (0, 0) of a 2x2 grid (cells of 2x3 pixels), 3 of 6 pixels
     weights = labeling._area_weights(labels, np.array([1]), (2, 2))
     np.testing.assert_allclose(weights, [[1.0, 0, 0, 0]])
 
@@ -58,15 +58,16 @@ def test_segment_stats_against_brute_force():
         assert area == len(xs) and (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
-def test_typed_classes_never_read_the_folder_bank_and_ort_cpu_keeps_clip_on_the_cpu(vocab_model_dir, tmp_path,
-                                                                                      monkeypatch):
+def test_typed_classes_never_read_the_folder_bank_and_ort_cpu_keeps_clip_on_the_cpu(
+    vocab_model_dir, tmp_path, monkeypatch
+):
     import shutil
 
     from diffcut_edge.runtime import labeling
 
     folder = tmp_path / "model"
     shutil.copytree(vocab_model_dir, folder)
-    (folder / labeling.BANK_NAME).write_bytes(b"not a bank")   # a damaged bank: only typed classes still work
+    (folder / labeling.BANK_NAME).write_bytes(b"not a bank")  # a damaged bank: only typed classes still work
     typed = labeling.SegmentLabeler.from_model_dir(folder, "cat, sofa", verify=False)
     assert typed.class_names == ("cat", "sofa")
     with pytest.raises(DiffCutError):
@@ -97,5 +98,5 @@ def test_a_garbage_text_graph_is_one_line_not_an_onnxruntime_error(vocab_model_d
     with pytest.raises(DiffCutError, match=r"clip_text.onnx: onnxruntime cannot load it .* re-run export-vocab") as err:
         labeling.SegmentLabeler.from_model_dir(folder, "cat, sofa", verify=False)
     assert "\n" not in str(err.value)
-    with pytest.raises(DiffCutError, match="does not match its manifest"):   # with verification: the hash says it
+    with pytest.raises(DiffCutError, match="does not match its manifest"):  # with verification: the hash says it
         labeling.SegmentLabeler.from_model_dir(folder, "cat, sofa")

@@ -49,26 +49,29 @@ def test_links_out_of_the_folder_and_special_files_are_refused(toy, tmp_path):
     with pytest.raises(DiffCutError, match="leads outside the model folder"):
         verify_files(folder, read_manifest(folder))
     (folder / "encoder.onnx").unlink()
-    (folder / "encoder.onnx").symlink_to("/proc/self/pagemap")   # hashing it would hang
+    (folder / "encoder.onnx").symlink_to("/proc/self/pagemap")  # hashing it would hang
     with pytest.raises(DiffCutError, match="leads outside"):
         open_backend(folder, "ort-cpu")
     (folder / "encoder.onnx").unlink()
-    os.mkfifo(folder / "encoder.onnx")                            # inside the folder, but a FIFO
+    os.mkfifo(folder / "encoder.onnx")  # inside the folder, but a FIFO
     with pytest.raises(DiffCutError, match="not a regular file"):
         verify_files(folder, read_manifest(folder))
-    assert folder_file(folder, "missing.onnx") == folder / "missing.onnx"   # the caller says it is missing
+    assert folder_file(folder, "missing.onnx") == folder / "missing.onnx"  # the caller says it is missing
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"resolution": "256"}, "resolution must be an integer"),
-    ({"resolution": True}, "resolution must be an integer"),
-    ({"model_id": ["x"]}, "model_id must be a string"),
-    ({"files_sha256": ["encoder.onnx"]}, "files_sha256 must be an object"),
-    ({"resolution": 65536, "grid": [2048, 2048]}, "outside 64..4096"),
-    ({"channels": 10 ** 9}, "channels"),
-    ({"grid": [[1], 2]}, "malformed field"),
-    ({"engines": ["x"]}, "malformed field"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"resolution": "256"}, "resolution must be an integer"),
+        ({"resolution": True}, "resolution must be an integer"),
+        ({"model_id": ["x"]}, "model_id must be a string"),
+        ({"files_sha256": ["encoder.onnx"]}, "files_sha256 must be an object"),
+        ({"resolution": 65536, "grid": [2048, 2048]}, "outside 64..4096"),
+        ({"channels": 10**9}, "channels"),
+        ({"grid": [[1], 2]}, "malformed field"),
+        ({"engines": ["x"]}, "malformed field"),
+    ],
+)
 def test_fields_have_the_types_and_bounds_the_runtime_relies_on(toy, tmp_path, changes, message):
     with pytest.raises(DiffCutError, match=message):
         read_manifest(_copy(toy, tmp_path, **changes))
@@ -85,7 +88,7 @@ def test_a_deep_or_huge_manifest_is_one_line(toy, tmp_path):
 
 
 def test_the_resolution_must_be_the_graphs(toy, tmp_path):
-    folder = _copy(toy, tmp_path, resolution=512, grid=[16, 16])   # the graph takes 256
+    folder = _copy(toy, tmp_path, resolution=512, grid=[16, 16])  # the graph takes 256
     with pytest.raises(DiffCutError, match=r"takes input .* but the manifest says \(B, 3, 512, 512\)"):
         open_backend(folder, "ort-cpu")
 
@@ -110,8 +113,9 @@ def test_vocabulary_files_inflate_within_bounds(tmp_path):
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         with z.open("embeddings.npy", "w", force_zip64=True) as member:
             header = io.BytesIO()
-            np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
-                                                          "shape": (MAX_BANK_BYTES // 4 + 1024,)})
+            np.lib.format.write_array_header_1_0(
+                header, {"descr": "<f4", "fortran_order": False, "shape": (MAX_BANK_BYTES // 4 + 1024,)}
+            )
             member.write(header.getvalue())
             zeros = bytes(1 << 20)
             for _ in range(MAX_BANK_BYTES // len(zeros) + 1):

@@ -126,14 +126,18 @@ def test_float16_features_are_computed_in_float32(ns):
         pytest.skip("float16 is not a dtype of the Array API standard (cupy and torch have it)")
     case = planted_case((16, 16), 5, 0.2, 6)
     half = case.features.astype(np.float16)
-    np.testing.assert_array_equal(ns.get(recursive_ncut(ns.put(half), case.grid).labels),
-                                  ns.get(recursive_ncut(ns.put(half.astype(np.float32)), case.grid).labels))
+    np.testing.assert_array_equal(
+        ns.get(recursive_ncut(ns.put(half), case.grid).labels),
+        ns.get(recursive_ncut(ns.put(half.astype(np.float32)), case.grid).labels),
+    )
 
 
 def test_batch_of_one_is_accepted(ns):
     case = planted_case((16, 16), 5, 0.2, 6)
-    np.testing.assert_array_equal(ns.get(recursive_ncut(ns.put(case.features[None]), case.grid).labels),
-                                  ns.get(recursive_ncut(ns.put(case.features), case.grid).labels))
+    np.testing.assert_array_equal(
+        ns.get(recursive_ncut(ns.put(case.features[None]), case.grid).labels),
+        ns.get(recursive_ncut(ns.put(case.features), case.grid).labels),
+    )
 
 
 def test_max_segments_caps_the_count_coarse_first(ns):
@@ -203,8 +207,7 @@ def test_shape_and_option_errors_say_what_to_do():
         recursive_ncut(feats, (4, 5))
     with pytest.raises(DiffCutError, match="auto, eigh, eigsh"):
         recursive_ncut(feats, (4, 4), solver="arpack")
-    for kwargs in ({"tau": -0.1}, {"tau": float("nan")}, {"alpha": -1}, {"max_segments": 0},
-                   {"min_segment_size": 2.5}):
+    for kwargs in ({"tau": -0.1}, {"tau": float("nan")}, {"alpha": -1}, {"max_segments": 0}, {"min_segment_size": 2.5}):
         with pytest.raises(DiffCutError):
             recursive_ncut(feats, (4, 4), **kwargs)
 
@@ -248,8 +251,9 @@ def test_unconverged_lanczos_falls_back_to_the_dense_solver(monkeypatch):
     case = planted_case((16, 16), 4, 0.2, 0)
     dense = recursive_ncut(case.features, (16, 16), solver="eigh")
     rng = np.random.default_rng(1)
-    monkeypatch.setattr(rt_ncut, "eigsh_largest",
-                        lambda matvec, v0, tol: (0.5, rng.standard_normal(v0.shape[0]).astype(np.float32)))
+    monkeypatch.setattr(
+        rt_ncut, "eigsh_largest", lambda matvec, v0, tol: (0.5, rng.standard_normal(v0.shape[0]).astype(np.float32))
+    )
     fallback = recursive_ncut(case.features, (16, 16), solver="eigsh")
     np.testing.assert_array_equal(fallback.labels, dense.labels)
 
@@ -258,8 +262,9 @@ def test_forced_lanczos_on_tiny_nodes_uses_the_dense_solver(monkeypatch):
     # cupyx's eigsh fails on n <= 3 (ARPACK needs n > 2): tiny nodes never go to Lanczos.
     seen = []
     real = rt_ncut.eigsh_largest
-    monkeypatch.setattr(rt_ncut, "eigsh_largest",
-                        lambda matvec, v0, tol: seen.append(v0.shape[0]) or real(matvec, v0=v0, tol=tol))
+    monkeypatch.setattr(
+        rt_ncut, "eigsh_largest", lambda matvec, v0, tol: seen.append(v0.shape[0]) or real(matvec, v0=v0, tol=tol)
+    )
     feats = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
     recursive_ncut(feats, (2, 3), solver="eigsh")
     assert seen == []  # all 6 nodes (and every child) are below LANCZOS_MIN_NODES

@@ -33,8 +33,9 @@ def test_soft_masks_match_reference_on_a_photo(ref, ns):
     image = sample_photos(128)[0]
     case = planted_case((16, 16), 6, 0.3, 0)
     labels = resize_nearest(case.regions, (128, 128))
-    np.testing.assert_allclose(ns.get(pamr_soft(ns.put(image), ns.put(labels))), ref.pamr_soft(image, labels),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        ns.get(pamr_soft(ns.put(image), ns.put(labels))), ref.pamr_soft(image, labels), atol=1e-5
+    )
 
 
 def test_small_labels_are_resized_like_the_reference(ref, ns):
@@ -45,8 +46,10 @@ def test_small_labels_are_resized_like_the_reference(ref, ns):
     theirs = ref.pamr_soft(case.image, labels, num_iter=4, dilations=(1, 3))
     assert ours.shape == (np.unique(labels).size, 96, 80)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
-    np.testing.assert_array_equal(ns.get(pamr_refine(ns.put(case.image), ns.put(labels), 4, (1, 3))),
-                                  ref.pamr_refine(case.image, labels, 4, (1, 3)))
+    np.testing.assert_array_equal(
+        ns.get(pamr_refine(ns.put(case.image), ns.put(labels), 4, (1, 3))),
+        ref.pamr_refine(case.image, labels, 4, (1, 3)),
+    )
 
 
 def test_weights_are_a_softmax_over_the_dilated_neighbours(ns):
@@ -69,8 +72,10 @@ def test_refined_ids_index_the_sorted_labels(ns):
     case = planted_case((8, 8), 3, 0.1, 3, image_size=(32, 32))
     labels = resize_nearest(case.regions, (32, 32))
     renamed = np.array([70, 5, 33])[labels]
-    np.testing.assert_array_equal(ns.get(pamr_refine(ns.put(case.image), ns.put(renamed))),
-                                  ns.get(pamr_refine(ns.put(case.image), ns.put(np.searchsorted([5, 33, 70], renamed)))))
+    np.testing.assert_array_equal(
+        ns.get(pamr_refine(ns.put(case.image), ns.put(renamed))),
+        ns.get(pamr_refine(ns.put(case.image), ns.put(np.searchsorted([5, 33, 70], renamed)))),
+    )
 
 
 def test_bad_inputs_are_rejected(ns):
@@ -98,8 +103,7 @@ def test_median_filter_equals_scipy_on_every_namespace(ns):
     from diffcut_edge.runtime.xp import median_filter3
 
     labels = np.random.default_rng(2).integers(0, 6, (19, 23)).astype(np.int32)
-    np.testing.assert_array_equal(ns.get(median_filter3(ns.put(labels))),
-                                  scipy.ndimage.median_filter(labels, size=3))
+    np.testing.assert_array_equal(ns.get(median_filter3(ns.put(labels))), scipy.ndimage.median_filter(labels, size=3))
 
 
 def test_row_strips_and_threads_give_identical_weights_and_masks():

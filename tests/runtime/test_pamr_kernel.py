@@ -9,18 +9,24 @@ from diffcut_edge import lazy
 from diffcut_edge.runtime import pamr, pamr_kernel
 from helpers.runtime_planted import planted_case
 
-if not pamr_kernel.available():   # numba comes with the [cpu] and [dev] extras
-    pytest.skip("numba is not installed: the compiled PAMR kernel cannot run (pip install numba)",
-                allow_module_level=True)
+if not pamr_kernel.available():  # numba comes with the [cpu] and [dev] extras
+    pytest.skip(
+        "numba is not installed: the compiled PAMR kernel cannot run (pip install numba)", allow_module_level=True
+    )
 
 
 def _offsets(dil):
     return [(dy * d, dx * d) for d in dil for dy, dx in pamr.NEIGHBOURS]
 
 
-@pytest.mark.parametrize("size, k, dil, iters", [((48, 40), 5, (1, 2, 4, 8), 10),
-                                                 ((30, 70), 3, (1, 2, 4, 8, 12, 24, 32, 64), 15),   # dilations past the image
-                                                 ((17, 9), 1, (3,), 2)])
+@pytest.mark.parametrize(
+    "size, k, dil, iters",
+    [
+        ((48, 40), 5, (1, 2, 4, 8), 10),
+        ((30, 70), 3, (1, 2, 4, 8, 12, 24, 32, 64), 15),  # dilations past the image
+        ((17, 9), 1, (3,), 2),
+    ],
+)
 def test_propagation_is_bit_identical_to_the_array_path(size, k, dil, iters):
     rng = np.random.default_rng(len(dil))
     image = rng.random((*size, 3), dtype=np.float32)
@@ -28,15 +34,14 @@ def test_propagation_is_bit_identical_to_the_array_path(size, k, dil, iters):
     weights = pamr.pamr_weights(image, dil)
     expected = pamr.propagate(masks, weights, dil, iters)
     got = pamr_kernel.propagate(masks, np.ascontiguousarray(np.moveaxis(weights, 0, 1)), _offsets(dil), iters)
-    assert np.array_equal(got, expected)   # the same float32 sums in the same order
+    assert np.array_equal(got, expected)  # the same float32 sums in the same order
 
 
 @pytest.mark.parametrize("dil", [(1, 2, 4, 8), (1, 2, 4, 8, 12, 24, 32, 64)])
 def test_weights_differ_from_the_array_path_by_rounding_only(dil):
     image = planted_case((8, 8), 3, 0.1, 2, image_size=(40, 30)).image.astype(np.float32)
     expected = pamr.pamr_weights(image, dil)
-    got = np.moveaxis(pamr_kernel.weights(image, dil, pamr.NEIGHBOURS, pamr.WINDOW, pamr.STD_EPS, pamr.STD_SCALE),
-                      1, 0)
+    got = np.moveaxis(pamr_kernel.weights(image, dil, pamr.NEIGHBOURS, pamr.WINDOW, pamr.STD_EPS, pamr.STD_SCALE), 1, 0)
     np.testing.assert_allclose(got, expected, rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(got.sum(axis=0), 1.0, rtol=1e-6)
 

@@ -22,22 +22,30 @@ def _torch_reference_batch(frames_bgr_uint8: list[np.ndarray], r: int) -> np.nda
     out = []
     for f in frames_bgr_uint8:
         rgb = torch.from_numpy(np.ascontiguousarray(f[..., ::-1])).float() / 255.0
-        out.append(F.interpolate(rgb.permute(2, 0, 1)[None], size=(r, r), mode="bilinear",
-                                 align_corners=False)[0])
+        out.append(F.interpolate(rgb.permute(2, 0, 1)[None], size=(r, r), mode="bilinear", align_corners=False)[0])
     return torch.stack(out).numpy()
 
 
 # Up- and down-scaling, odd sizes, exact 2x (where cv2.INTER_LINEAR takes an area shortcut),
 # extreme aspect ratios and identity.
-SIZES = [((37, 53), (64, 64)), ((300, 451), (64, 64)), ((128, 128), (64, 64)), ((99, 77), (256, 256)),
-         ((17, 1000), (33, 129)), ((1, 5), (7, 3)), ((64, 64), (64, 64)), ((255, 257), (128, 128))]
+SIZES = [
+    ((37, 53), (64, 64)),
+    ((300, 451), (64, 64)),
+    ((128, 128), (64, 64)),
+    ((99, 77), (256, 256)),
+    ((17, 1000), (33, 129)),
+    ((1, 5), (7, 3)),
+    ((64, 64), (64, 64)),
+    ((255, 257), (128, 128)),
+]
 
 
 @pytest.mark.parametrize("in_size, out_size", SIZES)
 def test_resize_bilinear_matches_torch(in_size, out_size, ns):
     image = np.random.default_rng(sum(in_size)).random((*in_size, 3), dtype=np.float32)
-    np.testing.assert_allclose(ns.get(resize_bilinear(ns.put(image), out_size)), _torch_bilinear(image, out_size),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        ns.get(resize_bilinear(ns.put(image), out_size)), _torch_bilinear(image, out_size), rtol=0, atol=1e-6
+    )
 
 
 def test_cv2_linear_is_not_torch_on_uint8_downscale():
@@ -72,8 +80,9 @@ def test_frames_of_different_sizes_and_4d_arrays(ns):
     np.testing.assert_array_equal(batch[0], ns.get(preprocess(ns.put(a), 64))[0])
     np.testing.assert_array_equal(batch[1], ns.get(preprocess(ns.put(b), 64))[0])
     stacked = np.stack([a, a[::-1]])
-    np.testing.assert_array_equal(ns.get(preprocess(ns.put(stacked), 64)),
-                                  ns.get(preprocess([ns.put(a), ns.put(a[::-1])], 64)))
+    np.testing.assert_array_equal(
+        ns.get(preprocess(ns.put(stacked), 64)), ns.get(preprocess([ns.put(a), ns.put(a[::-1])], 64))
+    )
 
 
 def test_other_frame_types_agree_with_uint8_bgr(ns):
@@ -102,29 +111,35 @@ def test_other_frame_types_agree_with_uint8_bgr(ns):
     assert ns.get(preprocess(ns.put(gray), 64)).shape == (1, 3, 64, 64)
 
 
-@pytest.mark.parametrize("frame, message", [
-    (None, "None"),
-    (np.zeros((0, 10, 3), np.uint8), "empty"),
-    (np.zeros((10,), np.uint8), r"\(H, W\)"),
-    (np.zeros((10, 10, 2), np.uint8), r"got \(10, 10, 2\)"),
-    (np.zeros((4, 4, 3), np.int64), "unsupported image dtype int64"),
-    (np.full((4, 4, 3), 200.0, np.float32), "divide 0..255 images by 255"),
-    (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
-    ("frame.jpg", "got str"),
-    ([np.zeros((8, 8, 3), np.uint8), "frame.jpg"], "expected an image array"),
-])
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (None, "None"),
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+        (np.zeros((10,), np.uint8), r"\(H, W\)"),
+        (np.zeros((10, 10, 2), np.uint8), r"got \(10, 10, 2\)"),
+        (np.zeros((4, 4, 3), np.int64), "unsupported image dtype int64"),
+        (np.full((4, 4, 3), 200.0, np.float32), "divide 0..255 images by 255"),
+        (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
+        ("frame.jpg", "got str"),
+        ([np.zeros((8, 8, 3), np.uint8), "frame.jpg"], "expected an image array"),
+    ],
+)
 def test_bad_frames_are_refused(frame, message):
     with pytest.raises(DiffCutError, match=message):
         preprocess(frame, 64)
 
 
-@pytest.mark.parametrize("frame, message", [
-    (np.zeros((0, 10, 3), np.uint8), "empty"),
-    (np.zeros((10, 10, 2), np.uint8), r"got \(10, 10, 2\)"),
-    (np.full((4, 4, 3), 200.0, np.float32), "divide 0..255 images by 255"),
-    (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
-    (np.zeros((4, 4, 3), np.int64), "unsupported image dtype"),
-])
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+        (np.zeros((10, 10, 2), np.uint8), r"got \(10, 10, 2\)"),
+        (np.full((4, 4, 3), 200.0, np.float32), "divide 0..255 images by 255"),
+        (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
+        (np.zeros((4, 4, 3), np.int64), "unsupported image dtype"),
+    ],
+)
 def test_bad_frames_are_refused_on_every_namespace(frame, message, ns):
     with pytest.raises(DiffCutError, match=message):
         preprocess(ns.put(frame), 64)
@@ -140,8 +155,10 @@ def test_bad_batch_and_options_are_refused():
         image_to_rgb_float(frame, channel_order="bgra")
 
 
-@pytest.mark.parametrize("in_size, out_size", [((16, 16), (128, 128)), ((128, 128), (480, 640)),
-                                               ((37, 53), (20, 21)), ((128, 128), (97, 1001))])
+@pytest.mark.parametrize(
+    "in_size, out_size",
+    [((16, 16), (128, 128)), ((128, 128), (480, 640)), ((37, 53), (20, 21)), ((128, 128), (97, 1001))],
+)
 def test_resize_nearest_matches_torch(in_size, out_size, ns):
     labels = np.random.default_rng(3).integers(0, 50, in_size).astype(np.int32)
     ref = F.interpolate(torch.from_numpy(labels)[None, None].float(), size=out_size, mode="nearest")

@@ -37,13 +37,23 @@ def frames():
 
 
 # --------------------------------------------------------------------------- options
-@pytest.mark.parametrize("kwargs, message", [
-    ({"tau": -0.1}, "tau"), ({"tau": float("nan")}, "tau"), ({"alpha": 0}, "alpha"),
-    ({"alpha": -2.0}, "alpha"), ({"mask_size": (0, 128)}, "mask_size"), ({"mask_size": (128,)}, "mask_size"),
-    ({"mask_size": (12.5, 12)}, "mask_size"), ({"max_segments": 0}, "max_segments"),
-    ({"min_segment_size": -3}, "min_segment_size"), ({"refine": "yes"}, "refine"),
-    ({"pamr_dilations": (1, 0)}, "pamr_dilations"), ({"pamr_iterations": -1}, "pamr_iterations"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tau": -0.1}, "tau"),
+        ({"tau": float("nan")}, "tau"),
+        ({"alpha": 0}, "alpha"),
+        ({"alpha": -2.0}, "alpha"),
+        ({"mask_size": (0, 128)}, "mask_size"),
+        ({"mask_size": (128,)}, "mask_size"),
+        ({"mask_size": (12.5, 12)}, "mask_size"),
+        ({"max_segments": 0}, "max_segments"),
+        ({"min_segment_size": -3}, "min_segment_size"),
+        ({"refine": "yes"}, "refine"),
+        ({"pamr_dilations": (1, 0)}, "pamr_dilations"),
+        ({"pamr_iterations": -1}, "pamr_iterations"),
+    ],
+)
 def test_bad_options_are_refused(kwargs, message):
     with pytest.raises(DiffCutError, match=message):
         SegmenterOptions(**kwargs)
@@ -92,8 +102,7 @@ def test_stages_compose_like_the_runtime_pieces(toy_dir, frames):
     with it, PAMR on the frame resized to the mask size."""
     from diffcut_edge.runtime import segment_features
 
-    with Segmenter.from_model_dir(toy_dir, backend="ort-cpu", refine=False, mask_size=(64, 96),
-                                  threads=1) as plain:
+    with Segmenter.from_model_dir(toy_dir, backend="ort-cpu", refine=False, mask_size=(64, 96), threads=1) as plain:
         frame = frames[2]
         features = plain.encode(frame[None])[0]
         result = plain(frame)
@@ -203,8 +212,9 @@ def test_parity_with_reference_pipeline(tiny_model_dir, tiny_pipeline_dir, photo
         for image in images:
             ref_features = diffcut_ref.extract_features(pipeline, image[None], resolution=256)[0]
             coarse_ref = diffcut_ref.segment_features(ref_features, grid, mask_size=(128, 128))
-            image128 = torch.nn.functional.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None],
-                                                       size=(128, 128), mode="bilinear", align_corners=False)
+            image128 = torch.nn.functional.interpolate(
+                torch.from_numpy(image).permute(2, 0, 1)[None], size=(128, 128), mode="bilinear", align_corners=False
+            )
             ref = diffcut_ref.pamr_refine(image128[0].permute(1, 2, 0).numpy(), coarse_ref)
             ref = np.unique(coarse_ref)[ref]  # back to segment ids, as the Segmenter reports them
 
@@ -240,13 +250,16 @@ def test_batch_profile_with_min_above_one_pads_single_frames(toy_dir, frames, se
 def test_post_processing_that_cannot_fit_is_refused_before_it_allocates(toy_dir, monkeypatch):
     from diffcut_edge.runtime import memory
 
-    monkeypatch.setattr(memory, "available_bytes", lambda: 256 << 20)   # a board with 256 MiB free
+    monkeypatch.setattr(memory, "available_bytes", lambda: 256 << 20)  # a board with 256 MiB free
     frame = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
     with Segmenter.from_model_dir(toy_dir, backend="ort-cpu", mask_size=(4096, 4096)) as seg:
-        with pytest.raises(DiffCutError, match=r"mask size 4096x4096 with \d+ segments needs about .* GiB.*"
-                                               r"lower --mask-size or cap the segments"):
+        with pytest.raises(
+            DiffCutError,
+            match=r"mask size 4096x4096 with \d+ segments needs about .* GiB.*"
+            r"lower --mask-size or cap the segments",
+        ):
             seg(frame)
-    with Segmenter.from_model_dir(toy_dir, backend="ort-cpu") as seg:   # the paper's 128x128 fits
+    with Segmenter.from_model_dir(toy_dir, backend="ort-cpu") as seg:  # the paper's 128x128 fits
         assert seg(frame).labels.shape == (64, 64)
 
 
@@ -280,8 +293,10 @@ def test_the_host_libraries_are_imported_at_open_not_in_the_first_frames_timings
     import subprocess
     import sys
 
-    code = ("import sys; from diffcut_edge.runtime import Segmenter; "
-            "seg = Segmenter.from_model_dir(sys.argv[1], backend='ort-cpu'); "
-            "print('scipy.sparse.linalg' in sys.modules and 'scipy.ndimage' in sys.modules)")
+    code = (
+        "import sys; from diffcut_edge.runtime import Segmenter; "
+        "seg = Segmenter.from_model_dir(sys.argv[1], backend='ort-cpu'); "
+        "print('scipy.sparse.linalg' in sys.modules and 'scipy.ndimage' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(toy_dir)], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "True", proc.stderr

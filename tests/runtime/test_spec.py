@@ -20,18 +20,27 @@ def toy(tmp_path_factory):
 
 
 def test_round_trips_through_json(toy):
-    spec = SegmenterSpec(toy, backend="ort-cpu", device="cpu", threads=1, classes=["cat", ["sofa", "couch"]],
-                         options=SegmenterOptions(tau=0.3, mask_size=(64, 96), pamr_dilations=(1, 2)))
+    spec = SegmenterSpec(
+        toy,
+        backend="ort-cpu",
+        device="cpu",
+        threads=1,
+        classes=["cat", ["sofa", "couch"]],
+        options=SegmenterOptions(tau=0.3, mask_size=(64, 96), pamr_dilations=(1, 2)),
+    )
     again = SegmenterSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
     assert again == spec and again.classes == ("cat", ("sofa", "couch")) and again.options.mask_size == (64, 96)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"backend": "cuda-magic"}, "backend must be one of"),
-    ({"device": "tpu"}, "device must be one of"),
-    ({"threads": 0}, "threads must be None or a whole number"),
-    ({"classes": 5}, "classes must be a string or a list"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"backend": "cuda-magic"}, "backend must be one of"),
+        ({"device": "tpu"}, "device must be one of"),
+        ({"threads": 0}, "threads must be None or a whole number"),
+        ({"classes": 5}, "classes must be a string or a list"),
+    ],
+)
 def test_bad_fields_are_one_line_errors(toy, changes, message):
     with pytest.raises(DiffCutError, match=message):
         SegmenterSpec(toy, **changes)
@@ -49,4 +58,4 @@ def test_open_is_from_model_dir_and_the_segmenter_says_its_spec(toy):
         np.testing.assert_array_equal(a(frame).labels, b(frame).labels)
         assert a.spec == spec == b.spec
         a.update_options(tau=0.4)
-        assert a.spec.options.tau == 0.4 and a.spec.model_dir == str(toy)   # the spec follows live changes
+        assert a.spec.options.tau == 0.4 and a.spec.model_dir == str(toy)  # the spec follows live changes

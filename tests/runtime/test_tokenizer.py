@@ -11,9 +11,21 @@ from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.tokenizer import ClipTokenizer
 from diffcut_edge.runtime.vocabulary import VILD_TEMPLATES, load_vocabulary
 
-TEXTS = ["a photo of a cat.", "There is a Large  sofa in the scene", "café crème brûlée", "naïve 123 ½ x² &amp;amp;",
-         "baseball-glove's", "日本語のテキスト", "", "  tabs\tand\nnewlines ", "<start_of_text>inner", "a " * 80,
-         "Ünïcödé MIXED case", "don't it'll we've", "emoji 🙂 and — dashes"]
+TEXTS = [
+    "a photo of a cat.",
+    "There is a Large  sofa in the scene",
+    "café crème brûlée",
+    "naïve 123 ½ x² &amp;amp;",
+    "baseball-glove's",
+    "日本語のテキスト",
+    "",
+    "  tabs\tand\nnewlines ",
+    "<start_of_text>inner",
+    "a " * 80,
+    "Ünïcödé MIXED case",
+    "don't it'll we've",
+    "emoji 🙂 and — dashes",
+]
 
 
 @pytest.fixture(scope="module")

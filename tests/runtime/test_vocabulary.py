@@ -11,8 +11,10 @@ from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime import vocabulary as v
 
 
-@pytest.mark.parametrize("name, classes, first", [("voc", 21, "background"), ("context", 60, "background"),
-                                                  ("coco-object", 81, "background")])
+@pytest.mark.parametrize(
+    "name, classes, first",
+    [("voc", 21, "background"), ("context", 60, "background"), ("coco-object", 81, "background")],
+)
 def test_builtin_vocabularies(name, classes, first):
     vocab = v.load_vocabulary(name)
     assert len(vocab) == classes and vocab.class_names[0] == first
@@ -34,13 +36,16 @@ def test_file_format_synonyms_comments_and_utf8(tmp_path):
     assert vocab.prompts(("a {}.", "the {}"))[:3] == ["a cat.", "the cat", "a kitty."]
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"cat\n,sofa\n", "class 2 has an empty name"),
-    (b"cat\nsofa\nCat\n", "class 3 \\('Cat'\\) repeats class 1"),
-    (b"\xff\xfecat\x00", "not UTF-8 text"),
-    (b"cat\x00dog\n", "NUL bytes"),
-    (b"# only a comment\n\n", "no class names"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"cat\n,sofa\n", "class 2 has an empty name"),
+        (b"cat\nsofa\nCat\n", "class 3 \\('Cat'\\) repeats class 1"),
+        (b"\xff\xfecat\x00", "not UTF-8 text"),
+        (b"cat\x00dog\n", "NUL bytes"),
+        (b"# only a comment\n\n", "no class names"),
+    ],
+)
 def test_bad_vocabulary_files(tmp_path, content, message):
     path = tmp_path / "bad.txt"
     path.write_bytes(content)
@@ -50,7 +55,7 @@ def test_bad_vocabulary_files(tmp_path, content, message):
 
 def test_run_time_names():
     assert v.vocabulary_from_names("cat, sofa , window").class_names == ("cat", "sofa", "window")
-    typed = v.vocabulary_from_names("cat, sofa|couch , window")   # --classes: synonyms joined by |
+    typed = v.vocabulary_from_names("cat, sofa|couch , window")  # --classes: synonyms joined by |
     assert typed.classes == (("cat",), ("sofa", "couch"), ("window",)) and typed.class_names[1] == "sofa"
     assert v.vocabulary_from_names(["cat", ["sofa", "couch"]]).classes == (("cat",), ("sofa", "couch"))
     for bad, message in (("", "empty name"), ("cat, cat", "repeats"), ([], "no class names"), ([3], "strings")):
@@ -65,7 +70,7 @@ def _brute_force_logits(x, bank, counts, scale):
     logits = scale * x @ bank.T
     out, start = [], 0
     for c in counts:
-        out.append(logits[:, start:start + c].max(axis=1))
+        out.append(logits[:, start : start + c].max(axis=1))
         start += c
     return np.stack(out, axis=1)
 

@@ -67,8 +67,9 @@ def test_the_strict_device_refuses_an_implicit_host_copy():
 def test_pad_edge_is_numpy_edge_padding(ns):
     x = np.random.default_rng(0).standard_normal((2, 5, 7)).astype(np.float32)
     for pad in (0, 1, 3, 9):
-        np.testing.assert_array_equal(ns.get(rxp.pad_edge(ns.put(x), pad)),
-                                      np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode="edge"))
+        np.testing.assert_array_equal(
+            ns.get(rxp.pad_edge(ns.put(x), pad)), np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+        )
 
 
 def test_submatrix_and_member_mask(ns):
@@ -132,11 +133,13 @@ def test_median_filter_is_scipy_default_reflect():
 
 
 def test_runtime_postprocessing_imports_no_torch_or_cupy():
-    code = ("import sys, diffcut_edge.runtime as r\n"
-            "import diffcut_edge.runtime.ncut, diffcut_edge.runtime.assign, diffcut_edge.runtime.pamr\n"
-            "r.segment_features, r.pamr_refine\n"
-            "bad = [m for m in ('torch', 'cupy', 'diffusers', 'transformers') if m in sys.modules]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys, diffcut_edge.runtime as r\n"
+        "import diffcut_edge.runtime.ncut, diffcut_edge.runtime.assign, diffcut_edge.runtime.pamr\n"
+        "r.segment_features, r.pamr_refine\n"
+        "bad = [m for m in ('torch', 'cupy', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -152,8 +155,9 @@ def test_single_threaded_blas_works_with_and_without_threadpoolctl(monkeypatch):
 
 
 @pytest.mark.parametrize("exact", [False, True])
-@pytest.mark.parametrize("size_in,size_out", [(45, 129), (58, 333), (72, 1000), (150, 129), (500, 128),
-                                              (1023, 1024), (7, 3), (1, 5)])
+@pytest.mark.parametrize(
+    "size_in,size_out", [(45, 129), (58, 333), (72, 1000), (150, 129), (500, 128), (1023, 1024), (7, 3), (1, 5)]
+)
 def test_nearest_taps_equal_torch_interpolate(size_in, size_out, exact):
     # (45, 129), (58, 333, exact), (72, 1000), (150, 129, exact) are sizes where a float64 scale
     # floors to another source index than torch's float32 kernel.
@@ -207,7 +211,8 @@ def test_eigen_residual_of_a_true_and_a_wrong_pair():
     e5 = np.eye(5)[4]
     assert rxp.eigen_residual(lambda x: m @ x, 5.0, e5) == 0.0
     assert rxp.eigen_residual(lambda x: m @ x, 5.0, np.ones(5)) == pytest.approx(
-        np.linalg.norm(np.arange(1.0, 6.0) - 5) / np.sqrt(5))
+        np.linalg.norm(np.arange(1.0, 6.0) - 5) / np.sqrt(5)
+    )
 
 
 def test_cupy_that_imports_without_its_cuda_libraries_is_caught_up_front(monkeypatch):

@@ -49,14 +49,38 @@ def _results(out: Path) -> list[dict]:
 
 def test_ray_outputs_equal_the_local_engine(local_ray, photos, model_dir, tmp_path, capsys):
     local, distributed = tmp_path / "local", tmp_path / "ray"
-    assert cli.main(["segment", str(photos), "--model-dir", str(model_dir), "--out", str(local), "-q",
-                     "--backend", "ort-cpu"]) == 0
-    assert cli.main(["segment", str(photos), "--model-dir", str(model_dir), "--out", str(distributed), "-q",
-                     "--backend", "ort-cpu", "--engine", "ray", "--workers", "2", "--batch-size", "2"]) == 0
+    assert (
+        cli.main(
+            ["segment", str(photos), "--model-dir", str(model_dir), "--out", str(local), "-q", "--backend", "ort-cpu"]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "segment",
+                str(photos),
+                "--model-dir",
+                str(model_dir),
+                "--out",
+                str(distributed),
+                "-q",
+                "--backend",
+                "ort-cpu",
+                "--engine",
+                "ray",
+                "--workers",
+                "2",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "segmented 4 image(s)" in out and "with Ray (2 worker(s))" in out and "images/s" in out
     names = sorted(p.name for p in local.iterdir())
-    assert sorted(p.name for p in distributed.iterdir()) == names and rb.RESULTS_NAME in names   # both write it
+    assert sorted(p.name for p in distributed.iterdir()) == names and rb.RESULTS_NAME in names  # both write it
     for name in names:
         if name.endswith("_labels.png"):
             a = cv2.imread(str(local / name), cv2.IMREAD_UNCHANGED)
@@ -94,16 +118,27 @@ def test_a_stopped_job_resumes_without_redoing_or_corrupting(local_ray, photos, 
     for stem in ("p1", "p3"):
         for path in output_paths(out, stem, output).values():
             path.unlink()
-    lines = [line for line in (out / rb.RESULTS_NAME).read_text().splitlines()
-             if json.loads(line)["stem"] not in ("p1", "p3")]  # never reached: no outputs, no line
+    lines = [
+        line
+        for line in (out / rb.RESULTS_NAME).read_text().splitlines()
+        if json.loads(line)["stem"] not in ("p1", "p3")
+    ]  # never reached: no outputs, no line
     cut = json.loads(lines[-1])["stem"]
     (out / rb.RESULTS_NAME).write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
     redo = {"p1", "p3", cut}
-    kept = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.split("_")[0] not in redo
-            and p.name != rb.RESULTS_NAME}
+    kept = {
+        p.name: p.stat().st_mtime_ns
+        for p in out.iterdir()
+        if p.name.split("_")[0] not in redo and p.name != rb.RESULTS_NAME
+    }
     plans = []
-    second = rb.run(items, SegmenterSpec(model_dir, backend="ort-cpu"), out, output=output,
-                    on_plan=lambda r: plans.append((r.images, r.skipped, r.done)))
+    second = rb.run(
+        items,
+        SegmenterSpec(model_dir, backend="ort-cpu"),
+        out,
+        output=output,
+        on_plan=lambda r: plans.append((r.images, r.skipped, r.done)),
+    )
     assert plans == [(4, 4 - len(redo), 0)]  # told before any work, once
     assert (second.done, second.skipped, second.failed) == (len(redo), 4 - len(redo), [])
     assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept  # the finished ones were not redone
@@ -119,12 +154,31 @@ def test_sigterm_mid_job_then_a_rerun_finishes_the_rest(photos, model_dir, tmp_p
     for i in range(12):
         shutil.copy(photos / f"p{i % 4}.png", inputs / f"img{i:02d}.png")
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "diffcut_edge.cli", "segment", str(inputs), "--model-dir", str(model_dir),
-            "--out", str(out), "--engine", "ray", "--workers", "1", "--batch-size", "1", "-q", "--backend", "ort-cpu"]
+    argv = [
+        sys.executable,
+        "-m",
+        "diffcut_edge.cli",
+        "segment",
+        str(inputs),
+        "--model-dir",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--engine",
+        "ray",
+        "--workers",
+        "1",
+        "--batch-size",
+        "1",
+        "-q",
+        "--backend",
+        "ort-cpu",
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not ((out / rb.RESULTS_NAME).is_file() and
-                                          (out / rb.RESULTS_NAME).read_text().count("\n") >= 1):
+    while time.time() < deadline and not (
+        (out / rb.RESULTS_NAME).is_file() and (out / rb.RESULTS_NAME).read_text().count("\n") >= 1
+    ):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
@@ -148,8 +202,21 @@ def test_a_bad_image_fails_its_row_only(local_ray, photos, model_dir, tmp_path, 
     shutil.copytree(photos, inputs)
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     out = tmp_path / "out"
-    code = cli.main(["segment", str(inputs), "--model-dir", str(model_dir), "--out", str(out), "-q",
-                     "--backend", "ort-cpu", "--engine", "ray"])
+    code = cli.main(
+        [
+            "segment",
+            str(inputs),
+            "--model-dir",
+            str(model_dir),
+            "--out",
+            str(out),
+            "-q",
+            "--backend",
+            "ort-cpu",
+            "--engine",
+            "ray",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 2 and "1 of 5 image(s) failed" in captured.err
     rows = {r["stem"]: r for r in _results(out)}
@@ -181,10 +248,11 @@ def test_bad_settings_are_refused_before_ray_starts(photos, model_dir, tmp_path)
 def test_damaged_result_lines_are_skipped_with_a_warning(tmp_path, caplog):
     good = {"stem": "p0", "source": "p0.png", "error": None}
     path = tmp_path / rb.RESULTS_NAME
-    path.write_text("\n".join([json.dumps(good), "[1, 2]", '"a string"', '{"stem": 5}', "[" * 5000,
-                               '{"stem": "p1", "err']) + "\n")
+    path.write_text(
+        "\n".join([json.dumps(good), "[1, 2]", '"a string"', '{"stem": 5}', "[" * 5000, '{"stem": "p1", "err']) + "\n"
+    )
     with caplog.at_level("WARNING", logger="diffcut_edge.ray"):
         rows = rb.read_results(path)
     assert rows == [good]
     assert "5 damaged line(s) skipped" in caplog.text
-    assert [json.loads(line) for line in path.read_text().splitlines()] == [good]   # rewritten clean
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [good]  # rewritten clean

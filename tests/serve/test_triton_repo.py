@@ -48,7 +48,7 @@ def test_onnxruntime_repository_is_what_triton_loads(model_dir, tmp_path):
     post = configs[tr.POSTPROCESS]
     assert post.backend == "python" and post.instance_group[0].count == 3
     served = json.loads(post.parameters["segmenter"].string_value)
-    assert "model_dir" not in served   # the model opens the files beside it, not this machine's folder
+    assert "model_dir" not in served  # the model opens the files beside it, not this machine's folder
     assert SegmenterSpec.from_dict({**served, "model_dir": "x"}).options == segmenter.options
     env = json.loads(post.parameters["environment"].string_value)
     assert env["site_dirs"] and all(os.path.isdir(d) for d in env["site_dirs"])
@@ -98,13 +98,16 @@ def test_no_engine_says_what_to_do(model_dir, tmp_path):
         tr.write_repository(model_dir, tmp_path / "repo", tr.RepositorySpec(encoder="tensorrt"))
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"encoder": "openvino"}, "--encoder must be one of"),
-    ({"max_batch": 0}, "max-batch must be an integer >= 1"),
-    ({"post_instances": 0}, "post-instances must be an integer >= 1"),
-    ({"queue_delay_us": -1}, "queue-delay-us"),
-    ({"engine": "x.plan"}, "--engine picks a TensorRT plan"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"encoder": "openvino"}, "--encoder must be one of"),
+        ({"max_batch": 0}, "max-batch must be an integer >= 1"),
+        ({"post_instances": 0}, "post-instances must be an integer >= 1"),
+        ({"queue_delay_us": -1}, "queue-delay-us"),
+        ({"engine": "x.plan"}, "--engine picks a TensorRT plan"),
+    ],
+)
 def test_spec_refuses_bad_values(change, message):
     with pytest.raises(DiffCutError, match=message):
         tr.RepositorySpec(**change)
@@ -122,19 +125,32 @@ def test_an_earlier_repository_is_replaced_another_folder_never(model_dir, tmp_p
     assert [p.name for p in other.iterdir()] == ["keep.jpg"]
 
 
-@pytest.mark.parametrize("breakage, message", [
-    (lambda repo: (repo / tr.ENCODER / "config.pbtxt").write_text("max_batch_size: 'four'"), "not a valid Triton"),
-    (lambda repo: (repo / tr.ENCODER / "config.pbtxt").write_text('name: "other"'), "is not its folder's"),
-    (lambda repo: shutil.rmtree(repo / tr.POSTPROCESS / "1"), "no version folder"),
-    (lambda repo: _edit(repo / tr.ENSEMBLE / "config.pbtxt", 'value: "pixels"', 'value: "pixelz"', 1),
-     "reads \\['pixels'\\], which no earlier step"),
-    (lambda repo: _edit(repo / tr.ENSEMBLE / "config.pbtxt", 'key: "num_segments"', 'key: "segments"'),
-     "has no output"),
-    (lambda repo: _edit(repo / tr.ENSEMBLE / "config.pbtxt", 'value: "num_segments"', 'value: "count"'),
-     "no step produces output"),
-    (lambda repo: _edit(repo / tr.ENSEMBLE / "config.pbtxt", 'model_name: "diffcut_postprocess"',
-                        'model_name: "diffcut_post"'), "is not in"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda repo: (repo / tr.ENCODER / "config.pbtxt").write_text("max_batch_size: 'four'"), "not a valid Triton"),
+        (lambda repo: (repo / tr.ENCODER / "config.pbtxt").write_text('name: "other"'), "is not its folder's"),
+        (lambda repo: shutil.rmtree(repo / tr.POSTPROCESS / "1"), "no version folder"),
+        (
+            lambda repo: _edit(repo / tr.ENSEMBLE / "config.pbtxt", 'value: "pixels"', 'value: "pixelz"', 1),
+            "reads \\['pixels'\\], which no earlier step",
+        ),
+        (
+            lambda repo: _edit(repo / tr.ENSEMBLE / "config.pbtxt", 'key: "num_segments"', 'key: "segments"'),
+            "has no output",
+        ),
+        (
+            lambda repo: _edit(repo / tr.ENSEMBLE / "config.pbtxt", 'value: "num_segments"', 'value: "count"'),
+            "no step produces output",
+        ),
+        (
+            lambda repo: _edit(
+                repo / tr.ENSEMBLE / "config.pbtxt", 'model_name: "diffcut_postprocess"', 'model_name: "diffcut_post"'
+            ),
+            "is not in",
+        ),
+    ],
+)
 def test_validation_catches_what_triton_would_refuse(model_dir, tmp_path, breakage, message):
     repo = tr.write_repository(model_dir, tmp_path / "repo")
     breakage(repo)
@@ -150,8 +166,25 @@ def _edit(path: Path, old: str, new: str, count: int = -1) -> None:
 
 def test_cli_writes_the_repository_and_refuses_bad_options(model_dir, tmp_path, capsys):
     out = tmp_path / "repo"
-    assert cli.main(["triton-repo", "--model-dir", str(model_dir), "--out", str(out), "--encoder", "python",
-                     "--max-batch", "2", "--tau", "0.3", "--no-refine"]) == 0
+    assert (
+        cli.main(
+            [
+                "triton-repo",
+                "--model-dir",
+                str(model_dir),
+                "--out",
+                str(out),
+                "--encoder",
+                "python",
+                "--max-batch",
+                "2",
+                "--tau",
+                "0.3",
+                "--no-refine",
+            ]
+        )
+        == 0
+    )
     assert "wrote the Triton model repository" in capsys.readouterr().out
     options = json.loads(_configs(out)[tr.POSTPROCESS].parameters["segmenter"].string_value)["options"]
     assert options["tau"] == 0.3 and options["refine"] is False
@@ -166,10 +199,10 @@ def test_a_folder_with_a_vocabulary_serves_segments(vocab_model_dir, model_dir, 
     repo = tr.write_repository(vocab_model_dir, tmp_path / "repo", tr.RepositorySpec(encoder="python"))
     configs = _configs(repo)
     ens, post = configs[tr.ENSEMBLE], configs[tr.POSTPROCESS]
-    assert [(t.name, t.data_type) for t in ens.output][-1] == (tr.SEGMENTS, 2)   # TYPE_UINT8
+    assert [(t.name, t.data_type) for t in ens.output][-1] == (tr.SEGMENTS, 2)  # TYPE_UINT8
     step = ens.ensemble_scheduling.step[2]
     assert step.input_map["pixels"] == "pixels" and step.output_map[tr.SEGMENTS] == tr.SEGMENTS
-    assert json.loads(post.parameters["segmenter"].string_value)["name_segments"] is None   # the folder's rule
+    assert json.loads(post.parameters["segmenter"].string_value)["name_segments"] is None  # the folder's rule
     record = read_manifest(vocab_model_dir).vocabulary
     for name in record["files"]:
         assert (repo / tr.POSTPROCESS / "1" / name).read_bytes() == (vocab_model_dir / name).read_bytes()

@@ -40,11 +40,11 @@ def binary():
 @pytest.fixture(scope="module")
 def server(binary, model_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("triton")
-    repo = tr.write_repository(model_dir, work / "repo", tr.RepositorySpec(encoder="python", max_batch=4,
-                                                                          post_instances=2))
+    repo = tr.write_repository(
+        model_dir, work / "repo", tr.RepositorySpec(encoder="python", max_batch=4, post_instances=2)
+    )
     http, grpc, metrics = free_ports(3)
-    server = TritonServer(binary, repo, work, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                          host="127.0.0.1")
+    server = TritonServer(binary, repo, work, http_port=http, grpc_port=grpc, metrics_port=metrics, host="127.0.0.1")
     server.start(timeout_s=180)
     yield server
     assert server.stop() == 0  # SIGTERM: in-flight requests finished, models unloaded, status 0
@@ -108,14 +108,18 @@ def test_eight_concurrent_clients(server, frames, local_labels):
             np.testing.assert_array_equal(got, local_labels[(k + i) % len(frames)])
 
 
-@pytest.mark.parametrize("array, dtype, message", [
-    (np.zeros((8, 8, 3), np.float32), "FP32", "expects 'UINT8'"),
-    (np.zeros((8, 8), np.uint8), "UINT8", "unexpected shape"),
-    (np.zeros((0, 0, 3), np.uint8), "UINT8", "empty image"),
-    (np.zeros((4, 0, 3), np.uint8), "UINT8", "empty image"),
-])
-def test_malformed_requests_get_errors_and_the_server_keeps_serving(server, frames, local_labels, array, dtype,
-                                                                    message):
+@pytest.mark.parametrize(
+    "array, dtype, message",
+    [
+        (np.zeros((8, 8, 3), np.float32), "FP32", "expects 'UINT8'"),
+        (np.zeros((8, 8), np.uint8), "UINT8", "unexpected shape"),
+        (np.zeros((0, 0, 3), np.uint8), "UINT8", "empty image"),
+        (np.zeros((4, 0, 3), np.uint8), "UINT8", "empty image"),
+    ],
+)
+def test_malformed_requests_get_errors_and_the_server_keeps_serving(
+    server, frames, local_labels, array, dtype, message
+):
     from tritonclient.utils import InferenceServerException
 
     tensor = triton_http.InferInput("image", list(array.shape), dtype)
@@ -158,15 +162,35 @@ def test_unreachable_server_is_one_line():
 
 
 def _serve_command(model_dir: Path, binary, ports: list[int], *extra: str) -> list[str]:
-    return [sys.executable, "-m", "diffcut_edge.cli", "serve", "--model-dir", str(model_dir),
-            "--tritonserver", str(binary.executable), "--host", "127.0.0.1", "--http-port", str(ports[0]),
-            "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "diffcut_edge.cli",
+        "serve",
+        "--model-dir",
+        str(model_dir),
+        "--tritonserver",
+        str(binary.executable),
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(ports[0]),
+        "--grpc-port",
+        str(ports[1]),
+        "--metrics-port",
+        str(ports[2]),
+        *extra,
+    ]
 
 
 def test_serve_cli_runs_until_sigterm_and_stops_cleanly(binary, model_dir, frames, local_labels, tmp_path):
     ports = free_ports(3)
-    proc = subprocess.Popen(_serve_command(model_dir, binary, ports, "--post-instances", "1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _serve_command(model_dir, binary, ports, "--post-instances", "1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # "serving ..." once every model is ready
         assert line.startswith("serving "), (line, proc.stderr.read() if proc.poll() is not None else "")
@@ -193,8 +217,9 @@ def test_serve_cli_port_in_use_is_one_line(binary, model_dir):
         proc = subprocess.run(_serve_command(model_dir, binary, ports), capture_output=True, text=True, timeout=120)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2
-    assert lines[-1] == (f"diffcut-edge serve: error: grpc port {ports[1]} on 127.0.0.1 is in use; "
-                         f"pick another with --grpc-port")
+    assert lines[-1] == (
+        f"diffcut-edge serve: error: grpc port {ports[1]} on 127.0.0.1 is in use; pick another with --grpc-port"
+    )
     assert "Traceback" not in proc.stderr
 
 
@@ -203,8 +228,20 @@ def test_serve_cli_refuses_a_backend_the_binary_lacks(binary, model_dir, capsys)
 
     if binary.has_backend("onnxruntime"):
         pytest.skip("this tritonserver has an onnxruntime backend")
-    assert cli.main(["serve", "--model-dir", str(model_dir), "--tritonserver", str(binary.executable),
-                     "--encoder", "onnxruntime"]) == 2
+    assert (
+        cli.main(
+            [
+                "serve",
+                "--model-dir",
+                str(model_dir),
+                "--tritonserver",
+                str(binary.executable),
+                "--encoder",
+                "onnxruntime",
+            ]
+        )
+        == 2
+    )
     assert "has no onnxruntime backend" in capsys.readouterr().err
 
 
@@ -225,11 +262,13 @@ def test_no_tritonserver_says_how_to_get_one(monkeypatch, tmp_path):
 def test_served_segments_are_the_local_segmenters(binary, vocab_model_dir, frames, tmp_path):
     """A folder with a vocabulary: the server names each segment as Segmenter does (same classes,
     scores, areas, boxes), through HTTP and gRPC."""
-    repo = tr.write_repository(vocab_model_dir, tmp_path / "repo", tr.RepositorySpec(encoder="python",
-                                                                                    post_instances=1))
+    repo = tr.write_repository(
+        vocab_model_dir, tmp_path / "repo", tr.RepositorySpec(encoder="python", post_instances=1)
+    )
     http, grpc, metrics = free_ports(3)
-    server = TritonServer(binary, repo, tmp_path, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                          host="127.0.0.1")
+    server = TritonServer(
+        binary, repo, tmp_path, http_port=http, grpc_port=grpc, metrics_port=metrics, host="127.0.0.1"
+    )
     server.start(timeout_s=180)
     try:
         with Segmenter.from_model_dir(vocab_model_dir, backend="ort-cpu") as local:
@@ -242,8 +281,14 @@ def test_served_segments_are_the_local_segmenters(binary, vocab_model_dir, frame
                 assert got.vocabulary == "voc" and got.num_classes == 21
                 assert [s.id for s in got.segments] == sorted(int(i) for i in np.unique(got.labels))
                 for a, b in zip(got.segments, want.segments, strict=True):
-                    assert (a.id, a.class_index, a.class_name, a.area, a.bbox, a.pooling) == \
-                           (b.id, b.class_index, b.class_name, b.area, b.bbox, b.pooling)
+                    assert (a.id, a.class_index, a.class_name, a.area, a.bbox, a.pooling) == (
+                        b.id,
+                        b.class_index,
+                        b.class_name,
+                        b.area,
+                        b.bbox,
+                        b.pooling,
+                    )
                     assert a.score == pytest.approx(b.score, abs=1e-5)
     finally:
         assert server.stop() == 0
@@ -253,14 +298,19 @@ def test_model_control_logging_trace_and_shared_memory_are_closed_to_clients(ser
     import http.client
 
     host, port = server.url.rsplit(":", 1)
-    for method, path in [("POST", "/v2/repository/index"), ("POST", "/v2/repository/models/diffcut/unload"),
-                         ("GET", "/v2/logging"), ("GET", "/v2/trace/setting"), ("GET", "/v2/systemsharedmemory/status")]:
+    for method, path in [
+        ("POST", "/v2/repository/index"),
+        ("POST", "/v2/repository/models/diffcut/unload"),
+        ("GET", "/v2/logging"),
+        ("GET", "/v2/trace/setting"),
+        ("GET", "/v2/systemsharedmemory/status"),
+    ]:
         conn = http.client.HTTPConnection(host, int(port), timeout=10)
         conn.request(method, path, body=b"{}" if method == "POST" else None)
         status = conn.getresponse().status
         conn.close()
         assert status in (401, 403), (path, status)
-    with TritonSegmenter(server.url) as seg:   # inference, health and metadata stay open
+    with TritonSegmenter(server.url) as seg:  # inference, health and metadata stay open
         np.testing.assert_array_equal(seg(frames[0]).labels, local_labels[0])
 
 

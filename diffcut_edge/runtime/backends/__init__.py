@@ -26,8 +26,18 @@ from diffcut_edge.runtime.manifest import Manifest, read_manifest, verify_files
 
 BACKENDS = ("auto", "tensorrt", *ORT_BACKENDS)
 
-__all__ = ["BACKENDS", "Backend", "OnnxRuntimeBackend", "TensorRTBackend", "check_image_batch",
-           "auto_backend", "choose_providers", "find_engine", "open_backend", "select_engine"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "OnnxRuntimeBackend",
+    "TensorRTBackend",
+    "check_image_batch",
+    "auto_backend",
+    "choose_providers",
+    "find_engine",
+    "open_backend",
+    "select_engine",
+]
 
 
 def _native_engine_available(manifest: Manifest, device_id: int) -> bool:
@@ -50,9 +60,16 @@ def auto_backend(manifest: Manifest, device_id: int = 0) -> str:
     return "tensorrt" if _native_engine_available(manifest, device_id) else "ort"
 
 
-def open_backend(model_dir: str | os.PathLike, backend: str = "auto", manifest: Manifest | None = None, *,
-                 verify: bool = True, keep_on_device: bool = False, device_id: int = 0,
-                 threads: int | None = None) -> Backend:
+def open_backend(
+    model_dir: str | os.PathLike,
+    backend: str = "auto",
+    manifest: Manifest | None = None,
+    *,
+    verify: bool = True,
+    keep_on_device: bool = False,
+    device_id: int = 0,
+    threads: int | None = None,
+) -> Backend:
     """Open the encoder of an exported model folder.
 
     Args:
@@ -72,7 +89,7 @@ def open_backend(model_dir: str | os.PathLike, backend: str = "auto", manifest: 
         verify_files(model_dir, manifest)
     chosen = auto_backend(manifest, device_id) if backend == "auto" else backend
     if chosen == "tensorrt":
-        return TensorRTBackend(model_dir, manifest=manifest, keep_on_device=keep_on_device,
-                               device_id=device_id, verify=verify)
-    return OnnxRuntimeBackend(model_dir, backend=chosen, manifest=manifest, threads=threads,
-                              device_id=device_id)
+        return TensorRTBackend(
+            model_dir, manifest=manifest, keep_on_device=keep_on_device, device_id=device_id, verify=verify
+        )
+    return OnnxRuntimeBackend(model_dir, backend=chosen, manifest=manifest, threads=threads, device_id=device_id)

@@ -16,8 +16,9 @@ from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.manifest import Manifest
 
 
-def check_image_batch(array: Any, manifest: Manifest, batch_range: tuple[int, int | None] = (1, None),
-                      name: str | None = None) -> None:
+def check_image_batch(
+    array: Any, manifest: Manifest, batch_range: tuple[int, int | None] = (1, None), name: str | None = None
+) -> None:
     """Raise a DiffCutError unless ``array`` is a (B, 3, R, R) float32 batch the model accepts.
 
     ``batch_range`` is (min, max) batch of the backend (max None = unbounded); ``array``
@@ -29,17 +30,22 @@ def check_image_batch(array: Any, manifest: Manifest, batch_range: tuple[int, in
     shape = tuple(getattr(array, "shape", ()))
     dtype = getattr(array, "dtype", None)
     if dtype is None or np.dtype(dtype) != np.float32:
-        raise DiffCutError(f"input '{name}': expected {expected}, got dtype {dtype} "
-                           f"(use diffcut_edge.runtime.preprocess to build the batch)")
+        raise DiffCutError(
+            f"input '{name}': expected {expected}, got dtype {dtype} "
+            f"(use diffcut_edge.runtime.preprocess to build the batch)"
+        )
     if len(shape) != 4 or shape[1:] != (3, r, r):
-        raise DiffCutError(f"input '{name}': expected shape {expected}, got {shape}; "
-                           f"this model folder was exported at resolution {r}")
+        raise DiffCutError(
+            f"input '{name}': expected shape {expected}, got {shape}; this model folder was exported at resolution {r}"
+        )
     low, high = batch_range
     batch = shape[0]
     if batch < low or (high is not None and batch > high):
         allowed = f"{low}..{high}" if high is not None else f">= {low}"
-        raise DiffCutError(f"input '{name}': batch {batch} is outside what the backend accepts "
-                           f"({allowed}); split the frames into smaller batches")
+        raise DiffCutError(
+            f"input '{name}': batch {batch} is outside what the backend accepts "
+            f"({allowed}); split the frames into smaller batches"
+        )
 
 
 class Backend:
@@ -78,8 +84,9 @@ class Backend:
             raise DiffCutError(f"{type(self).__name__} is closed; open a new backend")
         if not isinstance(feed, Mapping) or set(feed) != {self.input_name}:
             got = sorted(feed) if isinstance(feed, Mapping) else type(feed).__name__
-            raise DiffCutError(f"{type(self).__name__}.infer: expected a dict with the one input "
-                               f"'{self.input_name}', got {got}")
+            raise DiffCutError(
+                f"{type(self).__name__}.infer: expected a dict with the one input '{self.input_name}', got {got}"
+            )
         array = feed[self.input_name]
         check_image_batch(array, self.manifest, self.batch_range, self.input_name)
         return self._infer_impl(array)
@@ -97,8 +104,10 @@ class Backend:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(model={self.manifest.model_id!r}, device={self.device!r}, "
-                f"R={self.manifest.resolution}, batch={self.batch_range})")
+        return (
+            f"{type(self).__name__}(model={self.manifest.model_id!r}, device={self.device!r}, "
+            f"R={self.manifest.resolution}, batch={self.batch_range})"
+        )
 
     # Subclasses implement these two.
     def _infer_impl(self, images: Any) -> dict[str, Any]:

@@ -87,9 +87,15 @@ def _tensorrt_refusal(manifest: Manifest) -> str | None:
     return None
 
 
-def choose_providers(available: Sequence[str], manifest: Manifest, *, backend: str = "ort",
-                     cache_dir: str | os.PathLike | None = None, device_id: int = 0,
-                     max_batch: int = DEFAULT_MAX_BATCH) -> list[ProviderSpec]:
+def choose_providers(
+    available: Sequence[str],
+    manifest: Manifest,
+    *,
+    backend: str = "ort",
+    cache_dir: str | os.PathLike | None = None,
+    device_id: int = 0,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> list[ProviderSpec]:
     """The execution providers (with options) to open a session with, best first.
 
     Args:
@@ -106,10 +112,12 @@ def choose_providers(available: Sequence[str], manifest: Manifest, *, backend: s
     wanted = ORT_BACKENDS[backend]
     available = list(available)
     if backend != "ort" and wanted[0] not in available:
-        hint = ("pip install 'diffcut-edge[gpu]' (onnxruntime-gpu, replacing onnxruntime) on a machine "
-                "with an NVIDIA GPU" if wanted[0] in GPU_EPS else "reinstall onnxruntime")
-        raise DiffCutError(f"backend {backend!r} needs {wanted[0]}, but onnxruntime reports only "
-                           f"{available}: {hint}")
+        hint = (
+            "pip install 'diffcut-edge[gpu]' (onnxruntime-gpu, replacing onnxruntime) on a machine with an NVIDIA GPU"
+            if wanted[0] in GPU_EPS
+            else "reinstall onnxruntime"
+        )
+        raise DiffCutError(f"backend {backend!r} needs {wanted[0]}, but onnxruntime reports only {available}: {hint}")
     tensorrt_cannot_build = _tensorrt_refusal(manifest)
     if backend == "ort-trt" and tensorrt_cannot_build:
         raise DiffCutError(tensorrt_cannot_build)
@@ -154,15 +162,29 @@ class OnnxRuntimeBackend(Backend):
         max_batch: largest batch (the TensorRT EP's profile; None = unbounded otherwise).
     """
 
-    def __init__(self, model_dir_or_onnx: str | os.PathLike, providers: Sequence[Any] | None = None, *,
-                 backend: str = "ort", manifest: Manifest | None = None, threads: int | None = None,
-                 max_batch: int | None = None, device_id: int = 0) -> None:
+    def __init__(
+        self,
+        model_dir_or_onnx: str | os.PathLike,
+        providers: Sequence[Any] | None = None,
+        *,
+        backend: str = "ort",
+        manifest: Manifest | None = None,
+        threads: int | None = None,
+        max_batch: int | None = None,
+        device_id: int = 0,
+    ) -> None:
         model_dir, onnx_path, manifest = _resolve_onnx(model_dir_or_onnx, manifest)
         if providers is None:
             available = ort.get_available_providers()
             cache_dir = trt_ep_cache_dir(model_dir, manifest) if TRT_EP in available else None
-            providers = choose_providers(available, manifest, backend=backend, cache_dir=cache_dir,
-                                         device_id=device_id, max_batch=max_batch or DEFAULT_MAX_BATCH)
+            providers = choose_providers(
+                available,
+                manifest,
+                backend=backend,
+                cache_dir=cache_dir,
+                device_id=device_id,
+                max_batch=max_batch or DEFAULT_MAX_BATCH,
+            )
         self.onnx_path = onnx_path
         self.session = self._open_session(onnx_path, list(providers), threads)
         self.providers = self.session.get_providers()
@@ -180,27 +202,33 @@ class OnnxRuntimeBackend(Backend):
             return ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
         except Exception as e:  # onnxruntime raises its own pybind exception types
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DiffCutError(f"onnxruntime could not load {onnx_path} ({first_line[:300]}): the file is "
-                               f"corrupt, truncated or not an ONNX model; re-export the model folder with "
-                               f"'diffcut-edge export'") from e
+            raise DiffCutError(
+                f"onnxruntime could not load {onnx_path} ({first_line[:300]}): the file is "
+                f"corrupt, truncated or not an ONNX model; re-export the model folder with "
+                f"'diffcut-edge export'"
+            ) from e
 
     def _check_io_names(self) -> None:
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if inputs != [self.input_name] or self.output_name not in outputs:
-            raise DiffCutError(f"{self.onnx_path} has inputs {inputs} / outputs {outputs}, but the manifest "
-                               f"says '{self.input_name}' -> '{self.output_name}'; re-export the model folder")
+            raise DiffCutError(
+                f"{self.onnx_path} has inputs {inputs} / outputs {outputs}, but the manifest "
+                f"says '{self.input_name}' -> '{self.output_name}'; re-export the model folder"
+            )
         # The manifest's resolution sizes every buffer: it must be the graph's own (a manifest that
         # declares 64k px would otherwise allocate gigabytes before the graph refuses the input).
         shape = list(self.session.get_inputs()[0].shape)
         r = self.manifest.resolution
         if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (3, r, r))):
-            raise DiffCutError(f"{self.onnx_path} takes input {shape}, but the manifest says (B, 3, {r}, {r}); "
-                               f"re-export the model folder")
+            raise DiffCutError(
+                f"{self.onnx_path} takes input {shape}, but the manifest says (B, 3, {r}, {r}); "
+                f"re-export the model folder"
+            )
 
     @property
     def description(self) -> str:
-        return f"{type(self).__name__}[{self.providers[0]}]"   # the provider that runs first
+        return f"{type(self).__name__}[{self.providers[0]}]"  # the provider that runs first
 
     def _infer_impl(self, images: Any) -> dict[str, Any]:
         images = to_host(images)  # a cupy batch: onnxruntime reads host memory

@@ -26,18 +26,25 @@ def _describe(record: EngineRecord) -> str:
     return f"{record.gpu_name} (sm {record.compute_capability}) / TRT {record.tensorrt_version}"
 
 
-def find_engine(manifest: Manifest, gpu_name: str, compute_capability: str,
-                trt_version: str) -> EngineRecord | None:
+def find_engine(manifest: Manifest, gpu_name: str, compute_capability: str, trt_version: str) -> EngineRecord | None:
     """The manifest's engine built for this GPU and TensorRT version, or None."""
     for record in manifest.engines:
-        if (record.gpu_name == gpu_name and record.compute_capability == compute_capability
-                and trt_compat.same_trt_version(record.tensorrt_version, trt_version)):
+        if (
+            record.gpu_name == gpu_name
+            and record.compute_capability == compute_capability
+            and trt_compat.same_trt_version(record.tensorrt_version, trt_version)
+        ):
             return record
     return None
 
 
-def select_engine(manifest: Manifest, gpu_name: str, compute_capability: str, trt_version: str,
-                  model_dir: str | os.PathLike = "<model folder>") -> EngineRecord:
+def select_engine(
+    manifest: Manifest,
+    gpu_name: str,
+    compute_capability: str,
+    trt_version: str,
+    model_dir: str | os.PathLike = "<model folder>",
+) -> EngineRecord:
     """Like :func:`find_engine`, but a missing match is a DiffCutError saying what to run."""
     record = find_engine(manifest, gpu_name, compute_capability, trt_version)
     if record is not None:
@@ -45,8 +52,10 @@ def select_engine(manifest: Manifest, gpu_name: str, compute_capability: str, tr
     here = f"{gpu_name} (sm {compute_capability}) / TRT {trt_version}"
     command = f"run 'diffcut-edge build-engine --model-dir {model_dir}' on this machine"
     if not manifest.engines:
-        raise DiffCutError(f"{model_dir} has no TensorRT engine (this is {here}): {command}, "
-                           f"or use an ONNX Runtime backend (--backend ort)")
+        raise DiffCutError(
+            f"{model_dir} has no TensorRT engine (this is {here}): {command}, "
+            f"or use an ONNX Runtime backend (--backend ort)"
+        )
     built = "; ".join(_describe(r) for r in manifest.engines)
     raise DiffCutError(f"the engines in {model_dir} were built for {built}; this is {here}: {command}")
 
@@ -56,27 +65,36 @@ def check_engine_io(tensors: list[tuple[str, bool, np.dtype]], manifest: Manifes
     inputs = [(n, d) for n, is_in, d in tensors if is_in]
     outputs = [(n, d) for n, is_in, d in tensors if not is_in]
     if [n for n, _ in inputs] != [manifest.input_name] or manifest.output_name not in [n for n, _ in outputs]:
-        raise DiffCutError(f"engine tensors: inputs {[n for n, _ in inputs]}, outputs {[n for n, _ in outputs]}; "
-                           f"the manifest says '{manifest.input_name}' -> '{manifest.output_name}': "
-                           f"rebuild the engine from this folder's encoder.onnx")
+        raise DiffCutError(
+            f"engine tensors: inputs {[n for n, _ in inputs]}, outputs {[n for n, _ in outputs]}; "
+            f"the manifest says '{manifest.input_name}' -> '{manifest.output_name}': "
+            f"rebuild the engine from this folder's encoder.onnx"
+        )
     if inputs[0][1] != np.float32:
-        raise DiffCutError(f"engine input '{manifest.input_name}' is {inputs[0][1]}, expected float32: "
-                           f"rebuild the engine with 'diffcut-edge build-engine'")
+        raise DiffCutError(
+            f"engine input '{manifest.input_name}' is {inputs[0][1]}, expected float32: "
+            f"rebuild the engine with 'diffcut-edge build-engine'"
+        )
     out_dtype = dict(outputs)[manifest.output_name]
     if out_dtype not in (np.float32, np.float16):
-        raise DiffCutError(f"engine output '{manifest.output_name}' is {out_dtype}, expected float32 "
-                           f"or float16: rebuild the engine with 'diffcut-edge build-engine'")
+        raise DiffCutError(
+            f"engine output '{manifest.output_name}' is {out_dtype}, expected float32 "
+            f"or float16: rebuild the engine with 'diffcut-edge build-engine'"
+        )
 
 
-def check_profile(min_shape: tuple[int, ...], max_shape: tuple[int, ...], manifest: Manifest,
-                  record: EngineRecord) -> None:
+def check_profile(
+    min_shape: tuple[int, ...], max_shape: tuple[int, ...], manifest: Manifest, record: EngineRecord
+) -> None:
     """The engine's input profile must match the manifest's resolution and recorded batch."""
     r = manifest.resolution
     expected_min = (record.batch_profile[0], 3, r, r)
     expected_max = (record.batch_profile[2], 3, r, r)
     if tuple(min_shape) != expected_min or tuple(max_shape) != expected_max:
-        raise DiffCutError(f"engine {record.file}: input profile {tuple(min_shape)}..{tuple(max_shape)}, "
-                           f"the manifest expects {expected_min}..{expected_max}; rebuild the engine")
+        raise DiffCutError(
+            f"engine {record.file}: input profile {tuple(min_shape)}..{tuple(max_shape)}, "
+            f"the manifest expects {expected_min}..{expected_max}; rebuild the engine"
+        )
 
 
 class TensorRTBackend(Backend):
@@ -93,8 +111,15 @@ class TensorRTBackend(Backend):
 
     device = "cuda"
 
-    def __init__(self, model_dir: str | os.PathLike, *, manifest: Manifest | None = None,
-                 keep_on_device: bool = False, device_id: int = 0, verify: bool = True) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        *,
+        manifest: Manifest | None = None,
+        keep_on_device: bool = False,
+        device_id: int = 0,
+        verify: bool = True,
+    ) -> None:
         model_dir = Path(model_dir)
         manifest = manifest or read_manifest(model_dir)
         # Both missing-package errors come before any GPU work.
@@ -105,11 +130,15 @@ class TensorRTBackend(Backend):
         record = select_engine(manifest, gpu_name, cc, trt.__version__, model_dir)
         path = folder_file(model_dir, record.file, "engine")
         if not path.is_file():
-            raise DiffCutError(f"{path} is listed in the manifest but missing: rebuild it with "
-                               f"'diffcut-edge build-engine --model-dir {model_dir}'")
+            raise DiffCutError(
+                f"{path} is listed in the manifest but missing: rebuild it with "
+                f"'diffcut-edge build-engine --model-dir {model_dir}'"
+            )
         if verify and record.sha256 and sha256_file(path) != record.sha256:
-            raise DiffCutError(f"{path} does not match its manifest entry (modified or truncated): "
-                               f"rebuild it with 'diffcut-edge build-engine --model-dir {model_dir}'")
+            raise DiffCutError(
+                f"{path} does not match its manifest entry (modified or truncated): "
+                f"rebuild it with 'diffcut-edge build-engine --model-dir {model_dir}'"
+            )
         super().__init__(manifest, (record.batch_profile[0], record.batch_profile[2]))
         self.engine_path = path
         self.device_id = int(device_id)
@@ -121,8 +150,7 @@ class TensorRTBackend(Backend):
         self._out_dtype = trt_compat.numpy_dtype(self._engine.get_tensor_dtype(manifest.output_name))
         self._context = self._engine.create_execution_context()
         if self._context is None:
-            raise DiffCutError(f"TensorRT could not create an execution context for {path} "
-                               f"(out of GPU memory?)")
+            raise DiffCutError(f"TensorRT could not create an execution context for {path} (out of GPU memory?)")
         self._stream = cp.cuda.Stream(non_blocking=True)
 
     def _infer_impl(self, images: Any) -> dict[str, Any]:

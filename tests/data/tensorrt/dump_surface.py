@@ -25,28 +25,73 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # The classes and enums the project touches (export/tensorrt_build.py, runtime/trt_compat.py,
 # runtime/backends/tensorrt.py), by their binding names.
-CLASSES = ("Logger", "Builder", "IBuilderConfig", "INetworkDefinition", "ILayer", "ITensor", "OnnxParser",
-           "IOptimizationProfile", "ITimingCache", "IHostMemory", "Runtime", "ICudaEngine", "IExecutionContext")
-ENUMS = ("NetworkDefinitionCreationFlag", "BuilderFlag", "MemoryPoolType", "OnnxParserFlag", "DataType",
-         "LayerType", "TensorIOMode")
-PLATFORM = ["--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
-            "--platform", "manylinux_2_28_x86_64"]
+CLASSES = (
+    "Logger",
+    "Builder",
+    "IBuilderConfig",
+    "INetworkDefinition",
+    "ILayer",
+    "ITensor",
+    "OnnxParser",
+    "IOptimizationProfile",
+    "ITimingCache",
+    "IHostMemory",
+    "Runtime",
+    "ICudaEngine",
+    "IExecutionContext",
+)
+ENUMS = (
+    "NetworkDefinitionCreationFlag",
+    "BuilderFlag",
+    "MemoryPoolType",
+    "OnnxParserFlag",
+    "DataType",
+    "LayerType",
+    "TensorIOMode",
+)
+PLATFORM = [
+    "--platform",
+    "manylinux_2_17_x86_64",
+    "--platform",
+    "manylinux2014_x86_64",
+    "--platform",
+    "manylinux_2_28_x86_64",
+]
 
 
 def _wheel(version: str, folder: Path) -> Path:
     name = "tensorrt-bindings" if version.startswith("8.") else "tensorrt-cu12-bindings"
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", f"{sys.version_info[0]}.{sys.version_info[1]}", *PLATFORM,
-                    "-d", str(folder), f"{name}=={version}"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            f"{sys.version_info[0]}.{sys.version_info[1]}",
+            *PLATFORM,
+            "-d",
+            str(folder),
+            f"{name}=={version}",
+        ],
+        check=True,
+    )
     return next(folder.glob("tensorrt*bindings-*.whl"))
 
 
 def _stand_ins(extension: Path, folder: Path) -> None:
     """Empty-ish libnvinfer* libraries defining the TensorRT C symbols the extension imports."""
-    missing = [line.split()[0] for line in subprocess.run(["ldd", str(extension)], capture_output=True,
-                                                          text=True).stdout.splitlines() if "not found" in line]
-    undefined = subprocess.run(["nm", "-D", "--undefined-only", str(extension)], capture_output=True,
-                               text=True).stdout.split()
+    missing = [
+        line.split()[0]
+        for line in subprocess.run(["ldd", str(extension)], capture_output=True, text=True).stdout.splitlines()
+        if "not found" in line
+    ]
+    undefined = subprocess.run(
+        ["nm", "-D", "--undefined-only", str(extension)], capture_output=True, text=True
+    ).stdout.split()
     ours = sorted({s for s in undefined if re.search(r"Infer|NvOnnx|Plugin|nvuffparser|nvcaffeparser", s)})
     source = folder / "stub.c"
     source.write_text("".join(f"void* {s}(void) {{ return 0; }}\n" for s in ours))
@@ -78,8 +123,13 @@ def dump(version: str) -> dict:
         extension = next((tmp / "site").glob("tensorrt_bindings/tensorrt*.so"))
         _stand_ins(extension, tmp)
         env = {**os.environ, "LD_LIBRARY_PATH": str(tmp)}
-        text = subprocess.run([sys.executable, "-c", DUMP, str(tmp / "site"), json.dumps(CLASSES),
-                               json.dumps(ENUMS)], capture_output=True, text=True, check=True, env=env).stdout
+        text = subprocess.run(
+            [sys.executable, "-c", DUMP, str(tmp / "site"), json.dumps(CLASSES), json.dumps(ENUMS)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        ).stdout
     return json.loads(text)
 
 
