@@ -231,7 +231,12 @@ def pamr_soft(
     xp = get_xp(img)
     size = img.shape[:2]
     if is_numpy_namespace(xp) and pamr_kernel.available():
-        return _pamr_soft_compiled(img, lab, _check_dilations(dilations), int(num_iter))
+        try:
+            return _pamr_soft_compiled(img, lab, _check_dilations(dilations), int(num_iter))
+        except ValueError as e:  # numba found no thread-safe threading layer (TBB / OpenMP) here
+            if "threading layer" not in str(e):
+                raise
+            pamr_kernel.give_up(e)
     masks, _ = _one_hot(lab, xp)
     if masks.shape[1:] != size:
         masks = resize_bilinear(masks, size, align_corners=True)

@@ -27,9 +27,26 @@ from diffcut_edge import lazy
 ENV = "DIFFCUT_PAMR_KERNEL"  # "numpy": always the array path (comparisons, debugging)
 
 
+_BROKEN: list[str] = []  # why the kernels cannot run in this process, once found out
+
+
 def available() -> bool:
-    """Whether the compiled kernels can run here (numba importable, not switched off)."""
-    return os.environ.get(ENV, "").lower() != "numpy" and lazy.numba.available()
+    """Whether the compiled kernels can run here (numba importable, not switched off, a thread-safe
+    threading layer found)."""
+    return os.environ.get(ENV, "").lower() != "numpy" and not _BROKEN and lazy.numba.available()
+
+
+def _threadsafe_layer(numba: Any) -> None:
+    """Only a thread-safe threading layer (TBB or OpenMP): the default fallback, "workqueue", aborts
+    the process when two threads run a parallel loop at once (an app segmenting in two threads).
+    A layer the user chose (NUMBA_THREADING_LAYER) is kept."""
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "threadsafe"
+
+
+def give_up(error: BaseException) -> None:
+    """Record that the kernels cannot run here (no thread-safe threading layer): the array path from now on."""
+    _BROKEN.append(f"{type(error).__name__}: {error}")
 
 
 _KERNELS: dict[str, Any] = {}
@@ -46,6 +63,7 @@ def _kernels() -> dict[str, Any]:
     if _KERNELS:
         return _KERNELS
     numba = lazy.numba
+    _threadsafe_layer(numba)
     njit, prange = numba.njit, numba.prange
 
     @njit(inline="always")

@@ -60,3 +60,26 @@ def test_without_numba_the_array_path_runs(monkeypatch):
     assert not pamr_kernel.available()
     case = planted_case((8, 8), 3, 0.1, 3, image_size=(32, 32))
     assert pamr.pamr_refine(case.image, case.regions).shape == (32, 32)
+
+
+def test_without_a_thread_safe_threading_layer_the_array_path_runs(tmp_path):
+    """numba's fallback layer aborts when two threads run a parallel loop at once; where only that one
+    exists the kernels step aside (simulated by asking for TBB, which this environment lacks)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from diffcut_edge.runtime import pamr, pamr_kernel\n"
+        "rng = np.random.default_rng(0)\n"
+        "img = rng.random((40, 40, 3)).astype(np.float32); lab = rng.integers(0, 4, (40, 40))\n"
+        "out = pamr.pamr_refine(img, lab)\n"
+        "import os; os.environ[pamr_kernel.ENV] = 'numpy'\n"
+        "print(bool((out == pamr.pamr_refine(img, lab)).all()), bool(pamr_kernel._BROKEN))\n"
+    )
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "tbb"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    same, gave_up = proc.stdout.split()
+    assert same == "True"  # either TBB is there and the kernel ran, or it stepped aside: same labels
