@@ -219,6 +219,33 @@ def _decode_with_pillow(path: Path) -> tuple[np.ndarray | None, bool]:
         return np.ascontiguousarray(rgb[..., ::-1]), image.format == "TIFF"
 
 
+def _decode_jpeg_strictly(path: Path) -> np.ndarray | None:
+    """A JPEG's raw pixels (BGR) by libjpeg-turbo in strict mode, or None to let OpenCV / Pillow decode
+    it (simplejpeg missing, or a JPEG it does not take, such as CMYK).
+
+    Strict: libjpeg's "corrupt data" warnings are errors. A file cut short and closed again with an end
+    marker (a common way downloads and copies fail) decodes with a grey-filled bottom in OpenCV and
+    Pillow, which only print a warning; here it is refused."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DiffCutError(f"{path}: cannot read ({e.strerror or e})") from e
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+    except ValueError as e:
+        message = str(e)
+        if "Corrupt JPEG data" in message or "Premature end" in message:
+            raise DiffCutError(
+                f"{path}: the JPEG is damaged ({message.splitlines()[0].rstrip('.')}): part "
+                f"of the picture is missing; re-copy or re-save it"
+            ) from None
+        return None
+
+
 def read_image(path: str | os.PathLike, *, apply_orientation: bool = True) -> np.ndarray:
     """Read an image file as BGR uint8 (H, W, 3).
 
@@ -248,8 +275,10 @@ def read_image(path: str | os.PathLike, *, apply_orientation: bool = True) -> np
     size, orientation, kind = _header(path)
     if size is not None:
         check_frame_size(*size, str(path))
-    decoded, upright = None, False
-    if kind == "TIFF" and orientation != 1:
+    decoded, upright = (_decode_jpeg_strictly(path) if head[:2] == b"\xff\xd8" else None), False
+    if decoded is not None:
+        pass  # a JPEG, decoded strictly
+    elif kind == "TIFF" and orientation != 1:
         # OpenCV 5 turns TIFFs by their orientation itself (and refuses 5-8 in imread): one decoder
         # whose answer is known, Pillow's (upright, through libtiff's oriented reader).
         decoded, upright = _decode_with_pillow(path)

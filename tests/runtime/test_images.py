@@ -58,6 +58,30 @@ def test_broken_files_raise_one_clear_error(tmp_path, photo, case):
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_jpeg_cut_short_and_closed_again_is_refused_not_grey_filled(tmp_path, photo):
+    """What a failed copy often leaves: half the data, then an end marker. OpenCV and Pillow decode it
+    with a grey bottom (a libjpeg warning on stderr); read_image says the file is damaged."""
+    ok, buf = cv2.imencode(".jpg", photo)
+    data = buf.tobytes()
+    path = tmp_path / "half.jpg"
+    path.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    assert cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR) is not None  # OpenCV takes it
+    with pytest.raises(DiffCutError, match="the JPEG is damaged") as err:
+        image_io.read_image(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    # Whole JPEGs (baseline, progressive, grayscale, CMYK) read as OpenCV reads them.
+    from PIL import Image
+
+    rgb = photo[:, :, ::-1]
+    for name, save in [("base.jpg", {}), ("prog.jpg", {"progressive": True})]:
+        Image.fromarray(rgb).save(tmp_path / name, quality=90, **save)
+        assert np.array_equal(image_io.read_image(tmp_path / name), cv2.imread(str(tmp_path / name)))
+    Image.fromarray(rgb).convert("L").save(tmp_path / "gray.jpg")
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    assert image_io.read_image(tmp_path / "gray.jpg").shape == photo.shape
+    assert image_io.read_image(tmp_path / "cmyk.jpg").shape == photo.shape
+
+
 def test_collect_skips_non_images_in_folders_and_expands_globs(tmp_path, photo):
     for name in ("b.png", "a.jpg"):
         cv2.imwrite(str(tmp_path / name), photo)
