@@ -237,21 +237,9 @@ def _manifest_fields(segmenter: Benchable) -> dict[str, Any]:
     manifest = segmenter.manifest
     if manifest is None:
         return {}
-    keep = (
-        "model_id",
-        "family",
-        "resolution",
-        "grid",
-        "channels",
-        "precision",
-        "timestep",
-        "noise_seed",
-        "opset",
-        "hook",
-        "model_revision",
-        "quantization",
-        "verification",
-    )
+    from diffcut_edge.runtime.manifest import REQUIRED_FIELDS
+
+    keep = (*REQUIRED_FIELDS, "hook", "model_revision", "quantization", "verification")
     return {k: getattr(manifest, k) for k in keep if hasattr(manifest, k)}
 
 

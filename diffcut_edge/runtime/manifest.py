@@ -32,6 +32,20 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
 
+# What every manifest must say about its model (the rest has defaults); reports show these too.
+REQUIRED_FIELDS = (
+    "model_id",
+    "family",
+    "resolution",
+    "grid",
+    "channels",
+    "precision",
+    "timestep",
+    "noise_seed",
+    "opset",
+)
+
+
 @dataclass
 class EngineRecord:
     """One TensorRT engine built from ``encoder.onnx`` on a given GPU."""
@@ -126,21 +140,7 @@ class Manifest:
                 f"({FORMAT_VERSION}); upgrade diffcut-edge or re-export with this version"
             )
         known = set(cls.__dataclass_fields__)
-        missing = [
-            k
-            for k in (
-                "model_id",
-                "family",
-                "resolution",
-                "grid",
-                "channels",
-                "precision",
-                "timestep",
-                "noise_seed",
-                "opset",
-            )
-            if k not in data
-        ]
+        missing = [k for k in REQUIRED_FIELDS if k not in data]
         if missing:
             raise DiffCutError(f"{source}: missing field(s) {', '.join(missing)}; re-export the model folder")
         kwargs = {k: v for k, v in data.items() if k in known}
