@@ -38,10 +38,8 @@ def main(argv: list[str]) -> int:
             realtime = keyframes != "every:1"  # every:1: each frame waits for its own DiffCut
             pace = reader.info.fps if realtime and not reader.spec.live else None
             for item in iter_segmented(reader, seg, keyframes=keyframes, realtime=realtime, pace_fps=pace):
-                vis = draw(item.frame, item.result)
-                text = hud_text(
-                    meter.tick(), item.result.timings, item.result.num_segments, seg.options.refine, frame=item
-                )
+                vis, result = draw(item.frame, item.result), item.result
+                text = hud_text(meter.tick(), result.timings, result.num_segments, seg.options.refine, frame=item)
                 draw_hud(vis, text)
                 if headless:
                     print(text)
