@@ -729,48 +729,6 @@ def _adopt(carrier: LabelCarrier, done: tuple, history: collections.deque) -> No
     carrier.start(result, index, captured, labels)
 
 
-def write_overlay_video(
-    frames,
-    segmenter: FrameSegmenter,
-    writer: Any,
-    *,
-    keyframes: str | KeyframePolicy = "every:1",
-    realtime: bool = False,
-    pipelined: bool = True,
-    max_frames: int | None = None,
-    pace_fps: float | None = None,
-    track: bool = True,
-    style: Any = None,
-    on_frame: Callable[[SegmentedFrame], None] | None = None,
-    frames_out: Any = None,
-) -> Throughput:
-    """Segment ``frames`` (see :func:`iter_segmented`) and write each overlay to ``writer`` (an
-    :class:`~diffcut_edge.apps.video.AtomicVideoWriter`) as ``style`` says (an
-    :class:`~diffcut_edge.apps.overlay.OverlayStyle`, or an opacity); returns the run's throughput.
-    ``frames_out``: a :class:`~diffcut_edge.apps.batch.FrameSaver` for each frame's label map and segments."""
-    from diffcut_edge.apps.tracking import TrackedOverlay
-
-    draw, stats = TrackedOverlay(track, style), Throughput()
-    for item in iter_segmented(
-        frames,
-        segmenter,
-        keyframes=keyframes,
-        realtime=realtime,
-        pipelined=pipelined,
-        max_frames=max_frames,
-        pace_fps=pace_fps,
-    ):
-        writer.write(draw(item.frame, item.result))
-        if frames_out is not None:
-            from diffcut_edge.apps.hud import frame_status
-
-            frames_out.save(item.index, draw.last_labels, draw.last_names, frame_status(item))
-        stats.add(item.result.timings, item.key_index)
-        if on_frame is not None:
-            on_frame(item)
-    return stats
-
-
 # ------------------------------------------------------------------------ throughput
 @dataclass
 class Throughput:

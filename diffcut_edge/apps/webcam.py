@@ -1,10 +1,11 @@
-"""The live loop of ``diffcut-edge webcam``: frames → segmenter → overlay and HUD → window, live
-view and recording.
+"""The frame loop of ``diffcut-edge webcam`` and ``video``: frames → segmenter → overlay (and HUD) →
+window, live view, recording, per-frame outputs.
 
 :func:`run_live` takes a frame source and a segmenter and shows the result wherever
 :class:`LiveOutputs` says: an OpenCV window (keys q/Esc quit, r toggles refinement, f/space
-freezes), a :class:`~diffcut_edge.apps.live.LiveHub` that browsers watch and tune, and an
-:class:`~diffcut_edge.apps.video.AtomicVideoWriter`. Embedding apps call it as the CLI does.
+freezes), a :class:`~diffcut_edge.apps.live.LiveHub` that browsers watch and tune, an
+:class:`~diffcut_edge.apps.video.AtomicVideoWriter` and a :class:`~diffcut_edge.apps.batch.FrameSaver`;
+``video`` is the same loop writing a file without the HUD. Embedding apps call it as the CLI does.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class LiveOutputs:
     hub: Any = None  # a LiveHub: publish frames, take the browser's control changes
     writer: Any = None  # an AtomicVideoWriter for the overlay video
     frames: Any = None  # a FrameSaver: each frame's label map and segments JSON
+    hud: bool = True  # the status line on the overlay (fps, ms, segments, what the labels are)
 
 
 @dataclass
@@ -112,11 +114,13 @@ def run_live(
     pace_fps: float | None = None,
     track: bool = True,
     style: Any = None,
+    on_frame: Callable[[Any], None] | None = None,
 ) -> LiveSummary:
     """Segment ``frames`` live (see :func:`~diffcut_edge.apps.pipeline.iter_segmented` for the
     keyframe arguments), draw overlay and HUD, and show them on ``outputs``. Returns when the
     frames end, ``max_frames`` are shown or the user quits in the window. ``style``: an
-    :class:`~diffcut_edge.apps.overlay.OverlayStyle` (or an opacity)."""
+    :class:`~diffcut_edge.apps.overlay.OverlayStyle` (or an opacity); ``on_frame(item)`` after each
+    frame (a progress bar)."""
     from diffcut_edge.apps.live import apply_changes
 
     outputs = outputs or LiveOutputs()
@@ -136,16 +140,21 @@ def run_live(
             vis = draw(item.frame, item.result)
             stats.add(item.result.timings, item.key_index)
             fps = meter.tick()
-            hud.draw_hud(
-                vis,
-                hud.hud_text(fps, item.result.timings, item.result.num_segments, segmenter.options.refine, frame=item),
-            )
+            if outputs.hud:
+                hud.draw_hud(
+                    vis,
+                    hud.hud_text(
+                        fps, item.result.timings, item.result.num_segments, segmenter.options.refine, frame=item
+                    ),
+                )
             if outputs.hub is not None:
                 _publish(outputs.hub, vis, draw, item, segmenter, fps)
             if outputs.writer is not None:
                 outputs.writer.write(vis)
             if outputs.frames is not None:
                 outputs.frames.save(item.index, draw.last_labels, draw.last_names, hud.frame_status(item))
+            if on_frame is not None:
+                on_frame(item)
             if outputs.window is not None:
                 outputs.window.show(vis)
                 if _handle_keys(outputs.window, segmenter):

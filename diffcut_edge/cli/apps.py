@@ -191,8 +191,8 @@ def add_video(sub: argparse._SubParsersAction) -> None:
 
 
 def run_video(args: argparse.Namespace) -> int:
-    from diffcut_edge.apps.pipeline import write_overlay_video
     from diffcut_edge.apps.video import AtomicVideoWriter, FrameReader, parse_source
+    from diffcut_edge.apps.webcam import LiveOutputs, run_live
 
     source = parse_source(args.input)
     if not source.live and Path(args.output).resolve() == Path(args.input).resolve():
@@ -206,10 +206,10 @@ def run_video(args: argparse.Namespace) -> int:
     ):
         total = min(reader.info.frame_count or 0, args.max_frames or 1 << 62) or args.max_frames
         with console.progress(total=total, quiet=args.quiet, unit="frame") as bar:
-            stats = write_overlay_video(
+            stats = run_live(
                 reader,
                 seg,
-                writer,
+                LiveOutputs(writer=writer, frames=frames_out, hud=False),
                 keyframes=VIDEO_OPTIONS.build(args),
                 realtime=args.realtime,
                 pipelined=args.pipeline,
@@ -218,8 +218,7 @@ def run_video(args: argparse.Namespace) -> int:
                 style=OverlayArgs().build(args),
                 pace_fps=reader.info.fps if args.realtime else None,
                 on_frame=lambda item: bar.update(1),
-                frames_out=frames_out,
-            )
+            ).stats
         if writer.frames == 0:
             raise DiffCutError(f"no frame could be read from {source}; nothing written")
     print(
