@@ -128,22 +128,30 @@ def mask_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
 
 
+def _segment_entries(labels: np.ndarray) -> list[dict[str, Any]]:
+    """``id``, ``area``, ``bbox`` of every id of a host label map (COCO-style, exclusive box ends)."""
+    from diffcut_edge.runtime.labeling import segment_stats
+
+    ids, areas, boxes = segment_stats(labels)
+    return [{"id": int(i), "area": int(a), "bbox": [int(v) for v in b]} for i, a, b in zip(ids, areas, boxes)]
+
+
+def _add_masks(entries: list[dict[str, Any]], labels: np.ndarray) -> list[dict[str, Any]]:
+    """Each entry's mask as ``rle`` (:func:`mask_rle`), in place; returns the entries."""
+    for entry in entries:
+        entry["rle"] = mask_rle(labels == entry["id"])
+    return entries
+
+
 def segments_document(result: Any, *, masks: bool = True) -> dict[str, Any]:
     """``<stem>_segments.json``: ``{"vocabulary", "num_classes", "segments": [...]}``, one entry per id of the
     label PNG, COCO-style: ``id``, ``area``, ``bbox`` (x0, y0, x1, y1, exclusive ends) and, with ``masks``,
     ``rle`` (:func:`mask_rle`); with a vocabulary (export-vocab or --classes) also ``class_index``,
     ``class_name``, ``score``, ``pooling``. Without one, ``vocabulary`` is null and ``num_classes`` 0."""
-    from diffcut_edge.runtime.labeling import segment_stats
-
     labels = np.asarray(result.labels)
-    if result.segments is not None:
-        entries = [s.to_dict() for s in result.segments]
-    else:
-        ids, areas, boxes = segment_stats(labels)
-        entries = [{"id": int(i), "area": int(a), "bbox": [int(v) for v in b]} for i, a, b in zip(ids, areas, boxes)]
+    entries = [s.to_dict() for s in result.segments] if result.segments is not None else _segment_entries(labels)
     if masks:
-        for entry in entries:
-            entry["rle"] = mask_rle(labels == entry["id"])
+        _add_masks(entries, labels)
     return {"vocabulary": result.vocabulary, "num_classes": len(result.class_names or ()), "segments": entries}
 
 
@@ -153,17 +161,13 @@ def frame_document(
     """One video frame's segments, as :func:`segments_document` writes an image's: ``id`` is the id in
     the frame's label PNG (the track id when tracking), ``area``, ``bbox``, ``rle``; named segments also
     ``class_name`` and ``score``. ``status``: what the labels are (keyframe or carried, their age)."""
-    from diffcut_edge.runtime.labeling import segment_stats
-
     named = {int(n.id): n for n in names}
-    entries = []
-    for i, area, box in zip(*segment_stats(labels)):
-        entry = {"id": int(i), "area": int(area), "bbox": [int(v) for v in box]}
-        if int(i) in named:
-            entry.update(class_name=named[int(i)].name, score=named[int(i)].score)
-        if masks:
-            entry["rle"] = mask_rle(labels == i)
-        entries.append(entry)
+    entries = _segment_entries(labels)
+    for entry in entries:
+        if entry["id"] in named:
+            entry.update(class_name=named[entry["id"]].name, score=named[entry["id"]].score)
+    if masks:
+        _add_masks(entries, labels)
     return {"frame": int(frame), "labels": dict(status or {}), "segments": entries}
 
 
