@@ -31,6 +31,7 @@ from diffcut_edge.runtime.xp import to_host
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 # How far from the end a JPEG's end-of-image marker may sit (some cameras append trailers).
 _JPEG_EOI_SEARCH = 4096
+JPEG_SOI = b"\xff\xd8"  # the two bytes every JPEG starts with
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
@@ -94,7 +95,7 @@ def _identity(path: Path) -> Path:
 
 def _looks_truncated(head: bytes, tail: bytes) -> bool:
     """Cheap end-marker checks on the first and last bytes: decoders silently fill a cut JPEG with grey."""
-    if head[:2] == b"\xff\xd8":  # JPEG: needs an end-of-image marker near the end
+    if head[:2] == JPEG_SOI:  # JPEG: needs an end-of-image marker near the end
         return b"\xff\xd9" not in tail
     if head[:8] == b"\x89PNG\r\n\x1a\n":  # PNG: the last chunk is IEND
         return b"IEND" not in tail[-16:]
@@ -246,6 +247,24 @@ def _decode_jpeg_strictly(path: Path) -> np.ndarray | None:
         return None
 
 
+def _first_decode(path: Path, head: bytes, kind: str | None, orientation: int) -> tuple[np.ndarray | None, bool]:
+    """(pixels, already upright) from the decoder that suits the file, or (None, False) to fall back
+    to OpenCV from memory, then Pillow."""
+    import cv2
+
+    if head[:2] == JPEG_SOI:
+        decoded = _decode_jpeg_strictly(path)
+        if decoded is not None:
+            return decoded, False
+    if kind == "TIFF" and orientation != 1:
+        # OpenCV 5 turns TIFFs by their orientation itself (and refuses 5-8 in imread): one decoder
+        # whose answer is known, Pillow's (upright, through libtiff's oriented reader).
+        return _decode_with_pillow(path)
+    if _names_safe_for_opencv(path):
+        return cv2.imread(str(path), cv2.IMREAD_UNCHANGED), False
+    return None, False
+
+
 def read_image(path: str | os.PathLike, *, apply_orientation: bool = True) -> np.ndarray:
     """Read an image file as BGR uint8 (H, W, 3).
 
@@ -275,15 +294,7 @@ def read_image(path: str | os.PathLike, *, apply_orientation: bool = True) -> np
     size, orientation, kind = _header(path)
     if size is not None:
         check_frame_size(*size, str(path))
-    decoded, upright = (_decode_jpeg_strictly(path) if head[:2] == b"\xff\xd8" else None), False
-    if decoded is not None:
-        pass  # a JPEG, decoded strictly
-    elif kind == "TIFF" and orientation != 1:
-        # OpenCV 5 turns TIFFs by their orientation itself (and refuses 5-8 in imread): one decoder
-        # whose answer is known, Pillow's (upright, through libtiff's oriented reader).
-        decoded, upright = _decode_with_pillow(path)
-    elif _names_safe_for_opencv(path):
-        decoded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    decoded, upright = _first_decode(path, head, kind, orientation)
     if decoded is None:
         # Non-ASCII names OpenCV's file API cannot open (Windows), names that are not UTF-8: from memory.
         try:
