@@ -13,17 +13,15 @@ EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), as shells report it
 EXIT_TERMINATED = 143  # SIGTERM
 
 
-def warn(verb: str, message: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(f"diffcut-edge {verb}: warning: {message}", file=sys.stderr)
-
-
 def info(verb: str, message: str) -> None:
-    """A line about what the command is doing (stderr, so stdout keeps only results)."""
+    """A line about what the command is doing (stderr, so stdout keeps only results; above a progress bar)."""
     from tqdm import tqdm
 
     tqdm.write(f"diffcut-edge {verb}: {message}", file=sys.stderr)
+
+
+def warn(verb: str, message: str) -> None:
+    info(verb, f"warning: {message}")
 
 
 def note_verification(verb: str, manifest: Any, model_dir: str) -> None:
