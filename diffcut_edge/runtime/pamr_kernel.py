@@ -189,7 +189,7 @@ def _kernels() -> dict[str, Any]:
 
 def _padded_rows(array_chw: np.ndarray, pad: int) -> np.ndarray:
     """(C, H, W) -> (H, C, W + 2·pad) float32, columns edge-replicated (one allocation)."""
-    return _kernels()["rows"](np.ascontiguousarray(array_chw, dtype=np.float32), int(pad))
+    return _kernels()["rows"](np.asarray(array_chw, dtype=np.float32), int(pad))  # any strides: one copy
 
 
 def weights(
