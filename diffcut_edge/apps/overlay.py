@@ -302,11 +302,14 @@ def draw_name_chips(
     frame = _check_bgr_frame(frame)
     labels = labels_to_host(labels, frame.shape)
     target = _target(frame, out)
-    table = _color_table(labels, colors) if len(names) else None
+    if not len(names):
+        return target
+    table = _color_table(labels, colors)
+    area = np.bincount(labels.ravel(), minlength=len(table))  # one pass: which ids the map shows
     scale = scale if scale is not None else max(0.4, min(frame.shape[:2]) / 800)
     thickness = max(1, int(round(scale * 2)))
     for segment in names:
-        if not (0 <= int(segment.id) < len(table)) or not (labels == int(segment.id)).any():
+        if not (0 <= int(segment.id) < len(table)) or area[int(segment.id)] == 0:
             continue
         x, y = label_anchor(labels, int(segment.id))
         (w, h), _ = cv2.getTextSize(str(segment.name), cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
