@@ -195,32 +195,30 @@ def calibration_sha256(paths: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over the images, with a progress bar."""
+def _feeds(paths: Sequence[Path], manifest: Manifest) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
+    """A fresh pass over the calibration images as encoder feeds (histogram methods make several)."""
+    return lambda: ({manifest.input_name: batch} for batch in calibration_batches(paths, manifest.resolution))
 
-    def __init__(self, paths: Sequence[Path], manifest: Manifest, progress: bool) -> None:
-        self._batches = calibration_batches(paths, manifest.resolution)
-        self._input = manifest.input_name
-        self._count, self._progress, self._bar = len(paths), progress, None
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._progress and self._bar is None:  # opened on first use: no bar for a run that fails before
+@contextlib.contextmanager
+def _progress_bar(total: int, shown: bool) -> Iterator[Callable[[], None]]:
+    """A tick per image run; the bar opens on the first (no bar for a run that fails before)."""
+    bar = None
+
+    def tick() -> None:
+        nonlocal bar
+        if shown and bar is None:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self._count, desc="calibrate", unit="image")
-        batch = next(self._batches, None)
-        if batch is None:
-            self.close()
-            return None
-        if self._bar is not None:
-            self._bar.update(1)
-        return {self._input: batch}
+            bar = tqdm(total=total, desc="calibrate", unit="image")
+        if bar is not None:
+            bar.update(1)
 
-    def close(self) -> None:
-        self._progress = False
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+    try:
+        yield tick
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 # ------------------------------------------------------------------ which nodes stay in float
@@ -296,42 +294,59 @@ def _preprocessed(source: Path, dst: Path, big: bool) -> Path:
         return source
 
 
+def _calibrate(src: Path, dst: Path, feeds: Callable, method: str, count: int, progress: bool) -> None:
+    """Activation ranges of the graph at ``src`` over the calibration feeds, in bounded memory
+    (``export.calibrate``), written to ``dst`` as onnxruntime's calibration cache."""
+    from onnxruntime.quantization import save_tensors_data
+
+    from diffcut_edge.export.calibrate import RangeCollector
+
+    collector = RangeCollector(src, OP_TYPES, method)
+    # onnxruntime's histogram collector prints its steps to stdout: stdout keeps only results.
+    with _progress_bar(collector.passes * count, progress) as tick, contextlib.redirect_stdout(io.StringIO()):
+        save_tensors_data(collector.collect(feeds, on_image=tick), dst)
+
+
 def _quantize_static(
-    quant: Any, src: Path, dst: Path, reader: _Reader, activations: str, kept: dict[str, str], big: bool, method: str
+    quant: Any,
+    src: Path,
+    dst: Path,
+    ranges: Path,
+    method: str,
+    activations: str,
+    big: bool,
+    *,
+    exclude: Sequence[str] = (),
+    only: Sequence[str] = (),
 ) -> None:
-    # onnxruntime's histogram calibrators print their steps to stdout: not the user's business, and
-    # stdout keeps only results.
-    with contextlib.redirect_stdout(io.StringIO()):
-        _run_quantize_static(quant, src, dst, reader, activations, kept, big, method)
-
-
-def _run_quantize_static(
-    quant: Any, src: Path, dst: Path, reader: _Reader, activations: str, kept: dict[str, str], big: bool, method: str
-) -> None:
-    quant.quantize_static(
-        str(src),
-        str(dst),
-        reader,
-        quant_format=quant.QuantFormat.QDQ,
-        op_types_to_quantize=list(OP_TYPES),
-        per_channel=True,
-        activation_type={"uint8": quant.QuantType.QUInt8, "int8": quant.QuantType.QInt8}[activations],
-        weight_type=quant.QuantType.QInt8,
-        nodes_to_exclude=sorted(kept),
-        use_external_data_format=big,
-        # 7-bit weights for onnxruntime's CPU kernels: without AVX-512 VNNI (AVX2, AVX-512F) their
-        # u8 x s8 products are summed in pairs into int16, which saturates with full-range weights and
-        # puts systematic error in every token; measured here (VNNI) the 7 bits cost nothing (RESULTS.md).
-        reduce_range=activations == "uint8",
-        calibrate_method={
-            "minmax": quant.CalibrationMethod.MinMax,
-            "percentile": quant.CalibrationMethod.Percentile,
-            "entropy": quant.CalibrationMethod.Entropy,
-        }[method],
-        calibration_providers=["CPUExecutionProvider"],
-        # TensorRT takes only symmetric int8 Q/DQ (zero point 0); weights are symmetric either way.
-        extra_options={"ActivationSymmetric": activations == "int8", "WeightSymmetric": True},
-    )
+    """onnxruntime's QDQ quantization of ``src`` into ``dst`` with the ranges cached at ``ranges``
+    (its own calibrator does not run); ``only``: quantize just these nodes."""
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():  # its advice goes to the root logger
+        quant.quantize_static(
+            str(src),
+            str(dst),
+            None,
+            quant_format=quant.QuantFormat.QDQ,
+            op_types_to_quantize=list(OP_TYPES),
+            per_channel=True,
+            activation_type={"uint8": quant.QuantType.QUInt8, "int8": quant.QuantType.QInt8}[activations],
+            weight_type=quant.QuantType.QInt8,
+            nodes_to_quantize=list(only),
+            nodes_to_exclude=sorted(exclude),
+            use_external_data_format=big,
+            # 7-bit weights for onnxruntime's CPU kernels: without AVX-512 VNNI (AVX2, AVX-512F) their
+            # u8 x s8 products are summed in pairs into int16, which saturates with full-range weights and
+            # puts systematic error in every token; measured here (VNNI) the 7 bits cost nothing (RESULTS.md).
+            reduce_range=activations == "uint8",
+            calibrate_method={
+                "minmax": quant.CalibrationMethod.MinMax,
+                "percentile": quant.CalibrationMethod.Percentile,
+                "entropy": quant.CalibrationMethod.Entropy,
+            }[method],
+            calibration_cache_path=str(ranges),
+            # TensorRT takes only symmetric int8 Q/DQ (zero point 0); weights are symmetric either way.
+            extra_options={"ActivationSymmetric": activations == "int8", "WeightSymmetric": True},
+        )
 
 
 @contextlib.contextmanager
@@ -386,7 +401,6 @@ def quantize_model(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     os.chmod(staging, 0o755)
-    reader = _Reader(paths, manifest, progress)
     try:
         big = bool(manifest.onnx_data_files)
         source = _preprocessed(model_dir / manifest.onnx_file, staging / "pre.onnx", big)
@@ -398,10 +412,10 @@ def quantize_model(
         onnx.save_model(model, str(named), save_as_external_data=big, location="named.onnx.data")
         del model
         target = staging / ONNX_NAME
-        with _quiet_root_logger():  # onnxruntime logs its advice through the root logger
-            _quantize_static(quant, named, target, reader, activations, kept, big, method)
-        reader.close()
-        for leftover in [*staging.glob("named.onnx*"), *staging.glob("pre.onnx*")]:
+        ranges = staging / "ranges.json"
+        _calibrate(named, ranges, _feeds(paths, manifest), method, len(paths), progress)
+        _quantize_static(quant, named, target, ranges, method, activations, big, exclude=kept)
+        for leftover in [*staging.glob("named.onnx*"), *staging.glob("pre.onnx*"), ranges]:
             leftover.unlink()
         data_files = sorted(p.name for p in staging.iterdir() if p.name != ONNX_NAME)
         check_graph(target, resolution=manifest.resolution, channels=manifest.channels)
@@ -452,6 +466,5 @@ def quantize_model(
         move_into_place(staging, out_dir)
         return report
     except BaseException:
-        reader.close()
         shutil.rmtree(staging, ignore_errors=True)
         raise
