@@ -256,7 +256,7 @@ def run_build_engine(args: argparse.Namespace) -> int:
 
 
 def add_quantize(sub: argparse._SubParsersAction) -> None:
-    from diffcut_edge.export.quantize import ACTIVATIONS, DEFAULT_MAX_IMAGES, METHODS
+    from diffcut_edge.export.quantize import ACTIVATIONS, DEFAULT_MAX_IMAGES, DEFAULT_REPORT_IMAGES, METHODS
 
     p = sub.add_parser(
         "quantize",
@@ -303,6 +303,26 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
         help="images kept out of the calibration to verify the new folder on, before it appears "
         "(default: every fourth image, with 4 or more; 0: none)",
     )
+    p.add_argument(
+        "--report",
+        metavar="JSON",
+        default=None,
+        help="also measure every Conv/MatMul/Gemm alone in int8 (min token cosine against fp32) and "
+        "write the table here; prints the worst 10 (one encoder run per layer and image)",
+    )
+    p.add_argument(
+        "--report-images",
+        type=positive_int,
+        default=DEFAULT_REPORT_IMAGES,
+        help=f"calibration images the --report runs on (default {DEFAULT_REPORT_IMAGES})",
+    )
+    p.add_argument(
+        "--keep-worst",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="keep in float the N layers the sensitivity measurement finds worst (runs it; default 0)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing model folder at --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -321,6 +341,9 @@ def run_quantize(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.no_progress,
         holdout=args.holdout,
+        report=args.report,
+        report_images=args.report_images,
+        keep_worst=args.keep_worst,
     )
     print("\n".join(report.lines()))
     return EXIT_ERROR if report.passed is False else 0

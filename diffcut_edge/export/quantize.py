@@ -24,6 +24,7 @@ import contextlib
 import fnmatch
 import hashlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from diffcut_edge import versions
+from diffcut_edge.atomic import write_text
 from diffcut_edge.errors import DiffCutError, missing_extra
 from diffcut_edge.runtime.manifest import Manifest, read_manifest, sha256_file, verify_files, write_manifest
 
@@ -43,6 +45,7 @@ METHODS = ("minmax", "percentile", "entropy")  # onnxruntime CalibrationMethod M
 ACTIVATIONS = ("uint8", "int8")  # uint8: onnxruntime CPU; int8 (symmetric): TensorRT
 OP_TYPES = ("Conv", "MatMul", "Gemm")  # the only op types quantized: norms, softmax, SiLU stay float
 DEFAULT_MAX_IMAGES = 64  # calibration images used at most (ranges settle well before)
+DEFAULT_REPORT_IMAGES = 2  # images the per-layer sensitivity runs on (a run per layer and image)
 
 # Layers that stay in float: (op type, selector, why). Selectors are named in _SELECTORS.
 SENSITIVE_LAYERS: tuple[tuple[str, str, str], ...] = (
@@ -68,6 +71,8 @@ class QuantizeReport:
     onnx_bytes: int = 0
     source_bytes: int = 0
     held_out: Any = None  # the verify --against report on the held-out images (None: none held out)
+    sensitivity: Any = None  # export.sensitivity.SensitivityReport when asked for (--report)
+    report_path: Path | None = None
 
     @property
     def passed(self) -> bool | None:
@@ -82,6 +87,10 @@ class QuantizeReport:
             f"{self.quantized_nodes} nodes quantized, {len(self.kept_fp32)} kept in float, "
             f"{self.onnx_bytes / 1e6:.1f} MB ({ratio:.1f}x smaller)"
         ]
+        if self.sensitivity is not None:
+            out += self.sensitivity.lines()
+        if self.report_path is not None:
+            out.append(f"all {len(self.sensitivity.layers)} layers: {self.report_path}")
         verify = f"diffcut-edge verify --model-dir {self.model_dir} --against {self.source_dir} IMAGES"
         if self.held_out is None:
             return [
@@ -294,9 +303,9 @@ def _preprocessed(source: Path, dst: Path, big: bool) -> Path:
         return source
 
 
-def _calibrate(src: Path, dst: Path, feeds: Callable, method: str, count: int, progress: bool) -> None:
+def _calibrate(src: Path, dst: Path, feeds: Callable, method: str, count: int, progress: bool) -> dict[str, Any]:
     """Activation ranges of the graph at ``src`` over the calibration feeds, in bounded memory
-    (``export.calibrate``), written to ``dst`` as onnxruntime's calibration cache."""
+    (``export.calibrate``), written to ``dst`` as onnxruntime's calibration cache; {tensor: (low, high)}."""
     from onnxruntime.quantization import save_tensors_data
 
     from diffcut_edge.export.calibrate import RangeCollector
@@ -304,7 +313,40 @@ def _calibrate(src: Path, dst: Path, feeds: Callable, method: str, count: int, p
     collector = RangeCollector(src, OP_TYPES, method)
     # onnxruntime's histogram collector prints its steps to stdout: stdout keeps only results.
     with _progress_bar(collector.passes * count, progress) as tick, contextlib.redirect_stdout(io.StringIO()):
-        save_tensors_data(collector.collect(feeds, on_image=tick), dst)
+        ranges = collector.collect(feeds, on_image=tick)
+    save_tensors_data(ranges, dst)
+    return {name: tuple(float(np.ravel(v)[0]) for v in data.range_value) for name, data in ranges.items()}
+
+
+def _sensitivity(
+    src: Path,
+    kept: dict[str, str],
+    ranges: dict[str, Any],
+    paths: Sequence[Path],
+    manifest: Manifest,
+    method: str,
+    activations: str,
+    progress: bool,
+) -> Any:
+    """The per-layer report (``export.sensitivity``) on ``paths``: every Conv/MatMul/Gemm, kept ones too."""
+    import onnx
+
+    from diffcut_edge.export.sensitivity import SensitivityReport, layer_sensitivity
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    layers = [(n.name, n.op_type, kept.get(n.name, "")) for n in graph.node if n.op_type in OP_TYPES]
+    del graph
+    with _progress_bar(len(layers), progress) as tick:
+        rows = layer_sensitivity(
+            src,
+            layers,
+            ranges,
+            _feeds(paths, manifest),
+            activations,
+            reduce_range=activations == "uint8",
+            on_layer=tick,
+        )
+    return SensitivityReport(rows, [p.name for p in paths], method, activations)
 
 
 def _quantize_static(
@@ -373,9 +415,15 @@ def quantize_model(
     force: bool = False,
     progress: bool = True,
     holdout: int | None = None,
+    report: str | os.PathLike | None = None,
+    report_images: int = DEFAULT_REPORT_IMAGES,
+    keep_worst: int = 0,
 ) -> QuantizeReport:
     """Write ``out_dir``: the INT8 QDQ version of the fp32 folder ``model_dir``, verified on the images
-    held out of the calibration (:func:`split_holdout`; see the module doc)."""
+    held out of the calibration (:func:`split_holdout`; see the module doc). ``report``: also write the
+    per-layer sensitivity (``export.sensitivity``), measured on the first ``report_images`` calibration
+    images (the choice of what to keep in float is tuning: the held-out images stay unseen);
+    ``keep_worst``: keep the N layers that report measures worst in float too."""
     from diffcut_edge.export.onnx_export import (
         ONNX_NAME,
         check_graph,
@@ -412,10 +460,19 @@ def quantize_model(
         onnx.save_model(model, str(named), save_as_external_data=big, location="named.onnx.data")
         del model
         target = staging / ONNX_NAME
-        ranges = staging / "ranges.json"
-        _calibrate(named, ranges, _feeds(paths, manifest), method, len(paths), progress)
-        _quantize_static(quant, named, target, ranges, method, activations, big, exclude=kept)
-        for leftover in [*staging.glob("named.onnx*"), *staging.glob("pre.onnx*"), ranges]:
+        ranges_file = staging / "ranges.json"
+        ranges = _calibrate(named, ranges_file, _feeds(paths, manifest), method, len(paths), progress)
+        sensitivity = None
+        if report is not None or keep_worst:
+            chosen = paths[: max(1, int(report_images))]
+            sensitivity = _sensitivity(named, kept, ranges, chosen, manifest, method, activations, progress)
+            if report is not None:
+                write_text(report, json.dumps(sensitivity.to_dict(), indent=1) + "\n")
+            quantized_layers = [r for r in sensitivity.worst(len(sensitivity.layers)) if not r.kept_fp32]
+            for row in quantized_layers[: int(keep_worst)]:
+                kept[row.node] = f"--keep-worst {keep_worst}: min token cosine {row.min_cosine:.5f} alone in int8"
+        _quantize_static(quant, named, target, ranges_file, method, activations, big, exclude=kept)
+        for leftover in [*staging.glob("named.onnx*"), *staging.glob("pre.onnx*"), ranges_file]:
             leftover.unlink()
         data_files = sorted(p.name for p in staging.iterdir() if p.name != ONNX_NAME)
         check_graph(target, resolution=manifest.resolution, channels=manifest.channels)
@@ -462,6 +519,8 @@ def quantize_model(
             onnx_bytes=sum((staging / f).stat().st_size for f in [ONNX_NAME, *data_files]),
             source_bytes=sum((model_dir / f).stat().st_size for f in [manifest.onnx_file, *manifest.onnx_data_files]),
             held_out=check,
+            sensitivity=sensitivity,
+            report_path=None if report is None else Path(report),
         )
         move_into_place(staging, out_dir)
         return report
