@@ -15,7 +15,7 @@ import numpy as np
 
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime.ncut import check_features, normalize_tokens
+from diffcut_edge.runtime.ncut import Tokens, unit_tokens
 from diffcut_edge.runtime.xp import as_array, device_of, from_host, get_xp, linear_taps, single_threaded_blas
 
 
@@ -56,12 +56,16 @@ def _check_coarse(coarse_labels: Any, grid: tuple[int, int], like: Any) -> Any:
 def segment_embeddings(features: Any, coarse_labels: Any) -> Any:
     """(K, C) float32: mean of the L2-normalised token features over each segment.
 
+    ``features``: (N, C) raw features or :class:`~diffcut_edge.runtime.ncut.Tokens`.
     Segments are the sorted unique ids of ``coarse_labels`` (N tokens); rows follow that
     order. Not re-normalised (the official MaskPooling mean).
     """
-    x = as_array(features)
-    xp = get_xp(x)
-    fn = normalize_tokens(xp.astype(x, xp.float32, copy=False))
+    if isinstance(features, Tokens):
+        fn = features.unit
+    else:
+        x = as_array(features)
+        fn = unit_tokens(x, (x.shape[-2], 1)).unit  # any grid of N tokens: only rows matter here
+    xp = get_xp(fn)
     labels = xp.reshape(as_array(coarse_labels, fn), (-1,))
     if labels.shape[0] != fn.shape[0]:
         raise DiffCutError(
@@ -81,22 +85,29 @@ def _segment_means(features_norm: Any, labels: Any) -> Any:
 
 
 def assign_concepts(
-    features: Any, grid: tuple[int, int], coarse_labels: Any, mask_size: tuple[int, int] = defaults.MASK_SIZE
+    features: Any,
+    grid: tuple[int, int],
+    coarse_labels: Any,
+    mask_size: tuple[int, int] = defaults.MASK_SIZE,
+    *,
+    embeddings: Any = None,
 ) -> Any:
     """(H, W) int32 labels at ``mask_size``: argmax_k of the upsampled similarity maps.
 
     Args:
-        features: (N, C) token features (any Array API namespace), N = h*w.
+        features: (N, C) token features (any Array API namespace), N = h*w, or
+            :class:`~diffcut_edge.runtime.ncut.Tokens`.
         grid: (h, w).
         coarse_labels: (h, w) or (N,) segment ids (any integers; sorted order defines k).
         mask_size: (H, W) output size (paper: 128x128).
+        embeddings: the segments' :func:`segment_embeddings` when already computed.
     """
-    x, (h, w) = check_features(features, grid)
-    xp = get_xp(x)
-    labels = _check_coarse(coarse_labels, (h, w), x)
+    tokens = unit_tokens(features, grid)
+    fn, (h, w) = tokens.unit, tokens.grid
+    xp = get_xp(fn)
+    labels = _check_coarse(coarse_labels, (h, w), fn)
     with single_threaded_blas(xp):  # small products: BLAS threads only add wake-up latency
-        fn = normalize_tokens(x)
-        emb = _segment_means(fn, labels)
+        emb = _segment_means(fn, labels) if embeddings is None else as_array(embeddings, fn)
         sim = xp.reshape((fn @ emb.T).T, (-1, h, w))  # (K, h, w) similarity maps on the token grid
         up = resize_bilinear(sim, mask_size, align_corners=False)
     return xp.astype(xp.argmax(up, axis=0), xp.int32)
@@ -118,9 +129,8 @@ def segment_features(
     """
     from diffcut_edge.runtime.ncut import recursive_ncut
 
-    x, grid = check_features(features, grid)
-    fn = normalize_tokens(x)
+    tokens = unit_tokens(features, grid)
     coarse = recursive_ncut(
-        fn, grid, tau=tau, alpha=alpha, max_segments=max_segments, min_segment_size=min_segment_size
+        tokens, grid, tau=tau, alpha=alpha, max_segments=max_segments, min_segment_size=min_segment_size
     )
-    return assign_concepts(fn, grid, coarse.labels, mask_size)
+    return assign_concepts(tokens, grid, coarse.labels, mask_size)

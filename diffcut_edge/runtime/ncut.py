@@ -118,8 +118,19 @@ def _check_options(
     SegmenterOptions(tau=tau, alpha=alpha, max_segments=max_segments, min_segment_size=min_segment_size)
 
 
-def check_features(features: Any, grid: tuple[int, int]) -> tuple[Any, tuple[int, int]]:
-    """Validate (N, C) or (1, N, C) features against the grid; return float32 (N, C) and (h, w)."""
+@dataclass(frozen=True)
+class Tokens:
+    """One image's tokens, checked and L2-normalised once (float32 (N, C), row-major on ``grid``).
+
+    NCut, the segment means and the assignment all read the normalised tokens: the
+    post-processing makes this once and hands it to each (they accept raw features too).
+    """
+
+    unit: Any
+    grid: tuple[int, int]
+
+
+def _checked_shape(features: Any, grid: tuple[int, int]) -> tuple[Any, tuple[int, int]]:
     try:
         h, w = (int(g) for g in grid)
     except (TypeError, ValueError) as e:
@@ -135,19 +146,42 @@ def check_features(features: Any, grid: tuple[int, int]) -> tuple[Any, tuple[int
         )
     if not xp.isdtype(x.dtype, "real floating"):
         raise DiffCutError(f"features must be floating point, got dtype {x.dtype}")
-    x = xp.astype(x, xp.float32, copy=False)
-    if not bool(xp.all(xp.isfinite(x))):
-        raise DiffCutError(
-            "features contain NaN or inf: check the encoder output (precision fp16 "
-            "overflow?) before segmenting; one non-finite token poisons the affinity"
-        )
-    return x, (h, w)
+    return xp.astype(x, xp.float32, copy=False), (h, w)
 
 
-def normalize_tokens(features: Any) -> Any:
-    """L2-normalise each token (row), like F.normalize: x / max(||x||, 1e-12), float32."""
+def _non_finite() -> DiffCutError:
+    return DiffCutError(
+        "features contain NaN or inf: check the encoder output (precision fp16 "
+        "overflow?) before segmenting; one non-finite token poisons the affinity"
+    )
+
+
+def unit_tokens(features: Any, grid: tuple[int, int]) -> Tokens:
+    """:class:`Tokens` of raw (N, C) or (1, N, C) features of any float dtype, validated against
+    the grid (shape, finite values), or ``features`` itself when it is already Tokens on this grid."""
+    if isinstance(features, Tokens):
+        if tuple(features.grid) != tuple(int(g) for g in grid):
+            raise DiffCutError(f"tokens were prepared for grid {features.grid}, not {tuple(grid)}")
+        return features
+    x, grid = _checked_shape(features, grid)
+    xp = get_xp(x)
+    with np.errstate(over="ignore", invalid="ignore"):  # numpy's warnings; overflow is handled below
+        norms = xp.linalg.vector_norm(x, axis=1, keepdims=True)
+    # A NaN or inf token has a non-finite norm: one pass checks and normalises. Finite tokens
+    # whose float32 norm overflows (|x| > 1e19) are rare enough to pay a float64 norm.
+    if not bool(xp.all(xp.isfinite(norms))):
+        if not bool(xp.all(xp.isfinite(x))):
+            raise _non_finite()
+        norms = xp.astype(xp.linalg.vector_norm(xp.astype(x, xp.float64), axis=1, keepdims=True), xp.float32)
+    return Tokens(normalize_tokens(x, norms), grid)
+
+
+def normalize_tokens(features: Any, norms: Any = None) -> Any:
+    """L2-normalise each token (row), like F.normalize: x / max(||x||, 1e-12), float32
+    (``norms``: the (N, 1) row norms when already known)."""
     xp = get_xp(features)
-    norms = xp.linalg.vector_norm(features, axis=1, keepdims=True)
+    if norms is None:
+        norms = xp.linalg.vector_norm(features, axis=1, keepdims=True)
     return features / xp.clip(norms, min=NORM_EPS)
 
 
@@ -348,7 +382,7 @@ def recursive_ncut(
     Args:
         features: (N, C) (or (1, N, C)) token features of any Array API library (numpy,
             cupy, torch, ...), any float dtype
-            (computed in float32); N = h*w, row-major tokens.
+            (computed in float32); N = h*w, row-major tokens; or :class:`Tokens`.
         grid: (h, w) token grid.
         tau: a cut is kept while its NCut value is below tau (paper: 0.5); NCut values are
             >= 0, so 0 keeps no cut (one segment).
@@ -365,14 +399,15 @@ def recursive_ncut(
         NCutResult with (h, w) int32 labels on the input's device.
     """
     _check_options(tau, alpha, max_segments, min_segment_size, solver)
-    x, grid = check_features(features, grid)
+    tokens = unit_tokens(features, grid)
+    x, grid = tokens.unit, tokens.grid
     budget = None if max_segments is None else int(max_segments) - 1
     # One BLAS thread throughout: the per-node calls are small, and idle-spinning OpenBLAS
     # threads slowed them 3-8x. The affinity product alone is faster on 2 threads (isolated,
     # 2-core VM: 11.6 vs 15.2 ms at 32x32, 214 vs 313 ms at 64x64), but inside the whole NCut it
     # gained no wall time (733 vs 742 ms at 64x64) and cost 30 % more CPU (benchmarks/RESULTS.md).
     with single_threaded_blas(get_xp(x)):
-        a_full = affinity(normalize_tokens(x), alpha)
+        a_full = affinity(x, alpha)
         if a_full is None:  # constant features: one segment
             return NCutResult(get_xp(x).zeros(grid, dtype=get_xp(x).int32, device=device_of(x)), 1, 0, 1, 0)
         return _ncut_tree(a_full, grid, tau, budget, int(min_segment_size or 1), solver)

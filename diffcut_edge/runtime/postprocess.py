@@ -137,8 +137,9 @@ class Postprocessor:
         features = self.to_device(features)
 
         start = time.perf_counter()
+        tokens = ncut.unit_tokens(features, grid)  # checked and normalised once for every stage
         cut = ncut.recursive_ncut(
-            features,
+            tokens,
             grid,
             tau=opts.tau,
             alpha=opts.alpha,
@@ -151,8 +152,8 @@ class Postprocessor:
         self._check_memory(int(cut.num_segments))
 
         start = time.perf_counter()
-        embeddings = assign.segment_embeddings(features, coarse)
-        mask_labels = assign.assign_concepts(features, grid, coarse, opts.mask_size)
+        embeddings = assign.segment_embeddings(tokens, coarse)
+        mask_labels = assign.assign_concepts(tokens, grid, coarse, opts.mask_size, embeddings=embeddings)
         self._sync()
         timings["assign"] = _ms(start)
 

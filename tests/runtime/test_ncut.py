@@ -268,3 +268,34 @@ def test_forced_lanczos_on_tiny_nodes_uses_the_dense_solver(monkeypatch):
     feats = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
     recursive_ncut(feats, (2, 3), solver="eigsh")
     assert seen == []  # all 6 nodes (and every child) are below LANCZOS_MIN_NODES
+
+
+def test_tokens_prepared_once_give_the_same_segmentation_as_raw_features(ns):
+    from diffcut_edge.runtime import assign_concepts
+    from diffcut_edge.runtime.assign import segment_embeddings
+
+    case = planted_case((16, 16), 6, 0.3, 2)
+    raw = ns.put(case.features)
+    tokens = rt_ncut.unit_tokens(raw, (16, 16))
+    from_raw, from_tokens = recursive_ncut(raw, (16, 16)), recursive_ncut(tokens, (16, 16))
+    assert np.array_equal(ns.get(from_raw.labels), ns.get(from_tokens.labels))
+    coarse = from_raw.labels
+    emb = segment_embeddings(tokens, coarse)
+    np.testing.assert_array_equal(ns.get(emb), ns.get(segment_embeddings(raw, coarse)))
+    plain = assign_concepts(raw, (16, 16), coarse)
+    reused = assign_concepts(tokens, (16, 16), coarse, embeddings=emb)
+    assert np.array_equal(ns.get(plain), ns.get(reused))
+    with pytest.raises(DiffCutError, match="prepared for grid"):
+        recursive_ncut(tokens, (8, 32))
+
+
+def test_finite_features_whose_norm_overflows_float32_are_normalised_not_refused():
+    x = np.zeros((4, 3), np.float32)
+    x[:, 0] = 3e38  # finite, but ||x||² overflows in float32
+    x[1] = [3e20, -4e20, 0]
+    unit = rt_ncut.unit_tokens(x, (2, 2)).unit
+    np.testing.assert_allclose(unit[1], [0.6, -0.8, 0], rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1, rtol=1e-6)
+    x[2, 1] = np.inf
+    with pytest.raises(DiffCutError, match="NaN or inf"):
+        rt_ncut.unit_tokens(x, (2, 2))
