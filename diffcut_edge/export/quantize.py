@@ -46,6 +46,9 @@ ACTIVATIONS = ("uint8", "int8")  # uint8: onnxruntime CPU; int8 (symmetric): Ten
 OP_TYPES = ("Conv", "MatMul", "Gemm")  # the only op types quantized: norms, softmax, SiLU stay float
 DEFAULT_MAX_IMAGES = 64  # calibration images used at most (ranges settle well before)
 DEFAULT_REPORT_IMAGES = 2  # images the per-layer sensitivity runs on (a run per layer and image)
+# Source folders above this size run each heavy stage (calibration, quantization, the report, each
+# side of the held-out check) in a process of its own, so their memory does not add up (isolated.py).
+ISOLATE_ABOVE_BYTES = 256 << 20
 
 # Layers that stay in float: (op type, selector, why). Selectors are named in _SELECTORS.
 SENSITIVE_LAYERS: tuple[tuple[str, str, str], ...] = (
@@ -303,8 +306,10 @@ def _preprocessed(source: Path, dst: Path, big: bool) -> Path:
         return source
 
 
-def _calibrate(src: Path, dst: Path, feeds: Callable, method: str, count: int, progress: bool) -> dict[str, Any]:
-    """Activation ranges of the graph at ``src`` over the calibration feeds, in bounded memory
+def _calibrate(
+    src: Path, dst: Path, paths: Sequence[Path], manifest: Manifest, method: str, progress: bool
+) -> dict[str, Any]:
+    """Activation ranges of the graph at ``src`` over the calibration images, in bounded memory
     (``export.calibrate``), written to ``dst`` as onnxruntime's calibration cache; {tensor: (low, high)}."""
     from onnxruntime.quantization import save_tensors_data
 
@@ -312,8 +317,8 @@ def _calibrate(src: Path, dst: Path, feeds: Callable, method: str, count: int, p
 
     collector = RangeCollector(src, OP_TYPES, method)
     # onnxruntime's histogram collector prints its steps to stdout: stdout keeps only results.
-    with _progress_bar(collector.passes * count, progress) as tick, contextlib.redirect_stdout(io.StringIO()):
-        ranges = collector.collect(feeds, on_image=tick)
+    with _progress_bar(collector.passes * len(paths), progress) as tick, contextlib.redirect_stdout(io.StringIO()):
+        ranges = collector.collect(_feeds(paths, manifest), on_image=tick)
     save_tensors_data(ranges, dst)
     return {name: tuple(float(np.ravel(v)[0]) for v in data.range_value) for name, data in ranges.items()}
 
@@ -350,19 +355,19 @@ def _sensitivity(
 
 
 def _quantize_static(
-    quant: Any,
     src: Path,
     dst: Path,
     ranges: Path,
     method: str,
     activations: str,
     big: bool,
-    *,
     exclude: Sequence[str] = (),
+    *,
     only: Sequence[str] = (),
 ) -> None:
     """onnxruntime's QDQ quantization of ``src`` into ``dst`` with the ranges cached at ``ranges``
     (its own calibrator does not run); ``only``: quantize just these nodes."""
+    quant = _import_quantization()
     with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():  # its advice goes to the root logger
         quant.quantize_static(
             str(src),
@@ -443,8 +448,13 @@ def quantize_model(
     manifest = check_source(model_dir)
     check_out_dir(out_dir, force)
     paths, held_out = split_holdout(calibration_paths(calibration, max_images), holdout)
-    quant = _import_quantization()
+    _import_quantization()  # a missing extra is said before any work
     import onnx
+
+    from diffcut_edge.isolated import run_stage
+
+    source_bytes = sum((model_dir / f).stat().st_size for f in [manifest.onnx_file, *manifest.onnx_data_files])
+    isolate = source_bytes > ISOLATE_ABOVE_BYTES
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
@@ -461,17 +471,29 @@ def quantize_model(
         del model
         target = staging / ONNX_NAME
         ranges_file = staging / "ranges.json"
-        ranges = _calibrate(named, ranges_file, _feeds(paths, manifest), method, len(paths), progress)
+        ranges = run_stage(isolate, "calibration", _calibrate, named, ranges_file, paths, manifest, method, progress)
         sensitivity = None
         if report is not None or keep_worst:
             chosen = paths[: max(1, int(report_images))]
-            sensitivity = _sensitivity(named, kept, ranges, chosen, manifest, method, activations, progress)
+            sensitivity = run_stage(
+                isolate,
+                "sensitivity",
+                _sensitivity,
+                named,
+                kept,
+                ranges,
+                chosen,
+                manifest,
+                method,
+                activations,
+                progress,
+            )
             if report is not None:
                 write_text(report, json.dumps(sensitivity.to_dict(), indent=1) + "\n")
             quantized_layers = [r for r in sensitivity.worst(len(sensitivity.layers)) if not r.kept_fp32]
             for row in quantized_layers[: int(keep_worst)]:
                 kept[row.node] = f"--keep-worst {keep_worst}: min token cosine {row.min_cosine:.5f} alone in int8"
-        _quantize_static(quant, named, target, ranges_file, method, activations, big, exclude=kept)
+        run_stage(isolate, "quantization", _quantize_static, named, target, ranges_file, method, activations, big, kept)
         for leftover in [*staging.glob("named.onnx*"), *staging.glob("pre.onnx*"), ranges_file]:
             leftover.unlink()
         data_files = sorted(p.name for p in staging.iterdir() if p.name != ONNX_NAME)
@@ -506,7 +528,7 @@ def quantize_model(
         if held_out:  # before the folder appears: the verdict is in its manifest from the start
             from diffcut_edge.export.verify import verify_against
 
-            check = verify_against(staging, model_dir, held_out, labels=True, record=True)
+            check = verify_against(staging, model_dir, held_out, labels=True, record=True, isolate=isolate)
             check.model_dir = out_dir
         report = QuantizeReport(
             model_dir=out_dir,
@@ -517,7 +539,7 @@ def quantize_model(
             kept_fp32=sorted(kept),
             quantized_nodes=quantized,
             onnx_bytes=sum((staging / f).stat().st_size for f in [ONNX_NAME, *data_files]),
-            source_bytes=sum((model_dir / f).stat().st_size for f in [manifest.onnx_file, *manifest.onnx_data_files]),
+            source_bytes=source_bytes,
             held_out=check,
             sensitivity=sensitivity,
             report_path=None if report is None else Path(report),

@@ -286,7 +286,7 @@ def test_holdout_split_spreads_through_the_list_and_keeps_a_calibration():
 def test_a_failed_held_out_check_is_said_at_once_and_recorded(fp32_dir, photos_dir, tmp_path, capsys, monkeypatch):
     from diffcut_edge.export import verify
 
-    monkeypatch.setattr(verify, "against_thresholds", lambda manifest: (1.01, 1.0))  # nothing can pass
+    monkeypatch.setattr(verify, "against_thresholds", lambda manifest: (1.01, 1.01))  # nothing can pass
     out = tmp_path / "int8"
     code = cli.main(
         ["quantize", "--model-dir", str(fp32_dir), "--calibration", str(photos_dir), "--out", str(out), "--no-progress"]
@@ -313,3 +313,70 @@ def test_a_failed_held_out_check_is_said_at_once_and_recorded(fp32_dir, photos_d
         == 0
     )
     assert "not verified yet" in capsys.readouterr().out
+
+
+def test_labels_decide_where_they_hold_still_and_the_cosine_elsewhere():
+    from diffcut_edge.export.verify import AgainstReport, ImageCheck
+
+    def report(*images):
+        return AgainstReport(Path("fast"), Path("full"), "int8", (0.99, 0.95), list(images))
+
+    # A systematic error: cosine below the gate, labels unmoved on stable images -> passes on labels.
+    shifted = report(ImageCheck("a", 0.94, 0.3, 1.0, False, 1.0), ImageCheck("b", 0.95, 0.3, 0.99, False, 1.0))
+    assert shifted.passed and shifted.record()["decided_by"] == "labels"
+    # Labels that move on a stable image fail, whatever the cosine.
+    assert not report(ImageCheck("a", 0.9999, 0.01, 0.80, True, 1.0)).passed
+    # Near-ties (the reference's own labels move under a 1e-3 error) are not counted ...
+    mixed = report(ImageCheck("a", 0.999, 0.02, 0.10, True, 0.2), ImageCheck("b", 0.999, 0.02, 0.97, True, 1.0))
+    assert mixed.passed and mixed.mean_label_agreement == 0.97 and mixed.record()["label_images"] == 1
+    assert any("near-ties" in line for line in mixed.lines())
+    # ... and where no image's labels hold still, the cosine decides.
+    assert report(ImageCheck("a", 0.999, 0.02, 0.04, True, 0.14)).passed
+    unstable_and_far = report(ImageCheck("a", 0.97, 0.2, 0.04, True, 0.14))
+    assert not unstable_and_far.passed and "decided by cosine" in unstable_and_far.lines()[-2]
+
+
+def test_label_stability_tells_planted_segments_from_near_ties():
+    from diffcut_edge.export.verify import label_stability
+    from diffcut_edge.runtime import segment_features
+    from helpers.runtime_planted import planted_case
+
+    case = planted_case((16, 16), 6, 0.2, 0)
+    assert label_stability(case.features, case.grid, segment_features(case.features, case.grid)) == 1.0
+    # Tokens that differ by 1e-4 of their size: NCut's min-max affinity blows the differences up, and a
+    # 1e-3 error rewrites them (what random-weight UNets give at 1024 px).
+    rng = np.random.default_rng(0)
+    common = rng.standard_normal(1280).astype(np.float32)
+    flat = common + 1e-4 * np.linalg.norm(common) * rng.standard_normal((256, 1280)).astype(np.float32) / 36
+    assert label_stability(flat, (16, 16), segment_features(flat, (16, 16))) < 0.9
+
+
+def test_big_folders_run_each_stage_in_a_process_of_its_own(fp32_dir, photos_dir, tmp_path, monkeypatch):
+    import diffcut_edge.isolated as isolated
+
+    stages = []
+    real = isolated.call_isolated
+
+    def counting(what, fn, *args):
+        stages.append(what)
+        return real(what, fn, *args)
+
+    monkeypatch.setattr(isolated, "call_isolated", counting)
+    monkeypatch.setattr(q, "ISOLATE_ABOVE_BYTES", 0)  # the tiny model counts as big
+    report = q.quantize_model(fp32_dir, [photos_dir], tmp_path / "int8", progress=False, holdout=1)
+    assert stages == ["calibration", "quantization", "verify", "verify"]
+    assert report.passed is not None and read_manifest(tmp_path / "int8").precision == "int8"
+
+
+def test_a_stage_whose_process_dies_is_one_clear_error():
+    from diffcut_edge.isolated import call_isolated
+
+    with pytest.raises(DiffCutError, match="the calibration process died"):
+        call_isolated("calibration", _die)  # what the OOM killer does
+
+
+def _die() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -47,10 +47,9 @@ def test_each_layer_alone_matches_onnxruntimes_quantization_of_that_layer(tmp_pa
     ranges, cache = _ranges(path)
     rows = layer_sensitivity(path, LAYERS, ranges, feeds(2, 12), activations, reduce_range=activations == "uint8")
     fp32 = _run(path)
-    quant = q._import_quantization()
     for (name, _, _), row in zip(LAYERS, rows):
         alone = tmp_path / f"{name}.onnx"
-        q._quantize_static(quant, path, alone, cache, "minmax", activations, False, only=[name])
+        q._quantize_static(path, alone, cache, "minmax", activations, False, only=[name])
         theirs = np.concatenate([_cosines(f, t) for f, t in zip(fp32, _run(alone))])
         assert row.node == name
         assert row.min_cosine == pytest.approx(theirs.min(), abs=2e-6)
