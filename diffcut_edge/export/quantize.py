@@ -354,6 +354,21 @@ def _sensitivity(
     return SensitivityReport(rows, [p.name for p in paths], method, activations)
 
 
+def _prepare(source: Path, named: Path, big: bool, keep_fp32: Sequence[str]) -> tuple[dict[str, str], bool]:
+    """Pre-process ``source`` and write it with every node named to ``named`` (external data when
+    ``big`` or when it must); ({node kept in float: why}, whether the graph is big)."""
+    import onnx
+
+    from diffcut_edge.export.onnx_export import needs_external_data
+
+    model = onnx.load(str(_preprocessed(source, named.with_name("pre.onnx"), big)))
+    _name_nodes(model)
+    kept = float_nodes(model, keep_fp32)
+    big = big or needs_external_data(model.ByteSize())
+    onnx.save_model(model, str(named), save_as_external_data=big, location=named.name + ".data")
+    return kept, big
+
+
 def _quantize_static(
     src: Path,
     dst: Path,
@@ -434,7 +449,6 @@ def quantize_model(
         check_graph,
         check_out_dir,
         move_into_place,
-        needs_external_data,
     )
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -461,14 +475,8 @@ def quantize_model(
     os.chmod(staging, 0o755)
     try:
         big = bool(manifest.onnx_data_files)
-        source = _preprocessed(model_dir / manifest.onnx_file, staging / "pre.onnx", big)
-        model = onnx.load(str(source))
-        _name_nodes(model)
-        kept = float_nodes(model, keep_fp32)
-        big = big or needs_external_data(model.ByteSize())
         named = staging / "named.onnx"
-        onnx.save_model(model, str(named), save_as_external_data=big, location="named.onnx.data")
-        del model
+        kept, big = run_stage(isolate, "preparation", _prepare, model_dir / manifest.onnx_file, named, big, keep_fp32)
         target = staging / ONNX_NAME
         ranges_file = staging / "ranges.json"
         ranges = run_stage(isolate, "calibration", _calibrate, named, ranges_file, paths, manifest, method, progress)

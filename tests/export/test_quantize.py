@@ -364,7 +364,7 @@ def test_big_folders_run_each_stage_in_a_process_of_its_own(fp32_dir, photos_dir
     monkeypatch.setattr(isolated, "call_isolated", counting)
     monkeypatch.setattr(q, "ISOLATE_ABOVE_BYTES", 0)  # the tiny model counts as big
     report = q.quantize_model(fp32_dir, [photos_dir], tmp_path / "int8", progress=False, holdout=1)
-    assert stages == ["calibration", "quantization", "verify", "verify"]
+    assert stages == ["preparation", "calibration", "quantization", "verify", "verify"]
     assert report.passed is not None and read_manifest(tmp_path / "int8").precision == "int8"
 
 
