@@ -7,7 +7,10 @@ explicit quantization takes). Activation ranges come from running the fp32 encod
 calibration images, preprocessed exactly as the runtime does (``runtime.preprocess``).
 
 Layers known to be sensitive stay in float: they are listed in :data:`SENSITIVE_LAYERS`, a
-table of (op type, which nodes, why), not code branches; ``keep_fp32`` adds node-name patterns.
+table of (op type, which nodes, why), not code branches; ``keep_fp32`` adds node-name patterns, and
+``keep_worst`` the layers the per-layer measurement (``export.sensitivity``, ``report``) finds worst.
+Activation ranges come from ``export.calibrate`` in bounded memory; for big folders each heavy stage
+runs in a process of its own (``isolated.py``).
 Everything else about the folder (resolution, grid, family, noise) is the source folder's.
 
 A quantized folder is faster, not equal. ``quantize`` holds out every fourth image (with four or
@@ -51,6 +54,9 @@ DEFAULT_REPORT_IMAGES = 2  # images the per-layer sensitivity runs on (a run per
 ISOLATE_ABOVE_BYTES = 256 << 20
 
 # Layers that stay in float: (op type, selector, why). Selectors are named in _SELECTORS.
+# A prior, not a measurement: trained SD UNets have attention outliers; on random weights
+# `quantize --report` ranks these 8th to 121st of the tiny model's 125 layers (benchmarks/RESULTS.md).
+# Measure your model with --report and keep what it finds with --keep-worst N.
 SENSITIVE_LAYERS: tuple[tuple[str, str, str], ...] = (
     (
         "MatMul",

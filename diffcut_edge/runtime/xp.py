@@ -296,7 +296,8 @@ def _numpy_extras() -> Extras:
 
     def lanczos_largest(matvec: Callable, n: int, dtype: Any, v0: Any, tol: float) -> tuple[float, Any]:
         op = LinearOperator((n, n), matvec=lambda x: matvec(x.reshape(-1)), dtype=dtype)
-        w, v = eigsh(op, k=1, which="LA", v0=v0, tol=tol, maxiter=EIGSH_MAXITER_PER_NODE * n)
+        ncv = min(n - 1, LANCZOS_NCV)
+        w, v = eigsh(op, k=1, which="LA", v0=v0, tol=tol, maxiter=EIGSH_MAXITER_PER_NODE * n, ncv=ncv)
         return float(w[0]), v[:, 0]
 
     return Extras(
@@ -356,6 +357,9 @@ def _median_filter3_sorting(labels: Any) -> Any:
 # Restarted-Lanczos iterations allowed, per node of the matrix (scipy's own default, applied to
 # cupyx too, whose eigsh otherwise returns whatever it has without saying it did not converge).
 EIGSH_MAXITER_PER_NODE = 10
+# Lanczos basis size (scipy's default for one pair: 20). Sets how many products one restart
+# costs; measured per NCut in benchmarks/RESULTS.md ("Lanczos basis").
+LANCZOS_NCV = 20
 
 
 def eigh_one(matrix: Any, index: int) -> tuple[float, Any]:
