@@ -46,6 +46,7 @@ from diffcut_edge.runtime.xp import (
     rank_rows,
     single_threaded_blas,
     submatrix,
+    symmetric_product,
 )
 
 SOLVERS = ("auto", "eigh", "eigsh")
@@ -356,7 +357,7 @@ def _split_node(
         return None
     a = a_full if node.level == 0 else submatrix(a_full, ids)
     # Degrees by a float32 matrix-vector product (BLAS; the official sum is float32 too).
-    d = xp.astype(a @ xp.ones(a.shape[0], dtype=a.dtype, device=device_of(a)), xp.float64)
+    d = xp.astype(symmetric_product(a)(xp.ones(a.shape[0], dtype=a.dtype, device=device_of(a))), xp.float64)
     y = _fiedler(a, d, solver)
     counts.solves += 1
     if y is None:

@@ -237,3 +237,19 @@ def test_missing_cupy_is_reported_with_the_extras():
     if lazy.cupy.available():
         pytest.skip("cupy is installed here")
     assert "diffcut-edge[gpu]" in rxp.gpu_postprocessing_problem()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_symmetric_product_reads_one_triangle_and_matches_the_full_product(dtype):
+    m = _symmetric(50, 3).astype(dtype)
+    x = np.random.default_rng(4).standard_normal(50).astype(dtype)
+    product = rxp.symmetric_product(m)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(product(x), m @ x, rtol=tol, atol=tol)
+    assert product(x).dtype == dtype
+    # It reads one triangle: a matrix that is not symmetric shows it (the other triangle is ignored).
+    lopsided = np.triu(m).astype(dtype)
+    assert not np.allclose(rxp.symmetric_product(lopsided)(x), lopsided @ x)
+    # Strided views and other dtypes take the plain product.
+    view = np.asarray(m[::2, ::2])
+    np.testing.assert_allclose(rxp.symmetric_product(m[::2, ::2])(x[::2]), view @ x[::2], rtol=tol)
