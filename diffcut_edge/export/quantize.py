@@ -219,8 +219,8 @@ def _feeds(paths: Sequence[Path], manifest: Manifest) -> Callable[[], Iterator[d
 
 
 @contextlib.contextmanager
-def _progress_bar(total: int, shown: bool) -> Iterator[Callable[[], None]]:
-    """A tick per image run; the bar opens on the first (no bar for a run that fails before)."""
+def _progress_bar(total: int, shown: bool, desc: str, unit: str) -> Iterator[Callable[[], None]]:
+    """A tick per ``unit``; the bar opens on the first (no bar for a run that fails before)."""
     bar = None
 
     def tick() -> None:
@@ -228,7 +228,7 @@ def _progress_bar(total: int, shown: bool) -> Iterator[Callable[[], None]]:
         if shown and bar is None:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total, desc="calibrate", unit="image")
+            bar = tqdm(total=total, desc=desc, unit=unit)
         if bar is not None:
             bar.update(1)
 
@@ -323,7 +323,10 @@ def _calibrate(
 
     collector = RangeCollector(src, OP_TYPES, method)
     # onnxruntime's histogram collector prints its steps to stdout: stdout keeps only results.
-    with _progress_bar(collector.passes * len(paths), progress) as tick, contextlib.redirect_stdout(io.StringIO()):
+    with (
+        _progress_bar(collector.passes * len(paths), progress, "calibrate", "image") as tick,
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
         ranges = collector.collect(_feeds(paths, manifest), on_image=tick)
     save_tensors_data(ranges, dst)
     return {name: tuple(float(np.ravel(v)[0]) for v in data.range_value) for name, data in ranges.items()}
@@ -347,7 +350,7 @@ def _sensitivity(
     graph = onnx.load(str(src), load_external_data=False).graph
     layers = [(n.name, n.op_type, kept.get(n.name, "")) for n in graph.node if n.op_type in OP_TYPES]
     del graph
-    with _progress_bar(len(layers), progress) as tick:
+    with _progress_bar(len(layers), progress, "sensitivity", "layer") as tick:
         rows = layer_sensitivity(
             src,
             layers,
