@@ -366,17 +366,3 @@ def test_big_folders_run_each_stage_in_a_process_of_its_own(fp32_dir, photos_dir
     report = q.quantize_model(fp32_dir, [photos_dir], tmp_path / "int8", progress=False, holdout=1)
     assert stages == ["preparation", "calibration", "quantization", "verify", "verify"]
     assert report.passed is not None and read_manifest(tmp_path / "int8").precision == "int8"
-
-
-def test_a_stage_whose_process_dies_is_one_clear_error():
-    from diffcut_edge.isolated import call_isolated
-
-    with pytest.raises(DiffCutError, match="the calibration process died"):
-        call_isolated("calibration", _die)  # what the OOM killer does
-
-
-def _die() -> None:
-    import os
-    import signal
-
-    os.kill(os.getpid(), signal.SIGKILL)
