@@ -54,8 +54,9 @@ DEFAULT_REPORT_IMAGES = 2  # images the per-layer sensitivity runs on (a run per
 ISOLATE_ABOVE_BYTES = 256 << 20
 
 # Layers that stay in float: (op type, selector, why). Selectors are named in _SELECTORS.
-# A prior, not a measurement: trained SD UNets have attention outliers; on random weights
-# `quantize --report` ranks these 8th to 121st of the tiny model's 125 layers (benchmarks/RESULTS.md).
+# A prior, not a measurement: trained SD UNets have attention outliers. On random weights
+# `quantize --report` ranks these 8th-121st of the tiny model's 125 layers, and 2nd, 3rd, then median
+# 147th of SSD-1B's 218 (the hooked and VAE mid-block softmax·V are among the worst; benchmarks/RESULTS.md).
 # Measure your model with --report and keep what it finds with --keep-worst N.
 SENSITIVE_LAYERS: tuple[tuple[str, str, str], ...] = (
     (
