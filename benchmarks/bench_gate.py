@@ -29,12 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from diffcut_edge.export.verify import label_stability, token_cosines
+
 TARGETS = (0.9999, 0.9995, 0.999, 0.995, 0.99, 0.98, 0.95, 0.9)
 KINDS = ("random", "systematic", "channel")
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def _error(features: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -65,11 +63,11 @@ def affinity_error(a: np.ndarray, b: np.ndarray) -> float:
 def _scaled(features: np.ndarray, error: np.ndarray, target: float) -> np.ndarray:
     """features + s * error with s chosen (bisection) so that the minimum token cosine is ``target``."""
     lo, hi = 0.0, 1.0
-    while _cosines(features, features + hi * error).min() > target:
+    while token_cosines(features, features + hi * error).min() > target:
         hi *= 2
     for _ in range(40):
         mid = (lo + hi) / 2
-        if _cosines(features, features + mid * error).min() > target:
+        if token_cosines(features, features + mid * error).min() > target:
             lo = mid
         else:
             hi = mid
@@ -97,9 +95,7 @@ def main() -> int:
             for seed in range(args.seeds):
                 case = planted_case((g, g), args.regions, noise, seed)
                 clean = segment_features(case.features, case.grid)
-                rng = np.random.default_rng(1000 + seed)
-                probe = _scaled(case.features, _error(case.features, "random", rng), 1 / np.sqrt(1 + 1e-6))
-                stability.append(matched_agreement(clean, segment_features(probe, case.grid)))
+                stability.append(label_stability(case.features, case.grid, clean, seed=1000 + seed))
                 for kind in KINDS:
                     error = _error(case.features, kind, np.random.default_rng(seed))
                     for target in TARGETS:

@@ -163,12 +163,6 @@ def switchable_graph(
 
 
 # ------------------------------------------------------------------ measuring
-def _token_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.reshape(-1, a.shape[-1]).astype(np.float64)
-    b = b.reshape(-1, b.shape[-1]).astype(np.float64)
-    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)
-
-
 def layer_sensitivity(
     model_path: Path,
     layers: Sequence[tuple[str, str, str]],
@@ -182,6 +176,8 @@ def layer_sensitivity(
     """One :class:`LayerSensitivity` per (node name, op type, why kept) in ``layers``."""
     import onnx
     import onnxruntime as ort
+
+    from diffcut_edge.export.verify import token_cosines
 
     model = onnx.load(str(model_path))  # weights too: the rounded copies are made from them
     graph = switchable_graph(model, [name for name, _, _ in layers], ranges, activations, reduce_range)
@@ -205,7 +201,7 @@ def layer_sensitivity(
     reference = tokens(-1)
     results = []
     for i, (name, op_type, kept) in enumerate(layers):
-        cosines = np.concatenate([_token_cosines(r, t) for r, t in zip(reference, tokens(i))])
+        cosines = np.concatenate([token_cosines(r, t).ravel() for r, t in zip(reference, tokens(i))])
         results.append(LayerSensitivity(name, op_type, float(cosines.min()), float(cosines.mean()), kept))
         if on_layer is not None:
             on_layer()

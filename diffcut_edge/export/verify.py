@@ -373,12 +373,9 @@ def _images_sha256(images: Sequence[tuple[str, np.ndarray]]) -> str:
 
 
 def _features_of_each(model_dir: Path, manifest: Manifest, loaded: Sequence[tuple[str, np.ndarray]]) -> list:
-    """The folder's features of every image, its session closed before returning."""
+    """The folder's features of every image; its session closes when this returns."""
     session = open_session(model_dir, manifest)
-    try:
-        return [onnx_features(session, manifest, img[None])[0] for _, img in loaded]
-    finally:
-        del session
+    return [onnx_features(session, manifest, img[None])[0] for _, img in loaded]
 
 
 def verify_against(
