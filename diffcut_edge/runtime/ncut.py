@@ -8,7 +8,8 @@ computed the fast way:
   node whose row holds an exact zero from all levels below the first;
 - an explicit work list replaces the recursion and visits nodes in the official order
   (pre-order, the side above the threshold first); a node works on the submatrix of its
-  own nodes instead of a masked copy of the full matrix. The painted-set bookkeeping of
+  own nodes instead of a masked copy of the full matrix, cut from its parent's submatrix
+  when the parent splits (a gather over the parent, not the whole grid). The painted-set bookkeeping of
   the official code reduces to: below level 0 a child keeps its side of the cut minus
   the "zero-row" nodes;
 - only the Fiedler vector is computed (LAPACK subset ``eigh`` on small graphs, Lanczos on
@@ -35,6 +36,7 @@ from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.xp import (
     as_array,
+    bin_totals,
     deflated_matvec,
     device_of,
     eigen_residual,
@@ -42,6 +44,8 @@ from diffcut_edge.runtime.xp import (
     eigsh_largest,
     from_host,
     get_xp,
+    gram,
+    is_numpy_namespace,
     member_mask,
     rank_rows,
     single_threaded_blas,
@@ -70,6 +74,8 @@ LANCZOS_MIN_NODES = 8
 # traffic of float64 per Lanczos product, and the same partitions on every parity case
 # (planted noise 0.2-0.6, grids 16x16 to 32x32). float64 is kept selectable for studies.
 EIGEN_DTYPE = "float32"
+# Elements of the affinity transformed at a time on the host (256 KB of float32: in L2).
+AFFINITY_BLOCK_ELEMENTS = 65536
 # F.normalize's epsilon: a zero token stays zero instead of dividing by zero.
 NORM_EPS = 1e-12
 
@@ -102,10 +108,21 @@ class _Counters:
 
 @dataclass
 class _Node:
-    """A pending node: its token ids (into the full grid) and its place in the recursion."""
+    """A pending node: the token ids (into the full grid) it partitions, their affinity
+    submatrix (None when fewer than two), and its place in the recursion."""
 
     ids: Any
+    affinity: Any | None
     level: int
+
+
+@dataclass
+class _Split:
+    """A recorded cut: the side above the threshold (the mask), and the two children."""
+
+    mask: Any
+    above: _Node
+    below: _Node
 
 
 def _check_options(
@@ -188,15 +205,32 @@ def normalize_tokens(features: Any, norms: Any = None) -> Any:
 
 def affinity(features_norm: Any, alpha: float) -> Any | None:
     """``minmax(F Fᵀ) ** alpha`` in float32 (N, N); None when all affinities are equal."""
+    found = _affinity_and_full_rows(features_norm, alpha)
+    return None if found is None else found[0]
+
+
+def _affinity_and_full_rows(features_norm: Any, alpha: float) -> tuple[Any, Any] | None:
+    """The :func:`affinity` and, per node, whether its row holds no exact zero (the nodes that
+    stay in the graph below level 0); None when all affinities are equal."""
     xp = get_xp(features_norm)
-    w = features_norm @ features_norm.T
+    w = gram(features_norm)
     lo, hi = xp.min(w), xp.max(w)
     span = hi - lo
     if not bool(span > 0):
         return None  # constant features: the official code divides 0 by 0 (-> one segment)
-    w -= lo
-    w /= span
-    return _power(w, alpha)
+    # On the host, a few rows at a time: each block's temporaries stay in cache instead of
+    # streaming two fresh (N, N) arrays through memory (same operations, same bits).
+    n = w.shape[0]
+    rows = max(1, AFFINITY_BLOCK_ELEMENTS // n) if is_numpy_namespace(xp) else n
+    full_rows = []
+    for r0 in range(0, n, rows):
+        block = w[r0 : r0 + rows, :]
+        block -= lo
+        block /= span
+        block = _power(block, alpha)
+        full_rows.append(~xp.any(block == 0, axis=1))
+        w[r0 : r0 + rows, :] = block
+    return w, xp.concat(full_rows)
 
 
 def _power(w: Any, alpha: float) -> Any:
@@ -297,30 +331,26 @@ def _suffix_sum(x: Any, axis: int) -> Any:
 def _best_cut(a: Any, d: Any, y: Any, min_size: int) -> tuple[float, Any]:
     """Score the 100 threshold cuts of y at once; return (min NCut, boolean side x = y > t).
 
-    Candidate k keeps x_k = {y > t_k}; the cuts are nested, so with b_i = #{k: t_k < y_i}
-    node i is in x_k iff k < b_i. Aggregating the affinity by bin gives a small matrix G
-    (occupied bins only), and ``cut_k = Σ_{a>k, b<=k} G_ab`` -- a sum of positive terms, so
-    no cancellation -- while ``vol(x_k)`` sums the degrees of the bins above k. ``NCut = cut/vol(x) +
-    cut/vol(~x)`` is what the official ``rᵀ(D−A)r / rᵀDr`` evaluates to. Cuts leaving a side
-    empty (or smaller than ``min_size``) score +inf; the first minimum wins, as in the
-    official code.
+    Candidate k keeps x_k = {y > t_k}; the cuts are nested, so with bin b_i = #{k: t_k < y_i}
+    node i is in x_k iff b_i > k. Aggregating the affinity by bin gives a small matrix G, and
+    ``cut_k = Σ_{p>k, q<=k} G_pq`` -- a sum of positive terms, so no cancellation -- while
+    ``vol(x_k)`` sums the degrees of the bins above k. ``NCut = cut/vol(x) + cut/vol(~x)`` is
+    what the official ``rᵀ(D−A)r / rᵀDr`` evaluates to. Cuts leaving a side empty (or smaller
+    than ``min_size``) score +inf; the first minimum wins, as in the official code.
     """
     xp = get_xp(a)
-    dev = device_of(a)
     n = a.shape[0]
     t = _thresholds(y)
-    # Only the occupied bins matter (clustered y leaves most of them empty): compress them.
-    used, bins = xp.unique_inverse(xp.searchsorted(t, y, side="left"))
-    nbins = used.shape[0]
-    onehot = xp.astype(bins[:, None] == xp.arange(nbins, device=dev)[None, :], a.dtype)
-    g = xp.astype(onehot.T @ (a @ onehot), xp.float64)
-    # tail[p, q] = Σ_{i >= p, j < q} g[i, j] (zero-padded); candidate k keeps the bins from
-    # p_k = #{used bins <= k} on, so cut_k = tail[p_k, p_k].
-    tail = xp.cumulative_sum(_suffix_sum(g, 0), axis=1, include_initial=True)
-    p = xp.searchsorted(used, xp.arange(NUM_THRESHOLDS, dtype=used.dtype, device=dev), side="right")
-    cut = xp.take(xp.reshape(tail, (-1,)), p * (nbins + 1) + p)
-    vol_x = xp.take(_suffix_sum(xp.astype(onehot, xp.float64).T @ d, 0), p)
-    count_x = xp.take(_suffix_sum(xp.sum(onehot, axis=0), 0), p)
+    nbins = NUM_THRESHOLDS + 1
+    g, bin_volume, bin_count = bin_totals(a, d, xp.searchsorted(t, y, side="left"), nbins)
+    g = xp.astype(g, xp.float64)
+    # Candidate k keeps the bins p > k: cut_k = Σ_{q <= k} Σ_{p > k} g[q, p], the column prefix
+    # sums at row k added over the columns right of k (a running sum down the rows: contiguous).
+    dev = device_of(a)
+    right = xp.arange(NUM_THRESHOLDS, device=dev)[:, None] < xp.arange(nbins, device=dev)[None, :]
+    cut = xp.sum(xp.where(right, xp.cumulative_sum(g, axis=0)[:NUM_THRESHOLDS, :], 0.0), axis=1)
+    vol_x = _suffix_sum(bin_volume, 0)[1:nbins]
+    count_x = _suffix_sum(bin_count, 0)[1:nbins]
     vol_rest = xp.sum(d) - vol_x
     with np.errstate(divide="ignore", invalid="ignore"):  # numpy's warnings only
         ncut = cut / vol_x + cut / vol_rest
@@ -345,17 +375,14 @@ def _assemble(masks: list[Any], n: int, xp: types.ModuleType, device: Any) -> tu
 
 
 def _split_node(
-    a_full: Any, keep_deep: Any, node: _Node, solver: str, min_size: int, tau: float, counts: _Counters
-) -> tuple[Any, Any] | None:
-    """Bipartition one node: (ids above the threshold, ids below), or None to stop here."""
-    xp = get_xp(a_full)
+    node: _Node, keep_deep: Any, solver: str, min_size: int, tau: float, counts: _Counters
+) -> _Split | None:
+    """Bipartition one node, or None to stop here."""
     counts.visited += 1
-    ids = node.ids
-    if node.level > 0:
-        ids = ids[xp.take(keep_deep, ids)]
-    if ids.shape[0] < 2:
+    a = node.affinity
+    if a is None:
         return None
-    a = a_full if node.level == 0 else submatrix(a_full, ids)
+    xp = get_xp(a)
     # Degrees by a float32 matrix-vector product (BLAS; the official sum is float32 too).
     d = xp.astype(symmetric_product(a)(xp.ones(a.shape[0], dtype=a.dtype, device=device_of(a))), xp.float64)
     y = _fiedler(a, d, solver)
@@ -365,7 +392,19 @@ def _split_node(
     ncut, side = _best_cut(a, d, y, min_size)
     if not ncut < tau:
         return None
-    return ids[side], ids[~side]
+    # Below level 0 the zero-row nodes leave the graph; each child's submatrix is cut from
+    # this node's (a gather over the node, not over the whole grid).
+    keep = xp.take(keep_deep, node.ids)
+    children = [_child(node, a, side & keep), _child(node, a, ~side & keep)]
+    return _Split(node.ids[side], *children)
+
+
+def _child(parent: _Node, a: Any, member: Any) -> _Node:
+    xp = get_xp(a)
+    (positions,) = xp.nonzero(member)
+    ids = xp.take(parent.ids, positions)
+    sub = submatrix(a, positions) if positions.shape[0] >= 2 else None
+    return _Node(ids, sub, parent.level + 1)
 
 
 def recursive_ncut(
@@ -408,47 +447,50 @@ def recursive_ncut(
     # 2-core VM: 11.6 vs 15.2 ms at 32x32, 214 vs 313 ms at 64x64), but inside the whole NCut it
     # gained no wall time (733 vs 742 ms at 64x64) and cost 30 % more CPU (benchmarks/RESULTS.md).
     with single_threaded_blas(get_xp(x)):
-        a_full = affinity(x, alpha)
-        if a_full is None:  # constant features: one segment
-            return NCutResult(get_xp(x).zeros(grid, dtype=get_xp(x).int32, device=device_of(x)), 1, 0, 1, 0)
-        return _ncut_tree(a_full, grid, tau, budget, int(min_segment_size or 1), solver)
+        return _ncut_tree(x, grid, alpha, tau, budget, int(min_segment_size or 1), solver)
 
 
 def _ncut_tree(
-    a_full: Any, grid: tuple[int, int], tau: float, budget: int | None, min_size: int, solver: str
+    x: Any, grid: tuple[int, int], alpha: float, tau: float, budget: int | None, min_size: int, solver: str
 ) -> NCutResult:
-    """The recursion on the (N, N) affinity, as an explicit work list."""
+    """The recursion on the (N, N) affinity of unit tokens ``x``, as an explicit work list."""
     h, w = grid
     n = h * w
-    xp = get_xp(a_full)
-    dev = device_of(a_full)
+    xp = get_xp(x)
+    dev = device_of(x)
+    found = _affinity_and_full_rows(x, alpha)
+    if found is None:  # constant features: one segment
+        return NCutResult(xp.zeros(grid, dtype=xp.int32, device=dev), 1, 0, 1, 0)
     # Nodes whose affinity row has an exact zero leave the graph below level 0.
-    keep_deep = ~xp.any(a_full == 0, axis=1)
+    a_full, keep_deep = found
+    del found
+    root = _Node(xp.arange(n, device=dev), a_full if n >= 2 else None, 0)
+    del a_full  # the root node owns it, and frees it once split
 
     # Pending nodes keyed by their path (0 = side above the threshold, visited first):
     # path order is the official pre-order; with a budget, (level, path) is coarse-first.
     pending: list[tuple[tuple, tuple, int]] = []
     nodes: list[_Node | None] = []
 
-    def push(ids: Any, path: tuple) -> None:
-        nodes.append(_Node(ids, len(path)))
+    def push(node: _Node, path: tuple) -> None:
+        nodes.append(node)
         key = (len(path), path) if budget is not None else path
         heapq.heappush(pending, (key, path, len(nodes) - 1))
 
-    push(xp.arange(n, device=dev), ())
+    push(root, ())
+    del root
     recorded: list[tuple[tuple, Any]] = []
     counts = _Counters()
     while pending and (budget is None or len(recorded) < budget):
         _, path, index = heapq.heappop(pending)
         node = nodes[index]
-        nodes[index] = None  # free the id array
-        cut = _split_node(a_full, keep_deep, node, solver, min_size, tau, counts)
-        if cut is None:
+        nodes[index] = None  # free its submatrix once split
+        split = _split_node(node, keep_deep, solver, min_size, tau, counts)
+        if split is None:
             continue
-        above, below = cut
-        recorded.append((path, above))
-        push(above, path + (0,))
-        push(below, path + (1,))
+        recorded.append((path, split.mask))
+        push(split.above, path + (0,))
+        push(split.below, path + (1,))
 
     recorded.sort(key=lambda item: item[0])  # official (pre-order) numbering
     labels, k = _assemble([m for _, m in recorded], n, xp, dev)

@@ -299,3 +299,18 @@ def test_finite_features_whose_norm_overflows_float32_are_normalised_not_refused
     x[2, 1] = np.inf
     with pytest.raises(DiffCutError, match="NaN or inf"):
         rt_ncut.unit_tokens(x, (2, 2))
+
+
+def test_affinity_in_row_blocks_equals_one_block_and_finds_the_zero_rows(monkeypatch):
+    # The host transforms the affinity a few rows at a time and notes each row's exact zeros
+    # on the way: the same bits and the same rows as the whole matrix at once.
+    x = rt_ncut.normalize_tokens(np.random.default_rng(3).standard_normal((150, 16)).astype(np.float32))
+    whole, whole_rows = rt_ncut._affinity_and_full_rows(x, 10)
+    monkeypatch.setattr(rt_ncut, "AFFINITY_BLOCK_ELEMENTS", 7 * 150)  # 7-row blocks, a short last one
+    blocks, block_rows = rt_ncut._affinity_and_full_rows(x, 10)
+    np.testing.assert_array_equal(blocks, whole)
+    np.testing.assert_array_equal(block_rows, whole_rows)
+    np.testing.assert_array_equal(block_rows, ~(blocks == 0).any(axis=1))
+    assert 0 < (~block_rows).sum() < 150  # the case has both kinds of rows
+    reference = (x @ x.T - (x @ x.T).min()) / ((x @ x.T).max() - (x @ x.T).min())
+    np.testing.assert_allclose(whole, reference**10, rtol=1e-5, atol=1e-30)

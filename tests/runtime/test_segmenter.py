@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -186,7 +188,7 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.slow
-def test_parity_with_reference_pipeline(tiny_model_dir, tiny_pipeline_dir, photos):
+def test_parity_with_reference_pipeline(tiny_model_dir, tiny_pipeline_dir, photos, request):
     """Exported tiny SDXL encoder + runtime vs the PyTorch reference on the full pipeline.
 
     Reference: extract_features (full UNet, hook) -> segment_features -> pamr_refine on the
@@ -203,6 +205,8 @@ def test_parity_with_reference_pipeline(tiny_model_dir, tiny_pipeline_dir, photo
     from diffcut_edge import diffcut_ref
     from diffcut_edge.models import load_pipeline
 
+    # The reference's numerics depend on torch's thread count: leave it as found.
+    request.addfinalizer(functools.partial(torch.set_num_threads, torch.get_num_threads()))
     torch.set_num_threads(2)
     model_dir = tiny_model_dir("sdxl", 256)
     pipeline = load_pipeline(tiny_pipeline_dir("sdxl"))

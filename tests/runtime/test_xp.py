@@ -253,3 +253,82 @@ def test_symmetric_product_reads_one_triangle_and_matches_the_full_product(dtype
     # Strided views and other dtypes take the plain product.
     view = np.asarray(m[::2, ::2])
     np.testing.assert_allclose(rxp.symmetric_product(m[::2, ::2])(x[::2]), view @ x[::2], rtol=tol)
+
+
+@pytest.mark.parametrize("n", [1, 2, 31, 63, 64, 65, 200, 1024])
+def test_gram_is_bit_identical_to_the_matmul_and_symmetric(n):
+    # numpy's own ``x @ x.T`` is BLAS syrk plus a triangle copy; ours copies the triangle in
+    # tiles: the same products, so the same bits (NCut's partitions depend on them).
+    x = np.random.default_rng(n).standard_normal((n, 1280 if n == 1024 else 48)).astype(np.float32)
+    g = rxp.gram(x)
+    assert g.dtype == np.float32 and g.shape == (n, n)
+    np.testing.assert_array_equal(g, x @ x.T)
+    np.testing.assert_array_equal(g, g.T)
+    # Views that BLAS cannot take as they are, and other dtypes, go to the plain product.
+    np.testing.assert_array_equal(rxp.gram(x[:, ::2]), x[:, ::2] @ x[:, ::2].T)
+    y = x.astype(np.float64)
+    np.testing.assert_array_equal(rxp.gram(y), y @ y.T)
+
+
+def test_bin_totals_equal_the_one_hot_products(ns):
+    rng = np.random.default_rng(5)
+    a = _symmetric(70, 6).astype(np.float32)
+    d = rng.random(70)
+    bins = rng.integers(0, 9, 70)
+    bins[bins == 4] = 5  # an empty bin in the middle
+    onehot = (bins[:, None] == np.arange(9)[None, :]).astype(np.float64)
+    sums, volume, count = (ns.get(v) for v in rxp.bin_totals(ns.put(a), ns.put(d), ns.put(bins), 9))
+    np.testing.assert_allclose(sums, onehot.T @ a @ onehot, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(volume, onehot.T @ d, rtol=1e-12)
+    np.testing.assert_array_equal(count, onehot.sum(axis=0))
+    assert sums.shape == (9, 9) and count[4] == 0 and volume[4] == 0
+
+
+def _deflated_case(n: int, seed: int, dtype=np.float64):
+    """The deflated operator of a normalised-affinity-like spectrum (top 1, then 0.8, the rest
+    in [-0.5, 0.6]): its largest pair is m's second, (w[-2], v[:, -2])."""
+    rng = np.random.default_rng(seed)
+    w = np.sort(np.concatenate([rng.uniform(-0.5, 0.6, n - 2), [0.8, 1.0]]))
+    v = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    m = (v * w) @ v.T
+    matvec = rxp.deflated_matvec(m.astype(dtype), np.ones(n, dtype), v[:, -1].astype(dtype))
+    return matvec, w, v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reorthogonalised_lanczos_agrees_with_arpack(dtype):
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    matvec, w, v = _deflated_case(300, 7, dtype)
+    v0 = np.random.default_rng(0).standard_normal(300).astype(dtype)
+    solver_tol = 0.0 if dtype == np.float32 else 1e-12  # as NCut asks: unit roundoff in float32
+    value, vec = rxp._lanczos_reorthogonalised(matvec, v0, solver_tol)
+    op = LinearOperator((300, 300), matvec=lambda x: matvec(x.reshape(-1)), dtype=dtype)
+    arpack_w, _ = eigsh(op, k=1, which="LA", v0=v0, tol=solver_tol)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    assert value == pytest.approx(w[-2], rel=tol) and value == pytest.approx(arpack_w[0], rel=tol)
+    assert abs(vec @ v[:, -2]) / np.linalg.norm(vec) == pytest.approx(1.0, abs=tol)
+    assert vec.dtype == dtype
+    # Converged by ARPACK's own test: the residual is at the dtype's rounding level.
+    assert rxp.eigen_residual(matvec, value, vec) <= (100 * np.finfo(dtype).eps if dtype == np.float32 else 1e-10)
+
+
+def test_lanczos_that_does_not_converge_hands_over_to_arpack(monkeypatch):
+    matvec, w, v = _deflated_case(120, 8)
+    v0 = np.random.default_rng(0).standard_normal(120)
+    monkeypatch.setattr(rxp, "LANCZOS_MAX_STEPS", 3)  # far too few for 1e-12
+    assert rxp._lanczos_reorthogonalised(matvec, v0, 1e-12) is None
+    value, vec = rxp.eigsh_largest(matvec, v0=v0, tol=1e-12)  # the numpy extra falls back to ARPACK
+    assert value == pytest.approx(w[-2], rel=1e-10)
+    assert abs(vec @ v[:, -2]) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_lanczos_stops_exactly_on_an_invariant_subspace():
+    # An exact eigenvector as the start: the first residual is exactly zero (beta == 0, before
+    # any scheduled convergence test), and that pair is returned, not handed to ARPACK.
+    m = np.diag(np.arange(20.0))
+    v0 = np.zeros(20)
+    v0[3] = 2.0
+    value, vec = rxp._lanczos_reorthogonalised(lambda x: m @ x, v0, 0.0)
+    assert value == 3.0
+    np.testing.assert_array_equal(np.abs(vec), np.eye(20)[3])
