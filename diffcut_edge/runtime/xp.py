@@ -468,7 +468,7 @@ def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> t
             w -= dtype.type(betas[-1]) * basis[j - 1]
         done = basis[: j + 1]
         w -= (done @ w) @ done  # full reorthogonalisation: float32 Lanczos loses it within steps
-        beta = float(np.linalg.norm(w))
+        beta = float(np.sqrt(w @ w))  # np.linalg.norm's own arithmetic, without its Python
         alphas.append(alpha)
         betas.append(beta)
         last = j + 1 == steps
