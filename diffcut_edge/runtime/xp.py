@@ -369,8 +369,12 @@ def _mirror_lower(m: np.ndarray, tile: int) -> None:
             c1 = min(n, c0 + tile)
             m[r0:r1, c0:c1] = m[c0:c1, r0:r1].T
         diagonal = m[r0:r1, r0:r1]
-        upper = np.triu_indices(r1 - r0, 1)
-        diagonal[upper] = diagonal.T[upper]
+        np.copyto(diagonal, diagonal.T, where=_strict_upper(r1 - r0))
+
+
+@functools.lru_cache(maxsize=8)
+def _strict_upper(size: int) -> np.ndarray:
+    return np.triu(np.ones((size, size), dtype=bool), 1)
 
 
 @functools.lru_cache(maxsize=1)
