@@ -31,19 +31,17 @@ failed or interrupted export leaves nothing half-written.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
-import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from diffcut_edge import atomic, defaults, versions
 from diffcut_edge.errors import DiffCutError, missing_extra
+from diffcut_edge.export.progress import Stages
 from diffcut_edge.export.truncated import check_precision, check_resolution
 from diffcut_edge.runtime.manifest import MANIFEST_NAME, Manifest, sha256_file, write_manifest
 
@@ -130,38 +128,6 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
             f"{out_dir} is not empty and is not a model folder (no {MANIFEST_NAME} or "
             f"{ONNX_NAME}); --force only replaces model folders, choose another --out"
         )
-
-
-# ------------------------------------------------------------------ progress
-class _Stages:
-    """Stage lines with a tqdm bar (or nothing when ``progress`` is False); times each stage."""
-
-    def __init__(self, names: list[str], progress: bool):
-        self.names, self.seconds, self._bar = names, {}, None
-        if progress:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(
-                total=len(names),
-                desc="export",
-                unit="stage",
-                bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar:20}| {elapsed}",
-            )
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        if self._bar is not None:
-            self._bar.set_description(f"export: {name}")
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = time.perf_counter() - start
-        if self._bar is not None:
-            self._bar.update(1)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.set_description("export: done")
-            self._bar.close()
 
 
 # ------------------------------------------------------------------ one step each
@@ -421,7 +387,7 @@ def export_model_report(
     from diffcut_edge import models
     from diffcut_edge.export.truncated import build_truncated_encoder
 
-    stages = _Stages(["load pipeline", "truncate", *EXPORT_STAGES], progress)
+    stages = Stages("export", ["load pipeline", "truncate", *EXPORT_STAGES], progress)
     try:
         with stages.stage("load pipeline"):
             if pipeline is None:
@@ -465,7 +431,7 @@ def export_encoder(
     optimize: bool = True,
     force: bool = False,
     progress: bool = False,
-    stages: _Stages | None = None,
+    stages: Stages | None = None,
     vae: str = "full",
     vae_source: str | None = None,
 ) -> ExportReport:
@@ -478,7 +444,7 @@ def export_encoder(
     out_dir = Path(out_dir)
     check_out_dir(out_dir, force)
     own_stages = stages is None
-    stages = stages or _Stages(list(EXPORT_STAGES), progress)
+    stages = stages or Stages("export", list(EXPORT_STAGES), progress)
     spec = encoder.spec
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))

@@ -42,6 +42,7 @@ import numpy as np
 from diffcut_edge import versions
 from diffcut_edge.atomic import write_text
 from diffcut_edge.errors import DiffCutError, missing_extra
+from diffcut_edge.export.progress import Stages, item_bar
 from diffcut_edge.runtime.manifest import Manifest, read_manifest, sha256_file, verify_files, write_manifest
 
 METHODS = ("minmax", "percentile", "entropy")  # onnxruntime CalibrationMethod MinMax/Percentile/Entropy
@@ -83,6 +84,7 @@ class QuantizeReport:
     held_out: Any = None  # the verify --against report on the held-out images (None: none held out)
     sensitivity: Any = None  # export.sensitivity.SensitivityReport when asked for (--report)
     report_path: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage
 
     @property
     def passed(self) -> bool | None:
@@ -97,6 +99,8 @@ class QuantizeReport:
             f"{self.quantized_nodes} nodes quantized, {len(self.kept_fp32)} kept in float, "
             f"{self.onnx_bytes / 1e6:.1f} MB ({ratio:.1f}x smaller)"
         ]
+        if self.seconds:
+            out.append("stages: " + ", ".join(f"{name} {s:.1f} s" for name, s in self.seconds.items()))
         if self.sensitivity is not None:
             out += self.sensitivity.lines()
         if self.report_path is not None:
@@ -219,27 +223,6 @@ def _feeds(paths: Sequence[Path], manifest: Manifest) -> Callable[[], Iterator[d
     return lambda: ({manifest.input_name: batch} for batch in calibration_batches(paths, manifest.resolution))
 
 
-@contextlib.contextmanager
-def _progress_bar(total: int, shown: bool, desc: str, unit: str) -> Iterator[Callable[[], None]]:
-    """A tick per ``unit``; the bar opens on the first (no bar for a run that fails before)."""
-    bar = None
-
-    def tick() -> None:
-        nonlocal bar
-        if shown and bar is None:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, desc=desc, unit=unit)
-        if bar is not None:
-            bar.update(1)
-
-    try:
-        yield tick
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 # ------------------------------------------------------------------ which nodes stay in float
 def _activation_by_activation(nodes: list[Any], initializers: set[str], constants: set[str]) -> list[Any]:
     static = initializers | constants
@@ -325,7 +308,7 @@ def _calibrate(
     collector = RangeCollector(src, OP_TYPES, method)
     # onnxruntime's histogram collector prints its steps to stdout: stdout keeps only results.
     with (
-        _progress_bar(collector.passes * len(paths), progress, "calibrate", "image") as tick,
+        item_bar(collector.passes * len(paths), progress, "calibrate", "image") as tick,
         contextlib.redirect_stdout(io.StringIO()),
     ):
         ranges = collector.collect(_feeds(paths, manifest), on_image=tick)
@@ -351,7 +334,7 @@ def _sensitivity(
     graph = onnx.load(str(src), load_external_data=False).graph
     layers = [(n.name, n.op_type, kept.get(n.name, "")) for n in graph.node if n.op_type in OP_TYPES]
     del graph
-    with _progress_bar(len(layers), progress, "sensitivity", "layer") as tick:
+    with item_bar(len(layers), progress, "sensitivity", "layer") as tick:
         rows = layer_sensitivity(
             src,
             layers,
@@ -483,43 +466,57 @@ def quantize_model(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     os.chmod(staging, 0o755)
+    reporting = report is not None or bool(keep_worst)
+    names = ["prepare graph", "calibrate", *(["sensitivity"] if reporting else []), "quantize", "check graph"]
+    stages = Stages("quantize", [*names, *(["held-out verify"] if held_out else [])], progress)
     try:
         big = bool(manifest.onnx_data_files)
         named = staging / "named.onnx"
-        kept, big = run_stage(isolate, "preparation", _prepare, model_dir / manifest.onnx_file, named, big, keep_fp32)
+        with stages.stage("prepare graph"):
+            kept, big = run_stage(
+                isolate, "preparation", _prepare, model_dir / manifest.onnx_file, named, big, keep_fp32
+            )
         target = staging / ONNX_NAME
         ranges_file = staging / "ranges.json"
-        ranges = run_stage(isolate, "calibration", _calibrate, named, ranges_file, paths, manifest, method, progress)
-        sensitivity = None
-        if report is not None or keep_worst:
-            chosen = paths[: max(1, int(report_images))]
-            sensitivity = run_stage(
-                isolate,
-                "sensitivity",
-                _sensitivity,
-                named,
-                kept,
-                ranges,
-                chosen,
-                manifest,
-                method,
-                activations,
-                progress,
+        with stages.stage("calibrate"):
+            ranges = run_stage(
+                isolate, "calibration", _calibrate, named, ranges_file, paths, manifest, method, progress
             )
+        sensitivity = None
+        if reporting:
+            chosen = paths[: max(1, int(report_images))]
+            with stages.stage("sensitivity"):
+                sensitivity = run_stage(
+                    isolate,
+                    "sensitivity",
+                    _sensitivity,
+                    named,
+                    kept,
+                    ranges,
+                    chosen,
+                    manifest,
+                    method,
+                    activations,
+                    progress,
+                )
             if report is not None:
                 write_text(report, json.dumps(sensitivity.to_dict(), indent=1) + "\n")
             quantized_layers = [r for r in sensitivity.worst(len(sensitivity.layers)) if not r.kept_fp32]
             for row in quantized_layers[: int(keep_worst)]:
                 kept[row.node] = f"--keep-worst {keep_worst}: min token cosine {row.min_cosine:.5f} alone in int8"
-        run_stage(isolate, "quantization", _quantize_static, named, target, ranges_file, method, activations, big, kept)
+        with stages.stage("quantize"):
+            run_stage(
+                isolate, "quantization", _quantize_static, named, target, ranges_file, method, activations, big, kept
+            )
         for leftover in [*staging.glob("named.onnx*"), *staging.glob("pre.onnx*"), ranges_file]:
             leftover.unlink()
         data_files = sorted(p.name for p in staging.iterdir() if p.name != ONNX_NAME)
-        check_graph(target, resolution=manifest.resolution, channels=manifest.channels)
-        qmodel = onnx.load(str(target), load_external_data=False)
-        dequantized = {o for n in qmodel.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-        quantized = sum(1 for n in qmodel.graph.node if n.op_type in OP_TYPES and set(n.input) & dequantized)
-        del qmodel
+        with stages.stage("check graph"):
+            check_graph(target, resolution=manifest.resolution, channels=manifest.channels)
+            qmodel = onnx.load(str(target), load_external_data=False)
+            dequantized = {o for n in qmodel.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+            quantized = sum(1 for n in qmodel.graph.node if n.op_type in OP_TYPES and set(n.input) & dequantized)
+            del qmodel
         out = Manifest(**{**manifest.__dict__})
         out.precision = "int8"
         out.onnx_file = ONNX_NAME
@@ -546,7 +543,8 @@ def quantize_model(
         if held_out:  # before the folder appears: the verdict is in its manifest from the start
             from diffcut_edge.export.verify import verify_against
 
-            check = verify_against(staging, model_dir, held_out, labels=True, record=True, isolate=isolate)
+            with stages.stage("held-out verify"):
+                check = verify_against(staging, model_dir, held_out, labels=True, record=True, isolate=isolate)
             check.model_dir = out_dir
         report = QuantizeReport(
             model_dir=out_dir,
@@ -561,9 +559,12 @@ def quantize_model(
             held_out=check,
             sensitivity=sensitivity,
             report_path=None if report is None else Path(report),
+            seconds=dict(stages.seconds),
         )
         move_into_place(staging, out_dir)
         return report
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        stages.close()

@@ -241,7 +241,10 @@ def test_cli_quantize_prints_the_next_step_and_errors_in_one_line(fp32_dir, phot
     printed = capsys.readouterr().out
     assert f"next: diffcut-edge verify --model-dir {out} --against {fp32_dir}" in printed
     # Only our lines: onnxruntime's histogram calibrator prints its steps, which stay off stdout.
-    assert printed.startswith("quantized ") and "histogram" not in printed and len(printed.splitlines()) == 2
+    assert printed.startswith("quantized ") and "histogram" not in printed and len(printed.splitlines()) == 3
+    # Each stage's wall time, in order (pre-processing and onnxruntime's step had no bar before).
+    stages = printed.splitlines()[1]
+    assert stages.startswith("stages: prepare graph ") and stages.index("calibrate") < stages.index("quantize ")
     assert (
         cli.main(
             [
