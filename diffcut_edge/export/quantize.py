@@ -544,7 +544,9 @@ def quantize_model(
             from diffcut_edge.export.verify import verify_against
 
             with stages.stage("held-out verify"):
-                check = verify_against(staging, model_dir, held_out, labels=True, record=True, isolate=isolate)
+                check = verify_against(
+                    staging, model_dir, held_out, labels=True, record=True, isolate=isolate, files_checked=True
+                )
             check.model_dir = out_dir
         report = QuantizeReport(
             model_dir=out_dir,

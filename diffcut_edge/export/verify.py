@@ -386,6 +386,7 @@ def verify_against(
     labels: bool = True,
     record: bool = True,
     isolate: bool = False,
+    files_checked: bool = False,
 ) -> AgainstReport:
     """Compare the folder ``model_dir`` (e.g. INT8) with ``against`` (its fp32 source) on the same images.
 
@@ -393,6 +394,8 @@ def verify_against(
     (numpy). With ``record``, the verdict is written into ``model_dir``'s manifest, where
     ``segment`` and ``bench`` read it. ``isolate``: each folder's session in a process of its own
     (``isolated.py``: for big models, whose sessions keep memory after they close).
+    ``files_checked``: the caller has just hashed both folders' ONNX files (quantize: the source
+    at its start, the new folder as it wrote it), so they are not hashed again (GBs at 1024 px).
     """
     from diffcut_edge.metrics import matched_agreement
     from diffcut_edge.runtime import segment_features
@@ -401,8 +404,9 @@ def verify_against(
     if model_dir.resolve() == against.resolve():
         raise DiffCutError("--model-dir and --against are the same folder: compare a faster folder with its source")
     fast, full = read_manifest(model_dir), read_manifest(against)
-    verify_files(model_dir, fast)
-    verify_files(against, full)
+    if not files_checked:
+        verify_files(model_dir, fast)
+        verify_files(against, full)
     _check_comparable(fast, full, model_dir, against)
     loaded = load_images(images, fast.resolution)
     report = AgainstReport(

@@ -369,3 +369,24 @@ def test_big_folders_run_each_stage_in_a_process_of_its_own(fp32_dir, photos_dir
     report = q.quantize_model(fp32_dir, [photos_dir], tmp_path / "int8", progress=False, holdout=1)
     assert stages == ["preparation", "calibration", "quantization", "verify", "verify"]
     assert report.passed is not None and read_manifest(tmp_path / "int8").precision == "int8"
+
+
+def test_each_onnx_file_is_hashed_once(fp32_dir, photos_dir, tmp_path, monkeypatch):
+    # The held-out check trusts the hashes quantize has just taken (the source's at the start, the
+    # new folder's as it wrote it): at 1024 px they are GBs, hashed again for nothing before.
+    from diffcut_edge.runtime import manifest as manifest_module
+
+    hashed: list[str] = []
+
+    def counting(path, *args, **kwargs):
+        hashed.append(str(Path(path).resolve()))
+        return real(path, *args, **kwargs)
+
+    real = manifest_module.sha256_file
+    monkeypatch.setattr(manifest_module, "sha256_file", counting)
+    monkeypatch.setattr(q, "sha256_file", counting)
+    report = q.quantize_model(fp32_dir, [photos_dir], tmp_path / "int8", progress=False, max_images=4)
+    assert report.held_out is not None and report.held_out.images
+    onnx_hashes = [name for name in hashed if ".onnx" in Path(name).name]
+    assert len(onnx_hashes) == 2 and len(set(onnx_hashes)) == 2, onnx_hashes  # the source's, the new one's
+    verify_files(tmp_path / "int8", read_manifest(tmp_path / "int8"))  # and the recorded hashes are right
