@@ -15,7 +15,7 @@ import numpy as np
 
 from diffcut_edge import defaults
 from diffcut_edge.errors import DiffCutError
-from diffcut_edge.runtime.ncut import Tokens, unit_tokens
+from diffcut_edge.runtime.ncut import Tokens, checked_rows, unit_rows, unit_tokens
 from diffcut_edge.runtime.xp import as_array, device_of, from_host, get_xp, linear_taps, single_threaded_blas
 
 
@@ -60,11 +60,7 @@ def segment_embeddings(features: Any, coarse_labels: Any) -> Any:
     Segments are the sorted unique ids of ``coarse_labels`` (N tokens); rows follow that
     order. Not re-normalised (the official MaskPooling mean).
     """
-    if isinstance(features, Tokens):
-        fn = features.unit
-    else:
-        x = as_array(features)
-        fn = unit_tokens(x, (x.shape[-2], 1)).unit  # any grid of N tokens: only rows matter here
+    fn = features.unit if isinstance(features, Tokens) else unit_rows(checked_rows(features))
     xp = get_xp(fn)
     labels = xp.reshape(as_array(coarse_labels, fn), (-1,))
     if labels.shape[0] != fn.shape[0]:

@@ -154,7 +154,6 @@ def _checked_shape(features: Any, grid: tuple[int, int]) -> tuple[Any, tuple[int
     except (TypeError, ValueError) as e:
         raise DiffCutError(f"grid must be a pair (h, w) of token rows and columns, got {grid!r}") from e
     x = as_array(features)
-    xp = get_xp(x)
     if x.ndim == 3 and x.shape[0] == 1:
         x = x[0, ...]
     if x.ndim != 2 or x.shape[0] != h * w or h < 1 or w < 1:
@@ -162,9 +161,20 @@ def _checked_shape(features: Any, grid: tuple[int, int]) -> tuple[Any, tuple[int
             f"features must be (N, C) tokens with N = h*w = {h}*{w} = {h * w} for grid {(h, w)}, "
             f"got shape {tuple(x.shape)}; pass the grid of the exported model (manifest 'grid')"
         )
+    return checked_rows(x), (h, w)
+
+
+def checked_rows(features: Any) -> Any:
+    """(N, C) or (1, N, C) floating features as float32 (N, C) rows (no grid involved)."""
+    x = as_array(features)
+    xp = get_xp(x)
+    if x.ndim == 3 and x.shape[0] == 1:
+        x = x[0, ...]
+    if x.ndim != 2:
+        raise DiffCutError(f"features must be (N, C) tokens, got shape {tuple(x.shape)}")
     if not xp.isdtype(x.dtype, "real floating"):
         raise DiffCutError(f"features must be floating point, got dtype {x.dtype}")
-    return xp.astype(x, xp.float32, copy=False), (h, w)
+    return xp.astype(x, xp.float32, copy=False)
 
 
 def _non_finite() -> DiffCutError:
@@ -182,6 +192,11 @@ def unit_tokens(features: Any, grid: tuple[int, int]) -> Tokens:
             raise DiffCutError(f"tokens were prepared for grid {features.grid}, not {tuple(grid)}")
         return features
     x, grid = _checked_shape(features, grid)
+    return Tokens(unit_rows(x), grid)
+
+
+def unit_rows(x: Any) -> Any:
+    """The float32 rows of (N, C) ``x``, checked finite and L2-normalised (no grid involved)."""
     xp = get_xp(x)
     with np.errstate(over="ignore", invalid="ignore"):  # numpy's warnings; overflow is handled below
         norms = xp.linalg.vector_norm(x, axis=1, keepdims=True)
@@ -191,7 +206,7 @@ def unit_tokens(features: Any, grid: tuple[int, int]) -> Tokens:
         if not bool(xp.all(xp.isfinite(x))):
             raise _non_finite()
         norms = xp.astype(xp.linalg.vector_norm(xp.astype(x, xp.float64), axis=1, keepdims=True), xp.float32)
-    return Tokens(normalize_tokens(x, norms), grid)
+    return normalize_tokens(x, norms)
 
 
 def normalize_tokens(features: Any, norms: Any = None) -> Any:
