@@ -57,9 +57,9 @@ SOLVERS = ("auto", "eigh", "eigsh")
 # Official candidate cuts: 100 thresholds in [0.99 min y, 0.99 max y].
 NUM_THRESHOLDS = 100
 THRESHOLD_SPAN = 0.99
-# Up to this many nodes a LAPACK subset eigh beats Lanczos (float32, 2-core CPU: 0.5 ms
-# vs 1.6 ms at 128 nodes, 1.2 vs 1.7 ms at 192, 10 vs 1.7 ms at 256).
-EIGH_MAX_NODES = 192
+# Up to this many nodes a LAPACK subset eigh beats Lanczos (float32, 2-core CPU, the nodes of a
+# 32x32 NCut: 0.30 vs 0.32 ms at 134 nodes, 0.67 vs 0.22 ms at 195, 1.45 vs 0.52 ms at 283).
+EIGH_MAX_NODES = 144
 # Lanczos residual tolerance in float64 (float32 uses machine precision, tol=0): the
 # Fiedler vector must match the dense solver's closely enough that no token changes side.
 EIGSH_TOL = 1e-10
