@@ -256,7 +256,13 @@ def run_build_engine(args: argparse.Namespace) -> int:
 
 
 def add_quantize(sub: argparse._SubParsersAction) -> None:
-    from diffcut_edge.export.quantize import ACTIVATIONS, DEFAULT_MAX_IMAGES, DEFAULT_REPORT_IMAGES, METHODS
+    from diffcut_edge.export.quantize import (
+        ACTIVATIONS,
+        DEFAULT_MAX_IMAGES,
+        DEFAULT_METHOD,
+        DEFAULT_REPORT_IMAGES,
+        METHODS,
+    )
 
     p = sub.add_parser(
         "quantize",
@@ -275,7 +281,13 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
         help="image files, folders or globs like the ones the model will see (16-64 is plenty)",
     )
     p.add_argument("--out", required=True, help="new model folder to write")
-    p.add_argument("--method", choices=METHODS, default="minmax", help="activation range calibration (default minmax)")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default=DEFAULT_METHOD,
+        help=f"activation range calibration (default {DEFAULT_METHOD}; smoothed: a quantile of each image's "
+        "extremes, docs/faster.md)",
+    )
     p.add_argument(
         "--activations",
         choices=ACTIVATIONS,

@@ -45,7 +45,10 @@ from diffcut_edge.errors import DiffCutError, missing_extra
 from diffcut_edge.export.progress import Stages, item_bar
 from diffcut_edge.runtime.manifest import Manifest, read_manifest, sha256_file, verify_files, write_manifest
 
-METHODS = ("minmax", "percentile", "entropy")  # onnxruntime CalibrationMethod MinMax/Percentile/Entropy
+# How activation ranges are set (export/calibrate.py): the extremes seen, a quantile of each image's
+# extremes, or onnxruntime's histogram methods.
+METHODS = ("minmax", "smoothed", "percentile", "entropy")
+DEFAULT_METHOD = "minmax"
 ACTIVATIONS = ("uint8", "int8")  # uint8: onnxruntime CPU; int8 (symmetric): TensorRT
 OP_TYPES = ("Conv", "MatMul", "Gemm")  # the only op types quantized: norms, softmax, SiLU stay float
 DEFAULT_MAX_IMAGES = 64  # calibration images used at most (ranges settle well before)
@@ -395,6 +398,7 @@ def _quantize_static(
             reduce_range=activations == "uint8",
             calibrate_method={
                 "minmax": quant.CalibrationMethod.MinMax,
+                "smoothed": quant.CalibrationMethod.MinMax,  # ranges are ranges: how they were set is ours
                 "percentile": quant.CalibrationMethod.Percentile,
                 "entropy": quant.CalibrationMethod.Entropy,
             }[method],
@@ -421,7 +425,7 @@ def quantize_model(
     calibration: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     *,
-    method: str = "minmax",
+    method: str = DEFAULT_METHOD,
     activations: str = "uint8",
     keep_fp32: Sequence[str] = (),
     max_images: int | None = DEFAULT_MAX_IMAGES,

@@ -49,7 +49,9 @@ exec(CHAIN, namespace)  # the same graph in this process and in the memory-measu
 make_chain, feeds = namespace["make_chain"], namespace["feeds"]
 
 
-def _onnxruntime_ranges(path: Path, method: str, size: int) -> dict[str, tuple[float, float]]:
+def _onnxruntime_ranges(
+    path: Path, method: str, size: int, images: list[int] | None = None
+) -> dict[str, tuple[float, float]]:
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     calibrator = create_calibrator(
@@ -58,7 +60,8 @@ def _onnxruntime_ranges(path: Path, method: str, size: int) -> dict[str, tuple[f
         augmented_model_path=str(path.with_name("augmented.onnx")),
         calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method],
     )
-    batches = feeds(3, size)()
+    every = list(feeds(max(images) + 1 if images else 3, size)())
+    batches = iter([every[i] for i in images] if images else every)
 
     class Reader:
         def get_next(self):
@@ -81,6 +84,28 @@ def test_minmax_ranges_are_onnxruntimes_for_the_same_tensors(tmp_path, capsys):
     for name in ours:
         np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["augmented.onnx", "chain.onnx"]  # nothing of ours left
+
+
+def test_smoothed_ranges_are_quantiles_of_each_images_own_extremes(tmp_path, capsys):
+    # Each image alone through onnxruntime's own min/max calibrator gives its extremes; the smoothed
+    # range runs from the (1 - q) quantile of the minima to the q quantile of the maxima.
+    from diffcut_edge.export.calibrate import SMOOTHED_QUANTILE
+
+    path = tmp_path / "chain.onnx"
+    make_chain(str(path), layers=3, channels=4, size=16)
+    collector = RangeCollector(path, ["Conv", "MatMul"], "smoothed")
+    assert collector.passes == 1
+    ours = _plain(collector.collect(feeds(5, 16)))
+    per_image = [_onnxruntime_ranges(path, "minmax", 16, images=[i]) for i in range(5)]
+    q = SMOOTHED_QUANTILE
+    for name in ours:
+        lows, highs = [r[name][0] for r in per_image], [r[name][1] for r in per_image]
+        np.testing.assert_allclose(ours[name], (np.quantile(lows, 1 - q), np.quantile(highs, q)), rtol=1e-6)
+        whole = (min(lows), max(highs))
+        assert whole[0] <= ours[name][0] <= ours[name][1] <= whole[1]  # inside the extremes, never wider
+    assert any(ours[n][1] < max(r[n][1] for r in per_image) for n in ours)  # and narrower somewhere
+    one = _plain(RangeCollector(path, ["Conv", "MatMul"], "smoothed").collect(feeds(1, 16)))
+    assert one == _plain(RangeCollector(path, ["Conv", "MatMul"]).collect(feeds(1, 16)))  # one image: minmax
 
 
 def test_percentile_in_groups_is_close_to_onnxruntimes_in_one_pass(tmp_path, capsys):
