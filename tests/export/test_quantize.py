@@ -55,7 +55,11 @@ def test_quantized_folder_is_int8_qdq_with_its_calibration_recorded(int8_dir, fp
     rec = m.quantization
     paths, held = q.split_holdout(sorted(photos_dir.iterdir()))
     assert len(held) == 1 and held[0] not in paths  # 4 photos: one held out of the calibration
-    assert rec["method"] == q.DEFAULT_METHOD == "smoothed" and rec["activations"] == "uint8" and rec["calibration_images"] == len(paths)
+    assert (
+        rec["method"] == q.DEFAULT_METHOD == "smoothed"
+        and rec["activations"] == "uint8"
+        and rec["calibration_images"] == len(paths)
+    )
     assert rec["calibration_sha256"] == q.calibration_sha256(paths) and rec["held_out_images"] == 1
     # Verified on the held-out photo before the folder appeared: no "never verified" note.
     assert m.verification["passed"] and m.verification_note(str(int8_dir)) is None
