@@ -238,7 +238,7 @@ def _ranges(extremes: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
     NaN image values are skipped (``nanmin``/``nanquantile``): one bad image does not poison a range.
     """
     lows, highs = extremes[..., 0], extremes[..., 1]
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a tensor NaN on every image stays NaN
         if method == "minmax":
             return np.nanmin(lows, axis=0), np.nanmax(highs, axis=0)
