@@ -233,8 +233,8 @@ def pamr_soft(
     if is_numpy_namespace(xp) and pamr_kernel.available():
         try:
             return _pamr_soft_compiled(img, lab, _check_dilations(dilations), int(num_iter))
-        except ValueError as e:  # numba found no thread-safe threading layer (TBB / OpenMP) here
-            if "threading layer" not in str(e):
+        except ValueError as e:
+            if not pamr_kernel.is_missing_threading_layer(e):
                 raise
             pamr_kernel.give_up(e)
     masks, _ = _one_hot(lab, xp)

@@ -16,8 +16,9 @@ weights differ from the array path's by float32 rounding only (exp and the order
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,11 @@ def _threadsafe_layer(numba: Any) -> None:
 def give_up(error: BaseException) -> None:
     """Record that the kernels cannot run here (no thread-safe threading layer): the array path from now on."""
     _BROKEN.append(f"{type(error).__name__}: {error}")
+
+
+def is_missing_threading_layer(error: BaseException) -> bool:
+    """Whether ``error`` is numba finding no thread-safe threading layer (TBB / OpenMP) here."""
+    return isinstance(error, ValueError) and "threading layer" in str(error)
 
 
 _KERNELS: dict[str, Any] = {}
@@ -183,8 +189,30 @@ def _kernels() -> dict[str, Any]:
             src, dst = dst, src
         return src
 
+    with _openmp_threads_kept():  # numba starts its thread pool on the first parallel call
+        padded_rows(np.zeros((1, 1, 1), np.float32), 1)
     _KERNELS.update(weights=weights_hjw, propagate=propagate_hkw, rows=padded_rows, one_hot=one_hot_rows)
     return _KERNELS
+
+
+@contextlib.contextmanager
+def _openmp_threads_kept() -> Iterator[None]:
+    """Keep the OpenMP thread counts of the libraries loaded so far across numba's pool start.
+
+    numba's OpenMP layer sets the process's OpenMP thread count when it starts its pool, and that
+    reaches libgomp copies loaded before it -- torch's: ``torch.get_num_threads()`` went 1 -> 2 in an
+    app that opened a Segmenter. Restoring the counts afterwards leaves numba's own pool as it is
+    (it passes its thread count at each parallel region). threadpoolctl is a core dependency.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    before = {lib.filepath: lib.num_threads for lib in ThreadpoolController().select(user_api="openmp").lib_controllers}
+    try:
+        yield
+    finally:
+        for lib in ThreadpoolController().select(user_api="openmp").lib_controllers:
+            if lib.filepath in before and lib.num_threads != before[lib.filepath]:
+                lib.set_num_threads(before[lib.filepath])
 
 
 def _padded_rows(array_chw: np.ndarray, pad: int) -> np.ndarray:
@@ -258,5 +286,10 @@ def warm_up() -> None:
     if not available():
         return
     image = np.zeros((4, 4, 3), np.float32)
-    w = weights(image, (1,), ((0, 1),), ((0, 0), (0, 1)), 1e-8, 0.1)
-    propagate(np.zeros((1, 4, 4), np.float32), w, ((0, 1),), 1)
+    try:
+        w = weights(image, (1,), ((0, 1),), ((0, 0), (0, 1)), 1e-8, 0.1)
+        propagate(np.zeros((1, 4, 4), np.float32), w, ((0, 1),), 1)
+    except ValueError as e:
+        if not is_missing_threading_layer(e):
+            raise
+        give_up(e)

@@ -27,10 +27,10 @@ from helpers.data import PLANTED  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """The reference's float32 eigh depends on torch's thread count, and it does not stay at the
-    session's one: opening a Segmenter runs the numba PAMR kernels, whose OpenMP launch sets the
-    process's OpenMP threads (torch's too) to 2, which sent a low-noise case here into endless
-    recursion (RecursionError). Pinned per test, then restored."""
+    """The reference's float32 eigh depends on torch's thread count: at 2 threads a low-noise case
+    here recursed endlessly (RecursionError). Other tests change the count (test_segmenter on
+    purpose; the numba PAMR kernels' pool start once did, now undone in pamr_kernel), so it is
+    pinned per test, then restored."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -83,3 +83,30 @@ def test_without_a_thread_safe_threading_layer_the_array_path_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     same, gave_up = proc.stdout.split()
     assert same == "True"  # either TBB is there and the kernel ran, or it stepped aside: same labels
+
+
+def test_starting_the_kernels_keeps_the_apps_openmp_threads():
+    """numba's OpenMP layer set the process's OpenMP threads (torch's libgomp too) when it started its
+    pool: an app at one torch thread had two after opening a Segmenter. Fresh process: the pool starts once."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch", reason="torch brings the app's own libgomp; it comes with the [export] extra")
+    code = (
+        "import torch; torch.set_num_threads(1); assert torch.get_num_threads() == 1\n"  # an app that used torch
+        "import numba, numpy as np\n"
+        "from diffcut_edge.runtime import xp\n"
+        "xp.warm_up_host()\n"  # scipy's libraries first, then the kernels: the order that showed it
+        "@numba.njit(parallel=True)\n"
+        "def ids(n):\n"
+        "    out = np.zeros(n, np.int64)\n"
+        "    for i in numba.prange(n):\n"
+        "        out[i] = numba.np.ufunc.parallel._get_thread_id()\n"
+        "    return out\n"
+        "print(torch.get_num_threads(), numba.get_num_threads(), len(np.unique(ids(10000))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    torch_threads, numba_threads, used = map(int, proc.stdout.split())
+    assert torch_threads == 1
+    assert used == numba_threads  # numba's pool still runs its own count
