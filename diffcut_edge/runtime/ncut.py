@@ -48,6 +48,7 @@ from diffcut_edge.runtime.xp import (
     is_numpy_namespace,
     member_mask,
     rank_rows,
+    scaled_power,
     single_threaded_blas,
     submatrix,
     symmetric_product,
@@ -233,19 +234,22 @@ def _affinity_and_full_rows(features_norm: Any, alpha: float) -> tuple[Any, Any]
     span = hi - lo
     if not bool(span > 0):
         return None  # constant features: the official code divides 0 by 0 (-> one segment)
+    full_rows = scaled_power(w, lo, span, alpha)  # the compiled loop, where there is one
+    if full_rows is not None:
+        return w, full_rows
     # On the host, a few rows at a time: each block's temporaries stay in cache instead of
     # streaming two fresh (N, N) arrays through memory (same operations, same bits).
     n = w.shape[0]
     rows = max(1, AFFINITY_BLOCK_ELEMENTS // n) if is_numpy_namespace(xp) else n
-    full_rows = []
+    blocks = []
     for r0 in range(0, n, rows):
         block = w[r0 : r0 + rows, :]
         block -= lo
         block /= span
         block = _power(block, alpha)
-        full_rows.append(~xp.any(block == 0, axis=1))
+        blocks.append(~xp.any(block == 0, axis=1))
         w[r0 : r0 + rows, :] = block
-    return w, xp.concat(full_rows)
+    return w, xp.concat(blocks)
 
 
 def _power(w: Any, alpha: float) -> Any:
@@ -407,18 +411,24 @@ def _split_node(
     ncut, side = _best_cut(a, d, y, min_size)
     if not ncut < tau:
         return None
-    # Below level 0 the zero-row nodes leave the graph; each child's submatrix is cut from
-    # this node's (a gather over the node, not over the whole grid).
+    # Below level 0 the zero-row nodes leave the graph; each child's submatrix is cut from this
+    # node's (a gather over the node, not over the whole grid), the larger one last and into this
+    # node's own memory, which nothing reads afterwards.
     keep = xp.take(keep_deep, node.ids)
-    children = [_child(node, a, side & keep), _child(node, a, ~side & keep)]
-    return _Split(node.ids[side], *children)
+    above, below = xp.nonzero(side & keep)[0], xp.nonzero(~side & keep)[0]
+    if above.shape[0] >= below.shape[0]:
+        small = _child(node, a, below, overwrite=False)
+        return _Split(node.ids[side], _child(node, a, above, overwrite=True), small)
+    small = _child(node, a, above, overwrite=False)
+    return _Split(node.ids[side], small, _child(node, a, below, overwrite=True))
 
 
-def _child(parent: _Node, a: Any, member: Any) -> _Node:
+def _child(parent: _Node, a: Any, positions: Any, *, overwrite: bool) -> _Node:
+    """The child of ``parent`` made of its nodes at ``positions`` (ascending), with their submatrix of
+    ``a`` (``overwrite``: written over ``a``, which the caller never reads again)."""
     xp = get_xp(a)
-    (positions,) = xp.nonzero(member)
     ids = xp.take(parent.ids, positions)
-    sub = submatrix(a, positions) if positions.shape[0] >= 2 else None
+    sub = submatrix(a, positions, overwrite=overwrite) if positions.shape[0] >= 2 else None
     return _Node(ids, sub, parent.level + 1)
 
 

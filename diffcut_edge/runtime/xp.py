@@ -28,6 +28,7 @@ import numpy as np
 
 from diffcut_edge import lazy
 from diffcut_edge.errors import DiffCutError
+from diffcut_edge.runtime import ncut_kernel
 
 # The cupyx pieces the post-processing needs beyond cupy itself (Lanczos, the median filter).
 # They load CUDA libraries (cuSPARSE, cuSOLVER, ...) that `import cupy` does not: a cupy
@@ -211,9 +212,16 @@ def pad_edge(x: Any, pad: int) -> Any:
     return xp.take(xp.take(x, rows, axis=x.ndim - 2), cols, axis=x.ndim - 1)
 
 
-def submatrix(a: Any, ids: Any) -> Any:
-    """``a[ids][:, ids]`` of a square matrix (two gathers; ``ix_`` is not standard)."""
+def submatrix(a: Any, ids: Any, *, overwrite: bool = False) -> Any:
+    """``a[ids][:, ids]`` of a square matrix (two gathers; ``ix_`` is not standard).
+
+    ``overwrite``: the caller never reads ``a`` again, so its memory may hold the result (``ids``
+    ascending and unique); namespaces that cannot do that return a new array.
+    """
     xp = get_xp(a)
+    make = extras(xp).submatrix
+    if make is not None:
+        return make(a, ids, overwrite)
     return xp.take(xp.take(a, ids, axis=0), ids, axis=1)
 
 
@@ -268,6 +276,10 @@ class Extras:
     symmetric_product(m) -> (x -> m @ x) for an exactly symmetric matrix ``m`` (None: ``@``).
     gram(x) -> ``x @ x.T`` (None: ``@``).
     bin_totals(a, d, bins, nbins) -> see :func:`bin_totals` (None: the dense one-hot products).
+    submatrix(a, ids, overwrite) -> ``a[ids][:, ids]``, in ``a``'s memory if ``overwrite`` and it can
+        (None: two ``take``).
+    scaled_power(w, lo, span, alpha) -> ``w <- ((w - lo) / span) ** alpha`` in place, returning the
+        rows left without an exact zero; None where it cannot (then the caller's array path runs).
     """
 
     name: str
@@ -278,6 +290,8 @@ class Extras:
     symmetric_product: Callable[[Any], Callable[[Any], Any]] | None = None
     gram: Callable[[Any], Any] | None = None
     bin_totals: Callable[[Any, Any, Any, int], tuple[Any, Any, Any]] | None = None
+    submatrix: Callable[[Any, Any, bool], Any] | None = None
+    scaled_power: Callable[[Any, Any, Any, float], Any | None] | None = None
 
 
 def extras(xp: Any) -> Extras:
@@ -334,6 +348,9 @@ def _numpy_extras() -> Extras:
         return m
 
     def bin_totals(a: Any, d: Any, bins: Any, nbins: int) -> tuple[Any, Any, Any]:
+        volumes, counts = np.bincount(bins, weights=d, minlength=nbins), np.bincount(bins, minlength=nbins)
+        if _kernel_takes(a):
+            return ncut_kernel.bin_sums(a, bins, nbins), volumes, counts
         # ``onehotᵀ a`` as a sparse product adds each row of ``a`` into its bin: one pass over ``a``
         # instead of a dense (n, n) x (n, nbins) product (4x sooner at 1024 and 4096 nodes).
         n = a.shape[0]
@@ -341,8 +358,18 @@ def _numpy_extras() -> Extras:
         starts = np.searchsorted(bins[order], np.arange(nbins + 1))
         onehot_t = scipy.sparse.csr_array((np.ones(n, dtype=a.dtype), order, starts), shape=(nbins, n))
         by_row = onehot_t @ a  # (nbins, n) dense
-        sums = onehot_t @ by_row.T  # (nbins, nbins); ``a`` is symmetric
-        return sums, np.bincount(bins, weights=d, minlength=nbins), np.diff(starts)
+        return onehot_t @ by_row.T, volumes, counts  # (nbins, nbins); ``a`` is symmetric
+
+    def submatrix(a: Any, ids: Any, overwrite: bool) -> Any:
+        if _kernel_takes(a):
+            return ncut_kernel.gather(a, ids, overwrite=overwrite)
+        return np.take(np.take(a, ids, axis=0), ids, axis=1)
+
+    def scaled_power(w: Any, lo: Any, span: Any, alpha: float) -> Any | None:
+        exponent = ncut_kernel.integer_exponent(alpha)
+        if exponent is None or not _kernel_takes(w):
+            return None
+        return ncut_kernel.scaled_power(w, lo, span, exponent)
 
     return Extras(
         "numpy",
@@ -353,7 +380,14 @@ def _numpy_extras() -> Extras:
         symmetric_product=symmetric_product,
         gram=gram,
         bin_totals=bin_totals,
+        submatrix=submatrix,
+        scaled_power=scaled_power,
     )
+
+
+def _kernel_takes(a: np.ndarray) -> bool:
+    """Whether the compiled NCut loops take this host matrix (float32, C-ordered; numba here)."""
+    return a.dtype == np.float32 and a.ndim == 2 and a.flags.c_contiguous and ncut_kernel.available()
 
 
 # Tile edge of the triangle copy in :func:`_mirror_lower` (64x64 float32: 16 KB, in L1 with its source).
@@ -453,8 +487,6 @@ def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> t
     per node and discard some: 8-35 products a node instead of 22-42 (NCut at 32x32 and 64x64), with
     less Python per product. The basis vectors are the rows of one preallocated array.
     """
-    import scipy.linalg
-
     n = v0.shape[0]
     dtype = v0.dtype
     tol = tol or float(np.finfo(dtype).eps) / 2
@@ -478,16 +510,32 @@ def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> t
         last = j + 1 == steps
         scheduled = j + 1 >= LANCZOS_FIRST_TEST and (j + 1 - LANCZOS_FIRST_TEST) % LANCZOS_TEST_EVERY == 0
         if last or beta == 0.0 or scheduled:
-            theta, s = scipy.linalg.eigh_tridiagonal(
-                np.asarray(alphas), np.asarray(betas[:-1]), select="i", select_range=(j, j)
-            )
+            theta, s = _top_tridiagonal_pair(np.asarray(alphas), np.asarray(betas[:-1]))
             # beta == 0: the Krylov space is invariant, the pair exact (also every step of a full space).
-            if beta * abs(s[-1, 0]) <= tol * abs(theta[0]) or beta == 0.0 or j + 1 == n:
-                return float(theta[0]), s[:, 0].astype(dtype) @ done
+            if beta * abs(s[-1]) <= tol * abs(theta) or beta == 0.0 or j + 1 == n:
+                return theta, s.astype(dtype) @ done
         if last or beta == 0.0:
             break
         basis[j + 1] = w / dtype.type(beta)
     return None
+
+
+def _top_tridiagonal_pair(diagonal: np.ndarray, off_diagonal: np.ndarray) -> tuple[float, np.ndarray]:
+    """Largest eigenpair of a symmetric tridiagonal matrix (float64): the LAPACK calls of scipy's
+    ``eigh_tridiagonal(select="i")`` (?stebz, then ?stein), so the same bits, without its argument
+    checks, which cost more than the solve at the Lanczos sizes (~25 us a call)."""
+    import scipy.linalg.lapack
+
+    n = diagonal.shape[0]
+    if n == 1:
+        return float(diagonal[0]), np.ones(1)
+    found, values, block, split, info = scipy.linalg.lapack.dstebz(diagonal, off_diagonal, 2, 0.0, 1.0, n, n, 0.0, "B")
+    if info != 0 or found != 1:
+        raise np.linalg.LinAlgError(f"?stebz found {found} eigenvalues (info {info})")
+    vectors, info = scipy.linalg.lapack.dstein(diagonal, off_diagonal, values[:1], block, split)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"?stein did not converge (info {info})")
+    return float(values[0]), vectors[:, 0]
 
 
 def eigh_one(matrix: Any, index: int) -> tuple[float, Any]:
@@ -518,6 +566,13 @@ def bin_totals(a: Any, d: Any, bins: Any, nbins: int) -> tuple[Any, Any, Any]:
     member = bins[:, None] == xp.arange(nbins, device=device_of(a))[None, :]
     onehot = xp.astype(member, a.dtype)
     return onehot.T @ (a @ onehot), xp.astype(member, d.dtype).T @ d, xp.sum(xp.astype(member, xp.int64), axis=0)
+
+
+def scaled_power(w: Any, lo: Any, span: Any, alpha: float) -> Any | None:
+    """``w <- ((w - lo) / span) ** alpha`` in place by the namespace's compiled loop, returning which
+    rows hold no exact zero; None (``w`` untouched) where there is none for this input."""
+    make = extras(get_xp(w)).scaled_power
+    return None if make is None else make(w, lo, span, alpha)
 
 
 def deflated_matvec(matrix: Any, scale: Any, u: Any) -> Callable[[Any], Any]:
@@ -591,6 +646,7 @@ def warm_up_host() -> None:
     _blas_controller()
     from diffcut_edge.runtime import pamr_kernel
 
+    ncut_kernel.warm_up()
     pamr_kernel.warm_up()  # compiled (or loaded from numba's cache) before the first frame's pamr figure
 
 

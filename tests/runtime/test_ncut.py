@@ -302,8 +302,11 @@ def test_finite_features_whose_norm_overflows_float32_are_normalised_not_refused
 
 
 def test_affinity_in_row_blocks_equals_one_block_and_finds_the_zero_rows(monkeypatch):
-    # The host transforms the affinity a few rows at a time and notes each row's exact zeros
-    # on the way: the same bits and the same rows as the whole matrix at once.
+    # The host's array path transforms the affinity a few rows at a time and notes each row's exact
+    # zeros on the way: the same bits and the same rows as the whole matrix at once.
+    from diffcut_edge.runtime import ncut_kernel
+
+    monkeypatch.setenv(ncut_kernel.ENV, "numpy")  # the compiled loop: tests/runtime/test_ncut_kernel.py
     x = rt_ncut.normalize_tokens(np.random.default_rng(3).standard_normal((150, 16)).astype(np.float32))
     whole, whole_rows = rt_ncut._affinity_and_full_rows(x, 10)
     monkeypatch.setattr(rt_ncut, "AFFINITY_BLOCK_ELEMENTS", 7 * 150)  # 7-row blocks, a short last one

@@ -332,3 +332,19 @@ def test_lanczos_stops_exactly_on_an_invariant_subspace():
     value, vec = rxp._lanczos_reorthogonalised(lambda x: m @ x, v0, 0.0)
     assert value == 3.0
     np.testing.assert_array_equal(np.abs(vec), np.eye(20)[3])
+
+
+def test_top_tridiagonal_pair_is_scipys_bits():
+    # The Lanczos test calls ?stebz/?stein directly; the Ritz vectors (so the partitions) must be
+    # those of scipy's eigh_tridiagonal, which made the same calls after its argument checks.
+    import scipy.linalg
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 8, 34, 80):
+        diagonal, off = rng.standard_normal(n), np.abs(rng.standard_normal(n - 1))
+        theirs_value, theirs_vector = scipy.linalg.eigh_tridiagonal(
+            diagonal, off, select="i", select_range=(n - 1, n - 1)
+        )
+        value, vector = rxp._top_tridiagonal_pair(diagonal, off)
+        assert value == theirs_value[0]
+        np.testing.assert_array_equal(vector, theirs_vector[:, 0])
