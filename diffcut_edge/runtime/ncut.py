@@ -329,10 +329,10 @@ def _lanczos_fiedler(a: Any, s: Any, d: Any) -> Any | None:
         return None
     if found is None:  # no Lanczos in this namespace: the dense solver decides
         return None
-    w, v = found
-    if not eigen_residual(matvec, w, v) <= EIGSH_MAX_RESIDUAL:  # also refuses NaN
+    residual = found.residual if found.residual is not None else eigen_residual(matvec, found.value, found.vector)
+    if not residual <= EIGSH_MAX_RESIDUAL:  # also refuses NaN
         return None
-    return v
+    return found.vector
 
 
 def _thresholds(y: Any) -> Any:

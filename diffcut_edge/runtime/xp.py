@@ -268,12 +268,23 @@ def rank_rows(bits: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class EigenPair:
+    """An eigenpair from a Lanczos solver. ``residual``: ``||A v - λ v|| / ||v||`` as the solver itself
+    bounded it (our Lanczos: its Ritz estimate, which its stopping test has already held to the
+    unit roundoff), or None when the solver does not say (ARPACK through scipy, cupyx)."""
+
+    value: float
+    vector: Any
+    residual: float | None = None
+
+
+@dataclass(frozen=True)
 class Extras:
     """The non-standard pieces of the post-processing for one namespace.
 
     eigh_pair(m, index) -> (value, vector): eigenpair number ``index`` (ascending) of a
         dense symmetric matrix; raises ``np.linalg.LinAlgError``/``ValueError`` on failure.
-    lanczos_largest(matvec, n, dtype, v0, tol) -> (value, vector) or None when the
+    lanczos_largest(matvec, n, dtype, v0, tol) -> :class:`EigenPair`; None as the field when the
         namespace has no Lanczos solver (callers then use ``eigh_pair``).
     median_filter3(labels): 3x3 median filter, border mode 'reflect' (scipy's default).
     host_blas: whether BLAS threads of this process do the work (numpy).
@@ -288,7 +299,7 @@ class Extras:
 
     name: str
     eigh_pair: Callable[[Any, int], tuple[float, Any]]
-    lanczos_largest: Callable[..., tuple[float, Any]] | None
+    lanczos_largest: Callable[..., EigenPair] | None
     median_filter3: Callable[[Any], Any]
     host_blas: bool = False
     symmetric_product: Callable[[Any], Callable[[Any], Any]] | None = None
@@ -319,7 +330,7 @@ def _numpy_extras() -> Extras:
         w, v = scipy.linalg.eigh(m, subset_by_index=[index, index], driver="evr", check_finite=False)
         return float(w[0]), v[:, 0]
 
-    def lanczos_largest(matvec: Callable, n: int, dtype: Any, v0: Any, tol: float) -> tuple[float, Any]:
+    def lanczos_largest(matvec: Callable, n: int, dtype: Any, v0: Any, tol: float) -> EigenPair:
         found = _lanczos_reorthogonalised(matvec, v0, tol)
         if found is not None:
             return found
@@ -327,7 +338,7 @@ def _numpy_extras() -> Extras:
         op = LinearOperator((n, n), matvec=lambda x: matvec(x.reshape(-1)), dtype=dtype)
         ncv = min(n - 1, LANCZOS_NCV)
         w, v = eigsh(op, k=1, which="LA", v0=v0, tol=tol, maxiter=EIGSH_MAXITER_PER_NODE * n, ncv=ncv)
-        return float(w[0]), v[:, 0]
+        return EigenPair(float(w[0]), v[:, 0])
 
     def symmetric_product(m: Any) -> Callable[[Any], Any]:
         # BLAS ?symv reads one triangle: half the memory traffic of a ?gemv, and the Lanczos products
@@ -423,13 +434,13 @@ def _cupy_extras() -> Extras:
         w, v = cp.linalg.eigh(m)  # no subset solver in cuSOLVER's syevd: full, then slice
         return float(w[index]), v[:, index]
 
-    def lanczos_largest(matvec: Callable, n: int, dtype: Any, v0: Any, tol: float) -> tuple[float, Any]:
+    def lanczos_largest(matvec: Callable, n: int, dtype: Any, v0: Any, tol: float) -> EigenPair:
         from cupyx.scipy.sparse.linalg import LinearOperator, eigsh
 
         op = LinearOperator((n, n), matvec=lambda x: matvec(x.reshape(-1)), dtype=dtype)
         # Bounded like scipy's default: cupyx's own default loops without reporting failure.
         w, v = eigsh(op, k=1, which="LA", v0=v0, tol=tol, maxiter=EIGSH_MAXITER_PER_NODE * n)
-        return float(w[0]), v[:, 0]
+        return EigenPair(float(w[0]), v[:, 0])
 
     def median_filter3(labels: Any) -> Any:
         from cupyx.scipy.ndimage import median_filter
@@ -481,7 +492,7 @@ LANCZOS_FIRST_TEST = 8
 LANCZOS_TEST_EVERY = 2
 
 
-def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> tuple[float, np.ndarray] | None:
+def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> EigenPair | None:
     """Largest eigenpair of a symmetric operator by Lanczos with full reorthogonalisation, or None
     when it has not converged within ``LANCZOS_MAX_STEPS`` steps.
 
@@ -516,8 +527,9 @@ def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> t
         if last or beta == 0.0 or scheduled:
             theta, s = _top_tridiagonal_pair(np.asarray(alphas), np.asarray(betas[:-1]))
             # beta == 0: the Krylov space is invariant, the pair exact (also every step of a full space).
-            if beta * abs(s[-1]) <= tol * abs(theta) or beta == 0.0 or j + 1 == n:
-                return theta, s.astype(dtype) @ done
+            estimate = beta * abs(s[-1])  # ||M v - theta v|| for the unit Ritz vector v
+            if estimate <= tol * abs(theta) or beta == 0.0 or j + 1 == n:
+                return EigenPair(theta, s.astype(dtype) @ done, estimate)
         if last or beta == 0.0:
             break
         basis[j + 1] = w / dtype.type(beta)
@@ -589,7 +601,7 @@ def deflated_matvec(matrix: Any, scale: Any, u: Any) -> Callable[[Any], Any]:
     return matvec
 
 
-def eigsh_largest(matvec: Callable[[Any], Any], v0: Any, tol: float) -> tuple[float, Any] | None:
+def eigsh_largest(matvec: Callable[[Any], Any], v0: Any, tol: float) -> EigenPair | None:
     """Largest algebraic eigenpair of the symmetric operator ``matvec`` by restarted Lanczos,
     or None when ``v0``'s namespace has no Lanczos solver.
 
@@ -597,7 +609,8 @@ def eigsh_largest(matvec: Callable[[Any], Any], v0: Any, tol: float) -> tuple[fl
     type: a cupyx ``LinearOperator`` lives in module ``cupyx...``, and a check on it once
     sent cupy data to ARPACK. ``v0`` makes the start (and so the result) deterministic.
     Raises on non-convergence where the solver reports it; callers check the residual
-    anyway (:func:`eigen_residual`), since cupyx does not report it.
+    (:func:`eigen_residual`) where the pair does not carry its bound, since cupyx does not report
+    non-convergence.
     """
     solver = extras(get_xp(v0)).lanczos_largest
     if solver is None:

@@ -9,6 +9,7 @@ import pytest
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime import ncut as rt_ncut
 from diffcut_edge.runtime import recursive_ncut, segment_features
+from diffcut_edge.runtime.xp import EigenPair
 from helpers.runtime_planted import matched_agreement, planted_case
 
 # Parity cases (grid, regions, noise, seed): the reference costs seconds per case at 32x32,
@@ -252,7 +253,9 @@ def test_unconverged_lanczos_falls_back_to_the_dense_solver(monkeypatch):
     dense = recursive_ncut(case.features, (16, 16), solver="eigh")
     rng = np.random.default_rng(1)
     monkeypatch.setattr(
-        rt_ncut, "eigsh_largest", lambda matvec, v0, tol: (0.5, rng.standard_normal(v0.shape[0]).astype(np.float32))
+        rt_ncut,
+        "eigsh_largest",
+        lambda matvec, v0, tol: EigenPair(0.5, rng.standard_normal(v0.shape[0]).astype(np.float32)),
     )
     fallback = recursive_ncut(case.features, (16, 16), solver="eigsh")
     np.testing.assert_array_equal(fallback.labels, dense.labels)
