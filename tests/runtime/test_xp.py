@@ -113,6 +113,17 @@ def test_eigh_one_is_the_requested_pair():
     assert abs(vec @ v[:, 1]) == pytest.approx(1.0, abs=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eigh_one_is_scipys_subset_eigh_bit_for_bit(dtype):
+    # The host calls LAPACK ?syevr itself; the Fiedler vectors (so the partitions) must stay scipy's.
+    for n, index in ((2, 1), (9, 1), (100, 1), (144, 0)):
+        m = _symmetric(n, n).astype(dtype)
+        w, v = scipy.linalg.eigh(m, subset_by_index=[index, index], driver="evr", check_finite=False)
+        value, vec = rxp.eigh_one(m, index)
+        assert value == w[0]
+        np.testing.assert_array_equal(vec, v[:, 0])
+
+
 def test_deflated_lanczos_finds_the_next_pair():
     m = _symmetric(60, 1)
     w, v = scipy.linalg.eigh(m)
