@@ -46,6 +46,7 @@ from diffcut_edge.runtime.xp import (
     get_xp,
     gram,
     is_numpy_namespace,
+    lowest_ncut,
     member_mask,
     rank_rows,
     scaled_power,
@@ -358,25 +359,42 @@ def _best_cut(a: Any, d: Any, y: Any, min_size: int) -> tuple[float, Any]:
     than ``min_size``) score +inf; the first minimum wins, as in the official code.
     """
     xp = get_xp(a)
-    n = a.shape[0]
     t = _thresholds(y)
-    nbins = NUM_THRESHOLDS + 1
-    g, bin_volume, bin_count = bin_totals(a, d, xp.searchsorted(t, y, side="left"), nbins)
-    g = xp.astype(g, xp.float64)
-    # Candidate k keeps the bins p > k: cut_k = Σ_{q <= k} Σ_{p > k} g[q, p], the column prefix
-    # sums at row k added over the columns right of k (a running sum down the rows: contiguous).
-    dev = device_of(a)
-    right = xp.arange(NUM_THRESHOLDS, device=dev)[:, None] < xp.arange(nbins, device=dev)[None, :]
-    cut = xp.sum(xp.where(right, xp.cumulative_sum(g, axis=0)[:NUM_THRESHOLDS, :], 0.0), axis=1)
+    totals = (
+        *bin_totals(a, d, xp.searchsorted(t, y, side="left"), NUM_THRESHOLDS + 1),
+        xp.sum(d),
+        a.shape[0],
+        min_size,
+    )
+    found = lowest_ncut(*totals)  # the compiled loop, where there is one
+    best, value = found if found is not None else _lowest_ncut(*totals)
+    return value, y > t[best]
+
+
+def _lowest_ncut(
+    g: Any, bin_volume: Any, bin_count: Any, total_volume: Any, n: int, min_size: int
+) -> tuple[int, float]:
+    """(k, NCut_k) of the first candidate cut with the smallest NCut, from the per-bin totals.
+
+    Candidate k keeps the bins p > k: ``cut_k = Σ_{p > k} C[k, p]`` with ``C[k, p] = Σ_{q <= k} g[q, p]``
+    (a running sum down the rows), both sums running from the last bin down, the order the host's
+    compiled loop adds in (:func:`diffcut_edge.runtime.xp.lowest_ncut`), so both give the same bits.
+    """
+    xp = get_xp(g)
+    nbins = g.shape[0]
+    candidates = nbins - 1
+    columns = xp.cumulative_sum(xp.astype(g, xp.float64), axis=0)[:candidates, :]
+    right = _suffix_sum(columns, 1)  # (candidates, nbins + 1): [k, p] = Σ_{i >= p} C[k, i]
+    diagonal_next = xp.arange(candidates, device=device_of(g)) * (nbins + 2) + 1  # flat index of [k, k + 1]
+    cut = xp.take(xp.reshape(right, (-1,)), diagonal_next)
     vol_x = _suffix_sum(bin_volume, 0)[1:nbins]
     count_x = _suffix_sum(bin_count, 0)[1:nbins]
-    vol_rest = xp.sum(d) - vol_x
     with np.errstate(divide="ignore", invalid="ignore"):  # numpy's warnings only
-        ncut = cut / vol_x + cut / vol_rest
+        ncut = cut / vol_x + cut / (total_volume - vol_x)
     small = (count_x < min_size) | (n - count_x < min_size)
     ncut = xp.where(small | ~xp.isfinite(ncut), xp.inf, ncut)
     best = int(xp.argmin(ncut))
-    return float(ncut[best]), y > t[best]
+    return best, float(ncut[best])
 
 
 def _assemble(masks: list[Any], n: int, xp: types.ModuleType, device: Any) -> tuple[Any, int]:

@@ -1,4 +1,4 @@
-"""Three passes of the host NCut as compiled loops (numba), each giving the array path's bits exactly.
+"""Four steps of the host NCut as compiled loops (numba), each giving the array path's bits exactly.
 
 The numpy path streams every (n, n) pass through numpy's element-wise calls; these loops do each pass
 in one sweep of the rows, one thread (the NCut runs its BLAS on one thread too):
@@ -9,7 +9,9 @@ in one sweep of the rows, one thread (the NCut runs its BLAS on one thread too):
   written over ``a`` itself when the caller is done with it;
 - :func:`bin_sums`: the affinity summed over each pair of threshold bins, adding rows in the order
   scipy's sparse one-hot products add them (ascending node within a bin, float32), so the cut scores
-  and their ties are the array path's.
+  and their ties are the array path's;
+- :func:`lowest_ncut`: the 100 candidate cuts scored from those sums and the first best one picked,
+  in the array path's order of additions (some 20 small array calls a node, ~120 us, become one).
 
 Measured (2-core Xeon, one thread, 64x64 grid; ``benchmarks/bench_postprocess.py``): see
 benchmarks/RESULTS.md. Without numba, or with ``DIFFCUT_NCUT_KERNEL=numpy``, the array path runs; cupy
@@ -118,8 +120,36 @@ def _kernels() -> dict[str, Any]:
                 sums[bins[j], q] += src[j]
         return sums
 
+    @njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
+    def first_lowest_ncut(g, bin_volume, bin_count, total_volume, n, min_size):  # pragma: no cover - compiled
+        nbins = g.shape[0]
+        vol_x = np.zeros(nbins + 1)  # [p] = Σ_{i >= p} bin_volume[i], added from the last bin down
+        count_x = np.zeros(nbins + 1, dtype=np.int64)
+        for p in range(nbins - 1, -1, -1):
+            vol_x[p] = vol_x[p + 1] + bin_volume[p]
+            count_x[p] = count_x[p + 1] + bin_count[p]
+        columns = np.zeros(nbins)  # C[k, :], the running sum of g's rows 0..k
+        best_k, best = 0, np.inf
+        for k in range(nbins - 1):
+            for p in range(nbins):
+                columns[p] += np.float64(g[k, p])
+            cut = 0.0
+            for p in range(nbins - 1, k, -1):
+                cut += columns[p]
+            v, c = vol_x[k + 1], count_x[k + 1]
+            value = cut / v + cut / (total_volume - v)
+            if c < min_size or n - c < min_size or not np.isfinite(value):
+                value = np.inf
+            if value < best:  # strictly: the first minimum wins
+                best_k, best = k, value
+        return best_k, best
+
     _KERNELS.update(
-        power=scaled_power_rows, gather=gather_square, gather_in_place=gather_square_in_place, bins=bin_pair_sums
+        power=scaled_power_rows,
+        gather=gather_square,
+        gather_in_place=gather_square_in_place,
+        bins=bin_pair_sums,
+        lowest=first_lowest_ncut,
     )
     return _KERNELS
 
@@ -148,6 +178,21 @@ def bin_sums(a: np.ndarray, bins: np.ndarray, nbins: int) -> np.ndarray:
     return _kernels()["bins"](a, np.ascontiguousarray(bins, dtype=np.intp), int(nbins))
 
 
+def lowest_ncut(
+    g: np.ndarray, bin_volume: np.ndarray, bin_count: np.ndarray, total_volume: float, n: int, min_size: int
+) -> tuple[int, float]:
+    """(k, NCut_k) of the first candidate cut with the smallest NCut (see ``ncut._lowest_ncut``)."""
+    k, value = _kernels()["lowest"](
+        g,
+        np.ascontiguousarray(bin_volume, dtype=np.float64),
+        np.ascontiguousarray(bin_count, dtype=np.int64),
+        float(total_volume),
+        int(n),
+        int(min_size),
+    )
+    return int(k), float(value)
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) the loops on a tiny input, outside any timing."""
     if not available():
@@ -157,3 +202,4 @@ def warm_up() -> None:
     scaled_power(a.copy(), 0.0, 1.0, 2)
     gather(a, ids)
     bin_sums(a, ids, 2)
+    lowest_ncut(a, np.ones(2), np.ones(2, np.int64), 2.0, 2, 1)

@@ -295,6 +295,8 @@ class Extras:
         (None: two ``take``).
     scaled_power(w, lo, span, alpha) -> ``w <- ((w - lo) / span) ** alpha`` in place, returning the
         rows left without an exact zero; None where it cannot (then the caller's array path runs).
+    lowest_ncut(g, bin_volume, bin_count, total_volume, n, min_size) -> (k, NCut_k) as
+        ``ncut._lowest_ncut`` computes it, or None where it cannot (then that runs).
     """
 
     name: str
@@ -307,6 +309,7 @@ class Extras:
     bin_totals: Callable[[Any, Any, Any, int], tuple[Any, Any, Any]] | None = None
     submatrix: Callable[[Any, Any, bool], Any] | None = None
     scaled_power: Callable[[Any, Any, Any, float], Any | None] | None = None
+    lowest_ncut: Callable[..., tuple[int, float] | None] | None = None
 
 
 def extras(xp: Any) -> Extras:
@@ -397,6 +400,13 @@ def _numpy_extras() -> Extras:
             return None
         return ncut_kernel.scaled_power(w, lo, span, exponent)
 
+    def lowest_ncut(
+        g: Any, bin_volume: Any, bin_count: Any, total_volume: Any, n: int, min_size: int
+    ) -> tuple[int, float] | None:
+        if not _kernel_takes(g):
+            return None
+        return ncut_kernel.lowest_ncut(g, bin_volume, bin_count, float(total_volume), n, min_size)
+
     return Extras(
         "numpy",
         eigh_pair,
@@ -408,6 +418,7 @@ def _numpy_extras() -> Extras:
         bin_totals=bin_totals,
         submatrix=submatrix,
         scaled_power=scaled_power,
+        lowest_ncut=lowest_ncut,
     )
 
 
@@ -600,6 +611,15 @@ def scaled_power(w: Any, lo: Any, span: Any, alpha: float) -> Any | None:
     rows hold no exact zero; None (``w`` untouched) where there is none for this input."""
     make = extras(get_xp(w)).scaled_power
     return None if make is None else make(w, lo, span, alpha)
+
+
+def lowest_ncut(
+    g: Any, bin_volume: Any, bin_count: Any, total_volume: Any, n: int, min_size: int
+) -> tuple[int, float] | None:
+    """(k, NCut_k) of the first best candidate cut from the per-bin totals (:func:`bin_totals`) by the
+    namespace's compiled loop; None where there is none (then ``ncut._lowest_ncut``, the same bits)."""
+    make = extras(get_xp(g)).lowest_ncut
+    return None if make is None else make(g, bin_volume, bin_count, total_volume, n, min_size)
 
 
 def deflated_matvec(matrix: Any, scale: Any, u: Any) -> Callable[[Any], Any]:

@@ -87,3 +87,21 @@ def test_without_numba_the_array_path_runs(monkeypatch):
     assert not ncut_kernel.available()
     case = planted_case((16, 16), 4, 0.2, 0)
     assert recursive_ncut(case.features, (16, 16)).num_segments > 1
+
+
+def test_lowest_ncut_is_the_array_paths_pick_and_value():
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        g = rng.uniform(0, 1, (101, 101)).astype(np.float32) * np.float32(10.0) ** rng.integers(-6, 2, (101, 101))
+        g = np.ascontiguousarray((g + g.T).astype(np.float32))
+        g[:, rng.integers(0, 101, 30)] = 0  # empty bins: equal neighbouring candidates, the first must win
+        g[rng.integers(0, 101, 30), :] = 0
+        volume = g.sum(axis=1, dtype=np.float64) + rng.uniform(0, 1, 101)
+        count = rng.integers(0, 5, 101)
+        n = int(count.sum())
+        min_size = int(rng.integers(1, 40)) if trial % 2 else 1
+        args = (g, volume, count, volume.sum(), n, min_size)
+        compiled = rt_xp.lowest_ncut(*args)
+        assert compiled == ncut._lowest_ncut(*args)  # the same index and the same float64 bits
+    nothing = (np.zeros((101, 101), np.float32), np.zeros(101), np.zeros(101, np.int64), 0.0, 0, 1)
+    assert rt_xp.lowest_ncut(*nothing) == ncut._lowest_ncut(*nothing) == (0, np.inf)  # no valid cut
