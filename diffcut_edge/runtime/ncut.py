@@ -37,6 +37,7 @@ from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime.xp import (
     as_array,
     bin_totals,
+    compiled_affinity,
     deflated_matvec,
     device_of,
     eigen_residual,
@@ -49,7 +50,6 @@ from diffcut_edge.runtime.xp import (
     lowest_ncut,
     member_mask,
     rank_rows,
-    scaled_power,
     single_threaded_blas,
     submatrix,
     symmetric_product,
@@ -229,15 +229,15 @@ def affinity(features_norm: Any, alpha: float) -> Any | None:
 def _affinity_and_full_rows(features_norm: Any, alpha: float) -> tuple[Any, Any] | None:
     """The :func:`affinity` and, per node, whether its row holds no exact zero (the nodes that
     stay in the graph below level 0); None when all affinities are equal."""
+    compiled = compiled_affinity(features_norm, alpha)  # the compiled loops, where there are some
+    if compiled is not None:
+        return None if compiled[0] is None else compiled
     xp = get_xp(features_norm)
     w = gram(features_norm)
     lo, hi = xp.min(w), xp.max(w)
     span = hi - lo
     if not bool(span > 0):
         return None  # constant features: the official code divides 0 by 0 (-> one segment)
-    full_rows = scaled_power(w, lo, span, alpha)  # the compiled loop, where there is one
-    if full_rows is not None:
-        return w, full_rows
     # On the host, a few rows at a time: each block's temporaries stay in cache instead of
     # streaming two fresh (N, N) arrays through memory (same operations, same bits).
     n = w.shape[0]

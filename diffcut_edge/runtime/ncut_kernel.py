@@ -3,8 +3,9 @@
 The numpy path streams every (n, n) pass through numpy's element-wise calls; these loops do each pass
 in one sweep of the rows, one thread (the NCut runs its BLAS on one thread too):
 
-- :func:`scaled_power`: ``((w - lo) / span) ** e`` for an integer ``e``, by the same repeated squaring
-  as :func:`diffcut_edge.runtime.ncut._power`, in place, noting which rows keep no exact zero;
+- :func:`affinity_from_lower`: ``((w - lo) / span) ** e`` for an integer ``e`` on the lower triangle
+  BLAS ?syrk fills, by the same repeated squaring as :func:`diffcut_edge.runtime.ncut._power`, mirrored
+  onto the upper one panel by panel, noting which rows keep no exact zero;
 - :func:`gather`: ``a[ids][:, ids]`` (each source row is in cache while its entries are picked), also
   written over ``a`` itself when the caller is done with it;
 - :func:`bin_sums`: the affinity summed over each pair of threshold bins, adding rows in the order
@@ -20,7 +21,10 @@ and torch always take it. No parallel loops here, so no threading layer is neede
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,6 +34,8 @@ from diffcut_edge import lazy
 ENV = "DIFFCUT_NCUT_KERNEL"  # "numpy": always the array path (comparisons, debugging)
 # Largest integer exponent taken by repeated squaring (ncut._power's bound): 7 squarings at most.
 MAX_INTEGER_EXPONENT = 64
+# Rows per panel of the affinity's triangle copy (64 rows: their cache lines at the copied columns stay in L1).
+MIRROR_TILE = 64
 
 
 def available() -> bool:
@@ -52,34 +58,58 @@ def _kernels() -> dict[str, Any]:
         return _KERNELS
     njit = lazy.numba.njit
 
+    @njit(cache=True, fastmath=True, nogil=True)
+    def lower_extremes(m):  # pragma: no cover - compiled
+        # fastmath lets the min/max reductions vectorise; a minimum is exact in any order, and the
+        # products of finite unit tokens are finite (no NaN for the no-NaN assumption to break).
+        lo, hi = m[0, 0], m[0, 0]
+        for i in range(m.shape[0]):
+            row = m[i]
+            for j in range(i + 1):
+                lo = min(lo, row[j])
+                hi = max(hi, row[j])
+        return lo, hi
+
     @njit(cache=True, fastmath=False, nogil=True)
-    def scaled_power_rows(w, lo, span, exponent):  # pragma: no cover - compiled
-        n, m = w.shape
-        full = np.ones(n, dtype=np.bool_)
-        base = np.empty(m, dtype=w.dtype)
+    def power_lower_and_mirror(m, lo, span, exponent, tile):  # pragma: no cover - compiled
+        n = m.shape[0]
+        row_zero = np.zeros(n, dtype=np.uint8)
+        column_zero = np.zeros(n, dtype=np.uint8)
+        base = np.empty(n, dtype=m.dtype)
+        for r0 in range(0, n, tile):
+            r1 = min(n, r0 + tile)
+            for i in range(r0, r1):  # the lower part of each row of the panel, as ncut._power does it
+                row = m[i]
+                for j in range(i + 1):
+                    base[j] = (row[j] - lo) / span
+                e = exponent
+                first = True
+                while e:  # ncut._power's order: the result takes the odd powers of base as they come
+                    if e & 1:
+                        if first:
+                            for j in range(i + 1):
+                                row[j] = base[j]
+                            first = False
+                        else:
+                            for j in range(i + 1):
+                                row[j] = row[j] * base[j]
+                    e >>= 1
+                    if e:
+                        for j in range(i + 1):
+                            base[j] = base[j] * base[j]
+                zero = np.uint8(0)
+                for j in range(i + 1):
+                    z = np.uint8(row[j] == 0.0)
+                    zero |= z
+                    column_zero[j] |= z
+                row_zero[i] |= zero
+            for j in range(r1):  # the panel's transpose onto the upper triangle, row segments at a time
+                dst = m[j]
+                for i in range(max(r0, j + 1), r1):
+                    dst[i] = m[i, j]
+        full = np.empty(n, dtype=np.bool_)
         for i in range(n):
-            row = w[i]
-            for j in range(m):
-                base[j] = (row[j] - lo) / span
-            e = exponent
-            first = True
-            while e:  # ncut._power's order: the result takes the odd powers of base as they come
-                if e & 1:
-                    if first:
-                        for j in range(m):
-                            row[j] = base[j]
-                        first = False
-                    else:
-                        for j in range(m):
-                            row[j] = row[j] * base[j]
-                e >>= 1
-                if e:
-                    for j in range(m):
-                        base[j] = base[j] * base[j]
-            for j in range(m):
-                if row[j] == 0:
-                    full[i] = False
-                    break
+            full[i] = (row_zero[i] | column_zero[i]) == 0
         return full
 
     @njit(cache=True, fastmath=False, nogil=True)
@@ -144,8 +174,45 @@ def _kernels() -> dict[str, Any]:
                 best_k, best = k, value
         return best_k, best
 
+    @njit(cache=True, fastmath=False, nogil=True)
+    def lanczos_step(symv, a_t, scale, u, basis, j, beta_prev, scratch, ints, ones, uplo):  # pragma: no cover
+        # One step of xp._lanczos_reorthogonalised on (S A S - 2 u uᵀ), in its numpy step's order of
+        # operations; the product is scipy's BLAS ?symv (the one the numpy step calls), passed in
+        # as a function pointer so the compiled code caches across processes.
+        n = basis.shape[1]
+        q, x, y = basis[j], scratch[0], scratch[1]
+        for i in range(n):
+            x[i] = scale[i] * q[i]
+        c = ints.ctypes.data  # n, lda, inc
+        f = ones.ctypes.data  # alpha = 1, beta = 0
+        symv(uplo.ctypes.data, c, f, a_t.ctypes.data, c + 4, x.ctypes.data, c + 8, f + 4, y.ctypes.data, c + 8)
+        t = np.float32(2.0) * np.dot(u, q)
+        w = np.empty(n, dtype=np.float32)
+        for i in range(n):
+            w[i] = scale[i] * y[i] - t * u[i]
+        alpha = np.float64(np.dot(q, w))
+        a32 = np.float32(alpha)
+        for i in range(n):
+            w[i] -= a32 * q[i]
+        if j:
+            b32, previous = np.float32(beta_prev), basis[j - 1]
+            for i in range(n):
+                w[i] -= b32 * previous[i]
+        done = basis[: j + 1]
+        correction = np.dot(np.dot(done, w), done)  # full reorthogonalisation
+        for i in range(n):
+            w[i] -= correction[i]
+        beta = np.float64(np.sqrt(np.dot(w, w)))
+        if beta != 0.0 and j + 1 < basis.shape[0]:
+            b32, following = np.float32(beta), basis[j + 1]
+            for i in range(n):
+                following[i] = w[i] / b32
+        return alpha, beta
+
     _KERNELS.update(
-        power=scaled_power_rows,
+        lanczos=lanczos_step,
+        extremes=lower_extremes,
+        power=power_lower_and_mirror,
         gather=gather_square,
         gather_in_place=gather_square_in_place,
         bins=bin_pair_sums,
@@ -154,10 +221,21 @@ def _kernels() -> dict[str, Any]:
     return _KERNELS
 
 
-def scaled_power(w: np.ndarray, lo: Any, span: Any, exponent: int) -> np.ndarray:
-    """``w <- ((w - lo) / span) ** exponent`` in place (C-ordered float32 (n, m), float32 ``lo``,
-    ``span``); returns (n,) bool: the rows that hold no exact zero afterwards."""
-    return _kernels()["power"](w, w.dtype.type(lo), w.dtype.type(span), int(exponent))
+def affinity_from_lower(m: np.ndarray, exponent: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``minmax(m) ** exponent`` of a symmetric C-ordered float32 ``m`` of which only the lower triangle
+    is filled (BLAS ?syrk's output), in place and mirrored: ``(m, rows without an exact zero)``;
+    None when all its entries are equal.
+
+    Half the elements are transformed, and the other half copied from them a panel at a time while
+    the panel is in cache: the array path's bits (``ncut._affinity_and_full_rows``), without its
+    separate triangle copy and its passes over the whole matrix.
+    """
+    kernels = _kernels()
+    lo, hi = (m.dtype.type(v) for v in kernels["extremes"](m))  # numba hands back Python floats
+    span = hi - lo  # in float32, as the array path's
+    if not span > 0:
+        return None
+    return m, kernels["power"](m, lo, span, int(exponent), MIRROR_TILE)
 
 
 def gather(a: np.ndarray, ids: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
@@ -193,13 +271,43 @@ def lowest_ncut(
     return int(k), float(value)
 
 
+@functools.lru_cache(maxsize=1)
+def _ssymv() -> Any:
+    """scipy's BLAS ``ssymv`` (the one ``scipy.linalg.blas.ssymv`` calls) as a ctypes function."""
+    from numba.extending import get_cython_function_address
+
+    pointer = ctypes.c_void_p
+    signature = ctypes.CFUNCTYPE(None, *[pointer] * 10)
+    return signature(get_cython_function_address("scipy.linalg.cython_blas", "ssymv"))
+
+
+def lanczos_step(
+    a: np.ndarray, scale: np.ndarray, u: np.ndarray
+) -> Callable[[np.ndarray, int, float], tuple[float, float]]:
+    """``step(basis, j, beta_prev) -> (alpha, beta)``: one Lanczos step on ``S A S - 2 u uᵀ`` (float32,
+    ``a`` C-ordered and exactly symmetric), writing the next basis row unless ``beta`` is 0."""
+    kernel = _kernels()["lanczos"]
+    n = a.shape[0]
+    symv, a_t = _ssymv(), a.T  # the column-major view ?symv reads; its upper triangle, as scipy.linalg.blas.ssymv
+    scale, u = np.ascontiguousarray(scale, np.float32), np.ascontiguousarray(u, np.float32)
+    scratch = np.empty((2, n), np.float32)
+    ints, ones, uplo = np.array([n, n, 1], np.int32), np.array([1.0, 0.0], np.float32), np.frombuffer(b"U", np.uint8)
+
+    def step(basis: np.ndarray, j: int, beta_prev: float) -> tuple[float, float]:
+        return kernel(symv, a_t, scale, u, basis, j, beta_prev, scratch, ints, ones, uplo)
+
+    return step
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) the loops on a tiny input, outside any timing."""
     if not available():
         return
     a = np.ones((2, 2), np.float32)
     ids = np.arange(2)
-    scaled_power(a.copy(), 0.0, 1.0, 2)
+    affinity_from_lower(np.array([[1.0, 0.0], [0.5, 1.0]], np.float32), 2)
     gather(a, ids)
     bin_sums(a, ids, 2)
     lowest_ncut(a, np.ones(2), np.ones(2, np.int64), 2.0, 2, 1)
+    basis = np.eye(2, dtype=np.float32)
+    lanczos_step(a, np.ones(2, np.float32), basis[1])(basis, 0, 0.0)

@@ -293,8 +293,9 @@ class Extras:
     bin_totals(a, d, bins, nbins) -> see :func:`bin_totals` (None: the dense one-hot products).
     submatrix(a, ids, overwrite) -> ``a[ids][:, ids]``, in ``a``'s memory if ``overwrite`` and it can
         (None: two ``take``).
-    scaled_power(w, lo, span, alpha) -> ``w <- ((w - lo) / span) ** alpha`` in place, returning the
-        rows left without an exact zero; None where it cannot (then the caller's array path runs).
+    affinity(x, alpha) -> ``(minmax(x xᵀ) ** alpha, rows without an exact zero)`` of unit tokens ``x``,
+        ``(None, None)`` when all products are equal; None where it cannot (then ``ncut``'s array
+        path runs, with the same bits).
     lowest_ncut(g, bin_volume, bin_count, total_volume, n, min_size) -> (k, NCut_k) as
         ``ncut._lowest_ncut`` computes it, or None where it cannot (then that runs).
     """
@@ -308,7 +309,7 @@ class Extras:
     gram: Callable[[Any], Any] | None = None
     bin_totals: Callable[[Any, Any, Any, int], tuple[Any, Any, Any]] | None = None
     submatrix: Callable[[Any, Any, bool], Any] | None = None
-    scaled_power: Callable[[Any, Any, Any, float], Any | None] | None = None
+    affinity: Callable[[Any, float], tuple[Any, Any] | None] | None = None
     lowest_ncut: Callable[..., tuple[int, float] | None] | None = None
 
 
@@ -370,11 +371,18 @@ def _numpy_extras() -> Extras:
         # (2-core Xeon, one thread: 10.9 vs 12.6 ms at 1024x1280, 182 vs 230 ms at 4096x1280).
         # float32 only: there the bits were checked equal to numpy's at every size (float64's dsyrk
         # differs from numpy's choice in the last bit at some sizes).
-        if x.ndim != 2 or x.dtype != np.float32 or not x.flags.c_contiguous:
+        if not _syrk_takes(x):
             return x @ x.T
-        m = scipy.linalg.blas.ssyrk(1.0, x.T, trans=1).T  # C-ordered view; its lower triangle holds the products
+        m = _gram_lower(x)
         _mirror_lower(m, GRAM_TILE)
         return m
+
+    def affinity(x: Any, alpha: float) -> tuple[Any, Any] | None:
+        exponent = ncut_kernel.integer_exponent(alpha)
+        if exponent is None or not _syrk_takes(x) or not ncut_kernel.available():
+            return None
+        found = ncut_kernel.affinity_from_lower(_gram_lower(x), exponent)
+        return (None, None) if found is None else found
 
     def bin_totals(a: Any, d: Any, bins: Any, nbins: int) -> tuple[Any, Any, Any]:
         volumes, counts = np.bincount(bins, weights=d, minlength=nbins), np.bincount(bins, minlength=nbins)
@@ -394,12 +402,6 @@ def _numpy_extras() -> Extras:
             return ncut_kernel.gather(a, ids, overwrite=overwrite)
         return np.take(np.take(a, ids, axis=0), ids, axis=1)
 
-    def scaled_power(w: Any, lo: Any, span: Any, alpha: float) -> Any | None:
-        exponent = ncut_kernel.integer_exponent(alpha)
-        if exponent is None or not _kernel_takes(w):
-            return None
-        return ncut_kernel.scaled_power(w, lo, span, exponent)
-
     def lowest_ncut(
         g: Any, bin_volume: Any, bin_count: Any, total_volume: Any, n: int, min_size: int
     ) -> tuple[int, float] | None:
@@ -417,9 +419,22 @@ def _numpy_extras() -> Extras:
         gram=gram,
         bin_totals=bin_totals,
         submatrix=submatrix,
-        scaled_power=scaled_power,
+        affinity=affinity,
         lowest_ncut=lowest_ncut,
     )
+
+
+def _syrk_takes(x: np.ndarray) -> bool:
+    """Whether BLAS ?syrk computes ``x xᵀ`` here with numpy's bits (float32, C-ordered rows)."""
+    return x.ndim == 2 and x.dtype == np.float32 and x.flags.c_contiguous
+
+
+def _gram_lower(x: np.ndarray) -> np.ndarray:
+    """``x xᵀ`` by BLAS ?syrk as a C-ordered (n, n) view whose lower triangle holds the products
+    (the upper one is not written)."""
+    import scipy.linalg.blas
+
+    return scipy.linalg.blas.ssyrk(1.0, x.T, trans=1).T
 
 
 def _kernel_takes(a: np.ndarray) -> bool:
@@ -522,7 +537,8 @@ def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> E
     (``tol = 0``: the dtype's unit roundoff, as ARPACK). For the one extreme pair NCut needs, this
     stops as soon as the pair has converged, where ARPACK's restarts build at least ``ncv`` products
     per node and discard some: 8-35 products a node instead of 22-42 (NCut at 32x32 and 64x64), with
-    less Python per product. The basis vectors are the rows of one preallocated array.
+    less Python per product. The basis vectors are the rows of one preallocated array; each step is
+    :func:`_lanczos_step`'s.
     """
     n = v0.shape[0]
     dtype = v0.dtype
@@ -530,18 +546,11 @@ def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> E
     steps = min(n, LANCZOS_MAX_STEPS)
     basis = np.empty((steps, n), dtype=dtype)
     basis[0] = v0 / np.linalg.norm(v0)
+    step = _lanczos_step(matvec, dtype)
     alphas: list[float] = []
     betas: list[float] = []
     for j in range(steps):
-        q = basis[j]
-        w = matvec(q)
-        alpha = float(q @ w)
-        w -= dtype.type(alpha) * q
-        if j:
-            w -= dtype.type(betas[-1]) * basis[j - 1]
-        done = basis[: j + 1]
-        w -= (done @ w) @ done  # full reorthogonalisation: float32 Lanczos loses it within steps
-        beta = float(np.sqrt(w @ w))  # np.linalg.norm's own arithmetic, without its Python
+        alpha, beta = step(basis, j, betas[-1] if j else 0.0)
         alphas.append(alpha)
         betas.append(beta)
         last = j + 1 == steps
@@ -551,11 +560,45 @@ def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> E
             # beta == 0: the Krylov space is invariant, the pair exact (also every step of a full space).
             estimate = beta * abs(s[-1])  # ||M v - theta v|| for the unit Ritz vector v
             if estimate <= tol * abs(theta) or beta == 0.0 or j + 1 == n:
-                return EigenPair(theta, s.astype(dtype) @ done, estimate)
+                return EigenPair(theta, s.astype(dtype) @ basis[: j + 1], estimate)
         if last or beta == 0.0:
             break
-        basis[j + 1] = w / dtype.type(beta)
     return None
+
+
+def _lanczos_step(matvec: Callable, dtype: np.dtype) -> Callable[[np.ndarray, int, float], tuple[float, float]]:
+    """``step(basis, j, beta_prev) -> (alpha, beta)``: Lanczos step ``j`` -- the product, the three-term
+    recurrence, full reorthogonalisation (float32 Lanczos loses orthogonality within steps) -- writing
+    basis row ``j + 1`` unless ``beta`` is 0 or the basis is full.
+
+    On NCut's deflated float32 operator with numba here, one compiled call does the step
+    (:func:`diffcut_edge.runtime.ncut_kernel.lanczos_step`): some 18 array calls, ~30 us of a step's
+    Python, become one. The same operations in the same order; its dot products are scipy's BLAS
+    where these are numpy's, so vectors agree to float32 rounding (partitions: tests/runtime/test_ncut_kernel.py).
+    """
+    if (
+        isinstance(matvec, DeflatedOperator)
+        and dtype == np.float32
+        and _kernel_takes(matvec.matrix)
+        and matvec.matrix.shape[0] == matvec.matrix.shape[1]
+    ):
+        return ncut_kernel.lanczos_step(matvec.matrix, matvec.scale, matvec.u)
+
+    def step(basis: np.ndarray, j: int, beta_prev: float) -> tuple[float, float]:
+        q = basis[j]
+        w = matvec(q)
+        alpha = float(q @ w)
+        w -= dtype.type(alpha) * q
+        if j:
+            w -= dtype.type(beta_prev) * basis[j - 1]
+        done = basis[: j + 1]
+        w -= (done @ w) @ done
+        beta = float(np.sqrt(w @ w))  # np.linalg.norm's own arithmetic, without its Python
+        if beta != 0.0 and j + 1 < basis.shape[0]:
+            basis[j + 1] = w / dtype.type(beta)
+        return alpha, beta
+
+    return step
 
 
 def _top_tridiagonal_pair(diagonal: np.ndarray, off_diagonal: np.ndarray) -> tuple[float, np.ndarray]:
@@ -606,11 +649,12 @@ def bin_totals(a: Any, d: Any, bins: Any, nbins: int) -> tuple[Any, Any, Any]:
     return onehot.T @ (a @ onehot), xp.astype(member, d.dtype).T @ d, xp.sum(xp.astype(member, xp.int64), axis=0)
 
 
-def scaled_power(w: Any, lo: Any, span: Any, alpha: float) -> Any | None:
-    """``w <- ((w - lo) / span) ** alpha`` in place by the namespace's compiled loop, returning which
-    rows hold no exact zero; None (``w`` untouched) where there is none for this input."""
-    make = extras(get_xp(w)).scaled_power
-    return None if make is None else make(w, lo, span, alpha)
+def compiled_affinity(x: Any, alpha: float) -> tuple[Any, Any] | None:
+    """``(minmax(x xᵀ) ** alpha, rows without an exact zero)`` of unit tokens by the namespace's
+    compiled loops (``(None, None)``: all products equal); None where there are none, and then
+    ``ncut._affinity_and_full_rows``'s array path gives the same bits."""
+    make = extras(get_xp(x)).affinity
+    return None if make is None else make(x, alpha)
 
 
 def lowest_ncut(
@@ -622,14 +666,23 @@ def lowest_ncut(
     return None if make is None else make(g, bin_volume, bin_count, total_volume, n, min_size)
 
 
-def deflated_matvec(matrix: Any, scale: Any, u: Any) -> Callable[[Any], Any]:
-    """x -> (S A S - 2 u uᵀ) x, S = diag(scale), forming neither term; ``matrix`` exactly symmetric."""
-    product = symmetric_product(matrix)
+@dataclass(frozen=True)
+class DeflatedOperator:
+    """x -> (S A S - 2 u uᵀ) x, S = diag(scale), forming neither term; ``matrix`` exactly symmetric.
+    A value (not a closure) so a solver can see the matrix it applies (the host's compiled Lanczos step)."""
 
-    def matvec(x: Any) -> Any:
-        return scale * product(scale * x) - (2 * (u @ x)) * u
+    matrix: Any
+    scale: Any
+    u: Any
+    product: Callable[[Any], Any]
 
-    return matvec
+    def __call__(self, x: Any) -> Any:
+        return self.scale * self.product(self.scale * x) - (2 * (self.u @ x)) * self.u
+
+
+def deflated_matvec(matrix: Any, scale: Any, u: Any) -> DeflatedOperator:
+    """The operator ``x -> (S A S - 2 u uᵀ) x`` (:class:`DeflatedOperator`), with the namespace's fastest product."""
+    return DeflatedOperator(matrix, scale, u, symmetric_product(matrix))
 
 
 def eigsh_largest(matvec: Callable[[Any], Any], v0: Any, tol: float) -> EigenPair | None:

@@ -21,26 +21,30 @@ def _gram(seed: int, n: int = 150) -> np.ndarray:
     return rt_xp.gram(x)
 
 
+def _unit(seed: int, n: int) -> np.ndarray:
+    return ncut.normalize_tokens(np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32))
+
+
 @pytest.mark.parametrize("exponent", [1, 2, 3, 10, 64])
-def test_scaled_power_is_the_array_paths_bits(monkeypatch, exponent):
-    w = _gram(exponent)
-    lo, hi = w.min(), w.max()
-    compiled = w.copy()
-    rows = rt_xp.scaled_power(compiled, lo, hi - lo, float(exponent))
+@pytest.mark.parametrize("n", [1, 63, 64, 150, 200])  # panels of 64 rows: one short, one exact, several
+def test_affinity_is_the_array_paths_bits(monkeypatch, exponent, n):
+    x = _unit(exponent + n, n)
+    compiled = rt_xp.compiled_affinity(x, float(exponent))
     monkeypatch.setenv(ncut_kernel.ENV, "numpy")
-    assert rt_xp.scaled_power(w.copy(), lo, hi - lo, float(exponent)) is None  # switched off: the caller's path
-    array = ncut._power((w - lo) / (hi - lo), exponent)
-    np.testing.assert_array_equal(compiled, array)
-    np.testing.assert_array_equal(rows, ~(array == 0).any(axis=1))
-    if exponent == 10:
-        assert 0 < (~rows).sum() < w.shape[0]  # both kinds of rows: the zero-row quirk is exercised
+    assert rt_xp.compiled_affinity(x, float(exponent)) is None  # switched off: ncut's array path
+    if n == 1:  # one product: all equal, one segment
+        assert compiled == (None, None) and ncut._affinity_and_full_rows(x, exponent) is None
+        return
+    array, array_rows = ncut._affinity_and_full_rows(x, float(exponent))
+    np.testing.assert_array_equal(compiled[0], array)  # both triangles: the copied one too
+    np.testing.assert_array_equal(compiled[1], array_rows)
+    np.testing.assert_array_equal(array_rows, ~(array == 0).any(axis=1))
+    if exponent == 10 and n >= 150:
+        assert 0 < (~array_rows).sum() < n  # both kinds of rows: the zero-row quirk is exercised
 
 
 def test_a_fractional_exponent_is_left_to_the_array_path():
-    w = _gram(0)
-    before = w.copy()
-    assert rt_xp.scaled_power(w, w.min(), w.max() - w.min(), 2.5) is None
-    np.testing.assert_array_equal(w, before)  # untouched
+    assert rt_xp.compiled_affinity(_unit(0, 40), 2.5) is None
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -105,3 +109,28 @@ def test_lowest_ncut_is_the_array_paths_pick_and_value():
         assert compiled == ncut._lowest_ncut(*args)  # the same index and the same float64 bits
     nothing = (np.zeros((101, 101), np.float32), np.zeros(101), np.zeros(101, np.int64), 0.0, 0, 1)
     assert rt_xp.lowest_ncut(*nothing) == ncut._lowest_ncut(*nothing) == (0, np.inf)  # no valid cut
+
+
+def test_compiled_lanczos_step_follows_the_numpy_step():
+    # The same operations in the same order; only the dot products come from scipy's BLAS instead
+    # of numpy's, so the two agree to float32 rounding, step by step and in the converged pair.
+    a = ncut.affinity(_unit(5, 300), 10.0)
+    d = a.sum(axis=1, dtype=np.float64)
+    u = np.sqrt(d) / np.linalg.norm(np.sqrt(d))
+    operator = rt_xp.deflated_matvec(a, (1 / np.sqrt(d)).astype(np.float32), u.astype(np.float32))
+    v0 = np.random.default_rng(0).standard_normal(300).astype(np.float32)
+    compiled_step = rt_xp._lanczos_step(operator, np.dtype(np.float32))
+    numpy_step = rt_xp._lanczos_step(lambda x: operator(x), np.dtype(np.float32))  # a closure: numpy's
+    assert compiled_step.__module__ == ncut_kernel.__name__ and numpy_step.__module__ == rt_xp.__name__
+    first = np.zeros((6, 300), np.float32)
+    first[0] = v0 / np.linalg.norm(v0)
+    second = first.copy()
+    for j in range(5):
+        ours = compiled_step(first, j, 0.5)
+        theirs = numpy_step(second, j, 0.5)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+        np.testing.assert_allclose(first[j + 1], second[j + 1], atol=1e-5)
+    pair = rt_xp._lanczos_reorthogonalised(operator, v0, 0.0)
+    reference = rt_xp._lanczos_reorthogonalised(lambda x: operator(x), v0, 0.0)
+    assert pair.value == pytest.approx(reference.value, rel=1e-6)
+    assert abs(pair.vector @ reference.vector) == pytest.approx(1.0, abs=1e-5)
