@@ -34,6 +34,8 @@ from diffcut_edge import lazy
 ENV = "DIFFCUT_NCUT_KERNEL"  # "numpy": always the array path (comparisons, debugging)
 # Largest integer exponent taken by repeated squaring (ncut._power's bound): 7 squarings at most.
 MAX_INTEGER_EXPONENT = 64
+# Rows per panel of the affinity's min/max: the triangles of the diagonal blocks take the compiled loop.
+EXTREMES_PANEL = 256
 # Rows per panel of the affinity's triangle copy (64 rows: their cache lines at the copied columns stay in L1).
 MIRROR_TILE = 64
 
@@ -58,10 +60,8 @@ def _kernels() -> dict[str, Any]:
         return _KERNELS
     njit = lazy.numba.njit
 
-    @njit(cache=True, fastmath=True, nogil=True)
+    @njit(cache=True, nogil=True)
     def lower_extremes(m):  # pragma: no cover - compiled
-        # fastmath lets the min/max reductions vectorise; a minimum is exact in any order, and the
-        # products of finite unit tokens are finite (no NaN for the no-NaN assumption to break).
         lo, hi = m[0, 0], m[0, 0]
         for i in range(m.shape[0]):
             row = m[i]
@@ -231,11 +231,29 @@ def affinity_from_lower(m: np.ndarray, exponent: int) -> tuple[np.ndarray, np.nd
     separate triangle copy and its passes over the whole matrix.
     """
     kernels = _kernels()
-    lo, hi = (m.dtype.type(v) for v in kernels["extremes"](m))  # numba hands back Python floats
+    lo, hi = _lower_extremes(m, kernels["extremes"])
     span = hi - lo  # in float32, as the array path's
     if not span > 0:
         return None
     return m, kernels["power"](m, lo, span, int(exponent), MIRROR_TILE)
+
+
+def _lower_extremes(m: np.ndarray, diagonal_extremes: Callable) -> tuple[np.generic, np.generic]:
+    """The smallest and largest entries of the lower triangle of square ``m`` (as ``m``'s scalars).
+
+    A minimum is exact in any order: numpy's vectorised reductions take the rectangles left of
+    each diagonal block, the compiled loop (which does not vectorise) only the blocks' triangles.
+    """
+    n = m.shape[0]
+    lo, hi = (m.dtype.type(v) for v in diagonal_extremes(m[:1, :1]))
+    for r0 in range(0, n, EXTREMES_PANEL):
+        r1 = min(n, r0 + EXTREMES_PANEL)
+        block_lo, block_hi = diagonal_extremes(m[r0:r1, r0:r1])
+        lo, hi = min(lo, m.dtype.type(block_lo)), max(hi, m.dtype.type(block_hi))
+        if r0:
+            left = m[r0:r1, :r0]
+            lo, hi = min(lo, left.min()), max(hi, left.max())
+    return lo, hi
 
 
 def gather(a: np.ndarray, ids: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
