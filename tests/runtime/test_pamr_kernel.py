@@ -110,3 +110,28 @@ def test_starting_the_kernels_keeps_the_apps_openmp_threads():
     torch_threads, numba_threads, used = map(int, proc.stdout.split())
     assert torch_threads == 1
     assert used == numba_threads  # numba's pool still runs its own count
+
+
+def test_compiled_loops_are_loaded_from_numbas_cache_in_the_next_process(tmp_path):
+    """Each process compiled the PAMR loops again (~7 s at each Segmenter open) while their helpers were
+    closure cells; the second process must find every loop, PAMR's and NCut's, in numba's disk cache."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from diffcut_edge.runtime import ncut_kernel, pamr_kernel, xp\n"
+        "xp.warm_up_host()\n"
+        "loops = list(pamr_kernel._KERNELS.values()) + list(ncut_kernel._KERNELS.values())\n"
+        "print(sum(sum(f.stats.cache_hits.values()) for f in loops), "
+        "sum(sum(f.stats.cache_misses.values()) for f in loops))\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.append(tuple(map(int, proc.stdout.split())))
+    (_, first_misses), (second_hits, second_misses) = runs
+    assert first_misses > 0  # a fresh cache: compiled there
+    assert second_misses == 0 and second_hits >= first_misses
