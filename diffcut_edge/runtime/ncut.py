@@ -38,6 +38,7 @@ from diffcut_edge.runtime.xp import (
     as_array,
     bin_totals,
     compiled_affinity,
+    compiled_unit_rows,
     deflated_matvec,
     device_of,
     eigen_residual,
@@ -199,6 +200,9 @@ def unit_tokens(features: Any, grid: tuple[int, int]) -> Tokens:
 
 def unit_rows(x: Any) -> Any:
     """The float32 rows of (N, C) ``x``, checked finite and L2-normalised (no grid involved)."""
+    compiled = compiled_unit_rows(x, NORM_EPS)  # one pass, where there is a compiled loop
+    if compiled is not None:
+        return compiled
     xp = get_xp(x)
     with np.errstate(over="ignore", invalid="ignore"):  # numpy's warnings; overflow is handled below
         norms = xp.linalg.vector_norm(x, axis=1, keepdims=True)

@@ -1,8 +1,10 @@
-"""Four steps of the host NCut as compiled loops (numba), each giving the array path's bits exactly.
+"""Steps of the host NCut as compiled loops (numba), each giving the array path's bits exactly.
 
 The numpy path streams every (n, n) pass through numpy's element-wise calls; these loops do each pass
 in one sweep of the rows, one thread (the NCut runs its BLAS on one thread too):
 
+- :func:`unit_rows`: the tokens' L2 normalisation, norm (numpy's pairwise float32 sum) and division in
+  one pass over the rows;
 - :func:`affinity_from_lower`: ``((w - lo) / span) ** e`` for an integer ``e`` on the lower triangle
   BLAS ?syrk fills, by the same repeated squaring as :func:`diffcut_edge.runtime.ncut._power`, mirrored
   onto the upper one panel by panel, noting which rows keep no exact zero;
@@ -209,7 +211,58 @@ def _kernels() -> dict[str, Any]:
                 following[i] = w[i] / b32
         return alpha, beta
 
+    @njit(cache=True, fastmath=False, nogil=True)
+    def pairwise_sum(a, lo, n):  # pragma: no cover - compiled
+        # numpy's pairwise summation (loops_utils.h: 8 accumulators up to 128 elements, halves above),
+        # which np.linalg.vector_norm's float32 reduction uses: the same bits.
+        if n < 8:
+            total = a.dtype.type(0.0)
+            for i in range(n):
+                total += a[lo + i]
+            return total
+        if n <= 128:
+            r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+            r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+            i = 8
+            while i < n - n % 8:
+                r0 += a[lo + i]
+                r1 += a[lo + i + 1]
+                r2 += a[lo + i + 2]
+                r3 += a[lo + i + 3]
+                r4 += a[lo + i + 4]
+                r5 += a[lo + i + 5]
+                r6 += a[lo + i + 6]
+                r7 += a[lo + i + 7]
+                i += 8
+            total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+            while i < n:
+                total += a[lo + i]
+                i += 1
+            return total
+        half = n // 2
+        half -= half % 8
+        return pairwise_sum(a, lo, half) + pairwise_sum(a, lo + half, n - half)
+
+    @njit(cache=True, fastmath=False, nogil=True)
+    def unit_rows_kernel(x, eps):  # pragma: no cover - compiled
+        n, c = x.shape
+        out = np.empty((n, c), dtype=np.float32)
+        squares = np.empty(c, dtype=np.float32)
+        for i in range(n):
+            row = x[i]
+            for j in range(c):
+                squares[j] = row[j] * row[j]
+            norm = np.sqrt(pairwise_sum(squares, 0, c))
+            if not np.isfinite(norm):
+                return out, False
+            norm = max(norm, eps)
+            dst = out[i]
+            for j in range(c):
+                dst[j] = row[j] / norm
+        return out, True
+
     _KERNELS.update(
+        unit=unit_rows_kernel,
         lanczos=lanczos_step,
         extremes=lower_extremes,
         power=power_lower_and_mirror,
@@ -254,6 +307,13 @@ def _lower_extremes(m: np.ndarray, diagonal_extremes: Callable) -> tuple[np.gene
             left = m[r0:r1, :r0]
             lo, hi = min(lo, left.min()), max(hi, left.max())
     return lo, hi
+
+
+def unit_rows(x: np.ndarray, eps: float) -> np.ndarray | None:
+    """``x / max(||x||, eps)`` row by row of float32 (n, c) ``x`` in one pass (numpy's norm and division
+    bits), or None when a row's float32 norm is not finite (then the array path checks and copes)."""
+    out, finite = _kernels()["unit"](x, np.float32(eps))
+    return out if finite else None
 
 
 def gather(a: np.ndarray, ids: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
@@ -324,6 +384,7 @@ def warm_up() -> None:
     a = np.ones((2, 2), np.float32)
     ids = np.arange(2)
     affinity_from_lower(np.array([[1.0, 0.0], [0.5, 1.0]], np.float32), 2)
+    unit_rows(a, 1e-12)
     gather(a, ids)
     bin_sums(a, ids, 2)
     lowest_ncut(a, np.ones(2), np.ones(2, np.int64), 2.0, 2, 1)

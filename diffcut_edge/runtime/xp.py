@@ -296,6 +296,8 @@ class Extras:
     affinity(x, alpha) -> ``(minmax(x xᵀ) ** alpha, rows without an exact zero)`` of unit tokens ``x``,
         ``(None, None)`` when all products are equal; None where it cannot (then ``ncut``'s array
         path runs, with the same bits).
+    unit_rows(x, eps) -> ``x / max(||x||, eps)`` row by row (float32), or None where it cannot or a norm
+        is not finite (then ``ncut.unit_rows``'s array path runs, with the same bits).
     lowest_ncut(g, bin_volume, bin_count, total_volume, n, min_size) -> (k, NCut_k) as
         ``ncut._lowest_ncut`` computes it, or None where it cannot (then that runs).
     """
@@ -311,6 +313,7 @@ class Extras:
     submatrix: Callable[[Any, Any, bool], Any] | None = None
     affinity: Callable[[Any, float], tuple[Any, Any] | None] | None = None
     lowest_ncut: Callable[..., tuple[int, float] | None] | None = None
+    unit_rows: Callable[[Any, float], Any | None] | None = None
 
 
 def extras(xp: Any) -> Extras:
@@ -421,6 +424,7 @@ def _numpy_extras() -> Extras:
         submatrix=submatrix,
         affinity=affinity,
         lowest_ncut=lowest_ncut,
+        unit_rows=lambda x, eps: ncut_kernel.unit_rows(x, eps) if _kernel_takes(x) else None,
     )
 
 
@@ -647,6 +651,13 @@ def bin_totals(a: Any, d: Any, bins: Any, nbins: int) -> tuple[Any, Any, Any]:
     member = bins[:, None] == xp.arange(nbins, device=device_of(a))[None, :]
     onehot = xp.astype(member, a.dtype)
     return onehot.T @ (a @ onehot), xp.astype(member, d.dtype).T @ d, xp.sum(xp.astype(member, xp.int64), axis=0)
+
+
+def compiled_unit_rows(x: Any, eps: float) -> Any | None:
+    """``x / max(||x||, eps)`` row by row by the namespace's compiled loop; None where there is none or a
+    norm is not finite (then ``ncut.unit_rows``'s array path, the same bits where both run)."""
+    make = extras(get_xp(x)).unit_rows
+    return None if make is None else make(x, eps)
 
 
 def compiled_affinity(x: Any, alpha: float) -> tuple[Any, Any] | None:

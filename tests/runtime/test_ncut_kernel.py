@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from diffcut_edge import lazy
+from diffcut_edge.errors import DiffCutError
 from diffcut_edge.runtime import ncut, ncut_kernel, recursive_ncut
 from diffcut_edge.runtime import xp as rt_xp
 from helpers.runtime_planted import planted_case
@@ -134,3 +135,27 @@ def test_compiled_lanczos_step_follows_the_numpy_step():
     reference = rt_xp._lanczos_reorthogonalised(lambda x: operator(x), v0, 0.0)
     assert pair.value == pytest.approx(reference.value, rel=1e-6)
     assert abs(pair.vector @ reference.vector) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 7, 8, 9, 128, 129, 640, 1280, 1281])
+def test_unit_rows_are_the_array_paths_bits(monkeypatch, channels):
+    # numpy's float32 norm sums the squares pairwise (8 accumulators, halves above 128): any other
+    # order shows in the last bits at these widths, and every later step reads these tokens.
+    rng = np.random.default_rng(channels)
+    x = (rng.standard_normal((40, channels)) * rng.uniform(1e-3, 1e3, (40, 1))).astype(np.float32)
+    x[3] = 0  # a zero token stays zero
+    compiled = ncut.unit_rows(x)
+    assert rt_xp.compiled_unit_rows(x, ncut.NORM_EPS) is not None  # the compiled loop ran
+    monkeypatch.setenv(ncut_kernel.ENV, "numpy")
+    np.testing.assert_array_equal(compiled, ncut.unit_rows(x))
+    assert not compiled[3].any()
+
+
+def test_unit_rows_whose_norm_overflows_go_to_the_array_path():
+    x = np.ones((3, 4), np.float32)
+    x[1] = [3e20, -4e20, 0, 0]  # finite, but the float32 sum of its squares is inf
+    assert rt_xp.compiled_unit_rows(x, ncut.NORM_EPS) is None
+    np.testing.assert_allclose(ncut.unit_rows(x)[1], [0.6, -0.8, 0, 0], rtol=1e-6)  # the array path's float64 norm
+    x[2, 0] = np.nan
+    with pytest.raises(DiffCutError, match="NaN or inf"):
+        ncut.unit_rows(x)
