@@ -27,6 +27,7 @@ import ctypes
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,7 @@ def _kernels() -> dict[str, Any]:
 
     _KERNELS.update(
         unit=ncut_loops.unit_rows_kernel,
-        lanczos=ncut_loops.lanczos_step,
+        solve=ncut_loops.lanczos_solve,
         extremes=ncut_loops.lower_extremes,
         power=ncut_loops.power_lower_and_mirror,
         gather=ncut_loops.gather_square,
@@ -152,32 +153,72 @@ def lowest_ncut(
     return int(k), float(value)
 
 
-@functools.lru_cache(maxsize=1)
-def _ssymv() -> Any:
-    """scipy's BLAS ``ssymv`` (the one ``scipy.linalg.blas.ssymv`` calls) as a ctypes function."""
+def _cython_function(module: str, name: str, arguments: int) -> Any:
+    """Routine ``name`` of scipy's ``cython_blas`` / ``cython_lapack`` (what scipy.linalg.blas/lapack call)
+    as a ctypes function of ``arguments`` pointers, which numba calls without holding it in its cache key."""
     from numba.extending import get_cython_function_address
 
-    pointer = ctypes.c_void_p
-    signature = ctypes.CFUNCTYPE(None, *[pointer] * 10)
-    return signature(get_cython_function_address("scipy.linalg.cython_blas", "ssymv"))
+    signature = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * arguments)
+    return signature(get_cython_function_address(f"scipy.linalg.cython_{module}", name))
 
 
-def lanczos_step(
-    a: np.ndarray, scale: np.ndarray, u: np.ndarray
-) -> Callable[[np.ndarray, int, float], tuple[float, float]]:
-    """``step(basis, j, beta_prev) -> (alpha, beta)``: one Lanczos step on ``S A S - 2 u uᵀ`` (float32,
-    ``a`` C-ordered and exactly symmetric), writing the next basis row unless ``beta`` is 0."""
-    kernel = _kernels()["lanczos"]
-    n = a.shape[0]
-    symv, a_t = _ssymv(), a.T  # the column-major view ?symv reads; its upper triangle, as scipy.linalg.blas.ssymv
-    scale, u = np.ascontiguousarray(scale, np.float32), np.ascontiguousarray(u, np.float32)
-    scratch = np.empty((2, n), np.float32)
-    ints, ones, uplo = np.array([n, n, 1], np.int32), np.array([1.0, 0.0], np.float32), np.frombuffer(b"U", np.uint8)
+@functools.lru_cache(maxsize=1)
+def _routines() -> tuple[Any, Any, Any]:
+    """scipy's ``ssymv``, ``dstebz`` and ``dstein``."""
+    return (
+        _cython_function("blas", "ssymv", 10),
+        _cython_function("lapack", "dstebz", 18),
+        _cython_function("lapack", "dstein", 13),
+    )
 
-    def step(basis: np.ndarray, j: int, beta_prev: float) -> tuple[float, float]:
-        return kernel(symv, a_t, scale, u, basis, j, beta_prev, scratch, ints, ones, uplo)
 
-    return step
+@dataclass(frozen=True)
+class _Operator:
+    """NCut's deflated operator ``S A S - 2 u uᵀ`` as the compiled Lanczos takes it (float32)."""
+
+    a_t: np.ndarray  # the column-major view ?symv reads (its upper triangle, as scipy.linalg.blas.ssymv)
+    scale: np.ndarray
+    u: np.ndarray
+    scratch: np.ndarray
+    ints: np.ndarray  # ?symv's n, lda, inc
+    ones: np.ndarray  # ?symv's alpha = 1, beta = 0
+    uplo: np.ndarray
+
+    @classmethod
+    def of(cls, a: np.ndarray, scale: np.ndarray, u: np.ndarray) -> _Operator:
+        n = a.shape[0]
+        return cls(
+            a.T,
+            np.ascontiguousarray(scale, np.float32),
+            np.ascontiguousarray(u, np.float32),
+            np.empty((2, n), np.float32),
+            np.array([n, n, 1], np.int32),
+            np.array([1.0, 0.0], np.float32),
+            np.frombuffer(b"U", np.uint8),
+        )
+
+    def arguments(self) -> tuple:
+        return self.a_t, self.scale, self.u
+
+    def step_tail(self) -> tuple:
+        return self.scratch, self.ints, self.ones, self.uplo
+
+
+def lanczos_solve(
+    a: np.ndarray, scale: np.ndarray, u: np.ndarray, basis: np.ndarray, tol: float, first_test: int, test_every: int
+) -> tuple[int, int, float, np.ndarray, float]:
+    """``xp._lanczos_reorthogonalised``'s whole loop as one compiled call on ``S A S - 2 u uᵀ``, the first
+    basis row set: ``(status, steps, theta, Ritz coefficients, estimate)``; status 0 converged, 1 not
+    within ``basis``'s rows, 2 the tridiagonal LAPACK solve failed."""
+    symv, stebz, stein = _routines()
+    op = _Operator.of(a, scale, u)
+    lapack_ints = np.zeros(8, np.int32)
+    lapack_doubles = np.array([0.0, 1.0, 0.0])  # vl, vu (unused for a range by index), abstol: scipy's values
+    status, steps, theta, coefficients, estimate = _kernels()["solve"](
+        symv, stebz, stein, *op.arguments(), basis, float(tol), int(first_test), int(test_every),
+        *op.step_tail(), lapack_ints, lapack_doubles, np.frombuffer(b"IB", np.uint8),
+    )  # fmt: skip
+    return int(status), int(steps), float(theta), coefficients, float(estimate)
 
 
 def warm_up() -> None:
@@ -192,4 +233,4 @@ def warm_up() -> None:
     bin_sums(a, ids, 2)
     lowest_ncut(a, np.ones(2), np.ones(2, np.int64), 2.0, 2, 1)
     basis = np.eye(2, dtype=np.float32)
-    lanczos_step(a, np.ones(2, np.float32), basis[1])(basis, 0, 0.0)
+    lanczos_solve(a, np.ones(2, np.float32), np.array([0.0, 1.0], np.float32), basis, 1e-7, 1, 1)

@@ -248,3 +248,66 @@ def unit_rows_kernel(x, eps):  # pragma: no cover - compiled
         for j in range(c):
             dst[j] = row[j] / norm
     return out, True
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def top_tridiagonal_pair(
+    stebz, stein, d, e, lapack_ints, lapack_doubles, lapack_chars, work, iwork, z
+):  # pragma: no cover
+    # xp._top_tridiagonal_pair's LAPACK calls (?stebz for the largest value by index, then ?stein for its
+    # vector) through scipy's cython_lapack pointers: the same routines on the same inputs, the same bits.
+    # lapack_ints: n, il, iu, m, nsplit, info, ldz, one; lapack_doubles: vl, vu, abstol; lapack_chars: "IB".
+    n = d.shape[0]
+    if n == 1:
+        z[0] = 1.0
+        return d[0], 0
+    ints, doubles, chars = lapack_ints.ctypes.data, lapack_doubles.ctypes.data, lapack_chars.ctypes.data
+    lapack_ints[0], lapack_ints[1], lapack_ints[2] = n, n, n
+    w, iblock, isplit = work[:n], iwork[:n], iwork[n : 2 * n]
+    stebz(
+        chars, chars + 1, ints, doubles, doubles + 8, ints + 4, ints + 8, doubles + 16, d.ctypes.data, e.ctypes.data,
+        ints + 12, ints + 16, w.ctypes.data, iblock.ctypes.data, isplit.ctypes.data,
+        work[n:].ctypes.data, iwork[2 * n :].ctypes.data, ints + 20,
+    )  # fmt: skip
+    if lapack_ints[5] != 0 or lapack_ints[3] != 1:
+        return np.nan, 1
+    theta = w[0]
+    lapack_ints[6], lapack_ints[7] = n, 1
+    stein(
+        ints, d.ctypes.data, e.ctypes.data, ints + 28, w.ctypes.data, iblock.ctypes.data, isplit.ctypes.data,
+        z.ctypes.data, ints + 24, work[n:].ctypes.data, iwork[2 * n :].ctypes.data, iwork[3 * n :].ctypes.data,
+        ints + 20,
+    )  # fmt: skip
+    return theta, lapack_ints[5]
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def lanczos_solve(
+    symv, stebz, stein, a_t, scale, u, basis, tol, first_test, test_every, scratch, ints, ones, uplo,
+    lapack_ints, lapack_doubles, lapack_chars,
+):  # fmt: skip  # pragma: no cover - compiled
+    # xp._lanczos_reorthogonalised's loop, test and stopping rule, every step and test compiled:
+    # status 0 converged (steps, theta, Ritz coefficients, estimate), 1 not within the basis, 2 LAPACK failed.
+    steps, n = basis.shape
+    alphas, betas = np.empty(steps), np.empty(steps)
+    # LAPACK's workspaces for an m x m tridiagonal, m <= steps: w (m) + ?stein's 5m (?stebz's 4m fits);
+    # iblock, isplit (m each) + ?stebz's 3m (?stein's m and ifail fit).
+    work, iwork = np.empty(6 * steps), np.empty(5 * steps + 1, dtype=np.int32)
+    z = np.empty(steps)
+    for j in range(steps):
+        alpha, beta = lanczos_step(symv, a_t, scale, u, basis, j, betas[j - 1] if j else 0.0, scratch, ints, ones, uplo)
+        alphas[j], betas[j] = alpha, beta
+        last = j + 1 == steps
+        scheduled = j + 1 >= first_test and (j + 1 - first_test) % test_every == 0
+        if last or beta == 0.0 or scheduled:
+            theta, info = top_tridiagonal_pair(
+                stebz, stein, alphas[: j + 1], betas[:j], lapack_ints, lapack_doubles, lapack_chars, work, iwork, z
+            )
+            if info != 0:
+                return 2, j + 1, theta, z[: j + 1].copy(), np.inf
+            estimate = beta * abs(z[j])
+            if estimate <= tol * abs(theta) or beta == 0.0 or j + 1 == n:
+                return 0, j + 1, theta, z[: j + 1].copy(), estimate
+        if last or beta == 0.0:
+            break
+    return 1, steps, 0.0, z[:0].copy(), np.inf

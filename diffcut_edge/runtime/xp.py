@@ -541,8 +541,13 @@ def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> E
     (``tol = 0``: the dtype's unit roundoff, as ARPACK). For the one extreme pair NCut needs, this
     stops as soon as the pair has converged, where ARPACK's restarts build at least ``ncv`` products
     per node and discard some: 8-35 products a node instead of 22-42 (NCut at 32x32 and 64x64), with
-    less Python per product. The basis vectors are the rows of one preallocated array; each step is
-    :func:`_lanczos_step`'s.
+    less Python per product. The basis vectors are the rows of one preallocated array.
+
+    On NCut's deflated float32 operator with numba here, the whole loop is one compiled call
+    (:func:`diffcut_edge.runtime.ncut_kernel.lanczos_solve`): the same operations in the same order and
+    the same LAPACK test, where a step's ~18 array calls and the test's argument checks cost ~25 us of
+    Python each (a third of a step at 1024 nodes). Its dot products are scipy's BLAS where the loop
+    below uses numpy's, so the two agree to float32 rounding (tests/runtime/test_ncut_kernel.py).
     """
     n = v0.shape[0]
     dtype = v0.dtype
@@ -550,7 +555,14 @@ def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> E
     steps = min(n, LANCZOS_MAX_STEPS)
     basis = np.empty((steps, n), dtype=dtype)
     basis[0] = v0 / np.linalg.norm(v0)
-    step = _lanczos_step(matvec, dtype)
+    if _compiled_lanczos_takes(matvec, dtype):
+        status, done, theta, s, estimate = ncut_kernel.lanczos_solve(
+            matvec.matrix, matvec.scale, matvec.u, basis, tol, LANCZOS_FIRST_TEST, LANCZOS_TEST_EVERY
+        )
+        if status == 2:
+            raise np.linalg.LinAlgError("LAPACK ?stebz/?stein failed on the Lanczos tridiagonal matrix")
+        return None if status == 1 else EigenPair(theta, s.astype(dtype) @ basis[:done], estimate)
+    step = _lanczos_step(matvec)
     alphas: list[float] = []
     betas: list[float] = []
     for j in range(steps):
@@ -570,26 +582,25 @@ def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> E
     return None
 
 
-def _lanczos_step(matvec: Callable, dtype: np.dtype) -> Callable[[np.ndarray, int, float], tuple[float, float]]:
-    """``step(basis, j, beta_prev) -> (alpha, beta)``: Lanczos step ``j`` -- the product, the three-term
-    recurrence, full reorthogonalisation (float32 Lanczos loses orthogonality within steps) -- writing
-    basis row ``j + 1`` unless ``beta`` is 0 or the basis is full.
-
-    On NCut's deflated float32 operator with numba here, one compiled call does the step
-    (:func:`diffcut_edge.runtime.ncut_kernel.lanczos_step`): some 18 array calls, ~30 us of a step's
-    Python, become one. The same operations in the same order; its dot products are scipy's BLAS
-    where these are numpy's, so vectors agree to float32 rounding (partitions: tests/runtime/test_ncut_kernel.py).
-    """
-    if (
+def _compiled_lanczos_takes(matvec: Callable, dtype: np.dtype) -> bool:
+    """Whether the compiled Lanczos runs this operator: NCut's deflated float32 operator on a C-ordered
+    square host matrix, numba here."""
+    return (
         isinstance(matvec, DeflatedOperator)
         and dtype == np.float32
         and _kernel_takes(matvec.matrix)
         and matvec.matrix.shape[0] == matvec.matrix.shape[1]
-    ):
-        return ncut_kernel.lanczos_step(matvec.matrix, matvec.scale, matvec.u)
+    )
+
+
+def _lanczos_step(matvec: Callable) -> Callable[[np.ndarray, int, float], tuple[float, float]]:
+    """``step(basis, j, beta_prev) -> (alpha, beta)``: Lanczos step ``j`` -- the product, the three-term
+    recurrence, full reorthogonalisation (float32 Lanczos loses orthogonality within steps) -- writing
+    basis row ``j + 1`` unless ``beta`` is 0 or the basis is full."""
 
     def step(basis: np.ndarray, j: int, beta_prev: float) -> tuple[float, float]:
         q = basis[j]
+        dtype = basis.dtype
         w = matvec(q)
         alpha = float(q @ w)
         w -= dtype.type(alpha) * q

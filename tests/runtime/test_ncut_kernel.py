@@ -112,29 +112,35 @@ def test_lowest_ncut_is_the_array_paths_pick_and_value():
     assert rt_xp.lowest_ncut(*nothing) == ncut._lowest_ncut(*nothing) == (0, np.inf)  # no valid cut
 
 
-def test_compiled_lanczos_step_follows_the_numpy_step():
-    # The same operations in the same order; only the dot products come from scipy's BLAS instead
-    # of numpy's, so the two agree to float32 rounding, step by step and in the converged pair.
-    a = ncut.affinity(_unit(5, 300), 10.0)
+def _deflated(n: int, seed: int) -> rt_xp.DeflatedOperator:
+    a = ncut.affinity(_unit(seed, n), 10.0)
     d = a.sum(axis=1, dtype=np.float64)
     u = np.sqrt(d) / np.linalg.norm(np.sqrt(d))
-    operator = rt_xp.deflated_matvec(a, (1 / np.sqrt(d)).astype(np.float32), u.astype(np.float32))
-    v0 = np.random.default_rng(0).standard_normal(300).astype(np.float32)
-    compiled_step = rt_xp._lanczos_step(operator, np.dtype(np.float32))
-    numpy_step = rt_xp._lanczos_step(lambda x: operator(x), np.dtype(np.float32))  # a closure: numpy's
-    assert compiled_step.__module__ == ncut_kernel.__name__ and numpy_step.__module__ == rt_xp.__name__
-    first = np.zeros((6, 300), np.float32)
-    first[0] = v0 / np.linalg.norm(v0)
-    second = first.copy()
-    for j in range(5):
-        ours = compiled_step(first, j, 0.5)
-        theirs = numpy_step(second, j, 0.5)
-        np.testing.assert_allclose(ours, theirs, rtol=1e-5)
-        np.testing.assert_allclose(first[j + 1], second[j + 1], atol=1e-5)
+    return rt_xp.deflated_matvec(a, (1 / np.sqrt(d)).astype(np.float32), u.astype(np.float32))
+
+
+@pytest.mark.parametrize("n", [300, 24, 9])  # 24 and 9: the basis fills up (LAPACK workspaces at their largest)
+def test_compiled_lanczos_follows_the_numpy_loop(n):
+    # The same operations in the same order and the same LAPACK test; only the dot products come from
+    # scipy's BLAS instead of numpy's, so the two agree to float32 rounding.
+    operator = _deflated(n, 5)
+    v0 = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    assert rt_xp._compiled_lanczos_takes(operator, np.dtype(np.float32))
     pair = rt_xp._lanczos_reorthogonalised(operator, v0, 0.0)
-    reference = rt_xp._lanczos_reorthogonalised(lambda x: operator(x), v0, 0.0)
+    reference = rt_xp._lanczos_reorthogonalised(lambda x: operator(x), v0, 0.0)  # a closure: the numpy loop
     assert pair.value == pytest.approx(reference.value, rel=1e-6)
     assert abs(pair.vector @ reference.vector) == pytest.approx(1.0, abs=1e-5)
+    assert pair.residual == pytest.approx(reference.residual, abs=1e-6)
+    assert rt_xp.eigen_residual(operator, pair.value, pair.vector) <= 1e-5
+
+
+def test_compiled_lanczos_that_does_not_converge_hands_over_to_arpack(monkeypatch):
+    operator = _deflated(200, 6)
+    v0 = np.random.default_rng(0).standard_normal(200).astype(np.float32)
+    monkeypatch.setattr(rt_xp, "LANCZOS_MAX_STEPS", 3)
+    assert rt_xp._lanczos_reorthogonalised(operator, v0, 0.0) is None
+    pair = rt_xp.eigsh_largest(operator, v0=v0, tol=0.0)  # ARPACK's answer, measured by NCut
+    assert pair.residual is None and rt_xp.eigen_residual(operator, pair.value, pair.vector) <= 1e-4
 
 
 @pytest.mark.parametrize("channels", [1, 7, 8, 9, 128, 129, 640, 1280, 1281])
