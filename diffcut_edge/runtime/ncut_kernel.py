@@ -1,4 +1,4 @@
-"""Steps of the host NCut as compiled loops (numba), each giving the array path's bits exactly.
+"""Steps of the host NCut as compiled loops (numba), giving the array path's bits (Lanczos: see below).
 
 The numpy path streams every (n, n) pass through numpy's element-wise calls; these loops do each pass
 in one sweep of the rows, one thread (the NCut runs its BLAS on one thread too):
@@ -14,7 +14,11 @@ in one sweep of the rows, one thread (the NCut runs its BLAS on one thread too):
   scipy's sparse one-hot products add them (ascending node within a bin, float32), so the cut scores
   and their ties are the array path's;
 - :func:`lowest_ncut`: the 100 candidate cuts scored from those sums and the first best one picked,
-  in the array path's order of additions (some 20 small array calls a node, ~120 us, become one).
+  in the array path's order of additions (some 20 small array calls a node, ~120 us, become one);
+- :func:`lanczos_solve`: the whole Lanczos loop of ``xp._lanczos_reorthogonalised`` with its LAPACK
+  test, scipy's ``ssymv``, ``dstebz`` and ``dstein`` called through function pointers (numba passes them
+  as arguments, so its disk cache still serves the loop); its dot products are scipy's BLAS where the
+  Python loop's are numpy's, the one place these loops are not the array path's bits (float32 rounding).
 
 Measured (2-core Xeon, one thread, 64x64 grid; ``benchmarks/bench_postprocess.py``): see
 benchmarks/RESULTS.md. Without numba, or with ``DIFFCUT_NCUT_KERNEL=numpy``, the array path runs; cupy
@@ -27,7 +31,6 @@ import ctypes
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -172,51 +175,26 @@ def _routines() -> tuple[Any, Any, Any]:
     )
 
 
-@dataclass(frozen=True)
-class _Operator:
-    """NCut's deflated operator ``S A S - 2 u uᵀ`` as the compiled Lanczos takes it (float32)."""
-
-    a_t: np.ndarray  # the column-major view ?symv reads (its upper triangle, as scipy.linalg.blas.ssymv)
-    scale: np.ndarray
-    u: np.ndarray
-    scratch: np.ndarray
-    ints: np.ndarray  # ?symv's n, lda, inc
-    ones: np.ndarray  # ?symv's alpha = 1, beta = 0
-    uplo: np.ndarray
-
-    @classmethod
-    def of(cls, a: np.ndarray, scale: np.ndarray, u: np.ndarray) -> _Operator:
-        n = a.shape[0]
-        return cls(
-            a.T,
-            np.ascontiguousarray(scale, np.float32),
-            np.ascontiguousarray(u, np.float32),
-            np.empty((2, n), np.float32),
-            np.array([n, n, 1], np.int32),
-            np.array([1.0, 0.0], np.float32),
-            np.frombuffer(b"U", np.uint8),
-        )
-
-    def arguments(self) -> tuple:
-        return self.a_t, self.scale, self.u
-
-    def step_tail(self) -> tuple:
-        return self.scratch, self.ints, self.ones, self.uplo
-
-
 def lanczos_solve(
     a: np.ndarray, scale: np.ndarray, u: np.ndarray, basis: np.ndarray, tol: float, first_test: int, test_every: int
 ) -> tuple[int, int, float, np.ndarray, float]:
-    """``xp._lanczos_reorthogonalised``'s whole loop as one compiled call on ``S A S - 2 u uᵀ``, the first
-    basis row set: ``(status, steps, theta, Ritz coefficients, estimate)``; status 0 converged, 1 not
-    within ``basis``'s rows, 2 the tridiagonal LAPACK solve failed."""
+    """``xp._lanczos_reorthogonalised``'s whole loop as one compiled call on ``S A S - 2 u uᵀ`` (float32,
+    ``a`` C-ordered and exactly symmetric), the first basis row set: ``(status, steps, theta, Ritz
+    coefficients, estimate)``; status 0 converged, 1 not within ``basis``'s rows, 2 LAPACK failed."""
     symv, stebz, stein = _routines()
-    op = _Operator.of(a, scale, u)
-    lapack_ints = np.zeros(8, np.int32)
-    lapack_doubles = np.array([0.0, 1.0, 0.0])  # vl, vu (unused for a range by index), abstol: scipy's values
+    n = a.shape[0]
     status, steps, theta, coefficients, estimate = _kernels()["solve"](
-        symv, stebz, stein, *op.arguments(), basis, float(tol), int(first_test), int(test_every),
-        *op.step_tail(), lapack_ints, lapack_doubles, np.frombuffer(b"IB", np.uint8),
+        symv, stebz, stein,
+        a.T,  # the column-major view ?symv reads: its upper triangle, as scipy.linalg.blas.ssymv does
+        np.ascontiguousarray(scale, np.float32), np.ascontiguousarray(u, np.float32),
+        basis, float(tol), int(first_test), int(test_every),
+        np.empty((2, n), np.float32),  # the scaled vector and its product
+        np.array([n, n, 1], np.int32),  # ?symv's n, lda, inc
+        np.array([1.0, 0.0], np.float32),  # ?symv's alpha, beta
+        np.frombuffer(b"U", np.uint8),
+        np.zeros(8, np.int32),  # ?stebz/?stein's integers
+        np.array([0.0, 1.0, 0.0]),  # vl, vu (unused for a range by index), abstol: scipy's values
+        np.frombuffer(b"IB", np.uint8),  # range by index, order by block
     )  # fmt: skip
     return int(status), int(steps), float(theta), coefficients, float(estimate)
 

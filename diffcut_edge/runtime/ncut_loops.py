@@ -133,8 +133,9 @@ def first_lowest_ncut(g, bin_volume, bin_count, total_volume, n, min_size):  # p
 @njit(cache=True, fastmath=False, nogil=True)
 def lanczos_step(symv, a_t, scale, u, basis, j, beta_prev, scratch, ints, ones, uplo):  # pragma: no cover
     # One step of xp._lanczos_reorthogonalised on (S A S - 2 u uᵀ), in its numpy step's order of
-    # operations; the product is scipy's BLAS ?symv (the one the numpy step calls), passed in
-    # as a function pointer so the compiled code caches across processes.
+    # operations; the product is scipy's BLAS ?symv (the one the numpy step calls through scipy), passed
+    # in as a function pointer so the compiled code stays in numba's cache; the dot products are
+    # numba's (scipy's BLAS), where the numpy step's are numpy's.
     n = basis.shape[1]
     q, x, y = basis[j], scratch[0], scratch[1]
     for i in range(n):
