@@ -231,12 +231,7 @@ def pamr_soft(
     xp = get_xp(img)
     size = img.shape[:2]
     if is_numpy_namespace(xp) and pamr_kernel.available():
-        try:
-            return _pamr_soft_compiled(img, lab, _check_dilations(dilations), int(num_iter))
-        except ValueError as e:
-            if not pamr_kernel.is_missing_threading_layer(e):
-                raise
-            pamr_kernel.give_up(e)
+        return _pamr_soft_compiled(img, lab, _check_dilations(dilations), int(num_iter))
     masks, _ = _one_hot(lab, xp)
     if masks.shape[1:] != size:
         masks = resize_bilinear(masks, size, align_corners=True)

@@ -32,9 +32,18 @@ _BROKEN: list[str] = []  # why the kernels cannot run in this process, once foun
 
 
 def available() -> bool:
-    """Whether the compiled kernels can run here (numba importable, not switched off, a thread-safe
-    threading layer found)."""
-    return os.environ.get(ENV, "").lower() != "numpy" and not _BROKEN and lazy.numba.available()
+    """Whether the compiled kernels can run here: numba importable, not switched off, and a thread-safe
+    threading layer found -- found out once, by starting numba's thread pool (loading the kernels)."""
+    if os.environ.get(ENV, "").lower() == "numpy" or _BROKEN or not lazy.numba.available():
+        return False
+    try:
+        _kernels()
+    except ValueError as e:  # numba found no thread-safe threading layer (TBB / OpenMP) here
+        if "threading layer" not in str(e):
+            raise
+        _BROKEN.append(f"{type(e).__name__}: {e}")  # the array path from now on
+        return False
+    return True
 
 
 def _threadsafe_layer(numba: Any) -> None:
@@ -43,16 +52,6 @@ def _threadsafe_layer(numba: Any) -> None:
     A layer the user chose (NUMBA_THREADING_LAYER) is kept."""
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "threadsafe"
-
-
-def give_up(error: BaseException) -> None:
-    """Record that the kernels cannot run here (no thread-safe threading layer): the array path from now on."""
-    _BROKEN.append(f"{type(error).__name__}: {error}")
-
-
-def is_missing_threading_layer(error: BaseException) -> bool:
-    """Whether ``error`` is numba finding no thread-safe threading layer (TBB / OpenMP) here."""
-    return isinstance(error, ValueError) and "threading layer" in str(error)
 
 
 _KERNELS: dict[str, Any] = {}
@@ -168,10 +167,5 @@ def warm_up() -> None:
     if not available():
         return
     image = np.zeros((4, 4, 3), np.float32)
-    try:
-        w = weights(image, (1,), ((0, 1),), ((0, 0), (0, 1)), 1e-8, 0.1)
-        propagate(np.zeros((1, 4, 4), np.float32), w, ((0, 1),), 1)
-    except ValueError as e:
-        if not is_missing_threading_layer(e):
-            raise
-        give_up(e)
+    w = weights(image, (1,), ((0, 1),), ((0, 0), (0, 1)), 1e-8, 0.1)
+    propagate(np.zeros((1, 4, 4), np.float32), w, ((0, 1),), 1)
