@@ -105,7 +105,7 @@ def _lower_extremes(m: np.ndarray, diagonal_extremes: Callable) -> tuple[np.gene
     each diagonal block, the compiled loop (which does not vectorise) only the blocks' triangles.
     """
     n = m.shape[0]
-    lo, hi = (m.dtype.type(v) for v in diagonal_extremes(m[:1, :1]))
+    lo = hi = m[0, 0]
     for r0 in range(0, n, EXTREMES_PANEL):
         r1 = min(n, r0 + EXTREMES_PANEL)
         block_lo, block_hi = diagonal_extremes(m[r0:r1, r0:r1])

@@ -382,7 +382,7 @@ def _numpy_extras() -> Extras:
 
     def affinity(x: Any, alpha: float) -> tuple[Any, Any] | None:
         exponent = ncut_kernel.integer_exponent(alpha)
-        if exponent is None or not _syrk_takes(x) or not ncut_kernel.available():
+        if exponent is None or not _kernel_takes(x):
             return None
         found = ncut_kernel.affinity_from_lower(_gram_lower(x), exponent)
         return (None, None) if found is None else found
@@ -443,7 +443,7 @@ def _gram_lower(x: np.ndarray) -> np.ndarray:
 
 def _kernel_takes(a: np.ndarray) -> bool:
     """Whether the compiled NCut loops take this host matrix (float32, C-ordered; numba here)."""
-    return a.dtype == np.float32 and a.ndim == 2 and a.flags.c_contiguous and ncut_kernel.available()
+    return _syrk_takes(a) and ncut_kernel.available()
 
 
 # Tile edge of the triangle copy in :func:`_mirror_lower` (64x64 float32: 16 KB, in L1 with its source).
@@ -562,11 +562,18 @@ def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> E
         if status == 2:
             raise np.linalg.LinAlgError("LAPACK ?stebz/?stein failed on the Lanczos tridiagonal matrix")
         return None if status == 1 else EigenPair(theta, s.astype(dtype) @ basis[:done], estimate)
-    step = _lanczos_step(matvec)
     alphas: list[float] = []
     betas: list[float] = []
     for j in range(steps):
-        alpha, beta = step(basis, j, betas[-1] if j else 0.0)
+        q = basis[j]
+        w = matvec(q)
+        alpha = float(q @ w)
+        w -= dtype.type(alpha) * q
+        if j:
+            w -= dtype.type(betas[-1]) * basis[j - 1]
+        done = basis[: j + 1]
+        w -= (done @ w) @ done  # full reorthogonalisation: float32 Lanczos loses it within steps
+        beta = float(np.sqrt(w @ w))  # np.linalg.norm's own arithmetic, without its Python
         alphas.append(alpha)
         betas.append(beta)
         last = j + 1 == steps
@@ -576,44 +583,17 @@ def _lanczos_reorthogonalised(matvec: Callable, v0: np.ndarray, tol: float) -> E
             # beta == 0: the Krylov space is invariant, the pair exact (also every step of a full space).
             estimate = beta * abs(s[-1])  # ||M v - theta v|| for the unit Ritz vector v
             if estimate <= tol * abs(theta) or beta == 0.0 or j + 1 == n:
-                return EigenPair(theta, s.astype(dtype) @ basis[: j + 1], estimate)
+                return EigenPair(theta, s.astype(dtype) @ done, estimate)
         if last or beta == 0.0:
             break
+        basis[j + 1] = w / dtype.type(beta)
     return None
 
 
 def _compiled_lanczos_takes(matvec: Callable, dtype: np.dtype) -> bool:
     """Whether the compiled Lanczos runs this operator: NCut's deflated float32 operator on a C-ordered
-    square host matrix, numba here."""
-    return (
-        isinstance(matvec, DeflatedOperator)
-        and dtype == np.float32
-        and _kernel_takes(matvec.matrix)
-        and matvec.matrix.shape[0] == matvec.matrix.shape[1]
-    )
-
-
-def _lanczos_step(matvec: Callable) -> Callable[[np.ndarray, int, float], tuple[float, float]]:
-    """``step(basis, j, beta_prev) -> (alpha, beta)``: Lanczos step ``j`` -- the product, the three-term
-    recurrence, full reorthogonalisation (float32 Lanczos loses orthogonality within steps) -- writing
-    basis row ``j + 1`` unless ``beta`` is 0 or the basis is full."""
-
-    def step(basis: np.ndarray, j: int, beta_prev: float) -> tuple[float, float]:
-        q = basis[j]
-        dtype = basis.dtype
-        w = matvec(q)
-        alpha = float(q @ w)
-        w -= dtype.type(alpha) * q
-        if j:
-            w -= dtype.type(beta_prev) * basis[j - 1]
-        done = basis[: j + 1]
-        w -= (done @ w) @ done
-        beta = float(np.sqrt(w @ w))  # np.linalg.norm's own arithmetic, without its Python
-        if beta != 0.0 and j + 1 < basis.shape[0]:
-            basis[j + 1] = w / dtype.type(beta)
-        return alpha, beta
-
-    return step
+    host matrix (square: it is symmetric), numba here."""
+    return isinstance(matvec, DeflatedOperator) and dtype == np.float32 and _kernel_takes(matvec.matrix)
 
 
 def _top_tridiagonal_pair(diagonal: np.ndarray, off_diagonal: np.ndarray) -> tuple[float, np.ndarray]:
