@@ -17,13 +17,12 @@ if not ncut_kernel.available():  # numba comes with the [cpu] and [dev] extras
     )
 
 
-def _gram(seed: int, n: int = 150) -> np.ndarray:
-    x = ncut.normalize_tokens(np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32))
-    return rt_xp.gram(x)
-
-
 def _unit(seed: int, n: int) -> np.ndarray:
     return ncut.normalize_tokens(np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32))
+
+
+def _gram(seed: int, n: int) -> np.ndarray:
+    return rt_xp.gram(_unit(seed, n))
 
 
 @pytest.mark.parametrize("exponent", [1, 2, 3, 10, 64])
