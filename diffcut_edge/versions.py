@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import shutil
 from importlib import metadata
+from pathlib import Path
 
 # What each report records: key -> distributions that provide it (first installed wins).
 RUNTIME_LIBRARIES = {
@@ -22,6 +25,9 @@ EXPORT_LIBRARIES = {
     "onnx": ("onnx",),
     "onnxscript": ("onnxscript",),
 }
+
+# The wheel whose tritonserver ``serve`` runs when none is on PATH (only its binary is used).
+PYTRITON = "nvidia-pytriton"
 
 QUANTIZE_LIBRARIES = {
     "diffcut-edge": ("diffcut-edge",),
@@ -48,3 +54,16 @@ def library_versions(table: dict[str, tuple[str, ...]], *, python: bool = False)
         if version:
             out[key] = version
     return out
+
+
+def installed_tritonserver() -> tuple[Path, str] | None:
+    """``(executable, where it was found)`` of the tritonserver ``serve`` runs when none is named: the
+    one on PATH, else the one the nvidia-pytriton wheel ships; None when neither is installed."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return Path(on_path), "PATH"
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        path = Path(metadata.distribution(PYTRITON).locate_file("pytriton/tritonserver/bin/tritonserver"))
+        if path.is_file():
+            return path, PYTRITON
+    return None

@@ -163,7 +163,6 @@ OPTIONAL_STAGES = (
 def _optional_stages(report: DoctorReport) -> None:
     """What the optional extras enable, read from the installed distributions (nothing is imported:
     torch alone takes seconds)."""
-    import shutil
 
     for name, dists, enables, how in OPTIONAL_STAGES:
         found = {d: versions.dist_version(d) for d in dists}
@@ -172,13 +171,12 @@ def _optional_stages(report: DoctorReport) -> None:
             report.add(name, False, f"{', '.join(missing)} not installed: {how}; needed for {enables}")
         else:
             report.add(name, True, ", ".join(f"{d} {v}" for d, v in found.items()) + f": {enables}")
-    # serve runs the first of: tritonserver on PATH, the nvidia-pytriton wheel's binary.
-    binary = shutil.which("tritonserver") or ("nvidia-pytriton" if versions.dist_version("nvidia-pytriton") else None)
+    found = versions.installed_tritonserver()  # the binary serve runs when none is named
     report.add(
         "tritonserver",
-        binary is not None,
-        f"{binary}: serve can run"
-        if binary
+        found is not None,
+        f"{found[0]} ({found[1]}): serve can run"
+        if found
         else "none on PATH and no nvidia-pytriton: pip install --no-deps nvidia-pytriton (Linux x86-64) or "
         "NVIDIA's Triton container; needed for serve",
     )

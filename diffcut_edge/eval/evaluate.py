@@ -8,6 +8,7 @@ settings before anything slow opens.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,19 +87,24 @@ class EvalRequest:
             mask_size=self.label_size
         )
 
-    def reference_resolution(self) -> int | None:
-        if self.resolution is None and self.model_dir:
-            from diffcut_edge.runtime.manifest import read_manifest
+    @functools.cached_property
+    def folder_manifest(self) -> Any:
+        """The model folder's :class:`~diffcut_edge.runtime.manifest.Manifest` (read once), or None."""
+        if not self.model_dir:
+            return None
+        from diffcut_edge.runtime.manifest import read_manifest
 
-            return read_manifest(self.model_dir).resolution
+        return read_manifest(self.model_dir)
+
+    def reference_resolution(self) -> int | None:
+        if self.resolution is None and self.folder_manifest is not None:
+            return self.folder_manifest.resolution
         return self.resolution
 
     def reference_clip(self) -> str:
         """--clip, else the model folder's CLIP (export-vocab), else the paper's."""
-        if self.clip is None and self.model_dir:
-            from diffcut_edge.runtime.manifest import read_manifest
-
-            clip = (read_manifest(self.model_dir).vocabulary or {}).get("clip")
+        if self.clip is None and self.folder_manifest is not None:
+            clip = (self.folder_manifest.vocabulary or {}).get("clip")
             if clip:
                 return clip
         from diffcut_edge.models.clip import DEFAULT_CLIP

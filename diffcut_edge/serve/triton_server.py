@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib.metadata
 import os
 import re
 import secrets
@@ -35,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffcut_edge import versions
 from diffcut_edge.errors import DiffCutError
 from diffcut_edge.serve.triton_repo import libpython_dir
 
 STUB = "triton_python_backend_stub"
-PYTRITON = "nvidia-pytriton"
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
 
@@ -71,14 +70,9 @@ def find_tritonserver(explicit: str | os.PathLike | None = None) -> TritonBinary
     """The tritonserver to run (see the module docstring), or a DiffCutError saying how to get one."""
     if explicit is not None:
         return _binary_at(Path(explicit), "--tritonserver")
-    on_path = shutil.which("tritonserver")
-    if on_path:
-        return _binary_at(Path(on_path), "PATH")
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-        dist = importlib.metadata.distribution(PYTRITON)
-        path = Path(dist.locate_file("pytriton/tritonserver/bin/tritonserver"))
-        if path.is_file():
-            return _binary_at(path, PYTRITON)
+    found = versions.installed_tritonserver()
+    if found is not None:
+        return _binary_at(*found)
     raise DiffCutError(
         "no tritonserver found: install the CPU-capable binary with `pip install --no-deps "
         "nvidia-pytriton` (Linux x86-64, glibc >= 2.35), give --tritonserver PATH, or run in "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
 from diffcut_edge import lazy
@@ -76,6 +77,14 @@ def test_the_optional_stages_and_the_folders_vocabulary_are_reported(tmp_path, m
     real = versions.dist_version
     gone = {"timm", "ray", "nvidia-pytriton"}
     monkeypatch.setattr(versions, "dist_version", lambda *names: None if set(names) & gone else real(*names))
+    real_distribution = importlib.metadata.distribution
+
+    def distribution(name):
+        if name in gone:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_distribution(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
     monkeypatch.setattr("shutil.which", lambda name: None)
     report = doctor.diagnose(vocab_model_dir)
     clip, ray, server = (_finding(report, n) for n in ("clip", "ray", "tritonserver"))
@@ -88,3 +97,17 @@ def test_the_optional_stages_and_the_folders_vocabulary_are_reported(tmp_path, m
     assert vocabulary.ok and vocabulary.detail.startswith("voc (21 classes")
     plain = doctor.diagnose(make_toy_model_dir(tmp_path / "toy", resolution=128, channels=16))
     assert not _finding(plain, "vocabulary").ok and "export-vocab" in _finding(plain, "vocabulary").detail
+
+
+def test_a_tritonserver_on_path_is_the_one_serve_would_run(tmp_path, monkeypatch, vocab_model_dir):
+    """doctor and serve find the binary by the same lookup: here a stand-in executable on PATH."""
+    from diffcut_edge.serve.triton_server import find_tritonserver
+
+    executable = tmp_path / "bin" / "tritonserver"
+    executable.parent.mkdir()
+    executable.write_text("#!/bin/sh\n")
+    executable.chmod(0o755)
+    monkeypatch.setenv("PATH", str(executable.parent))
+    server = _finding(doctor.diagnose(vocab_model_dir), "tritonserver")
+    assert server.ok and server.detail.startswith(f"{executable} (PATH)")
+    assert find_tritonserver().executable == executable.resolve()
