@@ -490,9 +490,10 @@ def recursive_ncut(
     x, grid = tokens.unit, tokens.grid
     budget = None if max_segments is None else int(max_segments) - 1
     # One BLAS thread throughout: the per-node calls are small, and idle-spinning OpenBLAS
-    # threads slowed them 3-8x. The affinity product alone is faster on 2 threads (isolated,
-    # 2-core VM: 11.6 vs 15.2 ms at 32x32, 214 vs 313 ms at 64x64), but inside the whole NCut it
-    # gained no wall time (733 vs 742 ms at 64x64) and cost 30 % more CPU (benchmarks/RESULTS.md).
+    # threads slowed them 3-8x. Giving the affinity product alone 2 threads (2-core VM, same
+    # partitions) saves 17-21 % of the wall time (21.5 -> 18.1 ms at 32x32, 240 -> 190 ms at
+    # 64x64) for 45-70 % more CPU, mostly OpenBLAS threads spinning after it: CPU that the live
+    # loop's optical-flow propagation, running beside the keyframe worker, needs more (RESULTS.md).
     with single_threaded_blas(get_xp(x)):
         return _ncut_tree(x, grid, alpha, tau, budget, int(min_segment_size or 1), solver)
 
