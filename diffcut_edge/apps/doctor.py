@@ -163,7 +163,6 @@ OPTIONAL_STAGES = (
 def _optional_stages(report: DoctorReport) -> None:
     """What the optional extras enable, read from the installed distributions (nothing is imported:
     torch alone takes seconds)."""
-
     for name, dists, enables, how in OPTIONAL_STAGES:
         found = {d: versions.dist_version(d) for d in dists}
         missing = [d for d, v in found.items() if not v]
